@@ -500,6 +500,11 @@ def sft_loss(logps, response_mask, num_tokens):
 # ----------------------------------------------------------------------------------------------
 # MAIN
 
+def make_optimizer(params, lr, weight_decay, device):
+    """AdamW; the fused kernel (CPU and CUDA) is several times faster than the default loop on CPU."""
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=device.type in ("cpu", "cuda"))
+
+
 def lr_at(step, total, warmup_ratio, min_lr_ratio):
     """Linear warm-up, then cosine decay to min_lr_ratio: a multiplier of the peak learning rate."""
     warm = max(1, int(total * warmup_ratio))
@@ -564,7 +569,7 @@ def main(args, state):
     model.config.use_cache = False
     if args.grad_checkpointing:
         model.gradient_checkpointing_enable()
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    opt = make_optimizer(model.parameters(), args.lr, args.weight_decay, device)
     scaler = torch.amp.GradScaler(enabled=dtype == torch.float16)
     per_step = args.batch_size * args.grad_accum
     total_steps = args.max_steps if args.max_steps > 0 else max(1, math.ceil(len(train_ex) * args.epochs / per_step))
