@@ -306,8 +306,9 @@ def sample_responses(policy, prompts, pad_id, eos_id, max_new_tokens, device, dt
     """Sample one response per prompt, token by token with a KV cache, at temperature 1 and with no
     top-k/top-p truncation, so the samples follow the model's own distribution. With `ref` and
     mixture_beta > 0 the tokens come from the geometric mixture of `mixture_logps` (IPO-MD), each model
-    with its own KV cache. Prompts are left-padded. Returns a list of response token lists, each cut
-    after its first EOS (a response without EOS hit the length limit)."""
+    with its own KV cache. Prompts are left-padded. Returns (responses, logps): token lists, each cut
+    after its first EOS (a response without EOS hit the length limit), and the log-prob of each sampled
+    token under the distribution it was sampled from."""
     from transformers import DynamicCache
     models = [policy] + ([ref] if ref is not None and mixture_beta > 0 else [])
     ids, attn, _ = collate([(p, []) for p in prompts], pad_id, side="left")
@@ -315,7 +316,7 @@ def sample_responses(policy, prompts, pad_id, eos_id, max_new_tokens, device, dt
     caches = [DynamicCache() for _ in models]
     step_ids, pos = ids, position_ids_from(attn)
     done = torch.zeros(len(prompts), dtype=torch.bool, device=device)
-    out = []
+    out, out_logps = [], []
     for _ in range(max_new_tokens):
         logps = []
         for m, cache in zip(models, caches):
@@ -327,6 +328,7 @@ def sample_responses(policy, prompts, pad_id, eos_id, max_new_tokens, device, dt
         nxt = torch.multinomial(logp.exp(), 1, generator=generator).squeeze(-1)    # (B,)
         nxt = torch.where(done, torch.full_like(nxt, pad_id), nxt)
         out.append(nxt)
+        out_logps.append(logp.gather(-1, nxt[:, None]).squeeze(-1))
         done |= nxt == eos_id
         if done.all():
             break
@@ -334,15 +336,13 @@ def sample_responses(policy, prompts, pad_id, eos_id, max_new_tokens, device, dt
         pos = attn.sum(-1, keepdim=True)                    # the next position of each row
         attn = torch.cat([attn, torch.ones_like(attn[:, :1])], dim=1)
     tokens = torch.stack(out, dim=1).tolist()                                      # (B, L)
-    responses = []
-    for row in tokens:
-        resp = []
-        for t in row:
-            resp.append(t)
-            if t == eos_id:
-                break
-        responses.append(resp)
-    return responses
+    token_lp = torch.stack(out_logps, dim=1).tolist()                              # (B, L)
+    responses, logps = [], []
+    for row, lps in zip(tokens, token_lp):
+        n = row.index(eos_id) + 1 if eos_id in row else len(row)
+        responses.append(row[:n])
+        logps.append(lps[:n])
+    return responses, logps
 
 
 # ----------------------------------------------------------------------------------------------
@@ -542,7 +542,7 @@ def main(args, state):
                 tg = time.time()
                 prompts = [train_ex[j][0] for j in idx]
                 policy.eval()
-                ys = sample_responses(policy, prompts * 2, tok.pad_token_id, tok.eos_token_id,
+                ys, _ = sample_responses(policy, prompts * 2, tok.pad_token_id, tok.eos_token_id,
                                       args.max_new_tokens, device, dtype, gen, ref_model, args.mixture_beta)
                 policy.train()
                 seqs = list(zip(prompts * 2, ys))
@@ -635,8 +635,8 @@ def online_eval(policy, ref_model, rm, rm_pad, prompts, tok, args, device, dtype
     """On fresh samples of these prompts: RM win rate of the policy against the reference (ties count
     half), and KL(pi || ref) estimated from the policy's samples (mean of sum_t log pi - log ref)."""
     policy.eval()
-    ys_pi = sample_responses(policy, prompts, tok.pad_token_id, tok.eos_token_id, args.max_new_tokens, device, dtype, gen)
-    ys_ref = sample_responses(ref_model, prompts, tok.pad_token_id, tok.eos_token_id, args.max_new_tokens, device, dtype, gen)
+    ys_pi, _ = sample_responses(policy, prompts, tok.pad_token_id, tok.eos_token_id, args.max_new_tokens, device, dtype, gen)
+    ys_ref, _ = sample_responses(ref_model, prompts, tok.pad_token_id, tok.eos_token_id, args.max_new_tokens, device, dtype, gen)
     ids, attn, _ = (t.to(device) for t in collate(list(zip(prompts * 2, ys_pi + ys_ref)), rm_pad))
     with torch.inference_mode(), autocast(device, dtype):
         s = reward_scores(rm, ids, attn)

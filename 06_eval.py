@@ -1,0 +1,490 @@
+"""Stage 06 of MPO: compare policy checkpoints on the held-out test prompts.
+
+The MPO paper (Gou & Nguyen, 2024, arXiv 2403.19443, Sec. 4) compares MPO with vanilla DPO and vanilla
+PPO by reward-model score and by GPT-4 win rates against a baseline. This stage does the same for any
+set of policy directories, each sampled on the same test prompts with the same settings and seeds:
+  - mean RM score (the reward model of stage 02);
+  - on the built-in task, the mean gold score (`builtin_task.gold_score`, the stand-in for GPT-4);
+  - win rate against the SFT policy, judged by the gold score (built-in) and by the RM, prompt by
+    prompt, ties counted as half;
+  - KL(pi || SFT) estimated from the policy's own samples, mean over prompts of
+    sum_t log pi(y_t) - log sft(y_t) (the k1 estimator; samples at temperature 1 make it unbiased);
+  - response length, and on the built-in task the refusal rate on harmful requests and on their
+    harmless look-alikes (refusing the first is right, refusing the second is wrong).
+Every mean and win rate comes with a 95% bootstrap interval over prompts (percentile method).
+
+Reads:  policy directories (default: every policy of runs/<run>/), 02_reward/, 01_sft/ (test prompts)
+Writes: runs/<run>/06_eval/  report.md, results.json, samples.jsonl, reward_vs_kl.png (with matplotlib)
+
+    python 06_eval.py                                       # every policy of runs/default
+    python 06_eval.py runs/default/04_dpo runs/default/05_ppo --max-prompts 50
+"""
+
+import argparse
+import contextlib
+import gzip
+import json
+import os
+import random
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+POLICY_PREFIXES = ("01_sft", "04_", "05_")
+
+
+# ----------------------------------------------------------------------------------------------
+# ARGUMENTS
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("policies", nargs="*", help="policy directories (default: 01_sft, 04_*, 05_* of the run)")
+    g = p.add_argument_group("inputs and outputs")
+    g.add_argument("--run", default="default", help="run name: inputs and outputs under runs/<run>/")
+    g.add_argument("--sft", default=None, help="the baseline of win rates and KL, and the test prompts "
+                                               "(default: the SFT of the reward model)")
+    g.add_argument("--reward", default=None, help="reward model (default runs/<run>/02_reward)")
+    g.add_argument("--out", default=None, help="output directory (default runs/<run>/06_eval)")
+    g.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    g = p.add_argument_group("sampling")
+    g.add_argument("--max-prompts", type=int, default=0, help="evaluate on the first N test prompts (0: all)")
+    g.add_argument("--samples-per-prompt", type=int, default=1, help="responses per prompt and policy")
+    g.add_argument("--max-new-tokens", type=int, default=48, help="response length limit")
+    g.add_argument("--batch-size", type=int, default=32, help="prompts sampled per batch")
+    g.add_argument("--max-prompt-len", type=int, default=256, help="prompt tokens kept (from the left)")
+    g.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% intervals")
+    g = p.add_argument_group("system")
+    g.add_argument("--seed", type=int, default=0, help="the sampling seed, the same for every policy")
+    g.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    g.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="auto: bf16 autocast on CUDA (fp16 where bf16 is missing), fp32 on CPU")
+    return p.parse_args(argv)
+
+
+# ----------------------------------------------------------------------------------------------
+# HELPERS (identical copies in several stages; tests/test_helpers.py keeps them identical)
+
+class UserError(Exception):
+    """A problem with the user's input: reported as one line, exit code 2, nothing written."""
+
+def pick_device(name):
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: CUDA is not available on this machine (use --device cpu)")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise UserError(f"--device {name!r}: expected auto, cpu, cuda or cuda:N") from None
+
+def pick_precision(name, device):
+    """The autocast dtype (None for plain fp32). Weights stay fp32 (master weights) in every case."""
+    if name == "auto":
+        if device.type != "cuda":
+            return None
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if name == "fp16" and device.type != "cuda":
+        raise UserError("--precision fp16 needs CUDA; use bf16 or fp32 on CPU")
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
+
+def autocast(device, dtype):
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+def peak_memory_mb(device):
+    """Peak GPU memory allocated by torch, or the process's peak resident memory on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+def read_jsonl(path):
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    rows = []
+    with opener(path, "rt", encoding="utf-8") as f:
+        for i, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise UserError(f"{path}:{i}: not valid JSON ({e.msg})") from None
+    return rows
+
+def write_jsonl(path, rows):
+    with open(path, "w", encoding="utf-8") as f:
+        for r in rows:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+
+def render_prompt(tokenizer, messages):
+    """The prompt as text, ending where the assistant's reply begins (chat template if any)."""
+    if tokenizer.chat_template:
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    text = "".join(f"{m['role'].capitalize()}: {m['content']}\n\n" for m in messages)
+    return text + "Assistant:"
+
+def encode(tokenizer, messages, response, max_prompt_len, max_response_len):
+    """(prompt_ids, response_ids). The response ends with EOS, the token that closes an assistant turn
+    in chat templates; the prompt is cut from the left so the response always survives."""
+    prompt_ids = tokenizer(render_prompt(tokenizer, messages), add_special_tokens=False)["input_ids"]
+    prompt_ids = prompt_ids[-max_prompt_len:]
+    if not tokenizer.chat_template:
+        response = " " + response
+    response_ids = tokenizer(response, add_special_tokens=False)["input_ids"][: max_response_len - 1]
+    return prompt_ids, response_ids + [tokenizer.eos_token_id]
+
+def collate(seqs, pad_id, side="right"):
+    """Pad (prompt_ids, response_ids) pairs into tensors, each (B, T):
+    input_ids, attention_mask, and response_mask (1 on response tokens)."""
+    T = max(len(p) + len(r) for p, r in seqs)
+    ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
+    attn = torch.zeros((len(seqs), T), dtype=torch.long)
+    resp = torch.zeros((len(seqs), T), dtype=torch.bool)
+    for i, (p, r) in enumerate(seqs):
+        n = len(p) + len(r)
+        s = 0 if side == "right" else T - n
+        ids[i, s:s + n] = torch.tensor(p + r)
+        attn[i, s:s + n] = 1
+        resp[i, s + len(p):s + n] = True
+    return ids, attn, resp
+
+def position_ids_from(attention_mask):
+    """Positions that skip left padding, so left- and right-padded batches give the same numbers."""
+    return (attention_mask.cumsum(-1) - 1).clamp(min=0)
+
+def token_logps(model, input_ids, attention_mask, response_mask, with_entropy=False):
+    """log pi(y_t | x, y_<t) for every response token, (B, T-1), zero elsewhere; position t-1 of the
+    result predicts input token t. The LM head runs only on the hidden states that predict response
+    tokens: with a 49k vocabulary it is a large share of a small model's cost. Log-softmax in fp32.
+    With `with_entropy`, also the entropy of each of those next-token distributions, (B, T-1)."""
+    hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask,
+                              position_ids=position_ids_from(attention_mask),
+                              use_cache=False).last_hidden_state                   # (B, T, H)
+    target_mask = response_mask[:, 1:]                                             # (B, T-1)
+    logits = model.get_output_embeddings()(hidden[:, :-1][target_mask]).float()   # (N, V)
+    targets = input_ids[:, 1:][target_mask]                                        # (N,)
+    logps = torch.zeros(target_mask.shape, dtype=torch.float32, device=input_ids.device)
+    logps[target_mask] = -F.cross_entropy(logits, targets, reduction="none")
+    if not with_entropy:
+        return logps
+    logp_all = logits.log_softmax(-1)
+    entropy = torch.zeros_like(logps)
+    entropy[target_mask] = -(logp_all.exp() * logp_all).sum(-1)
+    return logps, entropy
+
+def prepare_output(out, overwrite):
+    """Refuse an existing output (unless --overwrite) and return a fresh temporary directory beside it;
+    `commit_output` renames it into place only when the stage has finished."""
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise UserError(f"{out} exists; pass --overwrite to replace it")
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    return tmp
+
+def commit_output(tmp, out):
+    out = Path(out)
+    if out.exists():
+        old = out.parent / f".{out.name}.old-{os.getpid()}"
+        out.rename(old)
+        tmp.rename(out)
+        shutil.rmtree(old)
+    else:
+        tmp.rename(out)
+
+def versions():
+    import transformers
+    return {"python": sys.version.split()[0], "torch": torch.__version__,
+            "transformers": transformers.__version__}
+
+def run_main(main, argv=None):
+    """Run a stage: a UserError becomes one line on stderr and exit code 2; the temporary output
+    directory of a failed or interrupted run is removed, so nothing half-written is left behind."""
+    name = Path(sys.argv[0]).name
+    state = {}
+    try:
+        main(parse_args(argv), state)
+    except UserError as e:
+        print(f"{name}: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    finally:
+        if state.get("tmp") is not None and Path(state["tmp"]).exists():
+            shutil.rmtree(state["tmp"], ignore_errors=True)
+
+def need_stage(path, stage, command):
+    """The stage.json of an earlier stage's directory, or a UserError naming the command that makes it."""
+    path = Path(path)
+    if not (path / "stage.json").exists():
+        raise UserError(f"{path} is not a finished {stage} directory; run `{command}` first")
+    return json.load(open(path / "stage.json"))
+
+def reward_scores(rm, input_ids, attention_mask):
+    """r(x, y) for each sequence, (B,): the scalar head on the hidden state of the last real token
+    (the last position where attention_mask is 1, so left or right padding both work)."""
+    hidden = rm.base_model(input_ids=input_ids, attention_mask=attention_mask,
+                           position_ids=position_ids_from(attention_mask),
+                           use_cache=False).last_hidden_state                      # (B, T, H)
+    T = attention_mask.shape[1]
+    last = T - 1 - attention_mask.flip(-1).argmax(-1)                              # (B,)
+    h_last = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]     # (B, H)
+    return rm.score(h_last).squeeze(-1).float()                                    # (B,)
+
+@torch.no_grad()
+def sample_responses(policy, prompts, pad_id, eos_id, max_new_tokens, device, dtype, generator,
+                     ref=None, mixture_beta=0.0):
+    """Sample one response per prompt, token by token with a KV cache, at temperature 1 and with no
+    top-k/top-p truncation, so the samples follow the model's own distribution. With `ref` and
+    mixture_beta > 0 the tokens come from the geometric mixture of `mixture_logps` (IPO-MD), each model
+    with its own KV cache. Prompts are left-padded. Returns (responses, logps): token lists, each cut
+    after its first EOS (a response without EOS hit the length limit), and the log-prob of each sampled
+    token under the distribution it was sampled from."""
+    from transformers import DynamicCache
+    models = [policy] + ([ref] if ref is not None and mixture_beta > 0 else [])
+    ids, attn, _ = collate([(p, []) for p in prompts], pad_id, side="left")
+    ids, attn = ids.to(device), attn.to(device)
+    caches = [DynamicCache() for _ in models]
+    step_ids, pos = ids, position_ids_from(attn)
+    done = torch.zeros(len(prompts), dtype=torch.bool, device=device)
+    out, out_logps = [], []
+    for _ in range(max_new_tokens):
+        logps = []
+        for m, cache in zip(models, caches):
+            with autocast(device, dtype):
+                h = m.base_model(input_ids=step_ids, attention_mask=attn, position_ids=pos,
+                                 past_key_values=cache, use_cache=True).last_hidden_state[:, -1]
+                logps.append(m.get_output_embeddings()(h).float().log_softmax(-1))   # (B, V)
+        logp = logps[0] if len(logps) == 1 else mixture_logps(logps[0], logps[1], mixture_beta)
+        nxt = torch.multinomial(logp.exp(), 1, generator=generator).squeeze(-1)    # (B,)
+        nxt = torch.where(done, torch.full_like(nxt, pad_id), nxt)
+        out.append(nxt)
+        out_logps.append(logp.gather(-1, nxt[:, None]).squeeze(-1))
+        done |= nxt == eos_id
+        if done.all():
+            break
+        step_ids = nxt[:, None]
+        pos = attn.sum(-1, keepdim=True)                    # the next position of each row
+        attn = torch.cat([attn, torch.ones_like(attn[:, :1])], dim=1)
+    tokens = torch.stack(out, dim=1).tolist()                                      # (B, L)
+    token_lp = torch.stack(out_logps, dim=1).tolist()                              # (B, L)
+    responses, logps = [], []
+    for row, lps in zip(tokens, token_lp):
+        n = row.index(eos_id) + 1 if eos_id in row else len(row)
+        responses.append(row[:n])
+        logps.append(lps[:n])
+    return responses, logps
+
+
+
+# ----------------------------------------------------------------------------------------------
+# STATISTICS (pure functions)
+
+def win_rate(scores, baseline_scores):
+    """Per-item wins against the baseline: 1 if higher, 0.5 if equal, 0 if lower. Returns (N,) list."""
+    return [1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(scores, baseline_scores)]
+
+
+def mean(xs):
+    return sum(xs) / len(xs) if xs else float("nan")
+
+
+def bootstrap_ci(values, n_resamples=1000, seed=0, alpha=0.05):
+    """Percentile bootstrap interval of the mean: resample the values with replacement n_resamples
+    times and take the alpha/2 and 1 - alpha/2 quantiles of the resampled means."""
+    if not values:
+        return float("nan"), float("nan")
+    rng = random.Random(seed)
+    n = len(values)
+    means = sorted(sum(values[rng.randrange(n)] for _ in range(n)) / n for _ in range(n_resamples))
+    lo = means[int(alpha / 2 * (n_resamples - 1))]
+    hi = means[int((1 - alpha / 2) * (n_resamples - 1) + 0.5)]
+    return lo, hi
+
+
+def summarise(values, n_resamples, seed):
+    lo, hi = bootstrap_ci(values, n_resamples, seed)
+    return {"mean": mean(values), "lo": lo, "hi": hi, "n": len(values)}
+
+
+# ----------------------------------------------------------------------------------------------
+# MAIN
+
+def default_policies(run_dir):
+    found = [d for d in sorted(Path(run_dir).iterdir()) if d.is_dir() and d.name.startswith(POLICY_PREFIXES)
+             and (d / "config.json").exists() and (d / "stage.json").exists()]
+    if not found:
+        raise UserError(f"no policy directories in {run_dir}; run the earlier stages or name policies")
+    return found
+
+
+@torch.no_grad()
+def sample_policy(policy, tok, prompt_ids, args, device, dtype):
+    """Responses (token lists) for every prompt and sample, with a generator seeded the same way for
+    every policy: the same settings and seeds across policies."""
+    gen = torch.Generator(device=device).manual_seed(args.seed)
+    work = [p for p in prompt_ids for _ in range(args.samples_per_prompt)]
+    out = []
+    for i in range(0, len(work), args.batch_size):
+        ys, _ = sample_responses(policy, work[i:i + args.batch_size], tok.pad_token_id, tok.eos_token_id,
+                                 args.max_new_tokens, device, dtype, gen)
+        out += ys
+    return work, out
+
+
+@torch.no_grad()
+def score_and_kl(rm, sft, policy, work, responses, pad_id, batch_size, device, dtype):
+    """RM scores and per-sample KL estimates sum_t log pi - log sft, each a list."""
+    scores, kls = [], []
+    for i in range(0, len(work), batch_size):
+        seqs = list(zip(work[i:i + batch_size], responses[i:i + batch_size]))
+        ids, attn, resp = (t.to(device) for t in collate(seqs, pad_id))
+        with torch.inference_mode(), autocast(device, dtype):
+            scores += reward_scores(rm, ids, attn).tolist()
+            if policy is sft:
+                kls += [0.0] * len(seqs)
+            else:
+                kls += (token_logps(policy, ids, attn, resp) - token_logps(sft, ids, attn, resp)).sum(-1).tolist()
+    return scores, kls
+
+
+def per_prompt(values, k):
+    """Average the k samples of each prompt: the bootstrap resamples prompts, not samples."""
+    return [sum(values[i:i + k]) / k for i in range(0, len(values), k)]
+
+
+def main(args, state):
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+    run_dir = Path(f"runs/{args.run}")
+    rm_dir = Path(args.reward or run_dir / "02_reward")
+    out = Path(args.out or run_dir / "06_eval")
+    rm_stage = need_stage(rm_dir, "02_reward", "python 02_reward.py")
+    sft_dir = Path(args.sft or rm_stage["sft"])
+    sft_stage = need_stage(sft_dir, "01_sft", "python 01_sft.py")
+    policies = [Path(p) for p in args.policies] or default_policies(run_dir)
+    for p in policies:
+        if not (p / "config.json").exists():
+            raise UserError(f"{p} is not a model directory (no config.json)")
+    if sft_dir.resolve() not in [p.resolve() for p in policies]:
+        policies = [sft_dir] + policies
+    if args.samples_per_prompt < 1 or args.batch_size < 1:
+        raise UserError("--samples-per-prompt and --batch-size must be at least 1")
+    device = pick_device(args.device)
+    dtype = pick_precision(args.precision, device)
+    if out.exists() and not args.overwrite:
+        raise UserError(f"{out} exists; pass --overwrite to replace it")
+    t_start = time.time()
+    builtin = sft_stage["dataset"]["name"] == "builtin"
+    if builtin:
+        import builtin_task
+
+    test_rows = read_jsonl(sft_dir / "data_test.jsonl")
+    if args.max_prompts:
+        test_rows = test_rows[:args.max_prompts]
+    tok = AutoTokenizer.from_pretrained(sft_dir)
+    prompt_ids = [encode(tok, r["prompt"], "", args.max_prompt_len, 2)[0] for r in test_rows]
+    rm = AutoModelForSequenceClassification.from_pretrained(rm_dir).to(device).eval()
+    sft = AutoModelForCausalLM.from_pretrained(sft_dir).to(device).eval()
+    k = args.samples_per_prompt
+    print(f"evaluating {len(policies)} policies on {len(test_rows)} test prompts x {k} samples "
+          f"(dataset {sft_stage['dataset']['name']!r}, RM {rm_dir}, baseline {sft_dir})")
+
+    # 1. sample and score every policy, the SFT baseline first
+    raw, samples = {}, []
+    for pdir in tqdm(policies, desc="06_eval policies", dynamic_ncols=True):
+        name = pdir.name if pdir.parent.resolve() == run_dir.resolve() else str(pdir)
+        policy = sft if pdir.resolve() == sft_dir.resolve() else \
+            AutoModelForCausalLM.from_pretrained(pdir).to(device).eval()
+        t0 = time.time()
+        work, responses = sample_policy(policy, tok, prompt_ids, args, device, dtype)
+        texts = [tok.decode(r, skip_special_tokens=True).strip() for r in responses]
+        scores, kls = score_and_kl(rm, sft, policy, work, responses, tok.pad_token_id, args.batch_size, device, dtype)
+        rows = [r for r in test_rows for _ in range(k)]
+        rec = {"dir": str(pdir), "rm": scores, "kl": kls, "length": [len(r) for r in responses],
+               "eos": [float(len(r) > 0 and r[-1] == tok.eos_token_id) for r in responses],
+               "time_s": time.time() - t0}
+        if builtin:
+            rec["gold"] = [builtin_task.gold_score(r, t) for r, t in zip(rows, texts)]
+            rec["refusal"] = [float(builtin_task.is_refusal(t)) for t in texts]
+            rec["family"] = [r["family"] for r in rows]
+        raw[name] = rec
+        samples += [{"policy": name, "prompt": r["prompt"][-1]["content"], "response": t, "rm": s,
+                     "kl": kl, **({"gold": g, "family": r["family"]} if builtin else {})}
+                    for r, t, s, kl, g in zip(rows, texts, scores, kls, rec.get("gold", [None] * len(texts)))]
+        if policy is not sft:
+            del policy
+
+    # 2. statistics per policy, with bootstrap intervals over prompts
+    base = raw[next(iter(raw))]
+    results = {}
+    for name, rec in raw.items():
+        res = {"dir": rec["dir"]}
+        for key in ("rm", "kl", "length", "eos") + (("gold",) if builtin else ()):
+            res[key] = summarise(per_prompt(rec[key], k), args.bootstrap, args.seed)
+        res["win_rm"] = summarise(per_prompt(win_rate(rec["rm"], base["rm"]), k), args.bootstrap, args.seed)
+        if builtin:
+            res["win_gold"] = summarise(per_prompt(win_rate(rec["gold"], base["gold"]), k), args.bootstrap, args.seed)
+            for fam in ("harmful", "harmless"):
+                vals = [x for x, f in zip(rec["refusal"], rec["family"]) if f == fam]
+                res[f"refusal_{fam}"] = summarise(vals, args.bootstrap, args.seed)
+        results[name] = res
+
+    # 3. write report.md, results.json, samples.jsonl, and the plot
+    state["tmp"] = tmp = prepare_output(out, args.overwrite)
+    cols = [("rm", "RM score"), ("gold", "gold score"), ("win_gold", "gold win vs SFT"), ("win_rm", "RM win vs SFT"),
+            ("kl", "KL to SFT"), ("length", "length"), ("refusal_harmful", "refuses harmful"),
+            ("refusal_harmless", "refuses harmless")]
+    cols = [(c, h) for c, h in cols if c in next(iter(results.values()))]
+    lines = [f"# 06_eval: {len(test_rows)} test prompts x {k} samples, seed {args.seed}", "",
+             f"Dataset `{sft_stage['dataset']['name']}`; RM `{rm_dir}`; baseline `{sft_dir.name}`; sampling at "
+             f"temperature 1, at most {args.max_new_tokens} new tokens; [95% bootstrap interval over prompts].", "",
+             "| policy | " + " | ".join(h for _, h in cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for name, res in results.items():
+        cells = [f"{res[c]['mean']:.3f} [{res[c]['lo']:.3f}, {res[c]['hi']:.3f}]" if c not in ("length",)
+                 else f"{res[c]['mean']:.1f}" for c, _ in cols]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    plot = draw_plot(results, tmp / "reward_vs_kl.png", "gold" if builtin else "rm")
+    lines += ["", plot]
+    report = "\n".join(lines) + "\n"
+    (tmp / "report.md").write_text(report)
+    json.dump({"stage": "06_eval", "args": vars(args), "dataset": sft_stage["dataset"], "sft": str(sft_dir),
+               "reward": str(rm_dir), "n_prompts": len(test_rows), "results": results, "versions": versions(),
+               "device": str(device), "wall_time_s": time.time() - t_start,
+               "perf/peak_mem_mb": peak_memory_mb(device)}, open(tmp / "results.json", "w"), indent=2)
+    write_jsonl(tmp / "samples.jsonl", samples)
+    commit_output(tmp, out)
+    print("\n" + report)
+    print(f"06_eval: {len(policies)} policies in {time.time() - t_start:.0f}s -> {out}")
+
+
+def draw_plot(results, path, metric):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "(No plot: matplotlib is not installed; `pip install matplotlib` and run again to draw " \
+               "reward_vs_kl.png.)"
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, res in results.items():
+        ax.errorbar(res["kl"]["mean"], res[metric]["mean"],
+                    yerr=[[res[metric]["mean"] - res[metric]["lo"]], [res[metric]["hi"] - res[metric]["mean"]]],
+                    fmt="o", capsize=3)
+        ax.annotate(name, (res["kl"]["mean"], res[metric]["mean"]), fontsize=8, xytext=(4, 4),
+                    textcoords="offset points")
+    ax.set_xlabel("KL(pi || SFT), nats per response")
+    ax.set_ylabel(f"mean {metric} score")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return f"![{metric} score against KL to SFT](reward_vs_kl.png)"
+
+
+if __name__ == "__main__":
+    run_main(main)
