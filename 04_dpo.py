@@ -55,7 +55,7 @@ from tqdm import tqdm
 # ARGUMENTS
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+    p = ArgParser(description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     g = p.add_argument_group("inputs and outputs")
     g.add_argument("--run", default="default", help="run name: inputs and outputs under runs/<run>/")
@@ -290,6 +290,14 @@ def reward_scores(rm, input_ids, attention_mask):
     last = T - 1 - attention_mask.flip(-1).argmax(-1)                              # (B,)
     h_last = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]     # (B, H)
     return rm.score(h_last).squeeze(-1).float()                                    # (B,)
+
+
+class ArgParser(argparse.ArgumentParser):
+    """argparse with a one-line error (no usage block): `prog: error: argument --lr: invalid float value`."""
+
+    def error(self, message):
+        print(f"{self.prog}: error: {message} (see --help)", file=sys.stderr)
+        sys.exit(2)
 
 
 

@@ -61,7 +61,7 @@ from tqdm import tqdm
 # ARGUMENTS
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+    p = ArgParser(description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     g = p.add_argument_group("inputs and outputs")
     g.add_argument("--run", default="default", help="run name: inputs and outputs under runs/<run>/")
@@ -330,6 +330,14 @@ def sample_responses(policy, prompts, pad_id, eos_id, max_new_tokens, device, dt
         responses.append(row[:n])
         logps.append(lps[:n])
     return responses, logps
+
+
+class ArgParser(argparse.ArgumentParser):
+    """argparse with a one-line error (no usage block): `prog: error: argument --lr: invalid float value`."""
+
+    def error(self, message):
+        print(f"{self.prog}: error: {message} (see --help)", file=sys.stderr)
+        sys.exit(2)
 
 
 

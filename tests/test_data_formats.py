@@ -1,0 +1,143 @@
+"""The real-data loaders of 01_sft.py, on small files written here in each format: HH-RLHF dialogues,
+TL;DR comparisons (prompt/chosen/rejected with 'TL;DR:'), openai/summarize_from_feedback rows, and
+a generic prompt/chosen/rejected file."""
+
+import gzip
+import json
+
+import pytest
+
+from conftest import load_script, run_stage
+
+sft = load_script("01_sft")
+
+
+def hh(turns):
+    return "".join(f"\n\n{role}: {text}" for role, text in turns)
+
+
+PREFIX = [("Human", "Hi there"), ("Assistant", "Hello! How can I help?"), ("Human", "What is 2+2?")]
+HH_ROWS = [
+    {"chosen": hh(PREFIX + [("Assistant", "It is 4.")]), "rejected": hh(PREFIX + [("Assistant", "5, I think.")])},
+    {"chosen": hh([("Human", "Ça va? Écris «bonjour» 🙂"), ("Assistant", "Bonjour! 🙂")]),
+     "rejected": hh([("Human", "Ça va? Écris «bonjour» 🙂"), ("Assistant", "Non.")])},
+    {"chosen": hh([("Human", "first"), ("Assistant", ""), ("Human", "still there?"), ("Assistant", "Yes.")]),
+     "rejected": hh([("Human", "first"), ("Assistant", ""), ("Human", "still there?"), ("Assistant", "No.")])},
+    # malformed: the dialogues before the last reply differ
+    {"chosen": hh([("Human", "A"), ("Assistant", "x")]), "rejected": hh([("Human", "B"), ("Assistant", "y")])},
+    # ends on a Human turn
+    {"chosen": hh([("Human", "A"), ("Assistant", "x"), ("Human", "ok")]),
+     "rejected": hh([("Human", "A"), ("Assistant", "y"), ("Human", "ok")])},
+    # empty final response
+    {"chosen": hh([("Human", "A"), ("Assistant", "")]), "rejected": hh([("Human", "A"), ("Assistant", "y")])},
+]
+
+
+def write(path, rows):
+    opener = gzip.open if str(path).endswith(".gz") else open
+    with opener(path, "wt", encoding="utf-8") as f:
+        for r in rows:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    return path
+
+
+def test_hh_parsing_multi_turn_unicode_empty_turns_and_skips(capsys):
+    rows = sft.normalise(HH_ROWS, "hh.jsonl")
+    assert len(rows) == 3
+    r0 = rows[0]
+    assert r0["prompt"] == [{"role": "user", "content": "Hi there"},
+                            {"role": "assistant", "content": "Hello! How can I help?"},
+                            {"role": "user", "content": "What is 2+2?"}]
+    assert (r0["chosen"], r0["rejected"]) == ("It is 4.", "5, I think.")
+    assert rows[1]["prompt"][0]["content"] == "Ça va? Écris «bonjour» 🙂" and rows[1]["chosen"] == "Bonjour! 🙂"
+    assert rows[2]["prompt"][1] == {"role": "assistant", "content": ""}       # an empty turn is kept
+    out = capsys.readouterr().out
+    assert "hh-rlhf format, 3 pairs kept" in out
+    for reason in ("1 (chosen and rejected do not share the dialogue before the last reply)",
+                   "1 (ends on a Human turn)", "1 (empty final response)"):
+        assert reason in out
+
+
+def test_tldr_and_generic_and_summarize_from_feedback():
+    tldr = sft.normalise([{"prompt": "SUBREDDIT: r/cats\nTITLE: My cat\nPOST: She sleeps all day.\nTL;DR:",
+                           "chosen": "TL;DR: cat sleeps a lot", "rejected": " TL;DR: cats"}], "tldr.jsonl")
+    assert tldr[0]["prompt"] == [{"role": "user", "content": "SUBREDDIT: r/cats\nTITLE: My cat\nPOST: She sleeps "
+                                                             "all day.\nTL;DR:"}]
+    assert (tldr[0]["chosen"], tldr[0]["rejected"]) == ("cat sleeps a lot", "cats")
+    msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
+    gen = sft.normalise([{"prompt": msgs, "chosen": "Hello.", "rejected": "Go away.", "id": 7}], "g.jsonl")
+    assert gen[0]["prompt"] == msgs and gen[0]["id"] == 7
+    sff = sft.normalise([{"info": {"post": "Long post.", "title": "T", "subreddit": "r"},
+                          "summaries": [{"text": " short"}, {"text": " better"}], "choice": 1}], "s.jsonl")
+    assert sff[0]["chosen"] == "better" and sff[0]["rejected"] == "short"
+    assert sff[0]["prompt"][0]["content"].endswith("POST: Long post.\nTL;DR:")
+
+
+def test_unknown_columns_and_missing_columns_are_clear_errors():
+    with pytest.raises(sft.UserError, match=r"columns \['answer', 'question'\] fit no known format; expected"):
+        sft.normalise([{"question": "q", "answer": "a"}], "x.jsonl")
+    with pytest.raises(sft.UserError, match=r"row 2 is missing \['chosen'\]"):
+        sft.normalise([{"prompt": "p", "chosen": "a", "rejected": "b"}, {"prompt": "p", "rejected": "b"}], "x.jsonl")
+
+
+def test_chat_template_rendering(tiny):
+    _, tok = tiny
+    rows = sft.normalise(HH_ROWS[:1], "hh.jsonl")
+    text = sft.render_prompt(tok, rows[0]["prompt"])
+    assert text == ("<|im_start|>user\nHi there<|im_end|>\n<|im_start|>assistant\nHello! How can I help?<|im_end|>\n"
+                    "<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n")
+
+    class Plain:  # a tokenizer without a chat template gets plain text
+        chat_template = None
+    assert sft.render_prompt(Plain(), rows[0]["prompt"]).endswith("User: What is 2+2?\n\nAssistant:")
+
+
+def make_hh_file(path, n=100):
+    rows = []
+    for i in range(n):
+        pre = [("Human", f"Question number {i}: what is {i} + {i}?")]
+        if i % 3 == 0:
+            pre = [("Human", "Hello"), ("Assistant", "Hi! Ask me anything.")] + pre
+        rows.append({"chosen": hh(pre + [("Assistant", f"It is {2 * i}.")]),
+                     "rejected": hh(pre + [("Assistant", f"It is {2 * i + 1}, I think.")])})
+    rows.append(HH_ROWS[3])  # one malformed row, skipped with a count
+    return write(path, rows)
+
+
+def make_tldr_file(path, n=100):
+    rows = [{"prompt": f"SUBREDDIT: r/test\nTITLE: Post {i}\nPOST: Today I walked {i} km in the rain.\nTL;DR:",
+             "chosen": f"TL;DR: walked {i} km in rain", "rejected": "TL;DR: something happened"} for i in range(n)]
+    return write(path, rows)
+
+
+@pytest.mark.parametrize("maker", [make_hh_file, make_tldr_file], ids=["hh-rlhf", "tldr"])
+def test_pipeline_on_a_local_file_with_the_dataset_named_once(tmp_path, tiny_model_dir, maker):
+    data = maker(tmp_path / ("data.jsonl.gz" if maker is make_hh_file else "data.jsonl"))
+    proc = run_stage("01_sft.py", "--dataset", data, "--model", tiny_model_dir,
+                     "--run", "r", "--max-steps", 2, cwd=tmp_path)
+    assert "held out" in proc.stdout
+    stage = json.load(open(tmp_path / "runs/r/01_sft/stage.json"))
+    assert stage["dataset"]["name"] == str(data)
+    test_rows = [json.loads(l) for l in open(tmp_path / "runs/r/01_sft/data_test.jsonl")]
+    train_rows = [json.loads(l) for l in open(tmp_path / "runs/r/01_sft/data_train.jsonl")]
+    assert test_rows and len(test_rows) + len(train_rows) == 100
+    keys = lambda rows: {json.dumps(r["prompt"]) for r in rows}
+    assert not keys(test_rows) & keys(train_rows)
+    # 02-06 with no dataset flag: they inherit it through the run directory
+    run_stage("02_reward.py", "--run", "r", "--max-steps", 2, cwd=tmp_path)
+    run_stage("03_split.py", "--run", "r", "--easy-fraction", 0.5, cwd=tmp_path)
+    run_stage("04_dpo.py", "--run", "r", "--max-steps", 2, cwd=tmp_path)
+    run_stage("05_ppo.py", "--run", "r", "--steps", 1, "--max-new-tokens", 6, cwd=tmp_path)
+    run_stage("06_eval.py", "--run", "r", "--max-new-tokens", 6, "--bootstrap", 20, cwd=tmp_path)
+    results = json.load(open(tmp_path / "runs/r/06_eval/results.json"))
+    assert set(results["results"]) == {"01_sft", "04_dpo", "05_ppo"}
+    assert "gold" not in results["results"]["04_dpo"]            # no gold judge outside the built-in task
+
+
+def test_hub_dataset_offline_is_a_one_line_error(tmp_path, tiny_model_dir):
+    proc = run_stage("01_sft.py", "--dataset", "no-such-org/no-such-dataset", "--model", tiny_model_dir,
+                     "--out", tmp_path / "x", cwd=tmp_path, check=False)
+    assert proc.returncode == 2
+    err = proc.stderr.strip().splitlines()
+    assert len(err) == 1 and "could not load" in err[0] and "no-such-org/no-such-dataset" in err[0]
+    assert not (tmp_path / "x").exists()

@@ -1,0 +1,243 @@
+"""Every hand-written loss and estimator against numbers computed by hand (or by a plain loop)."""
+
+import math
+
+import pytest
+import torch
+
+from conftest import load_script
+
+sft = load_script("01_sft")
+rwd = load_script("02_reward")
+split = load_script("03_split")
+dpo = load_script("04_dpo")
+ppo = load_script("05_ppo")
+ev = load_script("06_eval")
+
+
+def sig(x):
+    return 1 / (1 + math.exp(-x))
+
+
+def test_sft_loss_is_mean_nll_over_response_tokens_of_the_step():
+    logps = torch.tensor([[-1.0, -2.0, -3.0], [-4.0, -5.0, -6.0]])
+    mask = torch.tensor([[False, True, True], [True, False, False]])
+    # tokens -2, -3, -4 count; the step has 6 response tokens in all (another micro-batch has 3)
+    assert sft.sft_loss(logps, mask, 3).item() == pytest.approx(9 / 3)
+    assert sft.sft_loss(logps, mask, 6).item() == pytest.approx(9 / 6)
+
+
+def test_bradley_terry_loss():
+    rw, rl = torch.tensor([2.0, 0.0]), torch.tensor([1.0, 0.5])
+    loss, acc, margin = rwd.bradley_terry_loss(rw, rl)
+    expect = (-math.log(sig(1.0)) - math.log(sig(-0.5))) / 2
+    assert loss.item() == pytest.approx(expect, rel=1e-6)
+    assert acc.item() == 0.5 and margin.item() == pytest.approx(0.25)
+    loss_c, _, _ = rwd.bradley_terry_loss(rw, rl, center_coef=0.1)
+    assert loss_c.item() == pytest.approx(expect + 0.1 * (3.0 ** 2 + 0.5 ** 2) / 2, rel=1e-6)
+
+
+def test_dpo_loss_equal_policy_and_reference_is_log2():
+    x = torch.tensor([-12.0, -30.0])
+    losses, cr, rr = dpo.dpo_loss(x, x - 3, x, x - 3, beta=0.1)
+    assert torch.allclose(losses, torch.full((2,), math.log(2)))
+    assert torch.all(cr == 0) and torch.all(rr == 0)
+
+
+def test_dpo_and_conservative_dpo_by_hand():
+    pc, pr, rc, rr = (torch.tensor([v]) for v in (-10.0, -14.0, -11.0, -12.0))
+    h = (-10 + 11) - (-14 + 12)  # = 3
+    losses, c_rew, r_rew = dpo.dpo_loss(pc, pr, rc, rr, beta=0.5)
+    assert losses.item() == pytest.approx(-math.log(sig(0.5 * h)), rel=1e-6)
+    assert c_rew.item() == pytest.approx(0.5) and r_rew.item() == pytest.approx(-1.0)
+    losses, _, _ = dpo.dpo_loss(pc, pr, rc, rr, beta=0.5, label_smoothing=0.2)
+    expect = -0.8 * math.log(sig(1.5)) - 0.2 * math.log(sig(-1.5))
+    assert losses.item() == pytest.approx(expect, rel=1e-6)
+    assert not c_rew.requires_grad
+
+
+def test_ipo_loss_by_hand():
+    pc, pr, rc, rr = (torch.tensor([v]) for v in (-1.0, -1.5, -1.2, -1.3))
+    h = (-1.0 + 1.2) - (-1.5 + 1.3)  # = 0.4
+    losses, _, _ = dpo.ipo_loss(pc, pr, rc, rr, tau=0.5)
+    assert losses.item() == pytest.approx((h - 1.0) ** 2, rel=1e-5)
+    losses, _, _ = dpo.ipo_loss(pc, pr, rc, rr, tau=1.25)  # target 0.4: zero loss
+    assert losses.item() == pytest.approx(0.0, abs=1e-10)
+
+
+def test_sequence_logps_sum_for_dpo_mean_for_ipo():
+    tl = torch.tensor([[0.0, -1.0, -2.0, 0.0], [-1.0, -1.0, -4.0, -3.0]])
+    mask = torch.tensor([[False, True, True, False], [False, False, True, True]])
+    assert dpo.sequence_logps(tl, mask, average=False).tolist() == [-3.0, -7.0]
+    assert dpo.sequence_logps(tl, mask, average=True).tolist() == [-1.5, -3.5]
+
+
+def test_mixture_logps_endpoints_and_midpoint():
+    p = torch.log_softmax(torch.tensor([[1.0, 2.0, 0.5]]), -1)
+    r = torch.log_softmax(torch.tensor([[0.0, -1.0, 3.0]]), -1)
+    assert torch.allclose(dpo.mixture_logps(p, r, 0.0), p, atol=1e-6)
+    assert torch.allclose(dpo.mixture_logps(p, r, 1.0), r, atol=1e-6)
+    mid = torch.sqrt(p.exp() * r.exp())
+    assert torch.allclose(dpo.mixture_logps(p, r, 0.5).exp(), mid / mid.sum(), atol=1e-6)
+
+
+def test_online_labels_follow_scores_and_drop_ties():
+    a, b = torch.tensor([1.0, 0.0, 2.0]), torch.tensor([0.5, 0.0, 3.0])
+    assert dpo.online_labels(a, b, "argmax", None).tolist() == [1, 0, -1]
+    g = torch.Generator().manual_seed(0)
+    big = dpo.online_labels(torch.full((4000,), 1.0), torch.zeros(4000), "sample", g)
+    assert abs((big == 1).float().mean().item() - sig(1.0)) < 0.03
+
+
+# ---------------------------------------------------------------------------- PPO
+
+def test_kl_estimators():
+    lp, ref = torch.tensor([-1.0, -2.0]), torch.tensor([-1.5, -1.0])
+    assert ppo.kl_per_token(lp, ref, "k1").tolist() == pytest.approx([0.5, -1.0])
+    assert ppo.kl_per_token(lp, ref, "clamped").tolist() == pytest.approx([0.5, 0.0])
+    k3 = [math.exp(-0.5) - 1 + 0.5, math.exp(1.0) - 1 - 1.0]
+    assert ppo.kl_per_token(lp, ref, "k3").tolist() == pytest.approx(k3, rel=1e-6)
+
+
+def test_rewards_put_score_on_the_last_response_token_with_left_and_right_padding():
+    # row 0: response at positions 1..3 (right padding after); row 1: left padding, response at 3..4
+    mask = torch.tensor([[False, True, True, True, False], [False, False, False, True, True]])
+    lp = torch.tensor([[0.0, -1.0, -1.0, -1.0, 0.0], [0.0, 0.0, 0.0, -2.0, -2.0]])
+    ref = torch.tensor([[0.0, -1.5, -1.0, -0.5, 9.0], [9.0, 9.0, 9.0, -1.0, -3.0]])
+    rewards, kl = ppo.compute_rewards(lp, ref, mask, torch.tensor([10.0, 20.0]), kl_coef=0.1)
+    expect = torch.tensor([[0.0, -0.05, 0.0, 0.05 + 10.0, 0.0], [0.0, 0.0, 0.0, 0.1, -0.1 + 20.0]])
+    assert torch.allclose(rewards, expect, atol=1e-6)
+    assert torch.all(kl[~mask] == 0)
+
+
+def gae_reference(rewards, values, mask, gamma, lam):
+    """The textbook loop, row by row, over the list of masked positions."""
+    adv = torch.zeros_like(rewards)
+    for b in range(rewards.shape[0]):
+        idx = [t for t in range(rewards.shape[1]) if mask[b, t]]
+        last = 0.0
+        for k in reversed(range(len(idx))):
+            t = idx[k]
+            next_v = values[b, idx[k + 1]].item() if k + 1 < len(idx) else 0.0
+            delta = rewards[b, t].item() + gamma * next_v - values[b, t].item()
+            last = delta + gamma * lam * last
+            adv[b, t] = last
+    return adv
+
+
+@pytest.mark.parametrize("gamma,lam", [(1.0, 0.95), (0.9, 0.8), (1.0, 1.0), (0.99, 0.0)])
+def test_gae_matches_reference_loop_on_ragged_masks(gamma, lam):
+    g = torch.Generator().manual_seed(0)
+    rewards, values = torch.randn(5, 9, generator=g), torch.randn(5, 9, generator=g)
+    mask = torch.zeros(5, 9, dtype=torch.bool)
+    mask[0, 0:9] = True          # full
+    mask[1, 3:9] = True          # left padded
+    mask[2, 0:4] = True          # right padded
+    mask[3, 2:5] = True          # both
+    mask[4, 6] = True            # a single token
+    adv, ret = ppo.gae(rewards, values, mask, gamma, lam)
+    ref = gae_reference(rewards, values, mask, gamma, lam)
+    assert torch.allclose(adv, ref, atol=1e-5)
+    assert torch.allclose(ret, (ref + values) * mask, atol=1e-5)
+    assert torch.all(adv[~mask] == 0)
+
+
+def test_gae_hand_computed():
+    rewards = torch.tensor([[0.0, 0.0, 1.0]])
+    values = torch.tensor([[0.5, 0.2, 0.4]])
+    mask = torch.ones(1, 3, dtype=torch.bool)
+    adv, _ = ppo.gae(rewards, values, mask, gamma=1.0, lam=0.5)
+    d2 = 1.0 - 0.4
+    d1 = 0.0 + 0.4 - 0.2
+    d0 = 0.0 + 0.2 - 0.5
+    assert adv[0].tolist() == pytest.approx([d0 + 0.5 * (d1 + 0.5 * d2), d1 + 0.5 * d2, d2])
+
+
+def test_ppo_policy_loss_by_hand():
+    old = torch.zeros(1, 4)
+    new = torch.log(torch.tensor([[1.5, 0.5, 1.1, 2.0]]))
+    adv = torch.tensor([[1.0, 1.0, -1.0, 5.0]])
+    mask = torch.tensor([[True, True, True, False]])
+    loss, clipfrac, approx_kl = ppo.ppo_policy_loss(new, old, adv, mask, cliprange=0.2)
+    # token 0: ratio 1.5, A=1 -> max(-1.5, -1.2) = -1.2 (clipped); token 1: ratio 0.5, A=1 ->
+    # max(-0.5, -0.8) = -0.5; token 2: ratio 1.1, A=-1 -> max(1.1, 1.1) = 1.1; token 3 masked
+    assert loss.item() == pytest.approx((-1.2 - 0.5 + 1.1) / 3, rel=1e-5)
+    assert clipfrac.item() == pytest.approx(1 / 3)
+    lr = torch.log(torch.tensor([1.5, 0.5, 1.1]))
+    assert approx_kl.item() == pytest.approx((0.5 * lr ** 2).mean().item(), rel=1e-5)
+
+
+def test_ppo_first_ratio_is_one_gives_plain_policy_gradient():
+    lp = torch.randn(2, 5)
+    adv = torch.randn(2, 5)
+    mask = torch.ones(2, 5, dtype=torch.bool)
+    loss, clipfrac, approx_kl = ppo.ppo_policy_loss(lp, lp, adv, mask)
+    assert loss.item() == pytest.approx(-adv.mean().item(), abs=1e-6)
+    assert clipfrac.item() == 0 and approx_kl.item() == 0
+
+
+def test_ppo_value_loss_by_hand():
+    old = torch.tensor([[1.0, 1.0]])
+    new = torch.tensor([[1.5, 0.9]])
+    ret = torch.tensor([[2.0, 0.0]])
+    mask = torch.ones(1, 2, dtype=torch.bool)
+    loss, vclip = ppo.ppo_value_loss(new, old, ret, mask, cliprange_value=0.2)
+    # token 0: unclipped (1.5-2)^2 = 0.25, clipped (1.2-2)^2 = 0.64 -> 0.64; token 1: (0.9)^2 both
+    assert loss.item() == pytest.approx(0.5 * (0.64 + 0.81) / 2, rel=1e-5)
+    assert vclip.item() == pytest.approx(0.5)
+
+
+def test_masked_whiten():
+    x = torch.tensor([[1.0, 2.0, 3.0, 100.0]])
+    mask = torch.tensor([[True, True, True, False]])
+    w = ppo.masked_whiten(x, mask)
+    assert w[0, :3].tolist() == pytest.approx([-1.2247, 0.0, 1.2247], abs=1e-3)
+    assert w[0, 3] == 0
+
+
+def test_adaptive_kl_coefficient():
+    assert ppo.adaptive_kl_coef(0.1, 12.0, 6.0, 100, 1000) == pytest.approx(0.1 * (1 + 0.2 * 0.1))
+    assert ppo.adaptive_kl_coef(0.1, 5.4, 6.0, 100, 1000) == pytest.approx(0.1 * (1 - 0.1 * 0.1))
+
+
+# ---------------------------------------------------------------------------- split and eval
+
+def test_split_rules():
+    rows = [{"chosen": f"c{i}", "rejected": f"r{i}", "gold_chosen": 1.0, "gold_rejected": 0.0} for i in range(4)]
+    gaps = [2.0, 0.5, -3.0, -0.2]
+    easy, hard = split.split_pairs(rows, gaps, 1.0, "relabel")
+    assert [r["chosen"] for r in easy] == ["c0", "r2"] and [r["chosen"] for r in hard] == ["c1", "r3"]
+    assert easy[1]["relabelled"] and easy[1]["gap"] == 3.0 and easy[1]["gold_chosen"] == 0.0
+    easy, hard = split.split_pairs(rows, gaps, 1.0, "hard")
+    assert [r["chosen"] for r in easy] == ["c0"] and [r["chosen"] for r in hard] == ["c1", "c2", "c3"]
+    easy, hard = split.split_pairs(rows, gaps, 1.0, "drop")
+    assert [r["chosen"] for r in easy] == ["c0"] and [r["chosen"] for r in hard] == ["c1"]
+    assert split.label_noise(hard) == 0.0
+    assert split.original(easy[0]) == easy[0]
+
+
+def test_quantile_threshold():
+    gaps = [0.1, -0.2, 0.3, -0.4, 0.5, 1.0, -2.0, 3.0]
+    t = split.threshold_for_fraction(gaps, 0.25)
+    easy, hard = split.split_pairs([{"chosen": "a", "rejected": "b"}] * 8, gaps, t)
+    assert len(easy) == 2 and len(hard) == 6
+    assert split.quantile([1, 2, 3, 4], 0.5) == 2.5
+
+
+def test_win_rate_ties_count_half():
+    assert ev.win_rate([1, 2, 3, 0.5], [1, 1, 4, 0.5]) == [0.5, 1.0, 0.0, 0.5]
+
+
+def test_bootstrap_interval():
+    vals = [0.0] * 50 + [1.0] * 50
+    lo, hi = ev.bootstrap_ci(vals, 2000, seed=0)
+    # the standard error of the mean is 0.05: the 95% interval is about 0.5 +- 0.098
+    assert 0.38 < lo < 0.43 and 0.57 < hi < 0.62
+    assert ev.bootstrap_ci([0.7] * 10, 100) == (pytest.approx(0.7), pytest.approx(0.7))
+    assert ev.bootstrap_ci(vals, 200, seed=3) == ev.bootstrap_ci(vals, 200, seed=3)
+
+
+def test_lr_schedule_warmup_then_cosine():
+    assert sft.lr_at(0, 100, 0.1, 0.1) == pytest.approx(0.1)
+    assert sft.lr_at(9, 100, 0.1, 0.1) == pytest.approx(1.0)
+    assert sft.lr_at(99, 100, 0.1, 0.1) == pytest.approx(0.1, abs=1e-3)

@@ -1,0 +1,192 @@
+"""Log-probs, reward scores and the samplers on the tiny model: masking, padding, caching, agreement
+with plain Hugging Face forward passes."""
+
+import torch
+import torch.nn.functional as F
+
+from conftest import load_script
+
+sft = load_script("01_sft")
+rwd = load_script("02_reward")
+dpo = load_script("04_dpo")
+ppo = load_script("05_ppo")
+
+CPU = torch.device("cpu")
+
+
+def examples(tok):
+    msgs = [[{"role": "user", "content": "What is 2 + 3?"}],
+            [{"role": "user", "content": "Sort these numbers from smallest to largest: 5, 1, 9, 7."}],
+            [{"role": "user", "content": "Is 7 a prime number?"}]]
+    resps = ["2 + 3 = 5.", "1, 5, 7, 9", "Yes, it is. I checked it twice to make sure it holds."]
+    return [sft.encode(tok, m, r, 256, 128) for m, r in zip(msgs, resps)]
+
+
+def naive_logps(model, prompt, response):
+    """Full-vocabulary logits of one unpadded sequence, the textbook way."""
+    ids = torch.tensor([prompt + response])
+    logits = model(input_ids=ids).logits.float()[0, :-1]
+    lp = logits.log_softmax(-1).gather(-1, ids[0, 1:, None]).squeeze(-1)
+    return lp[len(prompt) - 1:]                      # the response tokens only
+
+
+@torch.no_grad()
+def test_token_logps_masks_prompt_and_pad_and_matches_naive(tiny):
+    model, tok = tiny
+    model.eval()
+    ex = examples(tok)
+    ids, attn, resp = sft.collate(ex, tok.pad_token_id)
+    lp = sft.token_logps(model, ids, attn, resp)
+    for i, (p, r) in enumerate(ex):
+        got = lp[i][resp[i, 1:]]
+        assert torch.allclose(got, naive_logps(model, p, r), atol=1e-5)
+        assert torch.all(lp[i][~resp[i, 1:]] == 0)         # prompt and pad positions give nothing
+
+
+@torch.no_grad()
+def test_left_and_right_padding_give_the_same_logps_entropy_and_values(tiny, tiny_model_dir):
+    model, tok = tiny
+    model.eval()
+    ex = examples(tok)
+    right = [t for t in sft.collate(ex, tok.pad_token_id, "right")]
+    left = [t for t in sft.collate(ex, tok.pad_token_id, "left")]
+    lr, er = sft.token_logps(model, *right, with_entropy=True)
+    ll, el = sft.token_logps(model, *left, with_entropy=True)
+    for i in range(len(ex)):
+        assert torch.allclose(lr[i][right[2][i, 1:]], ll[i][left[2][i, 1:]], atol=1e-5)
+        assert torch.allclose(er[i][right[2][i, 1:]], el[i][left[2][i, 1:]], atol=1e-5)
+    sums_r = dpo.sequence_logps(lr, right[2][:, 1:], False)
+    sums_l = dpo.sequence_logps(ll, left[2][:, 1:], False)
+    assert torch.allclose(sums_r, sums_l, atol=1e-4)
+    # the entropy is that of the full next-token distribution
+    p, r = ex[0]
+    logits = model(input_ids=torch.tensor([p + r])).logits[0, len(p) - 1].float()
+    ent = -(logits.softmax(-1) * logits.log_softmax(-1)).sum()
+    assert torch.allclose(er[0][right[2][0, 1:]][0], ent, atol=1e-5)
+
+
+@torch.no_grad()
+def test_reward_score_read_at_last_real_token_and_equal_to_hf(tmp_path, tiny_model_dir):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    rm = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=1)
+    rwd.set_distinct_pad(tok, rm)
+    assert tok.pad_token_id != tok.eos_token_id
+    rm.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    rm2 = AutoModelForSequenceClassification.from_pretrained(tmp_path).eval()
+    tok2 = AutoTokenizer.from_pretrained(tmp_path)
+    ex = examples(tok2)
+    for side in ("right", "left"):
+        ids, attn, _ = sft.collate(ex, tok2.pad_token_id, side)
+        ours = rwd.reward_scores(rm2, ids, attn)
+        for i, (p, r) in enumerate(ex):
+            alone = rm2(input_ids=torch.tensor([p + r])).logits[0, 0]      # no padding at all
+            assert torch.allclose(ours[i], alone, atol=1e-5)
+        if side == "right":  # HF's own padded forward reads the last non-pad token: the same EOS
+            assert torch.allclose(ours, rm2(input_ids=ids, attention_mask=attn).logits[:, 0], atol=1e-5)
+    # and the score is the head applied to the hidden state of the EOS that closes the response
+    p, r = ex[0]
+    h = rm2.base_model(input_ids=torch.tensor([p + r])).last_hidden_state[0, -1]
+    assert torch.allclose(rm2.score(h), ours[0:1], atol=1e-5)
+
+
+@torch.no_grad()
+def test_token_values_aligned_with_logps(tiny_model_dir):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    vm = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=1).eval()
+    ex = examples(tok)
+    r_ids, r_attn, r_resp = sft.collate(ex, tok.pad_token_id, "right")
+    l_ids, l_attn, l_resp = sft.collate(ex, tok.pad_token_id, "left")
+    vr, vl = ppo.token_values(vm, r_ids, r_attn), ppo.token_values(vm, l_ids, l_attn)
+    for i in range(len(ex)):
+        assert torch.allclose(vr[i][r_resp[i, 1:]], vl[i][l_resp[i, 1:]], atol=1e-5)
+
+
+@torch.no_grad()
+def test_sampled_logps_equal_a_fresh_forward_pass(tiny):
+    model, tok = tiny
+    model.eval()
+    prompts = [p for p, _ in examples(tok)]
+    g = torch.Generator().manual_seed(0)
+    ys, lps = dpo.sample_responses(model, prompts, tok.pad_token_id, tok.eos_token_id, 12, CPU, None, g)
+    ids, attn, resp = sft.collate(list(zip(prompts, ys)), tok.pad_token_id)
+    fresh = sft.token_logps(model, ids, attn, resp)
+    for i, y in enumerate(ys):
+        assert 1 <= len(y) <= 12
+        assert torch.allclose(fresh[i][resp[i, 1:]], torch.tensor(lps[i]), atol=1e-4)
+    # PPO's first ratio is exactly one: the training pass repeats the rollout pass
+    again = sft.token_logps(model, ids, attn, resp)
+    assert torch.equal(fresh, again)
+
+
+@torch.no_grad()
+def test_sampling_is_deterministic_for_a_seed(tiny):
+    model, tok = tiny
+    prompts = [p for p, _ in examples(tok)]
+    runs = [dpo.sample_responses(model, prompts, tok.pad_token_id, tok.eos_token_id, 8, CPU, None,
+                                 torch.Generator().manual_seed(5))[0] for _ in range(2)]
+    assert runs[0] == runs[1]
+
+
+@torch.no_grad()
+def test_mixture_sampler_endpoints_reproduce_policy_and_reference(tiny, tiny_model_dir):
+    """With B = 0 the sampler's distribution is the policy's, with B = 1 the reference's: checked on
+    the log-probs of the sampled tokens (which the sampler reports), against each model's own."""
+    from transformers import AutoModelForCausalLM
+    policy, tok = tiny
+    policy.eval()
+    ref = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    with torch.no_grad():
+        for p in ref.parameters():
+            p.add_(0.05 * torch.randn_like(p))      # a reference that differs from the policy
+    prompts = [p for p, _ in examples(tok)]
+    for beta, target, other in ((0.0, policy, ref), (1.0, ref, policy)):
+        g = torch.Generator().manual_seed(1)
+        ys, lps = dpo.sample_responses(policy, prompts, tok.pad_token_id, tok.eos_token_id, 10, CPU, None, g,
+                                       ref=ref, mixture_beta=beta)
+        ids, attn, resp = sft.collate(list(zip(prompts, ys)), tok.pad_token_id)
+        want = sft.token_logps(target, ids, attn, resp)
+        not_want = sft.token_logps(other, ids, attn, resp)
+        for i in range(len(ys)):
+            got = torch.tensor(lps[i])
+            assert torch.allclose(got, want[i][resp[i, 1:]], atol=1e-4)
+            assert not torch.allclose(got, not_want[i][resp[i, 1:]], atol=1e-4)
+    # B = 0.5: the sampled tokens' log-probs are those of the normalised geometric mean
+    g = torch.Generator().manual_seed(2)
+    ys, lps = dpo.sample_responses(policy, prompts[:1], tok.pad_token_id, tok.eos_token_id, 1, CPU, None, g,
+                                   ref=ref, mixture_beta=0.5)
+    ids = torch.tensor([prompts[0]])
+    lp_pi = policy(input_ids=ids).logits[0, -1].log_softmax(-1)
+    lp_ref = ref(input_ids=ids).logits[0, -1].log_softmax(-1)
+    mix = dpo.mixture_logps(lp_pi[None], lp_ref[None], 0.5)[0]
+    assert abs(mix[ys[0][0]].item() - lps[0][0]) < 1e-4
+
+
+@torch.no_grad()
+def test_kl_of_identical_policies_is_zero(tiny):
+    model, tok = tiny
+    prompts = [p for p, _ in examples(tok)]
+    ys, _ = dpo.sample_responses(model, prompts, tok.pad_token_id, tok.eos_token_id, 10, CPU, None,
+                                 torch.Generator().manual_seed(0))
+    ids, attn, resp = sft.collate(list(zip(prompts, ys)), tok.pad_token_id)
+    kl = (sft.token_logps(model, ids, attn, resp) - sft.token_logps(model, ids, attn, resp)).sum(-1)
+    assert torch.all(kl.abs() < 1e-6)
+
+
+def test_collate_masks():
+    ids, attn, resp = sft.collate([([1, 2], [3]), ([4], [5, 6, 7])], pad_id=0, side="left")
+    assert ids.tolist() == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    assert attn.tolist() == [[0, 1, 1, 1], [1, 1, 1, 1]]
+    assert resp.tolist() == [[False, False, False, True], [False, True, True, True]]
+    assert sft.position_ids_from(attn).tolist() == [[0, 0, 1, 2], [0, 1, 2, 3]]
+
+
+def test_encode_truncates_prompt_from_the_left_and_ends_with_eos(tiny):
+    _, tok = tiny
+    msgs = [{"role": "user", "content": "word " * 200}]
+    p, r = sft.encode(tok, msgs, "fine answer " * 100, 16, 8)
+    full = tok(sft.render_prompt(tok, msgs), add_special_tokens=False)["input_ids"]
+    assert p == full[-16:]                         # the end of the prompt (the assistant header) survives
+    assert len(r) == 8 and r[-1] == tok.eos_token_id

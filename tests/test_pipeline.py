@@ -1,0 +1,166 @@
+"""End to end on the tiny model: run.sh 01 -> 06 with every baseline and ablation, the hand-over
+between stages, and the errors a user meets (one line, exit code 2, nothing written)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import ROOT, load_script, run_stage
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory, tiny_model_dir):
+    """`bash run.sh --compare` with the tiny budget, as a user would run it, in a scratch copy."""
+    work = tmp_path_factory.mktemp("pipe")
+    for f in list(ROOT.glob("0[1-6]_*.py")) + [ROOT / "builtin_task.py", ROOT / "run.sh"]:
+        (work / f.name).write_bytes(f.read_bytes())
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TQDM_DISABLE="1", PYTHON=sys.executable)
+    proc = subprocess.run(["bash", "run.sh", "--budget", "tiny", "--compare", "--run", "t", "--model",
+                           str(tiny_model_dir)], cwd=work, env=env, capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    return work, work / "runs" / "t", proc.stdout
+
+
+def test_run_sh_runs_every_stage_and_reports(pipeline):
+    work, run, stdout = pipeline
+    for d in ("01_sft", "02_reward", "03_split", "04_dpo", "05_ppo", "06_eval", "04_dpo_all", "04_dpo_hard",
+              "05_ppo_vanilla", "05_ppo_sftref", "04_ipo", "04_ipo_online", "04_ipo_md"):
+        assert (run / d).is_dir(), d
+    assert "expected wall time per stage" in stdout
+    report = (run / "06_eval/report.md").read_text()
+    results = json.load(open(run / "06_eval/results.json"))["results"]
+    assert set(results) == {"01_sft", "04_dpo", "05_ppo", "04_dpo_all", "04_dpo_hard", "05_ppo_vanilla",
+                            "05_ppo_sftref", "04_ipo", "04_ipo_online", "04_ipo_md"}
+    for name, res in results.items():
+        assert f"| {name} |" in report
+        for key in ("rm", "gold", "win_gold", "win_rm", "kl", "length", "refusal_harmful", "refusal_harmless"):
+            assert res[key]["lo"] <= res[key]["mean"] <= res[key]["hi"], (name, key)
+    # the SFT baseline against itself: every win is a tie, its KL to itself is zero
+    assert results["01_sft"]["win_gold"]["mean"] == 0.5 and results["01_sft"]["kl"]["mean"] == 0.0
+    samples = [json.loads(l) for l in open(run / "06_eval/samples.jsonl")]
+    n_prompts = json.load(open(run / "06_eval/results.json"))["n_prompts"]
+    assert len(samples) == 10 * n_prompts and {"prompt", "response", "rm", "gold", "kl"} <= samples[0].keys()
+
+
+def test_stage_outputs_are_plain_hugging_face_directories(pipeline):
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+    _, run, _ = pipeline
+    for d in ("01_sft", "04_dpo", "05_ppo", "04_ipo_md"):
+        assert AutoModelForCausalLM.from_pretrained(run / d) is not None
+    assert AutoModelForSequenceClassification.from_pretrained(run / "02_reward").config.num_labels == 1
+    for d in ("01_sft", "02_reward", "04_dpo", "05_ppo"):
+        stage = json.load(open(run / d / "stage.json"))
+        assert stage["dataset"]["name"] == "builtin" and "versions" in stage and "wall_time_s" in stage
+        lines = [json.loads(l) for l in open(run / d / "metrics.jsonl")]
+        assert any("perf/tokens_per_s" in l and "perf/peak_mem_mb" in l for l in lines)
+    assert not list(run.glob(".*tmp*"))                  # no temporary directories left behind
+
+
+def test_split_outputs_and_stats(pipeline):
+    _, run, _ = pipeline
+    stats = json.load(open(run / "03_split/stats.json"))
+    easy = [json.loads(l) for l in open(run / "03_split/easy.jsonl")]
+    hard = [json.loads(l) for l in open(run / "03_split/hard.jsonl")]
+    assert len(easy) == stats["easy"] and len(hard) == stats["hard"] and easy and hard
+    assert min(abs(r["gap"]) for r in easy) >= stats["threshold"] > max(abs(r["gap"]) for r in hard)
+    assert [abs(r["gap"]) for r in easy] == sorted((abs(r["gap"]) for r in easy), reverse=True)  # curriculum
+    assert all(r["gap"] > 0 for r in easy)              # wrong-way pairs were relabelled
+    assert {"easy", "hard", "all_before"} <= stats["label_noise"].keys()
+    assert stats["heldout_buckets_abs"] and stats["heldout_buckets_quantile"]
+
+
+def test_cached_reference_logps_equal_a_fresh_computation(pipeline):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    dpo = load_script("04_dpo")
+    _, run, _ = pipeline
+    cache = json.load(open(run / "04_dpo/ref_logps.json"))
+    assert cache["aggregate"] == "sum"
+    easy = [json.loads(l) for l in open(run / "03_split/easy.jsonl")]
+    tok = AutoTokenizer.from_pretrained(run / "01_sft")
+    model = AutoModelForCausalLM.from_pretrained(run / "01_sft")
+    ex = []
+    for r in easy:
+        p, c = dpo.encode(tok, r["prompt"], r["chosen"], 256, 128)
+        ex.append((p, c, dpo.encode(tok, r["prompt"], r["rejected"], 256, 128)[1]))
+    fresh = dpo.reference_logps(model, ex, tok.pad_token_id, 5, torch.device("cpu"), None, False, "t")
+    assert len(fresh) == len(cache["train"])
+    assert torch.allclose(torch.tensor(fresh), torch.tensor(cache["train"]), atol=1e-3)
+    # and they are not those of the trained policy
+    trained = AutoModelForCausalLM.from_pretrained(run / "04_dpo")
+    moved = dpo.reference_logps(trained, ex, tok.pad_token_id, 5, torch.device("cpu"), None, False, "t")
+    assert not torch.allclose(torch.tensor(moved), torch.tensor(cache["train"]), atol=1e-3)
+
+
+def test_ppo_logs_and_first_ratio(pipeline):
+    _, run, _ = pipeline
+    logs = [json.loads(l) for l in open(run / "05_ppo/metrics.jsonl")]
+    for key in ("objective/scores", "objective/kl", "objective/rlhf_reward", "ppo/policy_loss", "ppo/value_loss",
+                "ppo/clipfrac", "ppo/approx_kl", "objective/entropy", "response/length", "response/eos_rate",
+                "time/generation_s", "time/training_s", "perf/tokens_per_s", "perf/peak_mem_mb"):
+        assert key in logs[0], key
+    assert all(l["ppo/first_ratio"] == pytest.approx(1.0, abs=1e-4) for l in logs)
+    assert "samples" in logs[0]
+    stage = json.load(open(run / "05_ppo_vanilla/stage.json"))
+    assert stage["prompts"] == "all" and stage["ref"].endswith("01_sft")
+    assert json.load(open(run / "05_ppo/stage.json"))["ref"].endswith("04_dpo")
+
+
+def test_online_ipo_logs(pipeline):
+    _, run, _ = pipeline
+    logs = [json.loads(l) for l in open(run / "04_ipo_md/metrics.jsonl")]
+    steps = [l for l in logs if "online/win_rate_vs_ref" in l]
+    assert steps and {"objective/kl", "perf/generation_share", "loss/train"} <= steps[0].keys()
+    stage = json.load(open(run / "04_ipo_md/stage.json"))
+    assert stage["args"]["mixture_beta"] == 0.125 and stage["args"]["online"]
+
+
+# ---------------------------------------------------------------------------- errors
+
+def one_line_error(proc, *needles):
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    err = proc.stderr.strip().splitlines()
+    assert len(err) == 1, proc.stderr
+    for n in needles:
+        assert n in err[0], err[0]
+
+
+def test_errors_are_one_line_and_write_nothing(tmp_path, tiny_model_dir, pipeline):
+    _, run, _ = pipeline
+    m = str(tiny_model_dir)
+    one_line_error(run_stage("01_sft.py", "--lr", "abc", cwd=tmp_path, check=False), "--lr", "invalid float")
+    one_line_error(run_stage("01_sft.py", "--model", m, "--dataset", "nope.jsonl", "--run", "x", cwd=tmp_path,
+                             check=False), "nope.jsonl", "not found")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "p", "chosen": "a", "rejected": "b"}\n{"prompt": "p", "rejected": "b"}\n')
+    one_line_error(run_stage("01_sft.py", "--model", m, "--dataset", bad, "--run", "x", cwd=tmp_path,
+                             check=False), "row 2 is missing ['chosen']")
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text('{"prompt": "p", "chosen": "", "rejected": "b"}\n')
+    one_line_error(run_stage("01_sft.py", "--model", m, "--dataset", empty, "--run", "x", cwd=tmp_path,
+                             check=False), "every row was skipped")
+    one_line_error(run_stage("01_sft.py", "--model", str(tmp_path / "nomodel"), "--run", "x", "--max-steps", 1,
+                             "--builtin-train-pairs", 20, "--builtin-test-prompts", 5, cwd=tmp_path, check=False),
+                   "nomodel", "not found")
+    one_line_error(run_stage("02_reward.py", "--run", "x", cwd=tmp_path, check=False), "01_sft", "python 01_sft.py")
+    one_line_error(run_stage("05_ppo.py", "--run", "x", cwd=tmp_path, check=False), "python 04_dpo.py")
+    assert not (tmp_path / "runs").exists()
+    # an existing output is not overwritten without --overwrite
+    one_line_error(run_stage("03_split.py", "--reward", run / "02_reward", "--out", run / "03_split",
+                             cwd=tmp_path, check=False), "exists", "--overwrite")
+    # a threshold that empties a set prints the gap quantiles
+    one_line_error(run_stage("03_split.py", "--reward", run / "02_reward", "--out", tmp_path / "s",
+                             "--threshold", 1e9, cwd=tmp_path, check=False), "easy set empty", "q50=")
+    assert not (tmp_path / "s").exists()
+
+
+def test_nan_loss_stops_dpo_and_writes_nothing(tmp_path, pipeline):
+    _, run, _ = pipeline
+    out = tmp_path / "nan"
+    proc = run_stage("04_dpo.py", "--sft", run / "01_sft", "--split-dir", run / "03_split", "--out", out,
+                     "--beta", "inf", cwd=tmp_path, check=False)
+    one_line_error(proc, "loss is nan at step 1", "batch of pairs 0..")
+    assert not out.exists() and not list(tmp_path.glob(".nan*"))
