@@ -29,6 +29,7 @@ import math
 import os
 import random
 import shutil
+import signal
 import sys
 import time
 from pathlib import Path
@@ -175,6 +176,13 @@ def prepare_output(out, overwrite):
     out = Path(out)
     if out.exists() and not overwrite:
         raise UserError(f"{out} exists; pass --overwrite to replace it")
+    for stale in out.parent.glob(f".{out.name}.tmp-*"):  # left by a killed run whose process is gone
+        try:
+            os.kill(int(stale.name.rsplit("-", 1)[1]), 0)
+        except (ValueError, ProcessLookupError):
+            shutil.rmtree(stale, ignore_errors=True)
+        except PermissionError:
+            pass
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -200,6 +208,8 @@ def run_main(main, argv=None):
     directory of a failed or interrupted run is removed, so nothing half-written is left behind."""
     name = Path(sys.argv[0]).name
     state = {}
+    # a kill (SIGTERM) unwinds like Ctrl-C, so the `finally` below removes the temporary directory
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         main(parse_args(argv), state)
     except UserError as e:

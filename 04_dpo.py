@@ -42,6 +42,7 @@ import math
 import os
 import random
 import shutil
+import signal
 import sys
 import time
 from pathlib import Path
@@ -227,6 +228,13 @@ def prepare_output(out, overwrite):
     out = Path(out)
     if out.exists() and not overwrite:
         raise UserError(f"{out} exists; pass --overwrite to replace it")
+    for stale in out.parent.glob(f".{out.name}.tmp-*"):  # left by a killed run whose process is gone
+        try:
+            os.kill(int(stale.name.rsplit("-", 1)[1]), 0)
+        except (ValueError, ProcessLookupError):
+            shutil.rmtree(stale, ignore_errors=True)
+        except PermissionError:
+            pass
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -252,6 +260,8 @@ def run_main(main, argv=None):
     directory of a failed or interrupted run is removed, so nothing half-written is left behind."""
     name = Path(sys.argv[0]).name
     state = {}
+    # a kill (SIGTERM) unwinds like Ctrl-C, so the `finally` below removes the temporary directory
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         main(parse_args(argv), state)
     except UserError as e:
@@ -433,11 +443,12 @@ def implicit_reward_accuracy(model, examples, rows, refs, args, pad_id, device, 
         ref = torch.tensor(refs[i:i + args.eval_batch_size], device=device)
         margins += ((c - ref[:, 0]) - (r - ref[:, 1])).tolist()
     model.train()
-    out = {"eval/implicit_accuracy": sum(m > 0 for m in margins) / max(1, len(margins))}
+    # ties (as at step 0, where policy == reference) count as half
+    out = {"eval/implicit_accuracy": sum(1.0 if m > 0 else 0.5 if m == 0 else 0.0 for m in margins) / max(1, len(margins))}
     gold = [(m, x["gold_chosen"] - x["gold_rejected"]) for m, x in zip(margins, rows) if "gold_chosen" in x]
     gold = [(m, g) for m, g in gold if g != 0]
     if gold:
-        out["eval/implicit_gold_agreement"] = sum((m > 0) == (g > 0) for m, g in gold) / len(gold)
+        out["eval/implicit_gold_agreement"] = sum(0.5 if m == 0 else float((m > 0) == (g > 0)) for m, g in gold) / len(gold)
     return out
 
 

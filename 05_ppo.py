@@ -48,6 +48,7 @@ import math
 import os
 import random
 import shutil
+import signal
 import sys
 import time
 from pathlib import Path
@@ -93,7 +94,8 @@ def parse_args(argv=None):
     g.add_argument("--gamma", type=float, default=1.0, help="discount gamma (1: episodic, TRL)")
     g.add_argument("--lam", type=float, default=0.95, help="GAE lambda (TRL 0.95)")
     g.add_argument("--ppo-epochs", type=int, default=4, help="passes over each rollout (TRL 4; the fork 1)")
-    g.add_argument("--minibatch-size", type=int, default=4, help="sequences per PPO minibatch")
+    g.add_argument("--minibatch-size", type=int, default=8,
+                   help="sequences per PPO minibatch (8 = the rollout: one update per epoch, as TRL's default)")
     g.add_argument("--cliprange", type=float, default=0.2, help="eps of the clipped surrogate")
     g.add_argument("--cliprange-value", type=float, default=0.2, help="clip of the value loss")
     g.add_argument("--vf-coef", type=float, default=0.1, help="weight of the value loss (TRL 0.1)")
@@ -231,6 +233,13 @@ def prepare_output(out, overwrite):
     out = Path(out)
     if out.exists() and not overwrite:
         raise UserError(f"{out} exists; pass --overwrite to replace it")
+    for stale in out.parent.glob(f".{out.name}.tmp-*"):  # left by a killed run whose process is gone
+        try:
+            os.kill(int(stale.name.rsplit("-", 1)[1]), 0)
+        except (ValueError, ProcessLookupError):
+            shutil.rmtree(stale, ignore_errors=True)
+        except PermissionError:
+            pass
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -256,6 +265,8 @@ def run_main(main, argv=None):
     directory of a failed or interrupted run is removed, so nothing half-written is left behind."""
     name = Path(sys.argv[0]).name
     state = {}
+    # a kill (SIGTERM) unwinds like Ctrl-C, so the `finally` below removes the temporary directory
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         main(parse_args(argv), state)
     except UserError as e:

@@ -86,12 +86,17 @@ def test_cached_reference_logps_equal_a_fresh_computation(pipeline):
     for r in easy:
         p, c = dpo.encode(tok, r["prompt"], r["chosen"], 256, 128)
         ex.append((p, c, dpo.encode(tok, r["prompt"], r["rejected"], 256, 128)[1]))
-    fresh = dpo.reference_logps(model, ex, tok.pad_token_id, 5, torch.device("cpu"), None, False, "t")
+    # recompute on the device and at the precision the stage used (CUDA and bf16 where a GPU ran it)
+    stage = json.load(open(run / "04_dpo/stage.json"))
+    device = torch.device(stage["device"])
+    dtype = {"None": None, "torch.bfloat16": torch.bfloat16, "torch.float16": torch.float16}[stage["precision"]]
+    model.to(device)
+    fresh = dpo.reference_logps(model, ex, tok.pad_token_id, 5, device, dtype, False, "t")
     assert len(fresh) == len(cache["train"])
     assert torch.allclose(torch.tensor(fresh), torch.tensor(cache["train"]), atol=1e-3)
     # and they are not those of the trained policy
     trained = AutoModelForCausalLM.from_pretrained(run / "04_dpo")
-    moved = dpo.reference_logps(trained, ex, tok.pad_token_id, 5, torch.device("cpu"), None, False, "t")
+    moved = dpo.reference_logps(trained.to(device), ex, tok.pad_token_id, 5, device, dtype, False, "t")
     assert not torch.allclose(torch.tensor(moved), torch.tensor(cache["train"]), atol=1e-3)
 
 
@@ -164,3 +169,19 @@ def test_nan_loss_stops_dpo_and_writes_nothing(tmp_path, pipeline):
                      "--beta", "inf", cwd=tmp_path, check=False)
     one_line_error(proc, "loss is nan at step 1", "batch of pairs 0..")
     assert not out.exists() and not list(tmp_path.glob(".nan*"))
+
+
+def test_a_killed_stage_leaves_nothing_behind(tmp_path, tiny_model_dir):
+    import signal
+    import time
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TQDM_DISABLE="1")
+    proc = subprocess.Popen([sys.executable, str(ROOT / "01_sft.py"), "--model", str(tiny_model_dir), "--run", "k",
+                             "--max-steps", "100000", "--builtin-train-pairs", "50", "--builtin-test-prompts", "5"],
+                            cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not list((tmp_path / "runs/k").glob(".01_sft.tmp-*/metrics.jsonl")) and time.time() < deadline:
+        time.sleep(0.2)
+    assert list((tmp_path / "runs/k").glob(".01_sft.tmp-*")), "the stage never started writing"
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 143
+    assert not list((tmp_path / "runs/k").iterdir())        # no half-written output, no temporary directory
