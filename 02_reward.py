@@ -250,6 +250,20 @@ def need_stage(path, stage, command):
     return json.load(open(path / "stage.json"))
 
 
+def inherited_dir(recorded, stage_dir):
+    """An input directory that an earlier stage recorded in its stage.json: the recorded path, or, if
+    the run directory was moved or the path was relative to another working directory, the directory
+    of that name beside `stage_dir`."""
+    path = Path(recorded)
+    if (path / "stage.json").exists():
+        return path
+    beside = Path(stage_dir).parent / path.name
+    if (beside / "stage.json").exists():
+        return beside
+    raise UserError(f"{stage_dir}/stage.json names {recorded}, which is not there (nor beside it); "
+                    f"rerun the earlier stages or pass the directory explicitly")
+
+
 def set_distinct_pad(tokenizer, model):
     """Make the pad token differ from EOS, so that `AutoModelForSequenceClassification` (which reads the
     score at the last non-pad token) reads it at the EOS that closes the response."""
@@ -407,7 +421,7 @@ def main(args, state):
     wall = time.time() - t_start
     final = {**after, "eval/accuracy_before": before["eval/accuracy"], "steps": total_steps,
              "perf/tokens_per_s": tokens / max(train_time, 1e-9), "perf/peak_mem_mb": peak_memory_mb(device)}
-    json.dump({"stage": "02_reward", "args": vars(args), "sft": str(sft_dir), "dataset": sft_stage["dataset"],
+    json.dump({"stage": "02_reward", "args": vars(args), "sft": str(sft_dir.resolve()), "dataset": sft_stage["dataset"],
                "seed": args.seed, "device": str(device), "precision": str(dtype), "versions": versions(),
                "wall_time_s": wall, "final": final}, open(tmp / "stage.json", "w"), indent=2)
     commit_output(tmp, out)

@@ -237,6 +237,20 @@ def reward_scores(rm, input_ids, attention_mask):
     return rm.score(h_last).squeeze(-1).float()                                    # (B,)
 
 
+def inherited_dir(recorded, stage_dir):
+    """An input directory that an earlier stage recorded in its stage.json: the recorded path, or, if
+    the run directory was moved or the path was relative to another working directory, the directory
+    of that name beside `stage_dir`."""
+    path = Path(recorded)
+    if (path / "stage.json").exists():
+        return path
+    beside = Path(stage_dir).parent / path.name
+    if (beside / "stage.json").exists():
+        return beside
+    raise UserError(f"{stage_dir}/stage.json names {recorded}, which is not there (nor beside it); "
+                    f"rerun the earlier stages or pass the directory explicitly")
+
+
 class ArgParser(argparse.ArgumentParser):
     """argparse with a one-line error (no usage block): `prog: error: argument --lr: invalid float value`."""
 
@@ -361,7 +375,7 @@ def main(args, state):
     rm_dir = Path(args.reward or f"runs/{args.run}/02_reward")
     out = Path(args.out or f"runs/{args.run}/03_split")
     rm_stage = need_stage(rm_dir, "02_reward", "python 02_reward.py")
-    sft_dir = Path(rm_stage["sft"])
+    sft_dir = inherited_dir(rm_stage["sft"], rm_dir)
     dataset = rm_stage["dataset"]["name"]
     print(f"inherited dataset {dataset!r} and SFT {sft_dir} from {rm_dir}")
     if args.easy_fraction is not None and not 0 < args.easy_fraction < 1:
@@ -435,7 +449,7 @@ def main(args, state):
     write_jsonl(tmp / "easy.jsonl", easy)
     write_jsonl(tmp / "hard.jsonl", hard)
     stats["wall_time_s"] = time.time() - t_start
-    json.dump({**stats, "stage": "03_split", "args": vars(args), "reward": str(rm_dir), "sft": str(sft_dir),
+    json.dump({**stats, "stage": "03_split", "args": vars(args), "reward": str(rm_dir.resolve()), "sft": str(sft_dir.resolve()),
                "versions": versions()}, open(tmp / "stats.json", "w"), indent=2)
     commit_output(tmp, out)
 

@@ -454,12 +454,12 @@ def implicit_reward_accuracy(model, examples, rows, refs, args, pad_id, device, 
 
 def load_pairs(args, sft_dir, split_dir):
     if args.split == "all":
-        return read_jsonl(sft_dir / "data_train.jsonl"), {"split": "all", "from": str(sft_dir)}
+        return read_jsonl(sft_dir / "data_train.jsonl"), {"split": "all", "from": str(sft_dir.resolve())}
     stats = need_stage_split(split_dir)
     rows = read_jsonl(split_dir / f"{args.split}.jsonl")
     if not rows:
         raise UserError(f"{split_dir / (args.split + '.jsonl')} is empty")
-    return rows, {"split": args.split, "from": str(split_dir), "rule": stats.get("rule")}
+    return rows, {"split": args.split, "from": str(split_dir.resolve()), "rule": stats.get("rule")}
 
 
 def need_stage_split(split_dir):
@@ -631,7 +631,7 @@ def main(args, state):
              "perf/peak_mem_mb": peak_memory_mb(device)}
     if args.online:
         final.update({k: v for k, v in last.items() if k.startswith(("online/", "objective/"))})
-    json.dump({"stage": "04_dpo", "args": vars(args), "sft": str(sft_dir), "data": source,
+    json.dump({"stage": "04_dpo", "args": vars(args), "sft": str(sft_dir.resolve()), "data": source,
                "dataset": sft_stage["dataset"], "seed": args.seed, "device": str(device), "precision": str(dtype),
                "versions": versions(), "wall_time_s": wall, "final": final}, open(tmp / "stage.json", "w"), indent=2)
     commit_output(tmp, out)

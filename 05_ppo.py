@@ -343,6 +343,20 @@ def sample_responses(policy, prompts, pad_id, eos_id, max_new_tokens, device, dt
     return responses, logps
 
 
+def inherited_dir(recorded, stage_dir):
+    """An input directory that an earlier stage recorded in its stage.json: the recorded path, or, if
+    the run directory was moved or the path was relative to another working directory, the directory
+    of that name beside `stage_dir`."""
+    path = Path(recorded)
+    if (path / "stage.json").exists():
+        return path
+    beside = Path(stage_dir).parent / path.name
+    if (beside / "stage.json").exists():
+        return beside
+    raise UserError(f"{stage_dir}/stage.json names {recorded}, which is not there (nor beside it); "
+                    f"rerun the earlier stages or pass the directory explicitly")
+
+
 class ArgParser(argparse.ArgumentParser):
     """argparse with a one-line error (no usage block): `prog: error: argument --lr: invalid float value`."""
 
@@ -485,7 +499,7 @@ def main(args, state):
     need_stage(policy_dir, "policy (04_dpo or 01_sft)", "python 04_dpo.py")
     need_stage(ref_dir, "reference (04_dpo or 01_sft)", "python 04_dpo.py")
     rm_stage = need_stage(rm_dir, "02_reward", "python 02_reward.py")
-    sft_dir = Path(rm_stage["sft"])
+    sft_dir = inherited_dir(rm_stage["sft"], rm_dir)
     print(f"inherited dataset {rm_stage['dataset']['name']!r}; policy {policy_dir}, KL reference {ref_dir}, "
           f"RM {rm_dir}, value init {value_dir}, prompts: {args.prompts}")
     for flag in ("steps", "rollout_batch", "max_new_tokens", "ppo_epochs", "minibatch_size"):
@@ -644,8 +658,8 @@ def main(args, state):
              "steps": args.steps, "perf/tokens_per_s": tokens / max(gen_time + train_time, 1e-9),
              "perf/generation_share": gen_time / max(gen_time + train_time, 1e-9),
              "perf/peak_mem_mb": peak_memory_mb(device)}
-    json.dump({"stage": "05_ppo", "args": vars(args), "policy_init": str(policy_dir), "ref": str(ref_dir),
-               "reward": str(rm_dir), "sft": str(sft_dir), "dataset": rm_stage["dataset"],
+    json.dump({"stage": "05_ppo", "args": vars(args), "policy_init": str(policy_dir.resolve()), "ref": str(ref_dir.resolve()),
+               "reward": str(rm_dir.resolve()), "sft": str(sft_dir.resolve()), "dataset": rm_stage["dataset"],
                "prompts": args.prompts, "n_prompts": len(prompts), "seed": args.seed, "device": str(device),
                "precision": str(dtype), "versions": versions(), "wall_time_s": wall, "final": final},
               open(tmp / "stage.json", "w"), indent=2)

@@ -292,6 +292,20 @@ def sample_responses(policy, prompts, pad_id, eos_id, max_new_tokens, device, dt
     return responses, logps
 
 
+def inherited_dir(recorded, stage_dir):
+    """An input directory that an earlier stage recorded in its stage.json: the recorded path, or, if
+    the run directory was moved or the path was relative to another working directory, the directory
+    of that name beside `stage_dir`."""
+    path = Path(recorded)
+    if (path / "stage.json").exists():
+        return path
+    beside = Path(stage_dir).parent / path.name
+    if (beside / "stage.json").exists():
+        return beside
+    raise UserError(f"{stage_dir}/stage.json names {recorded}, which is not there (nor beside it); "
+                    f"rerun the earlier stages or pass the directory explicitly")
+
+
 class ArgParser(argparse.ArgumentParser):
     """argparse with a one-line error (no usage block): `prog: error: argument --lr: invalid float value`."""
 
@@ -383,7 +397,7 @@ def main(args, state):
     rm_dir = Path(args.reward or run_dir / "02_reward")
     out = Path(args.out or run_dir / "06_eval")
     rm_stage = need_stage(rm_dir, "02_reward", "python 02_reward.py")
-    sft_dir = Path(args.sft or rm_stage["sft"])
+    sft_dir = Path(args.sft) if args.sft else inherited_dir(rm_stage["sft"], rm_dir)
     sft_stage = need_stage(sft_dir, "01_sft", "python 01_sft.py")
     policies = [Path(p) for p in args.policies] or default_policies(run_dir)
     for p in policies:
@@ -471,8 +485,8 @@ def main(args, state):
     lines += ["", plot]
     report = "\n".join(lines) + "\n"
     (tmp / "report.md").write_text(report)
-    json.dump({"stage": "06_eval", "args": vars(args), "dataset": sft_stage["dataset"], "sft": str(sft_dir),
-               "reward": str(rm_dir), "n_prompts": len(test_rows), "results": results, "versions": versions(),
+    json.dump({"stage": "06_eval", "args": vars(args), "dataset": sft_stage["dataset"], "sft": str(sft_dir.resolve()),
+               "reward": str(rm_dir.resolve()), "n_prompts": len(test_rows), "results": results, "versions": versions(),
                "device": str(device), "wall_time_s": time.time() - t_start,
                "perf/peak_mem_mb": peak_memory_mb(device)}, open(tmp / "results.json", "w"), indent=2)
     write_jsonl(tmp / "samples.jsonl", samples)

@@ -42,10 +42,10 @@ COMMON=(--run "$RUN" --seed "$SEED" --device "$DEVICE" --overwrite)
 case "$BUDGET" in
   cpu)
     PREC=(--precision bf16)
-    SFT=(--builtin-train-pairs 1000 --builtin-test-prompts 200 --max-steps 100)
-    RM=(--max-steps 100); DPO=(--max-steps 60); PPO=(--steps 20)
+    SFT=(--builtin-train-pairs 1000 --builtin-test-prompts 200 --max-steps 80)
+    RM=(--max-steps 80); DPO=(--max-steps 50); PPO=(--steps 16)
     ONLINE=(--max-steps 20); EVAL=()
-    TIMES="01 ~4 min | 02 ~5 min | 03 ~2 min | 04 ~3 min | 05 ~5 min | 06 ~5 min";;
+    TIMES="01 ~5 min | 02 ~5 min | 03 ~2 min | 04 ~4 min | 05 ~6 min | 06 ~4 min (2 cores, bf16)";;
   gpu)
     # batches of 32: a 135M model leaves a GPU idle at 8 sequences a step
     PREC=(); SFT=(--builtin-train-pairs 4000 --builtin-test-prompts 400 --batch-size 32 --lr 5e-5)

@@ -214,6 +214,11 @@ def test_split_rules():
     assert [r["chosen"] for r in easy] == ["c0"] and [r["chosen"] for r in hard] == ["c1"]
     assert split.label_noise(hard) == 0.0
     assert split.original(easy[0]) == easy[0]
+    # ties: |d| equal to the threshold is easy (|d| >= threshold); d = 0 is hard and never relabelled
+    easy, hard = split.split_pairs(rows[:3], [1.0, -1.0, 0.0], 1.0, "relabel")
+    assert [r["chosen"] for r in easy] == ["c0", "r1"] and [r["chosen"] for r in hard] == ["c2"]
+    assert not hard[0]["relabelled"]
+    assert split.original(easy[1])["chosen"] == "c1"
 
 
 def test_quantile_threshold():
