@@ -1,10 +1,9 @@
 """Stage 02 of MPO: a Bradley-Terry reward model (RM) trained on the preference pairs.
 
-MPO (Gou & Nguyen, 2024, arXiv 2403.19443, Sec. 3) uses the RM twice: to split the pairs into an easy
-and a hard set by reward gap (stage 03), and as the reward of PPO (stage 05). The RM is the SFT model
-with its LM head replaced by a scalar head, r(x, y) = w^T h_last, read at the last real token of
-prompt + response, and trained with the Bradley-Terry loss (Eq. 1 of the MPO paper; Ouyang et al.,
-2022, Eq. 1):
+MPO (Gou & Nguyen, 2024, arXiv 2403.19443) uses the RM twice: to split the pairs into an easy and a
+hard set by reward gap (stage 03), and as the reward of PPO (stage 05). The RM is the SFT model with
+its LM head replaced by a scalar head, r(x, y) = w^T h_last, read at the last real token of
+prompt + response, and trained with the Bradley-Terry loss (Ouyang et al., 2022, Eq. 1):
     L_RM = -log sigmoid(r(x, y_w) - r(x, y_l)).
 
 Deviations and choices of ours:
@@ -293,7 +292,7 @@ def reward_scores(rm, input_ids, attention_mask):
 # LOSS
 
 def bradley_terry_loss(chosen_rewards, rejected_rewards, center_coef=0.0):
-    """Bradley-Terry loss of a reward model (Eq. 1 of arXiv 2403.19443):
+    """Bradley-Terry loss of a reward model (Ouyang et al., 2022, Eq. 1; as in arXiv 2403.19443):
         L = mean( -log sigmoid(r_w - r_l) + center_coef * (r_w + r_l)^2 ).
     chosen_rewards, rejected_rewards: (B,). Returns (loss, accuracy, margin), the last two detached."""
     margin = chosen_rewards - rejected_rewards                                     # (B,)

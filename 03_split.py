@@ -1,6 +1,6 @@
 """Stage 03 of MPO: split the preference pairs into an easy and a hard set by reward gap.
 
-MPO (Gou & Nguyen, 2024, arXiv 2403.19443, Sec. 3.2, "data selection") scores every pair with the
+MPO (Gou & Nguyen, 2024, arXiv 2403.19443, its "data selection" step) scores every pair with the
 reward model of stage 02 and uses the gap
     d = r(x, y_w) - r(x, y_l)
 of the dataset's own chosen (y_w) and rejected (y_l) responses: pairs with a large gap are "easy" and

@@ -1,6 +1,6 @@
 """Stage 04 of MPO: DPO (or IPO) on the easy set, with the SFT model as reference; online IPO / IPO-MD.
 
-MPO (Gou & Nguyen, 2024, arXiv 2403.19443, Sec. 3) trains DPO on the easy pairs of stage 03 (large
+MPO (Gou & Nguyen, 2024, arXiv 2403.19443) trains DPO on the easy pairs of stage 03 (large
 reward gap, clean labels), starting from and regularised towards the SFT model. Losses, with
 h = (log pi(y_w|x) - log ref(y_w|x)) - (log pi(y_l|x) - log ref(y_l|x)):
   - DPO (Rafailov et al., 2023, arXiv 2305.18290, Eq. 7): -log sigmoid(beta * h), log-probs summed
@@ -9,7 +9,7 @@ h = (log pi(y_w|x) - log ref(y_w|x)) - (log pi(y_l|x) - log ref(y_l|x)):
   - IPO (Azar et al., 2023, arXiv 2310.12036, Eq. 17; as used by Calandriello et al., 2024,
     arXiv 2403.08635): (h - 1/(2 tau))^2, log-probs averaged over response tokens (the IPO practice).
 
-`--online` (Calandriello et al., 2024, Sec. 4-5): each step samples two responses per prompt from the
+`--online` (Calandriello et al., 2024, online IPO): each step samples two responses per prompt from the
 current policy, labels the pair with the reward model of stage 02 used as a Bradley-Terry preference
 model, and applies the loss. `--mixture-beta B` is IPO-MD: both responses come from the geometric
 mixture of policy and reference (the regularised policy of Nash-MD, Munos et al., 2023),

@@ -1,6 +1,6 @@
 """Stage 05 of MPO: PPO on the hard prompts, with the DPO model as start point and KL reference.
 
-MPO (Gou & Nguyen, 2024, arXiv 2403.19443, Sec. 3) ends with PPO on the prompts of the hard set (the
+MPO (Gou & Nguyen, 2024, arXiv 2403.19443) ends with PPO on the prompts of the hard set (the
 pairs whose labels stage 03 did not trust): the policy starts from the DPO model of stage 04 and, unlike
 vanilla RLHF, is regularised towards that DPO model instead of the SFT model. The reward model of
 stage 02 scores fresh samples; a value model, initialised from the reward model, is trained beside.

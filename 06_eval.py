@@ -1,6 +1,6 @@
 """Stage 06 of MPO: compare policy checkpoints on the held-out test prompts.
 
-The MPO paper (Gou & Nguyen, 2024, arXiv 2403.19443, Sec. 4) compares MPO with vanilla DPO and vanilla
+The MPO paper (Gou & Nguyen, 2024, arXiv 2403.19443, its experiments) compares MPO with vanilla DPO and vanilla
 PPO by reward-model score and by GPT-4 win rates against a baseline. This stage does the same for any
 set of policy directories, each sampled on the same test prompts with the same settings and seeds:
   - mean RM score (the reward model of stage 02);

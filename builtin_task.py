@@ -1,6 +1,6 @@
 """The built-in preference task: offline data with a gold judge.
 
-MPO's data selection (Gou & Nguyen, 2024, arXiv 2403.19443, Sec. 3) rests on one observation: pairs
+MPO's data selection (Gou & Nguyen, 2024, arXiv 2403.19443) rests on one observation: pairs
 whose two responses are close in quality carry noisy labels, and a reward model can tell them apart
 from clear pairs by the reward gap. To test that, and every other claim of the paper, without a model
 hub we need preference data whose *true* quality is known. This module makes it.
