@@ -267,8 +267,9 @@ def set_distinct_pad(tokenizer, model):
     """Make the pad token differ from EOS, so that `AutoModelForSequenceClassification` (which reads the
     score at the last non-pad token) reads it at the EOS that closes the response."""
     if tokenizer.pad_token_id is not None and tokenizer.pad_token_id != tokenizer.eos_token_id:
-        pass
-    elif tokenizer.unk_token_id is not None and tokenizer.unk_token_id != tokenizer.eos_token_id:
+        model.config.pad_token_id = tokenizer.pad_token_id
+        return
+    if tokenizer.unk_token_id is not None and tokenizer.unk_token_id != tokenizer.eos_token_id:
         tokenizer.pad_token = tokenizer.unk_token
     else:
         tokenizer.add_special_tokens({"pad_token": "<|pad|>"})
