@@ -19,7 +19,7 @@ def pipeline(tmp_path_factory, tiny_model_dir):
     for f in list(ROOT.glob("0[1-6]_*.py")) + [ROOT / "builtin_task.py", ROOT / "run.sh"]:
         (work / f.name).write_bytes(f.read_bytes())
     env = dict(os.environ, HF_HUB_OFFLINE="1", TQDM_DISABLE="1", PYTHON=sys.executable)
-    proc = subprocess.run(["bash", "run.sh", "--budget", "tiny", "--compare", "--run", "t", "--model",
+    proc = subprocess.run(["bash", "run.sh", "--budget", "tiny", "--compare", "--ipo", "--run", "t", "--model",
                            str(tiny_model_dir)], cwd=work, env=env, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     return work, work / "runs" / "t", proc.stdout
