@@ -263,19 +263,23 @@ class ArgParser(argparse.ArgumentParser):
 @torch.no_grad()
 def score_pairs(rm, tok, rows, batch_size, max_prompt_len, max_response_len, device, dtype, desc):
     """Reward gaps d = r(x, y_w) - r(x, y_l) of every row, (N,), batched under inference mode, chosen
-    and rejected of a batch in one forward pass."""
+    and rejected of a batch in one forward pass. Pairs are batched in order of length, so a batch
+    pads little, and the gaps are returned in the order of `rows`."""
     rm.eval()
-    gaps, t0, bar = [], time.time(), tqdm(total=len(rows), desc=desc, dynamic_ncols=True)
-    for i in range(0, len(rows), batch_size):
-        chunk = rows[i:i + batch_size]
-        seqs = [encode(tok, r["prompt"], r[k], max_prompt_len, max_response_len)
-                for k in ("chosen", "rejected") for r in chunk]
+    encoded = [(encode(tok, r["prompt"], r["chosen"], max_prompt_len, max_response_len),
+                encode(tok, r["prompt"], r["rejected"], max_prompt_len, max_response_len)) for r in rows]
+    order = sorted(range(len(rows)), key=lambda i: max(len(p) + len(y) for p, y in encoded[i]))
+    gaps, t0, bar = [0.0] * len(rows), time.time(), tqdm(total=len(rows), desc=desc, dynamic_ncols=True)
+    for start in range(0, len(rows), batch_size):
+        idx = order[start:start + batch_size]
+        seqs = [encoded[i][0] for i in idx] + [encoded[i][1] for i in idx]
         ids, attn, _ = (t.to(device) for t in collate(seqs, tok.pad_token_id))
         with torch.inference_mode(), autocast(device, dtype):
             r = reward_scores(rm, ids, attn)                                       # (2B,)
-        gaps += (r[:len(chunk)] - r[len(chunk):]).tolist()
-        bar.update(len(chunk))
-        bar.set_postfix(pairs_s=f"{len(gaps) / (time.time() - t0):.1f}")
+        for i, d in zip(idx, (r[:len(idx)] - r[len(idx):]).tolist()):
+            gaps[i] = d
+        bar.update(len(idx))
+        bar.set_postfix(pairs_s=f"{(start + len(idx)) / (time.time() - t0):.1f}")
     bar.close()
     return gaps
 

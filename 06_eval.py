@@ -13,11 +13,18 @@ set of policy directories, each sampled on the same test prompts with the same s
     harmless look-alikes (refusing the first is right, refusing the second is wrong).
 Every mean and win rate comes with a 95% bootstrap interval over prompts (percentile method).
 
+With --combine, the 06_eval outputs of runs with different seeds become one report: each metric's mean
+and standard deviation over seeds, and the paper's claims (MPO against vanilla DPO and vanilla PPO, DPO
+on easy against DPO on all pairs, the DPO reference against the SFT reference) as paired differences
+on the same prompts, per seed and pooled, with a bootstrap interval that resamples prompts within each
+seed (it covers prompt noise; the spread of the per-seed differences shows the training noise).
+
 Reads:  policy directories (default: every policy of runs/<run>/), 02_reward/, 01_sft/ (test prompts)
 Writes: runs/<run>/06_eval/  report.md, results.json, samples.jsonl, reward_vs_kl.png (with matplotlib)
 
     python 06_eval.py                                       # every policy of runs/default
     python 06_eval.py runs/default/04_dpo runs/default/05_ppo --max-prompts 50
+    python 06_eval.py --combine runs/cpu_s0 runs/cpu_s1 runs/cpu_s2 --out runs/cpu_seeds
 """
 
 import argparse
@@ -51,7 +58,12 @@ def parse_args(argv=None):
     g.add_argument("--sft", default=None, help="the baseline of win rates and KL, and the test prompts "
                                                "(default: the SFT of the reward model)")
     g.add_argument("--reward", default=None, help="reward model (default runs/<run>/02_reward)")
-    g.add_argument("--out", default=None, help="output directory (default runs/<run>/06_eval)")
+    g.add_argument("--out", default=None, help="output directory (default runs/<run>/06_eval; with "
+                                               "--combine, runs/combined)")
+    g.add_argument("--combine", nargs="+", metavar="DIR", default=None,
+                   help="instead of evaluating, combine finished 06_eval directories (or run directories) "
+                        "of several seeds into one report: means and spread over seeds, and the paper's "
+                        "comparisons as paired differences")
     g.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     g = p.add_argument_group("sampling")
     g.add_argument("--max-prompts", type=int, default=0, help="evaluate on the first N test prompts (0: all)")
@@ -340,6 +352,26 @@ def bootstrap_ci(values, n_resamples=1000, seed=0, alpha=0.05):
     return lo, hi
 
 
+def stratified_bootstrap_ci(groups, n_resamples=1000, seed=0, alpha=0.05):
+    """Percentile interval of the mean over groups of each group's mean, resampling items with
+    replacement within each group (here: prompts within each seed's run)."""
+    groups = [g for g in groups if g]
+    if not groups:
+        return float("nan"), float("nan")
+    rng = random.Random(seed)
+    stats = sorted(mean([sum(g[rng.randrange(len(g))] for _ in g) / len(g) for g in groups])
+                   for _ in range(n_resamples))
+    return stats[int(alpha / 2 * (n_resamples - 1))], stats[int((1 - alpha / 2) * (n_resamples - 1) + 0.5)]
+
+
+def std(xs):
+    """Sample standard deviation (n - 1); 0 for a single value."""
+    if len(xs) < 2:
+        return 0.0
+    m = mean(xs)
+    return (sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) ** 0.5
+
+
 def summarise(values, n_resamples, seed):
     lo, hi = bootstrap_ci(values, n_resamples, seed)
     return {"mean": mean(values), "lo": lo, "hi": hi, "n": len(values)}
@@ -392,6 +424,8 @@ def per_prompt(values, k):
 
 
 def main(args, state):
+    if args.combine:
+        return combine(args, state)
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
     run_dir = Path(f"runs/{args.run}")
     rm_dir = Path(args.reward or run_dir / "02_reward")
@@ -456,7 +490,7 @@ def main(args, state):
     base = raw[next(iter(raw))]
     results = {}
     for name, rec in raw.items():
-        res = {"dir": rec["dir"]}
+        res = {"dir": rec["dir"], "time_s": rec["time_s"]}
         for key in ("rm", "kl", "length", "eos") + (("gold",) if builtin else ()):
             res[key] = summarise(per_prompt(rec[key], k), args.bootstrap, args.seed)
         res["win_rm"] = summarise(per_prompt(win_rate(rec["rm"], base["rm"]), k), args.bootstrap, args.seed)
@@ -516,6 +550,116 @@ def draw_plot(results, path, metric):
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return f"![{metric} score against KL to SFT](reward_vs_kl.png)"
+
+
+
+# ----------------------------------------------------------------------------------------------
+# SEVERAL SEEDS (--combine)
+
+# (policy, baseline, the paper's claim), compared wherever both policies are in every run
+CLAIMS = [("05_ppo", "04_dpo_all", "MPO beats vanilla DPO"),
+          ("05_ppo", "05_ppo_vanilla", "MPO beats vanilla PPO"),
+          ("04_dpo", "04_dpo_all", "DPO on the easy set beats DPO on all pairs"),
+          ("05_ppo", "05_ppo_sftref", "the DPO reference beats the SFT reference")]
+METRICS = [("rm", "RM score"), ("gold", "gold score"), ("win_gold", "gold win vs SFT"), ("win_rm", "RM win vs SFT"),
+           ("kl", "KL to SFT"), ("length", "length"), ("refusal_harmful", "refuses harmful"),
+           ("refusal_harmless", "refuses harmless")]
+
+
+def find_eval_dir(path):
+    """A finished 06_eval directory: `path` itself or `path`/06_eval."""
+    path = Path(path)
+    for d in (path, path / "06_eval"):
+        if (d / "results.json").exists() and (d / "samples.jsonl").exists():
+            return d
+    raise UserError(f"{path}: no finished 06_eval output (results.json and samples.jsonl) here or in "
+                    f"{path}/06_eval; run 06_eval.py for that run first")
+
+
+def paired_differences(rows_a, rows_b, metric, k, where):
+    """Per-prompt differences of `metric` between two policies' samples of the same prompts, (N,)."""
+    if len(rows_a) != len(rows_b) or any(a["prompt"] != b["prompt"] for a, b in zip(rows_a, rows_b)):
+        raise UserError(f"{where}: the two policies were not sampled on the same prompts")
+    return per_prompt([a[metric] - b[metric] for a, b in zip(rows_a, rows_b)], k)
+
+
+def combine(args, state):
+    if args.policies:
+        raise UserError("--combine takes 06_eval or run directories; do not name policy directories with it")
+    runs = []
+    for d in args.combine:
+        d = find_eval_dir(d)
+        res = json.load(open(d / "results.json"))
+        by_policy = {}
+        for row in read_jsonl(d / "samples.jsonl"):
+            by_policy.setdefault(row["policy"], []).append(row)
+        runs.append({"dir": d, "seed": res["args"]["seed"], "k": res["args"]["samples_per_prompt"],
+                     "n_prompts": res["n_prompts"], "dataset": res["dataset"]["name"],
+                     "results": res["results"], "samples": by_policy})
+    if len({r["dataset"] for r in runs}) > 1:
+        raise UserError("--combine: the runs evaluated different datasets (" +
+                        ", ".join(sorted({r["dataset"] for r in runs})) + ")")
+    names = [n for n in runs[0]["results"] if all(n in r["results"] for r in runs)]
+    if not names:
+        raise UserError("--combine: no policy name is in every run's results.json")
+    out = Path(args.out or "runs/combined")
+    seeds = [r["seed"] for r in runs]
+    if len(set(seeds)) < len(seeds):
+        print(f"06_eval: note: the runs share seeds ({seeds}); their spread is not a spread over seeds")
+
+    # 1. every metric of every policy: per-seed means, their mean and standard deviation
+    metrics = [(m, h) for m, h in METRICS if m in runs[0]["results"][names[0]]]
+    table = {}
+    for name in names:
+        table[name] = {}
+        for m, _ in metrics:
+            per_seed = [r["results"][name][m]["mean"] for r in runs]
+            table[name][m] = {"per_seed": per_seed, "mean": mean(per_seed), "std": std(per_seed)}
+
+    # 2. the paper's claims as paired differences on the same prompts, within each seed's run
+    primary = "gold" if "gold" in dict(metrics) else "rm"
+    claims = []
+    for a, b, claim in CLAIMS:
+        if a not in names or b not in names:
+            continue
+        for metric in dict.fromkeys([primary, "rm"]):
+            groups = [paired_differences(r["samples"][a], r["samples"][b], metric, r["k"], r["dir"]) for r in runs]
+            per_seed = [mean(g) for g in groups]
+            lo, hi = stratified_bootstrap_ci(groups, args.bootstrap, args.seed)
+            claims.append({"claim": claim, "policy": a, "baseline": b, "metric": metric, "per_seed": per_seed,
+                           "mean": mean(per_seed), "std": std(per_seed), "lo": lo, "hi": hi,
+                           "seeds_in_favour": sum(d > 0 for d in per_seed)})
+
+    # 3. report.md and results.json
+    state["tmp"] = tmp = prepare_output(out, args.overwrite)
+    lines = [f"# 06_eval --combine: {len(runs)} runs, seeds {', '.join(map(str, seeds))}", "",
+             "Runs: " + ", ".join(f"`{r['dir']}` ({r['n_prompts']} test prompts)" for r in runs) + ". "
+             "Cells: mean over the runs ± standard deviation over the runs (of each run's mean over its "
+             "test prompts).", "",
+             "| policy | " + " | ".join(h for _, h in metrics) + " |", "|---" * (len(metrics) + 1) + "|"]
+    for name in names:
+        lines.append(f"| {name} | " + " | ".join(f"{table[name][m]['mean']:.3f} ± {table[name][m]['std']:.3f}"
+                                              for m, _ in metrics) + " |")
+    if claims:
+        lines += ["", "## The paper's comparisons", "",
+                  "Policy minus baseline on the same test prompts: the mean difference per run, its mean "
+                  "over runs, and a 95% bootstrap interval that resamples prompts within each run (prompt "
+                  "noise only; the per-run values show the noise of training).", "",
+                  "| claim | policy - baseline | metric | per run | mean | 95% interval | runs in favour |",
+                  "|---|---|---|---|---|---|---|"]
+        for c in claims:
+            lines.append(f"| {c['claim']} | {c['policy']} - {c['baseline']} | {c['metric']} | "
+                         + ", ".join(f"{d:+.3f}" for d in c["per_seed"])
+                         + f" | {c['mean']:+.3f} | [{c['lo']:+.3f}, {c['hi']:+.3f}] | "
+                           f"{c['seeds_in_favour']}/{len(runs)} |")
+    report = "\n".join(lines) + "\n"
+    (tmp / "report.md").write_text(report)
+    json.dump({"stage": "06_eval --combine", "args": vars(args), "runs": [str(r["dir"]) for r in runs],
+               "seeds": seeds, "policies": table, "claims": claims, "versions": versions()},
+              open(tmp / "results.json", "w"), indent=2)
+    commit_output(tmp, out)
+    print("\n" + report)
+    print(f"06_eval: combined {len(runs)} runs -> {out}")
 
 
 if __name__ == "__main__":

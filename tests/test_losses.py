@@ -246,3 +246,14 @@ def test_lr_schedule_warmup_then_cosine():
     assert sft.lr_at(0, 100, 0.1, 0.1) == pytest.approx(0.1)
     assert sft.lr_at(9, 100, 0.1, 0.1) == pytest.approx(1.0)
     assert sft.lr_at(99, 100, 0.1, 0.1) == pytest.approx(0.1, abs=1e-3)
+
+
+def test_stratified_bootstrap_and_std():
+    # the mean over groups of each group's mean: (0.5 + 1.0) / 2; only the first group varies, with a
+    # standard error of 0.05, halved by the averaging: the 95% interval is about 0.75 +- 0.049
+    groups = [[0.0, 1.0] * 50, [1.0] * 100]
+    lo, hi = ev.stratified_bootstrap_ci(groups, 2000, seed=0)
+    assert 0.69 < lo < 0.715 and 0.785 < hi < 0.81
+    assert ev.stratified_bootstrap_ci([[2.0] * 5, [4.0] * 3], 50) == (pytest.approx(3.0), pytest.approx(3.0))
+    assert ev.std([1, 2, 3, 4]) == pytest.approx(1.2909944)
+    assert ev.std([5.0]) == 0.0

@@ -8,6 +8,7 @@ from conftest import load_script
 
 sft = load_script("01_sft")
 rwd = load_script("02_reward")
+split = load_script("03_split")
 dpo = load_script("04_dpo")
 ppo = load_script("05_ppo")
 
@@ -89,6 +90,26 @@ def test_reward_score_read_at_last_real_token_and_equal_to_hf(tmp_path, tiny_mod
     p, r = ex[0]
     h = rm2.base_model(input_ids=torch.tensor([p + r])).last_hidden_state[0, -1]
     assert torch.allclose(rm2.score(h), ours[0:1], atol=1e-5)
+
+
+@torch.no_grad()
+def test_split_scores_pairs_in_the_order_of_the_rows(tiny_model_dir):
+    # 03 batches pairs by length; each gap must still belong to its own row
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    rm = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=1).eval()
+    rwd.set_distinct_pad(tok, rm)
+    words = "one two three four five six seven eight nine ten".split()
+    rows = [{"prompt": [{"role": "user", "content": " ".join(words[:n])}],
+             "chosen": " ".join(words[:(3 * n) % 10 + 1]), "rejected": "no " * ((7 * n) % 5)}
+            for n in (9, 1, 6, 3, 10, 2)]
+    kw = dict(max_prompt_len=256, max_response_len=64, device=CPU, dtype=None, desc="t")
+    gaps = split.score_pairs(rm, tok, rows, batch_size=4, **kw)
+    for row, gap in zip(rows, gaps):
+        (pc, yc), (pr, yr) = (sft.encode(tok, row["prompt"], row[k], 256, 64) for k in ("chosen", "rejected"))
+        alone = rm(input_ids=torch.tensor([pc + yc])).logits[0, 0] - rm(input_ids=torch.tensor([pr + yr])).logits[0, 0]
+        assert abs(gap - alone.item()) < 1e-4
+    assert len(set(round(g, 4) for g in gaps)) == len(rows)   # distinct, so a mix-up would show
 
 
 @torch.no_grad()

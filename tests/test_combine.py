@@ -1,0 +1,66 @@
+"""06_eval.py --combine on hand-made 06_eval outputs of two runs: means and spread over runs, and the
+paper's comparisons as paired differences."""
+import json
+
+import pytest
+
+from conftest import run_stage
+
+
+def fake_eval(d, seed, gold, rm, prompts):
+    """A 06_eval directory as 06_eval.py writes it: results.json and samples.jsonl, one sample per prompt."""
+    d.mkdir(parents=True)
+    results = {name: {"gold": {"mean": sum(g) / len(g)}, "rm": {"mean": sum(rm[name]) / len(rm[name])}}
+               for name, g in gold.items()}
+    json.dump({"args": {"seed": seed, "samples_per_prompt": 1}, "n_prompts": len(prompts),
+               "dataset": {"name": "builtin"}, "results": results}, open(d / "results.json", "w"))
+    with open(d / "samples.jsonl", "w") as f:
+        for name in gold:
+            for p, g, r in zip(prompts, gold[name], rm[name]):
+                f.write(json.dumps({"policy": name, "prompt": p, "response": "", "gold": g, "rm": r}) + "\n")
+
+
+def test_combine_two_runs(tmp_path):
+    names = ("01_sft", "04_dpo", "04_dpo_all", "05_ppo")
+    fake_eval(tmp_path / "a/06_eval", 0, {"01_sft": [0, 0, 0, 0], "04_dpo": [1, 0, 0, 0],
+                                          "04_dpo_all": [0, 1, 0, 0], "05_ppo": [1, 1, 1, 0]},
+              {n: [1.0, 2.0, 3.0, 4.0] for n in names}, ["p1", "p2", "p3", "p4"])
+    fake_eval(tmp_path / "b/06_eval", 1, {"01_sft": [0, 0, 0], "04_dpo": [0, 0, 0],
+                                          "04_dpo_all": [1, 1, 0], "05_ppo": [1, 0, 0]},
+              {n: [0.0, 0.0, 0.0] for n in names}, ["q1", "q2", "q3"])
+    run_stage("06_eval.py", "--combine", "a", "b/06_eval", "--out", "both", "--bootstrap", 200, cwd=tmp_path)
+    res = json.load(open(tmp_path / "both/results.json"))
+    assert res["seeds"] == [0, 1]
+    gold = res["policies"]["05_ppo"]["gold"]
+    assert gold["per_seed"] == pytest.approx([0.75, 1 / 3])
+    assert gold["mean"] == pytest.approx((0.75 + 1 / 3) / 2)
+    assert gold["std"] == pytest.approx(abs(0.75 - 1 / 3) / 2 ** 0.5)
+    claims = {(c["policy"], c["baseline"], c["metric"]): c for c in res["claims"]}
+    assert set(claims) == {("05_ppo", "04_dpo_all", "gold"), ("05_ppo", "04_dpo_all", "rm"),
+                           ("04_dpo", "04_dpo_all", "gold"), ("04_dpo", "04_dpo_all", "rm")}
+    mpo = claims[("05_ppo", "04_dpo_all", "gold")]
+    assert mpo["per_seed"] == pytest.approx([0.5, -1 / 3])      # 0.75 - 0.25, 1/3 - 2/3
+    assert mpo["mean"] == pytest.approx((0.5 - 1 / 3) / 2) and mpo["seeds_in_favour"] == 1
+    assert mpo["lo"] <= mpo["mean"] <= mpo["hi"]
+    easy = claims[("04_dpo", "04_dpo_all", "gold")]
+    assert easy["per_seed"] == pytest.approx([0.0, -2 / 3]) and easy["seeds_in_favour"] == 0
+    assert claims[("05_ppo", "04_dpo_all", "rm")]["lo"] == pytest.approx(0.0)   # identical RM scores
+    report = (tmp_path / "both/report.md").read_text()
+    assert "| 05_ppo | " in report and "MPO beats vanilla DPO" in report and "+0.083" in report
+
+
+def test_combine_errors(tmp_path):
+    fake_eval(tmp_path / "a", 0, {"01_sft": [0, 1], "05_ppo": [1, 1]}, {"01_sft": [0, 0], "05_ppo": [0, 0]}, ["x", "y"])
+    proc = run_stage("06_eval.py", "--combine", "a", "missing", cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "missing: no finished 06_eval output" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    # two policies sampled on different prompts cannot be paired
+    (tmp_path / "b").mkdir()
+    rows = [{"policy": "05_ppo", "prompt": "x", "gold": 1, "rm": 0}, {"policy": "04_dpo_all", "prompt": "z", "gold": 0, "rm": 0}]
+    res = {"args": {"seed": 1, "samples_per_prompt": 1}, "n_prompts": 1, "dataset": {"name": "builtin"},
+           "results": {n: {"gold": {"mean": 0}, "rm": {"mean": 0}} for n in ("05_ppo", "04_dpo_all")}}
+    json.dump(res, open(tmp_path / "b/results.json", "w"))
+    (tmp_path / "b/samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    proc = run_stage("06_eval.py", "--combine", "b", cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "not sampled on the same prompts" in proc.stderr
+    assert not (tmp_path / "runs/combined").exists()
