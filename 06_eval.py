@@ -638,8 +638,11 @@ def combine(args, state):
              "test prompts).", "",
              "| policy | " + " | ".join(h for _, h in metrics) + " |", "|---" * (len(metrics) + 1) + "|"]
     for name in names:
-        lines.append(f"| {name} | " + " | ".join(f"{table[name][m]['mean']:.3f} ± {table[name][m]['std']:.3f}"
-                                              for m, _ in metrics) + " |")
+        cells = []
+        for m, _ in metrics:
+            digits = 1 if m == "length" else 3
+            cells.append(f"{table[name][m]['mean']:.{digits}f} ± {table[name][m]['std']:.{digits}f}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     if claims:
         lines += ["", "## The paper's comparisons", "",
                   "Policy minus baseline on the same test prompts: the mean difference per run, its mean "
