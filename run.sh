@@ -47,7 +47,8 @@ case "$BUDGET" in
     SFT=(--builtin-train-pairs 1000 --builtin-test-prompts 200 --max-steps 80)
     RM=(--max-steps 80); DPO=(--max-steps 50); PPO=(--steps 16)
     ONLINE=(--max-steps 20); EVAL=()
-    # measured on 2 cores: 24 min in all; --compare adds about 26 min (two DPO and two PPO runs, four more policies in 06)
+    # measured on 2 cores: 24 min in all; --compare adds about 26 min
+    # (two more DPO and two more PPO runs, four more policies in 06)
     TIMES="01 ~3 min | 02 ~5 min | 03 ~2 min | 04 ~5.5 min | 05 ~5 min | 06 ~4 min (2 cores, bf16)";;
   gpu)
     # batches of 32: a 135M model leaves a GPU idle at 8 sequences a step
