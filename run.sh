@@ -40,7 +40,8 @@ R="runs/$RUN"
 COMMON=(--run "$RUN" --seed "$SEED" --device "$DEVICE" --overwrite)
 
 # Budgets. CPU: 2 cores, bf16 autocast (matrix products about 5x faster than fp32 on a CPU with bf16
-# support, whole steps about 1.6x), fewer pairs and steps. GPU: full passes over the data. tiny: the end-to-end test.
+# support, whole steps about 1.6x), fewer pairs and steps. GPU: full passes over the data.
+# tiny: the end-to-end test.
 case "$BUDGET" in
   cpu)
     PREC=(--precision bf16)
