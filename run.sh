@@ -25,7 +25,7 @@ while [ $# -gt 0 ]; do
     --dataset) DATASET="$2"; shift 2 ;;
     --budget) BUDGET="$2"; shift 2 ;;   # cpu | gpu | tiny (the tests' toy budget)
     --) shift; EXTRA=("$@"); break ;;
-    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+    -h|--help) awk 'NR > 1 && !/^#/ {exit} NR > 1' "$0"; exit 0 ;;   # the comment block above
     *) echo "run.sh: unknown option $1 (see bash run.sh --help)" >&2; exit 2 ;;
   esac
 done

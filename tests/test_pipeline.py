@@ -185,3 +185,12 @@ def test_a_killed_stage_leaves_nothing_behind(tmp_path, tiny_model_dir):
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=60) == 143
     assert not list((tmp_path / "runs/k").iterdir())        # no half-written output, no temporary directory
+
+
+def test_run_sh_help_and_unknown_option():
+    proc = subprocess.run(["bash", str(ROOT / "run.sh"), "--help"], capture_output=True, text=True)
+    lines = proc.stdout.strip().splitlines()
+    assert proc.returncode == 0 and all(l.startswith("#") for l in lines)      # the comment block only
+    assert any("--compare --ipo" in l for l in lines)
+    proc = subprocess.run(["bash", str(ROOT / "run.sh"), "--bogus"], capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stderr.strip() == "run.sh: unknown option --bogus (see bash run.sh --help)"
