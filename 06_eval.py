@@ -44,6 +44,10 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 POLICY_PREFIXES = ("01_sft", "04_", "05_")
+# the report's columns: key in results.json, heading
+METRICS = [("rm", "RM score"), ("gold", "gold score"), ("win_gold", "gold win vs SFT"), ("win_rm", "RM win vs SFT"),
+           ("kl", "KL to SFT"), ("length", "length"), ("refusal_harmful", "refuses harmful"),
+           ("refusal_harmless", "refuses harmless")]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -342,14 +346,7 @@ def mean(xs):
 def bootstrap_ci(values, n_resamples=1000, seed=0, alpha=0.05):
     """Percentile bootstrap interval of the mean: resample the values with replacement n_resamples
     times and take the alpha/2 and 1 - alpha/2 quantiles of the resampled means."""
-    if not values:
-        return float("nan"), float("nan")
-    rng = random.Random(seed)
-    n = len(values)
-    means = sorted(sum(values[rng.randrange(n)] for _ in range(n)) / n for _ in range(n_resamples))
-    lo = means[int(alpha / 2 * (n_resamples - 1))]
-    hi = means[int((1 - alpha / 2) * (n_resamples - 1) + 0.5)]
-    return lo, hi
+    return stratified_bootstrap_ci([values], n_resamples, seed, alpha)
 
 
 def stratified_bootstrap_ci(groups, n_resamples=1000, seed=0, alpha=0.05):
@@ -503,10 +500,7 @@ def main(args, state):
 
     # 3. write report.md, results.json, samples.jsonl, and the plot
     state["tmp"] = tmp = prepare_output(out, args.overwrite)
-    cols = [("rm", "RM score"), ("gold", "gold score"), ("win_gold", "gold win vs SFT"), ("win_rm", "RM win vs SFT"),
-            ("kl", "KL to SFT"), ("length", "length"), ("refusal_harmful", "refuses harmful"),
-            ("refusal_harmless", "refuses harmless")]
-    cols = [(c, h) for c, h in cols if c in next(iter(results.values()))]
+    cols = [(c, h) for c, h in METRICS if c in next(iter(results.values()))]
     lines = [f"# 06_eval: {len(test_rows)} test prompts x {k} samples, seed {args.seed}", "",
              f"Dataset `{sft_stage['dataset']['name']}`; RM `{rm_dir}`; baseline `{sft_dir.name}`; sampling at "
              f"temperature 1, at most {args.max_new_tokens} new tokens; [95% bootstrap interval over prompts].", "",
@@ -552,7 +546,6 @@ def draw_plot(results, path, metric):
     return f"![{metric} score against KL to SFT](reward_vs_kl.png)"
 
 
-
 # ----------------------------------------------------------------------------------------------
 # SEVERAL SEEDS (--combine)
 
@@ -561,9 +554,6 @@ CLAIMS = [("05_ppo", "04_dpo_all", "MPO beats vanilla DPO"),
           ("05_ppo", "05_ppo_vanilla", "MPO beats vanilla PPO"),
           ("04_dpo", "04_dpo_all", "DPO on the easy set beats DPO on all pairs"),
           ("05_ppo", "05_ppo_sftref", "the DPO reference beats the SFT reference")]
-METRICS = [("rm", "RM score"), ("gold", "gold score"), ("win_gold", "gold win vs SFT"), ("win_rm", "RM win vs SFT"),
-           ("kl", "KL to SFT"), ("length", "length"), ("refusal_harmful", "refuses harmful"),
-           ("refusal_harmless", "refuses harmless")]
 
 
 def find_eval_dir(path):
