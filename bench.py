@@ -59,19 +59,19 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("what", choices=["dpo", "sft", "ppo"])
     p.add_argument("--model", default=None, help="a model directory (default: SmolLM2-135M-Instruct offline)")
-    p.add_argument("--precision", default="bf16", choices=["fp32", "bf16"])
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
     p.add_argument("--device", default="auto")
     p.add_argument("--steps", type=int, default=6, help="timed steps (after 2 warm-up steps)")
     args = p.parse_args()
     sft, dpo = load("01_sft"), load("04_dpo")
     device = sft.pick_device(args.device)
-    dtype = sft.pick_precision(args.precision, device)
+    dtype, _ = sft.pick_precision(args.precision, device)
     torch.manual_seed(0)
     model, tok = get_model(args, sft)
     model.to(device).train()
     model.config.use_cache = False
     opt = sft.make_optimizer(model.parameters(), 1e-6, 0.0, device)
-    result = {"bench": args.what, "precision": args.precision, "device": str(device),
+    result = {"bench": args.what, "precision": sft.precision_name(dtype), "device": str(device),
               "threads": torch.get_num_threads(), "torch": torch.__version__}
 
     if args.what in ("dpo", "sft"):

@@ -39,26 +39,27 @@ fi
 R="runs/$RUN"
 COMMON=(--run "$RUN" --seed "$SEED" --device "$DEVICE" --overwrite)
 
-# Budgets. CPU: 2 cores, bf16 autocast (matrix products about 5x faster than fp32 on a CPU with bf16
-# support, whole steps about 1.6x), fewer pairs and steps. GPU: full passes over the data.
-# tiny: the end-to-end test.
+# No precision flag: every stage's --precision auto picks bf16 autocast on CUDA, and on a CPU only where the
+# CPU computes bf16 natively (a matrix-product probe); elsewhere fp32 (emulated bf16 is ~60x slower).
+PRECISION=$("$PY" -c "import importlib.util as u; s = u.spec_from_file_location('sft', '01_sft.py'); m = u.module_from_spec(s)
+s.loader.exec_module(m); print(m.precision_name(m.pick_precision('auto', m.pick_device('$DEVICE'))[0]))" 2>/dev/null | tail -n 1) || PRECISION=unknown
+
+# Budgets. CPU: 2 cores, fewer pairs and steps, sized so the run ends within 30 minutes in fp32 too.
+# GPU: full passes over the data. tiny: the end-to-end test.
 case "$BUDGET" in
   cpu)
-    PREC=(--precision bf16)
-    SFT=(--builtin-train-pairs 1000 --builtin-test-prompts 200 --max-steps 80)
-    RM=(--max-steps 80); DPO=(--max-steps 50); PPO=(--steps 16)
-    ONLINE=(--max-steps 20); EVAL=()
-    # measured on 2 cores: 24 min in all; --compare adds about 26 min
-    # (two more DPO and two more PPO runs, four more policies in 06)
-    TIMES="01 ~3 min | 02 ~5 min | 03 ~2 min | 04 ~5.5 min | 05 ~5 min | 06 ~4 min (2 cores, bf16)";;
+    SFT=(--builtin-train-pairs 600 --builtin-test-prompts 120 --max-steps 40)
+    RM=(--max-steps 40); DPO=(--max-steps 30); PPO=(--steps 10)
+    ONLINE=(--max-steps 12); EVAL=()
+    TIMES="(2 cores, $PRECISION) not measured yet";;
   gpu)
     # batches of 32: a 135M model leaves a GPU idle at 8 sequences a step
-    PREC=(); SFT=(--builtin-train-pairs 4000 --builtin-test-prompts 400 --batch-size 32 --lr 5e-5)
+    SFT=(--builtin-train-pairs 4000 --builtin-test-prompts 400 --batch-size 32 --lr 5e-5)
     RM=(--batch-size 32 --lr 5e-5); DPO=(--batch-size 32 --lr 1e-5)
     PPO=(--steps 40 --rollout-batch 32 --minibatch-size 8); ONLINE=(--max-steps 40 --batch-size 16); EVAL=()
     TIMES="01 ~1 min | 02 ~1 min | 03 <1 min | 04 ~1 min | 05 ~3 min | 06 ~2 min";;
   tiny)
-    PREC=(); SFT=(--builtin-train-pairs 120 --builtin-test-prompts 12 --max-steps 4 --lr 1e-3)
+    SFT=(--builtin-train-pairs 120 --builtin-test-prompts 12 --max-steps 4 --lr 1e-3)
     RM=(--max-steps 4 --lr 1e-3); DPO=(--max-steps 3 --lr 1e-4); PPO=(--steps 2 --max-new-tokens 8 --lr 1e-4)
     ONLINE=(--max-steps 2 --max-new-tokens 8 --eval-every 1); EVAL=(--max-new-tokens 8 --bootstrap 50)
     TIMES="seconds";;
@@ -68,36 +69,36 @@ esac
 SPLIT=()
 [ "$BUDGET" = tiny ] && SPLIT=(--easy-fraction 0.5)
 
-echo "run.sh: run $R, seed $SEED, budget $BUDGET, device $DEVICE, dataset $DATASET"
+echo "run.sh: run $R, seed $SEED, budget $BUDGET, device $DEVICE, precision $PRECISION, dataset $DATASET"
 echo "run.sh: expected wall time per stage ($BUDGET): $TIMES"
 START=$(date +%s)
 stage() { echo; echo "=== $* ==="; local t=$(date +%s); "$PY" "$@"; echo "--- $(( $(date +%s) - t ))s"; }
 
-stage 01_sft.py "${COMMON[@]}" "${PREC[@]}" --dataset "$DATASET" "${SFT[@]}" "${EXTRA[@]}"
-stage 02_reward.py "${COMMON[@]}" "${PREC[@]}" "${RM[@]}"
-stage 03_split.py "${COMMON[@]}" "${PREC[@]}" "${SPLIT[@]}"
-stage 04_dpo.py "${COMMON[@]}" "${PREC[@]}" "${DPO[@]}"
-stage 05_ppo.py "${COMMON[@]}" "${PREC[@]}" "${PPO[@]}"
+stage 01_sft.py "${COMMON[@]}" --dataset "$DATASET" "${SFT[@]}" "${EXTRA[@]}"
+stage 02_reward.py "${COMMON[@]}" "${RM[@]}"
+stage 03_split.py "${COMMON[@]}" "${SPLIT[@]}"
+stage 04_dpo.py "${COMMON[@]}" "${DPO[@]}"
+stage 05_ppo.py "${COMMON[@]}" "${PPO[@]}"
 POLICIES=("$R/01_sft" "$R/04_dpo" "$R/05_ppo")
 
 if [ "$COMPARE" = 1 ]; then
   # baselines and ablations, on the same SFT model and reward model
-  stage 04_dpo.py "${COMMON[@]}" "${PREC[@]}" "${DPO[@]}" --split all --out "$R/04_dpo_all"
-  stage 04_dpo.py "${COMMON[@]}" "${PREC[@]}" "${DPO[@]}" --split hard --out "$R/04_dpo_hard"
-  stage 05_ppo.py "${COMMON[@]}" "${PREC[@]}" "${PPO[@]}" --policy "$R/01_sft" --ref "$R/01_sft" \
+  stage 04_dpo.py "${COMMON[@]}" "${DPO[@]}" --split all --out "$R/04_dpo_all"
+  stage 04_dpo.py "${COMMON[@]}" "${DPO[@]}" --split hard --out "$R/04_dpo_hard"
+  stage 05_ppo.py "${COMMON[@]}" "${PPO[@]}" --policy "$R/01_sft" --ref "$R/01_sft" \
         --prompts all --out "$R/05_ppo_vanilla"
-  stage 05_ppo.py "${COMMON[@]}" "${PREC[@]}" "${PPO[@]}" --policy "$R/04_dpo" --ref "$R/01_sft" \
+  stage 05_ppo.py "${COMMON[@]}" "${PPO[@]}" --policy "$R/04_dpo" --ref "$R/01_sft" \
         --out "$R/05_ppo_sftref"
   POLICIES+=("$R/04_dpo_all" "$R/04_dpo_hard" "$R/05_ppo_vanilla" "$R/05_ppo_sftref")
 fi
 if [ "$IPO" = 1 ]; then
   # the IPO family of Calandriello et al. (2024) on the easy set: offline, online, and IPO-MD
-  stage 04_dpo.py "${COMMON[@]}" "${PREC[@]}" "${DPO[@]}" --loss ipo --out "$R/04_ipo"
-  stage 04_dpo.py "${COMMON[@]}" "${PREC[@]}" "${ONLINE[@]}" --online --loss ipo --out "$R/04_ipo_online"
-  stage 04_dpo.py "${COMMON[@]}" "${PREC[@]}" "${ONLINE[@]}" --online --loss ipo --mixture-beta 0.125 \
+  stage 04_dpo.py "${COMMON[@]}" "${DPO[@]}" --loss ipo --out "$R/04_ipo"
+  stage 04_dpo.py "${COMMON[@]}" "${ONLINE[@]}" --online --loss ipo --out "$R/04_ipo_online"
+  stage 04_dpo.py "${COMMON[@]}" "${ONLINE[@]}" --online --loss ipo --mixture-beta 0.125 \
         --out "$R/04_ipo_md"
   POLICIES+=("$R/04_ipo" "$R/04_ipo_online" "$R/04_ipo_md")
 fi
 
-stage 06_eval.py "${POLICIES[@]}" --run "$RUN" --seed "$SEED" --device "$DEVICE" --overwrite "${PREC[@]}" "${EVAL[@]}"
+stage 06_eval.py "${POLICIES[@]}" --run "$RUN" --seed "$SEED" --device "$DEVICE" --overwrite "${EVAL[@]}"
 echo; echo "run.sh: done in $(( $(date +%s) - START ))s; report: $R/06_eval/report.md"

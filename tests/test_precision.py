@@ -1,0 +1,72 @@
+"""--precision auto: bf16 autocast on a CPU only where it computes bf16 natively (measured by a matrix-product
+probe), fp32 elsewhere; an explicit bf16 on a CPU without it runs with a warning; the choice lands in stage.json."""
+
+import json
+import os
+
+import pytest
+import torch
+
+from conftest import load_script, run_stage
+
+CPU = torch.device("cpu")
+NATIVE = {"fp32": 167.0, "bf16": 836.0}     # measured on a CPU with avx512_bf16 (README)
+EMULATED = {"fp32": 55.0, "bf16": 0.9}      # measured on an AVX2-only CPU (issue 12)
+
+
+@pytest.fixture(scope="module")
+def sft():
+    return load_script("01_sft")
+
+
+def test_auto_picks_bf16_only_where_the_probe_finds_native_bf16(sft, monkeypatch, capsys):
+    monkeypatch.setattr(sft, "cpu_matmul_rates", lambda: NATIVE)
+    dtype, reason = sft.pick_precision("auto", CPU)
+    assert dtype is torch.bfloat16 and reason.startswith("native bf16")
+    assert capsys.readouterr().out.count("\n") == 1          # one line, with the reason
+    monkeypatch.setattr(sft, "cpu_matmul_rates", lambda: EMULATED)
+    dtype, reason = sft.pick_precision("auto", CPU)
+    assert dtype is None and reason.startswith("no native bf16")
+    out, err = capsys.readouterr()
+    assert "precision: fp32: no native bf16 (bf16 0.9 vs fp32 55.0 GFLOP/s" in out and not err
+    # bf16 as fast as fp32 is no reason for autocast's casts
+    monkeypatch.setattr(sft, "cpu_matmul_rates", lambda: {"fp32": 100.0, "bf16": 120.0})
+    assert sft.pick_precision("auto", CPU)[0] is None
+
+
+def test_explicit_bf16_runs_with_a_warning_where_bf16_is_emulated(sft, monkeypatch, capsys):
+    monkeypatch.setattr(sft, "cpu_matmul_rates", lambda: EMULATED)
+    dtype, reason = sft.pick_precision("bf16", CPU)
+    assert dtype is torch.bfloat16 and reason.startswith("asked for; no native bf16")
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "warning: --precision bf16" in err and "about 61x slower" in err
+    monkeypatch.setattr(sft, "cpu_matmul_rates", lambda: NATIVE)
+    assert sft.pick_precision("bf16", CPU)[0] is torch.bfloat16 and not capsys.readouterr().err
+
+
+def test_fp32_asks_no_probe_and_fp16_needs_cuda(sft, monkeypatch):
+    def no_probe():
+        raise AssertionError("probe run for --precision fp32")
+    monkeypatch.setattr(sft, "cpu_matmul_rates", no_probe)
+    assert sft.pick_precision("fp32", CPU) == (None, "asked for")
+    with pytest.raises(sft.UserError, match="fp16 needs CUDA"):
+        sft.pick_precision("fp16", CPU)
+
+
+def test_the_probe_measures_both_dtypes(sft):
+    rates = sft.cpu_matmul_rates(n=64, repeats=1)
+    assert set(rates) == {"fp32", "bf16"} and all(r > 0 for r in rates.values())
+
+
+def test_the_choice_lands_in_stage_json(tmp_path, tiny_model_dir, sft):
+    # ONEDNN_MAX_CPU_ISA=AVX2 keeps oneDNN off avx512_bf16/AMX: bf16 becomes emulated, as on an AVX2-only CPU
+    env = {"ONEDNN_MAX_CPU_ISA": "AVX2"}
+    common = ("--model", tiny_model_dir, "--builtin-train-pairs", 24, "--builtin-test-prompts", 4, "--max-steps", 1)
+    proc = run_stage("01_sft.py", *common, "--out", tmp_path / "auto", cwd=tmp_path, env=env)
+    stage = json.load(open(tmp_path / "auto/stage.json"))
+    assert stage["precision"] == "fp32" and stage["precision_reason"].startswith("no native bf16")
+    assert "precision: fp32: no native bf16" in proc.stdout and "warning" not in proc.stderr
+    proc = run_stage("01_sft.py", *common, "--precision", "bf16", "--out", tmp_path / "bf16", cwd=tmp_path, env=env)
+    stage = json.load(open(tmp_path / "bf16/stage.json"))
+    assert stage["precision"] == "bf16" and stage["precision_reason"].startswith("asked for; no native bf16")
+    assert "warning: --precision bf16 on a CPU without native bf16" in proc.stderr
