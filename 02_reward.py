@@ -7,10 +7,13 @@ prompt + response, and trained with the Bradley-Terry loss (Ouyang et al., 2022,
     L_RM = -log sigmoid(r(x, y_w) - r(x, y_l)).
 
 Deviations and choices of ours:
-  1. Optional reward centring (Eisenstein et al., 2023): `--center-coef c` adds c * (r_w + r_l)^2, which
-     keeps scores near zero so that the gap thresholds of stage 03 mean the same across runs.
+  1. Optional reward centring (Eisenstein et al., 2023): `--center-coef c` adds c * (r_w + r_l)^2. The
+     Bradley-Terry loss sees only differences r_w - r_l, so it leaves the scores' location free; the
+     term pins it near zero (PPO's rewards then do not drift). It changes no gap d: the |d| thresholds
+     of stage 03 depend on the scores' scale, which centring does not fix.
   2. The pad token is set to a token other than EOS, so `AutoModelForSequenceClassification` reads the
      score at the EOS that closes the response, exactly where this script reads it.
+  3. Dropout is off and the weights train in fp32, whatever the checkpoint says (as in every stage).
 
 Reads:  runs/<run>/01_sft/ (model, tokenizer, data_train.jsonl, data_test.jsonl)
 Writes: runs/<run>/02_reward/  AutoModelForSequenceClassification(num_labels=1) + tokenizer,
@@ -31,6 +34,7 @@ import shutil
 import signal
 import sys
 import time
+import zlib
 from pathlib import Path
 
 import torch
@@ -61,8 +65,9 @@ def parse_args(argv=None):
     g.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping (global L2 norm)")
     g.add_argument("--center-coef", type=float, default=0.01,
                    help="reward centring: adds coef * (r_w + r_l)^2 to the loss (0 turns it off)")
-    g.add_argument("--max-prompt-len", type=int, default=256, help="prompt tokens kept (from the left)")
-    g.add_argument("--max-response-len", type=int, default=128, help="response tokens kept")
+    g.add_argument("--max-prompt-len", type=int, default=None,
+                   help="prompt tokens kept (from the left); default: stage 01's")
+    g.add_argument("--max-response-len", type=int, default=None, help="response tokens kept; default: stage 01's")
     g.add_argument("--eval-batch-size", type=int, default=16, help="pairs per held-out batch")
     g = p.add_argument_group("system")
     g.add_argument("--seed", type=int, default=0, help="seeds data order and the score head")
@@ -71,7 +76,11 @@ def parse_args(argv=None):
                    help="auto: bf16 autocast on CUDA (fp16 where bf16 is missing); on a CPU bf16 only "
                         "where it computes bf16 natively (measured), else fp32")
     g.add_argument("--grad-checkpointing", action="store_true", help="trade compute for memory")
-    return p.parse_args(argv)
+    return check_ranges(p.parse_args(argv), {
+        "epochs": POSITIVE, "max_steps": STEPS, "batch_size": AT_LEAST_1, "grad_accum": AT_LEAST_1,
+        "lr": POSITIVE, "weight_decay": NON_NEGATIVE, "warmup_ratio": FRACTION, "min_lr_ratio": FRACTION,
+        "max_grad_norm": POSITIVE, "center_coef": NON_NEGATIVE, "max_prompt_len": AT_LEAST_1,
+        "max_response_len": (lambda x: x >= 2, "an integer >= 2 (room for EOS)"), "eval_batch_size": AT_LEAST_1})
 
 
 # ----------------------------------------------------------------------------------------------
@@ -158,14 +167,17 @@ def peak_memory_mb(device):
 def read_jsonl(path):
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
-    rows = []
-    with opener(path, "rt", encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            if line.strip():
-                try:
+    rows, i = [], 0
+    try:
+        with opener(path, "rt", encoding="utf-8") as f:
+            for i, line in enumerate(f, 1):
+                if line.strip():
                     rows.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise UserError(f"{path}:{i}: not valid JSON ({e.msg})") from None
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}:{i}: not valid JSON ({e.msg})") from None
+    except (OSError, EOFError, zlib.error, UnicodeDecodeError) as e:  # a corrupt or truncated file
+        kind = "gzip-compressed JSON lines" if path.suffix == ".gz" else "UTF-8 JSON lines"
+        raise UserError(f"{path}: not readable as {kind} after line {i} ({type(e).__name__}: {e})") from None
     return rows
 
 def write_jsonl(path, rows):
@@ -241,6 +253,84 @@ def versions():
     import transformers
     return {"python": sys.version.split()[0], "torch": torch.__version__,
             "transformers": transformers.__version__}
+
+def fp32_no_dropout(model):
+    """The model as every stage uses it: fp32 weights (the master weights of training) whatever dtype the
+    checkpoint was stored in (transformers 5 keeps the stored dtype), and dropout off, as TRL does by
+    default, so training, cached reference log-probs and sampling all see one deterministic function."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+        for name, value in list(vars(module).items()):  # rates read in forward, e.g. Llama's attention_dropout
+            if "dropout" in name and isinstance(value, float):
+                setattr(module, name, 0.0)
+    for name, value in model.config.to_dict().items():  # so a saved checkpoint says so too
+        if ("dropout" in name or "pdrop" in name) and isinstance(value, float):
+            setattr(model.config, name, 0.0)
+    return model.float()
+
+
+def epoch_batches(n, batch_size, rng, shuffle=True):
+    """Batches of indices into n items, forever, each of batch_size: epoch after epoch of the items (in
+    a fresh random order each epoch, or in their own order with shuffle=False) cut into batches, so
+    every item is seen exactly once per epoch and a batch may span the end of one epoch and the start
+    of the next (nothing dropped, nothing repeated early)."""
+    stream = []
+    while True:
+        while len(stream) < batch_size:
+            order = list(range(n))
+            if shuffle:
+                rng.shuffle(order)
+            stream += order
+        yield stream[:batch_size]
+        stream = stream[batch_size:]
+
+
+# the ranges that check_ranges tests: (test, what is expected)
+POSITIVE = (lambda x: x > 0, "a number > 0")
+NON_NEGATIVE = (lambda x: x >= 0, "a number >= 0")
+AT_LEAST_1 = (lambda x: x >= 1, "an integer >= 1")
+FRACTION = (lambda x: 0 <= x <= 1, "a number in [0, 1]")
+STEPS = (lambda x: x >= 1 or x == -1, "a number of steps >= 1, or -1 for whole epochs")
+
+
+def check_ranges(args, rules):
+    """The numeric flags in range, checked in one place before anything runs: rules maps a flag's dest to
+    (test, what it expects); a value that fails, NaN and infinity included, is a one-line error."""
+    for dest, (ok, expected) in rules.items():
+        value = getattr(args, dest)
+        if value is not None and not (math.isfinite(value) and ok(value)):
+            raise UserError(f"--{dest.replace('_', '-')} {value}: expected {expected}")
+    return args
+
+
+def check_model_dir(path, head, flag):
+    """A one-line error unless `path` holds a model with the head this stage loads it with: 'causal' for
+    a policy (*ForCausalLM), 'reward' for a reward model (*ForSequenceClassification with one label);
+    a reward model loaded as a policy would silently get a fresh random LM head, and the reverse a
+    fresh random score head."""
+    config = Path(path) / "config.json"
+    if not config.exists():
+        raise UserError(f"{flag} {path}: no config.json there; expected a Hugging Face model directory")
+    config = json.load(open(config))
+    archs = config.get("architectures") or []
+    if head == "causal" and not any(a.endswith("ForCausalLM") for a in archs):
+        raise UserError(f"{flag} {path}: a {'/'.join(archs) or 'headless'} model; expected a causal LM "
+                        f"(a policy: 01_sft, 04_dpo or 05_ppo output)")
+    if head == "reward" and not (any(a.endswith("ForSequenceClassification") for a in archs)
+                                 and len(config.get("id2label", {0: 0})) == 1):
+        raise UserError(f"{flag} {path}: a {'/'.join(archs) or 'headless'} model; expected a reward model "
+                        f"(02_reward output: a sequence classifier with one label)")
+
+
+def inherit_lengths(args, sft_stage):
+    """Length limits not given on the command line come from stage 01's stage.json, so every stage sees
+    the prompts and responses with the context SFT trained on (printed, as every inherited setting)."""
+    for name in ("max_prompt_len", "max_response_len"):
+        if getattr(args, name, 0) is None:
+            setattr(args, name, sft_stage["args"][name])
+            print(f"inherited --{name.replace('_', '-')} {getattr(args, name)} from 01_sft")
+
 
 def run_main(main, argv=None):
     """Run a stage: a UserError becomes one line on stderr and exit code 2; the temporary output
@@ -380,6 +470,7 @@ def main(args, state):
     sft_dir = Path(args.sft or f"runs/{args.run}/01_sft")
     out = Path(args.out or f"runs/{args.run}/02_reward")
     sft_stage = need_stage(sft_dir, "01_sft", "python 01_sft.py")
+    inherit_lengths(args, sft_stage)
     print(f"inherited dataset {sft_stage['dataset']['name']!r} from {sft_dir}")
     device = pick_device(args.device)
     dtype, precision_reason = pick_precision(args.precision, device)
@@ -390,7 +481,8 @@ def main(args, state):
 
     # 1. model: the SFT model with a scalar head (randomly initialised) in place of the LM head
     tok = AutoTokenizer.from_pretrained(sft_dir)
-    rm = AutoModelForSequenceClassification.from_pretrained(sft_dir, num_labels=1)
+    check_model_dir(sft_dir, "causal", "--sft")
+    rm = fp32_no_dropout(AutoModelForSequenceClassification.from_pretrained(sft_dir, num_labels=1))
     set_distinct_pad(tok, rm)
     rm.to(device).train()
     rm.config.use_cache = False
@@ -416,7 +508,7 @@ def main(args, state):
 
     # 3. training loop
     rng = random.Random(args.seed)
-    order, pos, tokens, train_time = [], 0, 0, 0.0
+    batches, tokens, train_time = epoch_batches(len(train_ex), args.batch_size, rng), 0, 0.0
     bar = tqdm(range(total_steps), desc="02_reward", dynamic_ncols=True)
     for step in bar:
         t0 = time.time()
@@ -424,10 +516,7 @@ def main(args, state):
             g["lr"] = args.lr * lr_at(step, total_steps, args.warmup_ratio, args.min_lr_ratio)
         logs = {"loss": 0.0, "acc": 0.0, "margin": 0.0}
         for _ in range(args.grad_accum):
-            if pos + args.batch_size > len(order):
-                order, pos = rng.sample(range(len(train_ex)), len(train_ex)), 0
-            mb = [train_ex[j] for j in order[pos:pos + args.batch_size]]
-            pos += args.batch_size
+            mb = [train_ex[j] for j in next(batches)]
             ids, attn = (t.to(device) for t in pair_batch(mb, tok.pad_token_id))
             with autocast(device, dtype):
                 r = reward_scores(rm, ids, attn)                                   # (2B,)

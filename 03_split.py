@@ -27,12 +27,14 @@ import argparse
 import contextlib
 import gzip
 import json
+import math
 import os
 import random
 import shutil
 import signal
 import sys
 import time
+import zlib
 from pathlib import Path
 
 import torch
@@ -67,15 +69,19 @@ def parse_args(argv=None):
     g.add_argument("--no-curriculum", action="store_true",
                    help="shuffle each set instead of sorting it by descending |d|")
     g.add_argument("--batch-size", type=int, default=32, help="pairs scored per batch")
-    g.add_argument("--max-prompt-len", type=int, default=256, help="prompt tokens kept (from the left)")
-    g.add_argument("--max-response-len", type=int, default=128, help="response tokens kept")
+    g.add_argument("--max-prompt-len", type=int, default=None,
+                   help="prompt tokens kept (from the left); default: stage 01's")
+    g.add_argument("--max-response-len", type=int, default=None, help="response tokens kept; default: stage 01's")
     g = p.add_argument_group("system")
     g.add_argument("--seed", type=int, default=0, help="seeds the shuffle of --no-curriculum")
     g.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     g.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                    help="auto: bf16 autocast on CUDA (fp16 where bf16 is missing); on a CPU bf16 only "
                         "where it computes bf16 natively (measured), else fp32")
-    return p.parse_args(argv)
+    return check_ranges(p.parse_args(argv), {
+        "threshold": NON_NEGATIVE, "easy_fraction": (lambda x: 0 < x < 1, "a number in (0, 1)"),
+        "batch_size": AT_LEAST_1, "max_prompt_len": AT_LEAST_1,
+        "max_response_len": (lambda x: x >= 2, "an integer >= 2 (room for EOS)")})
 
 
 # ----------------------------------------------------------------------------------------------
@@ -158,14 +164,17 @@ def peak_memory_mb(device):
 def read_jsonl(path):
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
-    rows = []
-    with opener(path, "rt", encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            if line.strip():
-                try:
+    rows, i = [], 0
+    try:
+        with opener(path, "rt", encoding="utf-8") as f:
+            for i, line in enumerate(f, 1):
+                if line.strip():
                     rows.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise UserError(f"{path}:{i}: not valid JSON ({e.msg})") from None
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}:{i}: not valid JSON ({e.msg})") from None
+    except (OSError, EOFError, zlib.error, UnicodeDecodeError) as e:  # a corrupt or truncated file
+        kind = "gzip-compressed JSON lines" if path.suffix == ".gz" else "UTF-8 JSON lines"
+        raise UserError(f"{path}: not readable as {kind} after line {i} ({type(e).__name__}: {e})") from None
     return rows
 
 def write_jsonl(path, rows):
@@ -241,6 +250,68 @@ def versions():
     import transformers
     return {"python": sys.version.split()[0], "torch": torch.__version__,
             "transformers": transformers.__version__}
+
+def fp32_no_dropout(model):
+    """The model as every stage uses it: fp32 weights (the master weights of training) whatever dtype the
+    checkpoint was stored in (transformers 5 keeps the stored dtype), and dropout off, as TRL does by
+    default, so training, cached reference log-probs and sampling all see one deterministic function."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+        for name, value in list(vars(module).items()):  # rates read in forward, e.g. Llama's attention_dropout
+            if "dropout" in name and isinstance(value, float):
+                setattr(module, name, 0.0)
+    for name, value in model.config.to_dict().items():  # so a saved checkpoint says so too
+        if ("dropout" in name or "pdrop" in name) and isinstance(value, float):
+            setattr(model.config, name, 0.0)
+    return model.float()
+
+
+# the ranges that check_ranges tests: (test, what is expected)
+POSITIVE = (lambda x: x > 0, "a number > 0")
+NON_NEGATIVE = (lambda x: x >= 0, "a number >= 0")
+AT_LEAST_1 = (lambda x: x >= 1, "an integer >= 1")
+FRACTION = (lambda x: 0 <= x <= 1, "a number in [0, 1]")
+STEPS = (lambda x: x >= 1 or x == -1, "a number of steps >= 1, or -1 for whole epochs")
+
+
+def check_ranges(args, rules):
+    """The numeric flags in range, checked in one place before anything runs: rules maps a flag's dest to
+    (test, what it expects); a value that fails, NaN and infinity included, is a one-line error."""
+    for dest, (ok, expected) in rules.items():
+        value = getattr(args, dest)
+        if value is not None and not (math.isfinite(value) and ok(value)):
+            raise UserError(f"--{dest.replace('_', '-')} {value}: expected {expected}")
+    return args
+
+
+def check_model_dir(path, head, flag):
+    """A one-line error unless `path` holds a model with the head this stage loads it with: 'causal' for
+    a policy (*ForCausalLM), 'reward' for a reward model (*ForSequenceClassification with one label);
+    a reward model loaded as a policy would silently get a fresh random LM head, and the reverse a
+    fresh random score head."""
+    config = Path(path) / "config.json"
+    if not config.exists():
+        raise UserError(f"{flag} {path}: no config.json there; expected a Hugging Face model directory")
+    config = json.load(open(config))
+    archs = config.get("architectures") or []
+    if head == "causal" and not any(a.endswith("ForCausalLM") for a in archs):
+        raise UserError(f"{flag} {path}: a {'/'.join(archs) or 'headless'} model; expected a causal LM "
+                        f"(a policy: 01_sft, 04_dpo or 05_ppo output)")
+    if head == "reward" and not (any(a.endswith("ForSequenceClassification") for a in archs)
+                                 and len(config.get("id2label", {0: 0})) == 1):
+        raise UserError(f"{flag} {path}: a {'/'.join(archs) or 'headless'} model; expected a reward model "
+                        f"(02_reward output: a sequence classifier with one label)")
+
+
+def inherit_lengths(args, sft_stage):
+    """Length limits not given on the command line come from stage 01's stage.json, so every stage sees
+    the prompts and responses with the context SFT trained on (printed, as every inherited setting)."""
+    for name in ("max_prompt_len", "max_response_len"):
+        if getattr(args, name, 0) is None:
+            setattr(args, name, sft_stage["args"][name])
+            print(f"inherited --{name.replace('_', '-')} {getattr(args, name)} from 01_sft")
+
 
 def run_main(main, argv=None):
     """Run a stage: a UserError becomes one line on stderr and exit code 2; the temporary output
@@ -419,11 +490,11 @@ def main(args, state):
     rm_dir = Path(args.reward or f"runs/{args.run}/02_reward")
     out = Path(args.out or f"runs/{args.run}/03_split")
     rm_stage = need_stage(rm_dir, "02_reward", "python 02_reward.py")
+    check_model_dir(rm_dir, "reward", "--reward")
     sft_dir = inherited_dir(rm_stage["sft"], rm_dir)
+    inherit_lengths(args, need_stage(sft_dir, "01_sft", "python 01_sft.py"))
     dataset = rm_stage["dataset"]["name"]
     print(f"inherited dataset {dataset!r} and SFT {sft_dir} from {rm_dir}")
-    if args.easy_fraction is not None and not 0 < args.easy_fraction < 1:
-        raise UserError(f"--easy-fraction {args.easy_fraction}: expected a number between 0 and 1")
     if args.easy_fraction is not None and args.threshold is not None:
         raise UserError("--threshold and --easy-fraction exclude each other; pass one")
     device = pick_device(args.device)
@@ -433,7 +504,7 @@ def main(args, state):
     t_start = time.time()
 
     tok = AutoTokenizer.from_pretrained(rm_dir)
-    rm = AutoModelForSequenceClassification.from_pretrained(rm_dir).to(device).eval()
+    rm = fp32_no_dropout(AutoModelForSequenceClassification.from_pretrained(rm_dir)).to(device).eval()
     train = read_jsonl(sft_dir / "data_train.jsonl")
     test = [r for r in read_jsonl(sft_dir / "data_test.jsonl") if r.get("chosen")]
     kw = dict(batch_size=args.batch_size, max_prompt_len=args.max_prompt_len,

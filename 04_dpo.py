@@ -7,7 +7,9 @@ h = (log pi(y_w|x) - log ref(y_w|x)) - (log pi(y_l|x) - log ref(y_l|x)):
     over response tokens; with label smoothing eps (conservative DPO, Mitchell 2023):
     -(1 - eps) log sigmoid(beta h) - eps log sigmoid(-beta h).
   - IPO (Azar et al., 2023, arXiv 2310.12036, Eq. 17; as used by Calandriello et al., 2024,
-    arXiv 2403.08635): (h - 1/(2 tau))^2, log-probs averaged over response tokens (the IPO practice).
+    arXiv 2403.08635): (h - 1/(2 tau))^2. The papers define h with sequence log-probs (sums); by default
+    we average them over response tokens (`--ipo-aggregate mean`): TRL records that the IPO authors'
+    reported results use this normalised form. `--ipo-aggregate sum` is the papers' equation.
 
 `--online` (Calandriello et al., 2024, online IPO): each step samples two responses per prompt from the
 current policy, labels the pair with the reward model of stage 02 used as a Bradley-Terry preference
@@ -20,10 +22,15 @@ Deviations and choices of ours:
   1. Offline, the reference log-probs are computed once before training by the SFT weights that the
      policy starts from, cached in the output (ref_logps.json), and no second model is kept: training
      holds one model. Online, the reference must stay (it scores fresh samples and drives IPO-MD).
-  2. Online labels: the response with the higher RM score wins; exact ties carry no preference and are
-     left out of the loss (`--online-labels sample` draws the label from sigmoid(r_1 - r_2) instead).
+  2. Online preferences: the RM of stage 02 read as a Bradley-Terry model, p = sigmoid(r_1 - r_2), enters
+     the loss as is: IPO's target becomes (p - 1/2) / tau, and DPO's loss is label-smoothed with
+     eps = 1 - p, each the expectation over a label drawn from p (`--online-labels sample` draws it;
+     `argmax`, the higher score wins, changes the equilibrium and is kept as an option).
   3. The easy set is read in the order stage 03 wrote it (descending gap, an easy-to-hard curriculum);
-     `--shuffle` shuffles it.
+     `--shuffle` shuffles it. Every pair is seen once per epoch (a batch may span two epochs).
+  4. Dropout is off in the policy (every rate set to 0, as TRL does by default), so the policy's first
+     forward pass equals the cached reference (h = 0, loss log 2) and the online samples, taken in eval
+     mode, come from the function that is trained. Weights train in fp32 whatever the stored dtype.
 
 Reads:  runs/<run>/01_sft/, runs/<run>/03_split/ (easy.jsonl, hard.jsonl), online also 02_reward/
 Writes: runs/<run>/04_dpo/ (or --out)  model + tokenizer, ref_logps.json, stage.json, metrics.jsonl
@@ -45,6 +52,7 @@ import shutil
 import signal
 import sys
 import time
+import zlib
 from pathlib import Path
 
 import torch
@@ -73,13 +81,16 @@ def parse_args(argv=None):
     g.add_argument("--label-smoothing", type=float, default=0.0,
                    help="DPO: eps of conservative DPO, the assumed share of flipped labels")
     g.add_argument("--tau", type=float, default=1.0,
-                   help="IPO: tau; the loss pulls the length-averaged log-ratio gap h to 1/(2 tau)")
+                   help="IPO: tau; the loss pulls the log-ratio gap h to 1/(2 tau)")
+    g.add_argument("--ipo-aggregate", default="mean", choices=["mean", "sum"],
+                   help="IPO: h from per-token mean log-probs (the IPO practice) or sums (the papers' Eq.)")
     g = p.add_argument_group("online IPO / IPO-MD (Calandriello et al., 2024)")
     g.add_argument("--online", action="store_true", help="sample pairs from the policy, label them with the RM")
     g.add_argument("--mixture-beta", type=float, default=0.0,
                    help="IPO-MD: sample from pi^(1-B) ref^B (normalised per token); 0 is online IPO")
-    g.add_argument("--online-labels", default="argmax", choices=["argmax", "sample"],
-                   help="argmax: higher RM score wins, ties dropped; sample: label ~ sigmoid(r_1 - r_2)")
+    g.add_argument("--online-labels", default="soft", choices=["soft", "sample", "argmax"],
+                   help="the preference p = sigmoid(r_1 - r_2) of the RM as a Bradley-Terry model: soft uses p "
+                        "(IPO's target (p - 1/2)/tau), sample draws a label ~ p, argmax: higher score wins")
     g.add_argument("--max-new-tokens", type=int, default=48, help="online: tokens sampled per response")
     g.add_argument("--eval-every", type=int, default=10,
                    help="online: every N steps, RM win rate of policy against reference samples")
@@ -94,8 +105,9 @@ def parse_args(argv=None):
     g.add_argument("--min-lr-ratio", type=float, default=0.1, help="cosine decay ends at lr * this")
     g.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping (global L2 norm)")
     g.add_argument("--shuffle", action="store_true", help="shuffle the pairs instead of the split's order")
-    g.add_argument("--max-prompt-len", type=int, default=256, help="prompt tokens kept (from the left)")
-    g.add_argument("--max-response-len", type=int, default=128, help="response tokens kept")
+    g.add_argument("--max-prompt-len", type=int, default=None,
+                   help="prompt tokens kept (from the left); default: stage 01's")
+    g.add_argument("--max-response-len", type=int, default=None, help="response tokens kept; default: stage 01's")
     g.add_argument("--eval-batch-size", type=int, default=16, help="pairs per reference / held-out batch")
     g = p.add_argument_group("system")
     g.add_argument("--seed", type=int, default=0, help="seeds data order and sampling")
@@ -104,7 +116,13 @@ def parse_args(argv=None):
                    help="auto: bf16 autocast on CUDA (fp16 where bf16 is missing); on a CPU bf16 only "
                         "where it computes bf16 natively (measured), else fp32")
     g.add_argument("--grad-checkpointing", action="store_true", help="trade compute for memory")
-    return p.parse_args(argv)
+    return check_ranges(p.parse_args(argv), {
+        "beta": POSITIVE, "label_smoothing": (lambda x: 0 <= x < 0.5, "a number in [0, 0.5)"), "tau": POSITIVE,
+        "mixture_beta": FRACTION, "max_new_tokens": AT_LEAST_1, "eval_every": AT_LEAST_1, "epochs": POSITIVE,
+        "max_steps": STEPS, "batch_size": AT_LEAST_1, "grad_accum": AT_LEAST_1, "lr": POSITIVE,
+        "weight_decay": NON_NEGATIVE, "warmup_ratio": FRACTION, "min_lr_ratio": FRACTION,
+        "max_grad_norm": POSITIVE, "max_prompt_len": AT_LEAST_1,
+        "max_response_len": (lambda x: x >= 2, "an integer >= 2 (room for EOS)"), "eval_batch_size": AT_LEAST_1})
 
 
 # ----------------------------------------------------------------------------------------------
@@ -191,14 +209,17 @@ def peak_memory_mb(device):
 def read_jsonl(path):
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
-    rows = []
-    with opener(path, "rt", encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            if line.strip():
-                try:
+    rows, i = [], 0
+    try:
+        with opener(path, "rt", encoding="utf-8") as f:
+            for i, line in enumerate(f, 1):
+                if line.strip():
                     rows.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise UserError(f"{path}:{i}: not valid JSON ({e.msg})") from None
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}:{i}: not valid JSON ({e.msg})") from None
+    except (OSError, EOFError, zlib.error, UnicodeDecodeError) as e:  # a corrupt or truncated file
+        kind = "gzip-compressed JSON lines" if path.suffix == ".gz" else "UTF-8 JSON lines"
+        raise UserError(f"{path}: not readable as {kind} after line {i} ({type(e).__name__}: {e})") from None
     return rows
 
 def write_jsonl(path, rows):
@@ -295,6 +316,84 @@ def versions():
     return {"python": sys.version.split()[0], "torch": torch.__version__,
             "transformers": transformers.__version__}
 
+def fp32_no_dropout(model):
+    """The model as every stage uses it: fp32 weights (the master weights of training) whatever dtype the
+    checkpoint was stored in (transformers 5 keeps the stored dtype), and dropout off, as TRL does by
+    default, so training, cached reference log-probs and sampling all see one deterministic function."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+        for name, value in list(vars(module).items()):  # rates read in forward, e.g. Llama's attention_dropout
+            if "dropout" in name and isinstance(value, float):
+                setattr(module, name, 0.0)
+    for name, value in model.config.to_dict().items():  # so a saved checkpoint says so too
+        if ("dropout" in name or "pdrop" in name) and isinstance(value, float):
+            setattr(model.config, name, 0.0)
+    return model.float()
+
+
+def epoch_batches(n, batch_size, rng, shuffle=True):
+    """Batches of indices into n items, forever, each of batch_size: epoch after epoch of the items (in
+    a fresh random order each epoch, or in their own order with shuffle=False) cut into batches, so
+    every item is seen exactly once per epoch and a batch may span the end of one epoch and the start
+    of the next (nothing dropped, nothing repeated early)."""
+    stream = []
+    while True:
+        while len(stream) < batch_size:
+            order = list(range(n))
+            if shuffle:
+                rng.shuffle(order)
+            stream += order
+        yield stream[:batch_size]
+        stream = stream[batch_size:]
+
+
+# the ranges that check_ranges tests: (test, what is expected)
+POSITIVE = (lambda x: x > 0, "a number > 0")
+NON_NEGATIVE = (lambda x: x >= 0, "a number >= 0")
+AT_LEAST_1 = (lambda x: x >= 1, "an integer >= 1")
+FRACTION = (lambda x: 0 <= x <= 1, "a number in [0, 1]")
+STEPS = (lambda x: x >= 1 or x == -1, "a number of steps >= 1, or -1 for whole epochs")
+
+
+def check_ranges(args, rules):
+    """The numeric flags in range, checked in one place before anything runs: rules maps a flag's dest to
+    (test, what it expects); a value that fails, NaN and infinity included, is a one-line error."""
+    for dest, (ok, expected) in rules.items():
+        value = getattr(args, dest)
+        if value is not None and not (math.isfinite(value) and ok(value)):
+            raise UserError(f"--{dest.replace('_', '-')} {value}: expected {expected}")
+    return args
+
+
+def check_model_dir(path, head, flag):
+    """A one-line error unless `path` holds a model with the head this stage loads it with: 'causal' for
+    a policy (*ForCausalLM), 'reward' for a reward model (*ForSequenceClassification with one label);
+    a reward model loaded as a policy would silently get a fresh random LM head, and the reverse a
+    fresh random score head."""
+    config = Path(path) / "config.json"
+    if not config.exists():
+        raise UserError(f"{flag} {path}: no config.json there; expected a Hugging Face model directory")
+    config = json.load(open(config))
+    archs = config.get("architectures") or []
+    if head == "causal" and not any(a.endswith("ForCausalLM") for a in archs):
+        raise UserError(f"{flag} {path}: a {'/'.join(archs) or 'headless'} model; expected a causal LM "
+                        f"(a policy: 01_sft, 04_dpo or 05_ppo output)")
+    if head == "reward" and not (any(a.endswith("ForSequenceClassification") for a in archs)
+                                 and len(config.get("id2label", {0: 0})) == 1):
+        raise UserError(f"{flag} {path}: a {'/'.join(archs) or 'headless'} model; expected a reward model "
+                        f"(02_reward output: a sequence classifier with one label)")
+
+
+def inherit_lengths(args, sft_stage):
+    """Length limits not given on the command line come from stage 01's stage.json, so every stage sees
+    the prompts and responses with the context SFT trained on (printed, as every inherited setting)."""
+    for name in ("max_prompt_len", "max_response_len"):
+        if getattr(args, name, 0) is None:
+            setattr(args, name, sft_stage["args"][name])
+            print(f"inherited --{name.replace('_', '-')} {getattr(args, name)} from 01_sft")
+
+
 def run_main(main, argv=None):
     """Run a stage: a UserError becomes one line on stderr and exit code 2; the temporary output
     directory of a failed or interrupted run is removed, so nothing half-written is left behind."""
@@ -369,6 +468,9 @@ def sample_responses(policy, prompts, pad_id, eos_id, max_new_tokens, device, dt
     token under the distribution it was sampled from."""
     from transformers import DynamicCache
     models = [policy] + ([ref] if ref is not None and mixture_beta > 0 else [])
+    training = [m.training for m in models]
+    for m in models:  # eval mode: in train mode, gradient-checkpointed layers drop the KV cache
+        m.eval()
     ids, attn, _ = collate([(p, []) for p in prompts], pad_id, side="left")
     ids, attn = ids.to(device), attn.to(device)
     caches = [DynamicCache() for _ in models]
@@ -393,6 +495,8 @@ def sample_responses(policy, prompts, pad_id, eos_id, max_new_tokens, device, dt
         step_ids = nxt[:, None]
         pos = attn.sum(-1, keepdim=True)                    # the next position of each row
         attn = torch.cat([attn, torch.ones_like(attn[:, :1])], dim=1)
+    for m, mode in zip(models, training):
+        m.train(mode)
     tokens = torch.stack(out, dim=1).tolist()                                      # (B, L)
     token_lp = torch.stack(out_logps, dim=1).tolist()                              # (B, L)
     responses, logps = [], []
@@ -411,7 +515,7 @@ def dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_r
     """DPO (Eq. 7 of arXiv 2305.18290), conservative with label_smoothing = eps > 0:
         h = (log pi(y_w) - log ref(y_w)) - (log pi(y_l) - log ref(y_l))
         L = -(1 - eps) log sigmoid(beta h) - eps log sigmoid(-beta h)
-    All inputs (B,): sequence log-probs summed over response tokens.
+    All inputs (B,): sequence log-probs summed over response tokens; label_smoothing a float or (B,).
     Returns (losses (B,), chosen_rewards (B,), rejected_rewards (B,)); the implicit rewards
     beta * (log pi - log ref) are detached."""
     chosen_logratio = policy_chosen_logps - ref_chosen_logps
@@ -421,15 +525,18 @@ def dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_r
     return losses, (beta * chosen_logratio).detach(), (beta * rejected_logratio).detach()
 
 
-def ipo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, tau=1.0):
+def ipo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, tau=1.0,
+             preference=None):
     """IPO (Eq. 17 of arXiv 2310.12036; the loss of online IPO and IPO-MD in arXiv 2403.08635):
         L = (h - 1/(2 tau))^2,  h as in DPO
-    All inputs (B,): sequence log-probs AVERAGED over response tokens (the IPO practice; the target
-    1/(2 tau) is then per token and does not grow with length).
+    All inputs (B,): sequence log-probs, by default AVERAGED over response tokens (the IPO practice; the
+    target 1/(2 tau) is then per token and does not grow with length), or summed as in the equations.
     Returns (losses (B,), chosen_logratio (B,), rejected_logratio (B,)), the last two detached."""
     chosen_logratio = policy_chosen_logps - ref_chosen_logps
     rejected_logratio = policy_rejected_logps - ref_rejected_logps
-    losses = (chosen_logratio - rejected_logratio - 1 / (2 * tau)) ** 2
+    # the target (p - 1/2) / tau of IPO's population loss; 1/(2 tau) for a hard label (p = 1)
+    target = 1 / (2 * tau) if preference is None else (preference - 0.5) / tau
+    losses = (chosen_logratio - rejected_logratio - target) ** 2
     return losses, chosen_logratio.detach(), rejected_logratio.detach()
 
 
@@ -439,10 +546,13 @@ def sequence_logps(token_logps_, response_mask, average):
     return total / response_mask.sum(-1).clamp(min=1) if average else total
 
 
-def preference_loss(args, pc, pr, rc, rr):
+def preference_loss(args, pc, pr, rc, rr, preference=None):
+    """The chosen loss; `preference` (B,) is P(chosen beats rejected) where it is not simply 1 (online).
+    For DPO that is label smoothing with eps = 1 - p (the expected loss over a Bernoulli(p) label)."""
     if args.loss == "dpo":
-        return dpo_loss(pc, pr, rc, rr, args.beta, args.label_smoothing)
-    return ipo_loss(pc, pr, rc, rr, args.tau)
+        eps = args.label_smoothing if preference is None else 1 - preference
+        return dpo_loss(pc, pr, rc, rr, args.beta, eps)
+    return ipo_loss(pc, pr, rc, rr, args.tau, preference)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -515,25 +625,23 @@ def main(args, state):
     split_dir = Path(args.split_dir or f"runs/{args.run}/03_split")
     out = Path(args.out or f"runs/{args.run}/04_dpo")
     sft_stage = need_stage(sft_dir, "01_sft", "python 01_sft.py")
+    inherit_lengths(args, sft_stage)
     print(f"inherited dataset {sft_stage['dataset']['name']!r} from {sft_dir}")
-    if not 0 <= args.mixture_beta <= 1:
-        raise UserError(f"--mixture-beta {args.mixture_beta}: expected a number in [0, 1]")
+    check_model_dir(sft_dir, "causal", "--sft")
     if args.mixture_beta > 0 and not args.online:
         raise UserError("--mixture-beta samples pairs online; pass --online too")
-    if not 0 <= args.label_smoothing < 0.5:
-        raise UserError(f"--label-smoothing {args.label_smoothing}: expected a number in [0, 0.5)")
-    if args.tau <= 0 or args.beta <= 0:
-        raise UserError("--beta and --tau must be positive")
+    if args.online and args.label_smoothing:
+        raise UserError("--label-smoothing is for offline labels; online, eps = 1 - p comes from the RM")
     device = pick_device(args.device)
     dtype, precision_reason = pick_precision(args.precision, device)
     if out.exists() and not args.overwrite:
         raise UserError(f"{out} exists; pass --overwrite to replace it")
     seed_everything(args.seed)
     t_start = time.time()
-    average = args.loss == "ipo"   # IPO averages log-probs over tokens, DPO sums them
+    average = args.loss == "ipo" and args.ipo_aggregate == "mean"   # DPO always sums (Eq. 7)
 
     tok = AutoTokenizer.from_pretrained(sft_dir)
-    policy = AutoModelForCausalLM.from_pretrained(sft_dir).to(device)
+    policy = fp32_no_dropout(AutoModelForCausalLM.from_pretrained(sft_dir)).to(device)
     rows, source = load_pairs(args, sft_dir, split_dir)
     test_rows = [r for r in read_jsonl(sft_dir / "data_test.jsonl") if r.get("chosen")]
 
@@ -556,8 +664,9 @@ def main(args, state):
     if args.online:
         rm_dir = Path(args.reward or f"runs/{args.run}/02_reward")
         need_stage(rm_dir, "02_reward", "python 02_reward.py")
-        ref_model = AutoModelForCausalLM.from_pretrained(sft_dir).to(device).eval()
-        rm = AutoModelForSequenceClassification.from_pretrained(rm_dir).to(device).eval()
+        check_model_dir(rm_dir, "reward", "--reward")
+        ref_model = fp32_no_dropout(AutoModelForCausalLM.from_pretrained(sft_dir)).to(device).eval()
+        rm = fp32_no_dropout(AutoModelForSequenceClassification.from_pretrained(rm_dir)).to(device).eval()
         rm_pad = AutoTokenizer.from_pretrained(rm_dir).pad_token_id
         for m in (ref_model, rm):
             m.requires_grad_(False)
@@ -581,8 +690,8 @@ def main(args, state):
     rng = random.Random(args.seed)
 
     # 2. training loop
-    order = list(range(len(train_ex)))
-    pos, tokens, train_time, gen_time, last = len(order), 0, 0.0, 0.0, {}
+    batches = epoch_batches(len(train_ex), args.batch_size, rng, shuffle=args.shuffle or args.online)
+    tokens, train_time, gen_time, last = 0, 0.0, 0.0, {}
     bar = tqdm(range(total_steps), desc="04_dpo" + ("_online" if args.online else ""), dynamic_ncols=True)
     for step in bar:
         t0 = time.time()
@@ -590,12 +699,7 @@ def main(args, state):
             g["lr"] = args.lr * lr_at(step, total_steps, args.warmup_ratio, args.min_lr_ratio)
         sums = {k: 0.0 for k in ("loss", "chosen", "rejected", "acc", "margin", "pairs", "gen_s")}
         for _ in range(args.grad_accum):
-            if pos + args.batch_size > len(order):
-                if args.shuffle or args.online:
-                    rng.shuffle(order)
-                pos = 0
-            idx = order[pos:pos + args.batch_size]
-            pos += args.batch_size
+            idx = next(batches)
             if args.online:
                 # 2a. online: two samples per prompt from pi (or pi_mix), labelled by the RM
                 tg = time.time()
@@ -608,21 +712,22 @@ def main(args, state):
                 ids, attn, _ = (t.to(device) for t in collate(seqs, rm_pad))
                 with torch.inference_mode(), autocast(device, dtype):
                     scores = reward_scores(rm, ids, attn)                          # (2B,)
-                labels = online_labels(scores[:len(idx)], scores[len(idx):], args.online_labels, gen)
-                batch = [(p, a, b) if lab > 0 else (p, b, a)
-                         for p, a, b, lab in zip(prompts, ys[:len(idx)], ys[len(idx):], labels.tolist()) if lab != 0]
+                preference = online_preference(scores[:len(idx)], scores[len(idx):], args.online_labels, gen)
+                # the RM's favourite first (p >= 1/2): the losses are symmetric under (a, b, p) -> (b, a, 1 - p)
+                batch = [(p, a, b) if pref >= 0.5 else (p, b, a)
+                         for p, a, b, pref in zip(prompts, ys[:len(idx)], ys[len(idx):], preference.tolist())]
+                preference = torch.maximum(preference, 1 - preference)            # (B,)
                 sums["gen_s"] += time.time() - tg
-                if not batch:
-                    continue
                 with torch.inference_mode():
                     rc, rr, _ = pair_logps(ref_model, batch, tok.pad_token_id, device, dtype, average)
                 ref = torch.stack([rc, rr], -1).clone()
             else:
                 batch = [train_ex[j] for j in idx]
                 ref = torch.tensor([ref_train[j] for j in idx], device=device)     # (B, 2)
+                preference = None                                                   # the dataset's label: 1
             # 2b. one forward pass for chosen and rejected, the loss, the backward pass
             pc, pr, n_tok = pair_logps(policy, batch, tok.pad_token_id, device, dtype, average)
-            losses, cr, rr_ = preference_loss(args, pc, pr, ref[:, 0], ref[:, 1])
+            losses, cr, rr_ = preference_loss(args, pc, pr, ref[:, 0], ref[:, 1], preference)
             loss = losses.mean()
             if not torch.isfinite(loss):
                 where = f"prompts {idx}" if args.online else f"pairs {idx[0]}..{idx[-1]} of the {args.split} set"
@@ -680,13 +785,19 @@ def main(args, state):
           f"{after['eval/implicit_accuracy']:.3f}, {final['perf/tokens_per_s']:.0f} tokens/s, {wall:.0f}s wall -> {out}")
 
 
-def online_labels(scores_a, scores_b, mode, generator):
-    """+1 where response a is preferred, -1 where b is, 0 for no preference (an exact tie in argmax
-    mode). mode 'sample': the label is drawn from the Bradley-Terry probability sigmoid(r_a - r_b)."""
+def online_preference(scores_a, scores_b, mode, generator):
+    """(B,) the preference of response a over b that enters the loss, from RM scores (B,) read as a
+    Bradley-Terry model, p = sigmoid(r_a - r_b):
+      soft:   p itself, the exact target of IPO's population loss (the default);
+      sample: a label drawn from Bernoulli(p), 1 or 0 (its expected loss is the soft one);
+      argmax: 1 where r_a > r_b, 0 where r_a < r_b, 1/2 on a tie (deterministic: the IPO minimiser
+              then is 1/(2 tau) for any p > 1/2, a different equilibrium)."""
+    p = torch.sigmoid((scores_a - scores_b).float())
     if mode == "sample":
-        p = torch.sigmoid(scores_a - scores_b)
-        return torch.where(torch.rand(p.shape, generator=generator, device=p.device) < p, 1, -1)
-    return torch.sign(scores_a - scores_b).long()
+        return (torch.rand(p.shape, generator=generator, device=p.device) < p).float()
+    if mode == "argmax":
+        return (torch.sign(scores_a - scores_b).float() + 1) / 2
+    return p
 
 
 @torch.no_grad()

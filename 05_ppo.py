@@ -25,12 +25,15 @@ Deviations and choices of ours:
   2. The KL estimator is a flag: k1 (log pi - log ref, TRL and InstructGPT), 'clamped'
      (max(0, log pi - log ref), the MPO author's DeepSpeed-Chat fork) and k3 ((rho - 1) - log rho with
      rho = ref / pi, never negative; http://joschu.net/blog/kl-approx.html). k1 is the default: its sum
-     over a sequence is an unbiased estimate of KL(pi || ref) on the policy's own samples.
+     over a sequence is an unbiased estimate of KL(pi || ref) on the policy's own samples, and as a
+     per-token reward it gives the exact gradient of the KL penalty. k3's VALUE is unbiased too, but as a
+     reward its gradient is biased (it does not point along grad KL, and vanishes as pi nears ref).
   3. Defaults follow TRL's PPO (fixed kl_coef 0.05, 4 PPO epochs, whitened advantages, gamma 1,
      lambda 0.95, clip 0.2, value clip 0.2, vf_coef 0.1). The fork used kl_coef 0.4, reward clipping
      at +-5 and one PPO epoch: `--kl-coef 0.4 --reward-clip 5 --ppo-epochs 1 --kl-estimator clamped`.
-  4. Dropout is off in every model (all are in eval mode), so the log-probs of the rollout equal those
-     of the first PPO forward pass and the first ratio is exactly 1.
+  4. Dropout is off in every model (every dropout rate set to 0, config-level attention dropout included,
+     as TRL does), and rollouts are sampled in eval mode with the KV cache, so the log-probs of the
+     rollout equal those of the first PPO forward pass and the first ratio is exactly 1.
 
 Reads:  runs/<run>/04_dpo/ (policy and reference), 02_reward/ (RM, value init), 03_split/ (prompts)
 Writes: runs/<run>/05_ppo/ (or --out)  model + tokenizer, stage.json, metrics.jsonl
@@ -51,6 +54,7 @@ import shutil
 import signal
 import sys
 import time
+import zlib
 from pathlib import Path
 
 import torch
@@ -105,7 +109,8 @@ def parse_args(argv=None):
     g.add_argument("--lr", type=float, default=1e-6, help="policy learning rate (AdamW, constant)")
     g.add_argument("--value-lr", type=float, default=1e-5, help="value model learning rate")
     g.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping, each model")
-    g.add_argument("--max-prompt-len", type=int, default=256, help="prompt tokens kept (from the left)")
+    g.add_argument("--max-prompt-len", type=int, default=None,
+                   help="prompt tokens kept (from the left); default: stage 01's")
     g.add_argument("--sample-every", type=int, default=5, help="write sample responses every N steps")
     g = p.add_argument_group("system")
     g.add_argument("--seed", type=int, default=0, help="seeds prompt order and sampling")
@@ -114,7 +119,13 @@ def parse_args(argv=None):
                    help="auto: bf16 autocast on CUDA (fp16 where bf16 is missing); on a CPU bf16 only "
                         "where it computes bf16 natively (measured), else fp32")
     g.add_argument("--grad-checkpointing", action="store_true", help="trade compute for memory")
-    return p.parse_args(argv)
+    return check_ranges(p.parse_args(argv), {
+        "steps": AT_LEAST_1, "rollout_batch": AT_LEAST_1, "max_new_tokens": AT_LEAST_1, "kl_coef": NON_NEGATIVE,
+        "target_kl": POSITIVE, "kl_horizon": AT_LEAST_1, "reward_clip": POSITIVE, "missing_eos_penalty": NON_NEGATIVE,
+        "gamma": FRACTION, "lam": FRACTION, "ppo_epochs": AT_LEAST_1, "minibatch_size": AT_LEAST_1,
+        "cliprange": POSITIVE, "cliprange_value": POSITIVE, "vf_coef": NON_NEGATIVE, "target_approx_kl": POSITIVE,
+        "lr": POSITIVE, "value_lr": POSITIVE, "max_grad_norm": POSITIVE, "max_prompt_len": AT_LEAST_1,
+        "sample_every": AT_LEAST_1})
 
 
 # ----------------------------------------------------------------------------------------------
@@ -201,14 +212,17 @@ def peak_memory_mb(device):
 def read_jsonl(path):
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
-    rows = []
-    with opener(path, "rt", encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            if line.strip():
-                try:
+    rows, i = [], 0
+    try:
+        with opener(path, "rt", encoding="utf-8") as f:
+            for i, line in enumerate(f, 1):
+                if line.strip():
                     rows.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise UserError(f"{path}:{i}: not valid JSON ({e.msg})") from None
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}:{i}: not valid JSON ({e.msg})") from None
+    except (OSError, EOFError, zlib.error, UnicodeDecodeError) as e:  # a corrupt or truncated file
+        kind = "gzip-compressed JSON lines" if path.suffix == ".gz" else "UTF-8 JSON lines"
+        raise UserError(f"{path}: not readable as {kind} after line {i} ({type(e).__name__}: {e})") from None
     return rows
 
 def render_prompt(tokenizer, messages):
@@ -300,6 +314,84 @@ def versions():
     return {"python": sys.version.split()[0], "torch": torch.__version__,
             "transformers": transformers.__version__}
 
+def fp32_no_dropout(model):
+    """The model as every stage uses it: fp32 weights (the master weights of training) whatever dtype the
+    checkpoint was stored in (transformers 5 keeps the stored dtype), and dropout off, as TRL does by
+    default, so training, cached reference log-probs and sampling all see one deterministic function."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+        for name, value in list(vars(module).items()):  # rates read in forward, e.g. Llama's attention_dropout
+            if "dropout" in name and isinstance(value, float):
+                setattr(module, name, 0.0)
+    for name, value in model.config.to_dict().items():  # so a saved checkpoint says so too
+        if ("dropout" in name or "pdrop" in name) and isinstance(value, float):
+            setattr(model.config, name, 0.0)
+    return model.float()
+
+
+def epoch_batches(n, batch_size, rng, shuffle=True):
+    """Batches of indices into n items, forever, each of batch_size: epoch after epoch of the items (in
+    a fresh random order each epoch, or in their own order with shuffle=False) cut into batches, so
+    every item is seen exactly once per epoch and a batch may span the end of one epoch and the start
+    of the next (nothing dropped, nothing repeated early)."""
+    stream = []
+    while True:
+        while len(stream) < batch_size:
+            order = list(range(n))
+            if shuffle:
+                rng.shuffle(order)
+            stream += order
+        yield stream[:batch_size]
+        stream = stream[batch_size:]
+
+
+# the ranges that check_ranges tests: (test, what is expected)
+POSITIVE = (lambda x: x > 0, "a number > 0")
+NON_NEGATIVE = (lambda x: x >= 0, "a number >= 0")
+AT_LEAST_1 = (lambda x: x >= 1, "an integer >= 1")
+FRACTION = (lambda x: 0 <= x <= 1, "a number in [0, 1]")
+STEPS = (lambda x: x >= 1 or x == -1, "a number of steps >= 1, or -1 for whole epochs")
+
+
+def check_ranges(args, rules):
+    """The numeric flags in range, checked in one place before anything runs: rules maps a flag's dest to
+    (test, what it expects); a value that fails, NaN and infinity included, is a one-line error."""
+    for dest, (ok, expected) in rules.items():
+        value = getattr(args, dest)
+        if value is not None and not (math.isfinite(value) and ok(value)):
+            raise UserError(f"--{dest.replace('_', '-')} {value}: expected {expected}")
+    return args
+
+
+def check_model_dir(path, head, flag):
+    """A one-line error unless `path` holds a model with the head this stage loads it with: 'causal' for
+    a policy (*ForCausalLM), 'reward' for a reward model (*ForSequenceClassification with one label);
+    a reward model loaded as a policy would silently get a fresh random LM head, and the reverse a
+    fresh random score head."""
+    config = Path(path) / "config.json"
+    if not config.exists():
+        raise UserError(f"{flag} {path}: no config.json there; expected a Hugging Face model directory")
+    config = json.load(open(config))
+    archs = config.get("architectures") or []
+    if head == "causal" and not any(a.endswith("ForCausalLM") for a in archs):
+        raise UserError(f"{flag} {path}: a {'/'.join(archs) or 'headless'} model; expected a causal LM "
+                        f"(a policy: 01_sft, 04_dpo or 05_ppo output)")
+    if head == "reward" and not (any(a.endswith("ForSequenceClassification") for a in archs)
+                                 and len(config.get("id2label", {0: 0})) == 1):
+        raise UserError(f"{flag} {path}: a {'/'.join(archs) or 'headless'} model; expected a reward model "
+                        f"(02_reward output: a sequence classifier with one label)")
+
+
+def inherit_lengths(args, sft_stage):
+    """Length limits not given on the command line come from stage 01's stage.json, so every stage sees
+    the prompts and responses with the context SFT trained on (printed, as every inherited setting)."""
+    for name in ("max_prompt_len", "max_response_len"):
+        if getattr(args, name, 0) is None:
+            setattr(args, name, sft_stage["args"][name])
+            print(f"inherited --{name.replace('_', '-')} {getattr(args, name)} from 01_sft")
+
+
 def run_main(main, argv=None):
     """Run a stage: a UserError becomes one line on stderr and exit code 2; the temporary output
     directory of a failed or interrupted run is removed, so nothing half-written is left behind."""
@@ -349,6 +441,9 @@ def sample_responses(policy, prompts, pad_id, eos_id, max_new_tokens, device, dt
     token under the distribution it was sampled from."""
     from transformers import DynamicCache
     models = [policy] + ([ref] if ref is not None and mixture_beta > 0 else [])
+    training = [m.training for m in models]
+    for m in models:  # eval mode: in train mode, gradient-checkpointed layers drop the KV cache
+        m.eval()
     ids, attn, _ = collate([(p, []) for p in prompts], pad_id, side="left")
     ids, attn = ids.to(device), attn.to(device)
     caches = [DynamicCache() for _ in models]
@@ -373,6 +468,8 @@ def sample_responses(policy, prompts, pad_id, eos_id, max_new_tokens, device, dt
         step_ids = nxt[:, None]
         pos = attn.sum(-1, keepdim=True)                    # the next position of each row
         attn = torch.cat([attn, torch.ones_like(attn[:, :1])], dim=1)
+    for m, mode in zip(models, training):
+        m.train(mode)
     tokens = torch.stack(out, dim=1).tolist()                                      # (B, L)
     token_lp = torch.stack(out_logps, dim=1).tolist()                              # (B, L)
     responses, logps = [], []
@@ -432,7 +529,8 @@ def masked_whiten(x, mask, eps=1e-8):
 def kl_per_token(logps, ref_logps, estimator="k1"):
     """Per-token KL estimate of KL(pi || ref) on samples of pi (http://joschu.net/blog/kl-approx.html):
     k1 = log pi - log ref; clamped = max(0, k1) (the MPO author's fork); k3 = (rho - 1) - log rho with
-    rho = ref / pi (unbiased, never negative)."""
+    rho = ref / pi (never negative; its value is unbiased, but used as a reward its gradient is not
+    that of KL: only k1 gives the exact gradient)."""
     log_ratio = logps - ref_logps
     if estimator == "k1":
         return log_ratio
@@ -539,7 +637,11 @@ def main(args, state):
     need_stage(policy_dir, "policy (04_dpo or 01_sft)", "python 04_dpo.py")
     need_stage(ref_dir, "reference (04_dpo or 01_sft)", "python 04_dpo.py")
     rm_stage = need_stage(rm_dir, "02_reward", "python 02_reward.py")
+    for path, head, flag in ((policy_dir, "causal", "--policy"), (ref_dir, "causal", "--ref"),
+                             (rm_dir, "reward", "--reward"), (value_dir, "reward", "--value-init")):
+        check_model_dir(path, head, flag)
     sft_dir = inherited_dir(rm_stage["sft"], rm_dir)
+    inherit_lengths(args, need_stage(sft_dir, "01_sft", "python 01_sft.py"))
     print(f"inherited dataset {rm_stage['dataset']['name']!r}; policy {policy_dir}, KL reference {ref_dir}, "
           f"RM {rm_dir}, value init {value_dir}, prompts: {args.prompts}")
     for flag in ("steps", "rollout_batch", "max_new_tokens", "ppo_epochs", "minibatch_size"):
@@ -553,20 +655,17 @@ def main(args, state):
     t_start = time.time()
 
     tok = AutoTokenizer.from_pretrained(policy_dir)
-    # every model in eval mode: no dropout, so rollout and training log-probs agree (deviation 4)
-    policy = AutoModelForCausalLM.from_pretrained(policy_dir).to(device).eval()
-    ref = AutoModelForCausalLM.from_pretrained(ref_dir).to(device).eval()
-    rm = AutoModelForSequenceClassification.from_pretrained(rm_dir).to(device).eval()
-    value = AutoModelForSequenceClassification.from_pretrained(value_dir).to(device).eval()
+    # fp32, dropout off in every model, so rollout and training log-probs agree (deviation 4)
+    policy = fp32_no_dropout(AutoModelForCausalLM.from_pretrained(policy_dir)).to(device).eval()
+    ref = fp32_no_dropout(AutoModelForCausalLM.from_pretrained(ref_dir)).to(device).eval()
+    rm = fp32_no_dropout(AutoModelForSequenceClassification.from_pretrained(rm_dir)).to(device).eval()
+    value = fp32_no_dropout(AutoModelForSequenceClassification.from_pretrained(value_dir)).to(device).eval()
     for m in (ref, rm):
         m.requires_grad_(False)
     if args.grad_checkpointing:
         for m in (policy, value):
             m.gradient_checkpointing_enable()
-            m.train()  # checkpointing is active in train mode only; these models have no dropout in use
-            for mod in m.modules():
-                if isinstance(mod, torch.nn.Dropout):
-                    mod.p = 0.0
+            m.train()  # checkpointing is active in train mode only; dropout is off (fp32_no_dropout)
     prompts = load_prompts(args, split_dir, sft_dir)
     prompt_ids = [encode(tok, r["prompt"], "", args.max_prompt_len, 2)[0] for r in prompts]
     opt_pi = make_optimizer(policy.parameters(), args.lr, 0.0, device)
@@ -574,7 +673,7 @@ def main(args, state):
     scaler = torch.amp.GradScaler(enabled=dtype == torch.float16)
     gen = torch.Generator(device=device).manual_seed(args.seed)
     rng = random.Random(args.seed)
-    order, pos = list(range(len(prompts))), len(prompts)
+    batches = epoch_batches(len(prompts), args.rollout_batch, rng)   # every prompt once per epoch
     kl_coef = args.kl_coef
     state["tmp"] = tmp = prepare_output(out, args.overwrite)
     metrics = open(tmp / "metrics.jsonl", "w")
@@ -582,11 +681,7 @@ def main(args, state):
 
     bar = tqdm(range(args.steps), desc="05_ppo", dynamic_ncols=True)
     for step in bar:
-        if pos + args.rollout_batch > len(order):
-            rng.shuffle(order)
-            pos = 0
-        idx = order[pos:pos + args.rollout_batch]
-        pos += args.rollout_batch
+        idx = next(batches)
         batch_prompts = [prompt_ids[j] for j in idx]
 
         # 1. rollout: sample, then fresh forward passes for log pi, log ref, V and the score

@@ -31,12 +31,14 @@ import argparse
 import contextlib
 import gzip
 import json
+import math
 import os
 import random
 import shutil
 import signal
 import sys
 import time
+import zlib
 from pathlib import Path
 
 import torch
@@ -74,7 +76,8 @@ def parse_args(argv=None):
     g.add_argument("--samples-per-prompt", type=int, default=1, help="responses per prompt and policy")
     g.add_argument("--max-new-tokens", type=int, default=48, help="response length limit")
     g.add_argument("--batch-size", type=int, default=32, help="prompts sampled per batch")
-    g.add_argument("--max-prompt-len", type=int, default=256, help="prompt tokens kept (from the left)")
+    g.add_argument("--max-prompt-len", type=int, default=None,
+                   help="prompt tokens kept (from the left); default: stage 01's")
     g.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% intervals")
     g = p.add_argument_group("system")
     g.add_argument("--seed", type=int, default=0, help="the sampling seed, the same for every policy")
@@ -82,7 +85,9 @@ def parse_args(argv=None):
     g.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                    help="auto: bf16 autocast on CUDA (fp16 where bf16 is missing); on a CPU bf16 only "
                         "where it computes bf16 natively (measured), else fp32")
-    return p.parse_args(argv)
+    return check_ranges(p.parse_args(argv), {
+        "max_prompts": NON_NEGATIVE, "samples_per_prompt": AT_LEAST_1, "max_new_tokens": AT_LEAST_1,
+        "batch_size": AT_LEAST_1, "max_prompt_len": AT_LEAST_1, "bootstrap": AT_LEAST_1})
 
 
 # ----------------------------------------------------------------------------------------------
@@ -165,14 +170,17 @@ def peak_memory_mb(device):
 def read_jsonl(path):
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
-    rows = []
-    with opener(path, "rt", encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            if line.strip():
-                try:
+    rows, i = [], 0
+    try:
+        with opener(path, "rt", encoding="utf-8") as f:
+            for i, line in enumerate(f, 1):
+                if line.strip():
                     rows.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise UserError(f"{path}:{i}: not valid JSON ({e.msg})") from None
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}:{i}: not valid JSON ({e.msg})") from None
+    except (OSError, EOFError, zlib.error, UnicodeDecodeError) as e:  # a corrupt or truncated file
+        kind = "gzip-compressed JSON lines" if path.suffix == ".gz" else "UTF-8 JSON lines"
+        raise UserError(f"{path}: not readable as {kind} after line {i} ({type(e).__name__}: {e})") from None
     return rows
 
 def write_jsonl(path, rows):
@@ -269,6 +277,68 @@ def versions():
     return {"python": sys.version.split()[0], "torch": torch.__version__,
             "transformers": transformers.__version__}
 
+def fp32_no_dropout(model):
+    """The model as every stage uses it: fp32 weights (the master weights of training) whatever dtype the
+    checkpoint was stored in (transformers 5 keeps the stored dtype), and dropout off, as TRL does by
+    default, so training, cached reference log-probs and sampling all see one deterministic function."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+        for name, value in list(vars(module).items()):  # rates read in forward, e.g. Llama's attention_dropout
+            if "dropout" in name and isinstance(value, float):
+                setattr(module, name, 0.0)
+    for name, value in model.config.to_dict().items():  # so a saved checkpoint says so too
+        if ("dropout" in name or "pdrop" in name) and isinstance(value, float):
+            setattr(model.config, name, 0.0)
+    return model.float()
+
+
+# the ranges that check_ranges tests: (test, what is expected)
+POSITIVE = (lambda x: x > 0, "a number > 0")
+NON_NEGATIVE = (lambda x: x >= 0, "a number >= 0")
+AT_LEAST_1 = (lambda x: x >= 1, "an integer >= 1")
+FRACTION = (lambda x: 0 <= x <= 1, "a number in [0, 1]")
+STEPS = (lambda x: x >= 1 or x == -1, "a number of steps >= 1, or -1 for whole epochs")
+
+
+def check_ranges(args, rules):
+    """The numeric flags in range, checked in one place before anything runs: rules maps a flag's dest to
+    (test, what it expects); a value that fails, NaN and infinity included, is a one-line error."""
+    for dest, (ok, expected) in rules.items():
+        value = getattr(args, dest)
+        if value is not None and not (math.isfinite(value) and ok(value)):
+            raise UserError(f"--{dest.replace('_', '-')} {value}: expected {expected}")
+    return args
+
+
+def check_model_dir(path, head, flag):
+    """A one-line error unless `path` holds a model with the head this stage loads it with: 'causal' for
+    a policy (*ForCausalLM), 'reward' for a reward model (*ForSequenceClassification with one label);
+    a reward model loaded as a policy would silently get a fresh random LM head, and the reverse a
+    fresh random score head."""
+    config = Path(path) / "config.json"
+    if not config.exists():
+        raise UserError(f"{flag} {path}: no config.json there; expected a Hugging Face model directory")
+    config = json.load(open(config))
+    archs = config.get("architectures") or []
+    if head == "causal" and not any(a.endswith("ForCausalLM") for a in archs):
+        raise UserError(f"{flag} {path}: a {'/'.join(archs) or 'headless'} model; expected a causal LM "
+                        f"(a policy: 01_sft, 04_dpo or 05_ppo output)")
+    if head == "reward" and not (any(a.endswith("ForSequenceClassification") for a in archs)
+                                 and len(config.get("id2label", {0: 0})) == 1):
+        raise UserError(f"{flag} {path}: a {'/'.join(archs) or 'headless'} model; expected a reward model "
+                        f"(02_reward output: a sequence classifier with one label)")
+
+
+def inherit_lengths(args, sft_stage):
+    """Length limits not given on the command line come from stage 01's stage.json, so every stage sees
+    the prompts and responses with the context SFT trained on (printed, as every inherited setting)."""
+    for name in ("max_prompt_len", "max_response_len"):
+        if getattr(args, name, 0) is None:
+            setattr(args, name, sft_stage["args"][name])
+            print(f"inherited --{name.replace('_', '-')} {getattr(args, name)} from 01_sft")
+
+
 def run_main(main, argv=None):
     """Run a stage: a UserError becomes one line on stderr and exit code 2; the temporary output
     directory of a failed or interrupted run is removed, so nothing half-written is left behind."""
@@ -314,6 +384,9 @@ def sample_responses(policy, prompts, pad_id, eos_id, max_new_tokens, device, dt
     token under the distribution it was sampled from."""
     from transformers import DynamicCache
     models = [policy] + ([ref] if ref is not None and mixture_beta > 0 else [])
+    training = [m.training for m in models]
+    for m in models:  # eval mode: in train mode, gradient-checkpointed layers drop the KV cache
+        m.eval()
     ids, attn, _ = collate([(p, []) for p in prompts], pad_id, side="left")
     ids, attn = ids.to(device), attn.to(device)
     caches = [DynamicCache() for _ in models]
@@ -338,6 +411,8 @@ def sample_responses(policy, prompts, pad_id, eos_id, max_new_tokens, device, dt
         step_ids = nxt[:, None]
         pos = attn.sum(-1, keepdim=True)                    # the next position of each row
         attn = torch.cat([attn, torch.ones_like(attn[:, :1])], dim=1)
+    for m, mode in zip(models, training):
+        m.train(mode)
     tokens = torch.stack(out, dim=1).tolist()                                      # (B, L)
     token_lp = torch.stack(out_logps, dim=1).tolist()                              # (B, L)
     responses, logps = [], []
@@ -468,16 +543,15 @@ def main(args, state):
     rm_dir = Path(args.reward or run_dir / "02_reward")
     out = Path(args.out or run_dir / "06_eval")
     rm_stage = need_stage(rm_dir, "02_reward", "python 02_reward.py")
+    check_model_dir(rm_dir, "reward", "--reward")
     sft_dir = Path(args.sft) if args.sft else inherited_dir(rm_stage["sft"], rm_dir)
     sft_stage = need_stage(sft_dir, "01_sft", "python 01_sft.py")
+    inherit_lengths(args, sft_stage)
     policies = [Path(p) for p in args.policies] or default_policies(run_dir)
-    for p in policies:
-        if not (p / "config.json").exists():
-            raise UserError(f"{p} is not a model directory (no config.json)")
+    for p in [sft_dir] + policies:
+        check_model_dir(p, "causal", "policy")
     if sft_dir.resolve() not in [p.resolve() for p in policies]:
         policies = [sft_dir] + policies
-    if args.samples_per_prompt < 1 or args.batch_size < 1:
-        raise UserError("--samples-per-prompt and --batch-size must be at least 1")
     device = pick_device(args.device)
     dtype, precision_reason = pick_precision(args.precision, device)
     if out.exists() and not args.overwrite:
@@ -492,8 +566,8 @@ def main(args, state):
         test_rows = test_rows[:args.max_prompts]
     tok = AutoTokenizer.from_pretrained(sft_dir)
     prompt_ids = [encode(tok, r["prompt"], "", args.max_prompt_len, 2)[0] for r in test_rows]
-    rm = AutoModelForSequenceClassification.from_pretrained(rm_dir).to(device).eval()
-    sft = AutoModelForCausalLM.from_pretrained(sft_dir).to(device).eval()
+    rm = fp32_no_dropout(AutoModelForSequenceClassification.from_pretrained(rm_dir)).to(device).eval()
+    sft = fp32_no_dropout(AutoModelForCausalLM.from_pretrained(sft_dir)).to(device).eval()
     k = args.samples_per_prompt
     print(f"evaluating {len(policies)} policies on {len(test_rows)} test prompts x {k} samples "
           f"(dataset {sft_stage['dataset']['name']!r}, RM {rm_dir}, baseline {sft_dir})")
@@ -503,7 +577,7 @@ def main(args, state):
     for pdir in tqdm(policies, desc="06_eval policies", dynamic_ncols=True):
         name = pdir.name if pdir.parent.resolve() == run_dir.resolve() else str(pdir)
         policy = sft if pdir.resolve() == sft_dir.resolve() else \
-            AutoModelForCausalLM.from_pretrained(pdir).to(device).eval()
+            fp32_no_dropout(AutoModelForCausalLM.from_pretrained(pdir)).to(device).eval()
         t0 = time.time()
         work, responses = sample_policy(policy, tok, prompt_ids, args, device, dtype)
         texts = [tok.decode(r, skip_special_tokens=True).strip() for r in responses]

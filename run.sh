@@ -48,9 +48,9 @@ s.loader.exec_module(m); print(m.precision_name(m.pick_precision('auto', m.pick_
 # GPU: full passes over the data. tiny: the end-to-end test.
 case "$BUDGET" in
   cpu)
-    SFT=(--builtin-train-pairs 600 --builtin-test-prompts 120 --max-steps 40)
-    RM=(--max-steps 40); DPO=(--max-steps 30); PPO=(--steps 10)
-    ONLINE=(--max-steps 12); EVAL=()
+    SFT=(--builtin-train-pairs 500 --builtin-test-prompts 100 --max-steps 30)
+    RM=(--max-steps 30); DPO=(--max-steps 25); PPO=(--steps 8)
+    ONLINE=(--max-steps 10); EVAL=()
     TIMES="(2 cores, $PRECISION) not measured yet";;
   gpu)
     # batches of 32: a 135M model leaves a GPU idle at 8 sequences a step

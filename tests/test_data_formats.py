@@ -141,3 +141,45 @@ def test_hub_dataset_offline_is_a_one_line_error(tmp_path, tiny_model_dir):
     err = proc.stderr.strip().splitlines()
     assert len(err) == 1 and "could not load" in err[0] and "no-such-org/no-such-dataset" in err[0]
     assert not (tmp_path / "x").exists()
+
+
+class FakeHub:
+    """datasets.load_dataset as the hub answers it: summarize_from_feedback's comparisons have train and
+    validation splits and no test split; HH-RLHF's subsets are data folders."""
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, path, split=None, **kw):
+        self.calls.append((path, split, kw))
+        if split == "test" and path == "openai/summarize_from_feedback":
+            raise ValueError('Unknown split "test". Should be one of [\'train\', \'validation\'].')
+        return [{"prompt": f"{split} prompt", "chosen": "a", "rejected": "b"}]
+
+
+def test_hub_subsets_and_a_missing_test_split(monkeypatch, capsys):
+    import datasets
+    fake = FakeHub()
+    monkeypatch.setattr(datasets, "load_dataset", fake)
+    monkeypatch.setattr(sft, "hub_reachable", lambda: True)
+    rows = sft.load_rows("openai/summarize_from_feedback:comparisons", "test")
+    assert rows[0]["prompt"] == "validation prompt" and "using 'validation' as the test split" in capsys.readouterr().out
+    assert fake.calls[-1] == ("openai/summarize_from_feedback", "validation", {"name": "comparisons"})
+    sft.load_rows("Anthropic/hh-rlhf:helpful-base", "train")
+    assert fake.calls[-1] == ("Anthropic/hh-rlhf", "train", {"data_dir": "helpful-base"})
+
+
+def test_test_prompts_filtered_by_prompt_length_only_and_never_train_prompts(tmp_path, tiny_model_dir):
+    train = [{"prompt": f"Question {i}?", "chosen": "Yes.", "rejected": "No."} for i in range(40)]
+    long_answer = " ".join(["word"] * 200)                       # far over --max-response-len 32
+    test = [{"prompt": f"Test question {i}?", "chosen": long_answer, "rejected": "No."} for i in range(6)]
+    test += [{"prompt": "Question 3?", "chosen": "Yes.", "rejected": "No."}]        # also a train prompt
+    test += [{"prompt": "Why? " * 100, "chosen": "Yes.", "rejected": "No."}]       # over --max-prompt-len
+    write(tmp_path / "train.jsonl", train)
+    write(tmp_path / "test.jsonl", test)
+    proc = run_stage("01_sft.py", "--model", tiny_model_dir, "--dataset", tmp_path / "train.jsonl", "--test-dataset",
+                     tmp_path / "test.jsonl", "--max-response-len", 32, "--max-prompt-len", 64, "--max-steps", 1,
+                     "--run", "f", cwd=tmp_path)
+    kept = [json.loads(l)["prompt"][-1]["content"] for l in open(tmp_path / "runs/f/01_sft/data_test.jsonl")]
+    assert kept == [f"Test question {i}?" for i in range(6)]      # long references stay: no bias to short ones
+    assert "dropped 1 test rows whose prompt is also a train prompt" in proc.stdout
+    assert "dropped 1 of 7 prompts longer than 64 tokens" in proc.stdout

@@ -21,6 +21,8 @@ def top_level_defs(path):
         if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
             start = node.lineno - 1 - len(node.decorator_list)
             out[node.name] = "".join(lines[start:node.end_lineno])
+        elif isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            out[node.targets[0].id] = "".join(lines[node.lineno - 1:node.end_lineno])   # shared constants too
     return out
 
 

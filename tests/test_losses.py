@@ -81,12 +81,36 @@ def test_mixture_logps_endpoints_and_midpoint():
     assert torch.allclose(dpo.mixture_logps(p, r, 0.5).exp(), mid / mid.sum(), atol=1e-6)
 
 
-def test_online_labels_follow_scores_and_drop_ties():
+def test_online_preference_keeps_the_bradley_terry_probability():
     a, b = torch.tensor([1.0, 0.0, 2.0]), torch.tensor([0.5, 0.0, 3.0])
-    assert dpo.online_labels(a, b, "argmax", None).tolist() == [1, 0, -1]
+    assert dpo.online_preference(a, b, "argmax", None).tolist() == [1.0, 0.5, 0.0]
+    assert torch.allclose(dpo.online_preference(a, b, "soft", None), torch.tensor([sig(0.5), 0.5, sig(-1.0)]))
     g = torch.Generator().manual_seed(0)
-    big = dpo.online_labels(torch.full((4000,), 1.0), torch.zeros(4000), "sample", g)
-    assert abs((big == 1).float().mean().item() - sig(1.0)) < 0.03
+    big = dpo.online_preference(torch.full((4000,), 1.0), torch.zeros(4000), "sample", g)
+    assert set(big.tolist()) == {0.0, 1.0} and abs(big.mean().item() - sig(1.0)) < 0.03
+
+
+def test_soft_preference_is_the_expected_loss_of_a_sampled_label():
+    """IPO with p: (h - (p - 1/2)/tau)^2, minimised at h = (p - 1/2)/tau (not 1/(2 tau) as with argmax
+    labels); its gradient in h equals the expected gradient over a label ~ Bernoulli(p). DPO with p is
+    label smoothing eps = 1 - p, the expected loss over that label."""
+    pc, pr, rc, rr = torch.tensor([-3.0, -2.0]), torch.tensor([-4.0, -1.0]), torch.tensor([-3.5, -2.5]), torch.tensor([-3.0, -1.5])
+    h = (pc - rc) - (pr - rr)                                              # [0.5, 0.0]
+    p, tau = torch.tensor([0.8, 0.6]), 0.5
+    soft, _, _ = dpo.ipo_loss(pc, pr, rc, rr, tau, p)
+    assert torch.allclose(soft, (h - (p - 0.5) / tau) ** 2)                 # targets 0.6 and 0.2
+    hard, _, _ = dpo.ipo_loss(pc, pr, rc, rr, tau, torch.ones(2))
+    assert torch.allclose(hard, dpo.ipo_loss(pc, pr, rc, rr, tau)[0])     # p = 1 is the offline loss
+    # d/dh of the soft loss = E over I ~ Bernoulli(p) of d/dh (h - (I - 1/2)/tau)^2
+    assert torch.allclose(2 * (h - (p - 0.5) / tau), p * 2 * (h - 0.5 / tau) + (1 - p) * 2 * (h + 0.5 / tau))
+    beta = 0.5
+    soft, _, _ = dpo.dpo_loss(pc, pr, rc, rr, beta, 1 - p)
+    expected = p * -torch.log(torch.sigmoid(beta * h)) + (1 - p) * -torch.log(torch.sigmoid(-beta * h))
+    assert torch.allclose(soft, expected)
+    args = type("A", (), {"loss": "ipo", "tau": tau, "beta": beta, "label_smoothing": 0.0})()
+    assert torch.allclose(dpo.preference_loss(args, pc, pr, rc, rr, p)[0], (h - (p - 0.5) / tau) ** 2)
+    args.loss = "dpo"
+    assert torch.allclose(dpo.preference_loss(args, pc, pr, rc, rr, p)[0], expected)
 
 
 # ---------------------------------------------------------------------------- PPO

@@ -114,6 +114,18 @@ def test_ppo_logs_and_first_ratio(pipeline):
     assert json.load(open(run / "05_ppo/stage.json"))["ref"].endswith("04_dpo")
 
 
+def test_ipo_with_summed_log_probs_as_in_the_papers(tmp_path, pipeline):
+    _, run, _ = pipeline
+    run_stage("04_dpo.py", "--sft", run / "01_sft", "--split-dir", run / "03_split", "--loss", "ipo",
+              "--ipo-aggregate", "sum", "--max-steps", 1, "--out", tmp_path / "ipo_sum", cwd=tmp_path)
+    summed = json.load(open(tmp_path / "ipo_sum/ref_logps.json"))
+    dpo_cache = json.load(open(run / "04_dpo/ref_logps.json"))              # DPO sums (Eq. 7)
+    mean_cache = json.load(open(run / "04_ipo/ref_logps.json"))             # IPO's default: per-token mean
+    assert summed["aggregate"] == "sum" and mean_cache["aggregate"] == "mean"
+    assert torch.allclose(torch.tensor(summed["train"]), torch.tensor(dpo_cache["train"]), atol=1e-4)
+    assert not torch.allclose(torch.tensor(summed["train"]), torch.tensor(mean_cache["train"]), atol=1e-2)
+
+
 def test_online_ipo_logs(pipeline):
     _, run, _ = pipeline
     logs = [json.loads(l) for l in open(run / "04_ipo_md/metrics.jsonl")]
@@ -134,7 +146,7 @@ def one_line_error(proc, *needles):
 
 
 def test_errors_are_one_line_and_write_nothing(tmp_path, tiny_model_dir, pipeline):
-    _, run, _ = pipeline
+    work, run, _ = pipeline
     m = str(tiny_model_dir)
     one_line_error(run_stage("01_sft.py", "--lr", "abc", cwd=tmp_path, check=False), "--lr", "invalid float")
     one_line_error(run_stage("01_sft.py", "--model", m, "--dataset", "nope.jsonl", "--run", "x", cwd=tmp_path,
@@ -160,14 +172,24 @@ def test_errors_are_one_line_and_write_nothing(tmp_path, tiny_model_dir, pipelin
     one_line_error(run_stage("03_split.py", "--reward", run / "02_reward", "--out", tmp_path / "s",
                              "--threshold", 1e9, cwd=tmp_path, check=False), "easy set empty", "q50=")
     assert not (tmp_path / "s").exists()
+    # a directory of the wrong kind: a reward model loaded as a policy would get a fresh random LM head
+    one_line_error(run_stage("06_eval.py", run / "02_reward", "--run", "t", "--out", tmp_path / "e", cwd=work,
+                             check=False), "02_reward", "expected a causal LM")
+    one_line_error(run_stage("05_ppo.py", "--run", "t", "--policy", run / "02_reward", "--out", tmp_path / "p",
+                             cwd=work, check=False), "--policy", "expected a causal LM")
+    one_line_error(run_stage("03_split.py", "--reward", run / "01_sft", "--out", tmp_path / "s", cwd=tmp_path,
+                             check=False), "--reward", "expected a reward model")
+    one_line_error(run_stage("06_eval.py", tmp_path, "--run", "t", "--out", tmp_path / "e", cwd=work,
+                             check=False), "no config.json")
+    assert not (tmp_path / "e").exists() and not (tmp_path / "p").exists() and not (tmp_path / "s").exists()
 
 
 def test_nan_loss_stops_dpo_and_writes_nothing(tmp_path, pipeline):
     _, run, _ = pipeline
     out = tmp_path / "nan"
     proc = run_stage("04_dpo.py", "--sft", run / "01_sft", "--split-dir", run / "03_split", "--out", out,
-                     "--beta", "inf", cwd=tmp_path, check=False)
-    one_line_error(proc, "loss is nan at step 1", "batch of pairs 0..")
+                     "--lr", "1e30", "--max-steps", 5, cwd=tmp_path, check=False)   # the first updates blow up
+    one_line_error(proc, "loss is nan at step ", "batch of pairs ", "of the easy set; nothing was written")
     assert not out.exists() and not list(tmp_path.glob(".nan*"))
 
 

@@ -2,7 +2,6 @@
 probe), fp32 elsewhere; an explicit bf16 on a CPU without it runs with a warning; the choice lands in stage.json."""
 
 import json
-import os
 
 import pytest
 import torch
