@@ -114,10 +114,8 @@ def test_numeric_flags_out_of_range_are_refused_before_anything_runs(stage, argv
 
 
 def test_a_bad_flag_is_one_line_and_writes_nothing(tmp_path):
-    for argv in (["--lr", "nan"], ["--max-steps", "-3"]):
-        proc = run_stage("01_sft.py", *argv, "--run", "x", cwd=tmp_path, check=False)
-        assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
-        assert argv[0] in proc.stderr
+    proc = run_stage("01_sft.py", "--lr", "nan", "--run", "x", cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and proc.stderr.strip() == "01_sft.py: error: --lr nan: expected a number > 0"
     assert not (tmp_path / "runs").exists()
 
 

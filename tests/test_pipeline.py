@@ -46,6 +46,19 @@ def test_run_sh_runs_every_stage_and_reports(pipeline):
     assert len(samples) == 10 * n_prompts and {"prompt", "response", "rm", "gold", "kl"} <= samples[0].keys()
 
 
+def test_the_precision_auto_chose_is_recorded_by_every_stage(pipeline):
+    _, run, _ = pipeline
+    sft = load_script("01_sft")
+    device = torch.device(json.load(open(run / "01_sft/stage.json"))["device"])
+    dtype, reason = sft.pick_precision("auto", device)                      # the same probe, in this process
+    for d in ("01_sft", "02_reward", "04_dpo", "05_ppo", "04_ipo_online"):
+        stage = json.load(open(run / d / "stage.json"))
+        assert stage["precision"] == sft.precision_name(dtype), d
+        assert stage["precision_reason"].split(" (")[0] == reason.split(" (")[0], d   # native bf16 / no native bf16
+    assert json.load(open(run / "03_split/stats.json"))["precision"] == sft.precision_name(dtype)
+    assert json.load(open(run / "06_eval/results.json"))["precision"] == sft.precision_name(dtype)
+
+
 def test_stage_outputs_are_plain_hugging_face_directories(pipeline):
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
     _, run, _ = pipeline
@@ -145,42 +158,53 @@ def one_line_error(proc, *needles):
         assert n in err[0], err[0]
 
 
-def test_errors_are_one_line_and_write_nothing(tmp_path, tiny_model_dir, pipeline):
+def stage_error(script, *argv, cwd, capsys, monkeypatch):
+    """Run a stage in this process, as its command line would (run_main), and return its one error line:
+    the same code path as a subprocess without a second interpreter's start-up."""
+    mod = load_script(script.removesuffix(".py"))
+    monkeypatch.chdir(cwd)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        mod.run_main(mod.main, [str(a) for a in argv])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_.value.code == 2 and len(err) == 1, err
+    return err[0]
+
+
+def test_errors_are_one_line_and_write_nothing(tmp_path, tiny_model_dir, pipeline, capsys, monkeypatch):
     work, run, _ = pipeline
     m = str(tiny_model_dir)
+    # the command line itself, in a subprocess: one line on stderr, exit code 2
     one_line_error(run_stage("01_sft.py", "--lr", "abc", cwd=tmp_path, check=False), "--lr", "invalid float")
-    one_line_error(run_stage("01_sft.py", "--model", m, "--dataset", "nope.jsonl", "--run", "x", cwd=tmp_path,
-                             check=False), "nope.jsonl", "not found")
+    one_line_error(run_stage("06_eval.py", run / "02_reward", "--run", "t", "--out", tmp_path / "e", cwd=work,
+                             check=False), "02_reward", "expected a causal LM")   # a reward model is no policy
+
+    def error(script, *argv, cwd=tmp_path):
+        return stage_error(script, *argv, cwd=cwd, capsys=capsys, monkeypatch=monkeypatch)
+    assert "nope.jsonl: file not found" in error("01_sft.py", "--model", m, "--dataset", "nope.jsonl", "--run", "x")
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "p", "chosen": "a", "rejected": "b"}\n{"prompt": "p", "rejected": "b"}\n')
-    one_line_error(run_stage("01_sft.py", "--model", m, "--dataset", bad, "--run", "x", cwd=tmp_path,
-                             check=False), "row 2 is missing ['chosen']")
+    assert "row 2 is missing ['chosen']" in error("01_sft.py", "--model", m, "--dataset", bad, "--run", "x")
     empty = tmp_path / "empty.jsonl"
     empty.write_text('{"prompt": "p", "chosen": "", "rejected": "b"}\n')
-    one_line_error(run_stage("01_sft.py", "--model", m, "--dataset", empty, "--run", "x", cwd=tmp_path,
-                             check=False), "every row was skipped")
-    one_line_error(run_stage("01_sft.py", "--model", str(tmp_path / "nomodel"), "--run", "x", "--max-steps", 1,
-                             "--builtin-train-pairs", 20, "--builtin-test-prompts", 5, cwd=tmp_path, check=False),
-                   "nomodel", "not found")
-    one_line_error(run_stage("02_reward.py", "--run", "x", cwd=tmp_path, check=False), "01_sft", "python 01_sft.py")
-    one_line_error(run_stage("05_ppo.py", "--run", "x", cwd=tmp_path, check=False), "python 04_dpo.py")
+    assert "every row was skipped" in error("01_sft.py", "--model", m, "--dataset", empty, "--run", "x")
+    err = error("01_sft.py", "--model", tmp_path / "nomodel", "--run", "x", "--max-steps", 1,
+                "--builtin-train-pairs", 20, "--builtin-test-prompts", 5)
+    assert "nomodel" in err and "not found" in err
+    assert "python 01_sft.py" in error("02_reward.py", "--run", "x")
+    assert "python 04_dpo.py" in error("05_ppo.py", "--run", "x")
     assert not (tmp_path / "runs").exists()
     # an existing output is not overwritten without --overwrite
-    one_line_error(run_stage("03_split.py", "--reward", run / "02_reward", "--out", run / "03_split",
-                             cwd=tmp_path, check=False), "exists", "--overwrite")
+    assert "--overwrite" in error("03_split.py", "--reward", run / "02_reward", "--out", run / "03_split")
     # a threshold that empties a set prints the gap quantiles
-    one_line_error(run_stage("03_split.py", "--reward", run / "02_reward", "--out", tmp_path / "s",
-                             "--threshold", 1e9, cwd=tmp_path, check=False), "easy set empty", "q50=")
-    assert not (tmp_path / "s").exists()
+    err = error("03_split.py", "--reward", run / "02_reward", "--out", tmp_path / "s", "--threshold", 1e9)
+    assert "easy set empty" in err and "q50=" in err
     # a directory of the wrong kind: a reward model loaded as a policy would get a fresh random LM head
-    one_line_error(run_stage("06_eval.py", run / "02_reward", "--run", "t", "--out", tmp_path / "e", cwd=work,
-                             check=False), "02_reward", "expected a causal LM")
-    one_line_error(run_stage("05_ppo.py", "--run", "t", "--policy", run / "02_reward", "--out", tmp_path / "p",
-                             cwd=work, check=False), "--policy", "expected a causal LM")
-    one_line_error(run_stage("03_split.py", "--reward", run / "01_sft", "--out", tmp_path / "s", cwd=tmp_path,
-                             check=False), "--reward", "expected a reward model")
-    one_line_error(run_stage("06_eval.py", tmp_path, "--run", "t", "--out", tmp_path / "e", cwd=work,
-                             check=False), "no config.json")
+    err = error("05_ppo.py", "--run", "t", "--policy", run / "02_reward", "--out", tmp_path / "p", cwd=work)
+    assert "--policy" in err and "expected a causal LM" in err
+    err = error("03_split.py", "--reward", run / "01_sft", "--out", tmp_path / "s")
+    assert "--reward" in err and "expected a reward model" in err
+    assert "no config.json" in error("06_eval.py", tmp_path, "--run", "t", "--out", tmp_path / "e", cwd=work)
     assert not (tmp_path / "e").exists() and not (tmp_path / "p").exists() and not (tmp_path / "s").exists()
 
 
