@@ -1,6 +1,7 @@
 """End to end on the tiny model: run.sh 01 -> 06 with every baseline and ablation, the hand-over
 between stages, and the errors a user meets (one line, exit code 2, nothing written)."""
 
+import functools
 import json
 import os
 import subprocess
@@ -161,11 +162,18 @@ def one_line_error(proc, *needles):
 def stage_error(script, *argv, cwd, capsys, monkeypatch):
     """Run a stage in this process, as its command line would (run_main), and return its one error line:
     the same code path as a subprocess without a second interpreter's start-up."""
+    from transformers.utils import logging as hf_logging
     mod = load_script(script.removesuffix(".py"))
     monkeypatch.chdir(cwd)
+    # progress bars off, as TQDM_DISABLE does for a subprocess (tqdm reads it only at import)
+    monkeypatch.setattr(mod, "tqdm", functools.partial(mod.tqdm, disable=True))
+    hf_logging.disable_progress_bar()
     capsys.readouterr()
-    with pytest.raises(SystemExit) as exit_:
-        mod.run_main(mod.main, [str(a) for a in argv])
+    try:
+        with pytest.raises(SystemExit) as exit_:
+            mod.run_main(mod.main, [str(a) for a in argv])
+    finally:
+        hf_logging.enable_progress_bar()
     err = capsys.readouterr().err.strip().splitlines()
     assert exit_.value.code == 2 and len(err) == 1, err
     return err[0]
