@@ -11,7 +11,10 @@ The paper prints no exact rule. Our default follows the first author's public De
 closest thing to official code:
   - easy where |d| >= threshold, hard otherwise (threshold 1 for HH-RLHF, 2 for TL;DR);
   - where d < 0 the pair is relabelled: chosen and rejected swap, the RM overrules the annotator;
-  - each set is sorted by descending |d|, an easy-to-hard curriculum for the stage that reads it.
+  - each set is written sorted by descending |d|, an easy-to-hard curriculum; stage 04 shuffles it by
+    default and reads it in this order only with `--curriculum`.
+Relabelled rows keep `"relabelled": true`, so the dataset's own label can be restored (04 does so for
+the hard-set ablation).
 Alternatives, because this is the open question: `--wrong-way relabel|hard|drop` (what to do with pairs
 the RM ranks the wrong way round), and `--easy-fraction f` (a quantile threshold: the f of pairs with
 the largest |d| are easy) beside the absolute `--threshold`, since raw reward scales differ between RMs.
@@ -29,7 +32,6 @@ import gzip
 import json
 import math
 import os
-import random
 import shutil
 import signal
 import sys
@@ -66,14 +68,11 @@ def parse_args(argv=None):
     g.add_argument("--wrong-way", default="relabel", choices=["relabel", "hard", "drop"],
                    help="pairs with d < 0: swap chosen and rejected (the fork), send them to the hard "
                         "set unchanged, or drop them")
-    g.add_argument("--no-curriculum", action="store_true",
-                   help="shuffle each set instead of sorting it by descending |d|")
     g.add_argument("--batch-size", type=int, default=32, help="pairs scored per batch")
     g.add_argument("--max-prompt-len", type=int, default=None,
                    help="prompt tokens kept (from the left); default: stage 01's")
     g.add_argument("--max-response-len", type=int, default=None, help="response tokens kept; default: stage 01's")
     g = p.add_argument_group("system")
-    g.add_argument("--seed", type=int, default=0, help="seeds the shuffle of --no-curriculum")
     g.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     g.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                    help="auto: bf16 autocast on CUDA (fp16 where bf16 is missing); on a CPU bf16 only "
@@ -530,14 +529,9 @@ def main(args, state):
                         f"|d| quantiles: " + ", ".join(f"{k}={v:.3f}" for k, v in abs_qs.items())
                         + "; pick --threshold between them or use --easy-fraction")
 
-    # 2. curriculum: each set sorted by descending |d| (easy to hard), or shuffled
-    if args.no_curriculum:
-        rng = random.Random(args.seed)
-        rng.shuffle(easy)
-        rng.shuffle(hard)
-    else:
-        easy.sort(key=lambda r: -abs(r["gap"]))
-        hard.sort(key=lambda r: -abs(r["gap"]))
+    # 2. each set in curriculum order, descending |d| (04 shuffles it unless --curriculum)
+    easy.sort(key=lambda r: -abs(r["gap"]))
+    hard.sort(key=lambda r: -abs(r["gap"]))
 
     # 3. the evidence: RM accuracy and label noise per gap bucket, label noise per set
     inf = float("inf")
@@ -546,7 +540,7 @@ def main(args, state):
     q_edges = [0] + [quantile(test_abs, q) for q in (0.25, 0.5, 0.75)] + [inf] if test_gaps else []
     stats = {
         "dataset": dataset, "rule": rule, "threshold": threshold, "wrong_way": args.wrong_way,
-        "curriculum": not args.no_curriculum, "pairs": len(train), "easy": len(easy), "hard": len(hard),
+        "order": "descending |d|", "pairs": len(train), "easy": len(easy), "hard": len(hard),
         "dropped": len(train) - len(easy) - len(hard), "wrong_way_pairs": sum(d < 0 for d in gaps),
         "gap_quantiles": qs, "abs_gap_quantiles": abs_qs,
         "heldout_buckets_abs": bucket_table(test, test_gaps, abs_edges) if test_gaps else [],

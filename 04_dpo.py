@@ -26,8 +26,12 @@ Deviations and choices of ours:
      the loss as is: IPO's target becomes (p - 1/2) / tau, and DPO's loss is label-smoothed with
      eps = 1 - p, each the expectation over a label drawn from p (`--online-labels sample` draws it;
      `argmax`, the higher score wins, changes the equilibrium and is kept as an option).
-  3. The easy set is read in the order stage 03 wrote it (descending gap, an easy-to-hard curriculum);
-     `--shuffle` shuffles it. Every pair is seen once per epoch (a batch may span two epochs).
+  3. The pairs are shuffled each epoch, every pair seen once per epoch (a batch may span two epochs).
+     `--curriculum` reads them in stage 03's order instead (descending gap, easy to hard): with a step cap
+     shorter than an epoch that is a stricter threshold in disguise, so it is not the default.
+     `--split hard` trains on the dataset's labels, not on the ones the RM flipped in stage 03 (MPO uses
+     only the hard set's prompts; the ablation should not get worse labels than the dataset has);
+     `--hard-labels rm` takes 03's relabelled pairs.
   4. Dropout is off in the policy (every rate set to 0, as TRL does by default), so the policy's first
      forward pass equals the cached reference (h = 0, loss log 2) and the online samples, taken in eval
      mode, come from the function that is trained. Weights train in fp32 whatever the stored dtype.
@@ -73,6 +77,9 @@ def parse_args(argv=None):
     g.add_argument("--reward", default=None, help="reward model for --online (default runs/<run>/02_reward)")
     g.add_argument("--split", default="easy", choices=["easy", "all", "hard"],
                    help="easy: MPO; all: vanilla DPO on every train pair (the baseline); hard: the ablation")
+    g.add_argument("--hard-labels", default="dataset", choices=["dataset", "rm"],
+                   help="--split hard: the dataset's labels, or stage 03's (pairs the RM ranked the other way "
+                        "swapped)")
     g.add_argument("--out", default=None, help="output directory (default runs/<run>/04_dpo)")
     g.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     g = p.add_argument_group("loss")
@@ -104,7 +111,8 @@ def parse_args(argv=None):
     g.add_argument("--warmup-ratio", type=float, default=0.1, help="share of steps of linear warm-up")
     g.add_argument("--min-lr-ratio", type=float, default=0.1, help="cosine decay ends at lr * this")
     g.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping (global L2 norm)")
-    g.add_argument("--shuffle", action="store_true", help="shuffle the pairs instead of the split's order")
+    g.add_argument("--curriculum", action="store_true",
+                   help="read the pairs in stage 03's order (descending reward gap) instead of shuffling each epoch")
     g.add_argument("--max-prompt-len", type=int, default=None,
                    help="prompt tokens kept (from the left); default: stage 01's")
     g.add_argument("--max-response-len", type=int, default=None, help="response tokens kept; default: stage 01's")
@@ -459,15 +467,15 @@ def mixture_logps(policy_logps, ref_logps, beta):
 
 @torch.no_grad()
 def sample_responses(policy, prompts, pad_id, eos_id, max_new_tokens, device, dtype, generator,
-                     ref=None, mixture_beta=0.0):
+                     ref=None, mix=None):
     """Sample one response per prompt, token by token with a KV cache, at temperature 1 and with no
-    top-k/top-p truncation, so the samples follow the model's own distribution. With `ref` and
-    mixture_beta > 0 the tokens come from the geometric mixture of `mixture_logps` (IPO-MD), each model
-    with its own KV cache. Prompts are left-padded. Returns (responses, logps): token lists, each cut
+    top-k/top-p truncation, so the samples follow the model's own distribution. With `ref` and `mix`,
+    a function of the two models' next-token log-probs (B, V) (04's IPO-MD mixture), the tokens come
+    from mix(policy_logps, ref_logps), each model with its own KV cache. Prompts are left-padded. Returns (responses, logps): token lists, each cut
     after its first EOS (a response without EOS hit the length limit), and the log-prob of each sampled
     token under the distribution it was sampled from."""
     from transformers import DynamicCache
-    models = [policy] + ([ref] if ref is not None and mixture_beta > 0 else [])
+    models = [policy] + ([ref] if mix is not None else [])
     training = [m.training for m in models]
     for m in models:  # eval mode: in train mode, gradient-checkpointed layers drop the KV cache
         m.eval()
@@ -484,7 +492,7 @@ def sample_responses(policy, prompts, pad_id, eos_id, max_new_tokens, device, dt
                 h = m.base_model(input_ids=step_ids, attention_mask=attn, position_ids=pos,
                                  past_key_values=cache, use_cache=True).last_hidden_state[:, -1]
                 logps.append(m.get_output_embeddings()(h).float().log_softmax(-1))   # (B, V)
-        logp = logps[0] if len(logps) == 1 else mixture_logps(logps[0], logps[1], mixture_beta)
+        logp = logps[0] if mix is None else mix(*logps)
         nxt = torch.multinomial(logp.exp(), 1, generator=generator).squeeze(-1)    # (B,)
         nxt = torch.where(done, torch.full_like(nxt, pad_id), nxt)
         out.append(nxt)
@@ -609,7 +617,20 @@ def load_pairs(args, sft_dir, split_dir):
     rows = read_jsonl(split_dir / f"{args.split}.jsonl")
     if not rows:
         raise UserError(f"{split_dir / (args.split + '.jsonl')} is empty")
-    return rows, {"split": args.split, "from": str(split_dir.resolve()), "rule": stats.get("rule")}
+    labels = "rm"
+    if args.split == "hard" and args.hard_labels == "dataset":
+        rows, labels = [original(r) for r in rows], "dataset"
+    return rows, {"split": args.split, "from": str(split_dir.resolve()), "rule": stats.get("rule"), "labels": labels}
+
+
+def original(row):
+    """A row as the dataset labelled it (undoes a relabelling)."""
+    if not row.get("relabelled"):
+        return row
+    row = dict(row, chosen=row["rejected"], rejected=row["chosen"])
+    if "gold_chosen" in row:
+        row.update(gold_chosen=row["gold_rejected"], gold_rejected=row["gold_chosen"])
+    return row
 
 
 def need_stage_split(split_dir):
@@ -688,9 +709,14 @@ def main(args, state):
     metrics.write(json.dumps({"step": 0, **before, "perf/reference_s": ref_time}) + "\n")
     gen = torch.Generator(device=device).manual_seed(args.seed)
     rng = random.Random(args.seed)
+    # IPO-MD samples from the geometric mixture of policy and reference; online IPO from the policy alone
+    mix = (lambda pi_logps, ref_logps: mixture_logps(pi_logps, ref_logps, args.mixture_beta)) \
+        if args.mixture_beta > 0 else None
 
     # 2. training loop
-    batches = epoch_batches(len(train_ex), args.batch_size, rng, shuffle=args.shuffle or args.online)
+    shuffle = not args.curriculum or args.online
+    source["order"] = "shuffled each epoch" if shuffle else "stage 03's (descending |d|)"
+    batches = epoch_batches(len(train_ex), args.batch_size, rng, shuffle=shuffle)
     tokens, train_time, gen_time, last = 0, 0.0, 0.0, {}
     bar = tqdm(range(total_steps), desc="04_dpo" + ("_online" if args.online else ""), dynamic_ncols=True)
     for step in bar:
@@ -706,7 +732,7 @@ def main(args, state):
                 prompts = [train_ex[j][0] for j in idx]
                 policy.eval()
                 ys, _ = sample_responses(policy, prompts * 2, tok.pad_token_id, tok.eos_token_id,
-                                      args.max_new_tokens, device, dtype, gen, ref_model, args.mixture_beta)
+                                      args.max_new_tokens, device, dtype, gen, ref_model, mix)
                 policy.train()
                 seqs = list(zip(prompts * 2, ys))
                 ids, attn, _ = (t.to(device) for t in collate(seqs, rm_pad))
@@ -772,6 +798,7 @@ def main(args, state):
     tok.save_pretrained(tmp)
     wall = time.time() - t_start
     final = {**after, "eval/implicit_accuracy_before": before["eval/implicit_accuracy"], "steps": total_steps,
+             "pairs_per_step": per_step, "n_pairs": len(rows), "epochs_seen": total_steps * per_step / len(rows),
              "loss/train_last": last.get("loss/train"), "perf/tokens_per_s": tokens / max(train_time, 1e-9),
              "perf/peak_mem_mb": peak_memory_mb(device)}
     if args.online:

@@ -432,15 +432,15 @@ def reward_scores(rm, input_ids, attention_mask):
 
 @torch.no_grad()
 def sample_responses(policy, prompts, pad_id, eos_id, max_new_tokens, device, dtype, generator,
-                     ref=None, mixture_beta=0.0):
+                     ref=None, mix=None):
     """Sample one response per prompt, token by token with a KV cache, at temperature 1 and with no
-    top-k/top-p truncation, so the samples follow the model's own distribution. With `ref` and
-    mixture_beta > 0 the tokens come from the geometric mixture of `mixture_logps` (IPO-MD), each model
-    with its own KV cache. Prompts are left-padded. Returns (responses, logps): token lists, each cut
+    top-k/top-p truncation, so the samples follow the model's own distribution. With `ref` and `mix`,
+    a function of the two models' next-token log-probs (B, V) (04's IPO-MD mixture), the tokens come
+    from mix(policy_logps, ref_logps), each model with its own KV cache. Prompts are left-padded. Returns (responses, logps): token lists, each cut
     after its first EOS (a response without EOS hit the length limit), and the log-prob of each sampled
     token under the distribution it was sampled from."""
     from transformers import DynamicCache
-    models = [policy] + ([ref] if ref is not None and mixture_beta > 0 else [])
+    models = [policy] + ([ref] if mix is not None else [])
     training = [m.training for m in models]
     for m in models:  # eval mode: in train mode, gradient-checkpointed layers drop the KV cache
         m.eval()
@@ -457,7 +457,7 @@ def sample_responses(policy, prompts, pad_id, eos_id, max_new_tokens, device, dt
                 h = m.base_model(input_ids=step_ids, attention_mask=attn, position_ids=pos,
                                  past_key_values=cache, use_cache=True).last_hidden_state[:, -1]
                 logps.append(m.get_output_embeddings()(h).float().log_softmax(-1))   # (B, V)
-        logp = logps[0] if len(logps) == 1 else mixture_logps(logps[0], logps[1], mixture_beta)
+        logp = logps[0] if mix is None else mix(*logps)
         nxt = torch.multinomial(logp.exp(), 1, generator=generator).squeeze(-1)    # (B,)
         nxt = torch.where(done, torch.full_like(nxt, pad_id), nxt)
         out.append(nxt)

@@ -5,18 +5,24 @@ PPO by reward-model score and by GPT-4 win rates against a baseline. This stage 
 set of policy directories, each sampled on the same test prompts with the same settings and seeds:
   - mean RM score (the reward model of stage 02);
   - on the built-in task, the mean gold score (`builtin_task.gold_score`, the stand-in for GPT-4);
-  - win rate against the SFT policy, judged by the gold score (built-in) and by the RM, prompt by
-    prompt, ties counted as half;
-  - KL(pi || SFT) estimated from the policy's own samples, mean over prompts of
-    sum_t log pi(y_t) - log sft(y_t) (the k1 estimator; samples at temperature 1 make it unbiased);
-  - response length, and on the built-in task the refusal rate on harmful requests and on their
-    harmless look-alikes (refusing the first is right, refusing the second is wrong).
-Every mean and win rate comes with a 95% bootstrap interval over prompts (percentile method).
+  - win rate against the baseline (the SFT policy, found by its stage.json, or --baseline), judged by
+    the gold score (built-in) and by the RM, prompt by prompt, ties counted as half;
+  - KL(pi || baseline) estimated from the policy's own samples, mean over prompts of
+    sum_t log pi(y_t) - log base(y_t) (the k1 estimator; samples at temperature 1 make it unbiased);
+  - response length and the share of responses that end with EOS. A response that hits the length limit
+    without EOS is scored as it stands: the RM reads it at its last token (not the EOS it was trained
+    to read), the gold judge reads its text;
+  - on the built-in task, the gold score per prompt family, and the refusal rate on harmful requests and
+    on their harmless look-alikes (refusing the first is right, refusing the second is wrong);
+  - each policy's training budget (steps, pairs or rollouts seen, epochs), from its stage.json.
+Every mean and win rate comes with a 95% bootstrap interval (percentile method) that resamples requests:
+the wordings of one request (built-in rows share `meta.request`) move together, as they are not
+independent prompts; prompts of other datasets are each their own request.
 
 With --combine, the 06_eval outputs of runs with different seeds become one report: each metric's mean
 and standard deviation over seeds, and the paper's claims (MPO against vanilla DPO and vanilla PPO, DPO
 on easy against DPO on all pairs, the DPO reference against the SFT reference) as paired differences
-on the same prompts, per seed and pooled, with a bootstrap interval that resamples prompts within each
+on the same prompts, per seed and pooled, with a bootstrap interval that resamples requests within each
 seed (it covers prompt noise; the spread of the per-seed differences shows the training noise).
 
 Reads:  policy directories (default: every policy of runs/<run>/), 02_reward/, 01_sft/ (test prompts)
@@ -47,9 +53,9 @@ from tqdm import tqdm
 
 POLICY_PREFIXES = ("01_sft", "04_", "05_")
 # the report's columns: key in results.json, heading
-METRICS = [("rm", "RM score"), ("gold", "gold score"), ("win_gold", "gold win vs SFT"), ("win_rm", "RM win vs SFT"),
-           ("kl", "KL to SFT"), ("length", "length"), ("refusal_harmful", "refuses harmful"),
-           ("refusal_harmless", "refuses harmless")]
+METRICS = [("rm", "RM score"), ("gold", "gold score"), ("win_gold", "gold win vs baseline"),
+           ("win_rm", "RM win vs baseline"), ("kl", "KL to baseline"), ("length", "length"),
+           ("eos", "ends with EOS"), ("refusal_harmful", "refuses harmful"), ("refusal_harmless", "refuses harmless")]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -61,8 +67,9 @@ def parse_args(argv=None):
     p.add_argument("policies", nargs="*", help="policy directories (default: 01_sft, 04_*, 05_* of the run)")
     g = p.add_argument_group("inputs and outputs")
     g.add_argument("--run", default="default", help="run name: inputs and outputs under runs/<run>/")
-    g.add_argument("--sft", default=None, help="the baseline of win rates and KL, and the test prompts "
-                                               "(default: the SFT of the reward model)")
+    g.add_argument("--baseline", default=None,
+                   help="the policy that win rates and KL are measured against (default: the one policy whose "
+                        "stage.json says 01_sft, else the SFT the reward model was trained from)")
     g.add_argument("--reward", default=None, help="reward model (default runs/<run>/02_reward)")
     g.add_argument("--out", default=None, help="output directory (default runs/<run>/06_eval; with "
                                                "--combine, runs/combined)")
@@ -375,15 +382,15 @@ def reward_scores(rm, input_ids, attention_mask):
 
 @torch.no_grad()
 def sample_responses(policy, prompts, pad_id, eos_id, max_new_tokens, device, dtype, generator,
-                     ref=None, mixture_beta=0.0):
+                     ref=None, mix=None):
     """Sample one response per prompt, token by token with a KV cache, at temperature 1 and with no
-    top-k/top-p truncation, so the samples follow the model's own distribution. With `ref` and
-    mixture_beta > 0 the tokens come from the geometric mixture of `mixture_logps` (IPO-MD), each model
-    with its own KV cache. Prompts are left-padded. Returns (responses, logps): token lists, each cut
+    top-k/top-p truncation, so the samples follow the model's own distribution. With `ref` and `mix`,
+    a function of the two models' next-token log-probs (B, V) (04's IPO-MD mixture), the tokens come
+    from mix(policy_logps, ref_logps), each model with its own KV cache. Prompts are left-padded. Returns (responses, logps): token lists, each cut
     after its first EOS (a response without EOS hit the length limit), and the log-prob of each sampled
     token under the distribution it was sampled from."""
     from transformers import DynamicCache
-    models = [policy] + ([ref] if ref is not None and mixture_beta > 0 else [])
+    models = [policy] + ([ref] if mix is not None else [])
     training = [m.training for m in models]
     for m in models:  # eval mode: in train mode, gradient-checkpointed layers drop the KV cache
         m.eval()
@@ -400,7 +407,7 @@ def sample_responses(policy, prompts, pad_id, eos_id, max_new_tokens, device, dt
                 h = m.base_model(input_ids=step_ids, attention_mask=attn, position_ids=pos,
                                  past_key_values=cache, use_cache=True).last_hidden_state[:, -1]
                 logps.append(m.get_output_embeddings()(h).float().log_softmax(-1))   # (B, V)
-        logp = logps[0] if len(logps) == 1 else mixture_logps(logps[0], logps[1], mixture_beta)
+        logp = logps[0] if mix is None else mix(*logps)
         nxt = torch.multinomial(logp.exp(), 1, generator=generator).squeeze(-1)    # (B,)
         nxt = torch.where(done, torch.full_like(nxt, pad_id), nxt)
         out.append(nxt)
@@ -458,21 +465,29 @@ def mean(xs):
     return sum(xs) / len(xs) if xs else float("nan")
 
 
-def bootstrap_ci(values, n_resamples=1000, seed=0, alpha=0.05):
-    """Percentile bootstrap interval of the mean: resample the values with replacement n_resamples
-    times and take the alpha/2 and 1 - alpha/2 quantiles of the resampled means."""
-    return stratified_bootstrap_ci([values], n_resamples, seed, alpha)
+def clusters_of(values, keys):
+    """The values grouped by key, in order of first appearance: [[values of key 1], [values of key 2], ...]."""
+    groups = {}
+    for v, k in zip(values, keys):
+        groups.setdefault(k, []).append(v)
+    return list(groups.values())
 
 
-def stratified_bootstrap_ci(groups, n_resamples=1000, seed=0, alpha=0.05):
-    """Percentile interval of the mean over groups of each group's mean, resampling items with
-    replacement within each group (here: prompts within each seed's run)."""
+def bootstrap_ci(groups, n_resamples=1000, seed=0, alpha=0.05):
+    """Percentile bootstrap interval of the mean over groups of each group's mean. A group (one seed's
+    run) is a list of clusters, a cluster the values of the prompts that share a request; each resample
+    draws a group's clusters with replacement and takes the mean of all their values. Prompts that are
+    wordings of one request are not independent: resampling them one by one would narrow the interval.
+    With one value per cluster this is the ordinary bootstrap over prompts."""
     groups = [g for g in groups if g]
     if not groups:
         return float("nan"), float("nan")
     rng = random.Random(seed)
-    stats = sorted(mean([sum(g[rng.randrange(len(g))] for _ in g) / len(g) for g in groups])
-                   for _ in range(n_resamples))
+
+    def resampled_mean(clusters):
+        picks = [clusters[rng.randrange(len(clusters))] for _ in clusters]
+        return sum(map(sum, picks)) / sum(map(len, picks))
+    stats = sorted(mean([resampled_mean(g) for g in groups]) for _ in range(n_resamples))
     return stats[int(alpha / 2 * (n_resamples - 1))], stats[int((1 - alpha / 2) * (n_resamples - 1) + 0.5)]
 
 
@@ -484,9 +499,10 @@ def std(xs):
     return (sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) ** 0.5
 
 
-def summarise(values, n_resamples, seed):
-    lo, hi = bootstrap_ci(values, n_resamples, seed)
-    return {"mean": mean(values), "lo": lo, "hi": hi, "n": len(values)}
+def summarise(values, requests, n_resamples, seed):
+    """Mean of per-prompt values and its interval, resampling requests (the cluster of each value)."""
+    lo, hi = bootstrap_ci([clusters_of(values, requests)], n_resamples, seed)
+    return {"mean": mean(values), "lo": lo, "hi": hi, "n": len(values), "requests": len(set(requests))}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -535,6 +551,46 @@ def per_prompt(values, k):
     return [sum(values[i:i + k]) / k for i in range(0, len(values), k)]
 
 
+def find_baseline(args, policies, rm_sft_dir):
+    """The baseline of win rates and KL: --baseline, else the one policy whose stage.json says it is an SFT
+    model (not whichever is listed first), else the SFT the reward model was trained from."""
+    if args.baseline:
+        return Path(args.baseline)
+    sfts = [p for p in policies if stage_of(p).get("stage") == "01_sft"]
+    if len(sfts) > 1:
+        raise UserError(f"several SFT policies ({', '.join(map(str, sfts))}); name the baseline with --baseline DIR")
+    return sfts[0] if sfts else rm_sft_dir
+
+
+def stage_of(pdir):
+    path = Path(pdir) / "stage.json"
+    return json.load(open(path)) if path.exists() else {}
+
+
+def budget_of(pdir):
+    """A policy's training budget in words, from its stage.json, so compared methods can be seen to have
+    had the same (or not)."""
+    st = stage_of(pdir)
+    a, f = st.get("args", {}), st.get("final", {})
+    if st.get("stage") == "01_sft":
+        return f"SFT: {f.get('steps', '?')} steps"
+    if st.get("stage") == "04_dpo" and a.get("online"):
+        return f"{f.get('steps')} steps x {a['batch_size'] * a['grad_accum']} prompts x 2 samples (online)"
+    if st.get("stage") == "04_dpo" and "n_pairs" in f:
+        return (f"{f['steps']} steps x {f['pairs_per_step']} pairs = {f['steps'] * f['pairs_per_step']} pairs, "
+                f"{f['epochs_seen']:.2f} epochs of {f['n_pairs']} {st['data']['split']} pairs")
+    if st.get("stage") == "05_ppo":
+        return (f"{a['steps']} iterations x {a['rollout_batch']} rollouts on {st.get('n_prompts')} "
+                f"{st.get('prompts')} prompts, from {Path(st.get('policy_init', '?')).name}")
+    return "?"
+
+
+def request_of(row):
+    """The cluster of a test row for the bootstrap: its request (built-in rows share one across
+    wordings), else the prompt itself."""
+    return str(row.get("meta", {}).get("request", json.dumps(row["prompt"])))
+
+
 def main(args, state):
     if args.combine:
         return combine(args, state)
@@ -544,14 +600,16 @@ def main(args, state):
     out = Path(args.out or run_dir / "06_eval")
     rm_stage = need_stage(rm_dir, "02_reward", "python 02_reward.py")
     check_model_dir(rm_dir, "reward", "--reward")
-    sft_dir = Path(args.sft) if args.sft else inherited_dir(rm_stage["sft"], rm_dir)
+    sft_dir = inherited_dir(rm_stage["sft"], rm_dir)       # the test prompts and the tokenizer
     sft_stage = need_stage(sft_dir, "01_sft", "python 01_sft.py")
     inherit_lengths(args, sft_stage)
     policies = [Path(p) for p in args.policies] or default_policies(run_dir)
-    for p in [sft_dir] + policies:
-        check_model_dir(p, "causal", "policy")
-    if sft_dir.resolve() not in [p.resolve() for p in policies]:
-        policies = [sft_dir] + policies
+    base_dir = find_baseline(args, policies, sft_dir)
+    for p in [base_dir] + policies:
+        check_model_dir(p, "causal", "--baseline" if p == base_dir and args.baseline else "policy")
+    if base_dir.resolve() not in [p.resolve() for p in policies]:
+        policies = [base_dir] + policies
+    policies.sort(key=lambda p: p.resolve() != base_dir.resolve())                 # the baseline first
     device = pick_device(args.device)
     dtype, precision_reason = pick_precision(args.precision, device)
     if out.exists() and not args.overwrite:
@@ -564,77 +622,97 @@ def main(args, state):
     test_rows = read_jsonl(sft_dir / "data_test.jsonl")
     if args.max_prompts:
         test_rows = test_rows[:args.max_prompts]
+    requests = [request_of(r) for r in test_rows]
     tok = AutoTokenizer.from_pretrained(sft_dir)
     prompt_ids = [encode(tok, r["prompt"], "", args.max_prompt_len, 2)[0] for r in test_rows]
     rm = fp32_no_dropout(AutoModelForSequenceClassification.from_pretrained(rm_dir)).to(device).eval()
-    sft = fp32_no_dropout(AutoModelForCausalLM.from_pretrained(sft_dir)).to(device).eval()
+    base = fp32_no_dropout(AutoModelForCausalLM.from_pretrained(base_dir)).to(device).eval()
     k = args.samples_per_prompt
-    print(f"evaluating {len(policies)} policies on {len(test_rows)} test prompts x {k} samples "
-          f"(dataset {sft_stage['dataset']['name']!r}, RM {rm_dir}, baseline {sft_dir})")
+    print(f"evaluating {len(policies)} policies on {len(test_rows)} test prompts ({len(set(requests))} requests) "
+          f"x {k} samples (dataset {sft_stage['dataset']['name']!r}, RM {rm_dir}, baseline {base_dir})")
 
-    # 1. sample and score every policy, the SFT baseline first
+    # 1. sample and score every policy, the baseline first
     raw, samples = {}, []
     for pdir in tqdm(policies, desc="06_eval policies", dynamic_ncols=True):
         name = pdir.name if pdir.parent.resolve() == run_dir.resolve() else str(pdir)
-        policy = sft if pdir.resolve() == sft_dir.resolve() else \
+        policy = base if pdir.resolve() == base_dir.resolve() else \
             fp32_no_dropout(AutoModelForCausalLM.from_pretrained(pdir)).to(device).eval()
         t0 = time.time()
         work, responses = sample_policy(policy, tok, prompt_ids, args, device, dtype)
         texts = [tok.decode(r, skip_special_tokens=True).strip() for r in responses]
-        scores, kls = score_and_kl(rm, sft, policy, work, responses, tok.pad_token_id, args.batch_size, device, dtype)
+        scores, kls = score_and_kl(rm, base, policy, work, responses, tok.pad_token_id, args.batch_size, device, dtype)
         rows = [r for r in test_rows for _ in range(k)]
-        rec = {"dir": str(pdir), "rm": scores, "kl": kls, "length": [len(r) for r in responses],
-               "eos": [float(len(r) > 0 and r[-1] == tok.eos_token_id) for r in responses],
-               "time_s": time.time() - t0}
+        rec = {"dir": str(pdir), "budget": budget_of(pdir), "rm": scores, "kl": kls,
+               "length": [len(r) for r in responses],
+               "eos": [float(len(r) > 0 and r[-1] == tok.eos_token_id) for r in responses], "time_s": time.time() - t0}
         if builtin:
             rec["gold"] = [builtin_task.gold_score(r, t) for r, t in zip(rows, texts)]
             rec["refusal"] = [float(builtin_task.is_refusal(t)) for t in texts]
-            rec["family"] = [r["family"] for r in rows]
         raw[name] = rec
-        samples += [{"policy": name, "prompt": r["prompt"][-1]["content"], "response": t, "rm": s,
-                     "kl": kl, **({"gold": g, "family": r["family"]} if builtin else {})}
+        samples += [{"policy": name, "prompt": r["prompt"][-1]["content"], "request": request_of(r), "response": t,
+                     "rm": s, "kl": kl, **({"gold": g, "family": r["family"]} if builtin else {})}
                     for r, t, s, kl, g in zip(rows, texts, scores, kls, rec.get("gold", [None] * len(texts)))]
-        if policy is not sft:
+        if policy is not base:
             del policy
 
-    # 2. statistics per policy, with bootstrap intervals over prompts
-    base = raw[next(iter(raw))]
+    # 2. statistics per policy, with bootstrap intervals over requests
+    first = raw[next(iter(raw))]
+    families = sorted({r["family"] for r in test_rows}) if builtin else []
     results = {}
     for name, rec in raw.items():
-        res = {"dir": rec["dir"], "time_s": rec["time_s"]}
-        for key in ("rm", "kl", "length", "eos") + (("gold",) if builtin else ()):
-            res[key] = summarise(per_prompt(rec[key], k), args.bootstrap, args.seed)
-        res["win_rm"] = summarise(per_prompt(win_rate(rec["rm"], base["rm"]), k), args.bootstrap, args.seed)
+        res = {"dir": rec["dir"], "budget": rec["budget"], "time_s": rec["time_s"]}
+        values = {key: rec[key] for key in ("rm", "kl", "length", "eos") + (("gold",) if builtin else ())}
+        values["win_rm"] = win_rate(rec["rm"], first["rm"])
         if builtin:
-            res["win_gold"] = summarise(per_prompt(win_rate(rec["gold"], base["gold"]), k), args.bootstrap, args.seed)
-            for fam in ("harmful", "harmless"):
-                vals = [x for x, f in zip(rec["refusal"], rec["family"]) if f == fam]
-                res[f"refusal_{fam}"] = summarise(vals, args.bootstrap, args.seed)
+            values["win_gold"] = win_rate(rec["gold"], first["gold"])
+        for key, vals in values.items():
+            res[key] = summarise(per_prompt(vals, k), requests, args.bootstrap, args.seed)
+        gold, refusal = per_prompt(rec.get("gold", []), k), per_prompt(rec.get("refusal", []), k)
+        for fam in families:
+            idx = [i for i, r in enumerate(test_rows) if r["family"] == fam]
+            res[f"gold_{fam}"] = summarise([gold[i] for i in idx], [requests[i] for i in idx], args.bootstrap, args.seed)
+            if fam in ("harmful", "harmless"):
+                res[f"refusal_{fam}"] = summarise([refusal[i] for i in idx], [requests[i] for i in idx],
+                                                  args.bootstrap, args.seed)
         results[name] = res
 
     # 3. write report.md, results.json, samples.jsonl, and the plot
     state["tmp"] = tmp = prepare_output(out, args.overwrite)
-    cols = [(c, h) for c, h in METRICS if c in next(iter(results.values()))]
-    lines = [f"# 06_eval: {len(test_rows)} test prompts x {k} samples, seed {args.seed}", "",
-             f"Dataset `{sft_stage['dataset']['name']}`; RM `{rm_dir}`; baseline `{sft_dir.name}`; sampling at "
-             f"temperature 1, at most {args.max_new_tokens} new tokens; [95% bootstrap interval over prompts].", "",
-             "| policy | " + " | ".join(h for _, h in cols) + " |", "|---" * (len(cols) + 1) + "|"]
-    for name, res in results.items():
-        cells = [f"{res[c]['mean']:.3f} [{res[c]['lo']:.3f}, {res[c]['hi']:.3f}]" if c not in ("length",)
-                 else f"{res[c]['mean']:.1f}" for c, _ in cols]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    plot = draw_plot(results, tmp / "reward_vs_kl.png", "gold" if builtin else "rm")
-    lines += ["", plot]
-    report = "\n".join(lines) + "\n"
-    (tmp / "report.md").write_text(report)
+    report = write_report(results, tmp, args, sft_stage, rm_dir, base_dir, len(test_rows), len(set(requests)), families)
     json.dump({"stage": "06_eval", "args": vars(args), "dataset": sft_stage["dataset"], "sft": str(sft_dir.resolve()),
-               "reward": str(rm_dir.resolve()), "n_prompts": len(test_rows), "results": results, "versions": versions(),
-               "device": str(device), "precision": precision_name(dtype), "precision_reason": precision_reason,
-               "wall_time_s": time.time() - t_start, "perf/peak_mem_mb": peak_memory_mb(device)}, open(tmp / "results.json", "w"), indent=2)
+               "baseline": str(base_dir.resolve()), "reward": str(rm_dir.resolve()), "n_prompts": len(test_rows),
+               "n_requests": len(set(requests)), "results": results, "versions": versions(), "device": str(device),
+               "precision": precision_name(dtype), "precision_reason": precision_reason,
+               "wall_time_s": time.time() - t_start, "perf/peak_mem_mb": peak_memory_mb(device)},
+              open(tmp / "results.json", "w"), indent=2)
     write_jsonl(tmp / "samples.jsonl", samples)
     commit_output(tmp, out)
     print("\n" + report)
     print(f"06_eval: {len(policies)} policies in {time.time() - t_start:.0f}s -> {out}")
+
+
+def write_report(results, tmp, args, sft_stage, rm_dir, base_dir, n_prompts, n_requests, families):
+    """report.md: the metrics table with each policy's budget, the gold score per family, the plot."""
+    cell = lambda r: f"{r['mean']:.3f} [{r['lo']:.3f}, {r['hi']:.3f}]"
+    cols = [(c, h) for c, h in METRICS if c in next(iter(results.values()))]
+    lines = [f"# 06_eval: {n_prompts} test prompts ({n_requests} requests) x {args.samples_per_prompt} samples, "
+             f"seed {args.seed}", "",
+             f"Dataset `{sft_stage['dataset']['name']}`; RM `{rm_dir}`; baseline `{base_dir.name}`; sampling at "
+             f"temperature 1, at most {args.max_new_tokens} new tokens; a response without EOS by then is scored "
+             f"as it stands (the RM at its last token). [95% bootstrap interval over requests.]", "",
+             "| policy | " + " | ".join(h for _, h in cols) + " | budget |", "|---" * (len(cols) + 2) + "|"]
+    for name, res in results.items():
+        cells = [cell(res[c]) if c != "length" else f"{res[c]['mean']:.1f}" for c, _ in cols]
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {res['budget']} |")
+    if families:
+        lines += ["", "Gold score per prompt family:", "",
+                  "| policy | " + " | ".join(families) + " |", "|---" * (len(families) + 1) + "|"]
+        lines += [f"| {name} | " + " | ".join(cell(res[f"gold_{f}"]) for f in families) + " |"
+                  for name, res in results.items()]
+    lines += ["", draw_plot(results, tmp / "reward_vs_kl.png", "gold" if families else "rm")]
+    report = "\n".join(lines) + "\n"
+    (tmp / "report.md").write_text(report)
+    return report
 
 
 def draw_plot(results, path, metric):
@@ -681,10 +759,12 @@ def find_eval_dir(path):
 
 
 def paired_differences(rows_a, rows_b, metric, k, where):
-    """Per-prompt differences of `metric` between two policies' samples of the same prompts, (N,)."""
+    """Differences of `metric` between two policies' samples of the same prompts, per prompt and grouped
+    by request (the clusters of the bootstrap): a list of lists."""
     if len(rows_a) != len(rows_b) or any(a["prompt"] != b["prompt"] for a, b in zip(rows_a, rows_b)):
         raise UserError(f"{where}: the two policies were not sampled on the same prompts")
-    return per_prompt([a[metric] - b[metric] for a, b in zip(rows_a, rows_b)], k)
+    diffs = per_prompt([a[metric] - b[metric] for a, b in zip(rows_a, rows_b)], k)
+    return clusters_of(diffs, [r.get("request", r["prompt"]) for r in rows_a[::k]])
 
 
 def combine(args, state):
@@ -713,10 +793,11 @@ def combine(args, state):
 
     # 1. every metric of every policy: per-seed means, their mean and standard deviation
     metrics = [(m, h) for m, h in METRICS if m in runs[0]["results"][names[0]]]
+    families = [(m, m[5:]) for m in runs[0]["results"][names[0]] if m.startswith("gold_")]
     table = {}
     for name in names:
         table[name] = {}
-        for m, _ in metrics:
+        for m, _ in metrics + families:
             per_seed = [r["results"][name][m]["mean"] for r in runs]
             table[name][m] = {"per_seed": per_seed, "mean": mean(per_seed), "std": std(per_seed)}
 
@@ -728,8 +809,8 @@ def combine(args, state):
             continue
         for metric in dict.fromkeys([primary, "rm"]):
             groups = [paired_differences(r["samples"][a], r["samples"][b], metric, r["k"], r["dir"]) for r in runs]
-            per_seed = [mean(g) for g in groups]
-            lo, hi = stratified_bootstrap_ci(groups, args.bootstrap, args.seed)
+            per_seed = [mean(sum(g, [])) for g in groups]
+            lo, hi = bootstrap_ci(groups, args.bootstrap, args.seed)
             claims.append({"claim": claim, "policy": a, "baseline": b, "metric": metric, "per_seed": per_seed,
                            "mean": mean(per_seed), "std": std(per_seed), "lo": lo, "hi": hi,
                            "seeds_in_favour": sum(d > 0 for d in per_seed)})
@@ -740,17 +821,20 @@ def combine(args, state):
              "Runs: " + ", ".join(f"`{r['dir']}` ({r['n_prompts']} test prompts)" for r in runs) + ". "
              "Cells: mean over the runs ± standard deviation over the runs (of each run's mean over its "
              "test prompts).", "",
-             "| policy | " + " | ".join(h for _, h in metrics) + " |", "|---" * (len(metrics) + 1) + "|"]
+             "| policy | " + " | ".join(h for _, h in metrics) + " | budget (first run) |",
+             "|---" * (len(metrics) + 2) + "|"]
+    cell = lambda c, digits=3: f"{c['mean']:.{digits}f} ± {c['std']:.{digits}f}"
     for name in names:
-        cells = []
-        for m, _ in metrics:
-            digits = 1 if m == "length" else 3
-            cells.append(f"{table[name][m]['mean']:.{digits}f} ± {table[name][m]['std']:.{digits}f}")
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        cells = [cell(table[name][m], 1 if m == "length" else 3) for m, _ in metrics]
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {runs[0]['results'][name].get('budget', '?')} |")
+    if families:
+        lines += ["", "Gold score per prompt family:", "", "| policy | " + " | ".join(f for _, f in families) + " |",
+                  "|---" * (len(families) + 1) + "|"]
+        lines += [f"| {name} | " + " | ".join(cell(table[name][m]) for m, _ in families) + " |" for name in names]
     if claims:
         lines += ["", "## The paper's comparisons", "",
                   "Policy minus baseline on the same test prompts: the mean difference per run, its mean "
-                  "over runs, and a 95% bootstrap interval that resamples prompts within each run (prompt "
+                  "over runs, and a 95% bootstrap interval that resamples requests within each run (prompt "
                   "noise only; the per-run values show the noise of training).", "",
                   "| claim | policy - baseline | metric | per run | mean | 95% interval | runs in favour |",
                   "|---|---|---|---|---|---|---|"]

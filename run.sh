@@ -45,7 +45,10 @@ PRECISION=$("$PY" -c "import importlib.util as u; s = u.spec_from_file_location(
 s.loader.exec_module(m); print(m.precision_name(m.pick_precision('auto', m.pick_device('$DEVICE'))[0]))" 2>/dev/null | tail -n 1) || PRECISION=unknown
 
 # Budgets. CPU: 2 cores, fewer pairs and steps, sized so the run ends within 30 minutes in fp32 too.
-# GPU: full passes over the data. tiny: the end-to-end test.
+# GPU: more data and bigger batches. tiny: the end-to-end test.
+# The rule that keeps --compare fair: every DPO / IPO variant takes the same optimiser steps of the same
+# batch size (the same number of pairs seen, whatever the size of its set), and every PPO variant the same
+# iterations of the same rollout batch. 06's report.md states each policy's budget beside its row.
 case "$BUDGET" in
   cpu)
     SFT=(--builtin-train-pairs 500 --builtin-test-prompts 100 --max-steps 30)
@@ -55,7 +58,7 @@ case "$BUDGET" in
   gpu)
     # batches of 32: a 135M model leaves a GPU idle at 8 sequences a step
     SFT=(--builtin-train-pairs 4000 --builtin-test-prompts 400 --batch-size 32 --lr 5e-5)
-    RM=(--batch-size 32 --lr 5e-5); DPO=(--batch-size 32 --lr 1e-5)
+    RM=(--batch-size 32 --lr 5e-5); DPO=(--batch-size 32 --lr 1e-5 --max-steps 60)
     PPO=(--steps 40 --rollout-batch 32 --minibatch-size 8); ONLINE=(--max-steps 40 --batch-size 16); EVAL=()
     TIMES="01 ~1 min | 02 ~1 min | 03 <1 min | 04 ~1 min | 05 ~3 min | 06 ~2 min";;
   tiny)
@@ -76,7 +79,7 @@ stage() { echo; echo "=== $* ==="; local t=$(date +%s); "$PY" "$@"; echo "--- $(
 
 stage 01_sft.py "${COMMON[@]}" --dataset "$DATASET" "${SFT[@]}" "${EXTRA[@]}"
 stage 02_reward.py "${COMMON[@]}" "${RM[@]}"
-stage 03_split.py "${COMMON[@]}" "${SPLIT[@]}"
+stage 03_split.py --run "$RUN" --device "$DEVICE" --overwrite "${SPLIT[@]}"   # deterministic: no seed
 stage 04_dpo.py "${COMMON[@]}" "${DPO[@]}"
 stage 05_ppo.py "${COMMON[@]}" "${PPO[@]}"
 POLICIES=("$R/01_sft" "$R/04_dpo" "$R/05_ppo")

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from conftest import run_stage
+from conftest import load_script, run_stage
 
 
 def fake_eval(d, seed, gold, rm, prompts):
@@ -64,3 +64,30 @@ def test_combine_errors(tmp_path):
     proc = run_stage("06_eval.py", "--combine", "b", cwd=tmp_path, check=False)
     assert proc.returncode == 2 and "not sampled on the same prompts" in proc.stderr
     assert not (tmp_path / "runs/combined").exists()
+
+
+def test_bootstrap_resamples_whole_requests():
+    ev = load_script("06_eval")
+    # two requests: one asked in three wordings (all 0), one in one (1). Resampling requests, each resample is
+    # {A, A}: 0, {B, B}: 1, or {A, B}: (0 + 0 + 0 + 1) / 4 = 0.25 -- never the 0.5 or 0.75 of prompt-level resamples
+    values, requests = [0.0, 0.0, 0.0, 1.0], ["a", "a", "a", "b"]
+    assert ev.clusters_of(values, requests) == [[0.0, 0.0, 0.0], [1.0]]
+    lo, hi = ev.bootstrap_ci([ev.clusters_of(values, requests)], 400, seed=0)
+    assert lo == 0.0 and hi == 1.0
+    s = ev.summarise(values, requests, 400, 0)
+    assert s["mean"] == 0.25 and s["requests"] == 2
+    # one value per request: the ordinary bootstrap over prompts, narrower here
+    lo1, hi1 = ev.bootstrap_ci([[[v] for v in values]], 400, seed=0)
+    assert 0.0 <= lo1 and hi1 <= 0.75 and (lo1, hi1) != (lo, hi)
+
+
+def test_budget_of_reads_each_stage_json(tmp_path):
+    ev = load_script("06_eval")
+    d = tmp_path / "dpo"
+    d.mkdir()
+    json.dump({"stage": "04_dpo", "args": {"online": False}, "data": {"split": "easy"},
+               "final": {"steps": 25, "pairs_per_step": 8, "n_pairs": 400, "epochs_seen": 0.5}}, open(d / "stage.json", "w"))
+    assert ev.budget_of(d) == "25 steps x 8 pairs = 200 pairs, 0.50 epochs of 400 easy pairs"
+    json.dump({"stage": "05_ppo", "args": {"steps": 8, "rollout_batch": 8}, "n_prompts": 277, "prompts": "hard",
+               "policy_init": "/x/runs/r/04_dpo"}, open(d / "stage.json", "w"))
+    assert ev.budget_of(d) == "8 iterations x 8 rollouts on 277 hard prompts, from 04_dpo"

@@ -2,7 +2,9 @@
 these tests keep every copy byte-identical and every script free of imports from the others."""
 
 import ast
+import builtins
 import re
+import symtable
 
 import pytest
 
@@ -63,3 +65,28 @@ def test_scripts_import_no_other_stage(path):
 def test_module_docstring_is_the_contract(path):
     doc = ast.get_docstring(ast.parse(path.read_text()))
     assert "arXiv" in doc and "Reads:" in doc and "Writes:" in doc and "python " in doc
+
+
+def undefined_globals(path):
+    """Names a script reads as globals but neither defines, imports nor gets from builtins (symtable)."""
+    top = symtable.symtable(path.read_text(), str(path), "exec")
+    defined = {s.get_name() for s in top.get_symbols() if s.is_assigned() or s.is_imported()}
+    defined |= set(dir(builtins)) | {"__file__", "__name__", "__doc__"}
+    missing, tables = set(), [top]
+    while tables:
+        t = tables.pop()
+        tables += t.get_children()
+        missing |= {s.get_name() for s in t.get_symbols()
+                    if s.is_referenced() and (t is top or s.is_global()) and s.get_name() not in defined}
+    return missing
+
+
+@pytest.mark.parametrize("path", SCRIPTS + [ROOT / "builtin_task.py", ROOT / "bench.py"], ids=lambda p: p.name)
+def test_every_name_a_script_calls_is_defined_or_imported(path):
+    assert not undefined_globals(path)
+
+
+def test_the_undefined_name_check_finds_one(tmp_path):
+    bad = tmp_path / "bad.py"
+    bad.write_text("import os\n\ndef f(x):\n    y = os.sep + x\n    return mixture_logps(y)\n")
+    assert undefined_globals(bad) == {"mixture_logps"}

@@ -259,11 +259,12 @@ def test_win_rate_ties_count_half():
 
 def test_bootstrap_interval():
     vals = [0.0] * 50 + [1.0] * 50
-    lo, hi = ev.bootstrap_ci(vals, 2000, seed=0)
+    one_group = [[[v] for v in vals]]                   # one run, every prompt its own request
+    lo, hi = ev.bootstrap_ci(one_group, 2000, seed=0)
     # the standard error of the mean is 0.05: the 95% interval is about 0.5 +- 0.098
     assert 0.38 < lo < 0.43 and 0.57 < hi < 0.62
-    assert ev.bootstrap_ci([0.7] * 10, 100) == (pytest.approx(0.7), pytest.approx(0.7))
-    assert ev.bootstrap_ci(vals, 200, seed=3) == ev.bootstrap_ci(vals, 200, seed=3)
+    assert ev.bootstrap_ci([[[0.7]] * 10], 100) == (pytest.approx(0.7), pytest.approx(0.7))
+    assert ev.bootstrap_ci(one_group, 200, seed=3) == ev.bootstrap_ci(one_group, 200, seed=3)
 
 
 def test_lr_schedule_warmup_then_cosine():
@@ -272,12 +273,12 @@ def test_lr_schedule_warmup_then_cosine():
     assert sft.lr_at(99, 100, 0.1, 0.1) == pytest.approx(0.1, abs=1e-3)
 
 
-def test_stratified_bootstrap_and_std():
-    # the mean over groups of each group's mean: (0.5 + 1.0) / 2; only the first group varies, with a
+def test_bootstrap_over_runs_and_std():
+    # the mean over runs of each run's mean: (0.5 + 1.0) / 2; only the first run varies, with a
     # standard error of 0.05, halved by the averaging: the 95% interval is about 0.75 +- 0.049
-    groups = [[0.0, 1.0] * 50, [1.0] * 100]
-    lo, hi = ev.stratified_bootstrap_ci(groups, 2000, seed=0)
+    runs = [[[v] for v in [0.0, 1.0] * 50], [[1.0]] * 100]
+    lo, hi = ev.bootstrap_ci(runs, 2000, seed=0)
     assert 0.69 < lo < 0.715 and 0.785 < hi < 0.81
-    assert ev.stratified_bootstrap_ci([[2.0] * 5, [4.0] * 3], 50) == (pytest.approx(3.0), pytest.approx(3.0))
+    assert ev.bootstrap_ci([[[2.0]] * 5, [[4.0]] * 3], 50) == (pytest.approx(3.0), pytest.approx(3.0))
     assert ev.std([1, 2, 3, 4]) == pytest.approx(1.2909944)
     assert ev.std([5.0]) == 0.0

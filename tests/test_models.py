@@ -166,7 +166,7 @@ def test_mixture_sampler_endpoints_reproduce_policy_and_reference(tiny, tiny_mod
     for beta, target, other in ((0.0, policy, ref), (1.0, ref, policy)):
         g = torch.Generator().manual_seed(1)
         ys, lps = dpo.sample_responses(policy, prompts, tok.pad_token_id, tok.eos_token_id, 10, CPU, None, g,
-                                       ref=ref, mixture_beta=beta)
+                                       ref=ref, mix=lambda p, r: dpo.mixture_logps(p, r, beta))
         ids, attn, resp = sft.collate(list(zip(prompts, ys)), tok.pad_token_id)
         want = sft.token_logps(target, ids, attn, resp)
         not_want = sft.token_logps(other, ids, attn, resp)
@@ -177,7 +177,7 @@ def test_mixture_sampler_endpoints_reproduce_policy_and_reference(tiny, tiny_mod
     # B = 0.5: the sampled tokens' log-probs are those of the normalised geometric mean
     g = torch.Generator().manual_seed(2)
     ys, lps = dpo.sample_responses(policy, prompts[:1], tok.pad_token_id, tok.eos_token_id, 1, CPU, None, g,
-                                   ref=ref, mixture_beta=0.5)
+                                   ref=ref, mix=lambda p, r: dpo.mixture_logps(p, r, 0.5))
     ids = torch.tensor([prompts[0]])
     lp_pi = policy(input_ids=ids).logits[0, -1].log_softmax(-1)
     lp_ref = ref(input_ids=ids).logits[0, -1].log_softmax(-1)

@@ -38,13 +38,62 @@ def test_run_sh_runs_every_stage_and_reports(pipeline):
                             "05_ppo_sftref", "04_ipo", "04_ipo_online", "04_ipo_md"}
     for name, res in results.items():
         assert f"| {name} |" in report
-        for key in ("rm", "gold", "win_gold", "win_rm", "kl", "length", "refusal_harmful", "refusal_harmless"):
+        families = [k for k in res if k.startswith("gold_")]          # the gold score per prompt family
+        assert families
+        for key in ["rm", "gold", "win_gold", "win_rm", "kl", "length", "eos", "refusal_harmful", "refusal_harmless"] + families:
             assert res[key]["lo"] <= res[key]["mean"] <= res[key]["hi"], (name, key)
+        assert res["budget"] in report
+    assert "ends with EOS" in report and "Gold score per prompt family" in report
+    # run.sh --compare's rule: every DPO variant sees the same number of pairs, every PPO variant the same rollouts
+    assert len({results[n]["budget"].split(",")[0] for n in ("04_dpo", "04_dpo_all", "04_dpo_hard", "04_ipo")}) == 1
+    assert len({results[n]["budget"].split(" on ")[0] for n in ("05_ppo", "05_ppo_vanilla", "05_ppo_sftref")}) == 1
+    assert "3 steps x 8 pairs = 24 pairs" in results["04_dpo_all"]["budget"]
     # the SFT baseline against itself: every win is a tie, its KL to itself is zero
     assert results["01_sft"]["win_gold"]["mean"] == 0.5 and results["01_sft"]["kl"]["mean"] == 0.0
     samples = [json.loads(l) for l in open(run / "06_eval/samples.jsonl")]
     n_prompts = json.load(open(run / "06_eval/results.json"))["n_prompts"]
     assert len(samples) == 10 * n_prompts and {"prompt", "response", "rm", "gold", "kl"} <= samples[0].keys()
+
+
+def test_dpo_shuffles_and_the_hard_ablation_keeps_the_dataset_labels(pipeline):
+    _, run, _ = pipeline
+    dpo = load_script("04_dpo")
+    assert json.load(open(run / "04_dpo/stage.json"))["data"]["order"] == "shuffled each epoch"
+    hard_stage = json.load(open(run / "04_dpo_hard/stage.json"))
+    assert hard_stage["data"]["labels"] == "dataset"
+    written = [json.loads(l) for l in open(run / "03_split/hard.jsonl")]
+    assert any(r["relabelled"] for r in written) and not all(r["relabelled"] for r in written)
+    for labels in ("dataset", "rm"):
+        args = dpo.parse_args(["--split", "hard", "--hard-labels", labels])
+        rows, source = dpo.load_pairs(args, run / "01_sft", run / "03_split")
+        assert source["labels"] == labels
+        for got, r in zip(rows, written):
+            flip = labels == "dataset" and r["relabelled"]
+            assert (got["chosen"], got["rejected"]) == ((r["rejected"], r["chosen"]) if flip else (r["chosen"], r["rejected"]))
+            assert got["gold_chosen"] == (r["gold_rejected"] if flip else r["gold_chosen"])
+    assert dpo.parse_args([]).curriculum is False
+
+
+def test_the_baseline_is_the_sft_policy_whatever_its_place(pipeline, tmp_path, capsys, monkeypatch):
+    import shutil
+    work, run, _ = pipeline
+    ev = load_script("06_eval")
+    fast = ["--max-prompts", 3, "--max-new-tokens", 4, "--bootstrap", 20]
+    monkeypatch.chdir(work)
+    ev.run_main(ev.main, [str(a) for a in [run / "04_dpo", run / "01_sft", "--run", "t", "--out", tmp_path / "a"] + fast])
+    res = json.load(open(tmp_path / "a/results.json"))
+    assert res["baseline"] == str((run / "01_sft").resolve()) and list(res["results"])[0] == "01_sft"
+    assert res["results"]["01_sft"]["win_gold"]["mean"] == 0.5 and res["results"]["01_sft"]["kl"]["mean"] == 0.0
+    assert "baseline `01_sft`" in (tmp_path / "a/report.md").read_text()
+    # --baseline names another; two SFT policies without it are an error
+    ev.run_main(ev.main, [str(a) for a in [run / "01_sft", run / "04_dpo", "--baseline", run / "04_dpo", "--run", "t",
+                                           "--out", tmp_path / "b"] + fast])
+    res = json.load(open(tmp_path / "b/results.json"))
+    assert list(res["results"])[0] == "04_dpo" and res["results"]["04_dpo"]["kl"]["mean"] == 0.0
+    shutil.copytree(run / "01_sft", tmp_path / "sft2")
+    err = stage_error("06_eval.py", run / "01_sft", tmp_path / "sft2", "--run", "t", "--out", tmp_path / "c", *fast,
+                      cwd=work, capsys=capsys, monkeypatch=monkeypatch)
+    assert "several SFT policies" in err and "--baseline" in err and not (tmp_path / "c").exists()
 
 
 def test_the_precision_auto_chose_is_recorded_by_every_stage(pipeline):
@@ -81,7 +130,7 @@ def test_split_outputs_and_stats(pipeline):
     hard = [json.loads(l) for l in open(run / "03_split/hard.jsonl")]
     assert len(easy) == stats["easy"] and len(hard) == stats["hard"] and easy and hard
     assert min(abs(r["gap"]) for r in easy) >= stats["threshold"] > max(abs(r["gap"]) for r in hard)
-    assert [abs(r["gap"]) for r in easy] == sorted((abs(r["gap"]) for r in easy), reverse=True)  # curriculum
+    assert [abs(r["gap"]) for r in easy] == sorted((abs(r["gap"]) for r in easy), reverse=True)  # curriculum order
     assert all(r["gap"] > 0 for r in easy)              # wrong-way pairs were relabelled
     assert {"easy", "hard", "all_before"} <= stats["label_noise"].keys()
     assert stats["heldout_buckets_abs"] and stats["heldout_buckets_quantile"]
