@@ -546,8 +546,11 @@ def load_dataset_rows(args):
     """(train_rows, test_rows, spec) for --dataset."""
     if args.dataset == "builtin":
         import builtin_task
-        train, test = builtin_task.make_dataset(args.builtin_train_pairs, args.builtin_test_prompts,
-                                                seed=args.seed, temperature=args.builtin_temperature)
+        try:
+            train, test = builtin_task.make_dataset(args.builtin_train_pairs, args.builtin_test_prompts,
+                                                    seed=args.seed, temperature=args.builtin_temperature)
+        except ValueError as e:  # more test prompts than the task has distinct requests for
+            raise UserError(f"--builtin-test-prompts {args.builtin_test_prompts}: {e}") from None
         spec = {"name": "builtin", "train_pairs": args.builtin_train_pairs,
                 "test_prompts": args.builtin_test_prompts, "temperature": args.builtin_temperature,
                 "seed": args.seed}
