@@ -3,7 +3,15 @@
     python bench.py dpo --precision fp32     # DPO: 8 pairs of ~100 tokens a step, reference log-probs precomputed
     python bench.py dpo --precision bf16
     python bench.py sft --precision bf16     # SFT: 8 sequences of ~100 tokens a step
+    python bench.py rm --precision fp32      # RM: 8 pairs of ~100 tokens a step (Bradley-Terry, 02_reward.py)
     python bench.py ppo --precision bf16     # PPO: 8 prompts x 48 new tokens, 4 PPO epochs (one iteration)
+
+Each run first measures the machine's matrix-product rate at the precision it uses (a 1024 x 1024 x 1024
+product, best of 5), then reports the stage's model FLOP rate and its fraction of that rate, so a reader
+sees how close to the floor each stage is. Model FLOPs: 6 x parameters x tokens for a training step
+(forward and backward), 2 x parameters x tokens for a forward pass without gradients; the PPO count
+adds the rollout (one forward a sampled token), the scoring passes (policy, reference, value, RM) and
+four epochs of training of policy and value. Attention's own FLOPs are left out (small at ~100 tokens).
 
 The DPO work is the one the TRL DPOTrainer bar in DEVELOPERS.md is measured on: 8 pairs a step, each
 prompt + response about 100 tokens, reference log-probs computed beforehand; tokens/s counts every token
@@ -16,7 +24,6 @@ import argparse
 import importlib.util
 import json
 import random
-import sys
 import time
 from pathlib import Path
 
@@ -47,6 +54,24 @@ def synthetic(tok, n, prompt_len, response_len, seed):
     return out
 
 
+def matmul_gflops(device, dtype, n=1024, repeats=5):
+    """The machine's matrix-product rate in GFLOP/s at the precision a stage computes in (bf16 under bf16
+    autocast, fp32 otherwise): the ceiling that the stage's model FLOP rate is compared with."""
+    dt = dtype or torch.float32
+    a, b = torch.randn(n, n, device=device).to(dt), torch.randn(n, n, device=device).to(dt)
+    best = float("inf")
+    for i in range(repeats + 1):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        a @ b
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        if i:  # the first product warms up
+            best = min(best, time.perf_counter() - t0)
+    return 2 * n ** 3 / best / 1e9
+
+
 def get_model(args, sft):
     from transformers import AutoModelForCausalLM, AutoTokenizer
     if args.model:
@@ -55,9 +80,21 @@ def get_model(args, sft):
     return model, tok
 
 
+def value_model_from(model):
+    """A one-label sequence classifier of the policy's shape with its body's weights (a new score head)."""
+    import copy
+    from transformers import AutoModelForSequenceClassification
+    cfg = copy.deepcopy(model.config)
+    cfg.num_labels = 1
+    cfg.architectures = None
+    value = AutoModelForSequenceClassification.from_config(cfg)
+    value.base_model.load_state_dict(model.base_model.state_dict())
+    return value
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("what", choices=["dpo", "sft", "ppo"])
+    p.add_argument("what", choices=["dpo", "sft", "rm", "ppo"])
     p.add_argument("--model", default=None, help="a model directory (default: SmolLM2-135M-Instruct offline)")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
     p.add_argument("--device", default="auto")
@@ -72,9 +109,16 @@ def main():
     model.config.use_cache = False
     opt = sft.make_optimizer(model.parameters(), 1e-6, 0.0, device)
     result = {"bench": args.what, "precision": sft.precision_name(dtype), "device": str(device),
-              "threads": torch.get_num_threads(), "torch": torch.__version__}
+              "threads": torch.get_num_threads(), "torch": torch.__version__,
+              "matmul_gflops": matmul_gflops(device, dtype)}
+    n_params = sum(p.numel() for p in model.parameters())
 
-    if args.what in ("dpo", "sft"):
+    if args.what == "rm":  # a reward model of the same size, from the policy's own weights (as 02_reward.py)
+        rm_mod = load("02_reward")
+        model = value_model_from(model).to(device).train()
+        n_params = sum(p.numel() for p in model.parameters())
+        opt = sft.make_optimizer(model.parameters(), 1e-6, 0.0, device)
+    if args.what in ("dpo", "sft", "rm"):
         pairs = synthetic(tok, 8 * (args.steps + 2), 50, 50, seed=0)
         batches = [pairs[i:i + 8] for i in range(0, len(pairs), 8)]
         ref = None
@@ -88,6 +132,12 @@ def main():
                 r = torch.tensor(ref[i * 8:(i + 1) * 8], device=device)
                 losses, _, _ = dpo.dpo_loss(pc, pr, r[:, 0], r[:, 1], 0.1)
                 loss = losses.mean()
+            elif args.what == "rm":
+                ids, attn = (t.to(device) for t in rm_mod.pair_batch(batch, tok.pad_token_id))
+                with sft.autocast(device, dtype):
+                    r = rm_mod.reward_scores(model, ids, attn)                     # (2B,)
+                loss = rm_mod.bradley_terry_loss(r[:8], r[8:])[0]
+                n_tok = int(attn.sum())
             else:
                 ids, attn, resp = (t.to(device) for t in sft.collate([(p_, c) for p_, c, _ in batch], tok.pad_token_id))
                 with sft.autocast(device, dtype):
@@ -105,6 +155,7 @@ def main():
                 tokens.append(n_tok)
         result.update({"tokens_per_step": sum(tokens) / len(tokens), "s_per_step": sum(times) / len(times),
                        "tokens_per_s": sum(tokens) / sum(times)})
+        model_flops = 6 * n_params * sum(tokens) / sum(times)
     else:  # one PPO iteration of 05_ppo.py: rollout, scoring passes, 4 epochs, one minibatch of 8 per epoch (the 05_ppo.py default)
         ppo = load("05_ppo")
         from transformers import AutoModelForSequenceClassification
@@ -115,12 +166,7 @@ def main():
             (Path(args.model) / "config.json").exists() and "ForSequenceClassification" in \
             json.load(open(Path(args.model) / "config.json"))["architectures"][0] else None
         if value is None:  # a value model of the same size, from the policy's own weights
-            from transformers import AutoConfig
-            cfg = copy.deepcopy(model.config)
-            cfg.num_labels = 1
-            cfg.architectures = None
-            value = AutoModelForSequenceClassification.from_config(cfg)
-            value.base_model.load_state_dict(model.base_model.state_dict())
+            value = value_model_from(model)
         value.to(device).eval()
         rm = copy.deepcopy(value).eval()
         opt_v = sft.make_optimizer(value.parameters(), 1e-5, 0.0, device)
@@ -165,6 +211,12 @@ def main():
         result.update({"iteration_s": sum(r["iteration_s"] for r in timed) / len(timed),
                        "generation_s": sum(r["generation_s"] for r in timed) / len(timed),
                        "new_tokens_per_response": timed[0]["new_tokens"]})
+        # per iteration: rollout (a forward per sampled token), 4 scoring forwards, 4 epochs x 2 models trained
+        seq_tokens, new_tokens = int(attn.sum()), 8 * timed[0]["new_tokens"]
+        flops = n_params * (2 * new_tokens + 4 * 2 * seq_tokens + 4 * 2 * 6 * seq_tokens)
+        model_flops = flops / result["iteration_s"]
+    result["model_gflops"] = model_flops / 1e9
+    result["fraction_of_matmul_rate"] = model_flops / 1e9 / result["matmul_gflops"]
     result["peak_mem_mb"] = sft.peak_memory_mb(device)
     print(json.dumps(result))
 
