@@ -51,7 +51,7 @@ s.loader.exec_module(m); print(m.precision_name(m.pick_precision('auto', m.pick_
 # iterations of the same rollout batch. 06's report.md states each policy's budget beside its row.
 case "$BUDGET" in
   cpu)
-    SFT=(--builtin-train-pairs 500 --builtin-test-prompts 100 --max-steps 30)
+    SFT=(--builtin-train-pairs 500 --builtin-test-prompts 140 --max-steps 30)   # 20 test requests a family
     RM=(--max-steps 30); DPO=(--max-steps 25); PPO=(--steps 8)
     ONLINE=(--max-steps 10); EVAL=()
     TIMES="(2 cores, $PRECISION) not measured yet";;
