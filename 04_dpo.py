@@ -77,9 +77,9 @@ def parse_args(argv=None):
     g.add_argument("--reward", default=None, help="reward model for --online (default runs/<run>/02_reward)")
     g.add_argument("--split", default="easy", choices=["easy", "all", "hard"],
                    help="easy: MPO; all: vanilla DPO on every train pair (the baseline); hard: the ablation")
-    g.add_argument("--hard-labels", default="dataset", choices=["dataset", "rm"],
-                   help="--split hard: the dataset's labels, or stage 03's (pairs the RM ranked the other way "
-                        "swapped)")
+    g.add_argument("--hard-labels", default=None, choices=["dataset", "rm"],
+                   help="with --split hard: the dataset's labels (the default), or stage 03's (pairs the RM "
+                        "ranked the other way swapped)")
     g.add_argument("--out", default=None, help="output directory (default runs/<run>/04_dpo)")
     g.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     g = p.add_argument_group("loss")
@@ -618,7 +618,7 @@ def load_pairs(args, sft_dir, split_dir):
     if not rows:
         raise UserError(f"{split_dir / (args.split + '.jsonl')} is empty")
     labels = "rm"
-    if args.split == "hard" and args.hard_labels == "dataset":
+    if args.split == "hard" and args.hard_labels != "rm":
         rows, labels = [original(r) for r in rows], "dataset"
     return rows, {"split": args.split, "from": str(split_dir.resolve()), "rule": stats.get("rule"), "labels": labels}
 
@@ -649,6 +649,9 @@ def main(args, state):
     inherit_lengths(args, sft_stage)
     print(f"inherited dataset {sft_stage['dataset']['name']!r} from {sft_dir}")
     check_model_dir(sft_dir, "causal", "--sft")
+    if args.hard_labels and args.split != "hard":
+        raise UserError("--hard-labels is for --split hard (the easy set's labels are 03's, and --split all's "
+                        "the dataset's)")
     if args.mixture_beta > 0 and not args.online:
         raise UserError("--mixture-beta samples pairs online; pass --online too")
     if args.online and args.label_smoothing:

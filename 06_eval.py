@@ -553,10 +553,11 @@ def per_prompt(values, k):
 
 def find_baseline(args, policies, rm_sft_dir):
     """The baseline of win rates and KL: --baseline, else the one policy whose stage.json says it is an SFT
-    model (not whichever is listed first), else the SFT the reward model was trained from."""
+    model (not whichever is listed first), else the SFT the reward model was trained from (its stage.json
+    names it: the SFT model of this run, so the comparison is still with what it is)."""
     if args.baseline:
         return Path(args.baseline)
-    sfts = [p for p in policies if stage_of(p).get("stage") == "01_sft"]
+    sfts = list({p.resolve(): p for p in policies if stage_of(p).get("stage") == "01_sft"}.values())
     if len(sfts) > 1:
         raise UserError(f"several SFT policies ({', '.join(map(str, sfts))}); name the baseline with --baseline DIR")
     return sfts[0] if sfts else rm_sft_dir
@@ -573,22 +574,26 @@ def budget_of(pdir):
     st = stage_of(pdir)
     a, f = st.get("args", {}), st.get("final", {})
     if st.get("stage") == "01_sft":
-        return f"SFT: {f.get('steps', '?')} steps"
+        return f"{f.get('steps', '?')} SFT steps"
     if st.get("stage") == "04_dpo" and a.get("online"):
         return f"{f.get('steps')} steps x {a['batch_size'] * a['grad_accum']} prompts x 2 samples (online)"
     if st.get("stage") == "04_dpo" and "n_pairs" in f:
         return (f"{f['steps']} steps x {f['pairs_per_step']} pairs = {f['steps'] * f['pairs_per_step']} pairs, "
                 f"{f['epochs_seen']:.2f} epochs of {f['n_pairs']} {st['data']['split']} pairs")
-    if st.get("stage") == "05_ppo":
-        return (f"{a['steps']} iterations x {a['rollout_batch']} rollouts on {st.get('n_prompts')} "
-                f"{st.get('prompts')} prompts, from {Path(st.get('policy_init', '?')).name}")
+    if st.get("stage") == "05_ppo":  # PPO continues from another policy: its budget comes on top
+        init, rollouts = Path(st.get("policy_init", "?")), a["steps"] * a["rollout_batch"]
+        return (f"{a['steps']} iterations x {a['rollout_batch']} rollouts = {rollouts} rollouts, "
+                f"{rollouts / max(1, st.get('n_prompts', 0)):.2f} epochs of {st.get('n_prompts')} {st.get('prompts')} "
+                f"prompts; after {init.name} ({budget_of(init)})")
     return "?"
 
 
 def request_of(row):
     """The cluster of a test row for the bootstrap: its request (built-in rows share one across
     wordings), else the prompt itself."""
-    return str(row.get("meta", {}).get("request", json.dumps(row["prompt"])))
+    meta = row.get("meta")
+    request = meta.get("request") if isinstance(meta, dict) else None
+    return str(request) if request is not None else json.dumps(row["prompt"])
 
 
 def main(args, state):
@@ -603,7 +608,7 @@ def main(args, state):
     sft_dir = inherited_dir(rm_stage["sft"], rm_dir)       # the test prompts and the tokenizer
     sft_stage = need_stage(sft_dir, "01_sft", "python 01_sft.py")
     inherit_lengths(args, sft_stage)
-    policies = [Path(p) for p in args.policies] or default_policies(run_dir)
+    policies = list({Path(p).resolve(): Path(p) for p in args.policies}.values()) or default_policies(run_dir)
     base_dir = find_baseline(args, policies, sft_dir)
     for p in [base_dir] + policies:
         check_model_dir(p, "causal", "--baseline" if p == base_dir and args.baseline else "policy")
@@ -792,8 +797,9 @@ def combine(args, state):
         print(f"06_eval: note: the runs share seeds ({seeds}); their spread is not a spread over seeds")
 
     # 1. every metric of every policy: per-seed means, their mean and standard deviation
-    metrics = [(m, h) for m, h in METRICS if m in runs[0]["results"][names[0]]]
-    families = [(m, m[5:]) for m in runs[0]["results"][names[0]] if m.startswith("gold_")]
+    metrics = [(m, h) for m, h in METRICS if all(m in r["results"][n] for r in runs for n in names)]
+    families = [(m, m[5:]) for m in runs[0]["results"][names[0]]
+                if m.startswith("gold_") and all(m in r["results"][n] for r in runs for n in names)]
     table = {}
     for name in names:
         table[name] = {}

@@ -46,15 +46,20 @@ s.loader.exec_module(m); print(m.precision_name(m.pick_precision('auto', m.pick_
 
 # Budgets. CPU: 2 cores, fewer pairs and steps, sized so the run ends within 30 minutes in fp32 too.
 # GPU: more data and bigger batches. tiny: the end-to-end test.
-# The rule that keeps --compare fair: every DPO / IPO variant takes the same optimiser steps of the same
-# batch size (the same number of pairs seen, whatever the size of its set), and every PPO variant the same
-# iterations of the same rollout batch. 06's report.md states each policy's budget beside its row.
+# The rule that keeps --compare fair: every offline DPO / IPO variant takes the same optimiser steps of the
+# same batch size (the same number of pairs seen, whatever the size of its set), the online ones the same
+# steps as each other, and every PPO variant the same iterations of the same rollout batch. MPO is DPO's
+# steps and then PPO's. 06's report.md states each policy's budget beside its row.
 case "$BUDGET" in
   cpu)
     SFT=(--builtin-train-pairs 500 --builtin-test-prompts 140 --max-steps 30)   # 20 test requests a family
     RM=(--max-steps 30); DPO=(--max-steps 25); PPO=(--steps 8)
     ONLINE=(--max-steps 10); EVAL=()
-    TIMES="(2 cores, $PRECISION) not measured yet";;
+    # measured on 2 cores of an AMD EPYC with avx512_bf16 (README, Quickstart); fp32 with oneDNN limited to AVX2
+    case "$PRECISION" in
+      bf16) TIMES="BF16_TIMES (2 cores, native bf16)";;
+      *)    TIMES="FP32_TIMES (2 cores, fp32; slower CPUs take longer)";;
+    esac;;
   gpu)
     # batches of 32: a 135M model leaves a GPU idle at 8 sequences a step
     SFT=(--builtin-train-pairs 4000 --builtin-test-prompts 400 --batch-size 32 --lr 5e-5)

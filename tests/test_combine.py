@@ -88,6 +88,27 @@ def test_budget_of_reads_each_stage_json(tmp_path):
     json.dump({"stage": "04_dpo", "args": {"online": False}, "data": {"split": "easy"},
                "final": {"steps": 25, "pairs_per_step": 8, "n_pairs": 400, "epochs_seen": 0.5}}, open(d / "stage.json", "w"))
     assert ev.budget_of(d) == "25 steps x 8 pairs = 200 pairs, 0.50 epochs of 400 easy pairs"
-    json.dump({"stage": "05_ppo", "args": {"steps": 8, "rollout_batch": 8}, "n_prompts": 277, "prompts": "hard",
-               "policy_init": "/x/runs/r/04_dpo"}, open(d / "stage.json", "w"))
-    assert ev.budget_of(d) == "8 iterations x 8 rollouts on 277 hard prompts, from 04_dpo"
+    ppo = tmp_path / "ppo"
+    ppo.mkdir()
+    json.dump({"stage": "05_ppo", "args": {"steps": 8, "rollout_batch": 8}, "n_prompts": 256, "prompts": "hard",
+               "policy_init": str(d)}, open(ppo / "stage.json", "w"))
+    assert ev.budget_of(ppo) == ("8 iterations x 8 rollouts = 64 rollouts, 0.25 epochs of 256 hard prompts; "
+                                 "after dpo (25 steps x 8 pairs = 200 pairs, 0.50 epochs of 400 easy pairs)")
+
+
+def test_requests_of_rows_without_one_and_runs_of_two_versions(tmp_path):
+    ev = load_script("06_eval")
+    prompt = [{"role": "user", "content": "x"}]
+    assert ev.request_of({"prompt": prompt, "meta": {"request": 7}}) == "7"
+    for meta in (None, "text", {}, {"request": None}):             # local files may carry any "meta" column
+        assert ev.request_of({"prompt": prompt, "meta": meta}) == ev.json.dumps(prompt)
+    assert ev.request_of({"prompt": prompt}) == ev.json.dumps(prompt)
+    # a run with per-family gold scores combined with one without: only what both have is tabled
+    fake_eval(tmp_path / "a", 0, {"01_sft": [0, 1], "05_ppo": [1, 1]}, {"01_sft": [0, 0], "05_ppo": [0, 1]}, ["x", "y"])
+    fake_eval(tmp_path / "b", 1, {"01_sft": [0, 1], "05_ppo": [1, 0]}, {"01_sft": [0, 0], "05_ppo": [0, 1]}, ["x", "y"])
+    res = ev.json.load(open(tmp_path / "a/results.json"))
+    for r in res["results"].values():
+        r["gold_harmful"] = {"mean": 0.5}
+    ev.json.dump(res, open(tmp_path / "a/results.json", "w"))
+    run_stage("06_eval.py", "--combine", "a", "b", "--out", "both", "--bootstrap", 20, cwd=tmp_path)
+    assert "gold_harmful" not in ev.json.load(open(tmp_path / "both/results.json"))["policies"]["05_ppo"]

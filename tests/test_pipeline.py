@@ -44,10 +44,15 @@ def test_run_sh_runs_every_stage_and_reports(pipeline):
             assert res[key]["lo"] <= res[key]["mean"] <= res[key]["hi"], (name, key)
         assert res["budget"] in report
     assert "ends with EOS" in report and "Gold score per prompt family" in report
-    # run.sh --compare's rule: every DPO variant sees the same number of pairs, every PPO variant the same rollouts
-    assert len({results[n]["budget"].split(",")[0] for n in ("04_dpo", "04_dpo_all", "04_dpo_hard", "04_ipo")}) == 1
-    assert len({results[n]["budget"].split(" on ")[0] for n in ("05_ppo", "05_ppo_vanilla", "05_ppo_sftref")}) == 1
+    # run.sh --compare's rule: every offline DPO variant sees the same number of pairs, every online one the same
+    # prompts and samples, every PPO variant the same rollouts; MPO's row shows the DPO stage it started from
+    budget = {n: results[n]["budget"].split(",")[0] for n in results}
+    assert len({budget[n] for n in ("04_dpo", "04_dpo_all", "04_dpo_hard", "04_ipo")}) == 1
+    assert budget["04_ipo_online"] == budget["04_ipo_md"]
+    assert len({budget[n] for n in ("05_ppo", "05_ppo_vanilla", "05_ppo_sftref")}) == 1
     assert "3 steps x 8 pairs = 24 pairs" in results["04_dpo_all"]["budget"]
+    assert "after 04_dpo (3 steps x 8 pairs = 24 pairs" in results["05_ppo"]["budget"]
+    assert "after 01_sft (4 SFT steps)" in results["05_ppo_vanilla"]["budget"]
     # the SFT baseline against itself: every win is a tie, its KL to itself is zero
     assert results["01_sft"]["win_gold"]["mean"] == 0.5 and results["01_sft"]["kl"]["mean"] == 0.0
     samples = [json.loads(l) for l in open(run / "06_eval/samples.jsonl")]
@@ -74,6 +79,18 @@ def test_dpo_shuffles_and_the_hard_ablation_keeps_the_dataset_labels(pipeline):
     assert dpo.parse_args([]).curriculum is False
 
 
+def test_dpo_reads_shuffled_batches_unless_curriculum(pipeline, tmp_path, monkeypatch):
+    work, run, _ = pipeline
+    dpo = load_script("04_dpo")
+    shuffles, real = [], dpo.epoch_batches
+    monkeypatch.setattr(dpo, "epoch_batches", lambda *a, **k: shuffles.append(k["shuffle"]) or real(*a, **k))
+    monkeypatch.chdir(work)
+    for i, extra in enumerate(([], ["--curriculum"])):
+        dpo.run_main(dpo.main, ["--run", "t", "--max-steps", "1", "--out", str(tmp_path / str(i)), *extra])
+    assert shuffles == [True, False]
+    assert json.load(open(tmp_path / "1/stage.json"))["data"]["order"] == "stage 03's (descending |d|)"
+
+
 def test_the_baseline_is_the_sft_policy_whatever_its_place(pipeline, tmp_path, capsys, monkeypatch):
     import shutil
     work, run, _ = pipeline
@@ -90,6 +107,12 @@ def test_the_baseline_is_the_sft_policy_whatever_its_place(pipeline, tmp_path, c
                                            "--out", tmp_path / "b"] + fast])
     res = json.load(open(tmp_path / "b/results.json"))
     assert list(res["results"])[0] == "04_dpo" and res["results"]["04_dpo"]["kl"]["mean"] == 0.0
+    # no SFT among the policies: the one the RM was trained from; one SFT named twice is one SFT
+    ev.run_main(ev.main, [str(a) for a in [run / "04_dpo", run / "01_sft", work / "runs/t/../t/01_sft", "--run", "t",
+                                           "--out", tmp_path / "d"] + fast])
+    assert list(json.load(open(tmp_path / "d/results.json"))["results"]) == ["01_sft", "04_dpo"]
+    ev.run_main(ev.main, [str(a) for a in [run / "04_dpo", "--run", "t", "--out", tmp_path / "e"] + fast])
+    assert json.load(open(tmp_path / "e/results.json"))["baseline"] == str((run / "01_sft").resolve())
     shutil.copytree(run / "01_sft", tmp_path / "sft2")
     err = stage_error("06_eval.py", run / "01_sft", tmp_path / "sft2", "--run", "t", "--out", tmp_path / "c", *fast,
                       cwd=work, capsys=capsys, monkeypatch=monkeypatch)
@@ -252,6 +275,7 @@ def test_errors_are_one_line_and_write_nothing(tmp_path, tiny_model_dir, pipelin
     assert "nomodel" in err and "not found" in err
     assert "python 01_sft.py" in error("02_reward.py", "--run", "x")
     assert "python 04_dpo.py" in error("05_ppo.py", "--run", "x")
+    assert "--hard-labels is for --split hard" in error("04_dpo.py", "--run", "t", "--hard-labels", "rm", cwd=work)
     assert not (tmp_path / "runs").exists()
     # an existing output is not overwritten without --overwrite
     assert "--overwrite" in error("03_split.py", "--reward", run / "02_reward", "--out", run / "03_split")
