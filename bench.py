@@ -217,7 +217,7 @@ def main():
         model_flops = flops / result["iteration_s"]
     result["model_gflops"] = model_flops / 1e9
     result["fraction_of_matmul_rate"] = model_flops / 1e9 / result["matmul_gflops"]
-    result["peak_mem_mb"] = sft.peak_memory_mb(device)
+    result["peak_mem_mb"] = sft.perf(0, time.time(), device)["perf/peak_mem_mb"]
     print(json.dumps(result))
 
 

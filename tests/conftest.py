@@ -77,7 +77,7 @@ def tiny(tiny_model_dir):
 
 def run_stage(script, *args, cwd=None, check=True, env=None):
     """Run a numbered script in a subprocess, as a user would; returns the CompletedProcess."""
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TQDM_DISABLE="1", PYTHONPATH=str(ROOT), **(env or {}))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1", "PYTHONPATH": str(ROOT), **(env or {})}
     proc = subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], cwd=cwd or ROOT,
                           env=env, capture_output=True, text=True, timeout=900)
     if check and proc.returncode != 0:

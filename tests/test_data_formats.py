@@ -52,9 +52,9 @@ def test_hh_parsing_multi_turn_unicode_empty_turns_and_skips(capsys):
     assert rows[1]["prompt"][0]["content"] == "Ça va? Écris «bonjour» 🙂" and rows[1]["chosen"] == "Bonjour! 🙂"
     assert rows[2]["prompt"][1] == {"role": "assistant", "content": ""}       # an empty turn is kept
     out = capsys.readouterr().out
-    assert "hh-rlhf format, 3 pairs kept" in out
+    assert "hh-rlhf format, 3 rows kept" in out
     for reason in ("1 (chosen and rejected do not share the dialogue before the last reply)",
-                   "1 (ends on a Human turn)", "1 (empty final response)"):
+                   "1 (ends on a Human turn)", "1 (empty response)"):
         assert reason in out
 
 
@@ -161,10 +161,10 @@ def test_hub_subsets_and_a_missing_test_split(monkeypatch, capsys):
     fake = FakeHub()
     monkeypatch.setattr(datasets, "load_dataset", fake)
     monkeypatch.setattr(sft, "hub_reachable", lambda: True)
-    rows = sft.load_rows("openai/summarize_from_feedback:comparisons", "test")
+    rows = sft.load_rows("openai/summarize_from_feedback:comparisons", "--dataset", "test")
     assert rows[0]["prompt"] == "validation prompt" and "using 'validation' as the test split" in capsys.readouterr().out
     assert fake.calls[-1] == ("openai/summarize_from_feedback", "validation", {"name": "comparisons"})
-    sft.load_rows("Anthropic/hh-rlhf:helpful-base", "train")
+    sft.load_rows("Anthropic/hh-rlhf:helpful-base", "--dataset", "train")
     assert fake.calls[-1] == ("Anthropic/hh-rlhf", "train", {"data_dir": "helpful-base"})
 
 
@@ -182,4 +182,4 @@ def test_test_prompts_filtered_by_prompt_length_only_and_never_train_prompts(tmp
     kept = [json.loads(l)["prompt"][-1]["content"] for l in open(tmp_path / "runs/f/01_sft/data_test.jsonl")]
     assert kept == [f"Test question {i}?" for i in range(6)]      # long references stay: no bias to short ones
     assert "dropped 1 test rows whose prompt is also a train prompt" in proc.stdout
-    assert "dropped 1 of 7 prompts longer than 64 tokens" in proc.stdout
+    assert "dropped 1 of 7 rows with a prompt longer than 64 tokens" in proc.stdout

@@ -11,21 +11,21 @@ import pytest
 from conftest import ROOT
 
 SCRIPTS = sorted(ROOT.glob("0[1-6]_*.py"))
-STAGE_SPECIFIC = {"parse_args", "main"}  # each stage has its own
+MARK = "# --- plumbing: the same in every stage; skip on first read"
+MAIN_GUARD = '\nif __name__ == "__main__":'
 
 
-def top_level_defs(path):
+def split_script(path):
+    """(the stage's own code, the plumbing block) of a script: the block runs from MARK to the main guard."""
     src = path.read_text()
+    start, end = src.index(MARK), src.index(MAIN_GUARD)
+    return src[:start], src[start:end]
+
+
+def top_level_names(src):
     tree = ast.parse(src)
-    lines = src.splitlines(keepends=True)
-    out = {}
-    for node in tree.body:
-        if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
-            start = node.lineno - 1 - len(node.decorator_list)
-            out[node.name] = "".join(lines[start:node.end_lineno])
-        elif isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
-            out[node.targets[0].id] = "".join(lines[node.lineno - 1:node.end_lineno])   # shared constants too
-    return out
+    return {n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))} | \
+           {t.id for n in tree.body if isinstance(n, ast.Assign) for t in n.targets if isinstance(t, ast.Name)}
 
 
 def test_six_scripts():
@@ -33,18 +33,33 @@ def test_six_scripts():
                                          "05_ppo.py", "06_eval.py"]
 
 
-def test_repeated_helpers_are_identical():
-    defs = {p.name: top_level_defs(p) for p in SCRIPTS}
-    names = {n for d in defs.values() for n in d} - STAGE_SPECIFIC
-    shared = 0
-    for name in sorted(names):
-        copies = {f: d[name] for f, d in defs.items() if name in d}
-        if len(copies) > 1:
-            shared += 1
-            first = next(iter(copies.values()))
-            differ = [f for f, src in copies.items() if src != first]
-            assert not differ, f"helper {name!r} differs between {sorted(copies)}: {differ}"
-    assert shared >= 15  # token_logps, collate, encode, reward_scores, sample_responses, ...
+def test_one_plumbing_block_identical_in_every_stage_and_last():
+    blocks = {p.name: split_script(p)[1] for p in SCRIPTS}
+    for name, block in blocks.items():
+        assert block == blocks["01_sft.py"], f"the plumbing block of {name} differs from 01_sft.py's"
+    for p in SCRIPTS:
+        src = p.read_text()
+        assert src.count(MARK) == 1 and src.rstrip().endswith("run_main(main)"), p.name
+
+
+def test_no_code_is_repeated_outside_the_plumbing_block():
+    own = {p.name: top_level_names(split_script(p)[0]) - {"parse_args", "main"} for p in SCRIPTS}
+    plumbing = top_level_names(split_script(SCRIPTS[0])[1])
+    for name, names in own.items():
+        assert not names & plumbing, f"{name} redefines plumbing helpers {sorted(names & plumbing)}"
+        for other, other_names in own.items():
+            if other != name:
+                assert not names & other_names, f"{name} and {other} both define {sorted(names & other_names)}"
+
+
+@pytest.mark.parametrize("path", SCRIPTS, ids=lambda p: p.name)
+def test_the_method_comes_first(path):
+    """The first function after the imports is the stage's method, within the first quarter of the file."""
+    lines = path.read_text().splitlines()
+    first = next(i for i, l in enumerate(lines) if l.startswith(("def ", "@")))
+    assert lines[first - 2].startswith("# --- the method") or lines[first - 3].startswith("# --- the method"), \
+        (path.name, lines[first - 3:first])
+    assert first < len(lines) / 4, (path.name, first, len(lines))
 
 
 @pytest.mark.parametrize("path", SCRIPTS, ids=lambda p: p.name)

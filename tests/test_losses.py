@@ -107,10 +107,9 @@ def test_soft_preference_is_the_expected_loss_of_a_sampled_label():
     soft, _, _ = dpo.dpo_loss(pc, pr, rc, rr, beta, 1 - p)
     expected = p * -torch.log(torch.sigmoid(beta * h)) + (1 - p) * -torch.log(torch.sigmoid(-beta * h))
     assert torch.allclose(soft, expected)
-    args = type("A", (), {"loss": "ipo", "tau": tau, "beta": beta, "label_smoothing": 0.0})()
-    assert torch.allclose(dpo.preference_loss(args, pc, pr, rc, rr, p)[0], (h - (p - 0.5) / tau) ** 2)
-    args.loss = "dpo"
-    assert torch.allclose(dpo.preference_loss(args, pc, pr, rc, rr, p)[0], expected)
+    ipo = dpo.preference_loss(pc, pr, rc, rr, "ipo", beta=beta, tau=tau, preference=p)[0]
+    assert torch.allclose(ipo, (h - (p - 0.5) / tau) ** 2)
+    assert torch.allclose(dpo.preference_loss(pc, pr, rc, rr, "dpo", beta=beta, tau=tau, preference=p)[0], expected)
 
 
 # ---------------------------------------------------------------------------- PPO
@@ -237,12 +236,17 @@ def test_split_rules():
     easy, hard = split.split_pairs(rows, gaps, 1.0, "drop")
     assert [r["chosen"] for r in easy] == ["c0"] and [r["chosen"] for r in hard] == ["c1"]
     assert split.label_noise(hard) == 0.0
-    assert split.original(easy[0]) == easy[0]
+    assert dpo.original(easy[0]) == easy[0]
     # ties: |d| equal to the threshold is easy (|d| >= threshold); d = 0 is hard and never relabelled
     easy, hard = split.split_pairs(rows[:3], [1.0, -1.0, 0.0], 1.0, "relabel")
     assert [r["chosen"] for r in easy] == ["c0", "r1"] and [r["chosen"] for r in hard] == ["c2"]
     assert not hard[0]["relabelled"]
-    assert split.original(easy[1])["chosen"] == "c1"
+    assert dpo.original(easy[1])["chosen"] == "c1" and dpo.original(easy[1])["gold_chosen"] == 1.0
+    # gold prefers c1, so the RM's relabelling made that pair wrong; as the dataset labelled it, it was right
+    assert split.label_noise(easy) == 0.5 and split.label_noise(easy, as_the_dataset_labelled=True) == 0.0
+    rows[1]["gold_chosen"] = -1.0    # gold prefers r1: the dataset's label was wrong, the relabelling fixed it
+    easy, _ = split.split_pairs(rows[:3], [1.0, -1.0, 0.0], 1.0, "relabel")
+    assert split.label_noise(easy) == 0.0 and split.label_noise(easy, as_the_dataset_labelled=True) == 0.5
 
 
 def test_quantile_threshold():
