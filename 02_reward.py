@@ -171,8 +171,10 @@ def main(args):
         train_rows, dataset = normalise(load_rows(args.data, "--data"), args.data), {"name": args.data}
     if args.test_data is not None:
         test_rows = normalise(load_rows(args.test_data, "--test-data", "test"), args.test_data)
-    else:  # 01's test rows may be prompts alone (no pair): only pairs give an accuracy
-        test_rows = [r for r in read_jsonl(Path(model_name) / "data_test.jsonl") if r.get("chosen")] if sft_stage else []
+    elif sft_stage and args.data is None:  # 01's test rows may be prompts alone: only pairs give an accuracy
+        test_rows = [r for r in read_jsonl(Path(model_name) / "data_test.jsonl") if r.get("chosen")]
+    else:  # 01's held-out pairs are another dataset's than --data's
+        test_rows = []
     if not test_rows:
         print("held-out accuracy is not measured: no held-out pairs (pass --test-data FILE)")
     device = pick_device(args.device)
@@ -190,6 +192,7 @@ def main(args):
     rm.config.use_cache = False
     if args.grad_checkpointing:
         rm.gradient_checkpointing_enable()
+    train_rows = drop_long_pairs(train_rows, tok, args.max_response_len, args.data or "train")
     train_ex = pair_examples(tok, train_rows, args.max_prompt_len, args.max_response_len)
     test_ex = pair_examples(tok, test_rows, args.max_prompt_len, args.max_response_len)
 
@@ -459,8 +462,9 @@ def normalise_row(row, pairs):
     prompt = row["prompt"]
     if isinstance(prompt, str):
         prompt = [{"role": "user", "content": prompt.strip()}]
-    if not (isinstance(prompt, list) and all(isinstance(m, dict) and "content" in m for m in prompt)):
-        return None, "prompt is neither text nor a list of chat messages"
+    if not (isinstance(prompt, list) and all(isinstance(m, dict) and isinstance(m.get("role"), str)
+                                             and isinstance(m.get("content"), str) for m in prompt)):
+        return None, "prompt is neither text nor a list of chat messages with role and content"
     if not prompt or not prompt[-1]["content"]:
         return None, "empty prompt"
     if not pairs:
@@ -482,6 +486,8 @@ def normalise(rows, source, pairs=True):
     if not rows or not isinstance(rows[0], dict):
         raise UserError(f"{source}: " + ("no rows" if not rows else "row 1 is not a JSON object"))
     name = next((n for n, cols in forms.items() if cols <= rows[0].keys() and (n != "prompts" or not pairs)), None)
+    if name is None and pairs and "prompt" in rows[0]:
+        raise UserError(f"{source}: prompts without chosen/rejected responses; this stage needs preference pairs")
     if name is None:
         raise UserError(f"{source}: columns {sorted(rows[0])} fit no known format; expected "
                         + ", ".join(n for n in forms if n != "prompts" or not pairs))
@@ -490,7 +496,10 @@ def normalise(rows, source, pairs=True):
         if not isinstance(row, dict) or not forms[name] <= row.keys():
             what = sorted(forms[name] - row.keys()) if isinstance(row, dict) else "a JSON object"
             raise UserError(f"{source}: row {i} is missing {what} (expected the {name} format of row 1)")
-        new, why = normalise_row(row, pairs)
+        try:
+            new, why = normalise_row(row, pairs)
+        except (TypeError, AttributeError, IndexError, KeyError, ValueError) as e:  # e.g. a dialogue that is no text
+            new, why = None, f"malformed ({type(e).__name__})"
         if new is None:
             skipped[why] = skipped.get(why, 0) + 1
         else:
@@ -499,6 +508,30 @@ def normalise(rows, source, pairs=True):
     if not out:
         raise UserError(f"{source}: every row was skipped")
     return out
+
+
+def drop_long_pairs(rows, tokenizer, max_response_len, source):
+    """Pairs with a response of max_response_len tokens or more, dropped and counted: cut short and closed
+    with EOS, they would teach that a truncated answer is a finished one."""
+    n_tokens = lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])
+    keep = [r for r in rows if max(n_tokens(r["chosen"]), n_tokens(r["rejected"])) < max_response_len]
+    if len(keep) < len(rows):
+        print(f"{source}: dropped {len(rows) - len(keep)} of {len(rows)} pairs with a response of "
+              f"{max_response_len} tokens or more (--max-response-len)")
+    if not keep:
+        raise UserError(f"{source}: every pair has a response of {max_response_len} tokens or more; "
+                        f"raise --max-response-len")
+    return keep
+
+
+def check_same_tokenizer(tok, reward_tok, flag, name):
+    """The reward model scores the policy's token ids, so both must map text to the same ids (an added pad
+    token aside): another vocabulary would give meaningless scores, or an index error."""
+    pads = {tok.pad_token, reward_tok.pad_token}
+    vocab = lambda t: {k: v for k, v in t.get_vocab().items() if k not in pads}
+    if vocab(tok) != vocab(reward_tok):
+        raise UserError(f"{flag} {name}: its tokenizer differs from the policy's, whose token ids it would score; "
+                        f"use a reward model trained from the same base model")
 
 
 def render_prompt(tokenizer, messages):
@@ -605,14 +638,16 @@ def sample_responses(policy, prompts, pad_id, eos_id, max_new_tokens, device, dt
     return responses, logps
 
 
-def check_model(name, kind, flag):
+def check_model(name, kind, flag, config=None):
     """Refuse a local directory that holds no model, or a model of the other kind ('reward' or not): a reward
-    model read as a policy would silently get a random LM head, and the reverse a random score head."""
-    if not Path(name).exists():
-        return  # a hub id: load_model finds out
-    if not (Path(name) / "config.json").is_file():
-        raise UserError(f"{flag} {name}: no config.json there; expected a Hugging Face model directory")
-    config = json.load(open(Path(name) / "config.json"))
+    model read as a policy would silently get a random LM head, and the reverse a random score head. A hub
+    id is checked by load_model, once its config is loaded."""
+    if config is None:
+        if not Path(name).exists():
+            return
+        if not (Path(name) / "config.json").is_file():
+            raise UserError(f"{flag} {name}: no config.json there; expected a Hugging Face model directory")
+        config = json.load(open(Path(name) / "config.json"))
     archs = config.get("architectures") or []
     if kind == "reward" and not (any(a.endswith("ForSequenceClassification") for a in archs)
                                  and len(config.get("id2label", {0: 0})) == 1):
@@ -635,9 +670,11 @@ def load_model(name, kind, flag, device):
     except Exception as e:  # not on the hub, no network, a broken directory: one line
         raise UserError(f"{flag} {name}: not loadable as a model ({type(e).__name__}: "
                         f"{(str(e).splitlines() or [''])[0][:200]})") from None
-    if kind == "reward" and (model.config.num_labels != 1 or not hasattr(model, "score")):  # a hub id
-        raise UserError(f"{flag} {name}: a {type(model).__name__} with {model.config.num_labels} labels; "
-                        f"expected a reward model (a decoder sequence classifier with one label)")
+    if not Path(name).exists():  # a hub id: its config says what it is
+        check_model(name, kind, flag, {"id2label": model.config.id2label, "architectures":
+                                       model.config.architectures or [type(model).__name__]})
+        if kind == "reward" and not hasattr(model, "score"):
+            raise UserError(f"{flag} {name}: a {type(model).__name__}; expected a decoder reward model with a score head")
     return fp32_no_dropout(model).to(device).eval()
 
 

@@ -188,14 +188,19 @@ def load_inputs(args):
         sft_stage = json.load(open(record)) if record.is_file() else None
         sft_stage = sft_stage if sft_stage and sft_stage.get("stage") == "01_sft" else None
     inherit_lengths(args, sft_stage)
-    if sft_stage:
+    if sft_stage and not args.data:
         print(f"inherited dataset {sft_stage['dataset']['name']!r} from {model}")
     tok = load_tokenizer(model, "--model")
     rows, source = load_pairs(args, model, args.split_dir or f"runs/{args.run}/03_split")
     held_out = Path(model) / "data_test.jsonl"
-    test_rows = [r for r in read_jsonl(held_out) if r.get("chosen")] if sft_stage and held_out.is_file() else []
+    # held-out pairs only from stage 01's own data: another dataset's would measure the wrong thing
+    use_01 = sft_stage and held_out.is_file() and not args.data
+    test_rows = [r for r in read_jsonl(held_out) if r.get("chosen")] if use_01 else []
     if not test_rows:
-        print(f"no held-out pairs ({model} is not a 01_sft directory with data_test.jsonl): eval/ metrics skipped")
+        print("no held-out pairs (they come from a 01_sft directory's data_test.jsonl, and not with --data): "
+              "eval/ metrics skipped")
+    if not args.online:
+        rows = drop_long_pairs(rows, tok, args.max_response_len, source["from"])
     return model, tok, sft_stage, rows, source, test_rows
 
 
@@ -343,6 +348,8 @@ def parse_args(argv=None):
     if args.hard_labels and args.split != "hard":
         raise UserError("--hard-labels is for --split hard (the easy set's labels are 03's, and --split all's "
                         "the dataset's)")
+    if args.reward and not args.online:
+        raise UserError("--reward is for --online (offline DPO / IPO trains on labelled pairs, no reward model)")
     if args.mixture_beta > 0 and not args.online:
         raise UserError("--mixture-beta samples pairs online; pass --online too")
     if args.online and args.label_smoothing:
@@ -391,11 +398,12 @@ def main(args):
         micro = []
         for _ in range(args.grad_accum):
             idx = next(batches)
-            reference = torch.tensor([train_reference[j] for j in idx], device=device)      # (B, 2)
+            reference_chosen_logps, reference_rejected_logps = torch.tensor(
+                [train_reference[j] for j in idx], device=device).T                        # (B,) each
             policy_chosen_logps, policy_rejected_logps, n_tokens = pair_logps(
                 policy, [train_ex[j] for j in idx], tok.pad_token_id, device, dtype, average)
             losses, chosen_rewards, rejected_rewards = preference_loss(
-                policy_chosen_logps, policy_rejected_logps, reference[:, 0], reference[:, 1],
+                policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps,
                 args.loss, args.beta, args.tau, args.label_smoothing)
             loss = losses.mean()
             if not torch.isfinite(loss):
@@ -491,7 +499,9 @@ def online_main(args):
     policy = load_model(model, "policy", "--model", device)
     reference = load_model(model, "policy", "--model", device).requires_grad_(False)
     rm = load_model(rm_dir, "reward", "--reward", device).requires_grad_(False)
-    rm_pad = load_tokenizer(rm_dir, "--reward").pad_token_id or 0  # any id: attention masks hide the padding
+    rm_tok = load_tokenizer(rm_dir, "--reward")
+    check_same_tokenizer(tok, rm_tok, "--reward", rm_dir)
+    rm_pad = rm_tok.pad_token_id  # any id: the attention masks hide padding
     prompts = [encode(tok, r["prompt"], "", args.max_prompt_len, args.max_response_len)[0] for r in rows]
     test_ex = encode_pairs(tok, test_rows, args.max_prompt_len, args.max_response_len)
     since = time.time()
@@ -764,8 +774,9 @@ def normalise_row(row, pairs):
     prompt = row["prompt"]
     if isinstance(prompt, str):
         prompt = [{"role": "user", "content": prompt.strip()}]
-    if not (isinstance(prompt, list) and all(isinstance(m, dict) and "content" in m for m in prompt)):
-        return None, "prompt is neither text nor a list of chat messages"
+    if not (isinstance(prompt, list) and all(isinstance(m, dict) and isinstance(m.get("role"), str)
+                                             and isinstance(m.get("content"), str) for m in prompt)):
+        return None, "prompt is neither text nor a list of chat messages with role and content"
     if not prompt or not prompt[-1]["content"]:
         return None, "empty prompt"
     if not pairs:
@@ -787,6 +798,8 @@ def normalise(rows, source, pairs=True):
     if not rows or not isinstance(rows[0], dict):
         raise UserError(f"{source}: " + ("no rows" if not rows else "row 1 is not a JSON object"))
     name = next((n for n, cols in forms.items() if cols <= rows[0].keys() and (n != "prompts" or not pairs)), None)
+    if name is None and pairs and "prompt" in rows[0]:
+        raise UserError(f"{source}: prompts without chosen/rejected responses; this stage needs preference pairs")
     if name is None:
         raise UserError(f"{source}: columns {sorted(rows[0])} fit no known format; expected "
                         + ", ".join(n for n in forms if n != "prompts" or not pairs))
@@ -795,7 +808,10 @@ def normalise(rows, source, pairs=True):
         if not isinstance(row, dict) or not forms[name] <= row.keys():
             what = sorted(forms[name] - row.keys()) if isinstance(row, dict) else "a JSON object"
             raise UserError(f"{source}: row {i} is missing {what} (expected the {name} format of row 1)")
-        new, why = normalise_row(row, pairs)
+        try:
+            new, why = normalise_row(row, pairs)
+        except (TypeError, AttributeError, IndexError, KeyError, ValueError) as e:  # e.g. a dialogue that is no text
+            new, why = None, f"malformed ({type(e).__name__})"
         if new is None:
             skipped[why] = skipped.get(why, 0) + 1
         else:
@@ -804,6 +820,30 @@ def normalise(rows, source, pairs=True):
     if not out:
         raise UserError(f"{source}: every row was skipped")
     return out
+
+
+def drop_long_pairs(rows, tokenizer, max_response_len, source):
+    """Pairs with a response of max_response_len tokens or more, dropped and counted: cut short and closed
+    with EOS, they would teach that a truncated answer is a finished one."""
+    n_tokens = lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])
+    keep = [r for r in rows if max(n_tokens(r["chosen"]), n_tokens(r["rejected"])) < max_response_len]
+    if len(keep) < len(rows):
+        print(f"{source}: dropped {len(rows) - len(keep)} of {len(rows)} pairs with a response of "
+              f"{max_response_len} tokens or more (--max-response-len)")
+    if not keep:
+        raise UserError(f"{source}: every pair has a response of {max_response_len} tokens or more; "
+                        f"raise --max-response-len")
+    return keep
+
+
+def check_same_tokenizer(tok, reward_tok, flag, name):
+    """The reward model scores the policy's token ids, so both must map text to the same ids (an added pad
+    token aside): another vocabulary would give meaningless scores, or an index error."""
+    pads = {tok.pad_token, reward_tok.pad_token}
+    vocab = lambda t: {k: v for k, v in t.get_vocab().items() if k not in pads}
+    if vocab(tok) != vocab(reward_tok):
+        raise UserError(f"{flag} {name}: its tokenizer differs from the policy's, whose token ids it would score; "
+                        f"use a reward model trained from the same base model")
 
 
 def render_prompt(tokenizer, messages):
@@ -910,14 +950,16 @@ def sample_responses(policy, prompts, pad_id, eos_id, max_new_tokens, device, dt
     return responses, logps
 
 
-def check_model(name, kind, flag):
+def check_model(name, kind, flag, config=None):
     """Refuse a local directory that holds no model, or a model of the other kind ('reward' or not): a reward
-    model read as a policy would silently get a random LM head, and the reverse a random score head."""
-    if not Path(name).exists():
-        return  # a hub id: load_model finds out
-    if not (Path(name) / "config.json").is_file():
-        raise UserError(f"{flag} {name}: no config.json there; expected a Hugging Face model directory")
-    config = json.load(open(Path(name) / "config.json"))
+    model read as a policy would silently get a random LM head, and the reverse a random score head. A hub
+    id is checked by load_model, once its config is loaded."""
+    if config is None:
+        if not Path(name).exists():
+            return
+        if not (Path(name) / "config.json").is_file():
+            raise UserError(f"{flag} {name}: no config.json there; expected a Hugging Face model directory")
+        config = json.load(open(Path(name) / "config.json"))
     archs = config.get("architectures") or []
     if kind == "reward" and not (any(a.endswith("ForSequenceClassification") for a in archs)
                                  and len(config.get("id2label", {0: 0})) == 1):
@@ -940,9 +982,11 @@ def load_model(name, kind, flag, device):
     except Exception as e:  # not on the hub, no network, a broken directory: one line
         raise UserError(f"{flag} {name}: not loadable as a model ({type(e).__name__}: "
                         f"{(str(e).splitlines() or [''])[0][:200]})") from None
-    if kind == "reward" and (model.config.num_labels != 1 or not hasattr(model, "score")):  # a hub id
-        raise UserError(f"{flag} {name}: a {type(model).__name__} with {model.config.num_labels} labels; "
-                        f"expected a reward model (a decoder sequence classifier with one label)")
+    if not Path(name).exists():  # a hub id: its config says what it is
+        check_model(name, kind, flag, {"id2label": model.config.id2label, "architectures":
+                                       model.config.architectures or [type(model).__name__]})
+        if kind == "reward" and not hasattr(model, "score"):
+            raise UserError(f"{flag} {name}: a {type(model).__name__}; expected a decoder reward model with a score head")
     return fp32_no_dropout(model).to(device).eval()
 
 

@@ -34,8 +34,8 @@ Deviations and choices of ours:
      lambda 0.95, clip 0.2, value clip 0.2, vf_coef 0.1). The fork used kl_coef 0.4, reward clipping
      at +-5 and one PPO epoch: `--kl-coef 0.4 --reward-clip 5 --ppo-epochs 1 --kl-estimator clamped`.
   4. Dropout is off in every model (every dropout rate set to 0, config-level attention dropout included,
-     as TRL does), and rollouts are sampled in eval mode with the KV cache, so the log-probs of the
-     rollout equal those of the first PPO forward pass and the first ratio is exactly 1.
+     as TRL does), and log pi_old comes from a fresh forward pass of the sampled rollout (step 2), the same
+     function as the first PPO forward pass: the first ratio is exactly 1.
 
 Reads:  --policy (default runs/<run>/04_dpo), --ref (default: --policy), --reward (default
         runs/<run>/02_reward; also the value model's start), each a directory or a hub id; the prompts of
@@ -154,8 +154,9 @@ def ppo_value_loss(values, old_values, returns, mask, cliprange_value=0.2):
 
 
 def adaptive_kl_coef(kl_coef, current_kl, target_kl, n_samples, horizon):
-    """Ziegler et al. (2019), Sec. 2.2: beta <- beta * (1 + K_beta e), e = clip(KL / target - 1, +-0.2),
-    K_beta = n_samples / horizon."""
+    """The adaptive KL controller of Ziegler et al. (2019), Sec. 2.2: beta <- beta * (1 + K_beta e) with
+    e = clip(KL / target - 1, +-0.2). The paper states K_beta = 0.1; we follow its code (lm-human-preferences)
+    and TRL, K_beta = n_samples / horizon, so the step scales with the samples the rollout saw."""
     error = max(-0.2, min(0.2, current_kl / target_kl - 1))
     return kl_coef * (1 + error * n_samples / horizon)
 
@@ -181,6 +182,8 @@ def load_ppo_models(policy_name, ref_name, rm_name, value_name, grad_checkpointi
         policy.gradient_checkpointing_enable()
         value.gradient_checkpointing_enable()
     tok = load_tokenizer(policy_name, "--policy")
+    check_same_tokenizer(tok, load_tokenizer(rm_name, "--reward"), "--reward", rm_name)
+    check_same_tokenizer(tok, load_tokenizer(value_name, "--value-init"), "--value-init", value_name)
     return policy, ref, rm, value, tok
 
 
@@ -292,8 +295,8 @@ def parse_args(argv=None):
     g.add_argument("--data", default=None, help="prompts x: a .jsonl/.jsonl.gz file or hub id of prompts, or of "
                                                 "pairs whose prompts are used (default: the stage 03 set of --prompts)")
     g.add_argument("--split-dir", default=None, help="stage 03 directory (default runs/<run>/03_split)")
-    g.add_argument("--prompts", default="hard", choices=["hard", "easy", "all"],
-                   help="without --data: hard (MPO), easy, or all train prompts of 01_sft (vanilla PPO)")
+    g.add_argument("--prompts", default=None, choices=["hard", "easy", "all"],
+                   help="without --data: hard (MPO; the default), easy, or all train prompts of 01_sft (vanilla PPO)")
     g = p.add_argument_group("rollout (steps 1 and 2)")
     g.add_argument("--steps", type=int, default=20, help="PPO iterations (rollout + optimisation)")
     g.add_argument("--rollout-batch", type=int, default=8, help="prompts per rollout")
@@ -335,8 +338,9 @@ def parse_args(argv=None):
         "cliprange": POSITIVE, "cliprange_value": POSITIVE, "vf_coef": NON_NEGATIVE, "target_approx_kl": POSITIVE,
         "lr": POSITIVE, "value_lr": POSITIVE, "max_grad_norm": POSITIVE, "max_prompt_len": AT_LEAST_1,
         "sample_every": AT_LEAST_1})
-    if args.data and args.split_dir:
-        raise UserError("--data and --split-dir both name the prompts; pass one of them")
+    if args.data and (args.split_dir or args.prompts):
+        raise UserError("--data and --split-dir / --prompts both name the prompts; pass one of them")
+    args.prompts = None if args.data else args.prompts or "hard"
     return args
 
 
@@ -367,7 +371,7 @@ def main(args):
     prompts = ppo_prompts(args.data, args.prompts, split_dir, sft_dir)
     source = args.data or args.prompts
     dataset = {"name": args.data} if args.data else sft_stage["dataset"]
-    print(f"inherited dataset {dataset['name']!r}; policy {policy_name}, KL reference {ref_name}, "
+    print(f"dataset {dataset['name']!r}; policy {policy_name}, KL reference {ref_name}, "
           f"RM {rm_name}, value init {value_name}, prompts: {source}")
     prompt_ids = [encode(tok, p, "", args.max_prompt_len, 2)[0] for p in prompts]
     opt_pi = make_optimizer(policy.parameters(), args.lr, 0.0, device)
@@ -676,8 +680,9 @@ def normalise_row(row, pairs):
     prompt = row["prompt"]
     if isinstance(prompt, str):
         prompt = [{"role": "user", "content": prompt.strip()}]
-    if not (isinstance(prompt, list) and all(isinstance(m, dict) and "content" in m for m in prompt)):
-        return None, "prompt is neither text nor a list of chat messages"
+    if not (isinstance(prompt, list) and all(isinstance(m, dict) and isinstance(m.get("role"), str)
+                                             and isinstance(m.get("content"), str) for m in prompt)):
+        return None, "prompt is neither text nor a list of chat messages with role and content"
     if not prompt or not prompt[-1]["content"]:
         return None, "empty prompt"
     if not pairs:
@@ -699,6 +704,8 @@ def normalise(rows, source, pairs=True):
     if not rows or not isinstance(rows[0], dict):
         raise UserError(f"{source}: " + ("no rows" if not rows else "row 1 is not a JSON object"))
     name = next((n for n, cols in forms.items() if cols <= rows[0].keys() and (n != "prompts" or not pairs)), None)
+    if name is None and pairs and "prompt" in rows[0]:
+        raise UserError(f"{source}: prompts without chosen/rejected responses; this stage needs preference pairs")
     if name is None:
         raise UserError(f"{source}: columns {sorted(rows[0])} fit no known format; expected "
                         + ", ".join(n for n in forms if n != "prompts" or not pairs))
@@ -707,7 +714,10 @@ def normalise(rows, source, pairs=True):
         if not isinstance(row, dict) or not forms[name] <= row.keys():
             what = sorted(forms[name] - row.keys()) if isinstance(row, dict) else "a JSON object"
             raise UserError(f"{source}: row {i} is missing {what} (expected the {name} format of row 1)")
-        new, why = normalise_row(row, pairs)
+        try:
+            new, why = normalise_row(row, pairs)
+        except (TypeError, AttributeError, IndexError, KeyError, ValueError) as e:  # e.g. a dialogue that is no text
+            new, why = None, f"malformed ({type(e).__name__})"
         if new is None:
             skipped[why] = skipped.get(why, 0) + 1
         else:
@@ -716,6 +726,30 @@ def normalise(rows, source, pairs=True):
     if not out:
         raise UserError(f"{source}: every row was skipped")
     return out
+
+
+def drop_long_pairs(rows, tokenizer, max_response_len, source):
+    """Pairs with a response of max_response_len tokens or more, dropped and counted: cut short and closed
+    with EOS, they would teach that a truncated answer is a finished one."""
+    n_tokens = lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])
+    keep = [r for r in rows if max(n_tokens(r["chosen"]), n_tokens(r["rejected"])) < max_response_len]
+    if len(keep) < len(rows):
+        print(f"{source}: dropped {len(rows) - len(keep)} of {len(rows)} pairs with a response of "
+              f"{max_response_len} tokens or more (--max-response-len)")
+    if not keep:
+        raise UserError(f"{source}: every pair has a response of {max_response_len} tokens or more; "
+                        f"raise --max-response-len")
+    return keep
+
+
+def check_same_tokenizer(tok, reward_tok, flag, name):
+    """The reward model scores the policy's token ids, so both must map text to the same ids (an added pad
+    token aside): another vocabulary would give meaningless scores, or an index error."""
+    pads = {tok.pad_token, reward_tok.pad_token}
+    vocab = lambda t: {k: v for k, v in t.get_vocab().items() if k not in pads}
+    if vocab(tok) != vocab(reward_tok):
+        raise UserError(f"{flag} {name}: its tokenizer differs from the policy's, whose token ids it would score; "
+                        f"use a reward model trained from the same base model")
 
 
 def render_prompt(tokenizer, messages):
@@ -822,14 +856,16 @@ def sample_responses(policy, prompts, pad_id, eos_id, max_new_tokens, device, dt
     return responses, logps
 
 
-def check_model(name, kind, flag):
+def check_model(name, kind, flag, config=None):
     """Refuse a local directory that holds no model, or a model of the other kind ('reward' or not): a reward
-    model read as a policy would silently get a random LM head, and the reverse a random score head."""
-    if not Path(name).exists():
-        return  # a hub id: load_model finds out
-    if not (Path(name) / "config.json").is_file():
-        raise UserError(f"{flag} {name}: no config.json there; expected a Hugging Face model directory")
-    config = json.load(open(Path(name) / "config.json"))
+    model read as a policy would silently get a random LM head, and the reverse a random score head. A hub
+    id is checked by load_model, once its config is loaded."""
+    if config is None:
+        if not Path(name).exists():
+            return
+        if not (Path(name) / "config.json").is_file():
+            raise UserError(f"{flag} {name}: no config.json there; expected a Hugging Face model directory")
+        config = json.load(open(Path(name) / "config.json"))
     archs = config.get("architectures") or []
     if kind == "reward" and not (any(a.endswith("ForSequenceClassification") for a in archs)
                                  and len(config.get("id2label", {0: 0})) == 1):
@@ -852,9 +888,11 @@ def load_model(name, kind, flag, device):
     except Exception as e:  # not on the hub, no network, a broken directory: one line
         raise UserError(f"{flag} {name}: not loadable as a model ({type(e).__name__}: "
                         f"{(str(e).splitlines() or [''])[0][:200]})") from None
-    if kind == "reward" and (model.config.num_labels != 1 or not hasattr(model, "score")):  # a hub id
-        raise UserError(f"{flag} {name}: a {type(model).__name__} with {model.config.num_labels} labels; "
-                        f"expected a reward model (a decoder sequence classifier with one label)")
+    if not Path(name).exists():  # a hub id: its config says what it is
+        check_model(name, kind, flag, {"id2label": model.config.id2label, "architectures":
+                                       model.config.architectures or [type(model).__name__]})
+        if kind == "reward" and not hasattr(model, "score"):
+            raise UserError(f"{flag} {name}: a {type(model).__name__}; expected a decoder reward model with a score head")
     return fp32_no_dropout(model).to(device).eval()
 
 

@@ -183,3 +183,40 @@ def test_test_prompts_filtered_by_prompt_length_only_and_never_train_prompts(tmp
     assert kept == [f"Test question {i}?" for i in range(6)]      # long references stay: no bias to short ones
     assert "dropped 1 test rows whose prompt is also a train prompt" in proc.stdout
     assert "dropped 1 of 7 rows with a prompt longer than 64 tokens" in proc.stdout
+
+
+def test_malformed_rows_are_skipped_with_a_reason_not_a_traceback(capsys):
+    rows = [{"prompt": [{"content": "no role"}], "chosen": "a", "rejected": "b"},      # a message without role
+            {"prompt": "fine", "chosen": "a", "rejected": "b"}]
+    assert len(sft.normalise(rows, "m.jsonl")) == 1
+    assert "1 (prompt is neither text nor a list of chat messages with role and content)" in capsys.readouterr().out
+    hh_rows = [{"chosen": ["not", "text"], "rejected": 3}, HH_ROWS[0]]                  # dialogues that are no text
+    assert len(sft.normalise(hh_rows, "h.jsonl")) == 1
+    assert "1 (malformed (AttributeError))" in capsys.readouterr().out
+    tldr = [{"info": {"post": "p"}, "summaries": [{"text": "a"}, {"text": "b"}], "choice": 5},
+            {"info": None, "summaries": [{"text": "a"}, {"text": "b"}], "choice": 0},
+            {"info": {"post": "p"}, "summaries": [{"text": "a"}, {"text": "b"}], "choice": 1}]
+    assert len(sft.normalise(tldr, "t.jsonl")) == 1
+    assert "skipped 1 (malformed (AttributeError)); skipped 1 (malformed (IndexError))" in capsys.readouterr().out
+    with pytest.raises(sft.UserError, match="prompts without chosen/rejected responses; this stage needs"):
+        sft.normalise([{"prompt": "p"}], "p.jsonl")
+    assert sft.normalise([{"prompt": "p"}], "p.jsonl", pairs=False)[0]["prompt"] == [{"role": "user", "content": "p"}]
+
+
+def test_long_pairs_are_dropped_not_cut(tiny, capsys):
+    _, tok = tiny
+    rows = [{"prompt": "p", "chosen": "short", "rejected": "word " * 200}, {"prompt": "p", "chosen": "a", "rejected": "b"}]
+    assert sft.drop_long_pairs(rows, tok, 32, "x.jsonl") == rows[1:]
+    assert "x.jsonl: dropped 1 of 2 pairs with a response of 32 tokens or more" in capsys.readouterr().out
+    with pytest.raises(sft.UserError, match="every pair has a response of 1 tokens or more"):
+        sft.drop_long_pairs(rows, tok, 1, "x.jsonl")
+
+
+def test_a_reward_model_with_another_tokenizer_is_refused(tiny, tmp_path):
+    from conftest import build_tiny
+    from transformers import AutoTokenizer
+    _, tok = tiny
+    sft.check_same_tokenizer(tok, tok, "--reward", "rm")                       # the same one passes
+    other = AutoTokenizer.from_pretrained(build_tiny(tmp_path / "other", vocab_size=300))
+    with pytest.raises(sft.UserError, match="--reward rm: its tokenizer differs from the policy's"):
+        sft.check_same_tokenizer(tok, other, "--reward", "rm")

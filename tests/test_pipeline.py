@@ -276,6 +276,10 @@ def test_errors_are_one_line_and_write_nothing(tmp_path, tiny_model_dir, pipelin
     assert "python 01_sft.py" in error("02_reward.py", "--run", "x")
     assert "python 04_dpo.py" in error("05_ppo.py", "--run", "x")
     assert "--hard-labels is for --split hard" in error("04_dpo.py", "--run", "t", "--hard-labels", "rm", cwd=work)
+    # a flag that would do nothing is refused, not ignored
+    assert "--reward is for --online" in error("04_dpo.py", "--run", "t", "--reward", run / "02_reward", cwd=work)
+    assert "--data and --split-dir / --prompts" in error("05_ppo.py", "--run", "t", "--data", bad, "--prompts", "all")
+    assert "--test-dataset is for a local --dataset" in error("01_sft.py", "--model", m, "--test-dataset", bad)
     assert not (tmp_path / "runs").exists()
     # an existing output is not overwritten without --overwrite
     assert "--overwrite" in error("03_split.py", "--reward", run / "02_reward", "--out", run / "03_split")
