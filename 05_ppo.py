@@ -242,6 +242,16 @@ def score_rollouts(policy, ref, value, rm, ids, attn, resp, device, dtype):
     return [x.clone() for x in (old_logps, ref_logps, old_values, scores)]
 
 
+def shape_scores(scores, has_eos, reward_clip, missing_eos_penalty):
+    """r(x, y) (B,) as the reward uses it: clipped to +-reward_clip (the fork's 5), and lowered by
+    missing_eos_penalty where a response hit the length limit without EOS (has_eos (B,) bool); None: off."""
+    if reward_clip is not None:
+        scores = scores.clamp(-reward_clip, reward_clip)
+    if missing_eos_penalty is not None:
+        scores = scores - missing_eos_penalty * (~has_eos).float()
+    return scores
+
+
 def quarter_means(metrics):
     """stage.json's summary: the mean RM score and KL of the first and of the last quarter of the iterations."""
     k = max(1, len(metrics) // 4)
@@ -400,9 +410,7 @@ def main(args):
 
         # 3. rewards with KL: R_t = -kl_coef KL_t, plus the (optionally clipped or penalised) score on the last token
         has_eos = torch.tensor([len(r) > 0 and r[-1] == tok.eos_token_id for r in responses], device=device)
-        shaped_scores = scores if args.reward_clip is None else scores.clamp(-args.reward_clip, args.reward_clip)
-        if args.missing_eos_penalty is not None:
-            shaped_scores = shaped_scores - args.missing_eos_penalty * (~has_eos).float()
+        shaped_scores = shape_scores(scores, has_eos, args.reward_clip, args.missing_eos_penalty)
         rewards, kl = compute_rewards(old_logps, ref_logps, mask, shaped_scores, kl_coef, args.kl_estimator)
 
         # 4. GAE: advantages and returns, advantages whitened over the rollout
