@@ -771,6 +771,11 @@ def fp32_no_dropout(model):
     return model.float()
 
 
+def path_or_hub_id(name):
+    """A directory as an absolute path (for stage.json); a hub id as given."""
+    return str(Path(name).resolve()) if Path(name).exists() else str(name)
+
+
 def need_stage(path, stage, command):
     """The stage.json of an earlier stage's directory, or a UserError naming the command that makes it."""
     if not (Path(path) / "stage.json").is_file():

@@ -312,7 +312,7 @@ def main(args):
                         "hard_before_relabel": label_noise(hard, as_the_dataset_labelled=True),
                         "easy": label_noise(easy), "hard": label_noise(hard)},
         "perf/pairs_per_s": speed["perf/tokens_per_s"], "perf/peak_mem_mb": speed["perf/peak_mem_mb"],
-        "reward": str(Path(rm_name).resolve()) if Path(rm_name).exists() else rm_name,
+        "reward": path_or_hub_id(rm_name),
         "sft": str(sft_dir.resolve()) if sft_dir else None,
     }
 
@@ -777,6 +777,11 @@ def fp32_no_dropout(model):
         if ("dropout" in attr or "pdrop" in attr) and isinstance(value, float):
             setattr(model.config, attr, 0.0)
     return model.float()
+
+
+def path_or_hub_id(name):
+    """A directory as an absolute path (for stage.json); a hub id as given."""
+    return str(Path(name).resolve()) if Path(name).exists() else str(name)
 
 
 def need_stage(path, stage, command):

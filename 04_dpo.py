@@ -284,7 +284,7 @@ def finish(args, out, policy, tok, model, sft_stage, rows, source, metrics, befo
         tok.save_pretrained(tmp)
         json.dump(reference, open(tmp / "ref_logps.json", "w"))
         write_stage(tmp, "04_dpo", args, started, device, precision, metrics, final=final, data=source,
-                    sft=str(Path(model).resolve()) if Path(model).exists() else model,
+                    sft=path_or_hub_id(model),
                     dataset={"name": args.data} if args.data else (sft_stage or {}).get("dataset"))
     print(f"04_dpo: {args.loss}{' online' if args.online else ''} on {source['split']} ({len(rows)} "
           f"{'prompts' if args.online else 'pairs'}), {steps} steps, "
@@ -1017,6 +1017,11 @@ def fp32_no_dropout(model):
         if ("dropout" in attr or "pdrop" in attr) and isinstance(value, float):
             setattr(model.config, attr, 0.0)
     return model.float()
+
+
+def path_or_hub_id(name):
+    """A directory as an absolute path (for stage.json); a hub id as given."""
+    return str(Path(name).resolve()) if Path(name).exists() else str(name)
 
 
 def need_stage(path, stage, command):

@@ -260,11 +260,6 @@ def quarter_means(metrics):
             for part, rows in (("first", metrics[:k]), ("last", metrics[-k:]))}
 
 
-def path_or_hub_id(name):
-    """A directory as an absolute path for stage.json; a hub id as given."""
-    return str(Path(name).resolve()) if Path(name).exists() else name
-
-
 def ppo_update(policy, value, optimizers, scaler, batch, args, device, dtype, where):
     """Step 5 on one minibatch (`batch`: the rollout's tensors at its rows): a forward pass of pi and V with
     gradients, the clipped losses, one optimiser step of each model with its gradient clipped on its own.
@@ -931,6 +926,11 @@ def fp32_no_dropout(model):
         if ("dropout" in attr or "pdrop" in attr) and isinstance(value, float):
             setattr(model.config, attr, 0.0)
     return model.float()
+
+
+def path_or_hub_id(name):
+    """A directory as an absolute path (for stage.json); a hub id as given."""
+    return str(Path(name).resolve()) if Path(name).exists() else str(name)
 
 
 def need_stage(path, stage, command):

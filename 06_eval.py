@@ -393,13 +393,13 @@ def main(args):
 
     # 3. report.md, samples.jsonl and results.json (this stage's record: stage.json's fields and the results)
     families = sorted({r["family"] for r in test_rows}) if judge else []
-    where = lambda p: str(Path(p).resolve()) if Path(p).exists() else str(p)          # a hub id as given
     with output_dir(out) as tmp:
         report = write_report(results, tmp, args, dataset, rm_dir, base_dir, len(test_rows), len(set(requests)),
                               families)
         write_jsonl(tmp / "samples.jsonl", samples)
         write_stage(tmp, "06_eval", args, started, device, precision, None, record_name="results.json",
-                    dataset=dataset, sft=sft_dir and where(sft_dir), baseline=where(base_dir), reward=where(rm_dir),
+                    dataset=dataset, sft=sft_dir and path_or_hub_id(sft_dir), baseline=path_or_hub_id(base_dir),
+                    reward=path_or_hub_id(rm_dir),
                     n_prompts=len(test_rows), n_requests=len(set(requests)), results=results,
                     **perf(tokens, started, device))
     print("\n" + report)
@@ -1000,6 +1000,11 @@ def fp32_no_dropout(model):
         if ("dropout" in attr or "pdrop" in attr) and isinstance(value, float):
             setattr(model.config, attr, 0.0)
     return model.float()
+
+
+def path_or_hub_id(name):
+    """A directory as an absolute path (for stage.json); a hub id as given."""
+    return str(Path(name).resolve()) if Path(name).exists() else str(name)
 
 
 def need_stage(path, stage, command):
