@@ -260,8 +260,9 @@ def main(args):
         tok.pad_token = tok.eos_token
     sft_dir, train_spec, test_file, dataset = find_data(args, rm_name)
     inherit_lengths(args, json.load(open(sft_dir / "stage.json")) if sft_dir else None)
-    train = drop_long_pairs(normalise(load_rows(str(train_spec), "--data"), str(train_spec)), tok,
-                            args.max_response_len, str(train_spec))
+    # 01's data files are normalised already, and every row of them is split, as 02 trained on them
+    train = read_jsonl(train_spec) if args.data is None else normalise(load_rows(args.data, "--data"), args.data)
+    train = drop_long_pairs(train, tok, args.max_response_len, str(train_spec))
     test = [r for r in read_jsonl(test_file) if r.get("chosen")] if test_file else []
     print(f"inherited dataset {dataset!r} and SFT {sft_dir} from {rm_name}" if args.data is None
           else f"pairs {args.data}; reward model {rm_name}")

@@ -51,6 +51,9 @@ def test_run_sh_runs_every_stage_and_reports(pipeline):
     assert budget["04_ipo_online"] == budget["04_ipo_md"]
     assert len({budget[n] for n in ("05_ppo", "05_ppo_vanilla", "05_ppo_sftref")}) == 1
     assert "3 steps x 8 pairs = 24 pairs" in results["04_dpo_all"]["budget"]
+    # 03 splits every pair 01 wrote (01's files are normalised already; 03 re-reads none of them through normalise)
+    stats = json.load(open(run / "03_split/stats.json"))
+    assert stats["pairs"] == sum(1 for _ in open(run / "01_sft/data_train.jsonl")) == stats["easy"] + stats["hard"]
     assert "after 04_dpo (3 steps x 8 pairs = 24 pairs" in results["05_ppo"]["budget"]
     assert "after 01_sft (4 SFT steps)" in results["05_ppo_vanilla"]["budget"]
     # the SFT baseline against itself: every win is a tie, its KL to itself is zero
