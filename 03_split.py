@@ -126,7 +126,8 @@ def bucket_table(rows, gaps, edges):
 # --- the stage's own data and model functions ---------------------------------------------------------
 
 def find_data(args, rm_name):
-    """(01_sft directory or None, the pairs to split, the held-out pairs file or None, the dataset's name).
+    """(01_sft directory or None, its stage.json or None, the pairs to split, the held-out pairs file or None,
+    the dataset's name).
     By default 02's stage.json names the 01_sft directory the RM was trained from, and 01's data files
     (the dataset named once, in 01) are split; with --data, that file, and 01 only for the length limits."""
     record = Path(rm_name) / "stage.json"
@@ -138,12 +139,12 @@ def find_data(args, rm_name):
         except UserError as e:
             if args.data is None:
                 raise UserError(f"{e}; or pass --data") from None
+    sft_stage = json.load(open(sft_dir / "stage.json")) if sft_dir else None
     if args.data is not None:
-        return sft_dir, args.data, None, args.data
+        return sft_dir, sft_stage, args.data, None, args.data
     if sft_dir is None:
         raise UserError(f"{rm_name} names no 01_sft directory to take the pairs from; pass --data")
-    sft_stage = json.load(open(sft_dir / "stage.json"))
-    return sft_dir, sft_dir / "data_train.jsonl", sft_dir / "data_test.jsonl", sft_stage["dataset"]["name"]
+    return sft_dir, sft_stage, sft_dir / "data_train.jsonl", sft_dir / "data_test.jsonl", sft_stage["dataset"]["name"]
 
 
 @torch.inference_mode()
@@ -258,8 +259,8 @@ def main(args):
     tok = load_tokenizer(rm_name, "--reward")
     if tok.pad_token_id is None:  # any pad id will do: reward_scores reads the last token of the mask
         tok.pad_token = tok.eos_token
-    sft_dir, train_spec, test_file, dataset = find_data(args, rm_name)
-    inherit_lengths(args, json.load(open(sft_dir / "stage.json")) if sft_dir else None)
+    sft_dir, sft_stage, train_spec, test_file, dataset = find_data(args, rm_name)
+    inherit_lengths(args, sft_stage)
     # 01's data files are normalised already, and every row of them is split, as 02 trained on them
     train = read_jsonl(train_spec) if args.data is None else normalise(load_rows(args.data, "--data"), args.data)
     train = drop_long_pairs(train, tok, args.max_response_len, str(train_spec))
