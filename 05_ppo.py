@@ -468,7 +468,8 @@ def main(args):
         tok.save_pretrained(tmp)
         write_stage(tmp, "05_ppo", args, started, device, precision, metrics, policy_init=path_or_hub_id(policy_name),
                     ref=path_or_hub_id(ref_name), reward=path_or_hub_id(rm_name), sft=sft_dir and path_or_hub_id(sft_dir),
-                    dataset=dataset, prompts=source, n_prompts=len(prompts), final=final)
+                    dataset=dataset, prompts=source, n_prompts=len(prompts), final=final,
+                    split=None if args.data or args.prompts == "all" else path_or_hub_id(split_dir))
     print(f"05_ppo: {args.steps} steps on {len(prompts)} {source} prompts; RM score "
           f"{final['scores_first_quarter']:.3f} -> {final['scores_last_quarter']:.3f}, KL "
           f"{final['kl_first_quarter']:.3f} -> {final['kl_last_quarter']:.3f} (first and last quarter), generation "

@@ -241,6 +241,39 @@ def budget_of(pdir):
     return "?"
 
 
+def sweep_role(pdir):
+    """('dpo', split) for offline DPO on the easy set of a 03_split directory, ('mpo', split) for PPO on the
+    same split's hard prompts that starts from and is regularised towards that DPO policy (MPO); else None."""
+    st = stage_of(pdir)
+    a, data = st.get("args", {}), st.get("data", {})
+    if st.get("stage") == "04_dpo" and not a.get("online") and a.get("loss") == "dpo" and data.get("split") == "easy":
+        return "dpo", data["from"]
+    if st.get("stage") == "05_ppo" and st.get("prompts") == "hard" and st.get("split") \
+            and st.get("ref") == st.get("policy_init") and sweep_role(st["policy_init"]) == ("dpo", st["split"]):
+        return "mpo", st["split"]
+    return None
+
+
+def threshold_sweep(results):
+    """The threshold sweep (run.sh --sweep-threshold): one row per 03_split directory behind the evaluated
+    policies, ascending threshold, with the split's numbers (from its stats.json) and the names of its DPO and
+    MPO policies. [] unless there are at least two such splits."""
+    points = {}
+    for name, res in results.items():
+        role = sweep_role(res["dir"])
+        if role and (Path(role[1]) / "stats.json").is_file():
+            points.setdefault(role[1], {})[role[0]] = name
+    rows = []
+    for split, names in points.items():
+        st = json.load(open(Path(split) / "stats.json"))
+        fraction = st.get("args", {}).get("easy_fraction")
+        rows.append({"point": f"easy fraction {fraction:g}" if fraction is not None else f"threshold {st['threshold']:g}",
+                     "threshold": st["threshold"], "split": split, "easy": st["easy"], "hard": st["hard"],
+                     "easy_label_noise": st["label_noise"]["easy"], "hard_label_noise": st["label_noise"]["hard"],
+                     **names})
+    return sorted(rows, key=lambda r: r["threshold"]) if len(rows) > 1 else []
+
+
 @torch.no_grad()
 def sample_policy(policy, tok, prompt_ids, args, device, dtype):
     """Responses (token lists) for every prompt and sample, with a generator seeded the same way for
@@ -394,20 +427,22 @@ def main(args):
     # 3. report.md, samples.jsonl and results.json (this stage's record: stage.json's fields and the results)
     families = sorted({r["family"] for r in test_rows}) if judge else []
     with output_dir(out) as tmp:
+        sweep = threshold_sweep(results)
         report = write_report(results, tmp, args, dataset, rm_dir, base_dir, len(test_rows), len(set(requests)),
-                              families)
+                              families, sweep)
         write_jsonl(tmp / "samples.jsonl", samples)
         write_stage(tmp, "06_eval", args, started, device, precision, None, record_name="results.json",
                     dataset=dataset, sft=sft_dir and path_or_hub_id(sft_dir), baseline=path_or_hub_id(base_dir),
                     reward=path_or_hub_id(rm_dir),
-                    n_prompts=len(test_rows), n_requests=len(set(requests)), results=results,
+                    n_prompts=len(test_rows), n_requests=len(set(requests)), results=results, sweep=sweep,
                     **perf(tokens, started, device))
     print("\n" + report)
     print(f"06_eval: {len(policies)} policies in {time.time() - started:.0f}s -> {out}")
 
 
-def write_report(results, tmp, args, dataset, rm_dir, base_dir, n_prompts, n_requests, families):
-    """report.md: the metrics table with each policy's budget, the gold score per family, the plot."""
+def write_report(results, tmp, args, dataset, rm_dir, base_dir, n_prompts, n_requests, families, sweep):
+    """report.md: the metrics table with each policy's budget, the gold score per family, the plot, and
+    the threshold sweep where there is one."""
     cell = lambda r: f"{r['mean']:.3f} [{r['lo']:.3f}, {r['hi']:.3f}]"
     cols = [(c, h) for c, h in METRICS if c in next(iter(results.values()))]
     lines = [f"# 06_eval: {n_prompts} test prompts ({n_requests} requests) x {args.samples_per_prompt} samples, "
@@ -425,6 +460,13 @@ def write_report(results, tmp, args, dataset, rm_dir, base_dir, n_prompts, n_req
         lines += [f"| {name} | " + " | ".join(cell(res[f"gold_{f}"]) for f in families) + " |"
                   for name, res in results.items()]
     lines += ["", draw_plot(results, tmp / "reward_vs_kl.png", "gold" if families else "rm")]
+    if sweep:
+        cells = lambda row, role: {"name": row[role], **{m: results[row[role]][m] for m in ("gold", "rm", "kl")
+                                                         if m in results[row[role]]}} if row.get(role) else {}
+        points = [dict(row, dpo=cells(row, "dpo"), mpo=cells(row, "mpo")) for row in sweep]
+        lines += sweep_report(points, lambda c: f"{c['mean']:.3f} [{c['lo']:.3f}, {c['hi']:.3f}]",
+                              "95% bootstrap interval over requests")
+        lines += ["", draw_sweep(points, tmp / "threshold_sweep.png", "lo", "hi")]
     report = "\n".join(lines) + "\n"
     (tmp / "report.md").write_text(report)
     return report
@@ -453,6 +495,67 @@ def draw_plot(results, path, metric):
     return f"![{metric} score against KL to SFT](reward_vs_kl.png)"
 
 
+def sweep_report(points, cell, interval):
+    """The threshold sweep's table: per point, the split (easy pairs, label noise against the gold order of
+    each set) and the DPO-on-easy and MPO policies trained on it. A cell: (policy name, metric summary)."""
+    share, HEADS = lambda v: "–" if v is None else f"{v:.1%}", {"gold": "gold", "rm": "RM", "kl": "KL"}
+    metrics = [m for m in ("gold", "rm", "kl") if any(m in p[r] for p in points for r in ("dpo", "mpo"))]
+    lines = ["", "## Threshold sweep: MPO at each reward-gap threshold, on the same SFT and RM", "",
+             f"Easy where |d| >= threshold (stage 03); DPO on the easy set (stage 04), then PPO on the hard set's "
+             f"prompts with the DPO model as start and reference (stage 05). Label noise: the share of a set's "
+             f"labels, as trained on (after 03's relabelling), against the gold order. [{interval}]", "",
+             "| point | threshold | easy pairs | hard pairs | easy label noise | hard label noise | "
+             + " | ".join(f"DPO easy: {HEADS[m]}" for m in metrics) + " | " + " | ".join(f"MPO: {HEADS[m]}" for m in metrics)
+             + " | policies |", "|---" * (7 + 2 * len(metrics)) + "|"]
+    for p in points:
+        got = lambda role, m: cell(p[role][m]) if m in p[role] else "–"
+        names = ", ".join(p[r]["name"] for r in ("dpo", "mpo") if p[r])
+        lines.append(f"| {p['point']} | {p['threshold']:.3f} | {p['easy']:.0f} | {p['hard']:.0f} | "
+                     f"{share(p['easy_label_noise'])} | {share(p['hard_label_noise'])} | "
+                     + " | ".join(got("dpo", m) for m in metrics) + " | " + " | ".join(got("mpo", m) for m in metrics)
+                     + f" | {names} |")
+    return lines
+
+
+def draw_sweep(points, path, lo, hi):
+    """threshold_sweep.png: gold score, RM score and KL to SFT of DPO-on-easy and MPO against the threshold;
+    a fourth panel with the easy set's size and (second axis) the label noise of both sets. lo, hi: the keys
+    of each summary's error bar ends."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "(No sweep plot: matplotlib is not installed; `pip install matplotlib` and run again.)"
+    xs = [p["threshold"] for p in points]
+    metrics = [m for m in ("gold", "rm", "kl") if any(m in p[r] for p in points for r in ("dpo", "mpo"))]
+    fig, axes = plt.subplots(1, len(metrics) + 1, figsize=(4 * (len(metrics) + 1), 3.6))
+    for ax, m in zip(axes, metrics):
+        for role, label in (("dpo", "DPO on easy (04)"), ("mpo", "MPO (05)")):
+            got = [(x, p[role][m]) for x, p in zip(xs, points) if m in p[role]]
+            if got:
+                ax.errorbar([x for x, _ in got], [c["mean"] for _, c in got], fmt="o-", capsize=3, label=label,
+                            yerr=[[c["mean"] - c[lo] for _, c in got], [c[hi] - c["mean"] for _, c in got]])
+        ax.set_xlabel("reward-gap threshold")
+        ax.set_title({"gold": "gold score", "rm": "RM score", "kl": "KL to SFT (nats per response)"}[m])
+        ax.legend(fontsize=7)
+    ax = axes[-1]
+    ax.plot(xs, [p["easy"] for p in points], "ks-", label="easy pairs")
+    ax.set_xlabel("reward-gap threshold")
+    ax.set_ylabel("easy pairs")
+    if all(p["easy_label_noise"] is not None for p in points):
+        twin = ax.twinx()
+        twin.plot(xs, [p["easy_label_noise"] for p in points], "r^--", label="easy label noise")
+        twin.plot(xs, [p["hard_label_noise"] for p in points], "bv--", label="hard label noise")
+        twin.set_ylabel("label noise (share against gold)")
+        twin.legend(fontsize=7, loc="upper right")
+    ax.set_title("the split")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return "![the threshold sweep](threshold_sweep.png)"
+
+
 # --- several seeds (--combine) --------------------------------------------------------------------
 
 # (policy, baseline, the paper's claim), compared wherever both policies are in every run
@@ -475,7 +578,7 @@ def combine(args):
             by_policy.setdefault(row["policy"], []).append(row)
         runs.append({"dir": d, "seed": res["args"]["seed"], "k": res["args"]["samples_per_prompt"],
                      "n_prompts": res["n_prompts"], "dataset": res["dataset"]["name"],
-                     "results": res["results"], "samples": by_policy})
+                     "results": res["results"], "sweep": res.get("sweep") or [], "samples": by_policy})
     if len({r["dataset"] for r in runs}) > 1:
         raise UserError("--combine: the runs evaluated different datasets (" +
                         ", ".join(sorted({r["dataset"] for r in runs})) + ")")
@@ -506,17 +609,49 @@ def combine(args):
                            "mean": mean(per_seed), "std": std(per_seed), "lo": lo, "hi": hi,
                            "seeds_in_favour": sum(d > 0 for d in per_seed)})
 
-    # 3. report.md and results.json
+    # 3. the threshold sweep, where every run has one: each point's numbers over the runs (mean ± std)
+    sweep = combined_sweep(runs)
+
+    # 4. report.md and results.json
     import transformers
     report = combined_report(runs, names, metrics, families, table, claims)
     with output_dir(out) as tmp:
+        if sweep:
+            report += "\n".join(sweep_report(sweep, lambda c: f"{c['mean']:.3f} ± {c['std']:.3f}",
+                                              "cells: mean ± standard deviation over the runs")
+                                 + ["", draw_sweep(sweep, tmp / "threshold_sweep.png", "lo", "hi")]) + "\n"
         (tmp / "report.md").write_text(report)
         json.dump({"stage": "06_eval --combine", "args": vars(args), "runs": [str(r["dir"]) for r in runs],
-                   "seeds": seeds, "policies": table, "claims": claims,
+                   "seeds": seeds, "policies": table, "claims": claims, "sweep": sweep,
                    "versions": {"python": sys.version.split()[0], "torch": torch.__version__,
                                 "transformers": transformers.__version__}}, open(tmp / "results.json", "w"), indent=2)
     print("\n" + report)
     print(f"06_eval: combined {len(runs)} runs -> {out}")
+
+
+def combined_sweep(runs):
+    """The sweep's points found in every run (by their 03 flag: threshold t or easy fraction f), each number
+    as {mean, std, lo = mean - std, hi = mean + std, per_seed} over the runs."""
+    by_point = [{row["point"]: row for row in r["sweep"]} for r in runs]
+    common = [p for p in by_point[0] if all(p in b for b in by_point)] if by_point else []
+    spread = lambda xs: {"mean": mean(xs), "std": std(xs), "lo": mean(xs) - std(xs), "hi": mean(xs) + std(xs),
+                         "per_seed": xs}
+    noise = lambda p, key: None if any(b[p][key] is None for b in by_point) else mean([b[p][key] for b in by_point])
+    points = []
+    for p in common:
+        roles = {}
+        for role in ("dpo", "mpo"):
+            names = [b[p].get(role) for b in by_point]
+            if all(names):
+                roles[role] = {"name": names[0], **{m: spread([r["results"][n][m]["mean"] for r, n in zip(runs, names)])
+                               for m in ("gold", "rm", "kl") if all(m in r["results"][n] for r, n in zip(runs, names))}}
+            else:
+                roles[role] = {}
+        points.append({"point": p, "threshold": mean([b[p]["threshold"] for b in by_point]),
+                       "easy": mean([b[p]["easy"] for b in by_point]), "hard": mean([b[p]["hard"] for b in by_point]),
+                       "easy_label_noise": noise(p, "easy_label_noise"),
+                       "hard_label_noise": noise(p, "hard_label_noise"), **roles})
+    return sorted(points, key=lambda q: q["threshold"]) if len(points) > 1 else []
 
 
 def combined_report(runs, names, metrics, families, table, claims):

@@ -7,6 +7,11 @@
 #                                    #   all evaluated in one 06 call
 #   bash run.sh --compare --ipo      # + offline IPO, online IPO and IPO-MD (Calandriello et al., 2024)
 #   bash run.sh --run seed1 --seed 1 # another run directory and seed
+#   bash run.sh --sweep-threshold 0.5,1,1.5,2,2.5   # + MPO (03 -> 04 -> 05) again at each reward-gap
+#                                    #   threshold, on the same SFT and RM; 06 tabulates and plots the sweep
+#   bash run.sh --sweep-easy-fraction 0.2,0.4,0.6   # the same with quantile thresholds (03 --easy-fraction)
+#   bash run.sh ... --resume         # skip every stage whose output directory is finished (whatever flags
+#                                    #   made it: resume with the flags of the interrupted run); 06 always runs
 #   bash run.sh --model DIR --dataset FILE.jsonl.gz   # other model or data (named once, in stage 01)
 #
 # Extra flags after `--` go to 01_sft.py (e.g. `-- --max-train-pairs 500`).
@@ -14,6 +19,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 RUN=default; SEED=0; COMPARE=0; IPO=0; DEVICE=auto; MODEL=""; DATASET=builtin; BUDGET=auto; EXTRA=()
+SWEEP=""; SWEEP_FLAG=""; RESUME=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --run) RUN="$2"; shift 2 ;;
@@ -24,11 +30,20 @@ while [ $# -gt 0 ]; do
     --model) MODEL="$2"; shift 2 ;;
     --dataset) DATASET="$2"; shift 2 ;;
     --budget) BUDGET="$2"; shift 2 ;;   # cpu | gpu | tiny (the tests' toy budget)
+    --sweep-threshold|--sweep-easy-fraction)
+      [ -n "$SWEEP" ] && { echo "run.sh: pass one of --sweep-threshold and --sweep-easy-fraction" >&2; exit 2; }
+      SWEEP_FLAG="--${1#--sweep-}"; SWEEP="${2:-}"; shift 2 ;;
+    --resume) RESUME=1; shift ;;
     --) shift; EXTRA=("$@"); break ;;
     -h|--help) awk 'NR > 1 && !/^#/ {exit} NR > 1' "$0"; exit 0 ;;   # the comment block above
     *) echo "run.sh: unknown option $1 (see bash run.sh --help)" >&2; exit 2 ;;
   esac
 done
+
+for T in ${SWEEP//,/ }; do  # numbers only: each becomes 03's flag and part of a directory name
+  [[ "$T" =~ ^[0-9]+([.][0-9]+)?$ ]] || { echo "run.sh: $SWEEP_FLAG: '$T' is not a number (expected a comma-separated list such as 0.5,1,2)" >&2; exit 2; }
+done
+[ -n "$SWEEP_FLAG" ] && [ -z "${SWEEP//,/}" ] && { echo "run.sh: --sweep$SWEEP_FLAG needs a list such as 0.5,1,2" >&2; exit 2; }
 
 PY=${PYTHON:-python}
 if [ "$BUDGET" = auto ]; then
@@ -80,7 +95,14 @@ SPLIT=()
 echo "run.sh: run $R, seed $SEED, budget $BUDGET, device $DEVICE, precision $PRECISION, dataset $DATASET"
 echo "run.sh: expected wall time per stage ($BUDGET): $TIMES"
 START=$(date +%s)
-stage() { echo; echo "=== $* ==="; local t=$(date +%s); "$PY" "$@"; echo "--- $(( $(date +%s) - t ))s"; }
+stage() {
+  local out="$R/${1%.py}" prev="" a t
+  for a in "$@"; do [ "$prev" = --out ] && out="$a"; prev="$a"; done
+  if [ "$RESUME" = 1 ] && [ "$1" != 06_eval.py ] && { [ -f "$out/stage.json" ] || [ -f "$out/stats.json" ]; }; then
+    echo; echo "=== $1: $out is finished; skipped (--resume) ==="; return
+  fi
+  echo; echo "=== $* ==="; t=$(date +%s); "$PY" "$@" || return; echo "--- $(( $(date +%s) - t ))s"
+}
 
 stage 01_sft.py "${COMMON[@]}" --dataset "$DATASET" "${SFT[@]}" "${EXTRA[@]}"
 stage 02_reward.py "${COMMON[@]}" "${RM[@]}"
@@ -106,6 +128,24 @@ if [ "$IPO" = 1 ]; then
   stage 04_dpo.py "${COMMON[@]}" "${ONLINE[@]}" --online --loss ipo --mixture-beta 0.125 \
         --out "$R/04_ipo_md"
   POLICIES+=("$R/04_ipo" "$R/04_ipo_online" "$R/04_ipo_md")
+fi
+if [ -n "$SWEEP" ]; then
+  # MPO again at every threshold, on the same SFT model and reward model (the paper fixes one per dataset
+  # and does not say how to choose it). A threshold that splits exactly as 03_split did is MPO's own run.
+  TAG=${SWEEP_FLAG#--}; TAG=${TAG:0:1}     # t (threshold) or e (easy fraction): 03_split_t1.5, 05_ppo_e0.4
+  for T in ${SWEEP//,/ }; do
+    S="$R/03_split_$TAG$T"
+    stage 03_split.py --run "$RUN" --device "$DEVICE" --overwrite "$SWEEP_FLAG" "$T" --out "$S" || {
+      code=$?; [ "$code" = 2 ] || exit "$code"   # 2: a one-line refusal (an empty set); skip the point, not the run
+      echo "run.sh: no MPO at $SWEEP_FLAG $T: 03 refused it (above)"; continue; }
+    if cmp -s "$S/easy.jsonl" "$R/03_split/easy.jsonl"; then
+      echo "run.sh: $SWEEP_FLAG $T splits as 03_split did: 04_dpo and 05_ppo are MPO at this point"; continue
+    fi
+    stage 04_dpo.py "${COMMON[@]}" "${DPO[@]}" --split-dir "$S" --out "$R/04_dpo_$TAG$T"
+    stage 05_ppo.py "${COMMON[@]}" "${PPO[@]}" --split-dir "$S" --policy "$R/04_dpo_$TAG$T" \
+          --ref "$R/04_dpo_$TAG$T" --out "$R/05_ppo_$TAG$T"
+    POLICIES+=("$R/04_dpo_$TAG$T" "$R/05_ppo_$TAG$T")
+  done
 fi
 
 stage 06_eval.py "${POLICIES[@]}" --run "$RUN" --seed "$SEED" --device "$DEVICE" --overwrite "${EVAL[@]}"
