@@ -1,4 +1,4 @@
-"""Stage 04 of MPO: DPO (or IPO) on the easy set, with the SFT model as reference; online IPO / IPO-MD.
+"""Stage 04 of MPO: DPO (or IPO) on the easy set, with the SFT model as reference; online IPO / IPO-MD / Nash-MD-PG.
 
 MPO (Gou & Nguyen, 2024, arXiv 2403.19443) trains DPO on the easy pairs of stage 03 (large reward gap,
 clean labels), starting from and regularised towards the SFT model. Losses, with
@@ -19,6 +19,12 @@ a Bradley-Terry preference model, and applies the loss. `--mixture-beta B` is IP
 come from the geometric mixture of policy and reference (the regularised policy of Nash-MD, Munos et
 al., 2023), pi_mix(y_t | x, y_<t) ∝ pi(y_t | x, y_<t)^(1-B) * ref(y_t | x, y_<t)^B, normalised over the
 vocabulary at every step; B = 0 is online IPO.
+`--online --loss nash-md-pg` is Nash-MD-PG (Munos et al., 2023, arXiv 2312.00886, section 7), the method
+Calandriello et al. compare them with: a policy gradient in which y ~ pi plays y' ~ pi_mix (no gradient
+through y'), with reward P(y > y') - 1/2 (the 1/2 is their baseline, P(y > y) under any preference model) and
+the KL to the reference as a per-token penalty on the tokens to come; its expected update ascends
+P(pi > pi_mix) - tau KL(pi || ref). Online IPO's expected update is this game's self-play (B = 0), and IPO-MD
+has the same stationary points as Nash-MD-PG with the same B and tau (Calandriello et al., sections 4-5).
 
 Deviations and choices of ours:
   1. Offline, the reference log-probs are computed once before training by the SFT weights that the
@@ -48,6 +54,7 @@ Writes: runs/<run>/04_dpo/ (or --out)  model + tokenizer, ref_logps.json, stage.
     python 04_dpo.py --split all --out runs/default/04_dpo_all     # vanilla DPO, the baseline
     python 04_dpo.py --loss ipo --out runs/default/04_ipo
     python 04_dpo.py --online --loss ipo --mixture-beta 0.125 --out runs/default/04_ipo_md
+    python 04_dpo.py --online --loss nash-md-pg --mixture-beta 0.125 --out runs/default/04_nash_md_pg
     python 04_dpo.py --model HuggingFaceTB/SmolLM2-135M-Instruct --data pairs.jsonl --batch-size 16 \\
         --grad-checkpointing --device cuda --out my_dpo        # your model and pairs, on one GPU
 """
@@ -313,17 +320,21 @@ def parse_args(argv=None):
                         "ranked the other way swapped)")
     g.add_argument("--reward", default=None, help="reward model r for --online (default runs/<run>/02_reward)")
     g = p.add_argument_group("loss")
-    g.add_argument("--loss", default="dpo", choices=["dpo", "ipo"], help="DPO (Eq. 7) or IPO (Eq. 17)")
+    g.add_argument("--loss", default="dpo", choices=["dpo", "ipo", "nash-md-pg"],
+                   help="DPO (Eq. 7), IPO (Eq. 17), or (with --online) Nash-MD-PG")
     g.add_argument("--beta", type=float, default=0.1, help="DPO: beta of Eq. 7, the KL strength")
     g.add_argument("--label-smoothing", type=float, default=0.0,
                    help="DPO: eps of conservative DPO, the assumed share of flipped labels")
-    g.add_argument("--tau", type=float, default=1.0, help="IPO: tau; the loss pulls the log-ratio gap h to 1/(2 tau)")
+    g.add_argument("--tau", type=float, default=None,
+                   help="IPO: tau, the loss pulls the log-ratio gap h to 1/(2 tau) (default 1); Nash-MD-PG: the KL "
+                        "weight against a preference reward in [-1/2, 1/2] (default 0.008, the papers' value)")
     g.add_argument("--ipo-aggregate", default="mean", choices=["mean", "sum"],
                    help="IPO: h from per-token mean log-probs (the IPO practice) or sums (the papers' Eq.)")
-    g = p.add_argument_group("online IPO / IPO-MD (Calandriello et al., 2024)")
+    g = p.add_argument_group("online IPO / IPO-MD (Calandriello et al., 2024), Nash-MD-PG (Munos et al., 2023)")
     g.add_argument("--online", action="store_true", help="sample pairs from the policy, label them with the RM (--max-steps -1: 50 steps)")
     g.add_argument("--mixture-beta", type=float, default=0.0,
-                   help="IPO-MD: sample from pi^(1-B) ref^B (normalised per token); 0 is online IPO")
+                   help="IPO-MD: sample from pi^(1-B) ref^B (normalised per token); 0 is online IPO; "
+                        "Nash-MD-PG: the opponent y' comes from it (0: self-play)")
     g.add_argument("--online-labels", default="soft", choices=["soft", "sample", "argmax"],
                    help="the preference p = sigmoid(r_1 - r_2) of the RM as a Bradley-Terry model: soft uses p "
                         "(IPO's target (p - 1/2)/tau), sample draws a label ~ p, argmax: higher score wins")
@@ -352,6 +363,10 @@ def parse_args(argv=None):
         raise UserError("--reward is for --online (offline DPO / IPO trains on labelled pairs, no reward model)")
     if args.mixture_beta > 0 and not args.online:
         raise UserError("--mixture-beta samples pairs online; pass --online too")
+    if args.loss == "nash-md-pg" and not args.online:
+        raise UserError("--loss nash-md-pg is a policy gradient on fresh samples; pass --online too")
+    if args.tau is None:  # the two losses weigh tau against quantities of different scales
+        args.tau = 0.008 if args.loss == "nash-md-pg" else 1.0
     if args.online and args.label_smoothing:
         raise UserError("--label-smoothing is for offline labels; online, eps = 1 - p comes from the RM")
     return args
@@ -426,13 +441,29 @@ def main(args):
            started, device, precision)
 
 
-# --- online IPO and IPO-MD (Calandriello et al., 2024, arXiv 2403.08635): skip for offline DPO ---------
+# --- online IPO, IPO-MD (Calandriello et al., 2024, arXiv 2403.08635), Nash-MD-PG: skip for offline DPO ---
 
 def mixture_logps(policy_logps, reference_logps, beta):
     """log pi_mix, (B, V), IPO-MD's sampler: the normalised geometric mixture of two next-token
     distributions given as log-probs (B, V), pi_mix(y) ∝ pi(y)^(1-beta) * ref(y)^beta (the regularised
     policy of Nash-MD, Munos et al., 2023). beta = 0 gives pi, beta = 1 gives ref."""
     return ((1 - beta) * policy_logps + beta * reference_logps).log_softmax(-1)
+
+
+def nash_md_pg_loss(policy_token_logps, reference_token_logps, response_mask, preference, tau):
+    """Nash-MD-PG (Munos et al., 2023, arXiv 2312.00886, section 7; its gradient in Calandriello et al.,
+    2024, Prop. 5.1): a policy gradient for y ~ pi against an opponent y' ~ pi_mix sampled without gradient,
+        A_t = P(y > y') - 1/2 - tau * sum_{s >= t} (log pi(y_s | x, y_<s) - log ref(y_s | x, y_<s))
+        L   = -sum_t log pi(y_t | x, y_<t) * stop_gradient(A_t)
+    E[grad L] = -grad [P(pi > pi_mix) - tau KL(pi || ref)], pi_mix held fixed. The 1/2 is the papers' baseline
+    (it changes no expectation: E[grad log pi] = 0); each token's KL penalty sums only the tokens it can
+    influence (the sum over all of y is unbiased too, with more variance).
+    policy_token_logps, reference_token_logps: (B, T), y's token log-probs, zero off response_mask (B, T);
+    preference: (B,) P(y > y'). Returns (losses (B,), sequence log-ratios log pi(y) - log ref(y) (B,))."""
+    log_ratio = (policy_token_logps - reference_token_logps).detach() * response_mask       # (B, T)
+    kl_to_go = log_ratio.flip(-1).cumsum(-1).flip(-1)                                       # sum over s >= t
+    advantages = ((preference - 0.5)[:, None] - tau * kl_to_go) * response_mask              # (B, T)
+    return -(policy_token_logps * advantages).sum(-1), log_ratio.sum(-1)
 
 
 def online_preference(scores_a, scores_b, mode, generator):
@@ -468,6 +499,56 @@ def sample_pairs(policy, reference, rm, rm_pad, tok, prompts, max_new_tokens, mi
     return pairs, torch.maximum(preference, 1 - preference)
 
 
+def contrastive_terms(policy, reference, rm, rm_pad, tok, prompts, args, device, dtype, generator, average):
+    """Online IPO / IPO-MD (or online DPO) on one micro-batch: two samples per prompt labelled by the RM,
+    the reference's and the policy's log-probs of them, the loss. Returns (losses (B,), tokens, seconds
+    spent sampling, the step's reward metrics)."""
+    since = time.time()
+    batch, preference = sample_pairs(policy, reference, rm, rm_pad, tok, prompts, args.max_new_tokens,
+                                     args.mixture_beta, args.online_labels, device, dtype, generator)
+    sampled_s = time.time() - since
+    with torch.inference_mode():
+        reference_chosen_logps, reference_rejected_logps, _ = pair_logps(
+            reference, batch, tok.pad_token_id, device, dtype, average)
+    policy_chosen_logps, policy_rejected_logps, n_tokens = pair_logps(
+        policy, batch, tok.pad_token_id, device, dtype, average)
+    # .clone(): tensors made under inference mode cannot take part in autograd
+    losses, chosen_rewards, rejected_rewards = preference_loss(
+        policy_chosen_logps, policy_rejected_logps, reference_chosen_logps.clone(),
+        reference_rejected_logps.clone(), args.loss, args.beta, args.tau, 0.0, preference)
+    record = preference_metrics([(losses.mean().detach(), chosen_rewards, rejected_rewards)])
+    return losses, n_tokens, sampled_s, record
+
+
+def nash_md_pg_terms(policy, reference, rm, rm_pad, tok, prompts, args, device, dtype, generator, average=None):
+    """Nash-MD-PG on one micro-batch: y ~ pi and the opponent y' ~ pi_mix (pi itself at --mixture-beta 0),
+    P(y > y') from the RM as a Bradley-Terry model, the loss on y. Same budget as online IPO: two samples
+    a prompt. Returns (losses (B,), tokens, seconds spent sampling, metrics)."""
+    since = time.time()
+    mix = (lambda pi, ref: mixture_logps(pi, ref, args.mixture_beta)) if args.mixture_beta > 0 else None
+    ys, _ = sample_responses(policy, prompts, tok.pad_token_id, tok.eos_token_id, args.max_new_tokens, device,
+                             dtype, generator)
+    opponents, _ = sample_responses(policy, prompts, tok.pad_token_id, tok.eos_token_id, args.max_new_tokens,
+                                    device, dtype, generator, reference, mix)
+    ids, attn, _ = (t.to(device) for t in collate(list(zip(prompts * 2, ys + opponents)), rm_pad))
+    with torch.inference_mode(), autocast(device, dtype):
+        scores = reward_scores(rm, ids, attn)                                            # (2B,)
+    n = len(prompts)
+    preference = online_preference(scores[:n], scores[n:], args.online_labels, generator)  # (B,) P(y > y')
+    sampled_s = time.time() - since
+    ids, attn, resp = (t.to(device) for t in collate(list(zip(prompts, ys)), tok.pad_token_id))
+    with torch.inference_mode(), autocast(device, dtype):
+        reference_token_logps = token_logps(reference, ids, attn, resp)                  # (B, T-1)
+    with autocast(device, dtype):
+        policy_token_logps = token_logps(policy, ids, attn, resp)
+    losses, log_ratios = nash_md_pg_loss(policy_token_logps, reference_token_logps.clone(), resp[:, 1:],
+                                         preference, args.tau)
+    record = {"loss/train": losses.mean().item(), "nash/preference": preference.mean().item(),
+              "nash/sequence_log_ratio": log_ratios.mean().item(),
+              "nash/advantage": (preference - 0.5 - args.tau * log_ratios).mean().item()}
+    return losses, int(attn.sum()), sampled_s, record
+
+
 @torch.no_grad()
 def online_eval(policy, reference, rm, rm_pad, tok, prompts, max_new_tokens, device, dtype, generator):
     """On fresh samples of these prompts: RM win rate of the policy against the reference (ties count
@@ -485,8 +566,8 @@ def online_eval(policy, reference, rm, rm_pad, tok, prompts, max_new_tokens, dev
 
 
 def online_main(args):
-    """Online IPO / IPO-MD: main's setup and save; each step, fresh pairs from the policy (or pi_mix),
-    labelled by the RM, and the reference's log-probs of them (they cannot be cached: the pairs are new)."""
+    """Online IPO / IPO-MD / Nash-MD-PG: main's setup and save; each step, fresh samples from the policy (or
+    pi_mix), labelled by the RM, and the reference's log-probs of them (not cached: the samples are new)."""
     out, device, precision, started = start(args)
     dtype = precision[0]
     average = args.loss == "ipo" and args.ipo_aggregate == "mean"
@@ -518,7 +599,8 @@ def online_main(args):
     source["order"] = "shuffled each epoch"
     batches = epoch_batches(len(prompts), args.batch_size, random.Random(args.seed))
 
-    # 1. the loop: sample and label pairs, the reference's and the policy's log-probs, the loss
+    # 1. the loop: fresh samples labelled by the RM, the reference's and the policy's log-probs, the loss
+    terms = nash_md_pg_terms if args.loss == "nash-md-pg" else contrastive_terms
     tokens, generation_s, loop_start = 0, 0.0, time.time()
     bar = tqdm(range(total_steps), desc="04_dpo_online", dynamic_ncols=True)
     for step in bar:
@@ -527,36 +609,24 @@ def online_main(args):
         micro = []
         for _ in range(args.grad_accum):
             idx = next(batches)
-            since = time.time()
-            batch, preference = sample_pairs(policy, reference, rm, rm_pad, tok, [prompts[j] for j in idx],
-                                             args.max_new_tokens, args.mixture_beta, args.online_labels,
-                                             device, dtype, generator)
-            generation_s += time.time() - since
-            with torch.inference_mode():
-                reference_chosen_logps, reference_rejected_logps, _ = pair_logps(
-                    reference, batch, tok.pad_token_id, device, dtype, average)
-            policy_chosen_logps, policy_rejected_logps, n_tokens = pair_logps(
-                policy, batch, tok.pad_token_id, device, dtype, average)
-            # .clone(): tensors made under inference mode cannot take part in autograd
-            losses, chosen_rewards, rejected_rewards = preference_loss(
-                policy_chosen_logps, policy_rejected_logps, reference_chosen_logps.clone(),
-                reference_rejected_logps.clone(), args.loss, args.beta, args.tau, 0.0, preference)
+            losses, n_tokens, sampled_s, record = terms(policy, reference, rm, rm_pad, tok, [prompts[j] for j in idx],
+                                                        args, device, dtype, generator, average)
             loss = losses.mean()
             if not torch.isfinite(loss):
                 raise UserError(f"loss is {loss.item()} at step {step + 1}, batch of prompts {idx}; nothing was written")
             scaler.scale(loss / args.grad_accum).backward()
-            tokens += n_tokens
-            micro.append((loss.detach(), chosen_rewards, rejected_rewards))
+            tokens, generation_s = tokens + n_tokens, generation_s + sampled_s
+            micro.append(record)
         grad_norm = optimiser_step(policy, opt, scaler, args.max_grad_norm)
-        metrics.append({"step": step + 1, **preference_metrics(micro), "lr": opt.param_groups[0]["lr"],
+        metrics.append({"step": step + 1, **{k: sum(m[k] for m in micro) / len(micro) for k in micro[0]},
+                        "lr": opt.param_groups[0]["lr"],
                         "grad_norm": float(grad_norm), **perf(tokens, loop_start, device),
                         "online/pairs": float(per_step),
                         "perf/generation_share": generation_s / max(time.time() - loop_start, 1e-9)})
         if (step + 1) % args.eval_every == 0 or step + 1 == total_steps:  # on the last micro-batch's prompts
             metrics[-1].update(online_eval(policy, reference, rm, rm_pad, tok, [prompts[j] for j in idx],
                                            args.max_new_tokens, device, dtype, generator))
-        bar.set_postfix(loss=f"{metrics[-1]['loss/train']:.3f}", acc=f"{metrics[-1]['rewards/accuracy']:.2f}",
-                        tok_s=f"{metrics[-1]['perf/tokens_per_s']:.0f}")
+        bar.set_postfix(loss=f"{metrics[-1]['loss/train']:.3f}", tok_s=f"{metrics[-1]['perf/tokens_per_s']:.0f}")
 
     # 2. save, as main does; the last online evaluation goes into stage.json's final record
     after = implicit_reward_accuracy(policy, test_ex, test_rows, test_reference, args.eval_batch_size,

@@ -558,11 +558,14 @@ def draw_sweep(points, path, lo, hi):
 
 # --- several seeds (--combine) --------------------------------------------------------------------
 
-# (policy, baseline, the paper's claim), compared wherever both policies are in every run
+# (policy, baseline, the papers' claim), compared wherever both policies are in every run
 CLAIMS = [("05_ppo", "04_dpo_all", "MPO beats vanilla DPO"),
           ("05_ppo", "05_ppo_vanilla", "MPO beats vanilla PPO"),
           ("04_dpo", "04_dpo_all", "DPO on the easy set beats DPO on all pairs"),
-          ("05_ppo", "05_ppo_sftref", "the DPO reference beats the SFT reference")]
+          ("05_ppo", "05_ppo_sftref", "the DPO reference beats the SFT reference"),
+          # Calandriello et al. (2024): IPO-MD and online IPO at least as good as Nash-MD-PG
+          ("04_ipo_md", "04_nash_md_pg", "IPO-MD at least as good as Nash-MD-PG"),
+          ("04_ipo_online", "04_nash_md_pg", "online IPO at least as good as Nash-MD-PG")]
 
 
 def combine(args):

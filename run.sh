@@ -5,7 +5,8 @@
 #   bash run.sh                      # MPO on the built-in task; CPU budgets on a CPU, full budgets on a GPU
 #   bash run.sh --compare            # + vanilla DPO, DPO on hard, vanilla PPO, PPO with the SFT reference;
 #                                    #   all evaluated in one 06 call
-#   bash run.sh --compare --ipo      # + offline IPO, online IPO and IPO-MD (Calandriello et al., 2024)
+#   bash run.sh --compare --ipo      # + offline IPO, online IPO and IPO-MD (Calandriello et al., 2024), and
+#                                    #   Nash-MD-PG (Munos et al., 2023), the method they compare with
 #   bash run.sh --run seed1 --seed 1 # another run directory and seed
 #   bash run.sh --sweep-threshold 0.5,1,1.5,2,2.5   # + MPO (03 -> 04 -> 05) again at each reward-gap
 #                                    #   threshold, on the same SFT and RM; 06 tabulates and plots the sweep
@@ -19,9 +20,11 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 RUN=default; SEED=0; COMPARE=0; IPO=0; DEVICE=auto; MODEL=""; DATASET=builtin; BUDGET=auto; EXTRA=()
-SWEEP=""; SWEEP_FLAG=""; RESUME=0
+SWEEP=""; SWEEP_OPT=""; SWEEP_FLAG=""; RESUME=0
 while [ $# -gt 0 ]; do
   case "$1" in
+    --run|--seed|--device|--model|--dataset|--budget|--sweep-threshold|--sweep-easy-fraction)
+      [ $# -ge 2 ] || { echo "run.sh: $1 needs a value (see bash run.sh --help)" >&2; exit 2; } ;;&
     --run) RUN="$2"; shift 2 ;;
     --seed) SEED="$2"; shift 2 ;;
     --compare) COMPARE=1; shift ;;
@@ -32,7 +35,7 @@ while [ $# -gt 0 ]; do
     --budget) BUDGET="$2"; shift 2 ;;   # cpu | gpu | tiny (the tests' toy budget)
     --sweep-threshold|--sweep-easy-fraction)
       [ -n "$SWEEP" ] && { echo "run.sh: pass one of --sweep-threshold and --sweep-easy-fraction" >&2; exit 2; }
-      SWEEP_FLAG="--${1#--sweep-}"; SWEEP="${2:-}"; shift 2 ;;
+      SWEEP_OPT="$1"; SWEEP_FLAG="--${1#--sweep-}"; SWEEP="$2"; shift 2 ;;
     --resume) RESUME=1; shift ;;
     --) shift; EXTRA=("$@"); break ;;
     -h|--help) awk 'NR > 1 && !/^#/ {exit} NR > 1' "$0"; exit 0 ;;   # the comment block above
@@ -41,9 +44,9 @@ while [ $# -gt 0 ]; do
 done
 
 for T in ${SWEEP//,/ }; do  # numbers only: each becomes 03's flag and part of a directory name
-  [[ "$T" =~ ^[0-9]+([.][0-9]+)?$ ]] || { echo "run.sh: $SWEEP_FLAG: '$T' is not a number (expected a comma-separated list such as 0.5,1,2)" >&2; exit 2; }
+  [[ "$T" =~ ^[0-9]+([.][0-9]+)?$ ]] || { echo "run.sh: $SWEEP_OPT: '$T' is not a number (expected a comma-separated list such as 0.5,1,2)" >&2; exit 2; }
 done
-[ -n "$SWEEP_FLAG" ] && [ -z "${SWEEP//,/}" ] && { echo "run.sh: --sweep$SWEEP_FLAG needs a list such as 0.5,1,2" >&2; exit 2; }
+[ -n "$SWEEP_FLAG" ] && [ -z "${SWEEP//,/}" ] && { echo "run.sh: $SWEEP_OPT needs a list such as 0.5,1,2" >&2; exit 2; }
 
 PY=${PYTHON:-python}
 if [ "$BUDGET" = auto ]; then
@@ -122,12 +125,15 @@ if [ "$COMPARE" = 1 ]; then
   POLICIES+=("$R/04_dpo_all" "$R/04_dpo_hard" "$R/05_ppo_vanilla" "$R/05_ppo_sftref")
 fi
 if [ "$IPO" = 1 ]; then
-  # the IPO family of Calandriello et al. (2024) on the easy set: offline, online, and IPO-MD
+  # the IPO family of Calandriello et al. (2024) on the easy set: offline, online, and IPO-MD; and their
+  # baseline Nash-MD-PG, with the same steps, prompts and samples as the online two
   stage 04_dpo.py "${COMMON[@]}" "${DPO[@]}" --loss ipo --out "$R/04_ipo"
   stage 04_dpo.py "${COMMON[@]}" "${ONLINE[@]}" --online --loss ipo --out "$R/04_ipo_online"
   stage 04_dpo.py "${COMMON[@]}" "${ONLINE[@]}" --online --loss ipo --mixture-beta 0.125 \
         --out "$R/04_ipo_md"
-  POLICIES+=("$R/04_ipo" "$R/04_ipo_online" "$R/04_ipo_md")
+  stage 04_dpo.py "${COMMON[@]}" "${ONLINE[@]}" --online --loss nash-md-pg --mixture-beta 0.125 \
+        --out "$R/04_nash_md_pg"
+  POLICIES+=("$R/04_ipo" "$R/04_ipo_online" "$R/04_ipo_md" "$R/04_nash_md_pg")
 fi
 if [ -n "$SWEEP" ]; then
   # MPO again at every threshold, on the same SFT model and reward model (the paper fixes one per dataset

@@ -114,6 +114,81 @@ def test_soft_preference_is_the_expected_loss_of_a_sampled_label():
 
 # ---------------------------------------------------------------------------- PPO
 
+def test_nash_md_pg_loss_by_hand():
+    # one response of two tokens (a third position is padding), P(y > y') = 0.8, tau = 0.1
+    policy = torch.tensor([[-1.0, -2.0, 0.0]], requires_grad=True)
+    reference = torch.tensor([[-1.5, -1.0, 0.0]])
+    mask = torch.tensor([[1.0, 1.0, 0.0]])
+    losses, log_ratios = dpo.nash_md_pg_loss(policy, reference, mask, torch.tensor([0.8]), 0.1)
+    # log ratios 0.5, -1; KL to go -0.5, -1; advantages 0.3 + 0.05 = 0.35 and 0.3 + 0.1 = 0.4
+    assert losses.item() == pytest.approx(-(-1.0 * 0.35 - 2.0 * 0.4))
+    assert log_ratios.item() == pytest.approx(-0.5)
+    losses.sum().backward()   # the advantages are constants: d loss / d log pi(y_t) = -A_t
+    assert policy.grad[0].tolist() == pytest.approx([-0.35, -0.4, 0.0])
+
+
+def tabular_nash_setup(seed=0, k=4, beta=0.25, tau=0.3):
+    """A one-token game: policy softmax(theta), reference mu, the Bradley-Terry preference of rewards r,
+    and the opponent pi_mix ∝ pi^(1-beta) mu^beta, held fixed (stop-gradient)."""
+    g = torch.Generator().manual_seed(seed)
+    theta = torch.randn(k, generator=g, dtype=torch.float64, requires_grad=True)
+    log_mu = torch.randn(k, generator=g, dtype=torch.float64).log_softmax(-1)
+    r = torch.randn(k, generator=g, dtype=torch.float64)
+    pref = torch.sigmoid(r[:, None] - r[None, :])                       # P[y, y'] = P(y > y')
+    log_pi = theta.log_softmax(-1)
+    pi_mix = ((1 - beta) * log_pi + beta * log_mu).softmax(-1).detach()
+    return theta, log_pi, log_mu, pref, pi_mix, tau
+
+
+def test_nash_md_pg_expected_gradient_has_the_closed_form():
+    # E_{y ~ pi, y' ~ pi_mix}[grad L] = -pi * (A - <pi, A>),  A_y = (P pi_mix)_y - 1/2 - tau log(pi_y / mu_y),
+    # = -grad [pi' P pi_mix - tau KL(pi || mu)] (Munos et al., 2023, section 7)
+    theta, log_pi, log_mu, pref, pi_mix, tau = tabular_nash_setup()
+    p_vs_mix = pref @ pi_mix                                             # (K,) P(y > pi_mix), linear in the label
+    losses, _ = dpo.nash_md_pg_loss(log_pi[:, None], log_mu[:, None], torch.ones(4, 1, dtype=torch.float64),
+                                    p_vs_mix, tau)
+    expected_loss = (log_pi.exp().detach() * losses).sum()               # every y weighted by pi(y)
+    grad, = torch.autograd.grad(expected_loss, theta, retain_graph=True)
+    pi = log_pi.exp().detach()
+    a = p_vs_mix - 0.5 - tau * (log_pi.detach() - log_mu)
+    assert grad.tolist() == pytest.approx((-pi * (a - (pi * a).sum())).tolist(), abs=1e-12)
+    objective = log_pi.exp() @ pref @ pi_mix - tau * (log_pi.exp() * (log_pi - log_mu)).sum()
+    assert grad.tolist() == pytest.approx((-torch.autograd.grad(objective, theta)[0]).tolist(), abs=1e-12)
+
+
+def test_nash_md_pg_kl_to_go_is_the_exact_kl_gradient_over_sequences():
+    # two-token responses from a tabular autoregressive policy: the per-token penalties summed over the tokens
+    # to come give, in expectation over all 9 sequences, exactly grad [E q(y) - 1/2 - tau KL(pi || mu)]
+    g = torch.Generator().manual_seed(1)
+    t1 = torch.randn(3, generator=g, dtype=torch.float64, requires_grad=True)       # first token
+    t2 = torch.randn(3, 3, generator=g, dtype=torch.float64, requires_grad=True)    # second, given the first
+    m1, m2 = torch.randn(3, generator=g, dtype=torch.float64), torch.randn(3, 3, generator=g, dtype=torch.float64)
+    q = torch.rand(9, generator=g, dtype=torch.float64)                 # P(y > y') of each sequence
+    seqs = [(a, b) for a in range(3) for b in range(3)]
+    tok = lambda l1, l2: torch.stack([torch.stack([l1.log_softmax(-1)[a], l2[a].log_softmax(-1)[b]]) for a, b in seqs])
+    policy, reference = tok(t1, t2), tok(m1, m2)                         # (9, 2) token log-probs
+    losses, _ = dpo.nash_md_pg_loss(policy, reference, torch.ones(9, 2, dtype=torch.float64), q, 0.2)
+    seq_pi = policy.sum(-1)
+    grads = torch.autograd.grad((seq_pi.exp().detach() * losses).sum(), (t1, t2), retain_graph=True)
+    objective = (seq_pi.exp() * (q - 0.5)).sum() - 0.2 * (seq_pi.exp() * (seq_pi - reference.sum(-1))).sum()
+    for got, want in zip(grads, torch.autograd.grad(objective, (t1, t2))):
+        assert got.flatten().tolist() == pytest.approx((-want).flatten().tolist(), abs=1e-12)
+
+
+def test_online_ipo_expected_gradient_is_self_play_nash_md_pg():
+    # Calandriello et al. (2024), section 4: with both samples from pi (beta = 0) and the soft preference, the
+    # expected gradient of IPO's loss (summed log-probs) is a positive multiple, 4 / tau, of Nash-MD-PG's
+    theta, log_pi, log_mu, pref, pi_mix, tau = tabular_nash_setup(beta=0.0)
+    pi = log_pi.exp().detach()
+    ys, opp = torch.arange(4).repeat_interleave(4), torch.arange(4).repeat(4)    # every (y, y') pair
+    ipo, _, _ = dpo.ipo_loss(log_pi[ys], log_pi[opp], log_mu[ys], log_mu[opp], tau, pref[ys, opp])
+    ipo_grad, = torch.autograd.grad((pi[ys] * pi[opp] * ipo).sum(), theta, retain_graph=True)
+    losses, _ = dpo.nash_md_pg_loss(log_pi[:, None], log_mu[:, None], torch.ones(4, 1, dtype=torch.float64),
+                                    pref @ pi_mix, tau)
+    nash_grad, = torch.autograd.grad((pi * losses).sum(), theta)
+    assert ipo_grad.tolist() == pytest.approx((4 / tau * nash_grad).tolist(), abs=1e-10)
+
+
 def test_kl_estimators():
     lp, ref = torch.tensor([-1.0, -2.0]), torch.tensor([-1.5, -1.0])
     assert ppo.kl_per_token(lp, ref, "k1").tolist() == pytest.approx([0.5, -1.0])

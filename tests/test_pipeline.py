@@ -29,13 +29,13 @@ def pipeline(tmp_path_factory, tiny_model_dir):
 def test_run_sh_runs_every_stage_and_reports(pipeline):
     work, run, stdout = pipeline
     for d in ("01_sft", "02_reward", "03_split", "04_dpo", "05_ppo", "06_eval", "04_dpo_all", "04_dpo_hard",
-              "05_ppo_vanilla", "05_ppo_sftref", "04_ipo", "04_ipo_online", "04_ipo_md"):
+              "05_ppo_vanilla", "05_ppo_sftref", "04_ipo", "04_ipo_online", "04_ipo_md", "04_nash_md_pg"):
         assert (run / d).is_dir(), d
     assert "expected wall time per stage" in stdout
     report = (run / "06_eval/report.md").read_text()
     results = json.load(open(run / "06_eval/results.json"))["results"]
     assert set(results) == {"01_sft", "04_dpo", "05_ppo", "04_dpo_all", "04_dpo_hard", "05_ppo_vanilla",
-                            "05_ppo_sftref", "04_ipo", "04_ipo_online", "04_ipo_md"}
+                            "05_ppo_sftref", "04_ipo", "04_ipo_online", "04_ipo_md", "04_nash_md_pg"}
     for name, res in results.items():
         assert f"| {name} |" in report
         families = [k for k in res if k.startswith("gold_")]          # the gold score per prompt family
@@ -48,7 +48,7 @@ def test_run_sh_runs_every_stage_and_reports(pipeline):
     # prompts and samples, every PPO variant the same rollouts; MPO's row shows the DPO stage it started from
     budget = {n: results[n]["budget"].split(",")[0] for n in results}
     assert len({budget[n] for n in ("04_dpo", "04_dpo_all", "04_dpo_hard", "04_ipo")}) == 1
-    assert budget["04_ipo_online"] == budget["04_ipo_md"]
+    assert budget["04_ipo_online"] == budget["04_ipo_md"] == budget["04_nash_md_pg"]
     assert len({budget[n] for n in ("05_ppo", "05_ppo_vanilla", "05_ppo_sftref")}) == 1
     assert "3 steps x 8 pairs = 24 pairs" in results["04_dpo_all"]["budget"]
     # 03 splits every pair 01 wrote (01's files are normalised already; 03 re-reads none of them through normalise)
@@ -60,7 +60,7 @@ def test_run_sh_runs_every_stage_and_reports(pipeline):
     assert results["01_sft"]["win_gold"]["mean"] == 0.5 and results["01_sft"]["kl"]["mean"] == 0.0
     samples = [json.loads(l) for l in open(run / "06_eval/samples.jsonl")]
     n_prompts = json.load(open(run / "06_eval/results.json"))["n_prompts"]
-    assert len(samples) == 10 * n_prompts and {"prompt", "response", "rm", "gold", "kl"} <= samples[0].keys()
+    assert len(samples) == 11 * n_prompts and {"prompt", "response", "rm", "gold", "kl"} <= samples[0].keys()
 
 
 def test_dpo_shuffles_and_the_hard_ablation_keeps_the_dataset_labels(pipeline):
@@ -223,6 +223,50 @@ def test_online_ipo_logs(pipeline):
     stage = json.load(open(run / "04_ipo_md/stage.json"))
     assert stage["args"]["mixture_beta"] == 0.125 and stage["args"]["online"]
 
+    nash = [json.loads(l) for l in open(run / "04_nash_md_pg/metrics.jsonl")]
+    step = next(l for l in nash if "nash/preference" in l)
+    assert 0 < step["nash/preference"] < 1 and {"nash/advantage", "nash/sequence_log_ratio", "loss/train"} <= step.keys()
+    stage = json.load(open(run / "04_nash_md_pg/stage.json"))
+    assert stage["args"]["loss"] == "nash-md-pg" and stage["args"]["tau"] == 0.008   # the papers' tau, not IPO's
+
+
+def test_threshold_sweep_and_resume(pipeline, tmp_path, tiny_model_dir):
+    """run.sh --sweep-easy-fraction on a finished run with --resume: the finished stages are skipped, MPO is
+    trained again at each new split (a split equal to 03_split's reuses MPO's own), 06 tabulates the sweep."""
+    import shutil
+    work, _, _ = pipeline
+    copy = tmp_path / "w"
+    shutil.copytree(work, copy)
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TQDM_DISABLE="1", PYTHON=sys.executable)
+    proc = subprocess.run(["bash", "run.sh", "--budget", "tiny", "--run", "t", "--model", str(tiny_model_dir), "--resume",
+                           "--sweep-easy-fraction", "0.3,0.5"], cwd=copy, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    for d in ("01_sft", "02_reward", "03_split", "04_dpo", "05_ppo"):
+        assert f"runs/t/{d} is finished; skipped (--resume)" in proc.stdout
+    assert "--easy-fraction 0.5 splits as 03_split did" in proc.stdout and not (copy / "runs/t/04_dpo_e0.5").exists()
+    res = json.load(open(copy / "runs/t/06_eval/results.json"))
+    sweep = res["sweep"]
+    assert [r["point"] for r in sweep] == ["easy fraction 0.5", "easy fraction 0.3"]     # ascending threshold
+    assert sweep[0]["threshold"] < sweep[1]["threshold"] and sweep[0]["easy"] > sweep[1]["easy"]
+    assert (sweep[0]["dpo"], sweep[0]["mpo"]) == ("04_dpo", "05_ppo")
+    assert (sweep[1]["dpo"], sweep[1]["mpo"]) == ("04_dpo_e0.3", "05_ppo_e0.3")
+    stats = json.load(open(copy / "runs/t/03_split_e0.3/stats.json"))
+    assert sweep[1]["easy"] == stats["easy"] and sweep[1]["easy_label_noise"] == stats["label_noise"]["easy"]
+    ppo_stage = json.load(open(copy / "runs/t/05_ppo_e0.3/stage.json"))
+    assert ppo_stage["split"] == str((copy / "runs/t/03_split_e0.3").resolve())
+    assert ppo_stage["policy_init"] == ppo_stage["ref"] == str((copy / "runs/t/04_dpo_e0.3").resolve())
+    report = (copy / "runs/t/06_eval/report.md").read_text()
+    assert "## Threshold sweep" in report and "| easy fraction 0.3 |" in report
+    # --combine keeps the points every run has: two copies of one run (a note says they share the seed)
+    ev = load_script("06_eval")
+    ev.main(ev.parse_args(["--combine", str(copy / "runs/t"), str(copy / "runs/t"), "--out", str(tmp_path / "c"),
+                           "--bootstrap", "20"]))
+    combined = json.load(open(tmp_path / "c/results.json"))["sweep"]
+    assert [p["point"] for p in combined] == ["easy fraction 0.5", "easy fraction 0.3"]
+    assert combined[1]["mpo"]["gold"]["std"] == 0.0 and combined[1]["mpo"]["name"] == "05_ppo_e0.3"
+    assert "## Threshold sweep" in (tmp_path / "c/report.md").read_text()
+
 
 # ---------------------------------------------------------------------------- errors
 
@@ -281,6 +325,7 @@ def test_errors_are_one_line_and_write_nothing(tmp_path, tiny_model_dir, pipelin
     assert "--hard-labels is for --split hard" in error("04_dpo.py", "--run", "t", "--hard-labels", "rm", cwd=work)
     # a flag that would do nothing is refused, not ignored
     assert "--reward is for --online" in error("04_dpo.py", "--run", "t", "--reward", run / "02_reward", cwd=work)
+    assert "pass --online too" in error("04_dpo.py", "--run", "t", "--loss", "nash-md-pg", cwd=work)
     assert "--data and --split-dir / --prompts" in error("05_ppo.py", "--run", "t", "--data", bad, "--prompts", "all")
     assert "--test-dataset is for a local --dataset" in error("01_sft.py", "--model", m, "--test-dataset", bad)
     assert not (tmp_path / "runs").exists()
@@ -337,3 +382,8 @@ def test_run_sh_help_and_unknown_option():
     assert any("--compare --ipo" in l for l in lines)
     proc = subprocess.run(["bash", str(ROOT / "run.sh"), "--bogus"], capture_output=True, text=True)
     assert proc.returncode == 2 and proc.stderr.strip() == "run.sh: unknown option --bogus (see bash run.sh --help)"
+    for argv, needle in ((["--sweep-threshold", "1,x"], "'x' is not a number"),
+                         (["--sweep-threshold", "1", "--sweep-easy-fraction", "0.5"], "pass one of"),
+                         (["--sweep-threshold", ","], "needs a list"), (["--seed"], "--seed needs a value")):
+        proc = subprocess.run(["bash", str(ROOT / "run.sh"), *argv], capture_output=True, text=True)
+        assert proc.returncode == 2 and needle in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, argv
