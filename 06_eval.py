@@ -22,6 +22,10 @@ and standard deviation over seeds, and the paper's claims (MPO against vanilla D
 on easy against DPO on all pairs, the DPO reference against the SFT reference) as paired differences
 on the same prompts, per seed and pooled, with a bootstrap interval that resamples requests within each
 seed (it covers prompt noise; the spread of the per-seed differences shows the training noise).
+Where the policies include MPO trained on several splits of 03 (run.sh --sweep-threshold), the report adds
+the threshold sweep: per split, its threshold, the easy set's size, each set's label noise, and the gold
+score, RM score and KL of DPO on its easy set and of MPO, as a table and threshold_sweep.png (per run, and
+over runs with --combine). Which policy is which is read from the stage.json files, not from names.
 
 Deviations and choices of ours:
   1. The gold judge of the built-in task plays GPT-4's part, and only for the built-in task's rows (each
