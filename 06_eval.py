@@ -245,36 +245,63 @@ def budget_of(pdir):
     return "?"
 
 
+def recorded_dir(recorded, pdir, marker):
+    """The directory a policy's stage.json names, as a resolved path: the one of that name beside the policy
+    if there is one (a run directory is one unit: a copied or moved run refers to its own stages), else the
+    recorded path; None where neither holds `marker`."""
+    for path in (Path(pdir).parent / Path(recorded).name, Path(recorded)) if recorded else []:
+        if (path / marker).is_file():
+            return path.resolve()
+    return None
+
+
 def sweep_role(pdir):
     """('dpo', split) for offline DPO on the easy set of a 03_split directory, ('mpo', split) for PPO on the
     same split's hard prompts that starts from and is regularised towards that DPO policy (MPO); else None."""
     st = stage_of(pdir)
     a, data = st.get("args", {}), st.get("data", {})
     if st.get("stage") == "04_dpo" and not a.get("online") and a.get("loss") == "dpo" and data.get("split") == "easy":
-        return "dpo", data["from"]
-    if st.get("stage") == "05_ppo" and st.get("prompts") == "hard" and st.get("split") \
-            and st.get("ref") == st.get("policy_init") and sweep_role(st["policy_init"]) == ("dpo", st["split"]):
-        return "mpo", st["split"]
+        split = recorded_dir(data.get("from"), pdir, "stats.json")
+        return ("dpo", split) if split else None
+    if st.get("stage") == "05_ppo" and st.get("prompts") == "hard":
+        # 05 records its split since the sweep; before, it was --split-dir or the run's 03_split
+        split = recorded_dir(st.get("split") or a.get("split_dir") or f"runs/{a.get('run')}/03_split", pdir, "stats.json")
+        init, ref = (recorded_dir(st.get(k), pdir, "stage.json") for k in ("policy_init", "ref"))
+        if split and init and init == ref and sweep_role(init) == ("dpo", split):
+            return "mpo", split
     return None
 
 
-def threshold_sweep(results):
-    """The threshold sweep (run.sh --sweep-threshold): one row per 03_split directory behind the evaluated
-    policies, ascending threshold, with the split's numbers (from its stats.json) and the names of its DPO and
-    MPO policies. [] unless there are at least two such splits."""
-    points = {}
+def threshold_sweep(results, rm_dir):
+    """The threshold sweep (run.sh --sweep-threshold): one row per 03_split directory, made with this reward
+    model, behind the evaluated policies, ascending threshold, with the split's numbers (its stats.json) and
+    the names of its DPO and MPO policies. [] unless there are at least two such splits."""
+    points, rm = {}, str(Path(rm_dir).resolve()) if Path(rm_dir).exists() else str(rm_dir)
     for name, res in results.items():
         role = sweep_role(res["dir"])
-        if role and (Path(role[1]) / "stats.json").is_file():
-            points.setdefault(role[1], {})[role[0]] = name
+        if not role:
+            continue
+        st = json.load(open(role[1] / "stats.json"))
+        recorded = st.get("reward") or ""   # the RM where 03 ran, or (a moved or copied run) the one beside
+        if rm not in {recorded, str(Path(recorded).resolve()), str((role[1].parent / Path(recorded).name).resolve())}:
+            print(f"06_eval: note: {name} was trained on a split made with another reward model "
+                  f"({st.get('reward')}); it is left out of the threshold sweep")
+        elif role[0] in points.setdefault(role[1], {}):
+            print(f"06_eval: note: {name} and {points[role[1]][role[0]]} are both {role[0].upper()} on {role[1]}; "
+                  f"the sweep shows the first")
+        else:
+            points[role[1]][role[0]] = name
     rows = []
     for split, names in points.items():
-        st = json.load(open(Path(split) / "stats.json"))
+        st = json.load(open(split / "stats.json"))
         fraction = st.get("args", {}).get("easy_fraction")
         rows.append({"point": f"easy fraction {fraction:g}" if fraction is not None else f"threshold {st['threshold']:g}",
-                     "threshold": st["threshold"], "split": split, "easy": st["easy"], "hard": st["hard"],
+                     "threshold": st["threshold"], "split": str(split), "easy": st["easy"], "hard": st["hard"],
                      "easy_label_noise": st["label_noise"]["easy"], "hard_label_noise": st["label_noise"]["hard"],
                      **names})
+    for row in rows:  # two splits made by the same rule: name them by directory too
+        if sum(r["point"] == row["point"] for r in rows) > 1:
+            row["point"] += f" ({Path(row['split']).name})"
     return sorted(rows, key=lambda r: r["threshold"]) if len(rows) > 1 else []
 
 
@@ -431,7 +458,7 @@ def main(args):
     # 3. report.md, samples.jsonl and results.json (this stage's record: stage.json's fields and the results)
     families = sorted({r["family"] for r in test_rows}) if judge else []
     with output_dir(out) as tmp:
-        sweep = threshold_sweep(results)
+        sweep = threshold_sweep(results, rm_dir)
         report = write_report(results, tmp, args, dataset, rm_dir, base_dir, len(test_rows), len(set(requests)),
                               families, sweep)
         write_jsonl(tmp / "samples.jsonl", samples)
@@ -625,7 +652,8 @@ def combine(args):
     with output_dir(out) as tmp:
         if sweep:
             report += "\n".join(sweep_report(sweep, lambda c: f"{c['mean']:.3f} ± {c['std']:.3f}",
-                                              "cells: mean ± standard deviation over the runs")
+                                              "policies' cells: mean ± standard deviation over the runs; the "
+                                              "threshold, pair counts and label noise: means over the runs")
                                  + ["", draw_sweep(sweep, tmp / "threshold_sweep.png", "lo", "hi")]) + "\n"
         (tmp / "report.md").write_text(report)
         json.dump({"stage": "06_eval --combine", "args": vars(args), "runs": [str(r["dir"]) for r in runs],
@@ -641,6 +669,9 @@ def combined_sweep(runs):
     as {mean, std, lo = mean - std, hi = mean + std, per_seed} over the runs."""
     by_point = [{row["point"]: row for row in r["sweep"]} for r in runs]
     common = [p for p in by_point[0] if all(p in b for b in by_point)] if by_point else []
+    left_out = sorted({p for b in by_point for p in b} - set(common))
+    if left_out and common:
+        print(f"06_eval: note: sweep points not in every run are left out: {', '.join(left_out)}")
     spread = lambda xs: {"mean": mean(xs), "std": std(xs), "lo": mean(xs) - std(xs), "hi": mean(xs) + std(xs),
                          "per_seed": xs}
     noise = lambda p, key: None if any(b[p][key] is None for b in by_point) else mean([b[p][key] for b in by_point])

@@ -189,6 +189,37 @@ def test_online_ipo_expected_gradient_is_self_play_nash_md_pg():
     assert ipo_grad.tolist() == pytest.approx((4 / tau * nash_grad).tolist(), abs=1e-10)
 
 
+def test_nash_md_pg_terms_plays_y_from_pi_against_y_prime_from_the_mixture(monkeypatch):
+    # y (tokens 5, 6) from pi alone, y' (token 7) from pi_mix with the reference; P(y > y') from r(y) - r(y');
+    # the loss is on y's tokens only
+    from types import SimpleNamespace
+    calls, seen = [], {}
+
+    def fake_sample(model, prompts, pad_id, eos_id, n, device, dtype, generator, ref=None, mix=None):
+        calls.append((ref, mix))
+        return ([[5, 6]] if mix is None else [[7]]) * len(prompts), None
+
+    def fake_token_logps(model, ids, attn, resp):
+        seen[model] = ids.clone()
+        return (torch.full(resp[:, 1:].shape, -1.0 if model == "policy" else -1.5) * resp[:, 1:]).requires_grad_(model == "policy")
+    monkeypatch.setattr(dpo, "sample_responses", fake_sample)
+    monkeypatch.setattr(dpo, "token_logps", fake_token_logps)
+    # scores in the order y(prompt 1), y(prompt 2), y'(prompt 1), y'(prompt 2)
+    monkeypatch.setattr(dpo, "reward_scores", lambda rm, ids, attn: torch.tensor([1.0, 0.0, 0.0, 2.0]))
+    args = SimpleNamespace(mixture_beta=0.125, max_new_tokens=4, online_labels="soft", tau=0.1)
+    tok = SimpleNamespace(pad_token_id=0, eos_token_id=2)
+    losses, n_tokens, _, record = dpo.nash_md_pg_terms("policy", "reference", "rm", 0, tok, [[1, 3], [1, 4]], args,
+                                                       torch.device("cpu"), None, None)
+    assert calls[0] == (None, None) and calls[1][0] == "reference" and calls[1][1] is not None
+    lp = torch.tensor([[-1.0, -3.0], [-2.0, -1.0]]).log_softmax(-1)       # the mixture function is IPO-MD's
+    assert calls[1][1](lp, lp.flip(-1)).tolist() == dpo.mixture_logps(lp, lp.flip(-1), 0.125).tolist()
+    assert 5 in seen["policy"] and 7 not in seen["policy"] and seen["policy"].tolist() == seen["reference"].tolist()
+    p = torch.sigmoid(torch.tensor([1.0, -2.0]))
+    # two tokens of log-ratio 0.5 each: KL to go 1.0 and 0.5; loss = A_1 + A_2 (each token's log pi is -1)
+    assert losses.tolist() == pytest.approx((2 * (p - 0.5) - 0.1 * 1.5).tolist())
+    assert record["nash/preference"] == pytest.approx(p.mean().item()) and n_tokens == 8
+
+
 def test_kl_estimators():
     lp, ref = torch.tensor([-1.0, -2.0]), torch.tensor([-1.5, -1.0])
     assert ppo.kl_per_token(lp, ref, "k1").tolist() == pytest.approx([0.5, -1.0])

@@ -2,6 +2,7 @@
 between stages, and the errors a user meets (one line, exit code 2, nothing written)."""
 
 import functools
+from pathlib import Path
 import json
 import os
 import subprocess
@@ -258,8 +259,21 @@ def test_threshold_sweep_and_resume(pipeline, tmp_path, tiny_model_dir):
     assert ppo_stage["policy_init"] == ppo_stage["ref"] == str((copy / "runs/t/04_dpo_e0.3").resolve())
     report = (copy / "runs/t/06_eval/report.md").read_text()
     assert "## Threshold sweep" in report and "| easy fraction 0.3 |" in report
-    # --combine keeps the points every run has: two copies of one run (a note says they share the seed)
+    # which policy is which, from stage.json: the ablations and the IPO family are no sweep points
     ev = load_script("06_eval")
+    roles = {d.name: ev.sweep_role(d) for d in (copy / "runs/t").iterdir() if d.name.startswith(("04_", "05_"))}
+    assert {n for n, r in roles.items() if r} == {"04_dpo", "05_ppo", "04_dpo_e0.3", "05_ppo_e0.3"}
+    # a moved run: the recorded paths are gone, the directories beside the policies stand in
+    moved = tmp_path / "moved"
+    (copy / "runs/t").rename(moved)
+    results = {n: {"dir": str(moved / n)} for n in ("01_sft", "04_dpo", "05_ppo", "04_dpo_e0.3", "05_ppo_e0.3",
+                                                    "05_ppo_sftref", "04_dpo_all")}
+    rows = ev.threshold_sweep(results, moved / "02_reward")
+    assert [(r["dpo"], r["mpo"], Path(r["split"]).parent) for r in rows] == [
+        ("04_dpo", "05_ppo", moved), ("04_dpo_e0.3", "05_ppo_e0.3", moved)]
+    assert ev.threshold_sweep(results, tmp_path / "another_rm") == []   # splits of another RM are no sweep
+    (moved).rename(copy / "runs/t")
+    # --combine keeps the points every run has: two copies of one run (a note says they share the seed)
     ev.main(ev.parse_args(["--combine", str(copy / "runs/t"), str(copy / "runs/t"), "--out", str(tmp_path / "c"),
                            "--bootstrap", "20"]))
     combined = json.load(open(tmp_path / "c/results.json"))["sweep"]
