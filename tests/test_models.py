@@ -1,6 +1,7 @@
 """Log-probs, reward scores and the samplers on the tiny model: masking, padding, caching, agreement
 with plain Hugging Face forward passes."""
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -140,6 +141,46 @@ def test_sampled_logps_equal_a_fresh_forward_pass(tiny):
     # PPO's first ratio is exactly one: the training pass repeats the rollout pass
     again = sft.token_logps(model, ids, attn, resp)
     assert torch.equal(fresh, again)
+
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [None, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("mixture", [False, True], ids=["policy", "mixture"])
+@torch.no_grad()
+def test_static_cache_sampler_logps_equal_a_fresh_forward_pass(tiny, tiny_model_dir, device, dtype, mixture):
+    """The static-cache decoder (on CUDA: the step replayed as a CUDA graph) samples from the same
+    distributions as a fresh forward pass over prompt + response, also from the policy-reference mixture;
+    prompts of different lengths, so left padding and each row's own positions are exercised."""
+    from transformers import AutoModelForCausalLM
+    dev = torch.device(device)
+    policy = AutoModelForCausalLM.from_pretrained(tiny_model_dir).to(dev).eval()
+    ref = AutoModelForCausalLM.from_pretrained(tiny_model_dir).to(dev).eval()
+    for p in ref.parameters():
+        p.add_(0.05 * torch.randn_like(p))
+    _, tok = tiny
+    prompts = [p for p, _ in examples(tok)]
+    assert len({len(p) for p in prompts}) > 1
+    mix = (lambda a, b: dpo.mixture_logps(a, b, 0.5)) if mixture else None
+    g = torch.Generator(device=dev).manual_seed(3)
+    ys, lps = dpo.sample_responses(policy, prompts, tok.pad_token_id, tok.eos_token_id, 12, dev, dtype, g,
+                                   ref=ref if mixture else None, mix=mix, static=True)
+    ids, attn, resp = (t.to(dev) for t in sft.collate(list(zip(prompts, ys)), tok.pad_token_id))
+    with sft.autocast(dev, dtype):   # bf16: the training pass's autocast, as 05 recomputes them
+        fresh = sft.token_logps(policy, ids, attn, resp)
+    if mixture:   # log of the normalised geometric mean, token by token, from each model's full distribution
+        out = lambda m: m(input_ids=ids, attention_mask=attn,
+                          position_ids=sft.position_ids_from(attn)).logits[:, :-1].float().log_softmax(-1)
+        with sft.autocast(dev, dtype):
+            lp = dpo.mixture_logps(out(policy), out(ref), 0.5)
+        fresh = torch.where(resp[:, 1:], lp.gather(-1, ids[:, 1:, None]).squeeze(-1), 0.0)
+    assert sum(map(len, ys)) > 2 * len(ys)
+    tol = 1e-4 if dtype is None else 2e-2   # bf16: attention kernels of other shapes round differently
+    for i, y in enumerate(ys):
+        assert 1 <= len(y) <= 12
+        assert torch.allclose(fresh[i][resp[i, 1:]].cpu(), torch.tensor(lps[i]), atol=tol), (device, i)
 
 
 @torch.no_grad()
