@@ -739,6 +739,7 @@ def static_decoder(model, ids, attn, max_new_tokens, device, dtype):
     cache.update = lambda k, v, *a, **kw: update(k, v.to(k.dtype), *a, **kw)   # dtype (upcast: exact)
     slots = torch.arange(L, device=device)
     real = torch.cat([attn.bool(), attn.new_ones(B, max_new_tokens, dtype=torch.bool)], dim=1)  # (B, L)
+    # no autocast weight cache: a graph must not keep pointers to cast copies freed when the context exits
     cast = torch.autocast(device.type, dtype=dtype, cache_enabled=False) if dtype else contextlib.nullcontext()
 
     def forward(step_ids, positions, cache_position):
