@@ -734,9 +734,11 @@ def static_decoder(model, ids, attn, max_new_tokens, device, dtype):
     graph free of host syncs."""
     from transformers import StaticCache
     (B, P), L = ids.shape, ids.shape[1] + max_new_tokens
-    cache = StaticCache(config=model.config, max_cache_len=L)
-    update = cache.update  # under autocast RoPE'd keys come out fp32 beside bf16 values; the cache holds one
-    cache.update = lambda k, v, *a, **kw: update(k, v.to(k.dtype), *a, **kw)   # dtype (upcast: exact)
+
+    class OneDtypeCache(StaticCache):  # under autocast RoPE'd keys come out fp32 beside bf16 values, and a
+        def update(self, k, v, *a, **kw):  # static cache holds one dtype: upcast the values (exact)
+            return super().update(k, v.to(k.dtype), *a, **kw)
+    cache = OneDtypeCache(config=model.config, max_cache_len=L)
     slots = torch.arange(L, device=device)
     real = torch.cat([attn.bool(), attn.new_ones(B, max_new_tokens, dtype=torch.bool)], dim=1)  # (B, L)
     # no autocast weight cache: a graph must not keep pointers to cast copies freed when the context exits
@@ -769,14 +771,15 @@ def static_decoder(model, ids, attn, max_new_tokens, device, dtype):
         if device.type != "cuda":
             return forward(*inputs)
         if state["graph"] is None:  # the first step runs eagerly (on a side stream, as capture needs),
-            side = torch.cuda.Stream()  # then the same step is captured without being run
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                out = forward(*inputs)
-            torch.cuda.current_stream().wait_stream(side)
-            state["graph"] = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(state["graph"]):
-                state["out"] = forward(*inputs)
+            with torch.cuda.device(device):  # then the same step is captured without being run
+                side = torch.cuda.Stream()
+                side.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(side):
+                    out = forward(*inputs)
+                torch.cuda.current_stream().wait_stream(side)
+                state["graph"] = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(state["graph"]):
+                    state["out"] = forward(*inputs)
             return out
         state["graph"].replay()
         return state["out"].clone()   # the graph's output buffer is overwritten by the next replay

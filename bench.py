@@ -11,9 +11,11 @@
 Each run first measures the machine's matrix-product rate at the precision it uses (a 1024 x 1024 x 1024
 product, best of 5), then reports the stage's model FLOP rate and its fraction of that rate, so a reader
 sees how close to the floor each stage is. Model FLOPs: 6 x parameters x tokens for a training step
-(forward and backward), 2 x parameters x tokens for a forward pass without gradients; the PPO count
-adds the rollout (one forward a sampled token), the scoring passes (policy, reference, value, RM) and
-four epochs of training of policy and value. Attention's own FLOPs are left out (small at ~100 tokens).
+(forward and backward), 2 x parameters x tokens for a forward pass without gradients, counting the
+parameters outside the embeddings at every token and the LM head (d x V) only where the scripts run it
+(positions that predict a response token; never in a reward or value model); the PPO count adds the
+rollout (prefill, then one forward a sampled token), the scoring passes (policy, reference, value, RM)
+and the epochs of training of policy and value. Attention's own FLOPs are left out (small at ~100 tokens).
 
 The DPO work is the one the TRL DPOTrainer bar in DEVELOPERS.md is measured on: 8 pairs a step, each
 prompt + response about 100 tokens, reference log-probs computed beforehand; tokens/s counts every token
@@ -133,19 +135,31 @@ def value_model_from(model):
     return value
 
 
+def body_and_head(model):
+    """(parameters outside the embeddings, d x V of the LM head). A token costs 2 x body FLOPs a forward pass,
+    plus 2 x d x V where the LM head runs: our scripts run it only at positions that predict a response
+    token, and a reward or value model never (its score head is negligible)."""
+    emb, out = model.get_input_embeddings().weight, model.get_output_embeddings()   # out: None in an RM
+    total = sum(p.numel() for p in model.parameters())
+    if out is None:
+        return total - emb.numel(), 0
+    return total - emb.numel() - (0 if out.weight is emb else out.weight.numel()), out.weight.numel()
+
+
 def sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize()
 
 
-def bench_train(what, args, mods, model, pad, examples, device, dtype):
+def bench_train(what, args, mods, device, dtype):
     """SFT, RM or DPO: timed optimiser steps of --batch sequences or pairs; returns (result, model FLOP/s)."""
     sft, dpo, rm_mod = mods
     B = args.batch
+    model, pad, _, examples = get_model(args, sft, device)
     if what == "rm":  # a reward model of the same size, from the policy's own weights (as 02_reward.py)
-        model = value_model_from(model)
+        model = value_model_from(model)   # (the policy is dropped: it does not count in peak memory)
     model.to(device).train()
-    n_params = sum(p.numel() for p in model.parameters())
+    body, head = body_and_head(model)
     if args.grad_checkpointing:
         model.gradient_checkpointing_enable()
     if args.compile:
@@ -156,7 +170,7 @@ def bench_train(what, args, mods, model, pad, examples, device, dtype):
     ref = None
     if what == "dpo":  # precomputed once, as 04_dpo.py does, and not timed
         ref = dpo.reference_logps(model, pairs, pad, 2 * B, device, dtype, False, "reference")
-    times, tokens = [], []
+    times, tokens, head_tokens = [], [], []
     for i, batch in enumerate(batches):
         sync(device)
         t0 = time.perf_counter()
@@ -165,18 +179,19 @@ def bench_train(what, args, mods, model, pad, examples, device, dtype):
             r = torch.tensor(ref[i * B:(i + 1) * B], device=device)
             losses, _, _ = dpo.dpo_loss(pc, pr, r[:, 0], r[:, 1], 0.1)
             loss = losses.mean()
+            n_head = sum(len(c) + len(r) for _, c, r in batch)
         elif what == "rm":
             ids, attn = (t.to(device) for t in rm_mod.pair_batch(batch, pad))
             with sft.autocast(device, dtype):
                 r = rm_mod.reward_scores(model, ids, attn)                     # (2B,)
             loss = rm_mod.bradley_terry_loss(r[:B], r[B:])[0]
-            n_tok = int(attn.sum())
+            n_tok, n_head = int(attn.sum()), 0
         else:
             ids, attn, resp = (t.to(device) for t in sft.collate([(p_, c) for p_, c, _ in batch], pad))
             with sft.autocast(device, dtype):
                 lp = sft.token_logps(model, ids, attn, resp)
             loss = sft.sft_loss(lp, resp[:, 1:], resp[:, 1:].sum())
-            n_tok = int(attn.sum())
+            n_tok, n_head = int(attn.sum()), sum(len(c) for _, c, _ in batch)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
@@ -185,20 +200,23 @@ def bench_train(what, args, mods, model, pad, examples, device, dtype):
         if i >= 2:  # two warm-up steps (and compilation, with --compile)
             times.append(time.perf_counter() - t0)
             tokens.append(n_tok)
-    result = {"tokens_per_step": sum(tokens) / len(tokens), "s_per_step": sum(times) / len(times),
+            head_tokens.append(n_head)
+    result = {"params_m": round((body + (head if what != "rm" else 0)) / 1e6, 1),
+              "tokens_per_step": sum(tokens) / len(tokens), "s_per_step": sum(times) / len(times),
               "tokens_per_s": sum(tokens) / sum(times)}
-    return result, 6 * n_params * sum(tokens) / sum(times)
+    return result, 6 * (body * sum(tokens) + head * sum(head_tokens)) / sum(times)   # forward and backward
 
 
-def bench_ppo(args, mods, model, pad, eos, examples, device, dtype):
+def bench_ppo(args, mods, device, dtype):
     """One PPO iteration of 05_ppo.py: rollout of --batch prompts x --new-tokens (no EOS: every response
     has full length), scoring passes, --ppo-epochs epochs in minibatches of --minibatch."""
     import copy
     sft, dpo, _ = mods
     ppo = load("05_ppo")
     B, mb_size = args.batch, args.minibatch or args.batch
+    model, pad, _, examples = get_model(args, sft, device)
     model.to(device)
-    n_params = sum(p.numel() for p in model.parameters())
+    body, head = body_and_head(model)
     ref_model = copy.deepcopy(model).eval().requires_grad_(False)
     value = value_model_from(model).to(device).eval()   # value and RM of the same size, from the policy's body
     rm = copy.deepcopy(value).eval().requires_grad_(False)
@@ -255,9 +273,13 @@ def bench_ppo(args, mods, model, pad, eos, examples, device, dtype):
     result = {"iteration_s": sum(r["iteration_s"] for r in timed) / len(timed), "generation_s": gen_s,
               "new_tokens_per_response": timed[0]["new_tokens"],
               "sampling_ms_per_token_step": 1000 * gen_s / timed[0]["new_tokens"]}
-    # per iteration: rollout (a forward per sampled token), 4 scoring forwards, epochs x 2 models trained
-    seq_tokens, new_tokens = int(attn.sum()), B * timed[0]["new_tokens"]
-    flops = n_params * (2 * new_tokens + 4 * 2 * seq_tokens + args.ppo_epochs * 2 * 6 * seq_tokens)
+    result["params_m"] = round((body + head) / 1e6, 1)
+    # per iteration: the rollout (prefill, then a forward per sampled token); scoring forwards of policy and
+    # reference (with LM head on response positions), value and RM (without); epochs x policy and value trained
+    seq, resp_tokens, prompt_tokens = int(attn.sum()), int(mask.sum()), sum(map(len, prompts))
+    flops = (2 * body * (prompt_tokens + resp_tokens) + 2 * head * resp_tokens
+             + 4 * 2 * body * seq + 2 * 2 * head * resp_tokens
+             + args.ppo_epochs * (2 * 6 * body * seq + 6 * head * resp_tokens))
     return result, flops / result["iteration_s"]
 
 
@@ -289,25 +311,21 @@ def main():
         if device.type == "cuda":
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(device)
-        model, pad, eos, examples = get_model(args, sft, device)
-        model.config.use_cache = False
-        result = {"bench": what, "model": args.shape or args.model or "SmolLM2-135M-Instruct",
-                  "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 1), "batch": args.batch,
+        result = {"bench": what, "model": args.shape or args.model or "SmolLM2-135M-Instruct", "batch": args.batch,
                   "precision": sft.precision_name(dtype), "device": torch.cuda.get_device_name(device)
                   if device.type == "cuda" else "cpu", "threads": torch.get_num_threads(),
                   "torch": torch.__version__, "compile": args.compile, "grad_checkpointing": args.grad_checkpointing,
                   "matmul_gflops": peak}
         if what == "ppo":
-            res, model_flops = bench_ppo(args, mods, model, pad, eos, examples, device, dtype)
+            res, model_flops = bench_ppo(args, mods, device, dtype)
             result["sampler"] = "eager" if args.eager_sampling or device.type != "cuda" else "cuda-graph"
         else:
-            res, model_flops = bench_train(what, args, mods, model, pad, examples, device, dtype)
+            res, model_flops = bench_train(what, args, mods, device, dtype)
         result.update(res)
         result["model_gflops"] = model_flops / 1e9
         result["fraction_of_matmul_rate"] = model_flops / 1e9 / peak
         result["peak_mem_mb"] = sft.perf(0, time.time(), device)["perf/peak_mem_mb"]
         print(json.dumps(result), flush=True)
-        del model
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
 """Log-probs, reward scores and the samplers on the tiny model: masking, padding, caching, agreement
 with plain Hugging Face forward passes."""
 
+import gc
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -176,6 +178,8 @@ def test_static_cache_sampler_logps_equal_a_fresh_forward_pass(tiny, tiny_model_
         with sft.autocast(dev, dtype):
             lp = dpo.mixture_logps(out(policy), out(ref), 0.5)
         fresh = torch.where(resp[:, 1:], lp.gather(-1, ids[:, 1:, None]).squeeze(-1), 0.0)
+    # no cache outlives the call (a reference cycle would keep each call's KV cache until a collection)
+    assert not [o for o in gc.get_objects() if type(o).__name__ == "OneDtypeCache"]
     assert sum(map(len, ys)) > 2 * len(ys)
     tol = 1e-4 if dtype is None else 2e-2   # bf16: attention kernels of other shapes round differently
     for i, y in enumerate(ys):
