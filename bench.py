@@ -91,6 +91,12 @@ def random_synthetic(n, prompt_len, response_len, seed, vocab=49152):
     return [(ids(prompt_len), ids(response_len - 1) + [2], ids(response_len - 1) + [2]) for _ in range(n)]
 
 
+def sync(device):
+    """Wait for the device: CUDA work is asynchronous, so a host clock read without this times nothing."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
 def matmul_gflops(device, dtype, n=1024, repeats=5):
     """The machine's matrix-product rate in GFLOP/s at the precision a stage computes in (bf16 under bf16
     autocast, fp32 otherwise): the ceiling that the stage's model FLOP rate is compared with."""
@@ -99,12 +105,10 @@ def matmul_gflops(device, dtype, n=1024, repeats=5):
     a, b = torch.randn(n, n, device=device).to(dt), torch.randn(n, n, device=device).to(dt)
     best = float("inf")
     for i in range(repeats + 1):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        sync(device)
         t0 = time.perf_counter()
         a @ b
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        sync(device)
         if i:  # the first product warms up
             best = min(best, time.perf_counter() - t0)
     return 2 * n ** 3 / best / 1e9
@@ -144,11 +148,6 @@ def body_and_head(model):
     if out is None:
         return total - emb.numel(), 0
     return total - emb.numel() - (0 if out.weight is emb else out.weight.numel()), out.weight.numel()
-
-
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def bench_train(what, args, mods, device, dtype):
