@@ -951,6 +951,18 @@ def position_ids_from(attention_mask):
     return (attention_mask.cumsum(-1) - 1).clamp(min=0)
 
 
+def attention_mask_4d(allowed, model):
+    """A (B, 1, Q, K) mask of our own, True where a query may attend a key, in the form the model's
+    attention uses as given: boolean for SDPA, additive (0 or the lowest float) for eager attention, which
+    would add a boolean mask's 0 and 1 to its scores."""
+    kind = model.config._attn_implementation
+    if kind == "sdpa":
+        return allowed
+    if kind != "eager":
+        raise UserError(f"attention implementation {kind!r}: expected sdpa or eager (our own masks need one)")
+    return torch.zeros(allowed.shape, device=allowed.device).masked_fill(~allowed, torch.finfo(torch.float32).min)
+
+
 def hidden_states(model, input_ids, attention_mask, **kw):
     """The last layer's hidden states of input_ids (B, T) whose mask ends with them: (B, T, H)."""
     positions = position_ids_from(attention_mask)[:, -input_ids.shape[1]:]   # while decoding, the new ones
@@ -1058,9 +1070,9 @@ def static_decoder(model, ids, attn, max_new_tokens, device, dtype):
         q = cache_position[:, None]
         mask = (real[:, None, None, :] & (slots <= q)) | (slots == q)               # (B, 1, Q, L)
         with cast:
-            hidden = model.base_model(input_ids=step_ids, attention_mask=mask, position_ids=positions,
-                                      past_key_values=cache, cache_position=cache_position,
-                                      use_cache=True).last_hidden_state
+            hidden = model.base_model(input_ids=step_ids, attention_mask=attention_mask_4d(mask, model),
+                                      position_ids=positions, past_key_values=cache,
+                                      cache_position=cache_position, use_cache=True).last_hidden_state
             return model.get_output_embeddings()(hidden[:, -1]).float().log_softmax(-1)
 
     first = forward(ids, position_ids_from(attn), slots[:P])                        # prefill, eagerly

@@ -4,6 +4,8 @@
     python bench.py dpo --precision bf16
     python bench.py sft --precision bf16     # SFT: 8 sequences of ~100 tokens a step
     python bench.py rm --precision fp32      # RM: 8 pairs of ~100 tokens a step (Bradley-Terry, 02_reward.py)
+    python bench.py rm --precision fp32 --baseline trl   # the same work through TRL (RewardTrainer, trl 1.16)
+    python bench.py ppo --precision fp32 --baseline trl  # (PPOTrainer: trl 0.24, its last release with PPO)
     python bench.py ppo --precision bf16     # PPO: 8 prompts x 48 new tokens, 4 PPO epochs (one iteration)
     python bench.py sft rm dpo ppo --shape smollm2-135m --batch 64 --new-tokens 128   # one GPU, one process
     python bench.py dpo ppo --shape smollm2-1.7b --batch 8 --grad-checkpointing       # what fits in memory
@@ -169,22 +171,24 @@ def bench_train(what, args, mods, device, dtype):
     ref = None
     if what == "dpo":  # precomputed once, as 04_dpo.py does, and not timed
         ref = dpo.reference_logps(model, pairs, pad, 2 * B, device, dtype, False, "reference")
-    times, tokens, head_tokens = [], [], []
+    times, tokens, flop_tokens, head_tokens = [], [], [], []
     for i, batch in enumerate(batches):
         sync(device)
         t0 = time.perf_counter()
+        n_flop_tok = None
         if what == "dpo":
             pc, pr, n_tok = dpo.pair_logps(model, batch, pad, device, dtype, False)
             r = torch.tensor(ref[i * B:(i + 1) * B], device=device)
             losses, _, _ = dpo.dpo_loss(pc, pr, r[:, 0], r[:, 1], 0.1)
             loss = losses.mean()
             n_head = sum(len(c) + len(r) for _, c, r in batch)
-        elif what == "rm":
-            ids, attn = (t.to(device) for t in rm_mod.pair_batch(batch, pad))
+        elif what == "rm":  # packed as 02_reward.py does: each prompt computed once for both responses
+            packed = [t.to(device) for t in rm_mod.pair_batch(batch, pad)]
             with sft.autocast(device, dtype):
-                r = rm_mod.reward_scores(model, ids, attn)                     # (2B,)
-            loss = rm_mod.bradley_terry_loss(r[:B], r[B:])[0]
-            n_tok, n_head = int(attn.sum()), 0
+                chosen_r, rejected_r = rm_mod.pair_rewards(model, *packed)     # (B,) each
+            loss = rm_mod.bradley_terry_loss(chosen_r, rejected_r)[0]
+            n_tok, n_head = rm_mod.pair_tokens(batch), 0
+            n_flop_tok = sum(len(p) + len(c) + len(r) for p, c, r in batch)
         else:
             ids, attn, resp = (t.to(device) for t in sft.collate([(p_, c) for p_, c, _ in batch], pad))
             with sft.autocast(device, dtype):
@@ -199,11 +203,96 @@ def bench_train(what, args, mods, device, dtype):
         if i >= 2:  # two warm-up steps (and compilation, with --compile)
             times.append(time.perf_counter() - t0)
             tokens.append(n_tok)
+            flop_tokens.append(n_flop_tok or n_tok)   # the RM's packed rows compute fewer than they count
             head_tokens.append(n_head)
     result = {"params_m": round((body + (head if what != "rm" else 0)) / 1e6, 1),
               "tokens_per_step": sum(tokens) / len(tokens), "s_per_step": sum(times) / len(times),
               "tokens_per_s": sum(tokens) / sum(times)}
-    return result, 6 * (body * sum(tokens) + head * sum(head_tokens)) / sum(times)   # forward and backward
+    return result, 6 * (body * sum(flop_tokens) + head * sum(head_tokens)) / sum(times)   # forward and backward
+
+
+def bench_trl_rm(args, sft, device, dtype):
+    """The RM work of bench_train through TRL's RewardTrainer (`pip install trl`; 1.16 measured), for the
+    README's comparison: the same model, pairs, batch and precision, each step timed by a callback (the
+    mean of --steps after 2 warm-up steps). TRL scores chosen and rejected as 2B separate sequences."""
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl import RewardConfig, RewardTrainer
+    if args.shape:
+        raise SystemExit("--baseline trl needs a tokenizer: use the default model or --model")
+    if args.model:
+        model, tok = AutoModelForCausalLM.from_pretrained(args.model), AutoTokenizer.from_pretrained(args.model)
+    else:
+        model, tok, _ = sft.load_base_model(sft.DEFAULT_MODEL)
+    rm = value_model_from(model)
+    rm.config.pad_token_id = tok.pad_token_id
+    body, _ = body_and_head(rm)
+    pairs = synthetic(tok, args.batch * (args.steps + 2), args.prompt_len, args.response_len, 0)
+    data = Dataset.from_list([{"chosen_ids": p + c, "rejected_ids": p + r} for p, c, r in pairs])
+    times = []
+
+    class StepTimer(TrainerCallback):
+        def on_step_begin(self, *a, **kw):
+            sync(device)
+            self.t0 = time.perf_counter()
+
+        def on_step_end(self, *a, **kw):
+            sync(device)
+            times.append(time.perf_counter() - self.t0)
+    config = RewardConfig(output_dir="/tmp/bench_trl_rm", per_device_train_batch_size=args.batch,
+                          max_steps=args.steps + 2, learning_rate=1e-6, lr_scheduler_type="constant",
+                          use_cpu=device.type == "cpu", bf16=dtype == torch.bfloat16, report_to=[],
+                          save_strategy="no", logging_steps=10 ** 6, max_length=None, disable_dropout=True,
+                          center_rewards_coefficient=None, dataloader_num_workers=0)
+    RewardTrainer(model=rm, args=config, train_dataset=data, processing_class=tok, callbacks=[StepTimer()]).train()
+    tokens = sum(len(p) * 2 + len(c) + len(r) for p, c, r in pairs[2 * args.batch:])
+    timed = sum(times[2:])
+    return {"baseline": "trl " + __import__("trl").__version__, "params_m": round(body / 1e6, 1),
+            "tokens_per_step": tokens / args.steps, "s_per_step": timed / args.steps,
+            "tokens_per_s": tokens / timed}, 6 * body * tokens / timed
+
+
+def bench_trl_ppo(args, sft, device, dtype):
+    """bench_ppo's work through TRL's PPOTrainer (`pip install trl==0.24.0`, the last release with it): the
+    same policy, a value model and RM of the same size, --batch prompts x --new-tokens at temperature 1
+    with no stop token, --ppo-epochs epochs in one minibatch of --minibatch. Iterations timed between
+    TRL's step callbacks (the first, with warm-up, dropped)."""
+    import copy
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl import PPOConfig, PPOTrainer
+    if args.shape:
+        raise SystemExit("--baseline trl needs a tokenizer: use the default model or --model")
+    if args.model:
+        model, tok = AutoModelForCausalLM.from_pretrained(args.model), AutoTokenizer.from_pretrained(args.model)
+    else:
+        model, tok, _ = sft.load_base_model(sft.DEFAULT_MODEL)
+    value = value_model_from(model)
+    value.config.pad_token_id = tok.pad_token_id
+    prompts = [p for p, _, _ in synthetic(tok, args.batch, args.prompt_len, 2, 1)]
+    stamps = []
+
+    class IterationTimer(TrainerCallback):
+        def on_train_begin(self, *a, **kw):
+            stamps.append(time.perf_counter())
+
+        def on_step_end(self, *a, **kw):
+            sync(device)
+            stamps.append(time.perf_counter())
+    config = PPOConfig(output_dir="/tmp/bench_trl_ppo", per_device_train_batch_size=args.batch,
+                       num_mini_batches=args.batch // (args.minibatch or args.batch), num_ppo_epochs=args.ppo_epochs,
+                       response_length=args.new_tokens, temperature=1.0, stop_token=None, kl_coef=0.05,
+                       total_episodes=3 * args.batch, learning_rate=1e-6, use_cpu=device.type == "cpu",
+                       bf16=dtype == torch.bfloat16, report_to=[], save_strategy="no", num_sample_generations=0,
+                       local_rollout_forward_batch_size=args.batch, logging_steps=10 ** 6, missing_eos_penalty=None)
+    trainer = PPOTrainer(args=config, processing_class=tok, model=model, ref_model=copy.deepcopy(model),
+                         reward_model=copy.deepcopy(value), value_model=value,
+                         train_dataset=Dataset.from_list([{"input_ids": p} for p in prompts]),
+                         callbacks=[IterationTimer()])
+    trainer.train()
+    iterations = [b - a for a, b in zip(stamps, stamps[1:])][1:]
+    return {"baseline": "trl " + __import__("trl").__version__, "iteration_s": sum(iterations) / len(iterations),
+            "new_tokens_per_response": args.new_tokens}, None
 
 
 def bench_ppo(args, mods, device, dtype):
@@ -299,6 +388,7 @@ def main():
     p.add_argument("--grad-checkpointing", action="store_true")
     p.add_argument("--compile", action="store_true", help="torch.compile the transformer body for training")
     p.add_argument("--eager-sampling", action="store_true", help="PPO: the plain-cache sampler, no CUDA graph")
+    p.add_argument("--baseline", default=None, choices=["trl"], help="rm, ppo: the same work through TRL's RewardTrainer (trl 1.16) or PPOTrainer (trl 0.24)")
     args = p.parse_args()
     mods = load("01_sft"), load("04_dpo"), load("02_reward")
     sft = mods[0]
@@ -315,14 +405,19 @@ def main():
                   if device.type == "cuda" else "cpu", "threads": torch.get_num_threads(),
                   "torch": torch.__version__, "compile": args.compile, "grad_checkpointing": args.grad_checkpointing,
                   "matmul_gflops": peak}
-        if what == "ppo":
+        if args.baseline:
+            if what not in ("rm", "ppo"):
+                raise SystemExit("--baseline trl: rm or ppo (the README's DPO row was measured by hand)")
+            res, model_flops = (bench_trl_rm if what == "rm" else bench_trl_ppo)(args, sft, device, dtype)
+        elif what == "ppo":
             res, model_flops = bench_ppo(args, mods, device, dtype)
             result["sampler"] = "eager" if args.eager_sampling or device.type != "cuda" else "cuda-graph"
         else:
             res, model_flops = bench_train(what, args, mods, device, dtype)
         result.update(res)
-        result["model_gflops"] = model_flops / 1e9
-        result["fraction_of_matmul_rate"] = model_flops / 1e9 / peak
+        if model_flops is not None:   # (TRL's PPO: its own FLOP count is not ours)
+            result["model_gflops"] = model_flops / 1e9
+            result["fraction_of_matmul_rate"] = model_flops / 1e9 / peak
         result["peak_mem_mb"] = sft.perf(0, time.time(), device)["perf/peak_mem_mb"]
         print(json.dumps(result), flush=True)
 

@@ -95,6 +95,32 @@ def test_reward_score_read_at_last_real_token_and_equal_to_hf(tmp_path, tiny_mod
     assert torch.allclose(rm2.score(h), ours[0:1], atol=1e-5)
 
 
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_packed_pair_rewards_equal_each_sequence_alone_in_value_and_gradient(tiny_model_dir, attention):
+    """02 packs [prompt | chosen | rejected] into one row: scores and the Bradley-Terry gradient must equal
+    those of the 2B separate prompt + response sequences (lengths differ, so padding is exercised)."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    make = lambda: AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=1,
+                                                                      attn_implementation=attention)
+    torch.manual_seed(0)
+    rm_packed = make()
+    rm_alone = make()
+    rm_alone.load_state_dict(rm_packed.state_dict())
+    ex = examples(tok)
+    pairs = [(p, r, ex[(i + 1) % 3][1]) for i, (p, r) in enumerate(ex)]      # three prompts, responses of 3 lengths
+    chosen, rejected = rwd.pair_rewards(rm_packed, *rwd.pair_batch(pairs, tok.pad_token_id))
+    ids, attn, _ = sft.collate([(p, c) for p, c, _ in pairs] + [(p, r) for p, _, r in pairs], tok.pad_token_id)
+    alone = rwd.reward_scores(rm_alone, ids, attn)                              # (2B,)
+    assert torch.allclose(torch.cat([chosen, rejected]), alone, atol=1e-5)
+    assert (chosen - rejected).abs().min() > 1e-3                               # distinct scores: a real check
+    rwd.bradley_terry_loss(chosen, rejected, 0.01)[0].backward()
+    rwd.bradley_terry_loss(alone[:3], alone[3:], 0.01)[0].backward()
+    for (name, a), b in zip(rm_packed.named_parameters(), rm_alone.parameters()):
+        assert torch.allclose(a.grad, b.grad, atol=1e-6, rtol=1e-4), name
+    assert rwd.pair_tokens(pairs) == int(attn.sum())
+
+
 @torch.no_grad()
 def test_split_scores_pairs_in_the_order_of_the_rows(tiny_model_dir):
     # 03 batches pairs by length; each gap must still belong to its own row
@@ -151,15 +177,17 @@ DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [None, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("mixture", [False, True], ids=["policy", "mixture"])
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
 @torch.no_grad()
-def test_static_cache_sampler_logps_equal_a_fresh_forward_pass(tiny, tiny_model_dir, device, dtype, mixture):
+def test_static_cache_sampler_logps_equal_a_fresh_forward_pass(tiny, tiny_model_dir, device, dtype, mixture,
+                                                               attention):
     """The static-cache decoder (on CUDA: the step replayed as a CUDA graph) samples from the same
     distributions as a fresh forward pass over prompt + response, also from the policy-reference mixture;
     prompts of different lengths, so left padding and each row's own positions are exercised."""
     from transformers import AutoModelForCausalLM
     dev = torch.device(device)
-    policy = AutoModelForCausalLM.from_pretrained(tiny_model_dir).to(dev).eval()
-    ref = AutoModelForCausalLM.from_pretrained(tiny_model_dir).to(dev).eval()
+    load = lambda: AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation=attention)
+    policy, ref = load().to(dev).eval(), load().to(dev).eval()   # eager: our mask must be additive there
     for p in ref.parameters():
         p.add_(0.05 * torch.randn_like(p))
     _, tok = tiny
