@@ -21,6 +21,9 @@ Deviations and choices of ours:
   2. The pad token is set to a token other than EOS, so `AutoModelForSequenceClassification` reads the
      score at the EOS that closes the response, exactly where this script reads it.
   3. Dropout is off and the weights train in fp32, whatever the checkpoint says (as in every stage).
+  4. A pair is one row [prompt | chosen | rejected] with a mask that hides chosen from rejected, so the
+     prompt both share is computed once (TRL's RewardTrainer runs 2B separate sequences). The scores are
+     those of the separate sequences, up to float rounding (`pair_batch`; tested).
 
 Reads:  --model (default runs/<run>/01_sft: its model and tokenizer, and, unless --data / --test-data
         are given, its data_train.jsonl / data_test.jsonl and length limits); --data FILE: pairs in any

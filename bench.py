@@ -211,19 +211,25 @@ def bench_train(what, args, mods, device, dtype):
     return result, 6 * (body * sum(flop_tokens) + head * sum(head_tokens)) / sum(times)   # forward and backward
 
 
+def model_and_tokenizer(args, sft):
+    """The policy and its tokenizer, for the TRL baselines (which tokenise: no --shape)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    if args.shape:
+        raise SystemExit("--baseline trl needs a tokenizer: use the default model or --model")
+    if args.model:
+        return AutoModelForCausalLM.from_pretrained(args.model), AutoTokenizer.from_pretrained(args.model)
+    model, tok, _ = sft.load_base_model(sft.DEFAULT_MODEL)
+    return model, tok
+
+
 def bench_trl_rm(args, sft, device, dtype):
     """The RM work of bench_train through TRL's RewardTrainer (`pip install trl`; 1.16 measured), for the
     README's comparison: the same model, pairs, batch and precision, each step timed by a callback (the
     mean of --steps after 2 warm-up steps). TRL scores chosen and rejected as 2B separate sequences."""
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from transformers import TrainerCallback
     from trl import RewardConfig, RewardTrainer
-    if args.shape:
-        raise SystemExit("--baseline trl needs a tokenizer: use the default model or --model")
-    if args.model:
-        model, tok = AutoModelForCausalLM.from_pretrained(args.model), AutoTokenizer.from_pretrained(args.model)
-    else:
-        model, tok, _ = sft.load_base_model(sft.DEFAULT_MODEL)
+    model, tok = model_and_tokenizer(args, sft)
     rm = value_model_from(model)
     rm.config.pad_token_id = tok.pad_token_id
     body, _ = body_and_head(rm)
@@ -259,14 +265,9 @@ def bench_trl_ppo(args, sft, device, dtype):
     TRL's step callbacks (the first, with warm-up, dropped)."""
     import copy
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from transformers import TrainerCallback
     from trl import PPOConfig, PPOTrainer
-    if args.shape:
-        raise SystemExit("--baseline trl needs a tokenizer: use the default model or --model")
-    if args.model:
-        model, tok = AutoModelForCausalLM.from_pretrained(args.model), AutoTokenizer.from_pretrained(args.model)
-    else:
-        model, tok, _ = sft.load_base_model(sft.DEFAULT_MODEL)
+    model, tok = model_and_tokenizer(args, sft)
     value = value_model_from(model)
     value.config.pad_token_id = tok.pad_token_id
     prompts = [p for p, _, _ in synthetic(tok, args.batch, args.prompt_len, 2, 1)]
