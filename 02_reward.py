@@ -23,7 +23,8 @@ Deviations and choices of ours:
   3. Dropout is off and the weights train in fp32, whatever the checkpoint says (as in every stage).
   4. A pair is one row [prompt | chosen | rejected] with a mask that hides chosen from rejected, so the
      prompt both share is computed once (TRL's RewardTrainer runs 2B separate sequences). The scores are
-     those of the separate sequences, up to float rounding (`pair_batch`; tested).
+     those of the separate sequences, up to float rounding (`pair_batch`; tested). Models with a sliding
+     window or ALiBi, where our mask would not be exact, are scored as 2B separate sequences.
 
 Reads:  --model (default runs/<run>/01_sft: its model and tokenizer, and, unless --data / --test-data
         are given, its data_train.jsonl / data_test.jsonl and length limits); --data FILE: pairs in any
@@ -95,11 +96,12 @@ def pair_examples(tokenizer, rows, max_prompt_len, max_response_len):
 
 def pair_batch(examples, pad_id):
     """B pairs packed as B rows [prompt | chosen | rejected | padding], so that the prompt both responses
-    share is computed once: a pair costs P + C + R tokens, not 2P + C + R (1.2x faster a step on the
-    built-in task, more with long prompts). The rejected tokens take the positions P, P+1, ... that they
-    have after the prompt alone, and may not attend to the chosen ones, so every score equals that of its
-    own prompt + response sequence (tested). Returns input_ids, position_ids (B, T), allowed (B, 1, T, T),
-    True where a query may attend a key, and last (B, 2): the EOS closing chosen and rejected."""
+    share is computed once: a pair costs P + C + R tokens, not 2P + C + R (1.25x fewer on bench.py's
+    pairs of 50-token prompts and responses, 1.6x fewer on the built-in task's short responses). The
+    rejected tokens take the positions P, P+1, ... that they have after the prompt alone, and may not
+    attend to the chosen ones, so every score equals that of its own prompt + response sequence (tested).
+    Returns input_ids, position_ids (B, T), allowed (B, 1, T, T), True where a query may attend a key,
+    and last (B, 2): the EOS closing chosen and rejected."""
     B, T = len(examples), max(len(p) + len(c) + len(r) for p, c, r in examples)
     ids = torch.full((B, T), pad_id, dtype=torch.long)                            # (B, T)
     positions = torch.zeros((B, T), dtype=torch.long)                             # (B, T)
@@ -117,12 +119,19 @@ def pair_batch(examples, pad_id):
     return ids, positions, allowed, last
 
 
-def pair_rewards(rm, ids, positions, allowed, last):
-    """r(x, y_w) and r(x, y_l), each (B,), from one forward pass of the packed rows of `pair_batch`: the
-    scalar head on the hidden state of the EOS that closes each response."""
+def pair_rewards(rm, examples, pad_id, device):
+    """r(x, y_w) and r(x, y_l), each (B,), in one forward pass: the scalar head on the hidden state of the
+    EOS that closes each response. Packed rows (`pair_batch`) where own_masks_exact allows; else (a sliding
+    window, ALiBi) the 2B prompt + response sequences, rows [0, B) chosen and [B, 2B) rejected."""
+    if not own_masks_exact(rm):
+        seqs = [(p, c) for p, c, _ in examples] + [(p, r) for p, _, r in examples]
+        ids, attn, _ = (t.to(device) for t in collate(seqs, pad_id))               # (2B, T)
+        rewards = reward_scores(rm, ids, attn)                                     # (2B,)
+        return rewards[:len(examples)], rewards[len(examples):]
+    ids, positions, allowed, last = (t.to(device) for t in pair_batch(examples, pad_id))
     hidden = rm.base_model(input_ids=ids, attention_mask=attention_mask_4d(allowed, rm), position_ids=positions,
                            use_cache=False).last_hidden_state                     # (B, T, H)
-    rewards = rm.score(hidden[torch.arange(len(ids), device=ids.device)[:, None], last]).squeeze(-1).float()  # (B, 2)
+    rewards = rm.score(hidden[torch.arange(len(ids), device=device)[:, None], last]).squeeze(-1).float()  # (B, 2)
     return rewards[:, 0], rewards[:, 1]
 
 
@@ -139,9 +148,8 @@ def evaluate(rm, examples, rows, pad_id, batch_size, device, dtype):
     rm.eval()
     margins = []
     for i in range(0, len(examples), batch_size):
-        packed = (t.to(device) for t in pair_batch(examples[i:i + batch_size], pad_id))
         with autocast(device, dtype):
-            chosen_rewards, rejected_rewards = pair_rewards(rm, *packed)            # (B,) each
+            chosen_rewards, rejected_rewards = pair_rewards(rm, examples[i:i + batch_size], pad_id, device)
         margins += (chosen_rewards - rejected_rewards).tolist()
     rm.train()
     out = {"eval/accuracy": sum(m > 0 for m in margins) / len(margins),
@@ -247,9 +255,8 @@ def main(args):
         for _ in range(args.grad_accum):
             # 2. r(x, y_w) and r(x, y_l) of B pairs in one forward pass, each prompt computed once
             batch = [train_ex[j] for j in next(batches)]
-            packed = (t.to(device) for t in pair_batch(batch, tok.pad_token_id))
             with autocast(device, dtype):
-                chosen_rewards, rejected_rewards = pair_rewards(rm, *packed)        # (B,) each
+                chosen_rewards, rejected_rewards = pair_rewards(rm, batch, tok.pad_token_id, device)  # (B,) each
             # 3. L_RM = -log sigmoid(r_w - r_l) + c (r_w + r_l)^2 (Ouyang et al., Eq. 1; deviation 1)
             loss, accuracy, margin = bradley_terry_loss(chosen_rewards, rejected_rewards, args.center_coef)
             if not torch.isfinite(loss):
@@ -601,6 +608,16 @@ def position_ids_from(attention_mask):
     return (attention_mask.cumsum(-1) - 1).clamp(min=0)
 
 
+def own_masks_exact(model):
+    """Whether a 4-D mask and position ids of our own give exactly this model's attention: not under ALiBi
+    (Bloom, MPT, Falcon's option: biases from distances within the row) or a sliding window (transformers
+    applies none to a 4-D mask it is given), and only with SDPA or eager attention. Elsewhere: 2-D masks."""
+    c = model.config
+    window = getattr(c, "sliding_window", None) if getattr(c, "use_sliding_window", True) else None
+    return (c._attn_implementation in ("sdpa", "eager") and not window and not getattr(c, "alibi", False)
+            and c.model_type not in ("bloom", "mpt"))
+
+
 def attention_mask_4d(allowed, model):
     """A (B, 1, Q, K) mask of our own, True where a query may attend a key, in the form the model's
     attention uses as given: boolean for SDPA, additive (0 or the lowest float) for eager attention, which
@@ -650,15 +667,17 @@ def sample_responses(policy, prompts, pad_id, eos_id, max_new_tokens, device, dt
     top-k/top-p, so samples follow the model's own distribution; with `ref` and `mix` (a function of both
     models' next-token log-probs, (B, V)), from mix(policy, ref). Returns (responses, logps): token lists
     cut after the first EOS (none: the length limit was hit), and each token's log-prob where sampled.
-    static (default: on CUDA) decodes into a static KV cache with the one-token step replayed as a CUDA
-    graph; the CPU keeps the plain cache, where launches cost little beside the arithmetic."""
+    static (default: on CUDA, for models that own_masks_exact allows) decodes into a static KV cache with
+    the one-token step replayed as a CUDA graph; the CPU keeps the plain cache, where launches cost little
+    beside the arithmetic."""
     models = [policy] + ([ref] if mix is not None else [])
     modes = [m.training for m in models]
     for m in models:  # eval mode: gradient-checkpointed layers in train mode drop the KV cache
         m.eval()
     ids, attn, _ = (t.to(device) for t in collate([(p, []) for p in prompts], pad_id, side="left"))
-    decoder = static_decoder if (device.type == "cuda" if static is None else static) else dynamic_decoder
-    steps = [decoder(m, ids, attn, max_new_tokens, device, dtype) for m in models]
+    use_static = lambda m: device.type == "cuda" and own_masks_exact(m) if static is None else static
+    steps = [(static_decoder if use_static(m) else dynamic_decoder)(m, ids, attn, max_new_tokens, device, dtype)
+             for m in models]
     logps = [step(None) for step in steps]                                          # the prompts' next token
     done = torch.zeros(len(prompts), dtype=torch.bool, device=device)
     tokens, token_logps_ = [], []

@@ -951,6 +951,16 @@ def position_ids_from(attention_mask):
     return (attention_mask.cumsum(-1) - 1).clamp(min=0)
 
 
+def own_masks_exact(model):
+    """Whether a 4-D mask and position ids of our own give exactly this model's attention: not under ALiBi
+    (Bloom, MPT, Falcon's option: biases from distances within the row) or a sliding window (transformers
+    applies none to a 4-D mask it is given), and only with SDPA or eager attention. Elsewhere: 2-D masks."""
+    c = model.config
+    window = getattr(c, "sliding_window", None) if getattr(c, "use_sliding_window", True) else None
+    return (c._attn_implementation in ("sdpa", "eager") and not window and not getattr(c, "alibi", False)
+            and c.model_type not in ("bloom", "mpt"))
+
+
 def attention_mask_4d(allowed, model):
     """A (B, 1, Q, K) mask of our own, True where a query may attend a key, in the form the model's
     attention uses as given: boolean for SDPA, additive (0 or the lowest float) for eager attention, which
@@ -1000,15 +1010,17 @@ def sample_responses(policy, prompts, pad_id, eos_id, max_new_tokens, device, dt
     top-k/top-p, so samples follow the model's own distribution; with `ref` and `mix` (a function of both
     models' next-token log-probs, (B, V)), from mix(policy, ref). Returns (responses, logps): token lists
     cut after the first EOS (none: the length limit was hit), and each token's log-prob where sampled.
-    static (default: on CUDA) decodes into a static KV cache with the one-token step replayed as a CUDA
-    graph; the CPU keeps the plain cache, where launches cost little beside the arithmetic."""
+    static (default: on CUDA, for models that own_masks_exact allows) decodes into a static KV cache with
+    the one-token step replayed as a CUDA graph; the CPU keeps the plain cache, where launches cost little
+    beside the arithmetic."""
     models = [policy] + ([ref] if mix is not None else [])
     modes = [m.training for m in models]
     for m in models:  # eval mode: gradient-checkpointed layers in train mode drop the KV cache
         m.eval()
     ids, attn, _ = (t.to(device) for t in collate([(p, []) for p in prompts], pad_id, side="left"))
-    decoder = static_decoder if (device.type == "cuda" if static is None else static) else dynamic_decoder
-    steps = [decoder(m, ids, attn, max_new_tokens, device, dtype) for m in models]
+    use_static = lambda m: device.type == "cuda" and own_masks_exact(m) if static is None else static
+    steps = [(static_decoder if use_static(m) else dynamic_decoder)(m, ids, attn, max_new_tokens, device, dtype)
+             for m in models]
     logps = [step(None) for step in steps]                                          # the prompts' next token
     done = torch.zeros(len(prompts), dtype=torch.bool, device=device)
     tokens, token_logps_ = [], []

@@ -5,6 +5,7 @@
     python bench.py sft --precision bf16     # SFT: 8 sequences of ~100 tokens a step
     python bench.py rm --precision fp32      # RM: 8 pairs of ~100 tokens a step (Bradley-Terry, 02_reward.py)
     python bench.py rm --precision fp32 --baseline trl   # the same work through TRL (RewardTrainer, trl 1.16)
+    python bench.py dpo --precision fp32 --baseline trl  # (DPOTrainer, trl 1.16)
     python bench.py ppo --precision fp32 --baseline trl  # (PPOTrainer: trl 0.24, its last release with PPO)
     python bench.py ppo --precision bf16     # PPO: 8 prompts x 48 new tokens, 4 PPO epochs (one iteration)
     python bench.py sft rm dpo ppo --shape smollm2-135m --batch 64 --new-tokens 128   # one GPU, one process
@@ -183,9 +184,8 @@ def bench_train(what, args, mods, device, dtype):
             loss = losses.mean()
             n_head = sum(len(c) + len(r) for _, c, r in batch)
         elif what == "rm":  # packed as 02_reward.py does: each prompt computed once for both responses
-            packed = [t.to(device) for t in rm_mod.pair_batch(batch, pad)]
             with sft.autocast(device, dtype):
-                chosen_r, rejected_r = rm_mod.pair_rewards(model, *packed)     # (B,) each
+                chosen_r, rejected_r = rm_mod.pair_rewards(model, batch, pad, device)   # (B,) each
             loss = rm_mod.bradley_terry_loss(chosen_r, rejected_r)[0]
             n_tok, n_head = rm_mod.pair_tokens(batch), 0
             n_flop_tok = sum(len(p) + len(c) + len(r) for p, c, r in batch)
@@ -222,19 +222,24 @@ def model_and_tokenizer(args, sft):
     return model, tok
 
 
-def bench_trl_rm(args, sft, device, dtype):
-    """The RM work of bench_train through TRL's RewardTrainer (`pip install trl`; 1.16 measured), for the
-    README's comparison: the same model, pairs, batch and precision, each step timed by a callback (the
-    mean of --steps after 2 warm-up steps). TRL scores chosen and rejected as 2B separate sequences."""
+def bench_trl_pairs(what, args, sft, device, dtype):
+    """The RM or DPO work of bench_train through TRL's RewardTrainer or DPOTrainer (`pip install trl`; 1.16
+    measured), for the README's comparison: the same model, pairs, batch and precision, each step timed by
+    a callback (the mean of --steps after 2 warm-up steps). TRL scores chosen and rejected as 2B separate
+    sequences. DPO: reference log-probs precomputed (precompute_ref_log_probs), as 04_dpo.py does; TRL
+    tokenises text, so the pairs are decoded and re-tokenised (lengths within a token or two)."""
     from datasets import Dataset
     from transformers import TrainerCallback
-    from trl import RewardConfig, RewardTrainer
+    import trl
     model, tok = model_and_tokenizer(args, sft)
-    rm = value_model_from(model)
-    rm.config.pad_token_id = tok.pad_token_id
-    body, _ = body_and_head(rm)
+    if what == "rm":
+        model = value_model_from(model)
+        model.config.pad_token_id = tok.pad_token_id
+    body, head = body_and_head(model)
     pairs = synthetic(tok, args.batch * (args.steps + 2), args.prompt_len, args.response_len, 0)
-    data = Dataset.from_list([{"chosen_ids": p + c, "rejected_ids": p + r} for p, c, r in pairs])
+    text = lambda ids: tok.decode(ids, skip_special_tokens=True)
+    data = Dataset.from_list([{"chosen_ids": p + c, "rejected_ids": p + r} if what == "rm" else
+                              {"prompt": text(p), "chosen": text(c), "rejected": text(r)} for p, c, r in pairs])
     times = []
 
     class StepTimer(TrainerCallback):
@@ -245,17 +250,24 @@ def bench_trl_rm(args, sft, device, dtype):
         def on_step_end(self, *a, **kw):
             sync(device)
             times.append(time.perf_counter() - self.t0)
-    config = RewardConfig(output_dir="/tmp/bench_trl_rm", per_device_train_batch_size=args.batch,
-                          max_steps=args.steps + 2, learning_rate=1e-6, lr_scheduler_type="constant",
-                          use_cpu=device.type == "cpu", bf16=dtype == torch.bfloat16, report_to=[],
-                          save_strategy="no", logging_steps=10 ** 6, max_length=None, disable_dropout=True,
-                          center_rewards_coefficient=None, dataloader_num_workers=0)
-    RewardTrainer(model=rm, args=config, train_dataset=data, processing_class=tok, callbacks=[StepTimer()]).train()
-    tokens = sum(len(p) * 2 + len(c) + len(r) for p, c, r in pairs[2 * args.batch:])
+    common = dict(output_dir=f"/tmp/bench_trl_{what}", per_device_train_batch_size=args.batch,
+                  max_steps=args.steps + 2, learning_rate=1e-6, lr_scheduler_type="constant",
+                  use_cpu=device.type == "cpu", bf16=dtype == torch.bfloat16, report_to=[], save_strategy="no",
+                  logging_steps=10 ** 6, max_length=None, disable_dropout=True, dataloader_num_workers=0)
+    if what == "rm":
+        trainer = trl.RewardTrainer(model=model, args=trl.RewardConfig(**common, center_rewards_coefficient=None),
+                                    train_dataset=data, processing_class=tok, callbacks=[StepTimer()])
+    else:
+        trainer = trl.DPOTrainer(model=model, args=trl.DPOConfig(**common, beta=0.1, precompute_ref_log_probs=True),
+                                 train_dataset=data, processing_class=tok, callbacks=[StepTimer()])
+    trainer.train()
+    timed_pairs = pairs[2 * args.batch:]
+    tokens = sum(len(p) * 2 + len(c) + len(r) for p, c, r in timed_pairs)
+    head_tokens = 0 if what == "rm" else sum(len(c) + len(r) for _, c, r in timed_pairs)
     timed = sum(times[2:])
-    return {"baseline": "trl " + __import__("trl").__version__, "params_m": round(body / 1e6, 1),
+    return {"baseline": "trl " + trl.__version__, "params_m": round((body + head) / 1e6, 1),
             "tokens_per_step": tokens / args.steps, "s_per_step": timed / args.steps,
-            "tokens_per_s": tokens / timed}, 6 * body * tokens / timed
+            "tokens_per_s": tokens / timed}, 6 * (body * tokens + head * head_tokens) / timed   # our FLOP count
 
 
 def bench_trl_ppo(args, sft, device, dtype):
@@ -389,7 +401,7 @@ def main():
     p.add_argument("--grad-checkpointing", action="store_true")
     p.add_argument("--compile", action="store_true", help="torch.compile the transformer body for training")
     p.add_argument("--eager-sampling", action="store_true", help="PPO: the plain-cache sampler, no CUDA graph")
-    p.add_argument("--baseline", default=None, choices=["trl"], help="rm, ppo: the same work through TRL's RewardTrainer (trl 1.16) or PPOTrainer (trl 0.24)")
+    p.add_argument("--baseline", default=None, choices=["trl"], help="dpo, rm, ppo: the same work through TRL's DPOTrainer, RewardTrainer (trl 1.16) or PPOTrainer (trl 0.24)")
     args = p.parse_args()
     mods = load("01_sft"), load("04_dpo"), load("02_reward")
     sft = mods[0]
@@ -407,9 +419,10 @@ def main():
                   "torch": torch.__version__, "compile": args.compile, "grad_checkpointing": args.grad_checkpointing,
                   "matmul_gflops": peak}
         if args.baseline:
-            if what not in ("rm", "ppo"):
-                raise SystemExit("--baseline trl: rm or ppo (the README's DPO row was measured by hand)")
-            res, model_flops = (bench_trl_rm if what == "rm" else bench_trl_ppo)(args, sft, device, dtype)
+            if what == "sft":
+                raise SystemExit("--baseline trl: dpo, rm or ppo")
+            res, model_flops = bench_trl_ppo(args, sft, device, dtype) if what == "ppo" else \
+                bench_trl_pairs(what, args, sft, device, dtype)
         elif what == "ppo":
             res, model_flops = bench_ppo(args, mods, device, dtype)
             result["sampler"] = "eager" if args.eager_sampling or device.type != "cuda" else "cuda-graph"

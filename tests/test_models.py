@@ -109,7 +109,8 @@ def test_packed_pair_rewards_equal_each_sequence_alone_in_value_and_gradient(tin
     rm_alone.load_state_dict(rm_packed.state_dict())
     ex = examples(tok)
     pairs = [(p, r, ex[(i + 1) % 3][1]) for i, (p, r) in enumerate(ex)]      # three prompts, responses of 3 lengths
-    chosen, rejected = rwd.pair_rewards(rm_packed, *rwd.pair_batch(pairs, tok.pad_token_id))
+    assert rwd.own_masks_exact(rm_packed)                                       # so pair_rewards packs
+    chosen, rejected = rwd.pair_rewards(rm_packed, pairs, tok.pad_token_id, CPU)
     ids, attn, _ = sft.collate([(p, c) for p, c, _ in pairs] + [(p, r) for p, _, r in pairs], tok.pad_token_id)
     alone = rwd.reward_scores(rm_alone, ids, attn)                              # (2B,)
     assert torch.allclose(torch.cat([chosen, rejected]), alone, atol=1e-5)
@@ -119,6 +120,32 @@ def test_packed_pair_rewards_equal_each_sequence_alone_in_value_and_gradient(tin
     for (name, a), b in zip(rm_packed.named_parameters(), rm_alone.parameters()):
         assert torch.allclose(a.grad, b.grad, atol=1e-6, rtol=1e-4), name
     assert rwd.pair_tokens(pairs) == int(attn.sum())
+
+
+@pytest.mark.parametrize("arch", ["mistral-window-4", "bloom-alibi"])
+@torch.no_grad()
+def test_pair_rewards_score_separate_sequences_where_a_packed_mask_is_not_exact(tiny, arch):
+    """A sliding window (transformers applies none to a 4-D mask it is given) or ALiBi (biases from distances
+    within the row) would make packed scores wrong: pair_rewards must then score the 2B sequences."""
+    from transformers import AutoModelForSequenceClassification, BloomConfig, MistralConfig
+    _, tok = tiny
+    torch.manual_seed(0)
+    if arch.startswith("mistral"):
+        config = MistralConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                               num_attention_heads=4, num_key_value_heads=2, sliding_window=4, num_labels=1,
+                               pad_token_id=tok.pad_token_id)
+    else:
+        config = BloomConfig(vocab_size=len(tok), hidden_size=32, n_layer=2, n_head=4, num_labels=1,
+                             pad_token_id=tok.pad_token_id)
+    rm = AutoModelForSequenceClassification.from_config(config).eval()
+    assert not rwd.own_masks_exact(rm) and not sft.own_masks_exact(rm)
+    ex = examples(tok)
+    pairs = [(p, r, ex[(i + 1) % 3][1]) for i, (p, r) in enumerate(ex)]
+    chosen, rejected = rwd.pair_rewards(rm, pairs, tok.pad_token_id, CPU)
+    ids, attn, _ = sft.collate([(p, c) for p, c, _ in pairs] + [(p, r) for p, _, r in pairs], tok.pad_token_id)
+    hidden = [rm.base_model(input_ids=ids[i:i + 1, :int(attn[i].sum())]).last_hidden_state for i in range(len(ids))]
+    alone = torch.stack([rm.score(h[0, -1])[0] for h in hidden])               # each sequence alone, unpadded
+    assert torch.allclose(torch.cat([chosen, rejected]), alone, atol=1e-5)
 
 
 @torch.no_grad()
