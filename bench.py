@@ -5,7 +5,7 @@
     python bench.py sft --precision bf16     # SFT: 8 sequences of ~100 tokens a step
     python bench.py rm --precision fp32      # RM: 8 pairs of ~100 tokens a step (Bradley-Terry, 02_reward.py)
     python bench.py rm --precision fp32 --baseline trl   # the same work through TRL (RewardTrainer, trl 1.16)
-    python bench.py dpo --precision fp32 --baseline trl  # (DPOTrainer, trl 1.16)
+    python bench.py dpo --precision fp32 --baseline trl  # (DPOTrainer, trl 1.16; sft: SFTTrainer)
     python bench.py ppo --precision fp32 --baseline trl  # (PPOTrainer: trl 0.24, its last release with PPO)
     python bench.py ppo --precision bf16     # PPO: 8 prompts x 48 new tokens, 4 PPO epochs (one iteration)
     python bench.py sft rm dpo ppo --shape smollm2-135m --batch 64 --new-tokens 128   # one GPU, one process
@@ -223,8 +223,8 @@ def model_and_tokenizer(args, sft):
 
 
 def bench_trl_pairs(what, args, sft, device, dtype):
-    """The RM or DPO work of bench_train through TRL's RewardTrainer or DPOTrainer (`pip install trl`; 1.16
-    measured), for the README's comparison: the same model, pairs, batch and precision, each step timed by
+    """The SFT, RM or DPO work of bench_train through TRL's SFTTrainer (loss on the completion only, as
+    01_sft.py), RewardTrainer or DPOTrainer (`pip install trl`; 1.16 measured), for the README's comparison: the same model, pairs, batch and precision, each step timed by
     a callback (the mean of --steps after 2 warm-up steps). TRL scores chosen and rejected as 2B separate
     sequences. DPO: reference log-probs precomputed (precompute_ref_log_probs), as 04_dpo.py does; TRL
     tokenises text, so the pairs are decoded and re-tokenised (lengths within a token or two)."""
@@ -238,8 +238,10 @@ def bench_trl_pairs(what, args, sft, device, dtype):
     body, head = body_and_head(model)
     pairs = synthetic(tok, args.batch * (args.steps + 2), args.prompt_len, args.response_len, 0)
     text = lambda ids: tok.decode(ids, skip_special_tokens=True)
-    data = Dataset.from_list([{"chosen_ids": p + c, "rejected_ids": p + r} if what == "rm" else
-                              {"prompt": text(p), "chosen": text(c), "rejected": text(r)} for p, c, r in pairs])
+    row = {"sft": lambda p, c, r: {"input_ids": p + c, "completion_mask": [0] * len(p) + [1] * len(c)},
+           "rm": lambda p, c, r: {"chosen_ids": p + c, "rejected_ids": p + r},
+           "dpo": lambda p, c, r: {"prompt": text(p), "chosen": text(c), "rejected": text(r)}}[what]
+    data = Dataset.from_list([row(*pair) for pair in pairs])
     times = []
 
     class StepTimer(TrainerCallback):
@@ -253,17 +255,25 @@ def bench_trl_pairs(what, args, sft, device, dtype):
     common = dict(output_dir=f"/tmp/bench_trl_{what}", per_device_train_batch_size=args.batch,
                   max_steps=args.steps + 2, learning_rate=1e-6, lr_scheduler_type="constant",
                   use_cpu=device.type == "cpu", bf16=dtype == torch.bfloat16, report_to=[], save_strategy="no",
-                  logging_steps=10 ** 6, max_length=None, disable_dropout=True, dataloader_num_workers=0)
-    if what == "rm":
-        trainer = trl.RewardTrainer(model=model, args=trl.RewardConfig(**common, center_rewards_coefficient=None),
-                                    train_dataset=data, processing_class=tok, callbacks=[StepTimer()])
-    else:
-        trainer = trl.DPOTrainer(model=model, args=trl.DPOConfig(**common, beta=0.1, precompute_ref_log_probs=True),
+                  logging_steps=10 ** 6, max_length=None, dataloader_num_workers=0)   # (SmolLM2 has no dropout)
+    if what == "sft":
+        trainer = trl.SFTTrainer(model=model, args=trl.SFTConfig(**common, completion_only_loss=True),
                                  train_dataset=data, processing_class=tok, callbacks=[StepTimer()])
+    elif what == "rm":
+        config = trl.RewardConfig(**common, center_rewards_coefficient=None, disable_dropout=True)
+        trainer = trl.RewardTrainer(model=model, args=config, train_dataset=data, processing_class=tok,
+                                    callbacks=[StepTimer()])
+    else:
+        config = trl.DPOConfig(**common, beta=0.1, precompute_ref_log_probs=True, disable_dropout=True)
+        trainer = trl.DPOTrainer(model=model, args=config, train_dataset=data, processing_class=tok,
+                                 callbacks=[StepTimer()])
     trainer.train()
     timed_pairs = pairs[2 * args.batch:]
-    tokens = sum(len(p) * 2 + len(c) + len(r) for p, c, r in timed_pairs)
-    head_tokens = 0 if what == "rm" else sum(len(c) + len(r) for _, c, r in timed_pairs)
+    if what == "sft":
+        tokens, head_tokens = sum(len(p) + len(c) for p, c, _ in timed_pairs), sum(len(c) for _, c, _ in timed_pairs)
+    else:
+        tokens = sum(len(p) * 2 + len(c) + len(r) for p, c, r in timed_pairs)
+        head_tokens = 0 if what == "rm" else sum(len(c) + len(r) for _, c, r in timed_pairs)
     timed = sum(times[2:])
     return {"baseline": "trl " + trl.__version__, "params_m": round((body + head) / 1e6, 1),
             "tokens_per_step": tokens / args.steps, "s_per_step": timed / args.steps,
@@ -401,7 +411,7 @@ def main():
     p.add_argument("--grad-checkpointing", action="store_true")
     p.add_argument("--compile", action="store_true", help="torch.compile the transformer body for training")
     p.add_argument("--eager-sampling", action="store_true", help="PPO: the plain-cache sampler, no CUDA graph")
-    p.add_argument("--baseline", default=None, choices=["trl"], help="dpo, rm, ppo: the same work through TRL's DPOTrainer, RewardTrainer (trl 1.16) or PPOTrainer (trl 0.24)")
+    p.add_argument("--baseline", default=None, choices=["trl"], help="the same work through TRL: SFTTrainer, RewardTrainer, DPOTrainer (trl 1.16), PPOTrainer (trl 0.24)")
     args = p.parse_args()
     mods = load("01_sft"), load("04_dpo"), load("02_reward")
     sft = mods[0]
@@ -419,8 +429,6 @@ def main():
                   "torch": torch.__version__, "compile": args.compile, "grad_checkpointing": args.grad_checkpointing,
                   "matmul_gflops": peak}
         if args.baseline:
-            if what == "sft":
-                raise SystemExit("--baseline trl: dpo, rm or ppo")
             res, model_flops = bench_trl_ppo(args, sft, device, dtype) if what == "ppo" else \
                 bench_trl_pairs(what, args, sft, device, dtype)
         elif what == "ppo":
