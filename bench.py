@@ -224,10 +224,11 @@ def model_and_tokenizer(args, sft):
 
 def bench_trl_pairs(what, args, sft, device, dtype):
     """The SFT, RM or DPO work of bench_train through TRL's SFTTrainer (loss on the completion only, as
-    01_sft.py), RewardTrainer or DPOTrainer (`pip install trl`; 1.16 measured), for the README's comparison: the same model, pairs, batch and precision, each step timed by
-    a callback (the mean of --steps after 2 warm-up steps). TRL scores chosen and rejected as 2B separate
-    sequences. DPO: reference log-probs precomputed (precompute_ref_log_probs), as 04_dpo.py does; TRL
-    tokenises text, so the pairs are decoded and re-tokenised (lengths within a token or two)."""
+    01_sft.py), RewardTrainer or DPOTrainer (`pip install trl`; 1.16 measured), for the README's comparison:
+    the same model, pairs, batch and precision, each step timed by a callback (the mean of --steps after 2
+    warm-up steps). TRL scores chosen and rejected as 2B separate sequences. DPO: reference log-probs
+    precomputed (precompute_ref_log_probs), as 04_dpo.py does; TRL tokenises text, so the pairs are decoded
+    and re-tokenised (lengths within a token or two)."""
     from datasets import Dataset
     from transformers import TrainerCallback
     import trl
@@ -411,7 +412,8 @@ def main():
     p.add_argument("--grad-checkpointing", action="store_true")
     p.add_argument("--compile", action="store_true", help="torch.compile the transformer body for training")
     p.add_argument("--eager-sampling", action="store_true", help="PPO: the plain-cache sampler, no CUDA graph")
-    p.add_argument("--baseline", default=None, choices=["trl"], help="the same work through TRL: SFTTrainer, RewardTrainer, DPOTrainer (trl 1.16), PPOTrainer (trl 0.24)")
+    p.add_argument("--baseline", default=None, choices=["trl"],
+                   help="the same work through TRL's SFT, Reward, DPO (trl 1.16) or PPO (0.24) trainer")
     args = p.parse_args()
     mods = load("01_sft"), load("04_dpo"), load("02_reward")
     sft = mods[0]
