@@ -188,7 +188,8 @@ def bench_train(what, args, mods, device, dtype):
                 chosen_r, rejected_r = rm_mod.pair_rewards(model, batch, pad, device)   # (B,) each
             loss = rm_mod.bradley_terry_loss(chosen_r, rejected_r)[0]
             n_tok, n_head = rm_mod.pair_tokens(batch), 0
-            n_flop_tok = sum(len(p) + len(c) + len(r) for p, c, r in batch)
+            if rm_mod.own_masks_exact(model):   # packed rows: the prompt computed once
+                n_flop_tok = sum(len(p) + len(c) + len(r) for p, c, r in batch)
         else:
             ids, attn, resp = (t.to(device) for t in sft.collate([(p_, c) for p_, c, _ in batch], pad))
             with sft.autocast(device, dtype):
