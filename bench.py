@@ -117,16 +117,33 @@ def matmul_gflops(device, dtype, n=1024, repeats=5):
     return 2 * n ** 3 / best / 1e9
 
 
+def model_and_tokenizer(args, sft):
+    """The policy of --model (default: SmolLM2-135M-Instruct offline, as 01_sft.py loads it) and its tokenizer."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    if args.shape:  # (get_model builds a random model itself; the TRL baselines need a tokenizer)
+        raise SystemExit("--baseline trl needs a tokenizer: use the default model or --model")
+    if args.model:
+        return AutoModelForCausalLM.from_pretrained(args.model), AutoTokenizer.from_pretrained(args.model)
+    model, tok, _ = sft.load_base_model(sft.DEFAULT_MODEL)
+    return model, tok
+
+
 def get_model(args, sft, device):
     """(model, pad id, eos id, examples(n, prompt_len, response_len, seed))."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
     if args.shape:
         return random_model(args.shape, device), 2, 2, random_synthetic
-    if args.model:
-        model, tok = AutoModelForCausalLM.from_pretrained(args.model), AutoTokenizer.from_pretrained(args.model)
-    else:
-        model, tok, _ = sft.load_base_model(sft.DEFAULT_MODEL)
+    model, tok = model_and_tokenizer(args, sft)
     return model, tok.pad_token_id, tok.eos_token_id, lambda *a: synthetic(tok, *a)
+
+
+def step_work(what, batch):
+    """(tokens, LM-head tokens) of a batch of (prompt, chosen, rejected): the tokens of the training sequences
+    (SFT: prompt + chosen; RM, DPO: both prompt + response sequences, the prompt once per response, as TRL
+    counts them) and the positions where the LM head runs (none in a reward model)."""
+    if what == "sft":
+        return sum(len(p) + len(c) for p, c, _ in batch), sum(len(c) for _, c, _ in batch)
+    return sum(2 * len(p) + len(c) + len(r) for p, c, r in batch), \
+        0 if what == "rm" else sum(len(c) + len(r) for _, c, r in batch)
 
 
 def value_model_from(model):
@@ -176,26 +193,20 @@ def bench_train(what, args, mods, device, dtype):
     for i, batch in enumerate(batches):
         sync(device)
         t0 = time.perf_counter()
-        n_flop_tok = None
         if what == "dpo":
-            pc, pr, n_tok = dpo.pair_logps(model, batch, pad, device, dtype, False)
+            pc, pr, _ = dpo.pair_logps(model, batch, pad, device, dtype, False)
             r = torch.tensor(ref[i * B:(i + 1) * B], device=device)
             losses, _, _ = dpo.dpo_loss(pc, pr, r[:, 0], r[:, 1], 0.1)
             loss = losses.mean()
-            n_head = sum(len(c) + len(r) for _, c, r in batch)
         elif what == "rm":  # packed as 02_reward.py does: each prompt computed once for both responses
             with sft.autocast(device, dtype):
                 chosen_r, rejected_r = rm_mod.pair_rewards(model, batch, pad, device)   # (B,) each
             loss = rm_mod.bradley_terry_loss(chosen_r, rejected_r)[0]
-            n_tok, n_head = rm_mod.pair_tokens(batch), 0
-            if rm_mod.own_masks_exact(model):   # packed rows: the prompt computed once
-                n_flop_tok = sum(len(p) + len(c) + len(r) for p, c, r in batch)
         else:
             ids, attn, resp = (t.to(device) for t in sft.collate([(p_, c) for p_, c, _ in batch], pad))
             with sft.autocast(device, dtype):
                 lp = sft.token_logps(model, ids, attn, resp)
             loss = sft.sft_loss(lp, resp[:, 1:], resp[:, 1:].sum())
-            n_tok, n_head = int(attn.sum()), sum(len(c) for _, c, _ in batch)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
@@ -203,24 +214,15 @@ def bench_train(what, args, mods, device, dtype):
         sync(device)
         if i >= 2:  # two warm-up steps (and compilation, with --compile)
             times.append(time.perf_counter() - t0)
+            n_tok, n_head = step_work(what, batch)
+            packed = what == "rm" and rm_mod.own_masks_exact(model)   # packed rows compute each prompt once
             tokens.append(n_tok)
-            flop_tokens.append(n_flop_tok or n_tok)   # the RM's packed rows compute fewer than they count
+            flop_tokens.append(n_tok - sum(len(p) for p, _, _ in batch) if packed else n_tok)
             head_tokens.append(n_head)
     result = {"params_m": round((body + (head if what != "rm" else 0)) / 1e6, 1),
               "tokens_per_step": sum(tokens) / len(tokens), "s_per_step": sum(times) / len(times),
               "tokens_per_s": sum(tokens) / sum(times)}
     return result, 6 * (body * sum(flop_tokens) + head * sum(head_tokens)) / sum(times)   # forward and backward
-
-
-def model_and_tokenizer(args, sft):
-    """The policy and its tokenizer, for the TRL baselines (which tokenise: no --shape)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    if args.shape:
-        raise SystemExit("--baseline trl needs a tokenizer: use the default model or --model")
-    if args.model:
-        return AutoModelForCausalLM.from_pretrained(args.model), AutoTokenizer.from_pretrained(args.model)
-    model, tok, _ = sft.load_base_model(sft.DEFAULT_MODEL)
-    return model, tok
 
 
 def bench_trl_pairs(what, args, sft, device, dtype):
@@ -270,12 +272,7 @@ def bench_trl_pairs(what, args, sft, device, dtype):
         trainer = trl.DPOTrainer(model=model, args=config, train_dataset=data, processing_class=tok,
                                  callbacks=[StepTimer()])
     trainer.train()
-    timed_pairs = pairs[2 * args.batch:]
-    if what == "sft":
-        tokens, head_tokens = sum(len(p) + len(c) for p, c, _ in timed_pairs), sum(len(c) for _, c, _ in timed_pairs)
-    else:
-        tokens = sum(len(p) * 2 + len(c) + len(r) for p, c, r in timed_pairs)
-        head_tokens = 0 if what == "rm" else sum(len(c) + len(r) for _, c, r in timed_pairs)
+    tokens, head_tokens = step_work(what, pairs[2 * args.batch:])
     timed = sum(times[2:])
     return {"baseline": "trl " + trl.__version__, "params_m": round((body + head) / 1e6, 1),
             "tokens_per_step": tokens / args.steps, "s_per_step": timed / args.steps,
@@ -290,7 +287,7 @@ def bench_trl_ppo(args, sft, device, dtype):
     import copy
     from datasets import Dataset
     from transformers import TrainerCallback
-    from trl import PPOConfig, PPOTrainer
+    import trl
     model, tok = model_and_tokenizer(args, sft)
     value = value_model_from(model)
     value.config.pad_token_id = tok.pad_token_id
@@ -304,19 +301,19 @@ def bench_trl_ppo(args, sft, device, dtype):
         def on_step_end(self, *a, **kw):
             sync(device)
             stamps.append(time.perf_counter())
-    config = PPOConfig(output_dir="/tmp/bench_trl_ppo", per_device_train_batch_size=args.batch,
+    config = trl.PPOConfig(output_dir="/tmp/bench_trl_ppo", per_device_train_batch_size=args.batch,
                        num_mini_batches=args.batch // (args.minibatch or args.batch), num_ppo_epochs=args.ppo_epochs,
                        response_length=args.new_tokens, temperature=1.0, stop_token=None, kl_coef=0.05,
                        total_episodes=3 * args.batch, learning_rate=1e-6, use_cpu=device.type == "cpu",
                        bf16=dtype == torch.bfloat16, report_to=[], save_strategy="no", num_sample_generations=0,
                        local_rollout_forward_batch_size=args.batch, logging_steps=10 ** 6, missing_eos_penalty=None)
-    trainer = PPOTrainer(args=config, processing_class=tok, model=model, ref_model=copy.deepcopy(model),
+    trainer = trl.PPOTrainer(args=config, processing_class=tok, model=model, ref_model=copy.deepcopy(model),
                          reward_model=copy.deepcopy(value), value_model=value,
                          train_dataset=Dataset.from_list([{"input_ids": p} for p in prompts]),
                          callbacks=[IterationTimer()])
     trainer.train()
     iterations = [b - a for a, b in zip(stamps, stamps[1:])][1:]
-    return {"baseline": "trl " + __import__("trl").__version__, "iteration_s": sum(iterations) / len(iterations),
+    return {"baseline": "trl " + trl.__version__, "iteration_s": sum(iterations) / len(iterations),
             "new_tokens_per_response": args.new_tokens}, None
 
 
@@ -416,6 +413,8 @@ def main():
     p.add_argument("--baseline", default=None, choices=["trl"],
                    help="the same work through TRL's SFT, Reward, DPO (trl 1.16) or PPO (0.24) trainer")
     args = p.parse_args()
+    if args.baseline and importlib.util.find_spec("trl") is None:
+        raise SystemExit("--baseline trl: pip install trl==1.16.0 (sft, rm, dpo) or trl==0.24.0 (ppo), best in a venv")
     mods = load("01_sft"), load("04_dpo"), load("02_reward")
     sft = mods[0]
     device = sft.pick_device(args.device)

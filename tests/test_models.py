@@ -95,6 +95,15 @@ def test_reward_score_read_at_last_real_token_and_equal_to_hf(tmp_path, tiny_mod
     assert torch.allclose(rm2.score(h), ours[0:1], atol=1e-5)
 
 
+def pairs_and_separate_batch(tok):
+    """Three pairs whose prompts and responses differ in length, and their 2B prompt + response sequences
+    as one right-padded batch (chosen rows first), as scoring them one by one would see them."""
+    ex = examples(tok)
+    pairs = [(p, r, ex[(i + 1) % 3][1]) for i, (p, r) in enumerate(ex)]
+    ids, attn, _ = sft.collate([(p, c) for p, c, _ in pairs] + [(p, r) for p, _, r in pairs], tok.pad_token_id)
+    return pairs, ids, attn
+
+
 @pytest.mark.parametrize("attention", ["sdpa", "eager"])
 def test_packed_pair_rewards_equal_each_sequence_alone_in_value_and_gradient(tiny_model_dir, attention):
     """02 packs [prompt | chosen | rejected] into one row: scores and the Bradley-Terry gradient must equal
@@ -107,11 +116,9 @@ def test_packed_pair_rewards_equal_each_sequence_alone_in_value_and_gradient(tin
     rm_packed = make()
     rm_alone = make()
     rm_alone.load_state_dict(rm_packed.state_dict())
-    ex = examples(tok)
-    pairs = [(p, r, ex[(i + 1) % 3][1]) for i, (p, r) in enumerate(ex)]      # three prompts, responses of 3 lengths
+    pairs, ids, attn = pairs_and_separate_batch(tok)
     assert rwd.own_masks_exact(rm_packed)                                       # so pair_rewards packs
     chosen, rejected = rwd.pair_rewards(rm_packed, pairs, tok.pad_token_id, CPU)
-    ids, attn, _ = sft.collate([(p, c) for p, c, _ in pairs] + [(p, r) for p, _, r in pairs], tok.pad_token_id)
     alone = rwd.reward_scores(rm_alone, ids, attn)                              # (2B,)
     assert torch.allclose(torch.cat([chosen, rejected]), alone, atol=1e-5)
     assert (chosen - rejected).abs().min() > 1e-3                               # distinct scores: a real check
@@ -139,10 +146,8 @@ def test_pair_rewards_score_separate_sequences_where_a_packed_mask_is_not_exact(
                              pad_token_id=tok.pad_token_id)
     rm = AutoModelForSequenceClassification.from_config(config).eval()
     assert not rwd.own_masks_exact(rm) and not sft.own_masks_exact(rm)
-    ex = examples(tok)
-    pairs = [(p, r, ex[(i + 1) % 3][1]) for i, (p, r) in enumerate(ex)]
+    pairs, ids, attn = pairs_and_separate_batch(tok)
     chosen, rejected = rwd.pair_rewards(rm, pairs, tok.pad_token_id, CPU)
-    ids, attn, _ = sft.collate([(p, c) for p, c, _ in pairs] + [(p, r) for p, _, r in pairs], tok.pad_token_id)
     hidden = [rm.base_model(input_ids=ids[i:i + 1, :int(attn[i].sum())]).last_hidden_state for i in range(len(ids))]
     alone = torch.stack([rm.score(h[0, -1])[0] for h in hidden])               # each sequence alone, unpadded
     assert torch.allclose(torch.cat([chosen, rejected]), alone, atol=1e-5)
