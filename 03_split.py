@@ -665,6 +665,37 @@ def attention_mask_4d(allowed, model):
     return torch.zeros(allowed.shape, device=allowed.device).masked_fill(~allowed, torch.finfo(torch.float32).min)
 
 
+def pair_batch(examples, pad_id):
+    """B pairs packed as B rows [prompt | chosen | rejected | padding], so that the prompt both responses
+    share is computed once: a pair costs P + C + R tokens, not 2P + C + R (1.25x fewer on bench.py's
+    pairs of 50-token prompts and responses, 1.6x fewer on the built-in task's short responses). The
+    rejected tokens take the positions P, P+1, ... that they have after the prompt alone, and may not
+    attend to the chosen ones, so every hidden state equals that of its own prompt + response sequence
+    (02's scores, 04's log-probs; tested). Returns input_ids, position_ids (B, T), allowed (B, 1, T, T),
+    True where a query may attend a key, and last (B, 2): the EOS closing chosen and rejected."""
+    B, T = len(examples), max(len(p) + len(c) + len(r) for p, c, r in examples)
+    ids = torch.full((B, T), pad_id, dtype=torch.long)                            # (B, T)
+    positions = torch.zeros((B, T), dtype=torch.long)                             # (B, T)
+    part = torch.zeros((B, T), dtype=torch.long)                                  # 1 prompt, 2 chosen, 3 rejected
+    last = torch.zeros((B, 2), dtype=torch.long)                                  # (B, 2)
+    for i, (p, c, r) in enumerate(examples):
+        P, C, R = len(p), len(c), len(r)
+        ids[i, :P + C + R] = torch.tensor(p + c + r)
+        positions[i, :P + C + R] = torch.cat([torch.arange(P + C), torch.arange(P, P + R)])
+        part[i, :P + C + R] = torch.tensor([1] * P + [2] * C + [3] * R)
+        last[i] = torch.tensor([P + C - 1, P + C + R - 1])
+    query, key = part[:, None, :, None], part[:, None, None, :]
+    # causal, minus rejected -> chosen; right padding comes after every real token, so no real query sees it
+    allowed = torch.ones(T, T, dtype=torch.bool).tril() & ~((query == 3) & (key == 2))   # (B, 1, T, T)
+    return ids, positions, allowed, last
+
+
+def pair_tokens(examples):
+    """Tokens of the 2B prompt + response sequences (the prompt once per response, as TRL counts them):
+    the work that perf/tokens_per_s measures, whatever packing saves."""
+    return sum(2 * len(p) + len(c) + len(r) for p, c, r in examples)
+
+
 def hidden_states(model, input_ids, attention_mask, **kw):
     """The last layer's hidden states of input_ids (B, T) whose mask ends with them: (B, T, H)."""
     positions = position_ids_from(attention_mask)[:, -input_ids.shape[1]:]   # while decoding, the new ones

@@ -215,7 +215,7 @@ def bench_train(what, args, mods, device, dtype):
         if i >= 2:  # two warm-up steps (and compilation, with --compile)
             times.append(time.perf_counter() - t0)
             n_tok, n_head = step_work(what, batch)
-            packed = what == "rm" and rm_mod.own_masks_exact(model)   # packed rows compute each prompt once
+            packed = what != "sft" and sft.own_masks_exact(model)   # 02, 04 pack pairs: each prompt computed once
             tokens.append(n_tok)
             flop_tokens.append(n_tok - sum(len(p) for p, _, _ in batch) if packed else n_tok)
             head_tokens.append(n_head)

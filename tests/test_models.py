@@ -100,8 +100,8 @@ def pairs_and_separate_batch(tok):
     as one right-padded batch (chosen rows first), as scoring them one by one would see them."""
     ex = examples(tok)
     pairs = [(p, r, ex[(i + 1) % 3][1]) for i, (p, r) in enumerate(ex)]
-    ids, attn, _ = sft.collate([(p, c) for p, c, _ in pairs] + [(p, r) for p, _, r in pairs], tok.pad_token_id)
-    return pairs, ids, attn
+    ids, attn, resp = sft.collate([(p, c) for p, c, _ in pairs] + [(p, r) for p, _, r in pairs], tok.pad_token_id)
+    return pairs, ids, attn, resp
 
 
 @pytest.mark.parametrize("attention", ["sdpa", "eager"])
@@ -116,7 +116,7 @@ def test_packed_pair_rewards_equal_each_sequence_alone_in_value_and_gradient(tin
     rm_packed = make()
     rm_alone = make()
     rm_alone.load_state_dict(rm_packed.state_dict())
-    pairs, ids, attn = pairs_and_separate_batch(tok)
+    pairs, ids, attn, _ = pairs_and_separate_batch(tok)
     assert rwd.own_masks_exact(rm_packed)                                       # so pair_rewards packs
     chosen, rejected = rwd.pair_rewards(rm_packed, pairs, tok.pad_token_id, CPU)
     alone = rwd.reward_scores(rm_alone, ids, attn)                              # (2B,)
@@ -129,24 +129,65 @@ def test_packed_pair_rewards_equal_each_sequence_alone_in_value_and_gradient(tin
     assert rwd.pair_tokens(pairs) == int(attn.sum())
 
 
+@pytest.mark.parametrize("average", [False, True])
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_packed_pair_logps_equal_each_sequence_alone_in_value_and_gradient(tiny_model_dir, attention, average):
+    """04 packs [prompt | chosen | rejected] into one row, the first rejected token predicted from the prompt's
+    last position: sequence log-probs (sums, or IPO's means) and the DPO gradient must equal those of the 2B
+    separate prompt + response sequences."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    make = lambda: AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation=attention).eval()
+    packed, alone = make(), make()
+    pairs, ids, attn, resp = pairs_and_separate_batch(tok)
+    assert dpo.own_masks_exact(packed)                                          # so pair_logps packs
+    chosen, rejected, n_tokens = dpo.pair_logps(packed, pairs, tok.pad_token_id, CPU, None, average)
+    separate = dpo.sequence_logps(sft.token_logps(alone, ids, attn, resp), resp[:, 1:], average)   # (2B,)
+    assert torch.allclose(torch.cat([chosen, rejected]), separate, atol=1e-5)
+    assert (chosen - rejected).abs().min() > 1e-3                               # distinct values: a real check
+    assert n_tokens == int(attn.sum())                                          # tokens/s counts the 2B sequences
+    reference = torch.tensor([[-5.0, -7.0], [-6.0, -4.0], [-9.0, -8.0]])         # (B, 2): any fixed values
+    dpo.dpo_loss(chosen, rejected, reference[:, 0], reference[:, 1], 0.5)[0].mean().backward()
+    dpo.dpo_loss(separate[:3], separate[3:], reference[:, 0], reference[:, 1], 0.5)[0].mean().backward()
+    for (name, a), b in zip(packed.named_parameters(), alone.parameters()):
+        assert torch.allclose(a.grad, b.grad, atol=1e-6, rtol=1e-4), name
+
+
+def no_exact_packing_config(arch, tok, **kw):
+    """A tiny config whose attention a packed row's own 4-D mask would not reproduce."""
+    from transformers import BloomConfig, MistralConfig
+    if arch.startswith("mistral"):
+        return MistralConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                             num_attention_heads=4, num_key_value_heads=2, sliding_window=4,
+                             pad_token_id=tok.pad_token_id, **kw)
+    return BloomConfig(vocab_size=len(tok), hidden_size=32, n_layer=2, n_head=4, pad_token_id=tok.pad_token_id, **kw)
+
+
+@pytest.mark.parametrize("arch", ["mistral-window-4", "bloom-alibi"])
+@torch.no_grad()
+def test_pair_logps_use_separate_sequences_where_a_packed_mask_is_not_exact(tiny, arch):
+    from transformers import AutoModelForCausalLM
+    _, tok = tiny
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(no_exact_packing_config(arch, tok)).eval()
+    assert not dpo.own_masks_exact(model)
+    pairs, *_ = pairs_and_separate_batch(tok)
+    chosen, rejected, _ = dpo.pair_logps(model, pairs, tok.pad_token_id, CPU, None, False)
+    alone = [naive_logps(model, p, c).sum() for p, c, _ in pairs] + [naive_logps(model, p, r).sum() for p, _, r in pairs]
+    assert torch.allclose(torch.cat([chosen, rejected]), torch.stack(alone), atol=1e-4)
+
+
 @pytest.mark.parametrize("arch", ["mistral-window-4", "bloom-alibi"])
 @torch.no_grad()
 def test_pair_rewards_score_separate_sequences_where_a_packed_mask_is_not_exact(tiny, arch):
     """A sliding window (transformers applies none to a 4-D mask it is given) or ALiBi (biases from distances
     within the row) would make packed scores wrong: pair_rewards must then score the 2B sequences."""
-    from transformers import AutoModelForSequenceClassification, BloomConfig, MistralConfig
+    from transformers import AutoModelForSequenceClassification
     _, tok = tiny
     torch.manual_seed(0)
-    if arch.startswith("mistral"):
-        config = MistralConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                               num_attention_heads=4, num_key_value_heads=2, sliding_window=4, num_labels=1,
-                               pad_token_id=tok.pad_token_id)
-    else:
-        config = BloomConfig(vocab_size=len(tok), hidden_size=32, n_layer=2, n_head=4, num_labels=1,
-                             pad_token_id=tok.pad_token_id)
-    rm = AutoModelForSequenceClassification.from_config(config).eval()
+    rm = AutoModelForSequenceClassification.from_config(no_exact_packing_config(arch, tok, num_labels=1)).eval()
     assert not rwd.own_masks_exact(rm) and not sft.own_masks_exact(rm)
-    pairs, ids, attn = pairs_and_separate_batch(tok)
+    pairs, ids, attn, _ = pairs_and_separate_batch(tok)
     chosen, rejected = rwd.pair_rewards(rm, pairs, tok.pad_token_id, CPU)
     hidden = [rm.base_model(input_ids=ids[i:i + 1, :int(attn[i].sum())]).last_hidden_state for i in range(len(ids))]
     alone = torch.stack([rm.score(h[0, -1])[0] for h in hidden])               # each sequence alone, unpadded
