@@ -23,8 +23,8 @@ Deviations and choices of ours:
   3. Dropout is off and the weights train in fp32, whatever the checkpoint says (as in every stage).
   4. A pair is one row [prompt | chosen | rejected] with a mask that hides chosen from rejected, so the
      prompt both share is computed once (TRL's RewardTrainer runs 2B separate sequences). The scores are
-     those of the separate sequences, up to float rounding (`pair_batch`; tested). Models with a sliding
-     window or ALiBi, where our mask would not be exact, are scored as 2B separate sequences.
+     those of the separate sequences, up to float rounding (`pair_batch`; tested). Models where our mask
+     would not be exact (a sliding window, ALiBi, recurrent layers: `own_masks_exact`) score 2B sequences.
 
 Reads:  --model (default runs/<run>/01_sft: its model and tokenizer, and, unless --data / --test-data
         are given, its data_train.jsonl / data_test.jsonl and length limits); --data FILE: pairs in any
@@ -92,22 +92,6 @@ def pair_examples(tokenizer, rows, max_prompt_len, max_response_len):
         rejected_ids = encode(tokenizer, r["prompt"], r["rejected"], max_prompt_len, max_response_len)[1]
         examples.append((prompt_ids, chosen_ids, rejected_ids))
     return examples
-
-
-def pair_rewards(rm, examples, pad_id, device):
-    """r(x, y_w) and r(x, y_l), each (B,), in one forward pass: the scalar head on the hidden state of the
-    EOS that closes each response. Packed rows (`pair_batch`) where own_masks_exact allows; else (a sliding
-    window, ALiBi) the 2B prompt + response sequences, rows [0, B) chosen and [B, 2B) rejected."""
-    if not own_masks_exact(rm):
-        seqs = [(p, c) for p, c, _ in examples] + [(p, r) for p, _, r in examples]
-        ids, attn, _ = (t.to(device) for t in collate(seqs, pad_id))               # (2B, T)
-        rewards = reward_scores(rm, ids, attn)                                     # (2B,)
-        return rewards[:len(examples)], rewards[len(examples):]
-    ids, positions, allowed, last = (t.to(device) for t in pair_batch(examples, pad_id))
-    hidden = rm.base_model(input_ids=ids, attention_mask=attention_mask_4d(allowed, rm), position_ids=positions,
-                           use_cache=False).last_hidden_state                     # (B, T, H)
-    rewards = rm.score(hidden[torch.arange(len(ids), device=device)[:, None], last]).squeeze(-1).float()  # (B, 2)
-    return rewards[:, 0], rewards[:, 1]
 
 
 @torch.no_grad()
@@ -578,13 +562,20 @@ def position_ids_from(attention_mask):
 
 
 def own_masks_exact(model):
-    """Whether a 4-D mask and position ids of our own give exactly this model's attention: not under ALiBi
-    (Bloom, MPT, Falcon's option: biases from distances within the row) or a sliding window (transformers
-    applies none to a 4-D mask it is given), and only with SDPA or eager attention. Elsewhere: 2-D masks."""
+    """Whether a 4-D mask and position ids of our own give exactly this model's attention, so that a packed
+    row equals its separate sequences: only plain transformer types we know (recurrent or convolution
+    layers, as in Mamba, Jamba or LFM2, would carry chosen into rejected; GPT-Neo's local window and
+    ALiBi count places in the row), with no sliding window (transformers applies none to a 4-D mask it
+    is given), every layer full attention, and SDPA or eager attention. Elsewhere: 2-D masks."""
     c = model.config
     window = getattr(c, "sliding_window", None) if getattr(c, "use_sliding_window", True) else None
-    return (c._attn_implementation in ("sdpa", "eager") and not window and not getattr(c, "alibi", False)
-            and c.model_type not in ("bloom", "mpt"))
+    full = all(t == "full_attention" for t in getattr(c, "layer_types", None) or ["full_attention"])
+    return (c.model_type in PLAIN_TRANSFORMERS and c._attn_implementation in ("sdpa", "eager") and not window
+            and full and not getattr(c, "alibi", False))
+
+
+PLAIN_TRANSFORMERS = ("llama", "mistral", "mixtral", "qwen2", "qwen3", "gemma", "phi", "phi3", "gpt2",
+                      "gpt_neox", "opt", "falcon")
 
 
 def attention_mask_4d(allowed, model):
@@ -622,6 +613,22 @@ def pair_batch(examples, pad_id):
     # causal, minus rejected -> chosen; right padding comes after every real token, so no real query sees it
     allowed = torch.ones(T, T, dtype=torch.bool).tril() & ~((query == 3) & (key == 2))   # (B, 1, T, T)
     return ids, positions, allowed, last
+
+
+def pair_rewards(rm, examples, pad_id, device):
+    """r(x, y_w) and r(x, y_l), each (B,), in one forward pass: the scalar head on the hidden state of the
+    EOS that closes each response. Packed rows (`pair_batch`) where own_masks_exact allows; else (a window,
+    ALiBi, recurrent layers) the 2B prompt + response sequences, rows [0, B) chosen and [B, 2B) rejected."""
+    if not own_masks_exact(rm):
+        seqs = [(p, c) for p, c, _ in examples] + [(p, r) for p, _, r in examples]
+        ids, attn, _ = (t.to(device) for t in collate(seqs, pad_id))               # (2B, T)
+        rewards = reward_scores(rm, ids, attn)                                     # (2B,)
+        return rewards[:len(examples)], rewards[len(examples):]
+    ids, positions, allowed, last = (t.to(device) for t in pair_batch(examples, pad_id))
+    hidden = rm.base_model(input_ids=ids, attention_mask=attention_mask_4d(allowed, rm), position_ids=positions,
+                           use_cache=False).last_hidden_state                     # (B, T, H)
+    rewards = rm.score(hidden[torch.arange(len(ids), device=device)[:, None], last]).squeeze(-1).float()  # (B, 2)
+    return rewards[:, 0], rewards[:, 1]
 
 
 def pair_tokens(examples):

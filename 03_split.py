@@ -149,20 +149,21 @@ def find_data(args, rm_name):
 
 @torch.inference_mode()
 def score_pairs(rm, tok, rows, batch_size, max_prompt_len, max_response_len, device, dtype, desc):
-    """Reward gaps d = r(x, y_w) - r(x, y_l) of every row, (N,), chosen and rejected of a batch in one
-    forward pass. Pairs are batched in order of length, so a batch pads little, and the gaps are
-    returned in the order of `rows`."""
-    encoded = [(encode(tok, r["prompt"], r["chosen"], max_prompt_len, max_response_len),
-                encode(tok, r["prompt"], r["rejected"], max_prompt_len, max_response_len)) for r in rows]
-    order = sorted(range(len(rows)), key=lambda i: max(len(p) + len(y) for p, y in encoded[i]))
+    """Reward gaps d = r(x, y_w) - r(x, y_l) of every row, (N,), each pair one row [prompt | chosen |
+    rejected] as 02 trains on it (`pair_rewards`: the prompt computed once). Pairs are batched in order
+    of length, so a batch pads little, and the gaps are returned in the order of `rows`."""
+    pairs = []
+    for r in rows:
+        prompt_ids, chosen_ids = encode(tok, r["prompt"], r["chosen"], max_prompt_len, max_response_len)
+        pairs.append((prompt_ids, chosen_ids, encode(tok, r["prompt"], r["rejected"], max_prompt_len,
+                                                     max_response_len)[1]))
+    order = sorted(range(len(rows)), key=lambda i: sum(map(len, pairs[i])))
     gaps = [0.0] * len(rows)
     for start in tqdm(range(0, len(rows), batch_size), desc=desc, dynamic_ncols=True):
         idx = order[start:start + batch_size]
-        seqs = [encoded[i][0] for i in idx] + [encoded[i][1] for i in idx]
-        ids, attn, _ = (t.to(device) for t in collate(seqs, tok.pad_token_id))         # (2B, T)
         with autocast(device, dtype):
-            rewards = reward_scores(rm, ids, attn)                                     # (2B,)
-        chosen_rewards, rejected_rewards = rewards[:len(idx)], rewards[len(idx):]      # (B,), (B,)
+            chosen_rewards, rejected_rewards = pair_rewards(rm, [pairs[i] for i in idx], tok.pad_token_id,
+                                                            device)                   # (B,), (B,)
         for i, d in zip(idx, (chosen_rewards - rejected_rewards).tolist()):
             gaps[i] = d
     return gaps
@@ -644,13 +645,20 @@ def position_ids_from(attention_mask):
 
 
 def own_masks_exact(model):
-    """Whether a 4-D mask and position ids of our own give exactly this model's attention: not under ALiBi
-    (Bloom, MPT, Falcon's option: biases from distances within the row) or a sliding window (transformers
-    applies none to a 4-D mask it is given), and only with SDPA or eager attention. Elsewhere: 2-D masks."""
+    """Whether a 4-D mask and position ids of our own give exactly this model's attention, so that a packed
+    row equals its separate sequences: only plain transformer types we know (recurrent or convolution
+    layers, as in Mamba, Jamba or LFM2, would carry chosen into rejected; GPT-Neo's local window and
+    ALiBi count places in the row), with no sliding window (transformers applies none to a 4-D mask it
+    is given), every layer full attention, and SDPA or eager attention. Elsewhere: 2-D masks."""
     c = model.config
     window = getattr(c, "sliding_window", None) if getattr(c, "use_sliding_window", True) else None
-    return (c._attn_implementation in ("sdpa", "eager") and not window and not getattr(c, "alibi", False)
-            and c.model_type not in ("bloom", "mpt"))
+    full = all(t == "full_attention" for t in getattr(c, "layer_types", None) or ["full_attention"])
+    return (c.model_type in PLAIN_TRANSFORMERS and c._attn_implementation in ("sdpa", "eager") and not window
+            and full and not getattr(c, "alibi", False))
+
+
+PLAIN_TRANSFORMERS = ("llama", "mistral", "mixtral", "qwen2", "qwen3", "gemma", "phi", "phi3", "gpt2",
+                      "gpt_neox", "opt", "falcon")
 
 
 def attention_mask_4d(allowed, model):
@@ -688,6 +696,22 @@ def pair_batch(examples, pad_id):
     # causal, minus rejected -> chosen; right padding comes after every real token, so no real query sees it
     allowed = torch.ones(T, T, dtype=torch.bool).tril() & ~((query == 3) & (key == 2))   # (B, 1, T, T)
     return ids, positions, allowed, last
+
+
+def pair_rewards(rm, examples, pad_id, device):
+    """r(x, y_w) and r(x, y_l), each (B,), in one forward pass: the scalar head on the hidden state of the
+    EOS that closes each response. Packed rows (`pair_batch`) where own_masks_exact allows; else (a window,
+    ALiBi, recurrent layers) the 2B prompt + response sequences, rows [0, B) chosen and [B, 2B) rejected."""
+    if not own_masks_exact(rm):
+        seqs = [(p, c) for p, c, _ in examples] + [(p, r) for p, _, r in examples]
+        ids, attn, _ = (t.to(device) for t in collate(seqs, pad_id))               # (2B, T)
+        rewards = reward_scores(rm, ids, attn)                                     # (2B,)
+        return rewards[:len(examples)], rewards[len(examples):]
+    ids, positions, allowed, last = (t.to(device) for t in pair_batch(examples, pad_id))
+    hidden = rm.base_model(input_ids=ids, attention_mask=attention_mask_4d(allowed, rm), position_ids=positions,
+                           use_cache=False).last_hidden_state                     # (B, T, H)
+    rewards = rm.score(hidden[torch.arange(len(ids), device=device)[:, None], last]).squeeze(-1).float()  # (B, 2)
+    return rewards[:, 0], rewards[:, 1]
 
 
 def pair_tokens(examples):

@@ -154,16 +154,28 @@ def test_packed_pair_logps_equal_each_sequence_alone_in_value_and_gradient(tiny_
 
 
 def no_exact_packing_config(arch, tok, **kw):
-    """A tiny config whose attention a packed row's own 4-D mask would not reproduce."""
-    from transformers import BloomConfig, MistralConfig
-    if arch.startswith("mistral"):
-        return MistralConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                             num_attention_heads=4, num_key_value_heads=2, sliding_window=4,
-                             pad_token_id=tok.pad_token_id, **kw)
-    return BloomConfig(vocab_size=len(tok), hidden_size=32, n_layer=2, n_head=4, pad_token_id=tok.pad_token_id, **kw)
+    """A tiny config whose packed row a 4-D mask of our own would not make equal to its separate sequences:
+    a sliding window or a local one (GPT-Neo's counts places in the row), ALiBi, or layers that run along
+    the row outside attention (Mamba, Jamba's Mamba layers, LFM2's convolutions)."""
+    from transformers import AutoConfig
+    small = dict(vocab_size=len(tok), pad_token_id=tok.pad_token_id, **kw)
+    llama_like = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2)
+    return {"mistral-window-4": lambda: AutoConfig.for_model("mistral", sliding_window=4, **llama_like, **small),
+            "bloom-alibi": lambda: AutoConfig.for_model("bloom", hidden_size=32, n_layer=2, n_head=4, **small),
+            "gpt-neo-local-4": lambda: AutoConfig.for_model(
+                "gpt_neo", hidden_size=32, num_layers=2, num_heads=4, attention_types=[[["global", "local"], 1]],
+                window_size=4, **small),
+            "jamba": lambda: AutoConfig.for_model(
+                "jamba", attn_layer_period=2, attn_layer_offset=1, expert_layer_period=100, num_experts=1,
+                mamba_d_state=4, mamba_expand=2, **llama_like, **small),
+            "lfm2-conv": lambda: AutoConfig.for_model("lfm2", layer_types=["conv", "full_attention"], **llama_like,
+                                                      **small),
+            "mamba": lambda: AutoConfig.for_model("mamba", hidden_size=32, num_hidden_layers=2, state_size=4,
+                                                  **small)}[arch]()
 
 
-@pytest.mark.parametrize("arch", ["mistral-window-4", "bloom-alibi"])
+@pytest.mark.parametrize("arch", ["mistral-window-4", "bloom-alibi", "gpt-neo-local-4", "jamba", "lfm2-conv", "mamba"])
 @torch.no_grad()
 def test_pair_logps_use_separate_sequences_where_a_packed_mask_is_not_exact(tiny, arch):
     from transformers import AutoModelForCausalLM
@@ -177,7 +189,7 @@ def test_pair_logps_use_separate_sequences_where_a_packed_mask_is_not_exact(tiny
     assert torch.allclose(torch.cat([chosen, rejected]), torch.stack(alone), atol=1e-4)
 
 
-@pytest.mark.parametrize("arch", ["mistral-window-4", "bloom-alibi"])
+@pytest.mark.parametrize("arch", ["mistral-window-4", "bloom-alibi", "gpt-neo-local-4"])
 @torch.no_grad()
 def test_pair_rewards_score_separate_sequences_where_a_packed_mask_is_not_exact(tiny, arch):
     """A sliding window (transformers applies none to a 4-D mask it is given) or ALiBi (biases from distances
@@ -196,7 +208,8 @@ def test_pair_rewards_score_separate_sequences_where_a_packed_mask_is_not_exact(
 
 @torch.no_grad()
 def test_split_scores_pairs_in_the_order_of_the_rows(tiny_model_dir):
-    # 03 batches pairs by length; each gap must still belong to its own row
+    # 03 batches pairs by length and packs each into one row: each gap must still belong to its own row
+    # and equal that of the two sequences scored alone
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     rm = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=1).eval()
