@@ -75,8 +75,8 @@ case "$BUDGET" in
     ONLINE=(--max-steps 10); EVAL=()
     # measured on 2 cores of an AMD EPYC with avx512_bf16 (README, Quickstart); fp32 with oneDNN limited to AVX2
     case "$PRECISION" in
-      bf16) TIMES="01 ~1.5 min | 02 ~1.5 min | 03 ~1 min | 04 ~2 min | 05 ~3 min | 06 ~2.5 min: ~11 min (2 cores, native bf16)";;
-      *)    TIMES="01 ~3 min | 02 ~3 min | 03 ~2 min | 04 ~4 min | 05 ~5 min | 06 ~5 min: ~22 min (2 cores, fp32; slower CPUs longer)";;
+      bf16) TIMES="01 ~1.5 min | 02 ~1.5 min | 03 ~0.5 min | 04 ~2 min | 05 ~3 min | 06 ~2.5 min: ~11 min (2 cores, native bf16)";;
+      *)    TIMES="01 ~3 min | 02 ~3 min | 03 ~1.5 min | 04 ~4 min | 05 ~5 min | 06 ~5 min: ~21 min (2 cores, fp32; slower CPUs longer)";;
     esac;;
   gpu)
     # batches of 32: a 135M model leaves a GPU idle at 8 sequences a step
