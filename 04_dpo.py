@@ -146,7 +146,6 @@ def pair_logps(model, examples, pad_id, device, dtype, average):
         with autocast(device, dtype):
             logps = sequence_logps(token_logps(model, ids, attn, resp), resp[:, 1:], average)  # (2B,), fp32
         return logps[:B], logps[B:], pair_tokens(examples)
-    ids, positions, allowed, _ = (t.to(device) for t in pair_batch(examples, pad_id))   # (B, T)
     # per response token: its row, the position whose hidden state predicts it, its own position, and its
     # sequence (i chosen, B + i rejected); the LM head (49k outputs) runs on those positions only
     row, source, target, owner = [], [], [], []
@@ -159,8 +158,7 @@ def pair_logps(model, examples, pad_id, device, dtype, average):
     row, source, target, owner = (torch.tensor(x, dtype=torch.long, device=device)
                                   for x in (row, source, target, owner))
     with autocast(device, dtype):
-        hidden = model.base_model(input_ids=ids, attention_mask=attention_mask_4d(allowed, model),
-                                  position_ids=positions, use_cache=False).last_hidden_state    # (B, T, H)
+        hidden, ids, _ = packed_hidden_states(model, examples, pad_id, device)                  # (B, T, H)
         logits = model.get_output_embeddings()(hidden[row, source]).float()                     # (N, V)
     logps_per_token = -F.cross_entropy(logits, ids[row, target], reduction="none")               # (N,), fp32
     logps = torch.zeros(2 * B, device=device).index_add(0, owner, logps_per_token)              # (2B,) sums
@@ -273,15 +271,6 @@ def original(row):
     if "gold_chosen" in row:
         row.update(gold_chosen=row["gold_rejected"], gold_rejected=row["gold_chosen"])
     return row
-
-
-def encode_pairs(tok, rows, max_prompt_len, max_response_len):
-    """[(prompt_ids, chosen_ids, rejected_ids)] of rows with chosen and rejected responses."""
-    pairs = []
-    for r in rows:
-        prompt_ids, chosen_ids = encode(tok, r["prompt"], r["chosen"], max_prompt_len, max_response_len)
-        pairs.append((prompt_ids, chosen_ids, encode(tok, r["prompt"], r["rejected"], max_prompt_len, max_response_len)[1]))
-    return pairs
 
 
 def start(args):
@@ -1010,6 +999,16 @@ def attention_mask_4d(allowed, model):
     return torch.zeros(allowed.shape, device=allowed.device).masked_fill(~allowed, torch.finfo(torch.float32).min)
 
 
+def encode_pairs(tok, rows, max_prompt_len, max_response_len):
+    """[(prompt_ids, chosen_ids, rejected_ids)] of rows with chosen and rejected responses: one prompt for both."""
+    pairs = []
+    for r in rows:
+        prompt_ids, chosen_ids = encode(tok, r["prompt"], r["chosen"], max_prompt_len, max_response_len)
+        pairs.append((prompt_ids, chosen_ids, encode(tok, r["prompt"], r["rejected"], max_prompt_len,
+                                                     max_response_len)[1]))
+    return pairs
+
+
 def pair_batch(examples, pad_id):
     """B pairs packed as B rows [prompt | chosen | rejected | padding], so that the prompt both responses
     share is computed once: a pair costs P + C + R tokens, not 2P + C + R (1.25x fewer on bench.py's
@@ -1044,11 +1043,18 @@ def pair_rewards(rm, examples, pad_id, device):
         ids, attn, _ = (t.to(device) for t in collate(seqs, pad_id))               # (2B, T)
         rewards = reward_scores(rm, ids, attn)                                     # (2B,)
         return rewards[:len(examples)], rewards[len(examples):]
+    hidden, _, last = packed_hidden_states(rm, examples, pad_id, device)           # (B, T, H), _, (B, 2)
+    rewards = rm.score(hidden[torch.arange(len(examples), device=device)[:, None], last]).squeeze(-1).float()
+    return rewards[:, 0], rewards[:, 1]                                             # (B, 2) -> (B,) each
+
+
+def packed_hidden_states(model, examples, pad_id, device):
+    """The last layer's hidden states of `pair_batch`'s packed rows, (B, T, H), with their input_ids (B, T)
+    and `last` (B, 2), under our own 4-D mask and position ids (callers check own_masks_exact first)."""
     ids, positions, allowed, last = (t.to(device) for t in pair_batch(examples, pad_id))
-    hidden = rm.base_model(input_ids=ids, attention_mask=attention_mask_4d(allowed, rm), position_ids=positions,
-                           use_cache=False).last_hidden_state                     # (B, T, H)
-    rewards = rm.score(hidden[torch.arange(len(ids), device=device)[:, None], last]).squeeze(-1).float()  # (B, 2)
-    return rewards[:, 0], rewards[:, 1]
+    hidden = model.base_model(input_ids=ids, attention_mask=attention_mask_4d(allowed, model),
+                              position_ids=positions, use_cache=False).last_hidden_state
+    return hidden, ids, last
 
 
 def pair_tokens(examples):
