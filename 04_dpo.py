@@ -1072,8 +1072,9 @@ def hidden_states(model, input_ids, attention_mask, **kw):
 
 def token_logps(model, input_ids, attention_mask, response_mask, with_entropy=False):
     """log pi(y_t | x, y_<t) of every response token, (B, T-1), zero elsewhere (entry t-1 predicts token t);
-    with_entropy: also each of those next-token distributions' entropy. The LM head (49k outputs, much
-    of a small model's cost) runs only where a response token is predicted; log-softmax in fp32."""
+    with_entropy: also each of those next-token distributions' entropy, a metric without gradient. The LM
+    head (49k outputs, much of a small model's cost) runs only where a response token is predicted;
+    log-softmax in fp32."""
     hidden = hidden_states(model, input_ids, attention_mask, use_cache=False)       # (B, T, H)
     target_mask = response_mask[:, 1:]                                             # (B, T-1)
     logits = model.get_output_embeddings()(hidden[:, :-1][target_mask]).float()   # (N, V)
@@ -1081,8 +1082,9 @@ def token_logps(model, input_ids, attention_mask, response_mask, with_entropy=Fa
     logps[target_mask] = -F.cross_entropy(logits, input_ids[:, 1:][target_mask], reduction="none")
     if not with_entropy:
         return logps
-    logp_all, entropy = logits.log_softmax(-1), torch.zeros_like(logps)
-    entropy[target_mask] = -(logp_all.exp() * logp_all).sum(-1)
+    with torch.no_grad():  # autograd would keep three (N, V) tensors alive until backward for a metric
+        logp_all, entropy = logits.log_softmax(-1), torch.zeros_like(logps)
+        entropy[target_mask] = -(logp_all.exp() * logp_all).sum(-1)
     return logps, entropy
 
 
