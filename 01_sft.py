@@ -246,7 +246,8 @@ def main(args):
     # 1. data, normalised and filtered, then fixed for the whole run
     train_rows, test_rows, spec = load_dataset_rows(args)
     model, tok, source = load_base_model(args.model)
-    model = fp32_no_dropout(model).to(device).train()
+    model = check_logits(fp32_no_dropout(model).to(device).train(), args.model, "--model")
+    check_context(model, args.max_prompt_len + args.max_response_len, "--model", "--max-prompt-len plus --max-response-len")
     model.config.use_cache = False
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
@@ -262,9 +263,9 @@ def main(args):
     if not train_rows or not test_rows:
         raise UserError(f"--dataset {args.dataset}: no train or no test rows left after filtering")
     print(f"data: {len(train_rows)} train pairs, {len(test_rows)} test rows; model: {source}")
-    enc = lambda r: encode(tok, r["prompt"], r["chosen"], args.max_prompt_len, args.max_response_len)
-    train_ex = [enc(r) for r in train_rows]
-    test_ex = [enc(r) for r in test_rows if r.get("chosen")]
+    train_ex = encode_rows(tok, train_rows, args.max_prompt_len, args.max_response_len, "train", ("chosen",))
+    test_ex = encode_rows(tok, [r for r in test_rows if r.get("chosen")], args.max_prompt_len,
+                          args.max_response_len, "test", ("chosen",))
 
     # 2. optimiser and schedule
     if args.grad_checkpointing:
@@ -364,13 +365,20 @@ def add_system_args(p, seed_help=None, training=False):
     """--device and --precision; --seed where the stage draws random numbers; --grad-checkpointing where it trains."""
     g = p.add_argument_group("system")
     if seed_help:
-        g.add_argument("--seed", type=int, default=0, help=seed_help)
+        g.add_argument("--seed", type=seed_int, default=0, help=seed_help)
     g.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     g.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                    help="auto: bf16 autocast on CUDA (fp16 where bf16 is missing); on a CPU bf16 only "
                         "where it computes bf16 natively (measured), else fp32")
     if training:
         g.add_argument("--grad-checkpointing", action="store_true", help="trade compute for memory")
+
+
+def seed_int(text):
+    """--seed's type: an integer in [0, 2**31), which torch, random and the seeds derived from it all take."""
+    if not re.fullmatch(r"\s*\d+\s*", text) or int(text) >= 2**31:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected an integer in [0, 2**31)")
+    return int(text)
 
 
 POSITIVE, NON_NEGATIVE = (lambda x: x > 0, "a number > 0"), (lambda x: x >= 0, "a number >= 0")
@@ -454,14 +462,24 @@ def read_jsonl(path):
     """Rows of a .jsonl or .jsonl.gz file; a bad line or a corrupt file is a one-line error naming it."""
     path, rows, i = Path(path), [], 0
     try:
-        with (gzip.open if path.suffix == ".gz" else open)(path, "rt", encoding="utf-8") as f:
-            for i, line in enumerate(f, 1):
+        with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
+            for i, raw in enumerate(f, 1):
+                line = raw.decode("utf-8-sig" if i == 1 else "utf-8")   # a BOM may open the file
                 if line.strip():
                     rows.append(json.loads(line))
+                    # a lone surrogate escape ("\ud800") is valid JSON but no text: the tokenizer and
+                    # write_jsonl would fail on it later, deep inside
+                    json.dumps(rows[-1], ensure_ascii=False).encode("utf-8")
     except json.JSONDecodeError as e:
         raise UserError(f"{path}:{i}: not valid JSON ({e.msg})") from None
-    except (OSError, EOFError, zlib.error, UnicodeDecodeError) as e:
-        kind = "gzip-compressed JSON lines" if path.suffix == ".gz" else "UTF-8 JSON lines"
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}:{i}: not UTF-8 (byte {e.object[e.start]:#04x} at column {e.start + 1})") from None
+    except UnicodeEncodeError:
+        raise UserError(f"{path}:{i}: a lone surrogate escape (such as \\ud800) in a string; expected text") from None
+    except RecursionError:
+        raise UserError(f"{path}:{i}: JSON nested too deeply to read") from None
+    except (OSError, EOFError, zlib.error) as e:
+        kind = "gzip-compressed JSON lines" if path.suffix == ".gz" else "JSON lines"
         raise UserError(f"{path}: not readable as {kind} after line {i} ({type(e).__name__}: {e})") from None
     return rows
 
@@ -563,12 +581,13 @@ def normalise(rows, source, pairs=True):
         try:
             new, why = normalise_row(row, pairs)
         except (TypeError, AttributeError, IndexError, KeyError, ValueError) as e:  # e.g. a dialogue that is no text
-            new, why = None, f"malformed ({type(e).__name__})"
+            new, why = None, f"malformed: {type(e).__name__}"
         if new is None:
-            skipped[why] = skipped.get(why, 0) + 1
+            skipped.setdefault(why, [0, i])[0] += 1                               # [rows, the first one]
         else:
             out.append(new)
-    print(f"{source}: {name} format, {len(out)} rows kept" + "".join(f"; skipped {n} ({why})" for why, n in sorted(skipped.items())))
+    print(f"{source}: {name} format, {len(out)} rows kept" + "".join(
+        f"; skipped {n} ({why}; first: row {first})" for why, (n, first) in sorted(skipped.items())))
     if not out:
         raise UserError(f"{source}: every row was skipped")
     return out
@@ -577,7 +596,7 @@ def normalise(rows, source, pairs=True):
 def drop_long_pairs(rows, tokenizer, max_response_len, source):
     """Pairs with a response of max_response_len tokens or more, dropped and counted: cut short and closed
     with EOS, they would teach that a truncated answer is a finished one."""
-    n_tokens = lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])
+    n_tokens = lambda text: len(response_ids(tokenizer, text))
     keep = [r for r in rows if max(n_tokens(r["chosen"]), n_tokens(r["rejected"])) < max_response_len]
     if len(keep) < len(rows):
         print(f"{source}: dropped {len(rows) - len(keep)} of {len(rows)} pairs with a response of "
@@ -588,30 +607,49 @@ def drop_long_pairs(rows, tokenizer, max_response_len, source):
     return keep
 
 
-def check_same_tokenizer(tok, reward_tok, flag, name):
-    """The reward model scores the policy's token ids, so both must map text to the same ids (an added pad
-    token aside): another vocabulary would give meaningless scores, or an index error."""
-    pads = {tok.pad_token, reward_tok.pad_token}
+def check_same_tokenizer(tok, other_tok, flag, name):
+    """A reward, reference or value model reads the policy's token ids, so both must map text to the same ids
+    (an added pad token aside): another vocabulary would give meaningless numbers, or an index error."""
+    pads = {tok.pad_token, other_tok.pad_token}
     vocab = lambda t: {k: v for k, v in t.get_vocab().items() if k not in pads}
-    if vocab(tok) != vocab(reward_tok):
-        raise UserError(f"{flag} {name}: its tokenizer differs from the policy's, whose token ids it would score; "
-                        f"use a reward model trained from the same base model")
+    if vocab(tok) != vocab(other_tok):
+        raise UserError(f"{flag} {name}: its tokenizer differs from the policy's, whose token ids it would read; "
+                        f"use a model trained from the same base model")
 
 
 def render_prompt(tokenizer, messages):
     """The prompt as text, ending where the assistant's reply begins (the chat template where there is one)."""
-    if tokenizer.chat_template:
+    if not tokenizer.chat_template:
+        return "".join(f"{m['role'].capitalize()}: {m['content']}\n\n" for m in messages) + "Assistant:"
+    try:
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    return "".join(f"{m['role'].capitalize()}: {m['content']}\n\n" for m in messages) + "Assistant:"
+    except Exception as e:  # a template's own rule (roles that must alternate, say): one line, not jinja's traceback
+        roles = "/".join(m["role"] for m in messages)
+        raise UserError(f"the chat template refuses a prompt with roles {roles} "
+                        f"({messages[-1]['content'][:40]!r}...): {type(e).__name__}: {e}") from None
 
 
-def encode(tokenizer, messages, response, max_prompt_len, max_response_len):
-    """(prompt_ids, response_ids): the response ends with EOS, the token that closes an assistant turn in
-    chat templates; the prompt is cut from the left so that the response always survives."""
-    prompt_ids = tokenizer(render_prompt(tokenizer, messages), add_special_tokens=False)["input_ids"]
-    response = response if tokenizer.chat_template else " " + response
-    response_ids = tokenizer(response, add_special_tokens=False)["input_ids"][: max_response_len - 1]
-    return prompt_ids[-max_prompt_len:], response_ids + [tokenizer.eos_token_id]
+def response_ids(tokenizer, response):
+    """The response's tokens without EOS: after a chat template's assistant header as they are, after our
+    plain 'Assistant:' with a space first (the count drop_long_pairs limits is the one encode cuts)."""
+    return tokenizer(response if tokenizer.chat_template else " " + response, add_special_tokens=False)["input_ids"]
+
+
+def encode_rows(tok, rows, max_prompt_len, max_response_len, source, responses=("chosen", "rejected")):
+    """[(prompt_ids, *response_ids)] of rows, a response for each column named in `responses` (none: the
+    prompts alone), all after the one prompt. A response ends with EOS, the token that closes an assistant
+    turn in chat templates; the prompt is cut from the left so that the response always survives, and the
+    prompts cut are counted and reported."""
+    out, cut = [], 0
+    for r in rows:
+        prompt_ids = tok(render_prompt(tok, r["prompt"]), add_special_tokens=False)["input_ids"]
+        cut += len(prompt_ids) > max_prompt_len
+        out.append((prompt_ids[-max_prompt_len:], *(response_ids(tok, r[k])[: max_response_len - 1]
+                                                    + [tok.eos_token_id] for k in responses)))
+    if cut:
+        print(f"{source}: {cut} of {len(rows)} prompts longer than {max_prompt_len} tokens, cut from the left "
+              f"(--max-prompt-len)")
+    return out
 
 
 def collate(seqs, pad_id, side="right"):
@@ -662,16 +700,6 @@ def attention_mask_4d(allowed, model):
     return torch.zeros(allowed.shape, device=allowed.device).masked_fill(~allowed, torch.finfo(torch.float32).min)
 
 
-def encode_pairs(tok, rows, max_prompt_len, max_response_len):
-    """[(prompt_ids, chosen_ids, rejected_ids)] of rows with chosen and rejected responses: one prompt for both."""
-    pairs = []
-    for r in rows:
-        prompt_ids, chosen_ids = encode(tok, r["prompt"], r["chosen"], max_prompt_len, max_response_len)
-        pairs.append((prompt_ids, chosen_ids, encode(tok, r["prompt"], r["rejected"], max_prompt_len,
-                                                     max_response_len)[1]))
-    return pairs
-
-
 def pair_batch(examples, pad_id):
     """B pairs packed as B rows [prompt | chosen | rejected | padding], so that the prompt both responses
     share is computed once: a pair costs P + C + R tokens, not 2P + C + R (1.25x fewer on bench.py's
@@ -701,7 +729,7 @@ def pair_rewards(rm, examples, pad_id, device):
     """r(x, y_w) and r(x, y_l), each (B,), in one forward pass: the scalar head on the hidden state of the
     EOS that closes each response. Packed rows (`pair_batch`) where own_masks_exact allows; else (a window,
     ALiBi, recurrent layers) the 2B prompt + response sequences, rows [0, B) chosen and [B, 2B) rejected."""
-    if not own_masks_exact(rm):
+    if not own_masks_exact(rm) or not all(c and r for _, c, r in examples):   # an empty response has no EOS to read
         seqs = [(p, c) for p, c, _ in examples] + [(p, r) for p, _, r in examples]
         ids, attn, _ = (t.to(device) for t in collate(seqs, pad_id))               # (2B, T)
         rewards = reward_scores(rm, ids, attn)                                     # (2B,)
@@ -726,6 +754,20 @@ def pair_tokens(examples):
     return sum(2 * len(p) + len(c) + len(r) for p, c, r in examples)
 
 
+def lm_logits(model, hidden):
+    """Next-token logits of last-layer hidden states (..., H) -> (..., V): the LM head, then what some model
+    types apply after it (Gemma-2/3 soft-capping, Cohere's and Granite's scaling); load_model checks that
+    this gives the model's own logits, and refuses a model where it does not."""
+    logits, c = model.get_output_embeddings()(hidden), model.config.get_text_config()
+    if getattr(c, "logit_scale", None) is not None:              # Cohere multiplies
+        logits = logits * c.logit_scale
+    if getattr(c, "logits_scaling", None) is not None:           # Granite divides
+        logits = logits / c.logits_scaling
+    if getattr(c, "final_logit_softcapping", None) is not None:  # Gemma-2/3: cap * tanh(logits / cap)
+        logits = torch.tanh(logits / c.final_logit_softcapping) * c.final_logit_softcapping
+    return logits
+
+
 def hidden_states(model, input_ids, attention_mask, **kw):
     """The last layer's hidden states of input_ids (B, T) whose mask ends with them: (B, T, H)."""
     positions = position_ids_from(attention_mask)[:, -input_ids.shape[1]:]   # while decoding, the new ones
@@ -740,7 +782,7 @@ def token_logps(model, input_ids, attention_mask, response_mask, with_entropy=Fa
     log-softmax in fp32."""
     hidden = hidden_states(model, input_ids, attention_mask, use_cache=False)       # (B, T, H)
     target_mask = response_mask[:, 1:]                                             # (B, T-1)
-    logits = model.get_output_embeddings()(hidden[:, :-1][target_mask]).float()   # (N, V)
+    logits = lm_logits(model, hidden[:, :-1][target_mask]).float()                # (N, V)
     logps = torch.zeros(target_mask.shape, dtype=torch.float32, device=input_ids.device)
     logps[target_mask] = -F.cross_entropy(logits, input_ids[:, 1:][target_mask], reduction="none")
     if not with_entropy:
@@ -810,7 +852,7 @@ def dynamic_decoder(model, ids, attn, max_new_tokens, device, dtype):
         with autocast(device, dtype):
             hidden = hidden_states(model, ids if new_ids is None else new_ids, state["attn"],
                                    past_key_values=cache, use_cache=True)
-            return model.get_output_embeddings()(hidden[:, -1]).float().log_softmax(-1)
+            return lm_logits(model, hidden[:, -1]).float().log_softmax(-1)
     return step
 
 
@@ -840,7 +882,7 @@ def static_decoder(model, ids, attn, max_new_tokens, device, dtype):
             hidden = model.base_model(input_ids=step_ids, attention_mask=attention_mask_4d(mask, model),
                                       position_ids=positions, past_key_values=cache,
                                       cache_position=cache_position, use_cache=True).last_hidden_state
-            return model.get_output_embeddings()(hidden[:, -1]).float().log_softmax(-1)
+            return lm_logits(model, hidden[:, -1]).float().log_softmax(-1)
 
     first = forward(ids, position_ids_from(attn), slots[:P])                        # prefill, eagerly
     n_real = attn.sum(-1, keepdim=True)                                             # (B, 1) next position
@@ -888,7 +930,8 @@ def check_model(name, kind, flag, config=None):
                                  and len(config.get("id2label", {0: 0})) == 1):
         raise UserError(f"{flag} {name}: a {'/'.join(archs) or 'headless'} model; expected a reward model "
                         f"(02_reward output: a sequence classifier with one label)")
-    if kind != "reward" and not any(a.endswith("ForCausalLM") for a in archs):
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES as causal_lms
+    if kind != "reward" and not any(a.endswith("ForCausalLM") or a in causal_lms.values() for a in archs):
         raise UserError(f"{flag} {name}: a {'/'.join(archs) or 'headless'} model; expected a causal LM "
                         f"(a policy: 01_sft, 04_dpo or 05_ppo output, or a base model)")
 
@@ -910,7 +953,28 @@ def load_model(name, kind, flag, device):
                                        model.config.architectures or [type(model).__name__]})
         if kind == "reward" and not hasattr(model, "score"):
             raise UserError(f"{flag} {name}: a {type(model).__name__}; expected a decoder reward model with a score head")
-    return fp32_no_dropout(model).to(device).eval()
+    model = fp32_no_dropout(model).to(device).eval()
+    return check_logits(model, name, flag) if kind == "policy" else model
+
+
+def check_logits(model, name, flag):
+    """The stages compute logits from hidden states themselves (hidden_states, then lm_logits): refuse a
+    model whose own forward pass gives other numbers (an output transform, or positions, of its own)."""
+    ids = torch.arange(1, 5, device=model.device)[None]                               # any four tokens
+    with torch.no_grad():
+        own, ours = model(input_ids=ids).logits, lm_logits(model, hidden_states(model, ids, torch.ones_like(ids)))
+    if not torch.allclose(own.float(), ours.float(), rtol=1e-4, atol=1e-4):
+        raise UserError(f"{flag} {name}: a {type(model).__name__} changes its logits in a way these scripts do "
+                        f"not reproduce (largest difference {(own - ours).abs().max().item():.2g})")
+    return model
+
+
+def check_context(model, n_tokens, flag, limits):
+    """Refuse length limits past the model's positions: a learned position table (GPT-2, OPT) would fail deep
+    inside torch, and rotary positions past the range trained on give output of no meaning."""
+    n = getattr(model.config.get_text_config(), "max_position_embeddings", None)
+    if n is not None and n_tokens > n:
+        raise UserError(f"{limits} allow sequences of {n_tokens} tokens, but {flag}'s model has {n} positions")
 
 
 def load_tokenizer(name, flag):

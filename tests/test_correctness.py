@@ -127,6 +127,19 @@ def test_a_corrupt_gzip_file_is_one_line(tmp_path):
         (tmp_path / name).write_bytes(data)
         with pytest.raises(sft.UserError, match=f"{name}: not readable as gzip-compressed JSON lines"):
             sft.read_jsonl(tmp_path / name)
-    (tmp_path / "latin.jsonl").write_bytes(b'{"prompt": "caf\xe9"}\n')
-    with pytest.raises(sft.UserError, match="latin.jsonl: not readable as UTF-8 JSON lines"):
+    (tmp_path / "latin.jsonl").write_bytes(b'{"prompt": "ok"}\n{"prompt": "caf\xe9"}\n')
+    with pytest.raises(sft.UserError, match=r"latin.jsonl:2: not UTF-8 \(byte 0xe9 at column 16\)"):
         sft.read_jsonl(tmp_path / "latin.jsonl")
+
+
+def test_text_that_is_no_text_is_one_line_naming_its_line(tmp_path):
+    """A lone surrogate escape is valid JSON but fails the tokenizer (and write_jsonl) later; deep nesting
+    overflows json's recursion; a byte-order mark is text."""
+    (tmp_path / "bom.jsonl").write_bytes(b'\xef\xbb\xbf{"prompt": "p"}\n')
+    assert sft.read_jsonl(tmp_path / "bom.jsonl") == [{"prompt": "p"}]
+    (tmp_path / "surrogate.jsonl").write_text('{"prompt": "p"}\n{"prompt": "x", "note": "\\ud800"}\n')
+    with pytest.raises(sft.UserError, match=r"surrogate.jsonl:2: a lone surrogate"):
+        sft.read_jsonl(tmp_path / "surrogate.jsonl")
+    (tmp_path / "deep.jsonl").write_text('{"prompt": "p"}\n' + "[" * 100000 + "]" * 100000 + "\n")
+    with pytest.raises(sft.UserError, match=r"deep.jsonl:2: JSON nested too deeply"):
+        sft.read_jsonl(tmp_path / "deep.jsonl")

@@ -53,8 +53,8 @@ def test_hh_parsing_multi_turn_unicode_empty_turns_and_skips(capsys):
     assert rows[2]["prompt"][1] == {"role": "assistant", "content": ""}       # an empty turn is kept
     out = capsys.readouterr().out
     assert "hh-rlhf format, 3 rows kept" in out
-    for reason in ("1 (chosen and rejected do not share the dialogue before the last reply)",
-                   "1 (ends on a Human turn)", "1 (empty response)"):
+    for reason in ("1 (chosen and rejected do not share the dialogue before the last reply; first: row 4)",
+                   "1 (ends on a Human turn; first: row 5)", "1 (empty response; first: row 6)"):
         assert reason in out
 
 
@@ -191,15 +191,16 @@ def test_malformed_rows_are_skipped_with_a_reason_not_a_traceback(capsys):
     rows = [{"prompt": [{"content": "no role"}], "chosen": "a", "rejected": "b"},      # a message without role
             {"prompt": "fine", "chosen": "a", "rejected": "b"}]
     assert len(sft.normalise(rows, "m.jsonl")) == 1
-    assert "1 (prompt is neither text nor a list of chat messages with role and content)" in capsys.readouterr().out
+    assert "1 (prompt is neither text nor a list of chat messages with role and content; first: row 1)" in capsys.readouterr().out
     hh_rows = [{"chosen": ["not", "text"], "rejected": 3}, HH_ROWS[0]]                  # dialogues that are no text
     assert len(sft.normalise(hh_rows, "h.jsonl")) == 1
-    assert "1 (malformed (AttributeError))" in capsys.readouterr().out
+    assert "1 (malformed: AttributeError; first: row 1)" in capsys.readouterr().out
     tldr = [{"info": {"post": "p"}, "summaries": [{"text": "a"}, {"text": "b"}], "choice": 5},
             {"info": None, "summaries": [{"text": "a"}, {"text": "b"}], "choice": 0},
             {"info": {"post": "p"}, "summaries": [{"text": "a"}, {"text": "b"}], "choice": 1}]
     assert len(sft.normalise(tldr, "t.jsonl")) == 1
-    assert "skipped 1 (malformed (AttributeError)); skipped 1 (malformed (IndexError))" in capsys.readouterr().out
+    assert ("skipped 1 (malformed: AttributeError; first: row 2); skipped 1 (malformed: IndexError; first: row 1)"
+            in capsys.readouterr().out)
     with pytest.raises(sft.UserError, match="prompts without chosen/rejected responses; this stage needs"):
         sft.normalise([{"prompt": "p"}], "p.jsonl")
     assert sft.normalise([{"prompt": "p"}], "p.jsonl", pairs=False)[0]["prompt"] == [{"role": "user", "content": "p"}]
@@ -212,6 +213,33 @@ def test_long_pairs_are_dropped_not_cut(tiny, capsys):
     assert "x.jsonl: dropped 1 of 2 pairs with a response of 32 tokens or more" in capsys.readouterr().out
     with pytest.raises(sft.UserError, match="every pair has a response of 1 tokens or more"):
         sft.drop_long_pairs(rows, tok, 1, "x.jsonl")
+
+
+def test_a_kept_pair_is_never_cut_with_or_without_a_chat_template(tiny_model_dir, capsys):
+    """drop_long_pairs counts the tokens encode_rows keeps: without a chat template a response follows
+    'Assistant:' after a space, which can change its tokens ('zq' and ' zq' differ here)."""
+    from transformers import AutoTokenizer
+    for template in (True, False):
+        tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+        tok.chat_template = tok.chat_template if template else None
+        rows = [{"prompt": [{"role": "user", "content": "p"}], "chosen": "zq " * n + "zq", "rejected": "b"}
+                for n in range(6)]
+        for limit in range(4, 14):
+            kept = sft.drop_long_pairs(rows, tok, limit, "x")
+            assert len(kept) == sum(len(sft.response_ids(tok, r["chosen"])) < limit for r in rows)
+            for r, (_, chosen, _) in zip(kept, sft.encode_rows(tok, kept, 64, limit, "x")):
+                assert chosen == sft.response_ids(tok, r["chosen"]) + [tok.eos_token_id]   # whole, then EOS
+    capsys.readouterr()
+
+
+def test_a_chat_template_that_refuses_a_prompt_is_one_line(tiny_model_dir):
+    from transformers import AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tok.chat_template = "{{ raise_exception('Conversation roles must alternate user/assistant') }}"
+    msgs = [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]
+    with pytest.raises(sft.UserError, match=r"the chat template refuses a prompt with roles user/user \('b'\.\.\.\)"
+                                            r".*roles must alternate"):
+        sft.render_prompt(tok, msgs)
 
 
 def test_a_reward_model_with_another_tokenizer_is_refused(tiny, tmp_path):

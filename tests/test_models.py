@@ -23,7 +23,7 @@ def examples(tok):
             [{"role": "user", "content": "Sort these numbers from smallest to largest: 5, 1, 9, 7."}],
             [{"role": "user", "content": "Is 7 a prime number?"}]]
     resps = ["2 + 3 = 5.", "1, 5, 7, 9", "Yes, it is. I checked it twice to make sure it holds."]
-    return [sft.encode(tok, m, r, 256, 128) for m, r in zip(msgs, resps)]
+    return sft.encode_rows(tok, [{"prompt": m, "r": r} for m, r in zip(msgs, resps)], 256, 128, "t", ("r",))
 
 
 def naive_logps(model, prompt, response):
@@ -206,6 +206,71 @@ def test_pair_rewards_score_separate_sequences_where_a_packed_mask_is_not_exact(
     assert torch.allclose(torch.cat([chosen, rejected]), alone, atol=1e-5)
 
 
+@pytest.mark.parametrize("arch, transform", [("granite", {"logits_scaling": 8.0}), ("cohere", {"logit_scale": 0.25}),
+                                             ("gemma2", {"final_logit_softcapping": 0.5, "head_dim": 8})])
+@torch.no_grad()
+def test_log_probs_are_those_of_models_that_transform_their_logits(tiny, tmp_path, arch, transform):
+    """Granite divides its logits after the LM head, Cohere multiplies them, Gemma-2 soft-caps them: the
+    stages' log-probs (token_logps, pair_logps, the sampler) must be the model's own, and load_model's check
+    must pass them."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+    _, tok = tiny
+    torch.manual_seed(0)
+    cfg = AutoConfig.for_model(arch, vocab_size=len(tok), pad_token_id=tok.pad_token_id, hidden_size=32,
+                               intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                               num_key_value_heads=2, **transform)
+    model = AutoModelForCausalLM.from_config(cfg).eval()
+    pairs, *_ = pairs_and_separate_batch(tok)
+    chosen, rejected, _ = dpo.pair_logps(model, pairs, tok.pad_token_id, CPU, None, False)
+    alone = [naive_logps(model, p, c).sum() for p, c, _ in pairs] + [naive_logps(model, p, r).sum() for p, _, r in pairs]
+    assert torch.allclose(torch.cat([chosen, rejected]), torch.stack(alone), atol=1e-4)
+    gen = torch.Generator().manual_seed(0)
+    responses, logps = sft.sample_responses(model, [p for p, _, _ in pairs], tok.pad_token_id, tok.eos_token_id, 5,
+                                            CPU, None, gen)
+    for (p, _, _), r, lp in zip(pairs, responses, logps):
+        assert torch.allclose(torch.tensor(lp), naive_logps(model, p, r), atol=1e-4)
+    model.save_pretrained(tmp_path)
+    assert sft.load_model(str(tmp_path), "policy", "--model", CPU) is not None
+
+
+def test_a_model_whose_logits_the_stages_would_not_reproduce_is_refused(tiny, tmp_path):
+    """A transform lm_logits applies but the model does not (or one the model applies that lm_logits does not
+    know): load_model compares the two on a few tokens and refuses, in one line."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+    _, tok = tiny
+    cfg = AutoConfig.for_model("llama", vocab_size=len(tok), hidden_size=32, intermediate_size=64,
+                               num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
+    cfg.final_logit_softcapping = 0.5   # Llama's forward ignores it
+    AutoModelForCausalLM.from_config(cfg).save_pretrained(tmp_path)
+    with pytest.raises(sft.UserError, match="changes its logits in a way these scripts do not reproduce"):
+        sft.load_model(str(tmp_path), "policy", "--model", CPU)
+
+
+def test_gpt2_is_a_policy_and_its_position_table_bounds_the_lengths(tiny, tmp_path):
+    """GPT-2's class is GPT2LMHeadModel, not ...ForCausalLM: a causal LM all the same. Its learned position
+    table has n_positions rows: longer limits are refused in one line, not an index error inside torch."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+    _, tok = tiny
+    GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_positions=64, n_embd=32, n_layer=2, n_head=4)).save_pretrained(tmp_path)
+    model = sft.load_model(str(tmp_path), "policy", "--model", CPU)
+    sft.check_context(model, 64, "--model", "--max-prompt-len plus --max-response-len")
+    with pytest.raises(sft.UserError, match="allow sequences of 65 tokens, but --model's model has 64 positions"):
+        sft.check_context(model, 65, "--model", "--max-prompt-len plus --max-response-len")
+
+
+@torch.no_grad()
+def test_pair_rewards_of_an_empty_response_fall_back_to_separate_sequences(tiny_model_dir):
+    """A packed row reads each response's score at its EOS; a response without tokens has none (its score
+    is the prompt's last token's), so such a batch is scored as separate sequences."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    rm = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=1).eval()
+    p, c = examples(tok)[0]
+    chosen, rejected = rwd.pair_rewards(rm, [(p, c, [])], tok.pad_token_id, CPU)
+    alone = lambda ids: rm.score(rm.base_model(input_ids=torch.tensor([ids])).last_hidden_state[0, -1])  # last token
+    assert torch.allclose(chosen, alone(p + c), atol=1e-5) and torch.allclose(rejected, alone(p), atol=1e-5)
+
+
 @torch.no_grad()
 def test_split_scores_pairs_in_the_order_of_the_rows(tiny_model_dir):
     # 03 batches pairs by length and packs each into one row: each gap must still belong to its own row
@@ -221,8 +286,8 @@ def test_split_scores_pairs_in_the_order_of_the_rows(tiny_model_dir):
     kw = dict(max_prompt_len=256, max_response_len=64, device=CPU, dtype=None, desc="t")
     gaps = split.score_pairs(rm, tok, rows, batch_size=4, **kw)
     for row, gap in zip(rows, gaps):
-        (pc, yc), (pr, yr) = (sft.encode(tok, row["prompt"], row[k], 256, 64) for k in ("chosen", "rejected"))
-        alone = rm(input_ids=torch.tensor([pc + yc])).logits[0, 0] - rm(input_ids=torch.tensor([pr + yr])).logits[0, 0]
+        p, yc, yr = sft.encode_rows(tok, [row], 256, 64, "t")[0]
+        alone = rm(input_ids=torch.tensor([p + yc])).logits[0, 0] - rm(input_ids=torch.tensor([p + yr])).logits[0, 0]
         assert abs(gap - alone.item()) < 1e-4
     assert len(set(round(g, 4) for g in gaps)) == len(rows)   # distinct, so a mix-up would show
 
@@ -363,10 +428,14 @@ def test_collate_masks():
     assert sft.position_ids_from(attn).tolist() == [[0, 0, 1, 2], [0, 1, 2, 3]]
 
 
-def test_encode_truncates_prompt_from_the_left_and_ends_with_eos(tiny):
+def test_encode_truncates_prompt_from_the_left_and_ends_with_eos(tiny, capsys):
     _, tok = tiny
     msgs = [{"role": "user", "content": "word " * 200}]
-    p, r = sft.encode(tok, msgs, "fine answer " * 100, 16, 8)
+    rows = [{"prompt": msgs, "chosen": "fine answer " * 100, "rejected": "no"}, {"prompt": [msgs[0] | {"content": "hi"}],
+            "chosen": "a", "rejected": "b"}]
+    (p, c, r), _ = sft.encode_rows(tok, rows, 16, 8, "rows.jsonl")
     full = tok(sft.render_prompt(tok, msgs), add_special_tokens=False)["input_ids"]
     assert p == full[-16:]                         # the end of the prompt (the assistant header) survives
-    assert len(r) == 8 and r[-1] == tok.eos_token_id
+    assert len(c) == 8 and c[-1] == tok.eos_token_id and r == sft.response_ids(tok, "no") + [tok.eos_token_id]
+    assert "rows.jsonl: 1 of 2 prompts longer than 16 tokens, cut from the left" in capsys.readouterr().out
+    assert sft.encode_rows(tok, rows[1:], 16, 8, "t", responses=()) == [(_[0],)]   # prompts alone

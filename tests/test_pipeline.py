@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 
-from conftest import ROOT, load_script, run_stage
+from conftest import ROOT, build_tiny, load_script, run_stage
 
 
 @pytest.fixture(scope="module")
@@ -172,10 +172,7 @@ def test_cached_reference_logps_equal_a_fresh_computation(pipeline):
     easy = [json.loads(l) for l in open(run / "03_split/easy.jsonl")]
     tok = AutoTokenizer.from_pretrained(run / "01_sft")
     model = AutoModelForCausalLM.from_pretrained(run / "01_sft")
-    ex = []
-    for r in easy:
-        p, c = dpo.encode(tok, r["prompt"], r["chosen"], 256, 128)
-        ex.append((p, c, dpo.encode(tok, r["prompt"], r["rejected"], 256, 128)[1]))
+    ex = dpo.encode_rows(tok, easy, 256, 128, "easy")
     # recompute on the device and at the precision the stage used (CUDA and bf16 where a GPU ran it)
     stage = json.load(open(run / "04_dpo/stage.json"))
     device = torch.device(stage["device"])
@@ -342,6 +339,10 @@ def test_errors_are_one_line_and_write_nothing(tmp_path, tiny_model_dir, pipelin
     assert "pass --online too" in error("04_dpo.py", "--run", "t", "--loss", "nash-md-pg", cwd=work)
     assert "--data and --split-dir / --prompts" in error("05_ppo.py", "--run", "t", "--data", bad, "--prompts", "all")
     assert "--test-dataset is for a local --dataset" in error("01_sft.py", "--model", m, "--test-dataset", bad)
+    assert "--split-dir with --prompts all" in error("05_ppo.py", "--run", "t", "--prompts", "all", "--split-dir", bad)
+    assert "--adaptive-kl with --kl-coef 0" in error("05_ppo.py", "--run", "t", "--adaptive-kl", "--kl-coef", 0)
+    for seed in (-1, 2**31, 10**20, "1.5"):   # torch's and our derived seeds would overflow deep inside
+        assert f"argument --seed: '{seed}': expected an integer in [0, 2**31)" in error("01_sft.py", "--seed", seed)
     assert not (tmp_path / "runs").exists()
     # an existing output is not overwritten without --overwrite
     assert "--overwrite" in error("03_split.py", "--reward", run / "02_reward", "--out", run / "03_split")
@@ -351,6 +352,11 @@ def test_errors_are_one_line_and_write_nothing(tmp_path, tiny_model_dir, pipelin
     # a directory of the wrong kind: a reward model loaded as a policy would get a fresh random LM head
     err = error("05_ppo.py", "--run", "t", "--policy", run / "02_reward", "--out", tmp_path / "p", cwd=work)
     assert "--policy" in err and "expected a causal LM" in err
+    # a reference model with another tokenizer would read the policy's token ids as other words
+    other = tmp_path / "other_vocab"
+    build_tiny(other, vocab_size=300)
+    err = error("05_ppo.py", "--run", "t", "--ref", other, "--out", tmp_path / "p", cwd=work)
+    assert f"--ref {other}: its tokenizer differs from the policy's" in err
     err = error("03_split.py", "--reward", run / "01_sft", "--out", tmp_path / "s")
     assert "--reward" in err and "expected a reward model" in err
     assert "no config.json" in error("06_eval.py", tmp_path, "--run", "t", "--out", tmp_path / "e", cwd=work)
