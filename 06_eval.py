@@ -5,7 +5,8 @@ vanilla PPO by reward-model score and by GPT-4 win rates against a baseline. Thi
 any set of policies (directories or hub ids), each sampled on the same prompts with the same settings and
 seed:
   - mean RM score r(x, y) (the reward model of stage 02);
-  - win rate against the baseline, prompt by prompt, ties counted as half, judged by the RM (and gold);
+  - win rate against the baseline, prompt by prompt, ties counted as half, judged by the RM (and gold),
+    with the share of ties beside it (a win rate near 0.5 may be mostly ties);
   - KL(pi || baseline) from the policy's own samples, the mean over prompts of
     sum_t log pi(y_t | x, y_<t) - log base(y_t | x, y_<t) (the k1 estimator; unbiased at temperature 1);
   - where the prompts are the built-in task's, the mean gold score (`builtin_task.gold_score`, the
@@ -79,6 +80,13 @@ def win_rate(scores, baseline_scores):
     return [1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(scores, baseline_scores)]
 
 
+def ties(scores, baseline_scores):
+    """Per-item ties with the baseline, (N,): 1.0 if equal, else 0.0. A win rate counts a tie as half, so
+    one near 0.5 may be mostly ties (the gold judge's scores are coarse), not a policy as good as the
+    baseline half the time: the report prints this share beside each win rate."""
+    return [float(a == b) for a, b in zip(scores, baseline_scores)]
+
+
 def sequence_kl(policy_logps, baseline_logps):
     """k1 estimate of KL(pi || base) per response, (B,): sum_t log pi(y_t) - log base(y_t), from token
     log-probs (B, T-1) that are zero off the response. Unbiased for y ~ pi (http://joschu.net/blog/kl-approx.html)."""
@@ -148,11 +156,12 @@ def paired_differences(rows_a, rows_b, metric, k, where):
 def policy_summary(values, baseline, rows, requests, k, n_resamples, seed):
     """Every metric of one policy, each the mean over prompts with its interval over requests. values:
     lists over samples (k per prompt, in the order of rows) of rm, kl, length, eos, and on the built-in
-    task gold and refusal; baseline: the baseline policy's, for the win rates."""
+    task gold and refusal; baseline: the baseline policy's, for the win rates and their ties."""
     stats = {key: values[key] for key in ("rm", "kl", "length", "eos", "gold") if key in values}
-    stats["win_rm"] = win_rate(values["rm"], baseline["rm"])
+    stats["win_rm"], stats["tie_rm"] = win_rate(values["rm"], baseline["rm"]), ties(values["rm"], baseline["rm"])
     if "gold" in values:
-        stats["win_gold"] = win_rate(values["gold"], baseline["gold"])
+        stats["win_gold"], stats["tie_gold"] = (win_rate(values["gold"], baseline["gold"]),
+                                                ties(values["gold"], baseline["gold"]))
     res = {key: summarise(per_prompt(v, k), requests, n_resamples, seed) for key, v in stats.items()}
     gold, refusal = per_prompt(values.get("gold", []), k), per_prompt(values.get("refusal", []), k)
     for family in sorted({r["family"] for r in rows}) if "gold" in values else []:
@@ -480,10 +489,10 @@ def write_report(results, tmp, args, dataset, rm_dir, base_dir, n_prompts, n_req
              f"seed {args.seed}", "",
              f"Dataset `{dataset['name']}`; RM `{rm_dir}`; baseline `{base_dir.name}`; sampling at "
              f"temperature 1, at most {args.max_new_tokens} new tokens; a response without EOS by then is scored "
-             f"as it stands (the RM at its last token). [95% bootstrap interval over requests.]", "",
+             f"as it stands (the RM at its last token). [95% bootstrap interval over requests.] {TIES_NOTE}", "",
              "| policy | " + " | ".join(h for _, h in cols) + " | budget |", "|---" * (len(cols) + 2) + "|"]
     for name, res in results.items():
-        cells = [cell(res[c]) if c != "length" else f"{res[c]['mean']:.1f}" for c, _ in cols]
+        cells = [with_ties(cell(res[c]), res, c) if c != "length" else f"{res[c]['mean']:.1f}" for c, _ in cols]
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {res['budget']} |")
     if families:
         lines += ["", "Gold score per prompt family:", "",
@@ -501,6 +510,17 @@ def write_report(results, tmp, args, dataset, rm_dir, base_dir, n_prompts, n_req
     report = "\n".join(lines) + "\n"
     (tmp / "report.md").write_text(report)
     return report
+
+
+TIES_NOTE = "Win rates count a tie as half; (ties N%) beside one is the share of its comparisons that tied."
+
+
+def with_ties(text, res, key):
+    """A win rate's cell with its tie share beside it (res holds `tie_gold` beside `win_gold`): 0.48 from
+    70% ties is near-parity by default, not by merit. Other cells, and results made before ties were
+    recorded, as they are."""
+    tie = res.get("tie_" + key[4:]) if key.startswith("win_") else None
+    return f"{text} (ties {tie['mean']:.0%})" if tie else text
 
 
 def draw_plot(results, path, metric):
@@ -628,9 +648,10 @@ def combine(args):
     metrics = [(m, h) for m, h in METRICS if all(m in r["results"][n] for r in runs for n in names)]
     families = [(m, m[5:]) for m in runs[0]["results"][names[0]]
                 if m.startswith("gold_") and all(m in r["results"][n] for r in runs for n in names)]
+    keys = [m for m, _ in metrics + families] + [  # and the tie shares, shown beside the win rates
+        t for t in ("tie_gold", "tie_rm") if all(t in r["results"][n] for r in runs for n in names)]
     spread = lambda per_seed: {"per_seed": per_seed, "mean": mean(per_seed), "std": std(per_seed)}
-    table = {name: {m: spread([r["results"][name][m]["mean"] for r in runs]) for m, _ in metrics + families}
-             for name in names}
+    table = {name: {m: spread([r["results"][name][m]["mean"] for r in runs]) for m in keys} for name in names}
 
     # 2. the paper's claims as paired differences on the same prompts, within each seed's run
     primary, claims = "gold" if "gold" in dict(metrics) else "rm", []
@@ -697,11 +718,11 @@ def combined_report(runs, names, metrics, families, table, claims):
     lines = [f"# 06_eval --combine: {len(runs)} runs, seeds {', '.join(str(r['seed']) for r in runs)}", "",
              "Runs: " + ", ".join(f"`{r['dir']}` ({r['n_prompts']} test prompts)" for r in runs) + ". "
              "Cells: mean over the runs ± standard deviation over the runs (of each run's mean over its "
-             "test prompts).", "",
+             f"test prompts). {TIES_NOTE}", "",
              "| policy | " + " | ".join(h for _, h in metrics) + " | budget (first run) |",
              "|---" * (len(metrics) + 2) + "|"]
     for name in names:
-        cells = [cell(table[name][m], 1 if m == "length" else 3) for m, _ in metrics]
+        cells = [with_ties(cell(table[name][m], 1 if m == "length" else 3), table[name], m) for m, _ in metrics]
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {runs[0]['results'][name].get('budget', '?')} |")
     if families:
         lines += ["", "Gold score per prompt family:", "", "| policy | " + " | ".join(f for _, f in families) + " |",
