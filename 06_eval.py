@@ -71,6 +71,9 @@ POLICY_PREFIXES = ("01_sft", "04_", "05_")
 METRICS = [("rm", "RM score"), ("gold", "gold score"), ("win_gold", "gold win vs baseline"),
            ("win_rm", "RM win vs baseline"), ("kl", "KL to baseline"), ("length", "length"),
            ("eos", "ends with EOS"), ("refusal_harmful", "refuses harmful"), ("refusal_harmless", "refuses harmless")]
+# No interval is printed from fewer requests than this: a percentile bootstrap only recombines the requests it
+# has, so with few it is too narrow (with one, zero width) and would read as certainty; the mean and n instead.
+MIN_REQUESTS = 10
 
 
 # --- the method: win rates, the k1 KL estimate, bootstrap intervals over requests (MPO's evaluation) ---
@@ -483,33 +486,60 @@ def main(args):
 def write_report(results, tmp, args, dataset, rm_dir, base_dir, n_prompts, n_requests, families, sweep):
     """report.md: the metrics table with each policy's budget, the gold score per family, the plot, and
     the threshold sweep where there is one."""
-    cell = lambda r: f"{r['mean']:.3f} [{r['lo']:.3f}, {r['hi']:.3f}]"
-    cols = [(c, h) for c, h in METRICS if c in next(iter(results.values()))]
+    first = next(iter(results.values()))
+    cols = [(c, h) for c, h in METRICS if c in first]
     lines = [f"# 06_eval: {n_prompts} test prompts ({n_requests} requests) x {args.samples_per_prompt} samples, "
              f"seed {args.seed}", "",
              f"Dataset `{dataset['name']}`; RM `{rm_dir}`; baseline `{base_dir.name}`; sampling at "
              f"temperature 1, at most {args.max_new_tokens} new tokens; a response without EOS by then is scored "
-             f"as it stands (the RM at its last token). [95% bootstrap interval over requests.] {TIES_NOTE}", "",
+             f"as it stands (the RM at its last token). [95% bootstrap interval over requests; {SMALL_N_NOTE}.] "
+             f"{TIES_NOTE}", "",
              "| policy | " + " | ".join(h for _, h in cols) + " | budget |", "|---" * (len(cols) + 2) + "|"]
     for name, res in results.items():
-        cells = [with_ties(cell(res[c]), res, c) if c != "length" else f"{res[c]['mean']:.1f}" for c, _ in cols]
+        cells = [with_ties(interval_cell(res[c]), res, c) if c != "length" else f"{res[c]['mean']:.1f}"
+                 for c, _ in cols]
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {res['budget']} |")
     if families:
-        lines += ["", "Gold score per prompt family:", "",
-                  "| policy | " + " | ".join(families) + " |", "|---" * (len(families) + 1) + "|"]
-        lines += [f"| {name} | " + " | ".join(cell(res[f"gold_{f}"]) for f in families) + " |"
+        lines += ["", "Gold score per prompt family (n: the family's requests):", "",
+                  "| policy | " + " | ".join(f + n_label([first[f"gold_{f}"].get("requests")]) for f in families)
+                  + " |", "|---" * (len(families) + 1) + "|"]
+        lines += [f"| {name} | " + " | ".join(interval_cell(res[f"gold_{f}"]) for f in families) + " |"
                   for name, res in results.items()]
     lines += ["", draw_plot(results, tmp / "reward_vs_kl.png", "gold" if families else "rm")]
     if sweep:
         cells = lambda row, role: {"name": row[role], **{m: results[row[role]][m] for m in ("gold", "rm", "kl")
                                                          if m in results[row[role]]}} if row.get(role) else {}
         points = [dict(row, dpo=cells(row, "dpo"), mpo=cells(row, "mpo")) for row in sweep]
-        lines += sweep_report(points, lambda c: f"{c['mean']:.3f} [{c['lo']:.3f}, {c['hi']:.3f}]",
-                              "95% bootstrap interval over requests")
+        lines += sweep_report(points, interval_cell, "95% bootstrap interval over requests")
         lines += ["", draw_sweep(points, tmp / "threshold_sweep.png", "lo", "hi")]
     report = "\n".join(lines) + "\n"
     (tmp / "report.md").write_text(report)
     return report
+
+
+SMALL_N_NOTE = f"none from fewer than {MIN_REQUESTS} requests, too few to resample"
+
+
+def interval_cell(s):
+    """A summary as 'mean [lo, hi]', or as its mean and n where fewer than MIN_REQUESTS requests back it
+    (summaries without a request count, as written by older versions, keep their interval)."""
+    if s.get("requests", MIN_REQUESTS) < MIN_REQUESTS:
+        return f"{s['mean']:.3f} (n={s['requests']}, no interval)"
+    return f"{s['mean']:.3f} [{s['lo']:.3f}, {s['hi']:.3f}]"
+
+
+def claim_interval(c):
+    """A claim's pooled interval, or 'n too small' where a run compared fewer than MIN_REQUESTS requests."""
+    if c.get("requests", MIN_REQUESTS) < MIN_REQUESTS:
+        return f"n too small (n={c['requests']} in a run)"
+    return f"[{c['lo']:+.3f}, {c['hi']:+.3f}]"
+
+
+def n_label(ns):
+    """' (n=20)' from each run's request count of a column, ' (n=18-22)' where runs differ, '' if unknown."""
+    if not ns or None in ns:
+        return ""
+    return f" (n={min(ns)})" if min(ns) == max(ns) else f" (n={min(ns)}-{max(ns)})"
 
 
 TIES_NOTE = "Win rates count a tie as half; (ties N%) beside one is the share of its comparisons that tied."
@@ -662,6 +692,7 @@ def combine(args):
             lo, hi = bootstrap_ci(groups, args.bootstrap, args.seed)
             claims.append({"claim": claim, "policy": a, "baseline": b, "metric": metric, "per_seed": per_seed,
                            "mean": mean(per_seed), "std": std(per_seed), "lo": lo, "hi": hi,
+                           "requests": min(map(len, groups)),       # of the run with fewest: each is resampled alone
                            "seeds_in_favour": sum(d > 0 for d in per_seed)})
 
     # 3. the threshold sweep, where every run has one: each point's numbers over the runs (mean ± std)
@@ -725,20 +756,21 @@ def combined_report(runs, names, metrics, families, table, claims):
         cells = [with_ties(cell(table[name][m], 1 if m == "length" else 3), table[name], m) for m, _ in metrics]
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {runs[0]['results'][name].get('budget', '?')} |")
     if families:
-        lines += ["", "Gold score per prompt family:", "", "| policy | " + " | ".join(f for _, f in families) + " |",
-                  "|---" * (len(families) + 1) + "|"]
+        n = lambda m: n_label([r["results"][names[0]][m].get("requests") for r in runs])
+        lines += ["", "Gold score per prompt family (n: the family's requests in each run):", "",
+                  "| policy | " + " | ".join(f + n(m) for m, f in families) + " |", "|---" * (len(families) + 1) + "|"]
         lines += [f"| {name} | " + " | ".join(cell(table[name][m]) for m, _ in families) + " |" for name in names]
     if claims:
         lines += ["", "## The paper's comparisons", "",
                   "Policy minus baseline on the same test prompts: the mean difference per run, its mean "
                   "over runs, and a 95% bootstrap interval that resamples requests within each run (prompt "
-                  "noise only; the per-run values show the noise of training).", "",
+                  f"noise only; the per-run values show the noise of training; {SMALL_N_NOTE} in a run).", "",
                   "| claim | policy - baseline | metric | per run | mean | 95% interval | runs in favour |",
                   "|---|---|---|---|---|---|---|"]
         for c in claims:
             lines.append(f"| {c['claim']} | {c['policy']} - {c['baseline']} | {c['metric']} | "
                          + ", ".join(f"{d:+.3f}" for d in c["per_seed"])
-                         + f" | {c['mean']:+.3f} | [{c['lo']:+.3f}, {c['hi']:+.3f}] | "
+                         + f" | {c['mean']:+.3f} | {claim_interval(c)} | "
                            f"{c['seeds_in_favour']}/{len(runs)} |")
     return "\n".join(lines) + "\n"
 

@@ -48,3 +48,34 @@ def test_combined_report_shows_tie_shares(tmp_path):
         ev.json.dump(res, open(tmp_path / run / "results.json", "w"))
     run_stage("06_eval.py", "--combine", "a", "b", "--out", "both", "--bootstrap", 20, cwd=tmp_path)
     assert "| 0.500 ± 0.000 (ties 75%) |" in (tmp_path / "both/report.md").read_text()
+
+
+def test_few_requests_give_no_interval_and_each_family_its_n(tmp_path):
+    # family "big": MIN_REQUESTS requests; "one": a single request asked in two wordings
+    big = ev.MIN_REQUESTS
+    families, requests = ["big"] * big + ["one"] * 2, [str(i) for i in range(big)] + ["r", "r"]
+    res = summaries([1.0] * (big + 2), [0.0] * (big + 2), families, requests)
+    assert (res["gold_one"]["lo"], res["gold_one"]["hi"], res["gold_one"]["requests"]) == (1.0, 1.0, 1)
+    res["budget"] = "?"
+    text = report({"05_ppo": res}, tmp_path, ["big", "one"])
+    assert f"| policy | big (n={big}) | one (n=1) |" in text
+    assert "| 05_ppo | 1.000 [1.000, 1.000] | 1.000 (n=1, no interval) |" in text
+    assert f"none from fewer than {big} requests" in text
+    assert ev.interval_cell({"mean": 0.5, "lo": 0.4, "hi": 0.6}) == "0.500 [0.400, 0.600]"   # older results
+    assert ev.n_label([3, 5]) == " (n=3-5)" and ev.n_label([None]) == ""
+
+
+def test_combined_claims_from_few_requests_print_no_interval(tmp_path):
+    from test_combine import fake_eval
+    for run, seed in (("a", 0), ("b", 1)):
+        fake_eval(tmp_path / run, seed, {"05_ppo": [1, 1, 0], "04_dpo_all": [0, 1, 0]},
+                  {"05_ppo": [0, 0, 0], "04_dpo_all": [0, 0, 0]}, ["x", "y", "z"])
+        res = ev.json.load(open(tmp_path / run / "results.json"))
+        for r in res["results"].values():
+            r["gold_harmful"] = {"mean": 0.5, "requests": 2 + seed}
+        ev.json.dump(res, open(tmp_path / run / "results.json", "w"))
+    run_stage("06_eval.py", "--combine", "a", "b", "--out", "both", "--bootstrap", 20, cwd=tmp_path)
+    report = (tmp_path / "both/report.md").read_text()
+    assert "| harmful (n=2-3) |" in report
+    assert "| +0.333 | n too small (n=3 in a run) |" in report
+    assert ev.json.load(open(tmp_path / "both/results.json"))["claims"][0]["requests"] == 3
