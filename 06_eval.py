@@ -22,7 +22,8 @@ With --combine, the 06_eval outputs of runs with different seeds become one repo
 and standard deviation over seeds, and the paper's claims (MPO against vanilla DPO and vanilla PPO, DPO
 on easy against DPO on all pairs, the DPO reference against the SFT reference) as paired differences
 on the same prompts, per seed and pooled, with a bootstrap interval that resamples requests within each
-seed (it covers prompt noise; the spread of the per-seed differences shows the training noise).
+seed (it covers prompt noise; the spread of the per-seed differences shows the training noise), and a
+verdict computed from that interval: reproduced, not reproduced (it includes zero) or contradicted.
 Where the policies include MPO trained on several splits of 03 (run.sh --sweep-threshold), the report adds
 the threshold sweep: per split, its threshold, the easy set's size, each set's label noise, and the gold
 score, RM score and KL of DPO on its easy set and of MPO, as a table and threshold_sweep.png (per run, and
@@ -639,19 +640,37 @@ def draw_sweep(points, path, lo, hi):
 
 # --- several seeds (--combine) --------------------------------------------------------------------
 
-# (policy, baseline, the papers' claim), compared wherever both policies are in every run
-CLAIMS = [("05_ppo", "04_dpo_all", "MPO beats vanilla DPO"),
-          ("05_ppo", "05_ppo_vanilla", "MPO beats vanilla PPO"),
-          ("04_dpo", "04_dpo_all", "DPO on the easy set beats DPO on all pairs"),
-          ("05_ppo", "05_ppo_sftref", "the DPO reference beats the SFT reference"),
+# (policy, baseline, the papers' claim, "beats" or "at least": whether a tie satisfies it), compared wherever
+# both policies are in every run
+CLAIMS = [("05_ppo", "04_dpo_all", "MPO beats vanilla DPO", "beats"),
+          ("05_ppo", "05_ppo_vanilla", "MPO beats vanilla PPO", "beats"),
+          ("04_dpo", "04_dpo_all", "DPO on the easy set beats DPO on all pairs", "beats"),
+          ("05_ppo", "05_ppo_sftref", "the DPO reference beats the SFT reference", "beats"),
           # Calandriello et al. (2024): IPO-MD and online IPO at least as good as Nash-MD-PG
-          ("04_ipo_md", "04_nash_md_pg", "IPO-MD at least as good as Nash-MD-PG"),
-          ("04_ipo_online", "04_nash_md_pg", "online IPO at least as good as Nash-MD-PG")]
+          ("04_ipo_md", "04_nash_md_pg", "IPO-MD at least as good as Nash-MD-PG", "at least"),
+          ("04_ipo_online", "04_nash_md_pg", "online IPO at least as good as Nash-MD-PG", "at least")]
+VERDICT_RULE = ("Verdict, from the 95% interval of policy - baseline: reproduced if it lies above zero, contradicted "
+                "if below, else not reproduced (an 'at least as good' claim: not contradicted); no interval and no "
+                f"verdict from fewer than {MIN_REQUESTS} requests in a run. The interval holds prompt noise only: "
+                "read it with the runs in favour.")
+
+
+def verdict(lo, hi, kind, requests):
+    """A claim's verdict, computed from its paired difference's interval [lo, hi] (policy - baseline) by
+    VERDICT_RULE, so that no report states more than its numbers show. kind: 'beats', or 'at least' for a
+    claim that a tie satisfies (an interval across zero does not contradict it, nor does it reproduce it)."""
+    if requests < MIN_REQUESTS:
+        return "no verdict (n too small)"
+    if lo > 0:
+        return "reproduced"
+    if hi < 0:
+        return "contradicted"
+    return "not " + ("contradicted" if kind == "at least" else "reproduced") + " (interval includes zero)"
 
 
 def combine(args):
     """--combine: per-seed means of every metric, their mean and spread, and the paper's claims as paired
-    differences on the same prompts within each seed's run."""
+    differences on the same prompts within each seed's run, each with its verdict."""
     if args.policies:
         raise UserError("--combine takes 06_eval or run directories; do not name policy directories with it")
     runs = []
@@ -685,14 +704,15 @@ def combine(args):
 
     # 2. the paper's claims as paired differences on the same prompts, within each seed's run
     primary, claims = "gold" if "gold" in dict(metrics) else "rm", []
-    for a, b, claim in [c for c in CLAIMS if c[0] in names and c[1] in names]:
+    for a, b, claim, kind in [c for c in CLAIMS if c[0] in names and c[1] in names]:
         for metric in dict.fromkeys([primary, "rm"]):
             groups = [paired_differences(r["samples"][a], r["samples"][b], metric, r["k"], r["dir"]) for r in runs]
             per_seed = [mean(sum(g, [])) for g in groups]
             lo, hi = bootstrap_ci(groups, args.bootstrap, args.seed)
+            n = min(map(len, groups))              # the requests of the run with fewest: each run is resampled alone
             claims.append({"claim": claim, "policy": a, "baseline": b, "metric": metric, "per_seed": per_seed,
-                           "mean": mean(per_seed), "std": std(per_seed), "lo": lo, "hi": hi,
-                           "requests": min(map(len, groups)),       # of the run with fewest: each is resampled alone
+                           "mean": mean(per_seed), "std": std(per_seed), "lo": lo, "hi": hi, "requests": n,
+                           "kind": kind, "verdict": verdict(lo, hi, kind, n),
                            "seeds_in_favour": sum(d > 0 for d in per_seed)})
 
     # 3. the threshold sweep, where every run has one: each point's numbers over the runs (mean ± std)
@@ -764,14 +784,15 @@ def combined_report(runs, names, metrics, families, table, claims):
         lines += ["", "## The paper's comparisons", "",
                   "Policy minus baseline on the same test prompts: the mean difference per run, its mean "
                   "over runs, and a 95% bootstrap interval that resamples requests within each run (prompt "
-                  f"noise only; the per-run values show the noise of training; {SMALL_N_NOTE} in a run).", "",
-                  "| claim | policy - baseline | metric | per run | mean | 95% interval | runs in favour |",
-                  "|---|---|---|---|---|---|---|"]
+                  "noise only; the per-run values show the noise of training).", "",
+                  VERDICT_RULE, "",
+                  "| claim | policy - baseline | metric | per run | mean | 95% interval | runs in favour | verdict |",
+                  "|---|---|---|---|---|---|---|---|"]
         for c in claims:
             lines.append(f"| {c['claim']} | {c['policy']} - {c['baseline']} | {c['metric']} | "
                          + ", ".join(f"{d:+.3f}" for d in c["per_seed"])
                          + f" | {c['mean']:+.3f} | {claim_interval(c)} | "
-                           f"{c['seeds_in_favour']}/{len(runs)} |")
+                           f"{c['seeds_in_favour']}/{len(runs)} | {c['verdict']} |")
     return "\n".join(lines) + "\n"
 
 

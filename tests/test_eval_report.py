@@ -79,3 +79,36 @@ def test_combined_claims_from_few_requests_print_no_interval(tmp_path):
     assert "| harmful (n=2-3) |" in report
     assert "| +0.333 | n too small (n=3 in a run) |" in report
     assert ev.json.load(open(tmp_path / "both/results.json"))["claims"][0]["requests"] == 3
+
+
+def test_verdict_rule():
+    n = ev.MIN_REQUESTS
+    assert ev.verdict(0.01, 0.2, "beats", n) == "reproduced"
+    assert ev.verdict(-0.2, -0.01, "beats", n) == "contradicted"
+    assert ev.verdict(-0.1, 0.1, "beats", n) == "not reproduced (interval includes zero)"
+    assert ev.verdict(0.0, 0.0, "beats", n) == "not reproduced (interval includes zero)"   # zero is not above zero
+    assert ev.verdict(-0.1, 0.1, "at least", n) == "not contradicted (interval includes zero)"
+    assert ev.verdict(-0.2, -0.01, "at least", n) == "contradicted"
+    assert ev.verdict(0.5, 0.9, "beats", n - 1) == "no verdict (n too small)"
+
+
+def test_combined_claims_carry_computed_verdicts(tmp_path):
+    from test_combine import fake_eval
+    n = ev.MIN_REQUESTS + 2
+    alternate = [0.0, 0.2] * (n // 2)                   # 0.1 on average, +-0.1 from it prompt by prompt
+    gold = {"05_ppo": [0.6] * n, "04_dpo_all": [0.1] * n, "05_ppo_vanilla": [0.9] * n, "04_dpo": alternate,
+            "04_ipo_md": alternate, "04_nash_md_pg": [0.1] * n}
+    for run, seed in (("a", 0), ("b", 1)):
+        fake_eval(tmp_path / run, seed, gold, {p: [0.0] * n for p in gold}, [f"{run}{i}" for i in range(n)])
+    run_stage("06_eval.py", "--combine", "a", "b", "--out", "both", "--bootstrap", 200, cwd=tmp_path)
+    report = (tmp_path / "both/report.md").read_text()
+    row = lambda claim, metric: next(l for l in report.splitlines() if l.startswith(f"| {claim} |")
+                                     and f"| {metric} |" in l)
+    assert row("MPO beats vanilla DPO", "gold").endswith("| 2/2 | reproduced |")
+    assert row("MPO beats vanilla PPO", "gold").endswith("| 0/2 | contradicted |")
+    assert row("DPO on the easy set beats DPO on all pairs", "gold").endswith("| not reproduced (interval includes zero) |")
+    assert row("IPO-MD at least as good as Nash-MD-PG", "gold").endswith("| not contradicted (interval includes zero) |")
+    assert row("MPO beats vanilla DPO", "rm").endswith("| not reproduced (interval includes zero) |")  # equal RM scores
+    assert ev.VERDICT_RULE in report
+    claims = ev.json.load(open(tmp_path / "both/results.json"))["claims"]
+    assert {c["verdict"] for c in claims if c["metric"] == "gold" and c["policy"] == "05_ppo"} == {"reproduced", "contradicted"}
