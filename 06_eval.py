@@ -5,7 +5,8 @@ vanilla PPO by reward-model score and by GPT-4 win rates against a baseline. Thi
 any set of policies (directories or hub ids), each sampled on the same prompts with the same settings and
 seed:
   - mean RM score r(x, y) (the reward model of stage 02);
-  - win rate against the baseline, prompt by prompt, ties counted as half, judged by the RM (and gold);
+  - win rate against the baseline, prompt by prompt, ties counted as half, judged by the RM (and gold),
+    with the share of ties beside it (a win rate near 0.5 may be mostly ties);
   - KL(pi || baseline) from the policy's own samples, the mean over prompts of
     sum_t log pi(y_t | x, y_<t) - log base(y_t | x, y_<t) (the k1 estimator; unbiased at temperature 1);
   - where the prompts are the built-in task's, the mean gold score (`builtin_task.gold_score`, the
@@ -21,7 +22,8 @@ With --combine, the 06_eval outputs of runs with different seeds become one repo
 and standard deviation over seeds, and the paper's claims (MPO against vanilla DPO and vanilla PPO, DPO
 on easy against DPO on all pairs, the DPO reference against the SFT reference) as paired differences
 on the same prompts, per seed and pooled, with a bootstrap interval that resamples requests within each
-seed (it covers prompt noise; the spread of the per-seed differences shows the training noise).
+seed (it covers prompt noise; the spread of the per-seed differences shows the training noise), and a
+verdict computed from that interval: reproduced, not reproduced (it includes zero) or contradicted.
 Where the policies include MPO trained on several splits of 03 (run.sh --sweep-threshold), the report adds
 the threshold sweep: per split, its threshold, the easy set's size, each set's label noise, and the gold
 score, RM score and KL of DPO on its easy set and of MPO, as a table and threshold_sweep.png (per run, and
@@ -70,6 +72,9 @@ POLICY_PREFIXES = ("01_sft", "04_", "05_")
 METRICS = [("rm", "RM score"), ("gold", "gold score"), ("win_gold", "gold win vs baseline"),
            ("win_rm", "RM win vs baseline"), ("kl", "KL to baseline"), ("length", "length"),
            ("eos", "ends with EOS"), ("refusal_harmful", "refuses harmful"), ("refusal_harmless", "refuses harmless")]
+# No interval is printed from fewer requests than this: a percentile bootstrap only recombines the requests it
+# has, so with few it is too narrow (with one, zero width) and would read as certainty; the mean and n instead.
+MIN_REQUESTS = 10
 
 
 # --- the method: win rates, the k1 KL estimate, bootstrap intervals over requests (MPO's evaluation) ---
@@ -77,6 +82,13 @@ METRICS = [("rm", "RM score"), ("gold", "gold score"), ("win_gold", "gold win vs
 def win_rate(scores, baseline_scores):
     """Per-item wins against the baseline: 1 if higher, 0.5 if equal, 0 if lower. Returns an (N,) list."""
     return [1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(scores, baseline_scores)]
+
+
+def ties(scores, baseline_scores):
+    """Per-item ties with the baseline, (N,): 1.0 if equal, else 0.0. A win rate counts a tie as half, so
+    one near 0.5 may be mostly ties (the gold judge's scores are coarse), not a policy as good as the
+    baseline half the time: the report prints this share beside each win rate."""
+    return [float(a == b) for a, b in zip(scores, baseline_scores)]
 
 
 def sequence_kl(policy_logps, baseline_logps):
@@ -148,11 +160,12 @@ def paired_differences(rows_a, rows_b, metric, k, where):
 def policy_summary(values, baseline, rows, requests, k, n_resamples, seed):
     """Every metric of one policy, each the mean over prompts with its interval over requests. values:
     lists over samples (k per prompt, in the order of rows) of rm, kl, length, eos, and on the built-in
-    task gold and refusal; baseline: the baseline policy's, for the win rates."""
+    task gold and refusal; baseline: the baseline policy's, for the win rates and their ties."""
     stats = {key: values[key] for key in ("rm", "kl", "length", "eos", "gold") if key in values}
-    stats["win_rm"] = win_rate(values["rm"], baseline["rm"])
+    stats["win_rm"], stats["tie_rm"] = win_rate(values["rm"], baseline["rm"]), ties(values["rm"], baseline["rm"])
     if "gold" in values:
-        stats["win_gold"] = win_rate(values["gold"], baseline["gold"])
+        stats["win_gold"], stats["tie_gold"] = (win_rate(values["gold"], baseline["gold"]),
+                                                ties(values["gold"], baseline["gold"]))
     res = {key: summarise(per_prompt(v, k), requests, n_resamples, seed) for key, v in stats.items()}
     gold, refusal = per_prompt(values.get("gold", []), k), per_prompt(values.get("refusal", []), k)
     for family in sorted({r["family"] for r in rows}) if "gold" in values else []:
@@ -479,33 +492,71 @@ def main(args):
 def write_report(results, tmp, args, dataset, rm_dir, base_dir, n_prompts, n_requests, families, sweep):
     """report.md: the metrics table with each policy's budget, the gold score per family, the plot, and
     the threshold sweep where there is one."""
-    cell = lambda r: f"{r['mean']:.3f} [{r['lo']:.3f}, {r['hi']:.3f}]"
-    cols = [(c, h) for c, h in METRICS if c in next(iter(results.values()))]
+    first = next(iter(results.values()))
+    cols = [(c, h) for c, h in METRICS if c in first]
     lines = [f"# 06_eval: {n_prompts} test prompts ({n_requests} requests) x {args.samples_per_prompt} samples, "
              f"seed {args.seed}", "",
              f"Dataset `{dataset['name']}`; RM `{rm_dir}`; baseline `{base_dir.name}`; sampling at "
              f"temperature 1, at most {args.max_new_tokens} new tokens; a response without EOS by then is scored "
-             f"as it stands (the RM at its last token). [95% bootstrap interval over requests.]", "",
+             f"as it stands (the RM at its last token). [95% bootstrap interval over requests; {SMALL_N_NOTE}.] "
+             f"{TIES_NOTE}", "",
              "| policy | " + " | ".join(h for _, h in cols) + " | budget |", "|---" * (len(cols) + 2) + "|"]
     for name, res in results.items():
-        cells = [cell(res[c]) if c != "length" else f"{res[c]['mean']:.1f}" for c, _ in cols]
+        cells = [with_ties(interval_cell(res[c]), res, c) if c != "length" else f"{res[c]['mean']:.1f}"
+                 for c, _ in cols]
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {res['budget']} |")
     if families:
-        lines += ["", "Gold score per prompt family:", "",
-                  "| policy | " + " | ".join(families) + " |", "|---" * (len(families) + 1) + "|"]
-        lines += [f"| {name} | " + " | ".join(cell(res[f"gold_{f}"]) for f in families) + " |"
+        lines += ["", "Gold score per prompt family (n: the family's requests):", "",
+                  "| policy | " + " | ".join(f + n_label([first[f"gold_{f}"].get("requests")]) for f in families)
+                  + " |", "|---" * (len(families) + 1) + "|"]
+        lines += [f"| {name} | " + " | ".join(interval_cell(res[f"gold_{f}"]) for f in families) + " |"
                   for name, res in results.items()]
     lines += ["", draw_plot(results, tmp / "reward_vs_kl.png", "gold" if families else "rm")]
     if sweep:
         cells = lambda row, role: {"name": row[role], **{m: results[row[role]][m] for m in ("gold", "rm", "kl")
                                                          if m in results[row[role]]}} if row.get(role) else {}
         points = [dict(row, dpo=cells(row, "dpo"), mpo=cells(row, "mpo")) for row in sweep]
-        lines += sweep_report(points, lambda c: f"{c['mean']:.3f} [{c['lo']:.3f}, {c['hi']:.3f}]",
-                              "95% bootstrap interval over requests")
+        lines += sweep_report(points, interval_cell, "95% bootstrap interval over requests")
         lines += ["", draw_sweep(points, tmp / "threshold_sweep.png", "lo", "hi")]
     report = "\n".join(lines) + "\n"
     (tmp / "report.md").write_text(report)
     return report
+
+
+SMALL_N_NOTE = f"none from fewer than {MIN_REQUESTS} requests, too few to resample"
+
+
+def interval_cell(s):
+    """A summary as 'mean [lo, hi]', or as its mean and n where fewer than MIN_REQUESTS requests back it
+    (summaries without a request count, as written by older versions, keep their interval)."""
+    if s.get("requests", MIN_REQUESTS) < MIN_REQUESTS:
+        return f"{s['mean']:.3f} (n={s['requests']}, no interval)"
+    return f"{s['mean']:.3f} [{s['lo']:.3f}, {s['hi']:.3f}]"
+
+
+def claim_interval(c):
+    """A claim's pooled interval, or 'n too small' where a run compared fewer than MIN_REQUESTS requests."""
+    if c.get("requests", MIN_REQUESTS) < MIN_REQUESTS:
+        return f"n too small (n={c['requests']} in a run)"
+    return f"[{c['lo']:+.3f}, {c['hi']:+.3f}]"
+
+
+def n_label(ns):
+    """' (n=20)' from each run's request count of a column, ' (n=18-22)' where runs differ, '' if unknown."""
+    if not ns or None in ns:
+        return ""
+    return f" (n={min(ns)})" if min(ns) == max(ns) else f" (n={min(ns)}-{max(ns)})"
+
+
+TIES_NOTE = "Win rates count a tie as half; (ties N%) beside one is the share of its comparisons that tied."
+
+
+def with_ties(text, res, key):
+    """A win rate's cell with its tie share beside it (res holds `tie_gold` beside `win_gold`): 0.48 from
+    70% ties is near-parity by default, not by merit. Other cells, and results made before ties were
+    recorded, as they are."""
+    tie = res.get("tie_" + key[4:]) if key.startswith("win_") else None
+    return f"{text} (ties {tie['mean']:.0%})" if tie else text
 
 
 def draw_plot(results, path, metric):
@@ -594,19 +645,37 @@ def draw_sweep(points, path, lo, hi):
 
 # --- several seeds (--combine) --------------------------------------------------------------------
 
-# (policy, baseline, the papers' claim), compared wherever both policies are in every run
-CLAIMS = [("05_ppo", "04_dpo_all", "MPO beats vanilla DPO"),
-          ("05_ppo", "05_ppo_vanilla", "MPO beats vanilla PPO"),
-          ("04_dpo", "04_dpo_all", "DPO on the easy set beats DPO on all pairs"),
-          ("05_ppo", "05_ppo_sftref", "the DPO reference beats the SFT reference"),
+# (policy, baseline, the papers' claim, "beats" or "at least": whether a tie satisfies it), compared wherever
+# both policies are in every run
+CLAIMS = [("05_ppo", "04_dpo_all", "MPO beats vanilla DPO", "beats"),
+          ("05_ppo", "05_ppo_vanilla", "MPO beats vanilla PPO", "beats"),
+          ("04_dpo", "04_dpo_all", "DPO on the easy set beats DPO on all pairs", "beats"),
+          ("05_ppo", "05_ppo_sftref", "the DPO reference beats the SFT reference", "beats"),
           # Calandriello et al. (2024): IPO-MD and online IPO at least as good as Nash-MD-PG
-          ("04_ipo_md", "04_nash_md_pg", "IPO-MD at least as good as Nash-MD-PG"),
-          ("04_ipo_online", "04_nash_md_pg", "online IPO at least as good as Nash-MD-PG")]
+          ("04_ipo_md", "04_nash_md_pg", "IPO-MD at least as good as Nash-MD-PG", "at least"),
+          ("04_ipo_online", "04_nash_md_pg", "online IPO at least as good as Nash-MD-PG", "at least")]
+VERDICT_RULE = ("Verdict, from the 95% interval of policy - baseline: reproduced if it lies above zero, contradicted "
+                "if below, else not reproduced (an 'at least as good' claim: not contradicted); no interval and no "
+                f"verdict from fewer than {MIN_REQUESTS} requests in a run. The interval holds prompt noise only: "
+                "read it with the runs in favour.")
+
+
+def verdict(lo, hi, kind, requests):
+    """A claim's verdict, computed from its paired difference's interval [lo, hi] (policy - baseline) by
+    VERDICT_RULE, so that no report states more than its numbers show. kind: 'beats', or 'at least' for a
+    claim that a tie satisfies (an interval across zero does not contradict it, nor does it reproduce it)."""
+    if requests < MIN_REQUESTS:
+        return "no verdict (n too small)"
+    if lo > 0:
+        return "reproduced"
+    if hi < 0:
+        return "contradicted"
+    return "not " + ("contradicted" if kind == "at least" else "reproduced") + " (interval includes zero)"
 
 
 def combine(args):
     """--combine: per-seed means of every metric, their mean and spread, and the paper's claims as paired
-    differences on the same prompts within each seed's run."""
+    differences on the same prompts within each seed's run, each with its verdict."""
     if args.policies:
         raise UserError("--combine takes 06_eval or run directories; do not name policy directories with it")
     runs = []
@@ -633,19 +702,22 @@ def combine(args):
     metrics = [(m, h) for m, h in METRICS if all(m in r["results"][n] for r in runs for n in names)]
     families = [(m, m[5:]) for m in runs[0]["results"][names[0]]
                 if m.startswith("gold_") and all(m in r["results"][n] for r in runs for n in names)]
+    keys = [m for m, _ in metrics + families] + [  # and the tie shares, shown beside the win rates
+        t for t in ("tie_gold", "tie_rm") if all(t in r["results"][n] for r in runs for n in names)]
     spread = lambda per_seed: {"per_seed": per_seed, "mean": mean(per_seed), "std": std(per_seed)}
-    table = {name: {m: spread([r["results"][name][m]["mean"] for r in runs]) for m, _ in metrics + families}
-             for name in names}
+    table = {name: {m: spread([r["results"][name][m]["mean"] for r in runs]) for m in keys} for name in names}
 
     # 2. the paper's claims as paired differences on the same prompts, within each seed's run
     primary, claims = "gold" if "gold" in dict(metrics) else "rm", []
-    for a, b, claim in [c for c in CLAIMS if c[0] in names and c[1] in names]:
+    for a, b, claim, kind in [c for c in CLAIMS if c[0] in names and c[1] in names]:
         for metric in dict.fromkeys([primary, "rm"]):
             groups = [paired_differences(r["samples"][a], r["samples"][b], metric, r["k"], r["dir"]) for r in runs]
             per_seed = [mean(sum(g, [])) for g in groups]
             lo, hi = bootstrap_ci(groups, args.bootstrap, args.seed)
+            n = min(map(len, groups))              # the requests of the run with fewest: each run is resampled alone
             claims.append({"claim": claim, "policy": a, "baseline": b, "metric": metric, "per_seed": per_seed,
-                           "mean": mean(per_seed), "std": std(per_seed), "lo": lo, "hi": hi,
+                           "mean": mean(per_seed), "std": std(per_seed), "lo": lo, "hi": hi, "requests": n,
+                           "kind": kind, "verdict": verdict(lo, hi, kind, n),
                            "seeds_in_favour": sum(d > 0 for d in per_seed)})
 
     # 3. the threshold sweep, where every run has one: each point's numbers over the runs (mean ± std)
@@ -702,28 +774,30 @@ def combined_report(runs, names, metrics, families, table, claims):
     lines = [f"# 06_eval --combine: {len(runs)} runs, seeds {', '.join(str(r['seed']) for r in runs)}", "",
              "Runs: " + ", ".join(f"`{r['dir']}` ({r['n_prompts']} test prompts)" for r in runs) + ". "
              "Cells: mean over the runs ± standard deviation over the runs (of each run's mean over its "
-             "test prompts).", "",
+             f"test prompts). {TIES_NOTE}", "",
              "| policy | " + " | ".join(h for _, h in metrics) + " | budget (first run) |",
              "|---" * (len(metrics) + 2) + "|"]
     for name in names:
-        cells = [cell(table[name][m], 1 if m == "length" else 3) for m, _ in metrics]
+        cells = [with_ties(cell(table[name][m], 1 if m == "length" else 3), table[name], m) for m, _ in metrics]
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {runs[0]['results'][name].get('budget', '?')} |")
     if families:
-        lines += ["", "Gold score per prompt family:", "", "| policy | " + " | ".join(f for _, f in families) + " |",
-                  "|---" * (len(families) + 1) + "|"]
+        n = lambda m: n_label([r["results"][names[0]][m].get("requests") for r in runs])
+        lines += ["", "Gold score per prompt family (n: the family's requests in each run):", "",
+                  "| policy | " + " | ".join(f + n(m) for m, f in families) + " |", "|---" * (len(families) + 1) + "|"]
         lines += [f"| {name} | " + " | ".join(cell(table[name][m]) for m, _ in families) + " |" for name in names]
     if claims:
         lines += ["", "## The paper's comparisons", "",
                   "Policy minus baseline on the same test prompts: the mean difference per run, its mean "
                   "over runs, and a 95% bootstrap interval that resamples requests within each run (prompt "
                   "noise only; the per-run values show the noise of training).", "",
-                  "| claim | policy - baseline | metric | per run | mean | 95% interval | runs in favour |",
-                  "|---|---|---|---|---|---|---|"]
+                  VERDICT_RULE, "",
+                  "| claim | policy - baseline | metric | per run | mean | 95% interval | runs in favour | verdict |",
+                  "|---|---|---|---|---|---|---|---|"]
         for c in claims:
             lines.append(f"| {c['claim']} | {c['policy']} - {c['baseline']} | {c['metric']} | "
                          + ", ".join(f"{d:+.3f}" for d in c["per_seed"])
-                         + f" | {c['mean']:+.3f} | [{c['lo']:+.3f}, {c['hi']:+.3f}] | "
-                           f"{c['seeds_in_favour']}/{len(runs)} |")
+                         + f" | {c['mean']:+.3f} | {claim_interval(c)} | "
+                           f"{c['seeds_in_favour']}/{len(runs)} | {c['verdict']} |")
     return "\n".join(lines) + "\n"
 
 

@@ -42,6 +42,7 @@ def test_combine_two_runs(tmp_path):
     assert mpo["per_seed"] == pytest.approx([0.5, -1 / 3])      # 0.75 - 0.25, 1/3 - 2/3
     assert mpo["mean"] == pytest.approx((0.5 - 1 / 3) / 2) and mpo["seeds_in_favour"] == 1
     assert mpo["lo"] <= mpo["mean"] <= mpo["hi"]
+    assert mpo["requests"] == 3 and mpo["verdict"] == "no verdict (n too small)"   # 4 and 3 prompts: too few
     easy = claims[("04_dpo", "04_dpo_all", "gold")]
     assert easy["per_seed"] == pytest.approx([0.0, -2 / 3]) and easy["seeds_in_favour"] == 0
     assert claims[("05_ppo", "04_dpo_all", "rm")]["lo"] == pytest.approx(0.0)   # identical RM scores

@@ -41,7 +41,8 @@ def test_run_sh_runs_every_stage_and_reports(pipeline):
         assert f"| {name} |" in report
         families = [k for k in res if k.startswith("gold_")]          # the gold score per prompt family
         assert families
-        for key in ["rm", "gold", "win_gold", "win_rm", "kl", "length", "eos", "refusal_harmful", "refusal_harmless"] + families:
+        for key in ["rm", "gold", "win_gold", "win_rm", "tie_gold", "tie_rm", "kl", "length", "eos", "refusal_harmful",
+                    "refusal_harmless"] + families:
             assert res[key]["lo"] <= res[key]["mean"] <= res[key]["hi"], (name, key)
         assert res["budget"] in report
     assert "ends with EOS" in report and "Gold score per prompt family" in report
@@ -59,6 +60,8 @@ def test_run_sh_runs_every_stage_and_reports(pipeline):
     assert "after 01_sft (4 SFT steps)" in results["05_ppo_vanilla"]["budget"]
     # the SFT baseline against itself: every win is a tie, its KL to itself is zero
     assert results["01_sft"]["win_gold"]["mean"] == 0.5 and results["01_sft"]["kl"]["mean"] == 0.0
+    assert results["01_sft"]["tie_gold"]["mean"] == results["01_sft"]["tie_rm"]["mean"] == 1.0
+    assert "(ties 100%)" in report
     samples = [json.loads(l) for l in open(run / "06_eval/samples.jsonl")]
     n_prompts = json.load(open(run / "06_eval/results.json"))["n_prompts"]
     assert len(samples) == 11 * n_prompts and {"prompt", "response", "rm", "gold", "kl"} <= samples[0].keys()

@@ -1,0 +1,114 @@
+"""06_eval.py's report on constructed results: tie shares beside win rates, no interval from too few
+requests, and each claim's verdict computed from its interval."""
+import argparse
+from pathlib import Path
+
+from conftest import load_script, run_stage
+
+ev = load_script("06_eval")
+
+
+def summaries(gold, base_gold, families, requests=None):
+    """policy_summary of one policy against a baseline, one sample per prompt (rm = gold)."""
+    requests = requests or [str(i) for i in range(len(gold))]
+    rows = [{"family": f} for f in families]
+    values = lambda g: {"rm": g, "gold": g, "kl": [0.0] * len(g), "length": [1] * len(g), "eos": [1.0] * len(g),
+                        "refusal": [0.0] * len(g)}
+    return ev.policy_summary(values(gold), values(base_gold), rows, requests, 1, 200, 0)
+
+
+def report(results, tmp_path, families):
+    args = argparse.Namespace(samples_per_prompt=1, seed=0, max_new_tokens=8)
+    return ev.write_report(results, tmp_path, args, {"name": "builtin"}, "rm", Path("01_sft"), 4, 4, families, [])
+
+
+def test_tie_share_beside_each_win_rate(tmp_path):
+    assert ev.ties([1.0, 0.5, 0.0, 0.2], [1.0, 0.0, 0.0, 0.3]) == [1.0, 0.0, 1.0, 0.0]
+    # three ties and one win: a win rate of 0.625 that is 75% ties
+    res = summaries([0.0, 0.0, 0.0, 1.0], [0.0, 0.0, 0.0, 0.5], ["a"] * 4)
+    assert res["win_gold"]["mean"] == 0.625 and res["tie_gold"]["mean"] == 0.75 and res["tie_rm"]["mean"] == 0.75
+    res["budget"] = "?"
+    text = report({"05_ppo": res}, tmp_path, [])
+    row = next(l for l in text.splitlines() if l.startswith("| 05_ppo |"))
+    assert row.count("(ties 75%)") == 2                          # gold and RM win rates, not the other cells
+    assert "share of its comparisons that tied" in text
+    # results.json written before ties were recorded: the win rate alone
+    assert ev.with_ties("0.500", {"win_rm": {"mean": 0.5}}, "win_rm") == "0.500"
+    assert ev.with_ties("0.100", res, "gold") == "0.100"
+
+
+def test_combined_report_shows_tie_shares(tmp_path):
+    from test_combine import fake_eval
+    for run, seed, tie in (("a", 0, 0.7), ("b", 1, 0.8)):
+        fake_eval(tmp_path / run, seed, {"01_sft": [0, 1], "05_ppo": [1, 1]}, {"01_sft": [0, 0], "05_ppo": [0, 1]},
+                  ["x", "y"])
+        res = ev.json.load(open(tmp_path / run / "results.json"))
+        for r in res["results"].values():
+            r.update(win_gold={"mean": 0.5}, tie_gold={"mean": tie})
+        ev.json.dump(res, open(tmp_path / run / "results.json", "w"))
+    run_stage("06_eval.py", "--combine", "a", "b", "--out", "both", "--bootstrap", 20, cwd=tmp_path)
+    assert "| 0.500 ± 0.000 (ties 75%) |" in (tmp_path / "both/report.md").read_text()
+
+
+def test_few_requests_give_no_interval_and_each_family_its_n(tmp_path):
+    # family "big": MIN_REQUESTS requests; "one": a single request asked in two wordings
+    big = ev.MIN_REQUESTS
+    families, requests = ["big"] * big + ["one"] * 2, [str(i) for i in range(big)] + ["r", "r"]
+    res = summaries([1.0] * (big + 2), [0.0] * (big + 2), families, requests)
+    assert (res["gold_one"]["lo"], res["gold_one"]["hi"], res["gold_one"]["requests"]) == (1.0, 1.0, 1)
+    res["budget"] = "?"
+    text = report({"05_ppo": res}, tmp_path, ["big", "one"])
+    assert f"| policy | big (n={big}) | one (n=1) |" in text
+    assert "| 05_ppo | 1.000 [1.000, 1.000] | 1.000 (n=1, no interval) |" in text
+    assert f"none from fewer than {big} requests" in text
+    assert ev.interval_cell({"mean": 0.5, "lo": 0.4, "hi": 0.6}) == "0.500 [0.400, 0.600]"   # older results
+    assert ev.n_label([3, 5]) == " (n=3-5)" and ev.n_label([None]) == ""
+
+
+def test_combined_claims_from_few_requests_print_no_interval(tmp_path):
+    from test_combine import fake_eval
+    for run, seed in (("a", 0), ("b", 1)):
+        fake_eval(tmp_path / run, seed, {"05_ppo": [1, 1, 0], "04_dpo_all": [0, 1, 0]},
+                  {"05_ppo": [0, 0, 0], "04_dpo_all": [0, 0, 0]}, ["x", "y", "z"])
+        res = ev.json.load(open(tmp_path / run / "results.json"))
+        for r in res["results"].values():
+            r["gold_harmful"] = {"mean": 0.5, "requests": 2 + seed}
+        ev.json.dump(res, open(tmp_path / run / "results.json", "w"))
+    run_stage("06_eval.py", "--combine", "a", "b", "--out", "both", "--bootstrap", 20, cwd=tmp_path)
+    report = (tmp_path / "both/report.md").read_text()
+    assert "| harmful (n=2-3) |" in report
+    assert "| +0.333 | n too small (n=3 in a run) |" in report
+    assert ev.json.load(open(tmp_path / "both/results.json"))["claims"][0]["requests"] == 3
+
+
+def test_verdict_rule():
+    n = ev.MIN_REQUESTS
+    assert ev.verdict(0.01, 0.2, "beats", n) == "reproduced"
+    assert ev.verdict(-0.2, -0.01, "beats", n) == "contradicted"
+    assert ev.verdict(-0.1, 0.1, "beats", n) == "not reproduced (interval includes zero)"
+    assert ev.verdict(0.0, 0.0, "beats", n) == "not reproduced (interval includes zero)"   # zero is not above zero
+    assert ev.verdict(-0.1, 0.1, "at least", n) == "not contradicted (interval includes zero)"
+    assert ev.verdict(-0.2, -0.01, "at least", n) == "contradicted"
+    assert ev.verdict(0.5, 0.9, "beats", n - 1) == "no verdict (n too small)"
+
+
+def test_combined_claims_carry_computed_verdicts(tmp_path):
+    from test_combine import fake_eval
+    n = ev.MIN_REQUESTS + 2
+    alternate = [0.0, 0.2] * (n // 2)                   # 0.1 on average, +-0.1 from it prompt by prompt
+    gold = {"05_ppo": [0.6] * n, "04_dpo_all": [0.1] * n, "05_ppo_vanilla": [0.9] * n, "04_dpo": alternate,
+            "04_ipo_md": alternate, "04_nash_md_pg": [0.1] * n}
+    for run, seed in (("a", 0), ("b", 1)):
+        fake_eval(tmp_path / run, seed, gold, {p: [0.0] * n for p in gold}, [f"{run}{i}" for i in range(n)])
+    run_stage("06_eval.py", "--combine", "a", "b", "--out", "both", "--bootstrap", 200, cwd=tmp_path)
+    report = (tmp_path / "both/report.md").read_text()
+    row = lambda claim, metric: next(l for l in report.splitlines() if l.startswith(f"| {claim} |")
+                                     and f"| {metric} |" in l)
+    assert row("MPO beats vanilla DPO", "gold").endswith("| 2/2 | reproduced |")
+    assert row("MPO beats vanilla PPO", "gold").endswith("| 0/2 | contradicted |")
+    assert row("DPO on the easy set beats DPO on all pairs", "gold").endswith("| not reproduced (interval includes zero) |")
+    assert row("IPO-MD at least as good as Nash-MD-PG", "gold").endswith("| not contradicted (interval includes zero) |")
+    assert row("MPO beats vanilla DPO", "rm").endswith("| not reproduced (interval includes zero) |")  # equal RM scores
+    assert ev.VERDICT_RULE in report
+    claims = ev.json.load(open(tmp_path / "both/results.json"))["claims"]
+    assert {c["verdict"] for c in claims if c["metric"] == "gold" and c["policy"] == "05_ppo"} == {"reproduced", "contradicted"}
