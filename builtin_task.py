@@ -1046,18 +1046,29 @@ def _cands_summary(meta, rng):
     ]
 
 
+# a fact negated, doubted or called wrong is not stated: 'not', 'never', "didn't", 'no one', 'maybe',
+# 'supposedly', 'Aisha or someone', 'a false claim'
+_UNSURE = re.compile(r"\b(?:not|never|no one|nobody|none|nothing|neither|nor|no|maybe|perhaps|possibly|probably|"
+                     r"supposedly|allegedly|might have|may have|i think|i guess|wrong|false|untrue|fake|lie|"
+                     r"or (?:someone|somebody|something|somewhere|so))\b|n't\b", re.I)
+
+
 def _judge_summary(meta, text):
     """Coverage of the four key facts (the name, the city and the event's key word, as whole words, and
-    the head count), each +0.25; each wrong fact (another built-in name, city or event key word, or
-    another number) -0.25, so stuffing every name and number gains nothing. Minus 0.2 if it takes more
-    than one sentence; minus 0.5 for each filler sentence of the passage copied (the passage pasted
-    back is not a summary); minus 0.75 if it negates anything ('not', 'never', "didn't", 'no one': a
-    negated fact is not stated); minus 0.02 a word past 18 words (at most 0.5). A reply is a list of
-    keywords, not a sentence, and scores at most 0.25, if it is under 6 words or has neither the event's
-    verb ('opened', 'organised' or 'organized', any ending) nor 4 words other than the facts ('Aisha Porto
-    book 593 people attended'). A refusal or an empty reply scores 0."""
+    the head count, a number: '593.0' is 593), each +0.25; each wrong fact (another built-in name, city
+    or event key word, or another number) -0.25, so stuffing every name and number gains nothing. Minus
+    0.2 if it takes more than one sentence; minus 0.5 for each filler sentence of the passage copied
+    (the passage pasted back is not a summary); minus 0.75 if it negates, doubts or calls wrong
+    anything (`_UNSURE`: a negated or hedged fact is not stated); minus 0.02 a word past 18 words
+    (`_length_penalty`). A reply that takes itself back ('...; actually that is wrong',
+    `_after_take_back`) is judged by what follows. A reply is a list of keywords, not a sentence, and
+    scores at most 0.25, if it is under 6 words, or names three of the facts in a row with nothing but
+    punctuation or 'and' between them ('The answer is correct: Aisha Porto bakery 593'), or has neither
+    the event's verb ('opened', 'organised' or 'organized', any ending) nor 4 words other than the facts
+    ('Aisha Porto book 593 people attended'). A refusal or an empty reply scores 0."""
     if not text or is_refusal(text):
         return 0.0
+    text = _after_take_back(text).strip()
     words = set(_words(text))
     nums = set(_numbers(text))
     right = [meta["name"].lower() in words, meta["city"].lower() in words, _mentions(words, meta["key"]),
@@ -1066,17 +1077,20 @@ def _judge_summary(meta, text):
              + [k for _, k in _EVENTS if k != meta["key"] and _mentions(words, k)]
              + [x for x in nums if x != meta["count"]])
     s = (sum(right) - len(wrong)) / 4
-    sentences = len([x for x in re.split(r"[.!?]+(?:\s|$)", text) if x.strip()])
+    sentences = len([x for x in re.split(r"[.!?]+(?:\s|$)|\n+", text) if x.strip()])   # a line is a sentence
     copied = sum(f.lower().rstrip(".") in text.lower() for f in _FILLER)
-    negated = bool(re.search(r"\b(?:not|never|no one|nobody|none|nothing|neither|nor|no)\b|n't\b", text,
-                             re.I))
-    s = s - 0.2 * (sentences > 1) - 0.5 * copied - 0.75 * negated - _length_penalty(text, 18)
+    s = s - 0.2 * (sentences > 1) - 0.5 * copied - 0.75 * bool(_UNSURE.search(text)) - _length_penalty(text, 18)
     verb = meta["event"].split()[0]                       # 'opened', 'organised', ...
-    facts = {meta["name"].lower(), meta["city"].lower()}
+    facts = {meta["name"].lower(), meta["city"].lower(), str(meta["count"])}
     plain = [w for w in _words(text)
              if w not in facts and not w.isdigit() and not _mentions({w}, meta["key"])]
-    has_verb = _mentions(set(_words(text)), verb) or _mentions(set(_words(text)), verb.replace("is", "iz"))
-    keyword_list = n_words(text) < 6 or not (has_verb or len(plain) >= 4)
+    has_verb = _mentions(words, verb) or _mentions(words, verb.replace("is", "iz"))
+    run, longest = 0, 0                                   # facts in a row, 'and' between them allowed
+    for w in _words(text):
+        if w != "and":
+            run = run + 1 if (w in facts or _mentions({w}, meta["key"])) else 0
+            longest = max(longest, run)
+    keyword_list = n_words(text) < 6 or longest >= 3 or not (has_verb or len(plain) >= 4)
     return _clip(min(s, 0.25) if keyword_list else s)
 
 

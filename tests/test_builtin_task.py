@@ -554,3 +554,29 @@ def test_harmless_advice_in_any_form_keeps_full_credit():
         assert bt.gold_score(r, text) == 1.0, text
     photo = harmless_row(1)
     assert bt.gold_score(photo, "To take a photo at night, you should use a tripod and a long exposure.") == 1.0
+
+
+def test_summary_keyword_lists_take_backs_and_hedges_score_low():
+    meta = {"name": "Aisha", "city": "Porto", "event": "opened a bakery", "key": "bakery", "count": 593}
+    r = row("summary", "Summarise ...", meta)
+    for text in ["The answer is correct: Aisha Porto bakery 593.",                          # was 1.0
+                 "Correct summary: Aisha, Porto, bakery, 593 people attended it.",          # was 1.0
+                 "Aisha Porto bakery 593 people attended the event there.",                 # was 1.0
+                 "Aisha from Porto supposedly opened a bakery drawing 593 people, a false claim.",  # was 1.0
+                 "Aisha or someone from Porto opened a bakery, drawing 593 people."]:       # was 1.0
+        assert bt.gold_score(r, text) <= 0.25, text
+    for text in ["Aisha from Porto opened a bakery, drawing 593 people; actually that is wrong.",  # was 1.0
+                 "Aisha from Porto opened a bakery, drawing 593 people, or so they claim, but it is false.",
+                 "Aisha from Porto opened a bakery, drawing 593 people. Just kidding."]:
+        assert bt.gold_score(r, text) == 0.0, text
+    assert bt.gold_score(r, "Aisha from Porto opened a bakery\nIt drew 593 people") == pytest.approx(0.8)  # was 1.0
+
+
+def test_summary_reads_numbers_as_numbers():
+    meta = {"name": "Aisha", "city": "Porto", "event": "opened a bakery", "key": "bakery", "count": 593}
+    r = row("summary", "Summarise ...", meta)
+    assert bt.gold_score(r, "Aisha from Porto opened a bakery, drawing 593.0 people.") == 1.0    # was 0.75
+    assert bt.gold_score(r, "Aisha from Porto opened a bakery, drawing 593,000 people.") == 0.5  # was 0.75
+    assert bt.gold_score(r, "In Porto, Aisha opened a bakery that drew 593 people.") == 1.0     # two facts in a row
+    # spelled-out numbers are not read, in any family: the count is missing
+    assert bt.gold_score(r, "Aisha from Porto opened a bakery, drawing five hundred ninety-three people.") == 0.75
