@@ -283,20 +283,20 @@ def _cands_sorting(meta, rng):
 
 
 def _runs(text):
-    """Runs of numbers in reading order: numbers joined only by commas, spaces, 'and', '<' or arrows
-    make one run ('8, 14, 31 and 46'); any other text starts a new run. Numbered-list markers before a
-    number ('1. 8', '2) 14'), if they count 1, 2, 3, ... in order, are not numbers of the list."""
+    """Runs of numbers (`_NUMBER`: '-8' is minus eight, '8-14' two numbers) in reading order: numbers
+    joined only by commas, semicolons, slashes, spaces, 'and', 'then', '<', hyphens, dashes or arrows make
+    one run ('8, 14, 31 and 46', '8; 14; 31; 46'); any other text starts a new run. Numbered-list markers
+    before a number ('1. 8', '2) 14'), if they count 1, 2, 3, ... in order, are not numbers of the list."""
     marker = r"(?m)(?:^|(?<=\s))(\d+)[.)]\s+(?=\d)"
     if [int(x) for x in re.findall(marker, text)] == list(range(1, len(re.findall(marker, text)) + 1)):
         text = re.sub(marker, " ", text)   # only a real list: markers 1, 2, 3, ... in order
+    sep = r"[\s,;/|<\u2264>\u2192\u2212\u2013-]*"
     runs, last = [], None
-    for m in re.finditer(r"\d+", text):
-        gap = text[last:m.start()] if last is not None else None
-        joiner = r"[\s,<\u2264>\u2192-]*(?:and|then)?[\s,<\u2264>\u2192-]*"
-        if gap is not None and re.fullmatch(joiner, gap, re.I):
-            runs[-1].append(int(m.group()))
+    for m in _NUMBER.finditer(text):
+        if last is not None and re.fullmatch(rf"{sep}(?:and|then|and then)?{sep}", text[last:m.start()], re.I):
+            runs[-1].append(_value(m))
         else:
-            runs.append([int(m.group())])
+            runs.append([_value(m)])
         last = m.end()
     return runs
 
@@ -305,13 +305,15 @@ def _judge_sorting(meta, text):
     """The answer is a run of numbers (see `_runs`): the runs that have exactly the question's count of
     numbers, less those in the question's own order (a restated question); if none, the longest run.
     So 'The 4 numbers sorted: 8, 14, 31, 46', a numbered list, or the question restated and then
-    answered are judged by their answer. A run against the sorted list: 1.0 if equal; otherwise 0.6
-    times the share of the positions the question had wrong that the run puts right (an extra number
-    adds a position to get right). So the question's own order, echoed, scores 0; a list with every
-    order in it scores near 0; several different answer runs (a hedge) score as the worst of them. Minus
-    0.02 a word past 15 words, minus 0.4 if rude."""
+    answered are judged by their answer; a reply that takes an answer back ('..., actually no: ...',
+    `_after_take_back`) by what follows. A run against the sorted list: 1.0 if equal; if it is a
+    rearrangement of the question's numbers, 0.6 times the share of the positions the question had wrong
+    that the run puts right (so the question's own order, echoed, scores 0, a full list with one swap
+    0.3 or less); any other run (numbers missing, repeated, changed or added: '3, 10', '8', '-8, -14,
+    -31, -46') 0. Several different answer runs (a hedge, or a list with every order in it) score as
+    the worst of them. Minus 0.02 a word past 15 words (`_length_penalty`), minus 0.4 if rude."""
     nums, target = meta["numbers"], sorted(meta["numbers"])
-    runs = _runs(text)
+    runs = _runs(_after_take_back(text))
     full = [r for r in runs if len(r) == len(nums)]
     answers = [r for r in full if r != nums] or full
     if not answers:
@@ -320,9 +322,10 @@ def _judge_sorting(meta, text):
     def score(got):
         if got == target:
             return 1.0
+        if sorted(got) != target:                     # not these numbers: nothing was sorted
+            return 0.0
         todo = [i for i in range(len(target)) if nums[i] != target[i]]
-        fixed = sum(i < len(got) and got[i] == target[i] for i in todo)
-        return 0.6 * fixed / max(1, len(todo) + max(0, len(got) - len(target)))
+        return 0.6 * sum(got[i] == target[i] for i in todo) / len(todo)
     s = min(score(r) for r in answers)
     return _clip(s - _length_penalty(text, 15) - 0.4 * is_rude(text))
 

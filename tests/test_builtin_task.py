@@ -580,3 +580,22 @@ def test_summary_reads_numbers_as_numbers():
     assert bt.gold_score(r, "In Porto, Aisha opened a bakery that drew 593 people.") == 1.0     # two facts in a row
     # spelled-out numbers are not read, in any family: the count is missing
     assert bt.gold_score(r, "Aisha from Porto opened a bakery, drawing five hundred ninety-three people.") == 0.75
+
+
+def test_sorting_partial_lists_minus_signs_and_other_separators():
+    r = row("sorting", "Sort these numbers from smallest to largest: 31, 8, 46, 14.", {"numbers": [31, 8, 46, 14]})
+    assert bt.gold_score(r, "-8, -14, -31, -46") == 0.0                               # was 1.0: minus signs
+    assert bt.gold_score(r, "8-14-31-46") == 1.0                                       # hyphens join a list
+    assert bt.gold_score(r, "8; 14; 31; 46") == 1.0                                    # was 0.15
+    assert bt.gold_score(r, "8 / 14 / 31 / 46") == 1.0                                 # was 0.15
+    assert bt.gold_score(r, "8, 14 and then 31, 46") == 1.0                            # was 0.3
+    assert bt.gold_score(r, "8, 31, 14, 46") == pytest.approx(0.3)                     # one swap
+    for text in ["8", "8, 14", "8, 14, 31", "8, 8, 14, 31, 46", "8, 14, 31, 46, 50", "8, 14, 31, 460",
+                 "1, 2, 3, 4"]:
+        assert bt.gold_score(r, text) == 0.0, text                                     # was up to 0.48
+    assert bt.gold_score(r, "8, 14, 31, 46. Actually no: 46, 31, 14, 8.") == 0.0       # a take-back
+    assert bt.gold_score(r, "8, 31, 14, 46 is wrong; the right order is 8, 14, 31, 46") == 1.0
+    r = row("sorting", "Sort these numbers from smallest to largest: 10, 3, 25, 27.", {"numbers": [10, 3, 25, 27]})
+    for text in ["3, 10, 99, 99", "3, 10", "3, 10, 0, 0"]:
+        assert bt.gold_score(r, text) == 0.0, text                                     # was 0.6
+    assert bt.gold_score(r, "3, 25, 10, 27") == pytest.approx(0.3)                     # one swap
