@@ -209,37 +209,40 @@ def _cands_arithmetic(meta, rng):
     ]
 
 
-_OP_WORDS = {"+": r"\+|plus", "-": r"-|\u2212|minus", "*": r"\*|x|\u00d7|times"}
+_OP_WORDS = {"+": r"\+|plus", "-": r"-|minus", "*": r"\*|x|\u00d7|times"}
 
 
 def _judge_arithmetic(meta, text):
-    """The reply's answers are its numbers, less the question's expression echoed ('12 + 30', '12+30',
-    '12 plus 30', '12 and 30', '30 from 12'), whose operands are ignored there only: operands said
-    elsewhere ('42 or 12 or 30') are answers, so a hedge. A Unicode minus (U+2212) is a minus; a number
-    negated ('42 is not the answer', 'not 41') is not an answer. A reply that shows working (an
-    operation between two numbers before its last '=' or 'is') answers with the numbers after that last
-    '=' or 'is' ('12 * 34 = 360 + 48 = 408'). 1.0 if the answer is the only one; 0.5 / k if it is one of
-    k different answers (a hedge such as '41 or 42 or 43' scores 0.17, below a guess); 0.0 if wrong or
-    missing (0.05 for a refusal). Minus 0.02 a word (not counting symbols) past 12 words (at most 0.5),
-    minus 0.4 if rude."""
-    text = text.replace("\u2212", "-")
+    """The reply's answers are its numbers (`_NUMBER`: '-47', '\u221247', '\u201347', 'minus 47', '42.0', '9,801';
+    not 'forty-two'), less the question's expression echoed ('12 + 30', '12+30', '12 plus 30', '12 and
+    30', '30 from 12'), whose operands are ignored there only: operands said elsewhere ('42 or 12 or 30')
+    are answers, so a hedge. A reply that takes its answer back ('42. Wrong, sorry.', '42, which is not
+    correct.', '42. No, ...', 'Maybe 42, maybe not.', `_after_take_back`) is judged by what follows; a
+    number negated anywhere ('not 42', "it isn't 42", '42 is not the answer') is no answer anywhere. A
+    reply that shows working (an operation between two numbers before its last '=' or 'is') answers
+    with the numbers after that last '=' or 'is' ('12 * 34 = 360 + 48 = 408'). 1.0 if the answer is the
+    only one; 0.5 / k if it is one of k different answers (a hedge such as '41 or 42 or 43' scores 0.17,
+    below a guess); 0.0 if wrong or missing (0.05 for a refusal). Minus 0.02 a word (not counting
+    symbols) past 12 words (`_length_penalty`), minus 0.4 if rude."""
+    text = text.replace("\u2212", "-").replace("\u2013", "-")
     a, op, b = meta["expr"].split(" ")
     ops = _OP_WORDS[op] + r"|and|by|from|to|with"
     pairs = [(a, b), (b, a)] if op in "+*" else [(a, b)]
-    rest = text
+    rest = _after_take_back(text)
     for x, y in pairs:
         echo = rf"(?<![\d.]){re.escape(x)}\s*(?:{ops})\s*{re.escape(y)}(?![\d.])"
         rest = re.sub(echo, " ", rest, flags=re.I)
     if op == "-":
         rest = re.sub(rf"(?<![\d.]){re.escape(b)}\s+from\s+{re.escape(a)}(?![\d.])", " ", rest, flags=re.I)
     num = _NUMBER.pattern
-    negated = rf"\bnot\s+(?:equal\s+to\s+|be\s+)?(?:{num})|(?:{num})\s+(?:is|was)\s*(?:not\b|n't)"
+    negated = rf"(?:\bnot|n't)\s+(?:equal\s+to\s+|be\s+)?(?:{num})|(?:{num})\s+(?:is|was)\s*(?:not\b|n't)"
+    denied = {x for m in re.finditer(negated, rest, re.I) for x in _numbers(m.group())}
     rest = re.sub(negated, " ", rest, flags=re.I)
     cuts = list(re.finditer(r"=|\bis\b|\bequals\b", rest, re.I))
     if cuts and re.search(r"\d\s*[-+*/x\u00d7]\s*\d", rest[:cuts[-1].start()]):   # working shown
         rest = rest[cuts[-1].end():] if _numbers(rest[cuts[-1].end():]) else rest
     ans = float(meta["answer"])
-    answers = set(_numbers(rest))
+    answers = set(_numbers(rest)) - denied
     if answers == {ans}:
         s = 1.0
     elif ans in answers:

@@ -599,3 +599,23 @@ def test_sorting_partial_lists_minus_signs_and_other_separators():
     for text in ["3, 10, 99, 99", "3, 10", "3, 10, 0, 0"]:
         assert bt.gold_score(r, text) == 0.0, text                                     # was 0.6
     assert bt.gold_score(r, "3, 25, 10, 27") == pytest.approx(0.3)                     # one swap
+
+
+def test_arithmetic_take_backs_and_negated_answers_score_zero():
+    r = row("arithmetic", "What is 6 * 7?", {"answer": 42, "expr": "6 * 7"})
+    for text in ["42. No, it is not 42.", "42, which is not correct.", "42. Wrong, sorry.",     # were 1.0
+                 "The answer is 42; the answer is not 42.", "42. Actually, that is wrong; it is not 42.",
+                 "Maybe 42, maybe not.", "42. Just kidding.", "42. No wait, 24.", "42 isn't it."]:
+        assert bt.gold_score(r, text) == 0.0, text
+    assert bt.gold_score(r, "41 is not correct; the answer is 42.") == 1.0             # a correction
+    assert bt.gold_score(r, "It is not 41; it is 42.") == 1.0
+
+
+def test_arithmetic_reads_every_minus_sign():
+    r = row("arithmetic", "What is 3 - 50?", {"answer": -47, "expr": "3 - 50"})
+    for text in ["-47", "\u221247", "\u201347", "minus 47", "negative 47", "3 - 50 = -47", "3 minus 50 is minus 47",
+                 "3 \u2013 50 = \u201347"]:
+        assert bt.gold_score(r, text) == 1.0, text                                     # en dash, 'minus': were 0
+    assert bt.gold_score(r, "47") == 0.0
+    # spelled-out numbers are not read, in any family (see _NUMBER)
+    assert bt.gold_score(row("arithmetic", "What is 6 * 7?", {"answer": 42, "expr": "6 * 7"}), "forty-two") == 0.0
