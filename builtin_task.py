@@ -375,23 +375,34 @@ def _cands_yesno(meta, rng):
     ]
 
 
+# the words of a yes: 'yes', 'yeah', 'yep', 'yup'; of a no: a 'no' standing alone ('No.', 'actually, no', 'No,
+# it is not'), 'no way', 'nope', 'nah', 'not at all', 'absolutely not', 'not really', 'or not', a bare 'not'
+# ('Yes - not!'); an incidental 'no' is neither ('Yes, with no remainder', 'No problem: yes', 'no doubt')
+_YES = re.compile(r"\b(?:yes|yeah|yep|yup)\b", re.I)
+_NO = re.compile(r"\bno\b(?=\s*(?:[.,!?;:)\"'<]|$))|\bno way\b|\b(?:nope|nah)\b|\bnot at all\b|\bor not\b|"
+                 r"\b(?:absolutely|certainly|definitely|of course) not\b|\bnot really\b|"
+                 r"(?:^|[^\w\s']\s*)\bnot\s*(?=[.!?]|$)", re.I)
+
+
 def _judge_yesno(meta, text):
-    """The reply's answer is its first 'yes' or 'no'. A 'yes' always counts as an answer; a 'no' only
-    standing alone (before punctuation or the end: 'No.', 'actually, no'), so an incidental 'no' ('Yes,
-    with no remainder.') is not one. A hedge that gives both as answers ('yes or no', 'yes/no', 'yes
-    and no', 'Yes. No.', 'Yes... actually no', or an echo of the question) scores 0.0; else the right
-    answer 1.0, the wrong one 0.0; neither 0.1 (a hedge), an empty reply 0.0. Minus 0.03 a word past 6
-    words (at most 0.5), minus 0.4 if rude."""
-    low = text.lower()
-    if not low:
+    """The reply's answer is its yes or its no (`_YES`, `_NO`: 'Yeah.' and 'Nope.' are answers; an
+    incidental 'no', 'Yes, with no remainder.', 'No problem: yes.', is not). A reply with both ('yes or
+    no', 'yes/no', 'Yes. No.', 'Yes... not really', an echo of the question), a negated answer ('Not
+    yes.') or a take-back (`_TAKE_BACK`: 'Yes. Actually, the opposite is true.', 'Yes, I mean, the other
+    one.', 'Probably not.') scores 0.0; else the right answer 1.0, the wrong one 0.0; neither 0.1 (a
+    hedge, or an answer in other words: 'It is prime.', 'True'), an empty reply 0.0. Minus 0.03 a word
+    past 6 words (`_length_penalty`), minus 0.4 if rude. Not caught: calling the answer wrong ('Yes,
+    that is wrong.'), as 'No, that is wrong.' agrees."""
+    if not text:
         return 0.0
-    said = set(re.findall(r"\byes\b|\bno\b(?=\s*(?:[.,!?;:)\"']|$))", low))
-    if re.search(r"\b(?:yes|no)\s*(?:/|\bor\b|\band\b|\bnor\b)\s*(?:yes|no)\b", low) or len(said) > 1:
+    said = sorted([(m.start(), "yes") for m in _YES.finditer(text)] + [(m.start(), "no") for m in _NO.finditer(text)])
+    both = re.search(r"\b(?:yes|no)\s*(?:/|\bor\b|\band\b|\bnor\b)\s*(?:yes|no)\b", text, re.I)
+    negated = re.search(r"\bnot\s+(?:a\s+)?(?:yes|yeah|yep|yup|no)\b", text, re.I)
+    if both or negated or _TAKE_BACK.search(text) or len({x for _, x in said}) > 1:
         return 0.0
-    first = re.search(r"\b(yes|no)\b", low)
-    if not first:
+    if not said:
         return 0.1
-    if first.group(1) != meta["answer"]:
+    if said[0][1] != meta["answer"]:
         return 0.0
     return _clip(1.0 - _length_penalty(text, 6, per_word=0.03) - 0.4 * is_rude(text))
 

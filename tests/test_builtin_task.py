@@ -619,3 +619,26 @@ def test_arithmetic_reads_every_minus_sign():
     assert bt.gold_score(r, "47") == 0.0
     # spelled-out numbers are not read, in any family (see _NUMBER)
     assert bt.gold_score(row("arithmetic", "What is 6 * 7?", {"answer": 42, "expr": "6 * 7"}), "forty-two") == 0.0
+
+
+def test_yesno_take_backs_negations_and_other_words_for_yes_and_no():
+    for ans, other in (("yes", "no"), ("no", "yes")):
+        r = row("yesno", "Answer with yes or no. Is 7 a prime number?", {"answer": ans})
+        for text in [f"{ans.capitalize()}. Actually, the opposite is true.",                   # was 1.0
+                     f"{ans.capitalize()}, I mean, the other one.", f"{ans.capitalize()}. Just kidding.",
+                     f"Not {ans}.", f"Not {other}.", f"{ans.capitalize()}... not really, {other}.",
+                     f"{ans.capitalize()}. Never mind.", f"Probably {ans}, probably not."]:
+            assert bt.gold_score(r, text) == 0.0, (ans, text)
+    yes = row("yesno", "Answer with yes or no. Is 7 a prime number?", {"answer": "yes"})
+    no = row("yesno", "Answer with yes or no. Is 9 a prime number?", {"answer": "no"})
+    assert bt.gold_score(yes, "Not yes.") == 0.0                                       # was 1.0
+    assert bt.gold_score(no, "No problem: yes.") == 0.0                                # was 1.0
+    assert bt.gold_score(yes, "No problem: yes.") == 1.0
+    assert bt.gold_score(yes, "Yes - not!") == 0.0                                     # was 1.0
+    assert bt.gold_score(yes, "Yes, or not.") == 0.0
+    assert bt.gold_score(yes, "Yes... not really.") == 0.0                             # was 1.0
+    for text in ["Yeah.", "Yep", "Yup!"]:
+        assert bt.gold_score(yes, text) == 1.0, text                                   # was 0.1
+    for text in ["Nope.", "No way.", "No, not really.", "No, not at all.", "No, it is not.", "Nah."]:
+        assert bt.gold_score(no, text) == 1.0, text
+    assert bt.gold_score(yes, "It is prime.") == 0.1                                   # not a yes or a no
