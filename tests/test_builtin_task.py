@@ -642,3 +642,13 @@ def test_yesno_take_backs_negations_and_other_words_for_yes_and_no():
     for text in ["Nope.", "No way.", "No, not really.", "No, not at all.", "No, it is not.", "Nah."]:
         assert bt.gold_score(no, text) == 1.0, text
     assert bt.gold_score(yes, "It is prime.") == 0.1                                   # not a yes or a no
+
+
+def test_constraints_negated_items_and_take_backs_do_not_count():
+    meta = {"category": "fruits", "n": 3, "lowercase": True, "word": "happy"}
+    r = row("constraints", "Name 3 fruits ...", meta)
+    assert bt.gold_score(r, "not apple, not banana, not cherry, happy") == 0.0            # was 1.0
+    assert bt.gold_score(r, "apple, not banana, no cherry, happy") == pytest.approx(1 / 3)  # was 1.0
+    assert bt.gold_score(r, "apple, banana, cherry, happy. None of these are fruits.") == 0.0  # was 1.0
+    assert bt.gold_score(r, "apple, banana, cherry, happy. Just kidding.") == 0.0
+    assert bt.gold_score(r, "apple, banana, cherry, happy") == 1.0
