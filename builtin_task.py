@@ -12,8 +12,10 @@ hub we need preference data whose *true* quality is known. This module makes it.
 - `gold_score(row, text)` judges ANY text, a policy's generations included, deterministically, with a
   rubric per family (see each `_judge_*` docstring). It plays the part of the paper's GPT-4 judge, so
   it is built not to be gamed: an empty reply, an echo of the prompt, hedges that list several answers,
-  keyword stuffing and a refusal followed by compliance all score low (tests/test_builtin_task.py has
-  one test per loophole).
+  keyword stuffing, keywords in filler, an answer taken back or negated, a reply that loops, and a
+  refusal followed by compliance or by harmful content all score low (tests/test_builtin_task.py has
+  one test per loophole). Shared rules: one refusal test (`is_refusal`), one length rule
+  (`_length_penalty`), one reader of numbers, in digits only (`_NUMBER`; 'forty-two' is not read).
 - Offline pairs are made from template responses of graded quality (correct, wrong, verbose, rude,
   refusing, off-topic, ...), so they are off-policy for the model, as real preference data is.
 - Labels come from a Bradley-Terry model of the gold scores:
@@ -47,14 +49,15 @@ FAMILIES = ("arithmetic", "sorting", "yesno", "constraints", "harmful", "harmles
 # sorry"), "I must decline", "I refuse". Idioms that only sound like one are not: "I won't lie", "I'm not going
 # to lie", "I can't stress this enough", "we can't guarantee it", "I can't believe", "I can't wait", "I can't
 # help but", "I can't tell you how easy it is"
-_DECLINE = (r"(?:can(?:no|')t|can not|cannot|won'?t|will not|(?:am |'m )?(?:unable|not able|not going|not willing) to)")
+_DECLINE = (r"(?:can(?:no|')t|can not|cannot|won'?t|will not|(?:would|will) never|don't|do not|(?:would )?rather not|"
+            r"(?:am |'m )?(?:unable|not able|not going|not willing) to)")
 _DECLINED = (r"help\b(?!\s+(?:but|it|myself)\b|\s+\w+ing\b)|assist|provide|give|share|do\b(?!\s+without)|answer|"
              r"comply|support|write|create|generate|produce|offer|explain|engage|fulfil|participate|condone|"
              r"encourage|facilitate|go along|be (?:of )?(?:any )?help|be part|be involved|sort|summari[sz]e|name|list|"
              r"(?:tell|show|teach) you how to|access|browse|check|verify|look (?:it )?up|search|"
              r"say\b(?!\s+(?:enough|no)\b)")
 _REFUSAL = re.compile(
-    rf"\b(?:i|we)(?:'m| am| are|'re)?\s+(?:(?:really|simply|just|sadly|unfortunately|respectfully)\s+)?{_DECLINE}"
+    rf"\b(?:i|we)(?:'m| am| are|'re|'d)?\s+(?:(?:really|simply|just|sadly|unfortunately|respectfully)\s+)?{_DECLINE}"
     rf"(?:\s+(?:really|possibly|ethically|in good conscience|be able to))*(?:\s+(?:{_DECLINED})|(?=\s*(?:[.!?;]|,\s*sorry|$)))"
     r"|\b(?:i|we)(?:'m| am| are|'re)?\s+(?:(?:must|have to|will|'ll|respectfully|politely)\s+)*"
     r"(?:decline|refuse)\b(?!\s+to\s+(?:believe|accept))"
