@@ -170,14 +170,17 @@ def token_values(value_model, input_ids, attention_mask):
     return value_model.score(hidden[:, :-1]).squeeze(-1).float()                      # (B, T-1)
 
 
-def load_ppo_models(policy_name, ref_name, rm_name, value_name, grad_checkpointing, device):
+def load_ppo_models(policy_name, ref_name, rm_name, value_name, grad_checkpointing, device, max_len):
     """pi (trained), ref, the RM (frozen), V (trained, from a reward model) and pi's tokenizer. Every model in
     fp32 with dropout off, so rollout and training log-probs agree (deviation 4); the trained ones in train
-    mode, which with dropout off changes nothing but lets --grad-checkpointing act."""
+    mode, which with dropout off changes nothing but lets --grad-checkpointing act. Each must read the
+    policy's token ids and have max_len positions (a prompt and a response)."""
     policy = load_model(policy_name, "policy", "--policy", device).train()
     ref = load_model(ref_name, "policy", "--ref", device)
     rm = load_model(rm_name, "reward", "--reward", device)
     value = load_model(value_name, "reward", "--value-init", device).train()
+    for flag, m in (("--policy", policy), ("--ref", ref), ("--reward", rm), ("--value-init", value)):
+        check_context(m, max_len, flag, "--max-prompt-len plus --max-new-tokens")
     if grad_checkpointing:
         policy.gradient_checkpointing_enable()
         value.gradient_checkpointing_enable()
@@ -378,12 +381,10 @@ def main(args):
     torch.manual_seed(args.seed)
     started = time.time()
 
-    policy, ref, rm, value, tok = load_ppo_models(policy_name, ref_name, rm_name, value_name, args.grad_checkpointing,
-                                              device)
     sft_dir, sft_stage = sft_through_rm(rm_name, required=not args.data)
     inherit_lengths(args, sft_stage)
-    for flag, m in (("--policy", policy), ("--ref", ref), ("--reward", rm), ("--value-init", value)):
-        check_context(m, args.max_prompt_len + args.max_new_tokens, flag, "--max-prompt-len plus --max-new-tokens")
+    policy, ref, rm, value, tok = load_ppo_models(policy_name, ref_name, rm_name, value_name, args.grad_checkpointing,
+                                                  device, args.max_prompt_len + args.max_new_tokens)
     prompts = ppo_prompts(args.data, args.prompts, split_dir, sft_dir, rm_name)
     source = args.data or args.prompts
     dataset = {"name": args.data} if args.data else sft_stage["dataset"]
