@@ -431,11 +431,11 @@ def test_collate_masks():
 def test_encode_truncates_prompt_from_the_left_and_ends_with_eos(tiny, capsys):
     _, tok = tiny
     msgs = [{"role": "user", "content": "word " * 200}]
-    rows = [{"prompt": msgs, "chosen": "fine answer " * 100, "rejected": "no"}, {"prompt": [msgs[0] | {"content": "hi"}],
-            "chosen": "a", "rejected": "b"}]
-    (p, c, r), _ = sft.encode_rows(tok, rows, 16, 8, "rows.jsonl")
+    rows = [{"prompt": msgs, "chosen": "fine answer " * 100, "rejected": "no"},
+            {"prompt": [{"role": "user", "content": "hi"}], "chosen": "a", "rejected": "b"}]
+    (p, c, r), (short_p, _, _) = sft.encode_rows(tok, rows, 16, 8, "rows.jsonl")
     full = tok(sft.render_prompt(tok, msgs), add_special_tokens=False)["input_ids"]
     assert p == full[-16:]                         # the end of the prompt (the assistant header) survives
     assert len(c) == 8 and c[-1] == tok.eos_token_id and r == sft.response_ids(tok, "no") + [tok.eos_token_id]
     assert "rows.jsonl: 1 of 2 prompts longer than 16 tokens, cut from the left" in capsys.readouterr().out
-    assert sft.encode_rows(tok, rows[1:], 16, 8, "t", responses=()) == [(_[0],)]   # prompts alone
+    assert sft.encode_rows(tok, rows[1:], 16, 8, "t", responses=()) == [(short_p,)]   # prompts alone
