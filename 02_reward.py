@@ -386,8 +386,9 @@ def read_jsonl(path):
                 if line.strip():
                     rows.append(json.loads(line))
                     # a lone surrogate escape ("\ud800") is valid JSON but no text: the tokenizer and
-                    # write_jsonl would fail on it later, deep inside
-                    json.dumps(rows[-1], ensure_ascii=False).encode("utf-8")
+                    # write_jsonl would fail on it later, deep inside (only a \ud... escape can make one)
+                    if "\\ud" in line.lower():
+                        json.dumps(rows[-1], ensure_ascii=False).encode("utf-8")
     except json.JSONDecodeError as e:
         raise UserError(f"{path}:{i}: not valid JSON ({e.msg})") from None
     except UnicodeDecodeError as e:
