@@ -556,7 +556,7 @@ def response_ids(tokenizer, response):
 
 def encode_rows(tok, rows, max_prompt_len, max_response_len, source, responses=("chosen", "rejected")):
     """[(prompt_ids, *response_ids)] of rows, a response for each column named in `responses` (none: the
-    prompts alone), all after the one prompt. A response ends with EOS, the token that closes an assistant
+    prompts alone, and max_response_len None), all after the one prompt. A response ends with EOS, the token that closes an assistant
     turn in chat templates; the prompt is cut from the left so that the response always survives, and the
     prompts cut are counted and reported."""
     out, cut = [], 0

@@ -606,7 +606,7 @@ def online_main(args):
     rm_tok = load_tokenizer(rm_dir, "--reward")
     check_same_tokenizer(tok, rm_tok, "--reward", rm_dir)
     rm_pad = rm_tok.pad_token_id  # any id: the attention masks hide padding
-    prompts = [p for p, in encode_rows(tok, rows, args.max_prompt_len, 2, "prompts", responses=())]
+    prompts = [p for p, in encode_rows(tok, rows, args.max_prompt_len, None, "prompts", responses=())]
     test_ex = encode_rows(tok, test_rows, args.max_prompt_len, args.max_response_len, "held-out pairs")
     since = time.time()
     test_reference = reference_logps(policy, test_ex, tok.pad_token_id, args.eval_batch_size, device, dtype,
@@ -978,7 +978,7 @@ def response_ids(tokenizer, response):
 
 def encode_rows(tok, rows, max_prompt_len, max_response_len, source, responses=("chosen", "rejected")):
     """[(prompt_ids, *response_ids)] of rows, a response for each column named in `responses` (none: the
-    prompts alone), all after the one prompt. A response ends with EOS, the token that closes an assistant
+    prompts alone, and max_response_len None), all after the one prompt. A response ends with EOS, the token that closes an assistant
     turn in chat templates; the prompt is cut from the left so that the response always survives, and the
     prompts cut are counted and reported."""
     out, cut = [], 0

@@ -390,7 +390,7 @@ def main(args):
     dataset = {"name": args.data} if args.data else sft_stage["dataset"]
     print(f"dataset {dataset['name']!r}; policy {policy_name}, KL reference {ref_name}, "
           f"RM {rm_name}, value init {value_name}, prompts: {source}")
-    prompt_ids = [p for p, in encode_rows(tok, [{"prompt": p} for p in prompts], args.max_prompt_len, 2, "prompts", ())]
+    prompt_ids = [p for p, in encode_rows(tok, [{"prompt": p} for p in prompts], args.max_prompt_len, None, "prompts", ())]
     opt_pi = make_optimizer(policy.parameters(), args.lr, 0.0, device)
     opt_v = make_optimizer(value.parameters(), args.value_lr, 0.0, device)
     scaler = torch.amp.GradScaler(enabled=dtype == torch.float16)
@@ -807,7 +807,7 @@ def response_ids(tokenizer, response):
 
 def encode_rows(tok, rows, max_prompt_len, max_response_len, source, responses=("chosen", "rejected")):
     """[(prompt_ids, *response_ids)] of rows, a response for each column named in `responses` (none: the
-    prompts alone), all after the one prompt. A response ends with EOS, the token that closes an assistant
+    prompts alone, and max_response_len None), all after the one prompt. A response ends with EOS, the token that closes an assistant
     turn in chat templates; the prompt is cut from the left so that the response always survives, and the
     prompts cut are counted and reported."""
     out, cut = [], 0

@@ -439,7 +439,7 @@ def main(args):
     check_same_tokenizer(tok, load_tokenizer(str(rm_dir), "--reward"), "--reward", rm_dir)
     for flag, m in (("--reward", rm), ("--baseline", base)):
         check_context(m, args.max_prompt_len + args.max_new_tokens, flag, "--max-prompt-len plus --max-new-tokens")
-    prompt_ids = [p for p, in encode_rows(tok, test_rows, args.max_prompt_len, 2, source, responses=())]
+    prompt_ids = [p for p, in encode_rows(tok, test_rows, args.max_prompt_len, None, source, responses=())]
     k, rows = args.samples_per_prompt, [r for r in test_rows for _ in range(args.samples_per_prompt)]
     print(f"evaluating {len(policies)} policies on {len(test_rows)} test prompts ({len(set(requests))} requests) "
           f"x {k} samples (dataset {dataset['name']!r}, RM {rm_dir}, baseline {base_dir})")
@@ -1120,7 +1120,7 @@ def response_ids(tokenizer, response):
 
 def encode_rows(tok, rows, max_prompt_len, max_response_len, source, responses=("chosen", "rejected")):
     """[(prompt_ids, *response_ids)] of rows, a response for each column named in `responses` (none: the
-    prompts alone), all after the one prompt. A response ends with EOS, the token that closes an assistant
+    prompts alone, and max_response_len None), all after the one prompt. A response ends with EOS, the token that closes an assistant
     turn in chat templates; the prompt is cut from the left so that the response always survives, and the
     prompts cut are counted and reported."""
     out, cut = [], 0
