@@ -13,7 +13,7 @@ bench() { local t=$1; shift; step "$t" $PY bench.py "$@" 2> >(grep -v Warning >&
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 $PY -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
-step 150 $PY -m pytest -q -x -p no:cacheprovider tests/test_models.py -k "static_cache or sampl or mixture"
+step 150 $PY -m pytest -q -x -p no:cacheprovider tests/test_models.py -k "static_cache or sampl or mixture or transform"
 $PY -c "import sys; sys.path.insert(0, 'tests'); from conftest import build_tiny; build_tiny('/tmp/tiny')"
 step 150 env PYTHON=$PY bash run.sh --budget tiny --run gpu_tiny --model /tmp/tiny --device cuda --ipo
 : > "$LOG"

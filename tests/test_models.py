@@ -28,10 +28,10 @@ def examples(tok):
 
 def naive_logps(model, prompt, response):
     """Full-vocabulary logits of one unpadded sequence, the textbook way."""
-    ids = torch.tensor([prompt + response])
+    ids = torch.tensor([prompt + response], device=model.device)
     logits = model(input_ids=ids).logits.float()[0, :-1]
     lp = logits.log_softmax(-1).gather(-1, ids[0, 1:, None]).squeeze(-1)
-    return lp[len(prompt) - 1:]                      # the response tokens only
+    return lp[len(prompt) - 1:].cpu()                # the response tokens only
 
 
 @torch.no_grad()
@@ -206,10 +206,11 @@ def test_pair_rewards_score_separate_sequences_where_a_packed_mask_is_not_exact(
     assert torch.allclose(torch.cat([chosen, rejected]), alone, atol=1e-5)
 
 
+@pytest.mark.parametrize("device", ["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
 @pytest.mark.parametrize("arch, transform", [("granite", {"logits_scaling": 8.0}), ("cohere", {"logit_scale": 0.25}),
                                              ("gemma2", {"final_logit_softcapping": 0.5, "head_dim": 8})])
 @torch.no_grad()
-def test_log_probs_are_those_of_models_that_transform_their_logits(tiny, tmp_path, arch, transform):
+def test_log_probs_are_those_of_models_that_transform_their_logits(tiny, tmp_path, arch, transform, device):
     """Granite divides its logits after the LM head, Cohere multiplies them, Gemma-2 soft-caps them: the
     stages' log-probs (token_logps, pair_logps, the sampler) must be the model's own, and load_model's check
     must pass them."""
@@ -219,18 +220,19 @@ def test_log_probs_are_those_of_models_that_transform_their_logits(tiny, tmp_pat
     cfg = AutoConfig.for_model(arch, vocab_size=len(tok), pad_token_id=tok.pad_token_id, hidden_size=32,
                                intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                                num_key_value_heads=2, **transform)
-    model = AutoModelForCausalLM.from_config(cfg).eval()
+    dev = torch.device(device)
+    model = AutoModelForCausalLM.from_config(cfg).to(dev).eval()
     pairs, *_ = pairs_and_separate_batch(tok)
-    chosen, rejected, _ = dpo.pair_logps(model, pairs, tok.pad_token_id, CPU, None, False)
+    chosen, rejected, _ = dpo.pair_logps(model, pairs, tok.pad_token_id, dev, None, False)
     alone = [naive_logps(model, p, c).sum() for p, c, _ in pairs] + [naive_logps(model, p, r).sum() for p, _, r in pairs]
-    assert torch.allclose(torch.cat([chosen, rejected]), torch.stack(alone), atol=1e-4)
-    gen = torch.Generator().manual_seed(0)
+    assert torch.allclose(torch.cat([chosen, rejected]).cpu(), torch.stack(alone), atol=1e-4)
+    gen = torch.Generator(device=dev).manual_seed(0)
     responses, logps = sft.sample_responses(model, [p for p, _, _ in pairs], tok.pad_token_id, tok.eos_token_id, 5,
-                                            CPU, None, gen)
+                                            dev, None, gen)
     for (p, _, _), r, lp in zip(pairs, responses, logps):
         assert torch.allclose(torch.tensor(lp), naive_logps(model, p, r), atol=1e-4)
     model.save_pretrained(tmp_path)
-    assert sft.load_model(str(tmp_path), "policy", "--model", CPU) is not None
+    assert sft.load_model(str(tmp_path), "policy", "--model", dev) is not None
 
 
 def test_a_model_whose_logits_the_stages_would_not_reproduce_is_refused(tiny, tmp_path):
