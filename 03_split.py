@@ -13,11 +13,13 @@ The paper prints no exact rule. Deviations and choices of ours:
      TL;DR; 1 for any other data).
   2. Where d < 0 the pair is relabelled (the fork): chosen and rejected swap, the RM overrules the
      annotator. Relabelled rows keep `"relabelled": true`, so the dataset's own label can be restored
-     (04 does so for the hard-set ablation). `--wrong-way hard|drop` are the alternatives.
+     (04 does so for the hard-set ablation). `--wrong-way hard|drop` are the alternatives; `hard` is the
+     signed reading of the paper, easy exactly where d >= threshold.
   3. Each set is written sorted by descending |d|, an easy-to-hard curriculum; stage 04 shuffles it by
      default and reads it in this order only with `--curriculum`.
-  4. `--easy-fraction f`, a quantile threshold (the f of pairs with the largest |d| are easy), beside the
-     absolute `--threshold`, since raw reward scales differ between RMs.
+  4. `--easy-fraction f`, a quantile threshold (the f of pairs with the largest |d| are easy; with
+     `--wrong-way hard|drop`, the largest d, of every pair or of those kept), beside the absolute
+     `--threshold`, since raw reward scales differ between RMs.
   5. The evidence, printed and kept in stats.json: RM accuracy per |d| bucket on held-out pairs and, where
      rows carry the built-in task's gold scores (`gold_chosen`, `gold_rejected`), the share of labels
      against the gold order (label noise) per bucket and per set.
@@ -86,9 +88,15 @@ def quantile(xs, q):
     return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
 
 
-def threshold_for_fraction(gaps, easy_fraction):
-    """The |d| threshold that makes about `easy_fraction` of the pairs easy."""
-    return quantile([abs(d) for d in gaps], 1 - easy_fraction)
+def threshold_for_fraction(gaps, easy_fraction, wrong_way="relabel"):
+    """The threshold that makes about `easy_fraction` of the pairs split_pairs keeps easy: a quantile of |d|
+    where pairs with d < 0 are relabelled (any pair can be easy), else of d itself, over every pair ('hard':
+    those with d < 0 stay hard, so the threshold is at least 0 and the share can fall short) or over the
+    pairs kept ('drop')."""
+    if wrong_way == "relabel":
+        return quantile([abs(d) for d in gaps], 1 - easy_fraction)
+    kept = [d for d in gaps if d >= 0] if wrong_way == "drop" else gaps
+    return max(0.0, quantile(kept, 1 - easy_fraction)) if kept else 0.0
 
 
 # the absolute thresholds of the MPO author's DeepSpeed-Chat fork; other datasets fall back to DEFAULT_THRESHOLD
@@ -275,14 +283,16 @@ def main(args):
     speed = perf(len(train) + len(test), since, device)        # pairs, not tokens, per second
 
     # 2. the threshold: absolute (the fork's rule) or a quantile of |d|; then the split
+    gap = "|d|" if args.wrong_way == "relabel" else "d"   # 'hard' and 'drop' never make a pair with d < 0 easy
     if args.easy_fraction is not None:
-        threshold = threshold_for_fraction(gaps, args.easy_fraction)
-        rule = f"quantile: the {args.easy_fraction:.0%} largest |d| are easy (|d| >= {threshold:.3f})"
+        threshold = threshold_for_fraction(gaps, args.easy_fraction, args.wrong_way)
+        rule = f"quantile: easy where {gap} >= {threshold:.3f}, for --easy-fraction {args.easy_fraction:g}"
     else:
         base = str(dataset).partition(":")[0]
         threshold = args.threshold if args.threshold is not None else DATASET_THRESHOLDS.get(base, DEFAULT_THRESHOLD)
-        rule = f"absolute: easy where |d| >= {threshold:g}"
+        rule = f"absolute: easy where {gap} >= {threshold:g}"
     easy, hard = split_pairs(train, gaps, threshold, args.wrong_way)
+    rule += f" ({len(easy) / max(1, len(easy) + len(hard)):.0%} of the pairs kept are easy)"
     qs = {f"q{int(q * 100):02d}": quantile(gaps, q) for q in (0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0)}
     abs_qs = {f"q{int(q * 100):02d}": quantile([abs(d) for d in gaps], q) for q in (0.1, 0.25, 0.5, 0.75, 0.9)}
     if not easy or not hard:
@@ -355,7 +365,7 @@ def add_run_args(g, stage):
 def add_optimiser_args(p, lr, batch_help):
     """The AdamW schedule of the stages that train one model (01, 02, 04); checked by OPTIMISER_RANGES."""
     g = p.add_argument_group("optimisation")
-    g.add_argument("--epochs", type=float, default=1.0, help="passes over the train pairs")
+    g.add_argument("--epochs", type=float, default=1.0, help="passes over the train pairs (with --max-steps -1)")
     g.add_argument("--max-steps", type=int, default=-1, help="stop after this many optimiser steps (-1: epochs)")
     g.add_argument("--batch-size", type=int, default=8, help=batch_help)
     g.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimiser step")
@@ -397,11 +407,15 @@ OPTIMISER_RANGES = {"epochs": POSITIVE, "max_steps": STEPS, "batch_size": AT_LEA
 
 
 def check_ranges(args, rules):
-    """Numeric flags checked before anything runs; rules: dest -> (test, expected). NaN and inf fail."""
+    """Numeric flags checked before anything runs; rules: dest -> (test, expected). NaN and inf fail. Also
+    --epochs against --max-steps, which overrides it."""
     for dest, (ok, expected) in rules.items():
         value = getattr(args, dest)
         if value is not None and not (math.isfinite(value) and ok(value)):
             raise UserError(f"--{dest.replace('_', '-')} {value}: expected {expected}")
+    if getattr(args, "max_steps", -1) > 0 and getattr(args, "epochs", 1.0) != 1.0:  # 01, 02, 04
+        raise UserError(f"--epochs {args.epochs} does nothing with --max-steps {args.max_steps}, which sets the "
+                        f"length of training; pass one")
     return args
 
 
@@ -743,7 +757,7 @@ def pair_rewards(rm, examples, pad_id, device):
         rewards = reward_scores(rm, ids, attn)                                     # (2B,)
         return rewards[:len(examples)], rewards[len(examples):]
     hidden, _, last = packed_hidden_states(rm, examples, pad_id, device)           # (B, T, H), _, (B, 2)
-    rewards = rm.score(hidden[torch.arange(len(examples), device=device)[:, None], last]).squeeze(-1).float()
+    rewards = score_head(rm, hidden[torch.arange(len(examples), device=device)[:, None], last])
     return rewards[:, 0], rewards[:, 1]                                             # (B, 2) -> (B,) each
 
 
@@ -805,7 +819,15 @@ def reward_scores(rm, input_ids, attention_mask):
     """r(x, y), (B,): the scalar head on the last real token's hidden state (left or right padding)."""
     hidden = hidden_states(rm, input_ids, attention_mask, use_cache=False)          # (B, T, H)
     last = attention_mask.shape[1] - 1 - attention_mask.flip(-1).argmax(-1)         # (B,)
-    return rm.score(hidden[torch.arange(len(last), device=last.device), last]).squeeze(-1).float()
+    return score_head(rm, hidden[torch.arange(len(last), device=last.device), last])
+
+
+def score_head(model, hidden):
+    """The scalar head of a reward or value model on hidden states (..., H) -> (...), in fp32 outside any
+    autocast: a bf16 score keeps 8 significant bits (near 8, steps of 1/16), so reward gaps, ties and
+    values would be rounding's. The head is one H-vector: fp32 costs nothing."""
+    with torch.autocast(hidden.device.type, enabled=False):
+        return model.score(hidden.float()).squeeze(-1)
 
 
 @torch.no_grad()

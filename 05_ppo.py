@@ -167,7 +167,7 @@ def token_values(value_model, input_ids, attention_mask):
     """V for every position that predicts a next token, (B, T-1), aligned with `token_logps`: the value
     head of a sequence-classification model applied to every hidden state, not only the last."""
     hidden = hidden_states(value_model, input_ids, attention_mask, use_cache=False)   # (B, T, H)
-    return value_model.score(hidden[:, :-1]).squeeze(-1).float()                      # (B, T-1)
+    return score_head(value_model, hidden[:, :-1])                                    # (B, T-1)
 
 
 def load_ppo_models(policy_name, ref_name, rm_name, value_name, grad_checkpointing, device, max_len):
@@ -517,7 +517,7 @@ def add_run_args(g, stage):
 def add_optimiser_args(p, lr, batch_help):
     """The AdamW schedule of the stages that train one model (01, 02, 04); checked by OPTIMISER_RANGES."""
     g = p.add_argument_group("optimisation")
-    g.add_argument("--epochs", type=float, default=1.0, help="passes over the train pairs")
+    g.add_argument("--epochs", type=float, default=1.0, help="passes over the train pairs (with --max-steps -1)")
     g.add_argument("--max-steps", type=int, default=-1, help="stop after this many optimiser steps (-1: epochs)")
     g.add_argument("--batch-size", type=int, default=8, help=batch_help)
     g.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimiser step")
@@ -559,11 +559,15 @@ OPTIMISER_RANGES = {"epochs": POSITIVE, "max_steps": STEPS, "batch_size": AT_LEA
 
 
 def check_ranges(args, rules):
-    """Numeric flags checked before anything runs; rules: dest -> (test, expected). NaN and inf fail."""
+    """Numeric flags checked before anything runs; rules: dest -> (test, expected). NaN and inf fail. Also
+    --epochs against --max-steps, which overrides it."""
     for dest, (ok, expected) in rules.items():
         value = getattr(args, dest)
         if value is not None and not (math.isfinite(value) and ok(value)):
             raise UserError(f"--{dest.replace('_', '-')} {value}: expected {expected}")
+    if getattr(args, "max_steps", -1) > 0 and getattr(args, "epochs", 1.0) != 1.0:  # 01, 02, 04
+        raise UserError(f"--epochs {args.epochs} does nothing with --max-steps {args.max_steps}, which sets the "
+                        f"length of training; pass one")
     return args
 
 
@@ -905,7 +909,7 @@ def pair_rewards(rm, examples, pad_id, device):
         rewards = reward_scores(rm, ids, attn)                                     # (2B,)
         return rewards[:len(examples)], rewards[len(examples):]
     hidden, _, last = packed_hidden_states(rm, examples, pad_id, device)           # (B, T, H), _, (B, 2)
-    rewards = rm.score(hidden[torch.arange(len(examples), device=device)[:, None], last]).squeeze(-1).float()
+    rewards = score_head(rm, hidden[torch.arange(len(examples), device=device)[:, None], last])
     return rewards[:, 0], rewards[:, 1]                                             # (B, 2) -> (B,) each
 
 
@@ -967,7 +971,15 @@ def reward_scores(rm, input_ids, attention_mask):
     """r(x, y), (B,): the scalar head on the last real token's hidden state (left or right padding)."""
     hidden = hidden_states(rm, input_ids, attention_mask, use_cache=False)          # (B, T, H)
     last = attention_mask.shape[1] - 1 - attention_mask.flip(-1).argmax(-1)         # (B,)
-    return rm.score(hidden[torch.arange(len(last), device=last.device), last]).squeeze(-1).float()
+    return score_head(rm, hidden[torch.arange(len(last), device=last.device), last])
+
+
+def score_head(model, hidden):
+    """The scalar head of a reward or value model on hidden states (..., H) -> (...), in fp32 outside any
+    autocast: a bf16 score keeps 8 significant bits (near 8, steps of 1/16), so reward gaps, ties and
+    values would be rounding's. The head is one H-vector: fp32 costs nothing."""
+    with torch.autocast(hidden.device.type, enabled=False):
+        return model.score(hidden.float()).squeeze(-1)
 
 
 @torch.no_grad()

@@ -21,8 +21,8 @@ independent prompts; prompts of other datasets are each their own request.
 With --combine, the 06_eval outputs of runs with different seeds become one report: each metric's mean
 and standard deviation over seeds, and the paper's claims (MPO against vanilla DPO and vanilla PPO, DPO
 on easy against DPO on all pairs, the DPO reference against the SFT reference) as paired differences
-on the same prompts, per seed and pooled, with a bootstrap interval that resamples requests within each
-seed (it covers prompt noise; the spread of the per-seed differences shows the training noise), and a
+on the same prompts, per seed and pooled, with a bootstrap interval that resamples the seeds' runs and,
+within each, its requests (it covers the training noise between seeds as well as prompt noise), and a
 verdict computed from that interval: reproduced, not reproduced (it includes zero) or contradicted.
 Where the policies include MPO trained on several splits of 03 (run.sh --sweep-threshold), the report adds
 the threshold sweep: per split, its threshold, the easy set's size, each set's label noise, and the gold
@@ -124,10 +124,12 @@ def clusters_of(values, keys):
 
 def bootstrap_ci(groups, n_resamples=1000, seed=0, alpha=0.05):
     """Percentile bootstrap interval of the mean over groups of each group's mean. A group (one seed's
-    run) is a list of clusters, a cluster the values of the prompts that share a request; each resample
-    draws a group's clusters with replacement and takes the mean of all their values. Prompts that are
-    wordings of one request are not independent: resampling them one by one would narrow the interval.
-    With one value per cluster this is the ordinary bootstrap over prompts."""
+    run) is a list of clusters, a cluster the values of the prompts that share a request. Each resample
+    draws the groups with replacement where there are several (a claim is about a training method, so
+    the spread over seeds belongs in its interval; with 3 seeds that spread is estimated coarsely), then
+    each drawn group's clusters with replacement, and takes the mean of the groups' means. Prompts that
+    are wordings of one request are not independent: resampling them one by one would narrow the
+    interval. With one group and one value per cluster this is the ordinary bootstrap over prompts."""
     groups = [g for g in groups if g]
     if not groups:
         return float("nan"), float("nan")
@@ -136,7 +138,10 @@ def bootstrap_ci(groups, n_resamples=1000, seed=0, alpha=0.05):
     def resampled_mean(clusters):
         picks = [clusters[rng.randrange(len(clusters))] for _ in clusters]
         return sum(map(sum, picks)) / sum(map(len, picks))
-    stats = sorted(mean([resampled_mean(g) for g in groups]) for _ in range(n_resamples))
+
+    def resampled_groups():
+        return groups if len(groups) == 1 else [groups[rng.randrange(len(groups))] for _ in groups]
+    stats = sorted(mean([resampled_mean(g) for g in resampled_groups()]) for _ in range(n_resamples))
     return stats[int(alpha / 2 * (n_resamples - 1))], stats[int((1 - alpha / 2) * (n_resamples - 1) + 0.5)]
 
 
@@ -395,7 +400,8 @@ def parse_args(argv=None):
     add_system_args(p, seed_help="the sampling seed, the same for every policy")
     return check_ranges(p.parse_args(argv), {
         "max_prompts": NON_NEGATIVE, "samples_per_prompt": AT_LEAST_1, "max_new_tokens": AT_LEAST_1,
-        "batch_size": AT_LEAST_1, "max_prompt_len": AT_LEAST_1, "bootstrap": AT_LEAST_1})
+        "batch_size": AT_LEAST_1, "max_prompt_len": AT_LEAST_1, "bootstrap": (lambda x: x >= 100, "an integer >= 100 (fewer resamples give an interval of little meaning, "
+                                       "one of zero width)")})
 
 
 # --- the algorithm box ---------------------------------------------------------------------------
@@ -656,8 +662,9 @@ CLAIMS = [("05_ppo", "04_dpo_all", "MPO beats vanilla DPO", "beats"),
           ("04_ipo_online", "04_nash_md_pg", "online IPO at least as good as Nash-MD-PG", "at least")]
 VERDICT_RULE = ("Verdict, from the 95% interval of policy - baseline: reproduced if it lies above zero, contradicted "
                 "if below, else not reproduced (an 'at least as good' claim: not contradicted); no interval and no "
-                f"verdict from fewer than {MIN_REQUESTS} requests in a run. The interval holds prompt noise only: "
-                "read it with the runs in favour.")
+                f"verdict from fewer than {MIN_REQUESTS} requests in a run. The interval resamples the runs and, within "
+                "each, its requests: it holds the spread over seeds as well as prompt noise, coarsely with few "
+                "runs, so read it with the runs in favour.")
 
 
 def verdict(lo, hi, kind, requests):
@@ -788,8 +795,8 @@ def combined_report(runs, names, metrics, families, table, claims):
     if claims:
         lines += ["", "## The paper's comparisons", "",
                   "Policy minus baseline on the same test prompts: the mean difference per run, its mean "
-                  "over runs, and a 95% bootstrap interval that resamples requests within each run (prompt "
-                  "noise only; the per-run values show the noise of training).", "",
+                  "over runs, and a 95% bootstrap interval that resamples the runs and, within each, its "
+                  "requests (training noise between seeds and prompt noise).", "",
                   VERDICT_RULE, "",
                   "| claim | policy - baseline | metric | per run | mean | 95% interval | runs in favour | verdict |",
                   "|---|---|---|---|---|---|---|---|"]
@@ -830,7 +837,7 @@ def add_run_args(g, stage):
 def add_optimiser_args(p, lr, batch_help):
     """The AdamW schedule of the stages that train one model (01, 02, 04); checked by OPTIMISER_RANGES."""
     g = p.add_argument_group("optimisation")
-    g.add_argument("--epochs", type=float, default=1.0, help="passes over the train pairs")
+    g.add_argument("--epochs", type=float, default=1.0, help="passes over the train pairs (with --max-steps -1)")
     g.add_argument("--max-steps", type=int, default=-1, help="stop after this many optimiser steps (-1: epochs)")
     g.add_argument("--batch-size", type=int, default=8, help=batch_help)
     g.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimiser step")
@@ -872,11 +879,15 @@ OPTIMISER_RANGES = {"epochs": POSITIVE, "max_steps": STEPS, "batch_size": AT_LEA
 
 
 def check_ranges(args, rules):
-    """Numeric flags checked before anything runs; rules: dest -> (test, expected). NaN and inf fail."""
+    """Numeric flags checked before anything runs; rules: dest -> (test, expected). NaN and inf fail. Also
+    --epochs against --max-steps, which overrides it."""
     for dest, (ok, expected) in rules.items():
         value = getattr(args, dest)
         if value is not None and not (math.isfinite(value) and ok(value)):
             raise UserError(f"--{dest.replace('_', '-')} {value}: expected {expected}")
+    if getattr(args, "max_steps", -1) > 0 and getattr(args, "epochs", 1.0) != 1.0:  # 01, 02, 04
+        raise UserError(f"--epochs {args.epochs} does nothing with --max-steps {args.max_steps}, which sets the "
+                        f"length of training; pass one")
     return args
 
 
@@ -1218,7 +1229,7 @@ def pair_rewards(rm, examples, pad_id, device):
         rewards = reward_scores(rm, ids, attn)                                     # (2B,)
         return rewards[:len(examples)], rewards[len(examples):]
     hidden, _, last = packed_hidden_states(rm, examples, pad_id, device)           # (B, T, H), _, (B, 2)
-    rewards = rm.score(hidden[torch.arange(len(examples), device=device)[:, None], last]).squeeze(-1).float()
+    rewards = score_head(rm, hidden[torch.arange(len(examples), device=device)[:, None], last])
     return rewards[:, 0], rewards[:, 1]                                             # (B, 2) -> (B,) each
 
 
@@ -1280,7 +1291,15 @@ def reward_scores(rm, input_ids, attention_mask):
     """r(x, y), (B,): the scalar head on the last real token's hidden state (left or right padding)."""
     hidden = hidden_states(rm, input_ids, attention_mask, use_cache=False)          # (B, T, H)
     last = attention_mask.shape[1] - 1 - attention_mask.flip(-1).argmax(-1)         # (B,)
-    return rm.score(hidden[torch.arange(len(last), device=last.device), last]).squeeze(-1).float()
+    return score_head(rm, hidden[torch.arange(len(last), device=last.device), last])
+
+
+def score_head(model, hidden):
+    """The scalar head of a reward or value model on hidden states (..., H) -> (...), in fp32 outside any
+    autocast: a bf16 score keeps 8 significant bits (near 8, steps of 1/16), so reward gaps, ties and
+    values would be rounding's. The head is one H-vector: fp32 costs nothing."""
+    with torch.autocast(hidden.device.type, enabled=False):
+        return model.score(hidden.float()).squeeze(-1)
 
 
 @torch.no_grad()

@@ -87,7 +87,7 @@ case "$BUDGET" in
   tiny)
     SFT=(--builtin-train-pairs 120 --builtin-test-prompts 12 --max-steps 4 --lr 1e-3)
     RM=(--max-steps 4 --lr 1e-3); DPO=(--max-steps 3 --lr 1e-4); PPO=(--steps 2 --max-new-tokens 8 --lr 1e-4)
-    ONLINE=(--max-steps 2 --max-new-tokens 8 --eval-every 1); EVAL=(--max-new-tokens 8 --bootstrap 50)
+    ONLINE=(--max-steps 2 --max-new-tokens 8 --eval-every 1); EVAL=(--max-new-tokens 8 --bootstrap 100)
     TIMES="seconds";;
   *) echo "run.sh: --budget must be cpu, gpu or tiny" >&2; exit 2;;
 esac

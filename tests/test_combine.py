@@ -28,7 +28,7 @@ def test_combine_two_runs(tmp_path):
     fake_eval(tmp_path / "b/06_eval", 1, {"01_sft": [0, 0, 0], "04_dpo": [0, 0, 0],
                                           "04_dpo_all": [1, 1, 0], "05_ppo": [1, 0, 0]},
               {n: [0.0, 0.0, 0.0] for n in names}, ["q1", "q2", "q3"])
-    run_stage("06_eval.py", "--combine", "a", "b/06_eval", "--out", "both", "--bootstrap", 200, cwd=tmp_path)
+    run_stage("06_eval.py", "--combine", "a", "b/06_eval", "--out", "both", "--bootstrap", 1000, cwd=tmp_path)
     res = json.load(open(tmp_path / "both/results.json"))
     assert res["seeds"] == [0, 1]
     gold = res["policies"]["05_ppo"]["gold"]
@@ -111,5 +111,5 @@ def test_requests_of_rows_without_one_and_runs_of_two_versions(tmp_path):
     for r in res["results"].values():
         r["gold_harmful"] = {"mean": 0.5}
     ev.json.dump(res, open(tmp_path / "a/results.json", "w"))
-    run_stage("06_eval.py", "--combine", "a", "b", "--out", "both", "--bootstrap", 20, cwd=tmp_path)
+    run_stage("06_eval.py", "--combine", "a", "b", "--out", "both", "--bootstrap", 100, cwd=tmp_path)
     assert "gold_harmful" not in ev.json.load(open(tmp_path / "both/results.json"))["policies"]["05_ppo"]

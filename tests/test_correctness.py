@@ -104,13 +104,41 @@ def test_a_bf16_checkpoint_with_dropout_trains_in_fp32_without_dropout_and_lengt
     ("04_dpo", ["--label-smoothing", "0.5"], "--label-smoothing 0.5"),
     ("05_ppo", ["--steps", "0"], "--steps 0: expected an integer >= 1"),
     ("05_ppo", ["--lam", "nan"], "--lam nan"),
-    ("06_eval", ["--bootstrap", "0"], "--bootstrap 0"),
+    ("06_eval", ["--bootstrap", "1"], "--bootstrap 1: expected an integer >= 100"),
 ])
 def test_numeric_flags_out_of_range_are_refused_before_anything_runs(stage, argv, needle):
     with pytest.raises(STAGES[stage].UserError, match=needle.replace("[", r"\[").replace("(", r"\(")
                        .replace(")", r"\)").replace("+", r"\+")):
         STAGES[stage].parse_args(argv)
     STAGES[stage].parse_args([])                                           # the defaults are in range
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--loss", "ipo", "--label-smoothing", "0.1"], "--label-smoothing does nothing with --loss ipo offline"),
+    (["--loss", "ipo", "--beta", "0.5"], "--beta does nothing with --loss ipo offline"),
+    (["--tau", "2"], "--tau does nothing with --loss dpo offline"),
+    (["--ipo-aggregate", "sum"], "--ipo-aggregate does nothing with --loss dpo offline"),
+    (["--eval-every", "5"], "--eval-every does nothing with --loss dpo offline"),
+    (["--max-new-tokens", "16"], "--max-new-tokens does nothing with --loss dpo offline"),
+    (["--online", "--loss", "ipo", "--curriculum"], "--curriculum does nothing with --loss ipo --online"),
+    (["--online", "--loss", "nash-md-pg", "--ipo-aggregate", "sum"], "--ipo-aggregate does nothing with --loss nash-md-pg"),
+    (["--online", "--epochs", "2"], "--epochs does nothing with --loss dpo --online"),
+])
+def test_04_refuses_a_flag_its_loss_and_mode_do_not_read(argv, needle):
+    """A flag set away from its default that the chosen loss or mode never reads would change nothing:
+    conservative IPO asked for with --label-smoothing trained plain IPO."""
+    with pytest.raises(dpo.UserError, match=needle):
+        dpo.parse_args(argv)
+    for ok in (["--loss", "ipo", "--tau", "0.5", "--ipo-aggregate", "sum"], ["--label-smoothing", "0.1"],
+               ["--online", "--loss", "ipo", "--eval-every", "5", "--max-new-tokens", "16"]):
+        dpo.parse_args(ok)
+
+
+def test_epochs_and_max_steps_exclude_each_other():
+    for stage in ("01_sft", "02_reward", "04_dpo"):
+        with pytest.raises(STAGES[stage].UserError, match="--epochs 2.0 does nothing with --max-steps 5"):
+            STAGES[stage].parse_args(["--epochs", "2", "--max-steps", "5"])
+        STAGES[stage].parse_args(["--epochs", "2"])
 
 
 def test_a_bad_flag_is_one_line_and_writes_nothing(tmp_path):

@@ -130,7 +130,7 @@ def test_pipeline_on_a_local_file_with_the_dataset_named_once(tmp_path, tiny_mod
     run_stage("03_split.py", "--run", "r", "--easy-fraction", 0.5, cwd=tmp_path)
     run_stage("04_dpo.py", "--run", "r", "--max-steps", 2, cwd=tmp_path)
     run_stage("05_ppo.py", "--run", "r", "--steps", 1, "--max-new-tokens", 6, cwd=tmp_path)
-    run_stage("06_eval.py", "--run", "r", "--max-new-tokens", 6, "--bootstrap", 20, cwd=tmp_path)
+    run_stage("06_eval.py", "--run", "r", "--max-new-tokens", 6, "--bootstrap", 100, cwd=tmp_path)
     results = json.load(open(tmp_path / "runs/r/06_eval/results.json"))
     assert set(results["results"]) == {"01_sft", "04_dpo", "05_ppo"}
     assert "gold" not in results["results"]["04_dpo"]            # no gold judge outside the built-in task

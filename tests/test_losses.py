@@ -363,6 +363,21 @@ def test_quantile_threshold():
     assert split.quantile([1, 2, 3, 4], 0.5) == 2.5
 
 
+def test_easy_fraction_holds_whatever_happens_to_pairs_the_rm_ranks_the_other_way():
+    """--easy-fraction 0.5 makes half of the pairs kept easy under every --wrong-way: with 'hard' and 'drop'
+    a pair with d < 0 is never easy, so the threshold is a quantile of d, not of |d| (which gave 2 of 8)."""
+    gaps = [3, 2.5, -2.8, -2.2, 0.5, -0.3, 0.2, 0.1]
+    rows = [{"chosen": "a", "rejected": "b"}] * 8
+    # drop keeps the 5 pairs with d >= 0; their median, 0.5, is the threshold and is itself easy: 3 of 5
+    for wrong_way, n_easy, n_hard in [("relabel", 4, 4), ("hard", 4, 4), ("drop", 3, 2)]:
+        t = split.threshold_for_fraction(gaps, 0.5, wrong_way)
+        easy, hard = split.split_pairs(rows, gaps, t, wrong_way)
+        assert (len(easy), len(hard)) == (n_easy, n_hard), wrong_way
+    # 'hard' cannot reach a share above that of the pairs with d >= 0: the threshold stops at zero
+    assert split.threshold_for_fraction(gaps, 0.9, "hard") == 0.0
+    assert split.threshold_for_fraction([-1.0, -2.0], 0.5, "drop") == 0.0
+
+
 def test_win_rate_ties_count_half():
     assert ev.win_rate([1, 2, 3, 0.5], [1, 1, 4, 0.5]) == [0.5, 1.0, 0.0, 0.5]
 
@@ -384,11 +399,19 @@ def test_lr_schedule_warmup_then_cosine():
 
 
 def test_bootstrap_over_runs_and_std():
-    # the mean over runs of each run's mean: (0.5 + 1.0) / 2; only the first run varies, with a
-    # standard error of 0.05, halved by the averaging: the 95% interval is about 0.75 +- 0.049
-    runs = [[[v] for v in [0.0, 1.0] * 50], [[1.0]] * 100]
-    lo, hi = ev.bootstrap_ci(runs, 2000, seed=0)
-    assert 0.69 < lo < 0.715 and 0.785 < hi < 0.81
-    assert ev.bootstrap_ci([[[2.0]] * 5, [[4.0]] * 3], 50) == (pytest.approx(3.0), pytest.approx(3.0))
+    # several runs: each resample draws the runs with replacement, then each run's requests. Constant runs of
+    # 2 and 4 give resampled means 2, 3 or 4 with odds 1/4, 1/2, 1/4: the 95% interval is [2, 4]
+    assert ev.bootstrap_ci([[[2.0]] * 5, [[4.0]] * 3], 2000) == (pytest.approx(2.0), pytest.approx(4.0))
+    # seeds that disagree (+0.1, +0.1, -0.15) with no noise within a run: the mean over three resampled runs
+    # is -0.15 with odds 1/27 > 2.5%, so the interval reaches it and holds zero; resampling the requests
+    # alone would give the zero-width [+0.017, +0.017] and a verdict of "reproduced"
+    lo, hi = ev.bootstrap_ci([[[0.1]] * 50, [[0.1]] * 50, [[-0.15]] * 50], 2000, seed=0)
+    assert (lo, hi) == (pytest.approx(-0.15), pytest.approx(0.1))
+    assert ev.verdict(lo, hi, "beats", 50).startswith("not reproduced")
+    # three seeds in favour: the interval spans their means and stays above zero
+    assert ev.bootstrap_ci([[[0.1]] * 50, [[0.2]] * 50, [[0.3]] * 50], 2000) == (pytest.approx(0.1), pytest.approx(0.3))
+    # noise within a run still counts: one noisy run and one constant run (means 0.5 and 1)
+    lo, hi = ev.bootstrap_ci([[[v] for v in [0.0, 1.0] * 50], [[1.0]] * 100], 2000, seed=0)
+    assert lo < 0.5 and hi == pytest.approx(1.0)
     assert ev.std([1, 2, 3, 4]) == pytest.approx(1.2909944)
     assert ev.std([5.0]) == 0.0

@@ -261,6 +261,28 @@ def test_gpt2_is_a_policy_and_its_position_table_bounds_the_lengths(tiny, tmp_pa
 
 
 @torch.no_grad()
+def test_scalar_heads_score_in_fp32_under_bf16_autocast(tiny_model_dir, tiny):
+    """The RM's and the value model's heads run in fp32 under autocast: bf16 rounding would quantise reward
+    gaps (03), make different responses tie (06's win rates) and round PPO's values."""
+    from transformers import AutoModelForSequenceClassification
+    _, tok = tiny
+    rm = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=1).eval()
+    rm.score.weight.mul_(100.0)                                       # scores of some tens: bf16 steps of 1/8
+    pairs, ids, attn, _ = pairs_and_separate_batch(tok)
+    with sft.autocast(CPU, torch.bfloat16):
+        hidden = sft.hidden_states(rm, ids, attn, use_cache=False)
+        scores = rwd.reward_scores(rm, ids, attn)
+        chosen, rejected = rwd.pair_rewards(rm, pairs, tok.pad_token_id, CPU)
+        values = ppo.token_values(rm, ids, attn)
+    last = attn.shape[1] - 1 - attn.flip(-1).argmax(-1)
+    exact = rm.score(hidden.float()).squeeze(-1)                       # (B, T): the head in fp32
+    assert torch.allclose(scores, exact[torch.arange(len(last)), last], rtol=1e-6, atol=1e-5)
+    assert torch.allclose(values, exact[:, :-1], rtol=1e-6, atol=1e-5)
+    assert not torch.equal(scores, scores.bfloat16().float())          # not rounded to bf16
+    assert torch.allclose(torch.cat([chosen, rejected]), scores, atol=0.05)   # packed: the same up to bf16 noise
+
+
+@torch.no_grad()
 def test_pair_rewards_of_an_empty_response_fall_back_to_separate_sequences(tiny_model_dir):
     """A packed row reads each response's score at its EOS; a response without tokens has none (its score
     is the prompt's last token's), so such a batch is scored as separate sequences."""

@@ -102,7 +102,7 @@ def test_the_baseline_is_the_sft_policy_whatever_its_place(pipeline, tmp_path, c
     import shutil
     work, run, _ = pipeline
     ev = load_script("06_eval")
-    fast = ["--max-prompts", 3, "--max-new-tokens", 4, "--bootstrap", 20]
+    fast = ["--max-prompts", 3, "--max-new-tokens", 4, "--bootstrap", 100]
     monkeypatch.chdir(work)
     ev.run_main(ev.main, [str(a) for a in [run / "04_dpo", run / "01_sft", "--run", "t", "--out", tmp_path / "a"] + fast])
     res = json.load(open(tmp_path / "a/results.json"))
@@ -275,7 +275,7 @@ def test_threshold_sweep_and_resume(pipeline, tmp_path, tiny_model_dir):
     (moved).rename(copy / "runs/t")
     # --combine keeps the points every run has: two copies of one run (a note says they share the seed)
     ev.main(ev.parse_args(["--combine", str(copy / "runs/t"), str(copy / "runs/t"), "--out", str(tmp_path / "c"),
-                           "--bootstrap", "20"]))
+                           "--bootstrap", "100"]))
     combined = json.load(open(tmp_path / "c/results.json"))["sweep"]
     assert [p["point"] for p in combined] == ["easy fraction 0.5", "easy fraction 0.3"]
     assert combined[1]["mpo"]["gold"]["std"] == 0.0 and combined[1]["mpo"]["name"] == "05_ppo_e0.3"

@@ -78,7 +78,7 @@ def test_every_stage_runs_alone_on_its_own_inputs(tmp_path, tiny_model_dir, file
 
     d = alone(tmp_path, "06_eval.py")
     run_alone(d, "06_eval.py", dpo, m, "--baseline", m, "--reward", rm, "--data", prompts,
-              "--max-new-tokens", 6, "--bootstrap", 20)
+              "--max-new-tokens", 6, "--bootstrap", 100)
     report = (d / "runs/default/06_eval/report.md").read_text()
     assert "04_dpo" in report and "RM score" in report
 
