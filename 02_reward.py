@@ -16,8 +16,9 @@ The algorithm box (the numbered steps of `main`):
 Deviations and choices of ours:
   1. Optional reward centring (Eisenstein et al., 2023): `--center-coef c` adds c * (r_w + r_l)^2. The
      Bradley-Terry loss sees only differences r_w - r_l, so it leaves the scores' location free; the
-     term pins it near zero (PPO's rewards then do not drift). It changes no gap d: the |d| thresholds
-     of stage 03 depend on the scores' scale, which centring does not fix.
+     term pins it near zero (PPO's rewards then do not drift). Were the scores free parameters it would
+     change no gap d; through the shared network it moves the learned gaps a little. Either way it does
+     not fix the scores' scale, on which the |d| thresholds of stage 03 depend.
   2. The pad token is set to a token other than EOS, so `AutoModelForSequenceClassification` reads the
      score at the EOS that closes the response, exactly where this script reads it.
   3. Dropout is off and the weights train in fp32, whatever the checkpoint says (as in every stage).
@@ -25,6 +26,9 @@ Deviations and choices of ours:
      prompt both share is computed once (TRL's RewardTrainer runs 2B separate sequences). The scores are
      those of the separate sequences, up to float rounding (`pair_batch`; tested). Models where our mask
      would not be exact (a sliding window, ALiBi, recurrent layers: `own_masks_exact`) score 2B sequences.
+  5. Train pairs with a response of --max-response-len tokens or more are dropped (a response cut and
+     closed with EOS would teach that a truncated answer is a finished one); held-out pairs are cut
+     instead, so that the held-out accuracy (here, in 03 and in 04) is not that of short responses only.
 
 Reads:  --model (default runs/<run>/01_sft: its model and tokenizer, and, unless --data / --test-data
         are given, its data_train.jsonl / data_test.jsonl and length limits); --data FILE: pairs in any
@@ -62,10 +66,12 @@ from tqdm import tqdm
 def bradley_terry_loss(chosen_rewards, rejected_rewards, center_coef=0.0):
     """Bradley-Terry loss of a reward model (Ouyang et al., 2022, Eq. 1; as in arXiv 2403.19443):
         L = mean( -log sigmoid(r_w - r_l) + center_coef * (r_w + r_l)^2 ).
-    chosen_rewards, rejected_rewards: (B,). Returns (loss, accuracy, margin), the last two detached."""
+    chosen_rewards, rejected_rewards: (B,). Returns (loss, accuracy (a tie counts half, as in every stage's
+    accuracy), margin), the last two detached."""
     margin = chosen_rewards - rejected_rewards                                     # (B,)
     loss = -F.logsigmoid(margin) + center_coef * (chosen_rewards + rejected_rewards) ** 2  # centring: deviation 1
-    return loss.mean(), (margin > 0).float().mean().detach(), margin.mean().detach()
+    accuracy = (margin > 0).float() + 0.5 * (margin == 0).float()
+    return loss.mean(), accuracy.mean().detach(), margin.mean().detach()
 
 
 # --- the stage's own data and model functions ----------------------------------------------------------
@@ -87,7 +93,7 @@ def set_distinct_pad(tokenizer, model):
 @torch.no_grad()
 def evaluate(rm, examples, rows, pad_id, batch_size, device, dtype):
     """Held-out pairwise accuracy, mean margin, and (where rows carry gold scores) agreement of the
-    RM's order with the gold order on pairs whose gold scores differ."""
+    RM's order with the gold order on pairs whose gold scores differ (an RM tie counts half)."""
     rm.eval()
     margins = []
     for i in range(0, len(examples), batch_size):
@@ -95,12 +101,13 @@ def evaluate(rm, examples, rows, pad_id, batch_size, device, dtype):
             chosen_rewards, rejected_rewards = pair_rewards(rm, examples[i:i + batch_size], pad_id, device)
         margins += (chosen_rewards - rejected_rewards).tolist()
     rm.train()
-    out = {"eval/accuracy": sum(m > 0 for m in margins) / len(margins),
+    right = lambda m, sign=1: 1.0 if m * sign > 0 else 0.5 if m == 0 else 0.0
+    out = {"eval/accuracy": sum(map(right, margins)) / len(margins),
            "eval/margin": sum(margins) / len(margins)}
     gold = [(m, r["gold_chosen"] - r["gold_rejected"]) for m, r in zip(margins, rows) if "gold_chosen" in r]
     gold = [(m, g) for m, g in gold if g != 0]
     if gold:
-        out["eval/gold_agreement"] = sum((m > 0) == (g > 0) for m, g in gold) / len(gold)
+        out["eval/gold_agreement"] = sum(right(m, g) for m, g in gold) / len(gold)
         out["eval/label_gold_agreement"] = sum(g > 0 for _, g in gold) / len(gold)
     return out
 

@@ -10,7 +10,8 @@ used, by PPO (stage 05), which scores fresh responses with the RM instead of tru
 The paper prints no exact rule. Deviations and choices of ours:
   1. The rule of the first author's public DeepSpeed-Chat fork, the closest thing to official code:
      easy where |d| >= threshold, hard otherwise (threshold 1 for HH-RLHF and the built-in task, 2 for
-     TL;DR; 1 for any other data).
+     TL;DR; 1 for any other data, a local copy of TL;DR too, which is known by its file name only: pass
+     --threshold 2 there).
   2. Where d < 0 the pair is relabelled (the fork): chosen and rejected swap, the RM overrules the
      annotator. Relabelled rows keep `"relabelled": true`, so the dataset's own label can be restored
      (04 does so for the hard-set ablation). `--wrong-way hard|drop` are the alternatives; `hard` is the
@@ -120,13 +121,14 @@ def label_noise(rows, as_the_dataset_labelled=False):
 
 def bucket_table(rows, gaps, edges):
     """Per |d| bucket [edges[i], edges[i+1]): pairs, RM accuracy against the labels (the share with
-    d > 0), and the label noise (None without gold scores)."""
+    d > 0, d = 0 counting half), and the label noise (None without gold scores)."""
     table = []
     for lo, hi in zip(edges[:-1], edges[1:]):
         sel = [(r, d) for r, d in zip(rows, gaps) if lo <= abs(d) < hi]
         table.append({"bucket": f"[{lo:.2f}, {hi:.2f})" if hi != float("inf") else f">= {lo:.2f}",
                       "pairs": len(sel),
-                      "rm_accuracy": sum(d > 0 for _, d in sel) / len(sel) if sel else None,
+                      "rm_accuracy": sum(1.0 if d > 0 else 0.5 if d == 0 else 0.0 for _, d in sel) / len(sel)
+                      if sel else None,
                       "label_noise": label_noise([r for r, _ in sel]) if sel else None})
     return table
 

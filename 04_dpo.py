@@ -33,7 +33,9 @@ Deviations and choices of ours:
   2. Online preferences: the RM read as a Bradley-Terry model, p = sigmoid(r_1 - r_2), enters the loss
      as is: IPO's target becomes (p - 1/2) / tau, and DPO's loss is label-smoothed with eps = 1 - p, each
      the expectation over a label drawn from p (`--online-labels sample` draws it; `argmax`, the higher
-     score wins, changes the equilibrium and is kept as an option).
+     score wins, changes the equilibrium and is kept as an option). A sample that reaches
+     --max-new-tokens without EOS is scored as it stands, by the RM at its last token (a position it
+     was not trained to read; 06 does the same).
   3. The pairs are shuffled each epoch, every pair seen once per epoch (a batch may span two epochs).
      `--curriculum` reads them in stage 03's order instead (descending gap, easy to hard): with a step cap
      shorter than an epoch that is a stricter threshold in disguise, so it is not the default.
@@ -205,9 +207,11 @@ def implicit_reward_accuracy(model, examples, rows, reference, batch_size, pad_i
 
 def preference_metrics(micro):
     """loss/train and the DPO reference's reward metrics of one optimiser step, each the mean over its
-    micro-batches; micro: [(loss (), chosen_rewards (B,), rejected_rewards (B,))]."""
+    micro-batches; micro: [(loss (), chosen_rewards (B,), rejected_rewards (B,))]. A tie counts half in the
+    accuracy (0.5 at the first step, where policy and reference agree), as in every stage's accuracy."""
     keys = ("loss/train", "rewards/chosen", "rewards/rejected", "rewards/accuracy", "rewards/margin")
-    values = [(loss, c.mean(), r.mean(), (c > r).float().mean(), (c - r).mean()) for loss, c, r in micro]
+    values = [(loss, c.mean(), r.mean(), ((c > r).float() + 0.5 * (c == r).float()).mean(), (c - r).mean())
+              for loss, c, r in micro]
     return {k: sum(v[i].item() / len(micro) for v in values) for i, k in enumerate(keys)}
 
 

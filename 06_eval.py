@@ -27,7 +27,8 @@ verdict computed from that interval: reproduced, not reproduced (it includes zer
 Where the policies include MPO trained on several splits of 03 (run.sh --sweep-threshold), the report adds
 the threshold sweep: per split, its threshold, the easy set's size, each set's label noise, and the gold
 score, RM score and KL of DPO on its easy set and of MPO, as a table and threshold_sweep.png (per run, and
-over runs with --combine). Which policy is which is read from the stage.json files, not from names.
+over runs with --combine). Which policy is which is read from the stage.json files: the claims find
+policies by the names run.sh gives them and leave out any whose stage.json says it is something else.
 
 Deviations and choices of ours:
   1. The gold judge of the built-in task plays GPT-4's part, and only for the built-in task's rows (each
@@ -290,6 +291,34 @@ def sweep_role(pdir):
     return None
 
 
+def policy_role(pdir):
+    """What a policy is by its stage.json, for the paper's claims (which --combine finds by directory name
+    and checks against this): 'sft'; 'dpo' or 'dpo_all', offline DPO on 03's easy set or on every pair;
+    'mpo', PPO on the hard prompts from and towards DPO on the easy set; 'mpo_sftref', the same with the SFT
+    reference; 'ppo', PPO on all prompts from and towards SFT; 'ipo_online', 'ipo_md', 'nash_md_pg'; else
+    None."""
+    st = stage_of(pdir)
+    a, stage = st.get("args", {}), st.get("stage")
+    if stage == "01_sft":
+        return "sft"
+    if stage == "04_dpo" and a.get("online"):
+        if a.get("loss") == "ipo":
+            return "ipo_md" if a.get("mixture_beta", 0) > 0 else "ipo_online"
+        return "nash_md_pg" if a.get("loss") == "nash-md-pg" else None
+    if stage == "04_dpo" and a.get("loss") == "dpo":
+        return {"easy": "dpo", "all": "dpo_all"}.get(st.get("data", {}).get("split"))
+    if stage == "05_ppo":
+        init, ref = (recorded_dir(st.get(k), pdir, "stage.json") for k in ("policy_init", "ref"))
+        roles = (init and policy_role(init), ref and policy_role(ref))
+        if st.get("prompts") == "hard" and roles == ("dpo", "dpo") and init == ref:
+            return "mpo"
+        if st.get("prompts") == "hard" and roles == ("dpo", "sft"):
+            return "mpo_sftref"
+        if st.get("prompts") == "all" and roles == ("sft", "sft") and init == ref:
+            return "ppo"
+    return None
+
+
 def threshold_sweep(results, rm_dir):
     """The threshold sweep (run.sh --sweep-threshold): one row per 03_split directory, made with this reward
     model, behind the evaluated policies, ascending threshold, with the split's numbers (its stats.json) and
@@ -469,7 +498,7 @@ def main(args):
             values["gold"] = [judge.gold_score(r, t) for r, t in zip(rows, texts)]
             values["refusal"] = [float(judge.is_refusal(t)) for t in texts]
         baseline_values = baseline_values or values                  # the first policy is the baseline
-        results[name] = {"dir": str(pdir), "budget": budget_of(pdir), "time_s": time.time() - t0,
+        results[name] = {"dir": str(pdir), "role": policy_role(pdir), "budget": budget_of(pdir), "time_s": time.time() - t0,
                          **policy_summary(values, baseline_values, test_rows, requests, k, args.bootstrap, args.seed)}
         tokens += sum(map(len, responses))
         bar.set_postfix(rm=f"{results[name]['rm']['mean']:.3f}", kl=f"{results[name]['kl']['mean']:.3f}")
@@ -652,7 +681,7 @@ def draw_sweep(points, path, lo, hi):
 # --- several seeds (--combine) --------------------------------------------------------------------
 
 # (policy, baseline, the papers' claim, "beats" or "at least": whether a tie satisfies it), compared wherever
-# both policies are in every run
+# both policies are in every run: found by run.sh's names, each checked against its policy_role
 CLAIMS = [("05_ppo", "04_dpo_all", "MPO beats vanilla DPO", "beats"),
           ("05_ppo", "05_ppo_vanilla", "MPO beats vanilla PPO", "beats"),
           ("04_dpo", "04_dpo_all", "DPO on the easy set beats DPO on all pairs", "beats"),
@@ -660,6 +689,9 @@ CLAIMS = [("05_ppo", "04_dpo_all", "MPO beats vanilla DPO", "beats"),
           # Calandriello et al. (2024): IPO-MD and online IPO at least as good as Nash-MD-PG
           ("04_ipo_md", "04_nash_md_pg", "IPO-MD at least as good as Nash-MD-PG", "at least"),
           ("04_ipo_online", "04_nash_md_pg", "online IPO at least as good as Nash-MD-PG", "at least")]
+ROLE_OF_NAME = {"01_sft": "sft", "04_dpo": "dpo", "04_dpo_all": "dpo_all", "05_ppo": "mpo",
+                "05_ppo_sftref": "mpo_sftref", "05_ppo_vanilla": "ppo", "04_ipo_online": "ipo_online",
+                "04_ipo_md": "ipo_md", "04_nash_md_pg": "nash_md_pg"}
 VERDICT_RULE = ("Verdict, from the 95% interval of policy - baseline: reproduced if it lies above zero, contradicted "
                 "if below, else not reproduced (an 'at least as good' claim: not contradicted); no interval and no "
                 f"verdict from fewer than {MIN_REQUESTS} requests in a run. The interval resamples the runs and, within "
@@ -717,6 +749,11 @@ def combine(args):
     # 2. the paper's claims as paired differences on the same prompts, within each seed's run
     primary, claims = "gold" if "gold" in dict(metrics) else "rm", []
     for a, b, claim, kind in [c for c in CLAIMS if c[0] in names and c[1] in names]:
+        wrong = [f"in {r['dir']}, {n} is {r['results'][n]['role'] or 'another kind'}, not {ROLE_OF_NAME[n]}"
+                 for r in runs for n in (a, b) if r["results"][n].get("role", ROLE_OF_NAME[n]) != ROLE_OF_NAME[n]]
+        if wrong:   # a directory named as run.sh names it, trained otherwise (its stage.json says)
+            print(f"06_eval: note: '{claim}' left out: by its stage.json, {'; '.join(wrong)}")
+            continue
         for metric in dict.fromkeys([primary, "rm"]):
             groups = [paired_differences(r["samples"][a], r["samples"][b], metric, r["k"], r["dir"]) for r in runs]
             per_seed = [mean(sum(g, [])) for g in groups]

@@ -113,3 +113,37 @@ def test_requests_of_rows_without_one_and_runs_of_two_versions(tmp_path):
     ev.json.dump(res, open(tmp_path / "a/results.json", "w"))
     run_stage("06_eval.py", "--combine", "a", "b", "--out", "both", "--bootstrap", 100, cwd=tmp_path)
     assert "gold_harmful" not in ev.json.load(open(tmp_path / "both/results.json"))["policies"]["05_ppo"]
+
+
+def test_claims_check_each_policy_is_what_its_name_says(tmp_path, capsys):
+    """The claims find policies by run.sh's names; a directory of that name trained otherwise (its
+    stage.json) is not compared as if it were, and policy_role reads what each is."""
+    ev = load_script("06_eval")
+    def stage(name, **st):
+        (tmp_path / name).mkdir()
+        json.dump(st, open(tmp_path / name / "stage.json", "w"))
+        return str(tmp_path / name)
+    sft = stage("01_sft", stage="01_sft")
+    easy = stage("04_dpo", stage="04_dpo", args={"loss": "dpo"}, data={"split": "easy"})
+    stage("04_dpo_all", stage="04_dpo", args={"loss": "dpo"}, data={"split": "all"})
+    stage("04_ipo", stage="04_dpo", args={"loss": "ipo"}, data={"split": "easy"})
+    stage("04_ipo_md", stage="04_dpo", args={"online": True, "loss": "ipo", "mixture_beta": 0.125})
+    stage("05_ppo", stage="05_ppo", prompts="hard", policy_init=easy, ref=easy)
+    stage("05_ppo_sftref", stage="05_ppo", prompts="hard", policy_init=easy, ref=sft)
+    stage("05_ppo_vanilla", stage="05_ppo", prompts="all", policy_init=sft, ref=sft)
+    stage("05_ppo_odd", stage="05_ppo", prompts="all", policy_init=easy, ref=easy)
+    roles = {d.name: ev.policy_role(d) for d in tmp_path.iterdir()}
+    assert roles == {"01_sft": "sft", "04_dpo": "dpo", "04_dpo_all": "dpo_all", "04_ipo": None, "04_ipo_md": "ipo_md",
+                     "05_ppo": "mpo", "05_ppo_sftref": "mpo_sftref", "05_ppo_vanilla": "ppo", "05_ppo_odd": None}
+    # --combine: run b's "04_dpo_all" is offline IPO: the two claims against it are left out, the others stay
+    for run, seed in (("a", 0), ("b", 1)):
+        names = ("01_sft", "04_dpo", "04_dpo_all", "05_ppo")
+        fake_eval(tmp_path / run, seed, {n: [0, 1] for n in names}, {n: [0.0, 1.0] for n in names}, ["x", "y"])
+        res = json.load(open(tmp_path / run / "results.json"))
+        for n in names:
+            res["results"][n]["role"] = {"04_dpo_all": None if run == "b" else "dpo_all"}.get(n, ev.ROLE_OF_NAME[n])
+        json.dump(res, open(tmp_path / run / "results.json", "w"))
+    proc = run_stage("06_eval.py", "--combine", "a", "b", "--out", "both", "--bootstrap", 100, cwd=tmp_path)
+    assert ("'MPO beats vanilla DPO' left out: by its stage.json, in b, 04_dpo_all is another kind, not dpo_all"
+            in proc.stdout)
+    assert json.load(open(tmp_path / "both/results.json"))["claims"] == []

@@ -415,3 +415,13 @@ def test_bootstrap_over_runs_and_std():
     assert lo < 0.5 and hi == pytest.approx(1.0)
     assert ev.std([1, 2, 3, 4]) == pytest.approx(1.2909944)
     assert ev.std([5.0]) == 0.0
+
+
+def test_every_accuracy_counts_a_tie_half():
+    """02's, 03's and 04's accuracies agree on ties: DPO's first step (policy = reference) reads 0.5, not 0."""
+    _, acc, _ = rwd.bradley_terry_loss(torch.tensor([1.0, 2.0, 0.0]), torch.tensor([0.0, 2.0, 1.0]))
+    assert acc.item() == pytest.approx(0.5)                                # right, tie, wrong
+    zeros = torch.zeros(4)
+    assert dpo.preference_metrics([(torch.tensor(0.7), zeros, zeros)])["rewards/accuracy"] == 0.5
+    rows = [{"chosen": "a", "rejected": "b"}] * 3
+    assert split.bucket_table(rows, [0.0, 0.5, -0.5], [0, 1])[0]["rm_accuracy"] == pytest.approx(0.5)

@@ -46,6 +46,11 @@ def test_run_sh_runs_every_stage_and_reports(pipeline):
             assert res[key]["lo"] <= res[key]["mean"] <= res[key]["hi"], (name, key)
         assert res["budget"] in report
     assert "ends with EOS" in report and "Gold score per prompt family" in report
+    # what each policy is, read from its stage.json: the claims of --combine check it against the name
+    assert {n: res["role"] for n, res in results.items()} == {
+        "01_sft": "sft", "04_dpo": "dpo", "04_dpo_all": "dpo_all", "04_dpo_hard": None, "05_ppo": "mpo",
+        "05_ppo_vanilla": "ppo", "05_ppo_sftref": "mpo_sftref", "04_ipo": None, "04_ipo_online": "ipo_online",
+        "04_ipo_md": "ipo_md", "04_nash_md_pg": "nash_md_pg"}
     # run.sh --compare's rule: every offline DPO variant sees the same number of pairs, every online one the same
     # prompts and samples, every PPO variant the same rollouts; MPO's row shows the DPO stage it started from
     budget = {n: results[n]["budget"].split(",")[0] for n in results}
