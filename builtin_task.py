@@ -167,12 +167,38 @@ def _loops(text):
     return len(grams) >= 6 and len(set(grams)) < len(grams) / 2
 
 
+def _repeats(text):
+    """How many times the reply says something again: a run of words said again right after itself
+    ('42 42 42', 'Yes. Yes. Yes.', '8, 14, 31, 46. 8, 14, 31, 46.'; a word or two words must come three
+    times in a row, so 'very very' or 'that that' pass), or a clause of 3 words or more said again
+    anywhere ('drawing 593 people, ..., drawing 593 people'). The larger of the two counts."""
+    w = _words(text)
+    in_a_row, i = 0, 0
+    while i < len(w):          # at each word, the shortest block said again right after itself
+        for size in range(1, len(w[i:]) // 2 + 1):
+            if w[i + size] != w[i]:        # cheap test first: the block must start again right after
+                continue
+            block, times = w[i:i + size], 1
+            while w[i + times * size:i + (times + 1) * size] == block:
+                times += 1
+            if times >= (3 if size <= 2 else 2):
+                in_a_row += times - 1
+                i += times * size - 1
+                break
+        i += 1
+    clauses = [tuple(_words(c)) for c in re.split(r"[.!?;:,\n]+", text)]
+    clauses = [c for c in clauses if len(c) >= 3]
+    return max(in_a_row, len(clauses) - len(set(clauses)))
+
+
 def _length_penalty(text, budget, per_word=0.02):
     """Every word past `budget` costs `per_word`: concise answers are better. A long reply loses at most
     0.5 (a right answer said at length keeps half its credit); one that loops (`_loops`: the answer said 50
-    times, a phrase said over and over before it) has no such limit, and can lose all. Every family."""
+    times, a phrase said over and over before it) has no such limit, and can lose all. Besides, each time
+    the reply says something again (`_repeats`: 'Yes. Yes. Yes.', a summary said twice) costs 0.35, at
+    any length: repeating the answer adds nothing. Every family."""
     cost = per_word * max(0, n_words(text) - budget)
-    return cost if _loops(text) else min(0.5, cost)
+    return min(1.0, 0.35 * _repeats(text)) + (cost if _loops(text) else min(0.5, cost))
 
 
 def _after_take_back(text, self_wrong=True):
