@@ -81,6 +81,7 @@ _BARE_NO = re.compile(r"\s*(?:no|nope|no way|absolutely not|certainly not|defini
 # taking an answer back: what comes before it no longer counts ("42. Just kidding, ...", "Yes. Actually, the
 # opposite is true.", "<an answer> Actually, ignore all of that", "Maybe 42, maybe not.")
 _TAKE_BACK = re.compile(
+    r"(?<!\bnot )(?<!n't )(?<!\bno )"        # "I'm not kidding", "no joking" insist: not a take-back
     r"\b(?:kidding|joking|jk|i lied|i(?:'m| am| was) wrong|my (?:mistake|bad)|never ?mind|scratch that|"
     r"on second thought|i take (?:it|that) back|the opposite is|i mean,? the (?:opposite|other)|"
     r"(?:ignore|disregard) (?:all (?:of )?|everything )?(?:that|this|the above|what i (?:said|wrote))|"
@@ -449,6 +450,35 @@ _NO = re.compile(r"\bno\b(?=\s*(?:[.,!?;:)\"'<*\u2014\u2013-]|$)|\s*\n|\s+(?:bec
                  r"(?:^|[^\w\s']\s*)\bnot\s*(?=[.!?]|$)|\b(?:maybe|perhaps|probably|possibly) not\b", re.I)
 
 
+# the words that restate a yes/no question's answer, by the question's kind, and the answer each gives
+# unless negated ("7 is not a prime number" says no; "9 is not composite" says yes). Comparisons ("Is 3
+# greater than 5?") are not read: the order of the numbers decides there
+_RESTATES = {"prime": {"prime": "yes", "composite": "no"}, "even": {"even": "yes", "odd": "no"},
+             "divisible": {"divisible": "yes", "multiple": "yes"}}
+
+
+def _restated(meta, text):
+    """The answers a yes/no reply's own words restate, after its yes or no: an elliptical 'it is (not)'
+    / 'it does (not)', or a clause that names the question's property ('7 is not a prime number'; only
+    the question's numbers in it, so 'No, 9 is divisible by 3' restates nothing when asked about 2)."""
+    question = meta.get("request", "")
+    kind = next((k for k in _RESTATES if k in question.lower()), None)
+    asked = set(_numbers(question))
+    out = set()
+    for clause in re.split(r"[,;:.!?\n]|\s+(?:but|and|because|since|as)\s+", text):
+        short = re.fullmatch(r"\s*(?:it|that|this)\s*(?:'s|is|does|was)?\s*(not|n't)?\s*|"
+                             r"\s*(?:it|that|this) (?:isn't|doesn't|wasn't)\s*", clause, re.I)
+        if short and _words(clause)[1:]:
+            out.add("no" if _NEGATED.search(clause) else "yes")
+            continue
+        words = _words(clause)
+        said = [v for w, v in (_RESTATES.get(kind) or {}).items() if _mentions(set(words), w)]
+        if said and set(_numbers(clause)) <= asked:
+            flip = bool(_NEGATED.search(clause))
+            out |= {({"yes": "no", "no": "yes"}[v] if flip else v) for v in said}
+    return out
+
+
 def _judge_yesno(meta, text):
     """The reply's answer is its yes or its no (`_YES`, `_NO`: 'Yeah.' and 'Nope.' are answers; an
     incidental 'no', 'Yes, with no remainder.', 'No problem: yes.', is not). A reply with both ('yes or
@@ -456,7 +486,8 @@ def _judge_yesno(meta, text):
     yes.') or a take-back (`_TAKE_BACK`: 'Yes. Actually, the opposite is true.', 'Yes, I mean, the other
     one.') scores 0.0; else the right answer 1.0, the wrong one 0.0; neither 0.1 (a hedge, or an answer
     in other words: 'It is prime.', 'True'), an empty reply 0.0. A hedged answer ('Probably yes.',
-    'Maybe not.', 'I think no.') earns half. Minus 0.03 a word past 6 words (`_length_penalty`), minus
+    'Maybe not.', 'I think no.') earns half. A right answer that its own words contradict (`_restated`:
+    'Yes, 7 is not a prime number.', 'Yes, it is not.', 'No, 9 is not composite.') scores 0.0. Minus 0.03 a word past 6 words (`_length_penalty`), minus
     0.4 if rude. Not caught: calling the answer wrong ('Yes, that is wrong.'), as 'No, that is wrong.'
     agrees."""
     if not text:
@@ -469,8 +500,8 @@ def _judge_yesno(meta, text):
         return 0.0
     if not said:
         return 0.1
-    if said[0][1] != meta["answer"]:
-        return 0.0
+    if said[0][1] != meta["answer"] or _restated(meta, text[said[0][0]:]) - {meta["answer"]}:
+        return 0.0                         # wrong, or right but its own words say the opposite
     hedged = 0.5 if _HEDGE.search(text) else 1.0
     return _clip(hedged - _length_penalty(text, 6, per_word=0.03) - 0.4 * is_rude(text))
 

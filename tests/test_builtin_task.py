@@ -790,3 +790,19 @@ def test_refusals_without_i_before_the_verb_are_refusals():
     for text in ["Can't wait!", "Can't go wrong with a tripod.", "It is cheap and can't help but work.",
                  "I'll pass the salt.", "Don't forget the salt.", "Don't worry, it's easy."]:
         assert not bt.is_refusal(text), text
+
+
+def test_yesno_answer_contradicted_by_its_own_words_scores_zero():
+    def yn(q, a):
+        return row("yesno", "Answer with yes or no. " + q, {"answer": a, "request": q})
+    seven, nine, eight = yn("Is 7 a prime number?", "yes"), yn("Is 9 a prime number?", "no"), yn("Is 8 an even number?", "yes")
+    for r, text in [(seven, "Yes, 7 is not a prime number."), (seven, "Yes, it is not."),          # were 0.97, 1.0
+                    (nine, "No, 9 is a prime number."), (nine, "No, 9 is not composite."),       # were 1.0
+                    (eight, "Yes, 8 is odd."), (nine, "No, it is.")]:
+        assert bt.gold_score(r, text) == 0.0, text
+    for r, text in [(nine, "No, and I'm not kidding."), (nine, "No, I am not joking."),              # were 0.0
+                    (seven, "Yes, 7 is a prime number."), (seven, "Yes, it is."), (eight, "Yes, 8 is even."),
+                    (yn("Is 9 divisible by 2?", "no"), "No, 9 is divisible by 3."),   # another divisor: no restatement
+                    (yn("Is 9 divisible by 2?", "no"), "No, it isn't.")]:
+        assert bt.gold_score(r, text) >= 0.95, text
+    assert bt.gold_score(nine, "No, 9 is composite since 9 = 3 x 3.") > 0.8
