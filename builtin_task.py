@@ -281,7 +281,9 @@ def _judge_arithmetic(meta, text):
     correct.', '42. No, ...', 'Maybe 42, maybe not.', `_after_take_back`) is judged by what follows; a
     number negated anywhere ('not 42', "it isn't 42", '42 is not the answer') is no answer anywhere. A
     reply that shows working (an operation between two numbers before its last '=' or 'is') answers
-    with the numbers after that last '=' or 'is' ('12 * 34 = 360 + 48 = 408'). 1.0 if the answer is the
+    with the numbers after that last '=' or 'is' ('12 * 34 = 360 + 48 = 408') and any said before the
+    working ('I think it is 43. 2 x 21 is 42.' is a hedge). A number denied ('not 42', 'never 42', 'does
+    not equal 42', '≠ 42', '42 would be wrong', '42 is a wrong answer') is no answer anywhere. 1.0 if the answer is the
     only one; 0.5 / k if it is one of k different answers (a hedge such as '41 or 42 or 43' scores 0.17,
     below a guess); 0.0 if wrong or missing (0.05 for a refusal). Minus 0.02 a word (not counting
     symbols) past 12 words (`_length_penalty`), minus 0.4 if rude. Too strict: other numbers after the
@@ -297,12 +299,17 @@ def _judge_arithmetic(meta, text):
     if op == "-":
         rest = re.sub(rf"(?<![\d.]){re.escape(b)}\s+from\s+{re.escape(a)}(?![\d.])", " ", rest, flags=re.I)
     num = _NUMBER.pattern
-    negated = rf"(?:\bnot|n't)\s+(?:equal\s+to\s+|be\s+)?(?:{num})|(?:{num})\s+(?:is|was)\s*(?:not\b|n't)"
+    # a number denied: 'not 42', 'never 42', 'does not equal 42', '\neq 42', '≠ 42', '42 isn't', '42 would
+    # be wrong', '42 is a wrong answer'
+    negated = (rf"(?:\bnot|\bnever|n't)\s+(?:equals?\s+(?:to\s+)?|be\s+)?(?:{num})|(?:\\neq|\u2260|!=)\s*(?:{num})|"
+               rf"(?:{num})\s+(?:is|was|would be|'s)\s*(?:not\b|n't|(?:an?\s+)?(?:wrong|incorrect|false)\b)")
     denied = {x for m in re.finditer(negated, rest, re.I) for x in _numbers(m.group())}
     rest = re.sub(negated, " ", rest, flags=re.I)
     cuts = list(re.finditer(r"=|\bis\b|\bequals\b", rest, re.I))
-    if cuts and re.search(r"\d\s*[-+*/x\u00d7]\s*\d", rest[:cuts[-1].start()]):   # working shown
-        rest = rest[cuts[-1].end():] if _numbers(rest[cuts[-1].end():]) else rest
+    working = cuts and re.search(r"(?<![\d.,])(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?\s*[-+*/x\u00d7]\s*\d",
+                                 rest[:cuts[-1].start()])
+    if working and _numbers(rest[cuts[-1].end():]):   # working shown: its steps are not answers, what is before it is
+        rest = rest[:working.start()] + " " + rest[cuts[-1].end():]
     ans = float(meta["answer"])
     answers = set(_numbers(rest)) - denied
     if answers == {ans}:

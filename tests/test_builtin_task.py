@@ -806,3 +806,15 @@ def test_yesno_answer_contradicted_by_its_own_words_scores_zero():
                     (yn("Is 9 divisible by 2?", "no"), "No, it isn't.")]:
         assert bt.gold_score(r, text) >= 0.95, text
     assert bt.gold_score(nine, "No, 9 is composite since 9 = 3 x 3.") > 0.8
+
+
+def test_arithmetic_denied_answers_and_guesses_before_the_working():
+    r = row("arithmetic", "What is 12 + 30?", {"answer": 42, "expr": "12 + 30"})
+    for text in ["12 + 30 does not equal 42", "No, 12 + 30 doesn't equal 42.", "$12 + 30 \\neq 42$",
+                 "12 + 30 \u2260 42", "42 would be wrong.", "42 is a wrong answer.", "Never 42"]:    # were 1.0
+        assert bt.gold_score(r, text) == 0.0, text
+    for text in ["I think it is 43. 2 x 21 is 42.", "It could be 41, 43 or 44. But 40 + 2 is 42.",
+                 "41, 43, 44, 45, 46, 47, 40 + 2 = 42"]:                                        # were 1.0
+        assert bt.gold_score(r, text) <= 0.25, text
+    for text in ["12 + 30 = 42", "The answer is 42, not 41.", "2 x 21 is 42.", "10 + 2 + 30 = 42"]:
+        assert bt.gold_score(r, text) == 1.0, text
