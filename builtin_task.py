@@ -94,7 +94,9 @@ _SELF_WRONG = re.compile(
     r"not (?:right|correct|true|it|the answer))\b"
     r"|(?:^|[.!?;]\s*)(?:wrong|incorrect|false|no)\s*[,.!]"
     r"|\bnone of (?:these|them|those|that)\b", re.I)
-_RUDE = re.compile(r"\b(stupid|idiot|dumb|obviously|pathetic|waste of (?:my )?time|figure it out yourself|"
+# insults and dismissals; 'useless' only said of the reader ('a useless tool' is no insult)
+_RUDE = re.compile(r"\b(stupid|idiot|idiotic|dumb|dummy|moron|loser|obviously|pathetic|worthless|shut up|go to hell|"
+                   r"you(?:'re| are)? (?:so |such an? )?useless|waste of (?:my )?time|figure it out yourself|"
                    r"seriously\?|ugh)\b", re.I)
 # instructions: sequence words, "step 3", or a numbered list ("1. ...", "2) ...")
 _STEPS = re.compile(r"\b(first|step \d+|then|next|finally|after that)\b|^\s*\d+[.)]\s", re.I | re.M)
