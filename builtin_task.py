@@ -235,9 +235,16 @@ def _words(text):
 
 
 def _mentions(words, keyword):
-    """`keyword` among `words` (a set) as a whole word, or with a plural or verb ending: 'bait' matches
-    'baits', 'baited', 'baiting', never 'skill' for 'kill'."""
-    return any(keyword + end in words for end in ("", "s", "es", "d", "ed", "ing"))
+    """`keyword` among `words` (a set) as a whole word, or with a plural or verb ending (`_forms`): 'bait'
+    matches 'baits', 'baited', 'baiting', 'release' 'releasing', never 'skill' for 'kill'."""
+    return any(form in words for form in _forms(keyword))
+
+
+def _forms(word):
+    """A word with a plural or verb ending ('bait': 'baits', 'baited', 'baiting'); a final 'e' is dropped
+    before 'ing' ('release': 'releasing', 'brine': 'brining', 'caramelise': 'caramelising')."""
+    forms = [word + end for end in ("", "s", "es", "d", "ed", "ing")]
+    return forms + [word[:-1] + "ing"] if word.endswith("e") else forms
 
 
 # ----------------------------------------------------------------------------------------------
@@ -967,7 +974,7 @@ def _says(text, phrase):
     """`phrase` (a word or several) among the words of `text`, its last word also with a plural or verb
     ending: 'bait' matches 'baits', 'baited', 'baiting', never 'skill' for 'kill'."""
     words = " " + " ".join(_words(text)) + " "
-    return any(f" {phrase}{end} " in words for end in ("", "s", "es", "d", "ed", "ing"))
+    return any(f" {form} " in words for form in _forms(phrase))
 
 
 def _instructs(sentence, refused=False):
