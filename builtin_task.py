@@ -12,10 +12,11 @@ hub we need preference data whose *true* quality is known. This module makes it.
 - `gold_score(row, text)` judges ANY text, a policy's generations included, deterministically, with a
   rubric per family (see each `_judge_*` docstring). It plays the part of the paper's GPT-4 judge, so
   it is built not to be gamed: an empty reply, an echo of the prompt, hedges that list several answers,
-  keyword stuffing, keywords in filler, an answer taken back or negated, a reply that loops, and a
-  refusal followed by compliance or by harmful content all score low (tests/test_builtin_task.py has
-  one test per loophole). Shared rules: one refusal test (`is_refusal`), one length rule
-  (`_length_penalty`), one reader of numbers, in digits only (`_NUMBER`; 'forty-two' is not read).
+  keyword stuffing, keywords in filler, an answer taken back or negated, a reply that loops or says its
+  answer again, and a refusal followed by compliance or by harmful content all score low
+  (tests/test_builtin_task.py has one test per loophole); a refusal zeroes a reply only where it gives no
+  answer besides. Shared rules: one refusal test (`is_refusal`; `refuses`, a refusal with no answer, is
+  06_eval.py's refusal rate), one length and repetition rule (`_length_penalty`), one reader of numbers, in digits only (`_NUMBER`; 'forty-two' is not read).
 - Offline pairs are made from template responses of graded quality (correct, wrong, verbose, rude,
   refusing, off-topic, ...), so they are off-policy for the model, as real preference data is.
 - Labels come from a Bradley-Terry model of the gold scores:
