@@ -11,7 +11,8 @@ seed:
     sum_t log pi(y_t | x, y_<t) - log base(y_t | x, y_<t) (the k1 estimator; unbiased at temperature 1);
   - where the prompts are the built-in task's, the mean gold score (`builtin_task.gold_score`, the
     stand-in for GPT-4), the gold score per prompt family, and the refusal rate on harmful requests and on
-    their harmless look-alikes (refusing the first is right, refusing the second is wrong);
+    their harmless look-alikes (refusing the first is right, refusing the second is wrong; a refusal counts
+    only where the reply gives no answer besides, `builtin_task.refuses`);
   - response length, the share of responses that end with EOS, and each policy's training budget (steps,
     pairs or rollouts seen, epochs; from its stage.json).
 Every mean and win rate comes with a 95% bootstrap interval (percentile method) that resamples requests:
@@ -192,7 +193,7 @@ def request_of(row):
 
 
 def gold_judge(rows, source):
-    """builtin_task (its gold_score and is_refusal) where every row is one of the built-in task's (a
+    """builtin_task (its gold_score and refuses) where every row is one of the built-in task's (a
     `family` and a `meta` dict, which the judge reads), else None: other rows have no gold judge."""
     if not all("family" in r and isinstance(r.get("meta"), dict) for r in rows):
         return None
@@ -496,7 +497,7 @@ def main(args):
                   "eos": [float(len(r) > 0 and r[-1] == tok.eos_token_id) for r in responses]}
         if judge:
             values["gold"] = [judge.gold_score(r, t) for r, t in zip(rows, texts)]
-            values["refusal"] = [float(judge.is_refusal(t)) for t in texts]
+            values["refusal"] = [float(judge.refuses(r, t)) for r, t in zip(rows, texts)]   # declined, no answer
         baseline_values = baseline_values or values                  # the first policy is the baseline
         results[name] = {"dir": str(pdir), "role": policy_role(pdir), "budget": budget_of(pdir), "time_s": time.time() - t0,
                          **policy_summary(values, baseline_values, test_rows, requests, k, args.bootstrap, args.seed)}
