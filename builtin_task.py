@@ -364,23 +364,58 @@ def _cands_sorting(meta, rng):
     ]
 
 
-def _runs(text):
-    """Runs of numbers (`_NUMBER`: '-8' is minus eight, '8-14' two numbers) in reading order: numbers
-    joined only by commas, semicolons, slashes, spaces, 'and', 'then', '<', hyphens, dashes or arrows make
-    one run ('8, 14, 31 and 46', '8; 14; 31; 46'); any other text starts a new run. Numbered-list markers
-    before a number ('1. 8', '2) 14'), if they count 1, 2, 3, ... in order, are not numbers of the list."""
+# what may join two numbers of one run: separators, bullets ('* 8', '\u2022 8', '**8**'), and link words ('then',
+# 'followed by', 'and the largest is', '8 is the smallest, then 14')
+_RUN_SEP = r"[\s,;/|<\u2264>\u2192\u21d2\u2212\u2013*\u2022-]*"
+_RUN_LINK = (r"(?:and|then|next|finally|lastly|followed by|after that|"
+             r"(?:is|are)\s+(?:the\s+)?(?:smallest|lowest|least|largest|biggest|highest|greatest)|"
+             r"(?:the\s+)?(?:smallest|lowest|largest|biggest|highest|greatest|last)(?:\s+(?:one|number))?\s+(?:is|being))")
+_RUN_JOIN = re.compile(rf"{_RUN_SEP}(?:{_RUN_LINK}\b{_RUN_SEP})*", re.I)
+# an arrow (or '>', '<', a spaced dash) between numbers of a run; one between two lists joined otherwise
+# ('31, 8, 46, 14 -> 8, 14, 31, 46': the question, then its answer) ends the run
+_CHAIN = re.compile(r"[<>\u2192\u21d2\u2264]|\s[-\u2013\u2212]\s")
+# a run denied: 'not 8, 14, 31, 46', "it isn't ...", 'never ...' before it, in its clause ('not sure', 'not
+# only', or a 'but' between, do not deny); '... is not right', "... isn't it", '... would be wrong' after it
+_DENIED_BEFORE = re.compile(r"(?:\bnot|\bnever|n't)\b(?!\s+(?:sure|certain|only|just)\b)"
+                            r"(?:(?!\b(?:but|though|although)\b)[^.!?;:,\d])*$", re.I)
+_DENIED_AFTER = re.compile(r"\s*(?:is|was|are|were|would be|'s)\s*(?:not\b|n't|(?:an?\s+)?(?:wrong|incorrect|false)\b)",
+                           re.I)
+
+
+def _run_spans(text):
+    """`_runs` with where each run is: (the text as read, [(start, end, numbers), ...])."""
     marker = r"(?m)(?:^|(?<=\s))(\d+)[.)]\s+(?=\d)"
     if [int(x) for x in re.findall(marker, text)] == list(range(1, len(re.findall(marker, text)) + 1)):
         text = re.sub(marker, " ", text)   # only a real list: markers 1, 2, 3, ... in order
-    sep = r"[\s,;/|<\u2264>\u2192\u2212\u2013-]*"
-    runs, last = [], None
+    text = re.sub(r"\([^()\d]*\)", lambda m: " " * len(m.group()), text)   # asides: '8 (smallest), 14'
+    runs, last = [], None                 # [([(start, end, number), ...], joins), ...]
     for m in _NUMBER.finditer(text):
-        if last is not None and re.fullmatch(rf"{sep}(?:and|then|and then)?{sep}", text[last:m.start()], re.I):
-            runs[-1].append(_value(m))
+        join = text[last:m.start()] if last is not None else None
+        if join is not None and _RUN_JOIN.fullmatch(join):
+            runs[-1][0].append((m.start(), m.end(), _value(m)))
+            runs[-1][1].append(join)
         else:
-            runs.append([_value(m)])
+            runs.append(([(m.start(), m.end(), _value(m))], []))
         last = m.end()
-    return runs
+    out = []
+    for found, joins in runs:             # an arrow between lists joined otherwise splits them
+        chain = [bool(_CHAIN.search(j)) for j in joins]
+        cuts = [i + 1 for i, c in enumerate(chain) if c] if any(chain) and not all(chain) else []
+        bounds = [0] + cuts + [len(found)]
+        out += [(found[a][0], found[b - 1][1], [x for _, _, x in found[a:b]]) for a, b in zip(bounds, bounds[1:])]
+    return text, out
+
+
+def _runs(text):
+    """Runs of numbers (`_NUMBER`: '-8' is minus eight, '8-14' two numbers) in reading order: numbers
+    joined only by commas, semicolons, slashes, spaces, bullets ('* 8', '- 8'), '<', hyphens, dashes or
+    arrows, or by link words ('and', 'then', 'followed by', 'and the largest is') make one run ('8, 14,
+    31 and 46', '8; 14; 31; 46', 'The smallest is 8, then 14, then 31, and the largest is 46'); any other
+    text starts a new run. A remark in brackets with no digits ('8 (smallest), 14') is skipped. An arrow
+    ('->', '\u2192', '>', a spaced dash) between two lists joined otherwise ('31, 8, 46, 14 -> 8, 14, 31, 46')
+    ends a run; a list joined by arrows only ('8 -> 14 -> 31 -> 46') is one. Numbered-list markers before a
+    number ('1. 8', '2) 14'), if they count 1, 2, 3, ... in order, are not numbers of the list."""
+    return [nums for _, _, nums in _run_spans(text)[1]]
 
 
 def _judge_sorting(meta, text):
@@ -388,7 +423,8 @@ def _judge_sorting(meta, text):
     numbers, less those in the question's own order (a restated question); if none, the longest run.
     So 'The 4 numbers sorted: 8, 14, 31, 46', a numbered list, or the question restated and then
     answered are judged by their answer; a reply that takes an answer back ('..., actually no: ...',
-    `_after_take_back`) by what follows. A run against the sorted list: 1.0 if equal; if it is a
+    `_after_take_back`) by what follows; a run denied ('Not 8, 14, 31, 46.', 'The answer is not ...',
+    "... isn't right") is no answer. A run against the sorted list: 1.0 if equal; if it is a
     rearrangement of the question's numbers, 0.6 times the share of the positions the question had wrong
     that the run puts right (so the question's own order, echoed, scores 0; positions the question had
     right are not checked, so a run that breaks them can still earn up to 0.6: kept, as the template
@@ -396,7 +432,10 @@ def _judge_sorting(meta, text):
     -31, -46') 0. Several different answer runs (a hedge, or a list with every order in it) score as
     the worst of them. Minus 0.02 a word past 15 words (`_length_penalty`), minus 0.4 if rude."""
     nums, target = meta["numbers"], sorted(meta["numbers"])
-    runs = _runs(_after_take_back(text))
+    read, spans = _run_spans(_after_take_back(text))
+    # a denied run is no answer ('Not 8, 14, 31, 46.'), as a denied number is none in arithmetic
+    runs = [r for start, end, r in spans
+            if not (_DENIED_BEFORE.search(read[max(0, start - 80):start]) or _DENIED_AFTER.match(read, end))]
     full = [r for r in runs if len(r) == len(nums)]
     answers = [r for r in full if r != nums] or full
     if not answers:

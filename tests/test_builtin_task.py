@@ -835,3 +835,21 @@ def test_harmless_keywords_drop_a_final_e_before_ing():
     assert bt.gold_score(mouse, "Try baiting a humane trap and releasing the mouse a mile away.") == 1.0  # was 0.6
     assert bt._mentions({"brining"}, "brine") and bt._mentions({"caramelising"}, "caramelise")
     assert bt._mentions({"wiping"}, "wipe") and not bt._mentions({"skill"}, "kill")
+
+
+def test_sorting_denied_runs_and_more_answer_formats():
+    r = row("sorting", "Sort these numbers from smallest to largest: 31, 8, 46, 14.", {"numbers": [31, 8, 46, 14]})
+    for text in ["Not 8, 14, 31, 46.", "The answer is not 8, 14, 31, 46.",                     # were 1.0
+                 "It isn't 8, 14, 31, 46.", "Never 8, 14, 31, 46.", "8, 14, 31, 46 isn't right."]:
+        assert bt.gold_score(r, text) == 0.0, text
+    for text in ["31, 8, 46, 14 -> 8, 14, 31, 46", "31, 8, 46, 14 \u2192 8, 14, 31, 46",          # were 0.0
+                 "31, 8, 46, 14 => 8, 14, 31, 46",
+                 "Here is the sorted list:\n* 8\n* 14\n* 31\n* 46",                             # was 0.0
+                 "Here is the sorted list:\n- 8\n- 14\n- 31\n- 46",
+                 "8 (smallest), 14, 31, 46 (largest)",                                          # was 0.0
+                 "The smallest is 8, then 14, then 31, and the largest is 46.",                 # was 0.0
+                 "8 -> 14 -> 31 -> 46", "8 < 14 < 31 < 46",                                     # arrows only: one list
+                 "The answer is not 46, 31, 14, 8; it is 8, 14, 31, 46.",                       # the denied run drops
+                 "I'm not sure, but 8, 14, 31, 46."]:                                           # a hedge, not a denial
+        assert bt.gold_score(r, text) == 1.0, text
+    assert bt.gold_score(r, "-8 -> -14 -> -31 -> -46") == 0.0                                  # minus signs still read
