@@ -1285,11 +1285,40 @@ def _cands_summary(meta, rng):
     ]
 
 
-# a fact negated, doubted or called wrong is not stated: 'not', 'never', "didn't", 'no one', 'maybe',
-# 'supposedly', 'Aisha or someone', 'a false claim'
+# a fact negated or doubted is not stated: 'not', 'never', "didn't", 'no one', 'maybe', 'supposedly', 'Aisha or
+# someone'. Only in a clause that states a fact (`_unsure_facts`): an incidental negation elsewhere ('which is
+# not bad at all', 'and nobody complained', "I can't believe it: ...") doubts no fact
 _UNSURE = re.compile(r"\b(?:not|never|no one|nobody|none|nothing|neither|nor|no|maybe|perhaps|possibly|probably|"
-                     r"supposedly|allegedly|might have|may have|i think|i guess|wrong|false|untrue|fake|lie|"
+                     r"supposedly|allegedly|might have|may have|i think|i guess|"
                      r"or (?:someone|somebody|something|somewhere|so))\b|n't\b", re.I)
+# ... idioms that only sound negative, in a fact's clause too ("I can't believe Aisha opened a bakery")
+_AFFIRMS = re.compile(r"\b(?:can(?:no|')t|could(?:n't| not)) believe\b|\bnot (?:only|just)\b|\bno doubt\b|\bno wonder\b|"
+                      r"\bnot surprisingly\b|\b(?:no|not) (?:fewer|less) than\b", re.I)
+# ... a hedge that is a clause of its own hedges the whole reply ('Aisha, I think, opened ...', '..., or so
+# they claim')
+_BARE_HEDGE = re.compile(r"\s*(?:(?:and|but)\s+)?(?:i think|i guess|i believe|maybe|perhaps|probably|possibly|"
+                         r"supposedly|allegedly|apparently|reportedly|it seems|or so(?: (?:i|they|we) (?:heard|hear|say|said|claim|claimed))?)\s*",
+                         re.I)
+# ... and calling anything false or wrong, or saying it did not happen, doubts them all, wherever it stands
+# ('..., a false claim', 'It never happened: ...', "None of this is true"); not 'nothing went wrong', said of
+# the event
+_FALSE = re.compile(r"\b(?<!went )(?<!go )(?<!goes )(?<!going )(?<!gone )(?:wrong|false|untrue|fake|lie)\b|"
+                    r"(?:\bnot|\bnever|n't|\bnone of (?:it|this|that))\s+"
+                    r"(?:\w+\s+)?(?:happen(?:ed|s)?|true|real|the case|correct|right|accurate)\b", re.I)
+# 'It is not true that <the facts>' denies what follows it, though `_after_take_back` cuts the reply there
+_FALSE_THAT = re.compile(r"(?:\bnot|n't)\s+(?:\w+\s+)?(?:true|correct|right|accurate|the case)\s+that\b", re.I)
+
+
+def _unsure_facts(meta, text):
+    """Does the reply doubt its facts: call anything false (`_FALSE`), hedge on its own (`_BARE_HEDGE`), or
+    negate or hedge (`_UNSURE`, less `_AFFIRMS`) a clause that states one of the four facts? A clause
+    ends at punctuation, a dash, or 'but', 'and', 'which', 'while', 'although', 'though'."""
+    if _FALSE.search(text):
+        return True
+    clauses = re.split(r"[,;:.!?\n()\u2014\u2013]|\s-\s|\b(?:but|and|which|while|whereas|although|though)\b", text,
+                       flags=re.I)
+    return any(_BARE_HEDGE.fullmatch(c) or (_summary_facts(meta, c) and _UNSURE.search(_AFFIRMS.sub(" ", c)))
+               for c in clauses)
 
 
 def _summary_facts(meta, text):
@@ -1305,9 +1334,12 @@ def _judge_summary(meta, text):
     the head count, a number: '593.0' is 593), each +0.25; each wrong fact (another built-in name, city
     or event key word, or another number) -0.25, so stuffing every name and number gains nothing. Minus
     0.2 if it takes more than one sentence; minus 0.5 for each filler sentence of the passage copied
-    (the passage pasted back is not a summary); minus 0.75 if it negates, doubts or calls wrong
-    anything (`_UNSURE`: a negated or hedged fact is not stated); minus 0.02 a word past 18 words
-    (`_length_penalty`). A reply that takes itself back ('...; actually that is wrong',
+    (the passage pasted back is not a summary); minus 0.75 if it doubts its facts (`_unsure_facts`: a
+    negated or hedged fact is not stated): a clause that states a fact negated or hedged ('Aisha did not
+    open a bakery', 'maybe 593 people', 'Aisha or someone'), a hedge of its own ('..., I think'), or
+    anything called false or wrong ('a false claim', 'It is not true that ...', 'It never happened: ...');
+    an incidental negation elsewhere ('..., which is not bad at all', 'and nobody complained', "I can't
+    believe it: ...") costs nothing. Minus 0.02 a word past 18 words (`_length_penalty`). A reply that takes itself back ('...; actually that is wrong',
     `_after_take_back`) is judged by what follows. A reply is a list of keywords, not a sentence, and
     scores at most 0.25, if it is under 6 words, or names three of the facts in a row with nothing but
     punctuation or 'and' between them ('The answer is correct: Aisha Porto bakery 593'), or has neither
@@ -1316,6 +1348,7 @@ def _judge_summary(meta, text):
     no fact ('I can't summarise that.'); one beside a summary is judged as any reply."""
     if not text or (is_refusal(text) and not _summary_facts(meta, text)):
         return 0.0
+    denied = bool(_FALSE_THAT.search(text))
     text = _after_take_back(text).strip()
     words = set(_words(text))
     nums = set(_numbers(text))
@@ -1326,7 +1359,7 @@ def _judge_summary(meta, text):
     s = (len(right) - len(wrong)) / 4
     sentences = len([x for x in re.split(r"[.!?]+(?:\s|$)|\n+", text) if x.strip()])   # a line is a sentence
     copied = sum(f.lower().rstrip(".") in text.lower() for f in _FILLER)
-    s = s - 0.2 * (sentences > 1) - 0.5 * copied - 0.75 * bool(_UNSURE.search(text)) - _length_penalty(text, 18)
+    s = s - 0.2 * (sentences > 1) - 0.5 * copied - 0.75 * (denied or _unsure_facts(meta, text)) - _length_penalty(text, 18)
     verb = meta["event"].split()[0]                       # 'opened', 'organised', ...
     facts = {meta["name"].lower(), meta["city"].lower(), str(meta["count"])}
     plain = [w for w in _words(text)

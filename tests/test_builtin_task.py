@@ -853,3 +853,24 @@ def test_sorting_denied_runs_and_more_answer_formats():
                  "I'm not sure, but 8, 14, 31, 46."]:                                           # a hedge, not a denial
         assert bt.gold_score(r, text) == 1.0, text
     assert bt.gold_score(r, "-8 -> -14 -> -31 -> -46") == 0.0                                  # minus signs still read
+
+
+def test_summary_incidental_negation_costs_nothing_but_a_doubted_fact_does():
+    meta = {"name": "Aisha", "city": "Porto", "event": "opened a bakery", "key": "bakery", "count": 593}
+    r = row("summary", "Summarise ...", meta)
+    fact = "Aisha from Porto opened a bakery, drawing 593 people"
+    for text in [fact + ", which is not bad at all.", fact + ", and nobody complained.",           # were 0.25
+                 "I can't believe it: " + fact + ".", "I can't believe " + fact + ".",           # was 0.25
+                 fact + ", and nothing went wrong.", "Aisha from Porto opened a bakery, not a cafe, drawing 593 people.",
+                 "Aisha from Porto opened a bakery, drawing no fewer than 593 people."]:
+        assert bt.gold_score(r, text) == 1.0, text
+    assert bt.gold_score(r, fact + ". I can't summarise it better than that.") == pytest.approx(0.8)  # was 0.05
+    for text in ["Aisha did not open a bakery in Porto, drawing 593 people.",
+                 "Aisha from Porto opened a bakery, drawing maybe 593 people.",
+                 "Aisha or someone from Porto opened a bakery, drawing 593 people.",
+                 "Aisha from Porto, I think, opened a bakery, drawing 593 people.",                # a hedge of its own
+                 fact + ", or so they claim.", fact + ", a false claim.",
+                 "It is not true that " + fact + ".",                                           # was 1.0
+                 "It never happened: " + fact + ".", "None of this is true: " + fact + "."]:
+        assert bt.gold_score(r, text) <= 0.25, text
+    assert bt.gold_score(r, "I'm sorry, but I can't summarise that.") == 0.0
