@@ -222,9 +222,9 @@ def load_inputs(args):
     model = args.model or f"runs/{args.run}/01_sft"
     record = Path(model) / "stage.json"
     if args.model is None:
-        sft_stage = need_stage(model, "01_sft", "python 01_sft.py")
+        sft_stage = need_stage(model, "01_sft", "python 01_sft.py", "--model")
     else:  # any causal LM: stage 01's record only where it is one
-        sft_stage = json.load(open(record)) if record.is_file() else None
+        sft_stage = read_json(record) if record.is_file() else None
         sft_stage = sft_stage if sft_stage and sft_stage.get("stage") == "01_sft" else None
     inherit_lengths(args, sft_stage)
     if sft_stage and not args.data:
@@ -257,14 +257,18 @@ def load_pairs(args, sft_dir, split_dir):
     if not (split_dir / "stats.json").is_file():
         raise UserError(f"{split_dir} is not a finished 03_split directory; run `python 03_split.py` first "
                         f"(or pass --split all for vanilla DPO, or --data for your own pairs)")
-    stats = json.load(open(split_dir / "stats.json"))
+    stats = read_json(split_dir / "stats.json")
+    if stats.get("sft") and sft_dir.exists() and Path(stats["sft"]).resolve() != sft_dir.resolve():
+        print(f"note: {split_dir} splits the pairs of {stats['sft']} (dataset {stats.get('dataset')!r}), not of "
+              f"--model {sft_dir}; training on them all the same")
     rows = read_jsonl(split_dir / f"{args.split}.jsonl")
     if not rows:
         raise UserError(f"{split_dir / (args.split + '.jsonl')} is empty")
     labels = "rm"
     if args.split == "hard" and args.hard_labels != "rm":
         rows, labels = [original(r) for r in rows], "dataset"
-    return rows, {"split": args.split, "from": str(split_dir.resolve()), "rule": stats.get("rule"), "labels": labels}
+    return rows, {"split": args.split, "from": str(split_dir.resolve()), "rule": stats.get("rule"), "labels": labels,
+                  "dataset": stats.get("dataset")}
 
 
 def original(row):
@@ -418,6 +422,9 @@ def main(args):
     check_context(policy, args.max_prompt_len + args.max_response_len, "--model", "--max-prompt-len plus --max-response-len")
     train_ex = encode_rows(tok, rows, args.max_prompt_len, args.max_response_len, "train pairs")
     test_ex = encode_rows(tok, test_rows, args.max_prompt_len, args.max_response_len, "held-out pairs")
+    source["order"] = "shuffled each epoch" if not args.curriculum else \
+        "stage 03's (descending |d|)" if source["split"] in ("easy", "hard") else "as read"
+    batches = epoch_batches(len(train_ex), args.batch_size, random.Random(args.seed), shuffle=not args.curriculum)
 
     # 1. reference log-probs, once, by the SFT weights the policy starts from; then no second model
     since = time.time()
@@ -434,9 +441,6 @@ def main(args):
     metrics = [{"step": 0, **before, "perf/reference_s": reference_s}]
 
     # 2. training: per step, the policy's log-probs of chosen and rejected (one forward pass), the loss
-    source["order"] = "shuffled each epoch" if not args.curriculum else \
-        "stage 03's (descending |d|)" if source["split"] in ("easy", "hard") else "as read"
-    batches = epoch_batches(len(train_ex), args.batch_size, random.Random(args.seed), shuffle=not args.curriculum)
     tokens, loop_start = 0, time.time()
     bar = tqdm(range(total_steps), desc="04_dpo", dynamic_ncols=True)
     for step in bar:
@@ -608,7 +612,7 @@ def online_main(args):
     model, tok, sft_stage, rows, source, test_rows = load_inputs(args)
     rm_dir = args.reward or f"runs/{args.run}/02_reward"
     if args.reward is None:
-        need_stage(rm_dir, "02_reward", "python 02_reward.py")
+        need_stage(rm_dir, "02_reward", "python 02_reward.py", "--reward")
     policy = load_model(model, "policy", "--model", device)
     reference = load_model(model, "policy", "--model", device).requires_grad_(False)
     rm = load_model(rm_dir, "reward", "--reward", device).requires_grad_(False)
@@ -620,6 +624,7 @@ def online_main(args):
     rm_pad = rm_tok.pad_token_id  # any id: the attention masks hide padding
     prompts = [p for p, in encode_rows(tok, rows, args.max_prompt_len, None, "prompts", responses=())]
     test_ex = encode_rows(tok, test_rows, args.max_prompt_len, args.max_response_len, "held-out pairs")
+    batches = epoch_batches(len(prompts), args.batch_size, random.Random(args.seed))
     since = time.time()
     test_reference = reference_logps(policy, test_ex, tok.pad_token_id, args.eval_batch_size, device, dtype,
                                      average, "04 reference (test)")
@@ -632,7 +637,6 @@ def online_main(args):
     metrics = [{"step": 0, **before, "perf/reference_s": reference_s}]
     generator = torch.Generator(device=device).manual_seed(args.seed)
     source["order"] = "shuffled each epoch"
-    batches = epoch_batches(len(prompts), args.batch_size, random.Random(args.seed))
 
     # 1. the loop: fresh samples labelled by the RM, the reference's and the policy's log-probs, the loss
     terms = nash_md_pg_terms if args.loss == "nash-md-pg" else contrastive_terms
@@ -689,6 +693,9 @@ def run_main(main, argv=None):
     except UserError as e:
         print(f"{Path(sys.argv[0]).name}: error: {e}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:   # Ctrl-C: outputs are written only at the end (output_dir), so none is half-made
+        print(f"{Path(sys.argv[0]).name}: interrupted; nothing was written", file=sys.stderr)
+        sys.exit(130)
 
 
 def add_run_args(g, stage):
@@ -815,8 +822,17 @@ def autocast(device, dtype):
 
 
 def read_jsonl(path):
-    """Rows of a .jsonl or .jsonl.gz file; a bad line or a corrupt file is a one-line error naming it."""
+    """Rows of a .jsonl or .jsonl.gz file (or a .json file: JSON lines, or one JSON array of rows); a bad
+    line or a corrupt file is a one-line error naming it."""
     path, rows, i = Path(path), [], 0
+    if path.suffix == ".json" and path.read_bytes().lstrip(b"\xef\xbb\xbf \t\r\n")[:1] == b"[":
+        try:
+            rows = json.loads(path.read_text(encoding="utf-8-sig"))
+            json.dumps(rows, ensure_ascii=False).encode("utf-8")      # no lone surrogate escapes (see below)
+            return rows
+        except (ValueError, RecursionError) as e:   # JSON, UTF-8 and surrogate errors are all ValueErrors
+            raise UserError(f"{path}: a JSON array, but not valid JSON text ({type(e).__name__}: "
+                            f"{str(e)[:200]})") from None
     try:
         with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
             for i, raw in enumerate(f, 1):
@@ -841,6 +857,18 @@ def read_jsonl(path):
     return rows
 
 
+def read_json(path):
+    """A stage's record (stage.json, stats.json, results.json) as a dict; unreadable, one line naming it."""
+    try:
+        record = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"{path}: not a readable JSON record ({type(e).__name__}: {e}); rerun the stage that "
+                        f"wrote it") from None
+    if not isinstance(record, dict):
+        raise UserError(f"{path}: a JSON {type(record).__name__}, expected an object; rerun the stage that wrote it")
+    return record
+
+
 def write_jsonl(path, rows):
     with open(path, "w", encoding="utf-8") as f:
         f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
@@ -850,7 +878,7 @@ def load_rows(spec, flag, split="train"):
     """Raw rows of a local .jsonl / .jsonl.gz file or a hub dataset ('name' or 'name:subset')."""
     if spec.endswith((".jsonl", ".jsonl.gz", ".json")):
         if not Path(spec).is_file():
-            raise UserError(f"{flag} {spec}: file not found")
+            raise UserError(f"{flag} {spec}: {'a directory, expected a file' if Path(spec).is_dir() else 'file not found'}")
         return read_jsonl(spec)
     if Path(spec).exists():
         raise UserError(f"{flag} {spec}: expected a .jsonl or .jsonl.gz file")
@@ -882,14 +910,29 @@ def normalise_row(row, pairs):
     """(row as {"prompt": [messages], "chosen", "rejected", ...its other columns}, None) or (None, why it
     is skipped). Forms, told apart by their columns: prompt/chosen/rejected (TL;DR comparison sets:
     'TL;DR:' is stripped), HH-RLHF chosen/rejected dialogues, summarize_from_feedback info/summaries/choice,
-    and, where only prompts are needed (pairs=False), a prompt alone."""
+    and, where only prompts are needed (pairs=False), a prompt alone; in the pair forms, chosen and rejected
+    may be chat messages that end with the two replies (UltraFeedback, TRL's conversational datasets)."""
     if "info" in row and "summaries" in row and "prompt" not in row:
-        info, c = row["info"], int(row["choice"])
-        post = info.get("post") or info.get("article", "")
+        info, summaries, c = row["info"], row["summaries"], row["choice"]
+        if not (isinstance(info, dict) and isinstance(summaries, list) and len(summaries) == 2
+                and all(isinstance(x, dict) and isinstance(x.get("text"), str) for x in summaries)):
+            return None, "info is not an object, or summaries not two objects with a text"
+        if c not in (0, 1) or isinstance(c, bool) or isinstance(c, float) and not c.is_integer():
+            return None, "choice is not 0 or 1"
+        c, post = int(c), info.get("post") or info.get("article", "")
         row = {"prompt": f"SUBREDDIT: r/{info.get('subreddit', '')}\nTITLE: {info.get('title', '')}\nPOST: "
-                         f"{post}\nTL;DR:", "chosen": row["summaries"][c]["text"],
-               "rejected": row["summaries"][1 - c]["text"]}
+                         f"{post}\nTL;DR:", "chosen": summaries[c]["text"], "rejected": summaries[1 - c]["text"]}
+    if isinstance(row.get("chosen"), list) and isinstance(row.get("rejected"), list):   # conversational
+        chosen, rejected = row["chosen"], row["rejected"]
+        if not all(m and isinstance(m[-1], dict) and m[-1].get("role") == "assistant" for m in (chosen, rejected)):
+            return None, "chosen or rejected is a list that does not end with an assistant message"
+        if chosen[:-1] != rejected[:-1]:
+            return None, "chosen and rejected do not share the conversation before the last reply"
+        row = dict(row, prompt=chosen[:-1] or row.get("prompt", []), chosen=chosen[-1].get("content"),
+                   rejected=rejected[-1].get("content"))
     if "prompt" not in row:  # HH-RLHF: two dialogues that differ only in the last reply
+        if not all(isinstance(row[k], str) for k in ("chosen", "rejected")):
+            return None, "chosen or rejected is neither text nor chat messages"
         chosen, rejected = hh_dialogue(row["chosen"]), hh_dialogue(row["rejected"])
         if chosen is None or rejected is None:
             return None, "not in the Human/Assistant dialogue form"
@@ -925,6 +968,9 @@ def normalise(rows, source, pairs=True):
     if not rows or not isinstance(rows[0], dict):
         raise UserError(f"{source}: " + ("no rows" if not rows else "row 1 is not a JSON object"))
     name = next((n for n, cols in forms.items() if cols <= rows[0].keys() and (n != "prompts" or not pairs)), None)
+    if name in ("prompt/chosen/rejected", "hh-rlhf") and all(isinstance(rows[0][k], list) for k in ("chosen", "rejected")):
+        name = "conversational (chosen/rejected chat messages)"
+        forms[name] = {"chosen", "rejected"}
     if name is None and pairs and "prompt" in rows[0]:
         raise UserError(f"{source}: prompts without chosen/rejected responses; this stage needs preference pairs")
     if name is None:
@@ -964,14 +1010,14 @@ def drop_long_pairs(rows, tokenizer, max_response_len, source):
     return keep
 
 
-def check_same_tokenizer(tok, other_tok, flag, name):
+def check_same_tokenizer(tok, other_tok, flag, name, whose="the policy's"):
     """A reward, reference or value model reads the policy's token ids, so both must map text to the same ids
     (an added pad token aside): another vocabulary would give meaningless numbers, or an index error."""
     pads = {tok.pad_token, other_tok.pad_token}
     vocab = lambda t: {k: v for k, v in t.get_vocab().items() if k not in pads}
     if vocab(tok) != vocab(other_tok):
-        raise UserError(f"{flag} {name}: its tokenizer differs from the policy's, whose token ids it would read; "
-                        f"use a model trained from the same base model")
+        raise UserError(f"{flag} {name}: its tokenizer differs from {whose}, whose token ids it would read "
+                        f"or give; use models trained from the same base model")
 
 
 def render_prompt(tokenizer, messages):
@@ -1286,10 +1332,11 @@ def check_model(name, kind, flag, config=None):
     id is checked by load_model, once its config is loaded."""
     if config is None:
         if not Path(name).exists():
+            no_such_dir(name, flag)        # else a hub id: load_model checks it once loaded
             return
         if not (Path(name) / "config.json").is_file():
             raise UserError(f"{flag} {name}: no config.json there; expected a Hugging Face model directory")
-        config = json.load(open(Path(name) / "config.json"))
+        config = read_json(Path(name) / "config.json")
     archs = config.get("architectures") or []
     if kind == "reward" and not (any(a.endswith("ForSequenceClassification") for a in archs)
                                  and len(config.get("id2label", {0: 0})) == 1):
@@ -1299,6 +1346,13 @@ def check_model(name, kind, flag, config=None):
     if kind != "reward" and not any(a.endswith("ForCausalLM") or a in causal_lms.values() for a in archs):
         raise UserError(f"{flag} {name}: a {'/'.join(archs) or 'headless'} model; expected a causal LM "
                         f"(a policy: 01_sft, 04_dpo or 05_ppo output, or a base model)")
+
+
+def no_such_dir(name, flag):
+    """A model name that is no directory here and not shaped like a hub id ('name' or 'org/name') is a path
+    typed wrong: say so, not the hub's "couldn't connect"."""
+    if not re.fullmatch(r"[\w-][\w.-]*(?:/[\w-][\w.-]*)?", str(name)):
+        raise UserError(f"{flag} {name}: no such directory")
 
 
 def load_model(name, kind, flag, device):
@@ -1311,7 +1365,8 @@ def load_model(name, kind, flag, device):
     try:
         model = cls.from_pretrained(name, **({"num_labels": 1} if kind == "reward-init" else {}))
     except Exception as e:  # not on the hub, no network, a broken directory: one line
-        raise UserError(f"{flag} {name}: not loadable as a model ({type(e).__name__}: "
+        where = "" if Path(name).exists() else "no such directory, and "
+        raise UserError(f"{flag} {name}: {where}not loadable as a model ({type(e).__name__}: "
                         f"{(str(e).splitlines() or [''])[0][:200]})") from None
     if not Path(name).exists():  # a hub id: its config says what it is
         check_model(name, kind, flag, {"id2label": model.config.id2label, "architectures":
@@ -1345,6 +1400,8 @@ def check_context(model, n_tokens, flag, limits):
 def load_tokenizer(name, flag):
     """The tokenizer of a model directory or hub id, with an EOS and a pad token; one line if it fails."""
     from transformers import AutoTokenizer
+    if not Path(name).exists():
+        no_such_dir(name, flag)
     try:
         tok = AutoTokenizer.from_pretrained(name)
     except Exception as e:
@@ -1376,11 +1433,13 @@ def path_or_hub_id(name):
     return str(Path(name).resolve()) if Path(name).exists() else str(name)
 
 
-def need_stage(path, stage, command):
-    """The stage.json of an earlier stage's directory, or a UserError naming the command that makes it."""
+def need_stage(path, stage, command, flag=None):
+    """The stage.json of an earlier stage's directory, or a UserError naming the command that makes it (and
+    the flag that names another)."""
     if not (Path(path) / "stage.json").is_file():
-        raise UserError(f"{path} is not a finished {stage} directory; run `{command}` first")
-    return json.load(open(Path(path) / "stage.json"))
+        raise UserError(f"{path} is not a finished {stage} directory; run `{command}` first"
+                        + (f", or pass {flag} DIR" if flag else ""))
+    return read_json(Path(path) / "stage.json")
 
 
 def inherited_dir(recorded, stage_dir):
@@ -1401,18 +1460,25 @@ def inherit_lengths(args, sft_stage):
                   f"--{name.replace('_', '-')} {getattr(args, name)} (the default: no 01_sft stage to inherit from)")
 
 
-def epoch_batches(n, batch_size, rng, shuffle=True):
+def epoch_batches(n, batch_size, rng, shuffle=True, flag="--batch-size"):
     """Index batches forever: epoch after epoch of the n items (shuffled each epoch, or in order), each
-    item once per epoch; a batch may span two epochs (nothing dropped, nothing repeated early)."""
-    stream = []
-    while True:
-        while len(stream) < batch_size:
-            order = list(range(n))
-            if shuffle:
-                rng.shuffle(order)
-            stream += order
-        yield stream[:batch_size]
-        stream = stream[batch_size:]
+    item once per epoch; a batch may span two epochs (nothing dropped, nothing repeated early). A batch
+    larger than the n items would hold some twice: refused when this is called, before the first batch."""
+    if batch_size > n:
+        raise UserError(f"{flag} {batch_size} is more than the {n} items there are to draw from (a batch would "
+                        f"hold some twice); lower it")
+
+    def batches():
+        stream = []
+        while True:
+            while len(stream) < batch_size:
+                order = list(range(n))
+                if shuffle:
+                    rng.shuffle(order)
+                stream += order
+            yield stream[:batch_size]
+            stream = stream[batch_size:]
+    return batches()
 
 
 def lr_at(step, total, warmup_ratio, min_lr_ratio):
@@ -1451,8 +1517,28 @@ def perf(tokens, since, device):
 
 
 def check_output(out, overwrite):
-    if Path(out).exists() and not overwrite:
+    """Before any work, so that a finished run can always be saved: `out` is new, or with --overwrite an
+    earlier output of a stage (a folder with its record; never a folder of yours, nor the current one), and
+    its parent takes a folder."""
+    out = Path(out)
+    if out.exists() and not overwrite:
         raise UserError(f"{out} exists; pass --overwrite to replace it")
+    records = ("stage.json", "stats.json", "results.json")
+    if out.exists() and not (out.is_dir() and (not any(out.iterdir()) or any((out / r).is_file() for r in records))):
+        raise UserError(f"{out}: not the output of a stage (no {', '.join(records)}); --overwrite replaces only "
+                        f"those: pick a new output folder")
+    if Path.cwd().resolve().is_relative_to(out.resolve()):
+        raise UserError(f"{out}: the current folder or one above it; pick a new output folder")
+    there = next(p for p in out.absolute().parents if p.exists())   # the nearest folder above it that exists
+    probe = there / f".{out.name}.probe"                             # made and removed: nothing is left
+    try:
+        if not there.is_dir():
+            raise NotADirectoryError(0, f"{there} is a file")
+        shutil.rmtree(probe, ignore_errors=True)
+        probe.mkdir()
+        probe.rmdir()
+    except OSError as e:
+        raise UserError(f"{out}: cannot write there ({type(e).__name__}: {e.strerror or e})") from None
 
 
 @contextlib.contextmanager

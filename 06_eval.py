@@ -207,7 +207,7 @@ def gold_judge(rows, source):
 
 def stage_of(pdir):
     path = Path(pdir) / "stage.json"
-    return json.load(open(path)) if path.is_file() else {}
+    return read_json(path) if path.is_file() else {}
 
 
 def sft_of(rm_dir):
@@ -329,7 +329,7 @@ def threshold_sweep(results, rm_dir):
         role = sweep_role(res["dir"])
         if not role:
             continue
-        st = json.load(open(role[1] / "stats.json"))
+        st = read_json(role[1] / "stats.json")
         recorded = st.get("reward") or ""   # the RM where 03 ran, or (a moved or copied run) the one beside
         if rm not in {recorded, str(Path(recorded).resolve()), str((role[1].parent / Path(recorded).name).resolve())}:
             print(f"06_eval: note: {name} was trained on a split made with another reward model "
@@ -341,7 +341,7 @@ def threshold_sweep(results, rm_dir):
             points[role[1]][role[0]] = name
     rows = []
     for split, names in points.items():
-        st = json.load(open(split / "stats.json"))
+        st = read_json(split / "stats.json")
         fraction = st.get("args", {}).get("easy_fraction")
         rows.append({"point": f"easy fraction {fraction:g}" if fraction is not None else f"threshold {st['threshold']:g}",
                      "threshold": st["threshold"], "split": str(split), "easy": st["easy"], "hard": st["hard"],
@@ -442,7 +442,7 @@ def main(args):
     run_dir = Path(f"runs/{args.run}")
     rm_dir, out = Path(args.reward or run_dir / "02_reward"), Path(args.out or run_dir / "06_eval")
     if not args.reward:
-        need_stage(rm_dir, "02_reward", "python 02_reward.py")
+        need_stage(rm_dir, "02_reward", "python 02_reward.py", "--reward")
     check_model(rm_dir, "reward", "--reward")
     sft_dir = sft_of(rm_dir)                       # the run's 01_sft: default prompts, lengths and baseline
     if sft_dir is None and not args.data:
@@ -472,7 +472,10 @@ def main(args):
     rm = load_model(str(rm_dir), "reward", "--reward", device)
     base = load_model(str(base_dir), "policy", "--baseline" if args.baseline else "policy", device)
     tok = load_tokenizer(str(base_dir), "--baseline" if args.baseline else "policy")
-    check_same_tokenizer(tok, load_tokenizer(str(rm_dir), "--reward"), "--reward", rm_dir)
+    rm_tok = load_tokenizer(str(rm_dir), "--reward")
+    if args.baseline:   # the odd one out is more likely the model named by hand
+        check_same_tokenizer(rm_tok, tok, "--baseline", base_dir, whose="the reward model's")
+    check_same_tokenizer(tok, rm_tok, "--reward", rm_dir)
     for flag, m in (("--reward", rm), ("--baseline", base)):
         check_context(m, args.max_prompt_len + args.max_new_tokens, flag, "--max-prompt-len plus --max-new-tokens")
     prompt_ids = [p for p, in encode_rows(tok, test_rows, args.max_prompt_len, None, source, responses=())]
@@ -605,8 +608,8 @@ def draw_plot(results, path, metric):
                "reward_vs_kl.png.)"
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, res in results.items():
-        ax.errorbar(res["kl"]["mean"], res[metric]["mean"],
-                    yerr=[[res[metric]["mean"] - res[metric]["lo"]], [res[metric]["hi"] - res[metric]["mean"]]],
+        m = res[metric]   # a percentile interval can miss its own mean (few requests): no negative error bars
+        ax.errorbar(res["kl"]["mean"], m["mean"], yerr=[[max(0, m["mean"] - m["lo"])], [max(0, m["hi"] - m["mean"])]],
                     fmt="o", capsize=3)
         ax.annotate(name, (res["kl"]["mean"], res[metric]["mean"]), fontsize=8, xytext=(4, 4),
                     textcoords="offset points")
@@ -658,7 +661,7 @@ def draw_sweep(points, path, lo, hi):
             got = [(x, p[role][m]) for x, p in zip(xs, points) if m in p[role]]
             if got:
                 ax.errorbar([x for x, _ in got], [c["mean"] for _, c in got], fmt="o-", capsize=3, label=label,
-                            yerr=[[c["mean"] - c[lo] for _, c in got], [c[hi] - c["mean"] for _, c in got]])
+                            yerr=[[max(0, c["mean"] - c[lo]) for _, c in got], [max(0, c[hi] - c["mean"]) for _, c in got]])
         ax.set_xlabel("reward-gap threshold")
         ax.set_title({"gold": "gold score", "rm": "RM score", "kl": "KL to SFT (nats per response)"}[m])
         ax.legend(fontsize=7)
@@ -718,9 +721,13 @@ def combine(args):
     differences on the same prompts within each seed's run, each with its verdict."""
     if args.policies:
         raise UserError("--combine takes 06_eval or run directories; do not name policy directories with it")
+    dirs = [find_eval_dir(d) for d in args.combine]
+    twice = [d for i, d in enumerate(dirs) if d.resolve() in {e.resolve() for e in dirs[:i]}]
+    if twice:
+        raise UserError(f"--combine: {twice[0]} is named twice; each run counts once (copies of one run are no spread)")
     runs = []
-    for d in map(find_eval_dir, args.combine):
-        res = json.load(open(d / "results.json"))
+    for d in dirs:
+        res = read_json(d / "results.json")
         by_policy = {}
         for row in read_jsonl(d / "samples.jsonl"):
             by_policy.setdefault(row["policy"], []).append(row)
@@ -864,6 +871,9 @@ def run_main(main, argv=None):
     except UserError as e:
         print(f"{Path(sys.argv[0]).name}: error: {e}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:   # Ctrl-C: outputs are written only at the end (output_dir), so none is half-made
+        print(f"{Path(sys.argv[0]).name}: interrupted; nothing was written", file=sys.stderr)
+        sys.exit(130)
 
 
 def add_run_args(g, stage):
@@ -990,8 +1000,17 @@ def autocast(device, dtype):
 
 
 def read_jsonl(path):
-    """Rows of a .jsonl or .jsonl.gz file; a bad line or a corrupt file is a one-line error naming it."""
+    """Rows of a .jsonl or .jsonl.gz file (or a .json file: JSON lines, or one JSON array of rows); a bad
+    line or a corrupt file is a one-line error naming it."""
     path, rows, i = Path(path), [], 0
+    if path.suffix == ".json" and path.read_bytes().lstrip(b"\xef\xbb\xbf \t\r\n")[:1] == b"[":
+        try:
+            rows = json.loads(path.read_text(encoding="utf-8-sig"))
+            json.dumps(rows, ensure_ascii=False).encode("utf-8")      # no lone surrogate escapes (see below)
+            return rows
+        except (ValueError, RecursionError) as e:   # JSON, UTF-8 and surrogate errors are all ValueErrors
+            raise UserError(f"{path}: a JSON array, but not valid JSON text ({type(e).__name__}: "
+                            f"{str(e)[:200]})") from None
     try:
         with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
             for i, raw in enumerate(f, 1):
@@ -1016,6 +1035,18 @@ def read_jsonl(path):
     return rows
 
 
+def read_json(path):
+    """A stage's record (stage.json, stats.json, results.json) as a dict; unreadable, one line naming it."""
+    try:
+        record = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"{path}: not a readable JSON record ({type(e).__name__}: {e}); rerun the stage that "
+                        f"wrote it") from None
+    if not isinstance(record, dict):
+        raise UserError(f"{path}: a JSON {type(record).__name__}, expected an object; rerun the stage that wrote it")
+    return record
+
+
 def write_jsonl(path, rows):
     with open(path, "w", encoding="utf-8") as f:
         f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
@@ -1025,7 +1056,7 @@ def load_rows(spec, flag, split="train"):
     """Raw rows of a local .jsonl / .jsonl.gz file or a hub dataset ('name' or 'name:subset')."""
     if spec.endswith((".jsonl", ".jsonl.gz", ".json")):
         if not Path(spec).is_file():
-            raise UserError(f"{flag} {spec}: file not found")
+            raise UserError(f"{flag} {spec}: {'a directory, expected a file' if Path(spec).is_dir() else 'file not found'}")
         return read_jsonl(spec)
     if Path(spec).exists():
         raise UserError(f"{flag} {spec}: expected a .jsonl or .jsonl.gz file")
@@ -1057,14 +1088,29 @@ def normalise_row(row, pairs):
     """(row as {"prompt": [messages], "chosen", "rejected", ...its other columns}, None) or (None, why it
     is skipped). Forms, told apart by their columns: prompt/chosen/rejected (TL;DR comparison sets:
     'TL;DR:' is stripped), HH-RLHF chosen/rejected dialogues, summarize_from_feedback info/summaries/choice,
-    and, where only prompts are needed (pairs=False), a prompt alone."""
+    and, where only prompts are needed (pairs=False), a prompt alone; in the pair forms, chosen and rejected
+    may be chat messages that end with the two replies (UltraFeedback, TRL's conversational datasets)."""
     if "info" in row and "summaries" in row and "prompt" not in row:
-        info, c = row["info"], int(row["choice"])
-        post = info.get("post") or info.get("article", "")
+        info, summaries, c = row["info"], row["summaries"], row["choice"]
+        if not (isinstance(info, dict) and isinstance(summaries, list) and len(summaries) == 2
+                and all(isinstance(x, dict) and isinstance(x.get("text"), str) for x in summaries)):
+            return None, "info is not an object, or summaries not two objects with a text"
+        if c not in (0, 1) or isinstance(c, bool) or isinstance(c, float) and not c.is_integer():
+            return None, "choice is not 0 or 1"
+        c, post = int(c), info.get("post") or info.get("article", "")
         row = {"prompt": f"SUBREDDIT: r/{info.get('subreddit', '')}\nTITLE: {info.get('title', '')}\nPOST: "
-                         f"{post}\nTL;DR:", "chosen": row["summaries"][c]["text"],
-               "rejected": row["summaries"][1 - c]["text"]}
+                         f"{post}\nTL;DR:", "chosen": summaries[c]["text"], "rejected": summaries[1 - c]["text"]}
+    if isinstance(row.get("chosen"), list) and isinstance(row.get("rejected"), list):   # conversational
+        chosen, rejected = row["chosen"], row["rejected"]
+        if not all(m and isinstance(m[-1], dict) and m[-1].get("role") == "assistant" for m in (chosen, rejected)):
+            return None, "chosen or rejected is a list that does not end with an assistant message"
+        if chosen[:-1] != rejected[:-1]:
+            return None, "chosen and rejected do not share the conversation before the last reply"
+        row = dict(row, prompt=chosen[:-1] or row.get("prompt", []), chosen=chosen[-1].get("content"),
+                   rejected=rejected[-1].get("content"))
     if "prompt" not in row:  # HH-RLHF: two dialogues that differ only in the last reply
+        if not all(isinstance(row[k], str) for k in ("chosen", "rejected")):
+            return None, "chosen or rejected is neither text nor chat messages"
         chosen, rejected = hh_dialogue(row["chosen"]), hh_dialogue(row["rejected"])
         if chosen is None or rejected is None:
             return None, "not in the Human/Assistant dialogue form"
@@ -1100,6 +1146,9 @@ def normalise(rows, source, pairs=True):
     if not rows or not isinstance(rows[0], dict):
         raise UserError(f"{source}: " + ("no rows" if not rows else "row 1 is not a JSON object"))
     name = next((n for n, cols in forms.items() if cols <= rows[0].keys() and (n != "prompts" or not pairs)), None)
+    if name in ("prompt/chosen/rejected", "hh-rlhf") and all(isinstance(rows[0][k], list) for k in ("chosen", "rejected")):
+        name = "conversational (chosen/rejected chat messages)"
+        forms[name] = {"chosen", "rejected"}
     if name is None and pairs and "prompt" in rows[0]:
         raise UserError(f"{source}: prompts without chosen/rejected responses; this stage needs preference pairs")
     if name is None:
@@ -1139,14 +1188,14 @@ def drop_long_pairs(rows, tokenizer, max_response_len, source):
     return keep
 
 
-def check_same_tokenizer(tok, other_tok, flag, name):
+def check_same_tokenizer(tok, other_tok, flag, name, whose="the policy's"):
     """A reward, reference or value model reads the policy's token ids, so both must map text to the same ids
     (an added pad token aside): another vocabulary would give meaningless numbers, or an index error."""
     pads = {tok.pad_token, other_tok.pad_token}
     vocab = lambda t: {k: v for k, v in t.get_vocab().items() if k not in pads}
     if vocab(tok) != vocab(other_tok):
-        raise UserError(f"{flag} {name}: its tokenizer differs from the policy's, whose token ids it would read; "
-                        f"use a model trained from the same base model")
+        raise UserError(f"{flag} {name}: its tokenizer differs from {whose}, whose token ids it would read "
+                        f"or give; use models trained from the same base model")
 
 
 def render_prompt(tokenizer, messages):
@@ -1461,10 +1510,11 @@ def check_model(name, kind, flag, config=None):
     id is checked by load_model, once its config is loaded."""
     if config is None:
         if not Path(name).exists():
+            no_such_dir(name, flag)        # else a hub id: load_model checks it once loaded
             return
         if not (Path(name) / "config.json").is_file():
             raise UserError(f"{flag} {name}: no config.json there; expected a Hugging Face model directory")
-        config = json.load(open(Path(name) / "config.json"))
+        config = read_json(Path(name) / "config.json")
     archs = config.get("architectures") or []
     if kind == "reward" and not (any(a.endswith("ForSequenceClassification") for a in archs)
                                  and len(config.get("id2label", {0: 0})) == 1):
@@ -1474,6 +1524,13 @@ def check_model(name, kind, flag, config=None):
     if kind != "reward" and not any(a.endswith("ForCausalLM") or a in causal_lms.values() for a in archs):
         raise UserError(f"{flag} {name}: a {'/'.join(archs) or 'headless'} model; expected a causal LM "
                         f"(a policy: 01_sft, 04_dpo or 05_ppo output, or a base model)")
+
+
+def no_such_dir(name, flag):
+    """A model name that is no directory here and not shaped like a hub id ('name' or 'org/name') is a path
+    typed wrong: say so, not the hub's "couldn't connect"."""
+    if not re.fullmatch(r"[\w-][\w.-]*(?:/[\w-][\w.-]*)?", str(name)):
+        raise UserError(f"{flag} {name}: no such directory")
 
 
 def load_model(name, kind, flag, device):
@@ -1486,7 +1543,8 @@ def load_model(name, kind, flag, device):
     try:
         model = cls.from_pretrained(name, **({"num_labels": 1} if kind == "reward-init" else {}))
     except Exception as e:  # not on the hub, no network, a broken directory: one line
-        raise UserError(f"{flag} {name}: not loadable as a model ({type(e).__name__}: "
+        where = "" if Path(name).exists() else "no such directory, and "
+        raise UserError(f"{flag} {name}: {where}not loadable as a model ({type(e).__name__}: "
                         f"{(str(e).splitlines() or [''])[0][:200]})") from None
     if not Path(name).exists():  # a hub id: its config says what it is
         check_model(name, kind, flag, {"id2label": model.config.id2label, "architectures":
@@ -1520,6 +1578,8 @@ def check_context(model, n_tokens, flag, limits):
 def load_tokenizer(name, flag):
     """The tokenizer of a model directory or hub id, with an EOS and a pad token; one line if it fails."""
     from transformers import AutoTokenizer
+    if not Path(name).exists():
+        no_such_dir(name, flag)
     try:
         tok = AutoTokenizer.from_pretrained(name)
     except Exception as e:
@@ -1551,11 +1611,13 @@ def path_or_hub_id(name):
     return str(Path(name).resolve()) if Path(name).exists() else str(name)
 
 
-def need_stage(path, stage, command):
-    """The stage.json of an earlier stage's directory, or a UserError naming the command that makes it."""
+def need_stage(path, stage, command, flag=None):
+    """The stage.json of an earlier stage's directory, or a UserError naming the command that makes it (and
+    the flag that names another)."""
     if not (Path(path) / "stage.json").is_file():
-        raise UserError(f"{path} is not a finished {stage} directory; run `{command}` first")
-    return json.load(open(Path(path) / "stage.json"))
+        raise UserError(f"{path} is not a finished {stage} directory; run `{command}` first"
+                        + (f", or pass {flag} DIR" if flag else ""))
+    return read_json(Path(path) / "stage.json")
 
 
 def inherited_dir(recorded, stage_dir):
@@ -1576,18 +1638,25 @@ def inherit_lengths(args, sft_stage):
                   f"--{name.replace('_', '-')} {getattr(args, name)} (the default: no 01_sft stage to inherit from)")
 
 
-def epoch_batches(n, batch_size, rng, shuffle=True):
+def epoch_batches(n, batch_size, rng, shuffle=True, flag="--batch-size"):
     """Index batches forever: epoch after epoch of the n items (shuffled each epoch, or in order), each
-    item once per epoch; a batch may span two epochs (nothing dropped, nothing repeated early)."""
-    stream = []
-    while True:
-        while len(stream) < batch_size:
-            order = list(range(n))
-            if shuffle:
-                rng.shuffle(order)
-            stream += order
-        yield stream[:batch_size]
-        stream = stream[batch_size:]
+    item once per epoch; a batch may span two epochs (nothing dropped, nothing repeated early). A batch
+    larger than the n items would hold some twice: refused when this is called, before the first batch."""
+    if batch_size > n:
+        raise UserError(f"{flag} {batch_size} is more than the {n} items there are to draw from (a batch would "
+                        f"hold some twice); lower it")
+
+    def batches():
+        stream = []
+        while True:
+            while len(stream) < batch_size:
+                order = list(range(n))
+                if shuffle:
+                    rng.shuffle(order)
+                stream += order
+            yield stream[:batch_size]
+            stream = stream[batch_size:]
+    return batches()
 
 
 def lr_at(step, total, warmup_ratio, min_lr_ratio):
@@ -1626,8 +1695,28 @@ def perf(tokens, since, device):
 
 
 def check_output(out, overwrite):
-    if Path(out).exists() and not overwrite:
+    """Before any work, so that a finished run can always be saved: `out` is new, or with --overwrite an
+    earlier output of a stage (a folder with its record; never a folder of yours, nor the current one), and
+    its parent takes a folder."""
+    out = Path(out)
+    if out.exists() and not overwrite:
         raise UserError(f"{out} exists; pass --overwrite to replace it")
+    records = ("stage.json", "stats.json", "results.json")
+    if out.exists() and not (out.is_dir() and (not any(out.iterdir()) or any((out / r).is_file() for r in records))):
+        raise UserError(f"{out}: not the output of a stage (no {', '.join(records)}); --overwrite replaces only "
+                        f"those: pick a new output folder")
+    if Path.cwd().resolve().is_relative_to(out.resolve()):
+        raise UserError(f"{out}: the current folder or one above it; pick a new output folder")
+    there = next(p for p in out.absolute().parents if p.exists())   # the nearest folder above it that exists
+    probe = there / f".{out.name}.probe"                             # made and removed: nothing is left
+    try:
+        if not there.is_dir():
+            raise NotADirectoryError(0, f"{there} is a file")
+        shutil.rmtree(probe, ignore_errors=True)
+        probe.mkdir()
+        probe.rmdir()
+    except OSError as e:
+        raise UserError(f"{out}: cannot write there ({type(e).__name__}: {e.strerror or e})") from None
 
 
 @contextlib.contextmanager

@@ -14,6 +14,8 @@
 #   bash run.sh ... --resume         # skip every stage whose output directory is finished (whatever flags
 #                                    #   made it: resume with the flags of the interrupted run); 06 always runs
 #   bash run.sh --model DIR --dataset FILE.jsonl.gz   # other model or data (named once, in stage 01)
+#   bash run.sh --budget cpu|gpu|tiny --device cpu|cuda  # the step budget (default: gpu where CUDA is, else
+#                                    #   cpu; tiny: the end-to-end test) and the device (default: auto)
 #
 # Extra flags after `--` go to 01_sft.py (e.g. `-- --max-train-pairs 500`).
 set -euo pipefail

@@ -134,6 +134,14 @@ def test_04_refuses_a_flag_its_loss_and_mode_do_not_read(argv, needle):
         dpo.parse_args(ok)
 
 
+def test_05_refuses_adaptive_kl_settings_without_the_controller():
+    ppo = STAGES["05_ppo"]
+    for argv in (["--target-kl", "3"], ["--kl-horizon", "100"]):
+        with pytest.raises(ppo.UserError, match="is for --adaptive-kl"):
+            ppo.parse_args(argv)
+        ppo.parse_args(argv + ["--adaptive-kl"])
+
+
 def test_epochs_and_max_steps_exclude_each_other():
     for stage in ("01_sft", "02_reward", "04_dpo"):
         with pytest.raises(STAGES[stage].UserError, match="--epochs 2.0 does nothing with --max-steps 5"):
@@ -171,3 +179,49 @@ def test_text_that_is_no_text_is_one_line_naming_its_line(tmp_path):
     (tmp_path / "deep.jsonl").write_text('{"prompt": "p"}\n' + "[" * 100000 + "]" * 100000 + "\n")
     with pytest.raises(sft.UserError, match=r"deep.jsonl:2: JSON nested too deeply"):
         sft.read_jsonl(tmp_path / "deep.jsonl")
+
+
+def test_an_output_that_could_not_be_saved_is_refused_before_any_work(tmp_path, monkeypatch):
+    """check_output runs before a stage's work: an --out under a file, in a folder it cannot write, the
+    current folder, or a folder of the user's (no stage record) given with --overwrite, used to fail only
+    when the finished run was saved (or deleted the user's files)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "notes.txt").write_text("x")
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine/notes.txt").write_text("important")
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old/stage.json").write_text("{}")
+    for out, needle in [("notes.txt/sub", "cannot write there (NotADirectoryError"),
+                        (".", "not the output of a stage"), ("mine", "not the output of a stage"),
+                        ("notes.txt", "not the output of a stage")]:
+        with pytest.raises(dpo.UserError, match=needle.replace("(", r"\(")):
+            dpo.check_output(out, overwrite=True)
+    assert (tmp_path / "mine/notes.txt").read_text() == "important"
+    dpo.check_output("old", overwrite=True)                 # a stage's output: replaced at the end
+    dpo.check_output("runs/new/04_dpo", overwrite=False)     # parents made only when the run is saved
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine", "notes.txt", "old"]
+
+
+def test_model_paths_records_and_batches_are_one_line_errors(tmp_path):
+    with pytest.raises(dpo.UserError, match="--model runs/s0/04_dpo: no such directory"):
+        dpo.load_model("runs/s0/04_dpo", "policy", "--model", CPU)
+    with pytest.raises(dpo.UserError, match="--model ./nope: no such directory"):
+        dpo.load_tokenizer("./nope", "--model")
+    (tmp_path / "stage.json").write_text("{")
+    with pytest.raises(dpo.UserError, match="stage.json: not a readable JSON record"):
+        dpo.need_stage(tmp_path, "01_sft", "python 01_sft.py")
+    (tmp_path / "stage.json").write_text("[1, 2]")
+    with pytest.raises(dpo.UserError, match="a JSON list, expected an object"):
+        dpo.need_stage(tmp_path, "01_sft", "python 01_sft.py")
+    with pytest.raises(dpo.UserError, match="run `python 02_reward.py` first, or pass --reward DIR"):
+        dpo.need_stage(tmp_path / "none", "02_reward", "python 02_reward.py", "--reward")
+    with pytest.raises(dpo.UserError, match="--rollout-batch 32 is more than the 9 items"):
+        dpo.epoch_batches(9, 32, random.Random(0), flag="--rollout-batch")
+
+
+def test_ctrl_c_is_one_line_and_exit_130(capsys):
+    def interrupted(args):
+        raise KeyboardInterrupt
+    with pytest.raises(SystemExit) as e:
+        dpo.run_main(interrupted, [])
+    assert e.value.code == 130 and "interrupted; nothing was written" in capsys.readouterr().err

@@ -194,13 +194,13 @@ def test_malformed_rows_are_skipped_with_a_reason_not_a_traceback(capsys):
     assert "1 (prompt is neither text nor a list of chat messages with role and content; first: row 1)" in capsys.readouterr().out
     hh_rows = [{"chosen": ["not", "text"], "rejected": 3}, HH_ROWS[0]]                  # dialogues that are no text
     assert len(sft.normalise(hh_rows, "h.jsonl")) == 1
-    assert "1 (malformed: AttributeError; first: row 1)" in capsys.readouterr().out
+    assert "1 (chosen or rejected is neither text nor chat messages; first: row 1)" in capsys.readouterr().out
     tldr = [{"info": {"post": "p"}, "summaries": [{"text": "a"}, {"text": "b"}], "choice": 5},
             {"info": None, "summaries": [{"text": "a"}, {"text": "b"}], "choice": 0},
             {"info": {"post": "p"}, "summaries": [{"text": "a"}, {"text": "b"}], "choice": 1}]
     assert len(sft.normalise(tldr, "t.jsonl")) == 1
-    assert ("skipped 1 (malformed: AttributeError; first: row 2); skipped 1 (malformed: IndexError; first: row 1)"
-            in capsys.readouterr().out)
+    assert ("skipped 1 (choice is not 0 or 1; first: row 1); skipped 1 (info is not an object, or summaries not "
+            "two objects with a text; first: row 2)" in capsys.readouterr().out)
     with pytest.raises(sft.UserError, match="prompts without chosen/rejected responses; this stage needs"):
         sft.normalise([{"prompt": "p"}], "p.jsonl")
     assert sft.normalise([{"prompt": "p"}], "p.jsonl", pairs=False)[0]["prompt"] == [{"role": "user", "content": "p"}]
@@ -250,3 +250,33 @@ def test_a_reward_model_with_another_tokenizer_is_refused(tiny, tmp_path):
     other = AutoTokenizer.from_pretrained(build_tiny(tmp_path / "other", vocab_size=300))
     with pytest.raises(sft.UserError, match="--reward rm: its tokenizer differs from the policy's"):
         sft.check_same_tokenizer(tok, other, "--reward", "rm")
+
+
+def test_conversational_pairs_json_arrays_and_typed_summarize_from_feedback_rows(tmp_path, capsys):
+    """Chosen and rejected as chat messages that end with the two replies (UltraFeedback: the whole
+    conversation; TRL's datasets: the reply alone beside a prompt column, or the conversation without one);
+    a .json file holding one JSON array; summarize_from_feedback rows of the wrong types skipped by name."""
+    user, reply = (lambda t: {"role": "user", "content": t}), (lambda t: {"role": "assistant", "content": t})
+    rows = [{"prompt": "Hi?", "chosen": [user("Hi?"), reply("Hello!")], "rejected": [user("Hi?"), reply("Go.")]},
+            {"prompt": [user("Q")], "chosen": [reply("A")], "rejected": [reply("B")]},
+            {"prompt": "x", "chosen": [user("Q"), reply("A")], "rejected": [user("R"), reply("B")]},
+            {"prompt": "x", "chosen": [user("Q")], "rejected": [user("Q")]}]
+    out = sft.normalise(rows, "uf")
+    assert [(r["prompt"], r["chosen"], r["rejected"]) for r in out] == [([user("Hi?")], "Hello!", "Go."),
+                                                                      ([user("Q")], "A", "B")]
+    printed = capsys.readouterr().out
+    assert "conversational" in printed and "do not share the conversation before the last reply; first: row 3" in printed
+    assert "does not end with an assistant message; first: row 4" in printed
+    implicit = [{"chosen": [user("Q"), reply("A")], "rejected": [user("Q"), reply("B")]}]
+    assert sft.normalise(implicit, "trl", pairs=False)[0]["prompt"] == [user("Q")]
+    (tmp_path / "arr.json").write_text(json.dumps([{"prompt": "a", "chosen": "b", "rejected": "c"}], indent=2))
+    assert sft.normalise(sft.load_rows(str(tmp_path / "arr.json"), "--data"), "arr")[0]["chosen"] == "b"
+    sff = {"info": {"post": "p"}, "summaries": [{"text": "a"}, {"text": "b"}], "choice": 1}
+    bad = [dict(sff, choice=1.7), dict(sff, choice=True), dict(sff, info="text"), dict(sff, summaries=[{"text": "a"}])]
+    assert len(sft.normalise([sff] + bad, "sff")) == 1
+    printed = capsys.readouterr().out
+    assert "skipped 2 (choice is not 0 or 1; first: row 2)" in printed
+    assert "skipped 2 (info is not an object, or summaries not two objects with a text; first: row 4)" in printed
+    (tmp_path / "dir.jsonl").mkdir()
+    with pytest.raises(sft.UserError, match="dir.jsonl: a directory, expected a file"):
+        sft.load_rows(str(tmp_path / "dir.jsonl"), "--data")

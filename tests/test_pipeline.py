@@ -5,6 +5,7 @@ import functools
 from pathlib import Path
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -278,8 +279,12 @@ def test_threshold_sweep_and_resume(pipeline, tmp_path, tiny_model_dir):
         ("04_dpo", "05_ppo", moved), ("04_dpo_e0.3", "05_ppo_e0.3", moved)]
     assert ev.threshold_sweep(results, tmp_path / "another_rm") == []   # splits of another RM are no sweep
     (moved).rename(copy / "runs/t")
-    # --combine keeps the points every run has: two copies of one run (a note says they share the seed)
-    ev.main(ev.parse_args(["--combine", str(copy / "runs/t"), str(copy / "runs/t"), "--out", str(tmp_path / "c"),
+    # --combine keeps the points every run has: two copies of one run (a note says they share the seed); one
+    # run named twice is refused
+    shutil.copytree(copy / "runs/t/06_eval", tmp_path / "t2/06_eval")
+    with pytest.raises(ev.UserError, match="is named twice"):
+        ev.main(ev.parse_args(["--combine", str(copy / "runs/t"), str(copy / "runs/t/06_eval"), "--out", str(tmp_path / "c")]))
+    ev.main(ev.parse_args(["--combine", str(copy / "runs/t"), str(tmp_path / "t2"), "--out", str(tmp_path / "c"),
                            "--bootstrap", "100"]))
     combined = json.load(open(tmp_path / "c/results.json"))["sweep"]
     assert [p["point"] for p in combined] == ["easy fraction 0.5", "easy fraction 0.3"]
