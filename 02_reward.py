@@ -53,6 +53,7 @@ import re
 import shutil
 import sys
 import time
+import warnings
 import zlib
 from pathlib import Path
 
@@ -783,6 +784,11 @@ def score_head(model, hidden):
     values would be rounding's. The head is one H-vector: fp32 costs nothing."""
     with torch.autocast(hidden.device.type, enabled=False):
         return model.score(hidden.float()).squeeze(-1)
+
+
+# transformers 5.x deprecates the samplers' `past_key_values` for `cache`, which 4.x lacks: requirements.txt pins
+# transformers < 5.40, where it still works, and its warning on every decoding step is left out
+warnings.filterwarnings("ignore", message="`past_key_values` is deprecated", category=FutureWarning)
 
 
 @torch.no_grad()
