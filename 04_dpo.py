@@ -384,6 +384,8 @@ def parse_args(argv=None):
     if args.data and (args.split or args.split_dir):
         raise UserError("--data is trained on as it is; --split and --split-dir pick stage 03's pairs instead: pass one")
     args.split = None if args.data else args.split or "easy"
+    if args.split == "all" and args.split_dir:
+        raise UserError("--split all trains on 01_sft's train pairs, no split's: --split-dir would do nothing")
     if args.hard_labels and args.split != "hard":
         raise UserError("--hard-labels is for --split hard (the easy set's labels are 03's, and --split all's "
                         "the dataset's)")

@@ -123,6 +123,7 @@ def test_numeric_flags_out_of_range_are_refused_before_anything_runs(stage, argv
     (["--online", "--loss", "ipo", "--curriculum"], "--curriculum does nothing with --loss ipo --online"),
     (["--online", "--loss", "nash-md-pg", "--ipo-aggregate", "sum"], "--ipo-aggregate does nothing with --loss nash-md-pg"),
     (["--online", "--epochs", "2"], "--epochs does nothing with --loss dpo --online"),
+    (["--split", "all", "--split-dir", "s"], "--split-dir would do nothing"),
 ])
 def test_04_refuses_a_flag_its_loss_and_mode_do_not_read(argv, needle):
     """A flag set away from its default that the chosen loss or mode never reads would change nothing:
