@@ -828,9 +828,10 @@ def read_jsonl(path):
     """Rows of a .jsonl or .jsonl.gz file (or a .json file: JSON lines, or one JSON array of rows); a bad
     line or a corrupt file is a one-line error naming it."""
     path, rows, i = Path(path), [], 0
-    if path.suffix == ".json" and path.read_bytes().lstrip(b"\xef\xbb\xbf \t\r\n")[:1] == b"[":
+    raw = path.read_bytes() if path.suffix == ".json" else b""
+    if raw.lstrip(b"\xef\xbb\xbf \t\r\n")[:1] == b"[":   # a .json file that is one JSON array: read once
         try:
-            rows = json.loads(path.read_text(encoding="utf-8-sig"))
+            rows = json.loads(raw.decode("utf-8-sig"))
             json.dumps(rows, ensure_ascii=False).encode("utf-8")      # no lone surrogate escapes (see below)
             return rows
         except (ValueError, RecursionError) as e:   # JSON, UTF-8 and surrogate errors are all ValueErrors

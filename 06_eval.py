@@ -474,9 +474,10 @@ def main(args):
     base = load_model(str(base_dir), "policy", "--baseline" if args.baseline else "policy", device)
     tok = load_tokenizer(str(base_dir), "--baseline" if args.baseline else "policy")
     rm_tok = load_tokenizer(str(rm_dir), "--reward")
-    if args.baseline:   # the odd one out is more likely the model named by hand
+    if args.baseline:   # one comparison, named after the model more likely the odd one out: the one named by hand
         check_same_tokenizer(rm_tok, tok, "--baseline", base_dir, whose="the reward model's")
-    check_same_tokenizer(tok, rm_tok, "--reward", rm_dir)
+    else:
+        check_same_tokenizer(tok, rm_tok, "--reward", rm_dir)
     for flag, m in (("--reward", rm), ("--baseline", base)):
         check_context(m, args.max_prompt_len + args.max_new_tokens, flag, "--max-prompt-len plus --max-new-tokens")
     prompt_ids = [p for p, in encode_rows(tok, test_rows, args.max_prompt_len, None, source, responses=())]
@@ -1004,9 +1005,10 @@ def read_jsonl(path):
     """Rows of a .jsonl or .jsonl.gz file (or a .json file: JSON lines, or one JSON array of rows); a bad
     line or a corrupt file is a one-line error naming it."""
     path, rows, i = Path(path), [], 0
-    if path.suffix == ".json" and path.read_bytes().lstrip(b"\xef\xbb\xbf \t\r\n")[:1] == b"[":
+    raw = path.read_bytes() if path.suffix == ".json" else b""
+    if raw.lstrip(b"\xef\xbb\xbf \t\r\n")[:1] == b"[":   # a .json file that is one JSON array: read once
         try:
-            rows = json.loads(path.read_text(encoding="utf-8-sig"))
+            rows = json.loads(raw.decode("utf-8-sig"))
             json.dumps(rows, ensure_ascii=False).encode("utf-8")      # no lone surrogate escapes (see below)
             return rows
         except (ValueError, RecursionError) as e:   # JSON, UTF-8 and surrogate errors are all ValueErrors
