@@ -523,10 +523,20 @@ def read_jsonl(path):
     return rows
 
 
+class Record(dict):
+    """A JSON object read from `path`: a key it lacks is one line naming the file, not a KeyError."""
+    def __init__(self, items, path):
+        super().__init__(items)
+        self.path = path
+
+    def __missing__(self, key):
+        raise UserError(f"{self.path}: has no {key!r} entry; rerun the stage that wrote it")
+
+
 def read_json(path):
     """A stage's record (stage.json, stats.json, results.json) as a dict; unreadable, one line naming it."""
     try:
-        record = json.loads(Path(path).read_text(encoding="utf-8"))
+        record = json.loads(Path(path).read_text(encoding="utf-8"), object_hook=lambda d: Record(d, path))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise UserError(f"{path}: not a readable JSON record ({type(e).__name__}: {e}); rerun the stage that "
                         f"wrote it") from None

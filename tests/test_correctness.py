@@ -2,6 +2,7 @@
 fp32 master weights whatever the stored dtype, dropout off, sampling that keeps its context under gradient
 checkpointing, every pair once per epoch, and numeric flags checked before anything runs."""
 
+import argparse
 import copy
 import json
 import math
@@ -214,6 +215,10 @@ def test_model_paths_records_and_batches_are_one_line_errors(tmp_path):
     (tmp_path / "stage.json").write_text("[1, 2]")
     with pytest.raises(dpo.UserError, match="a JSON list, expected an object"):
         dpo.need_stage(tmp_path, "01_sft", "python 01_sft.py")
+    (tmp_path / "stage.json").write_text('{"stage": "01_sft", "args": {"max_prompt_len": 64}}')  # hand-edited
+    args = argparse.Namespace(max_prompt_len=None, max_response_len=None)
+    with pytest.raises(dpo.UserError, match="stage.json: has no 'max_response_len' entry; rerun the stage"):
+        dpo.inherit_lengths(args, dpo.need_stage(tmp_path, "01_sft", "python 01_sft.py"))
     with pytest.raises(dpo.UserError, match="run `python 02_reward.py` first, or pass --reward DIR"):
         dpo.need_stage(tmp_path / "none", "02_reward", "python 02_reward.py", "--reward")
     with pytest.raises(dpo.UserError, match="--rollout-batch 32 is more than the 9 items"):
