@@ -198,12 +198,13 @@ def main(args):
     scaler = torch.amp.GradScaler(enabled=dtype == torch.float16)  # fp16 needs loss scaling; bf16, fp32 do not
     per_step = args.batch_size * args.grad_accum
     total_steps = args.max_steps if args.max_steps > 0 else max(1, math.ceil(len(train_ex) * args.epochs / per_step))
+    batches = epoch_batches(len(train_ex), args.batch_size, random.Random(args.seed), grad_accum=args.grad_accum)
     held_out = lambda: evaluate(rm, test_ex, test_rows, tok.pad_token_id, args.eval_batch_size, device, dtype) \
         if test_ex else {}
     before = held_out()
     metrics = [{"step": 0, **before}] if before else []
 
-    batches, tokens, since = epoch_batches(len(train_ex), args.batch_size, random.Random(args.seed)), 0, time.time()
+    tokens, since = 0, time.time()
     bar = tqdm(range(total_steps), desc="02_reward", dynamic_ncols=True)
     for step in bar:
         for group in opt.param_groups:
@@ -1051,24 +1052,27 @@ def inherit_lengths(args, sft_stage):
                   f"--{name.replace('_', '-')} {getattr(args, name)} (the default: no 01_sft stage to inherit from)")
 
 
-def epoch_batches(n, batch_size, rng, shuffle=True, flag="--batch-size"):
+def epoch_batches(n, batch_size, rng, shuffle=True, flag="--batch-size", grad_accum=1):
     """Index batches forever: epoch after epoch of the n items (shuffled each epoch, or in order), each
-    item once per epoch; a batch may span two epochs (nothing dropped, nothing repeated early). A batch
-    larger than the n items would hold some twice: refused when this is called, before the first batch."""
-    if batch_size > n:
-        raise UserError(f"{flag} {batch_size} is more than the {n} items there are to draw from (a batch would "
-                        f"hold some twice); lower it")
+    item once per epoch. An optimiser step (grad_accum batches) may span two epochs, nothing dropped, and
+    holds no item twice; one larger than the n items would: refused when this is called."""
+    if batch_size * grad_accum > n:
+        accum = f" x --grad-accum {grad_accum}" if grad_accum > 1 else ""
+        raise UserError(f"{flag} {batch_size}{accum} is more than the {n} items there are to draw from (an "
+                        f"optimiser step would hold some twice); lower it")
 
     def batches():
-        stream = []
+        stream, per_step = [], batch_size * grad_accum
         while True:
-            while len(stream) < batch_size:
+            if len(stream) < per_step:  # the next epoch: items the unfinished step holds go to its end
                 order = list(range(n))
                 if shuffle:
                     rng.shuffle(order)
-                stream += order
-            yield stream[:batch_size]
-            stream = stream[batch_size:]
+                held = set(stream)
+                stream += [i for i in order if i not in held] + [i for i in order if i in held]
+            for k in range(grad_accum):
+                yield stream[k * batch_size:(k + 1) * batch_size]
+            stream = stream[per_step:]
     return batches()
 
 

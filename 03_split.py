@@ -1141,24 +1141,27 @@ def inherit_lengths(args, sft_stage):
                   f"--{name.replace('_', '-')} {getattr(args, name)} (the default: no 01_sft stage to inherit from)")
 
 
-def epoch_batches(n, batch_size, rng, shuffle=True, flag="--batch-size"):
+def epoch_batches(n, batch_size, rng, shuffle=True, flag="--batch-size", grad_accum=1):
     """Index batches forever: epoch after epoch of the n items (shuffled each epoch, or in order), each
-    item once per epoch; a batch may span two epochs (nothing dropped, nothing repeated early). A batch
-    larger than the n items would hold some twice: refused when this is called, before the first batch."""
-    if batch_size > n:
-        raise UserError(f"{flag} {batch_size} is more than the {n} items there are to draw from (a batch would "
-                        f"hold some twice); lower it")
+    item once per epoch. An optimiser step (grad_accum batches) may span two epochs, nothing dropped, and
+    holds no item twice; one larger than the n items would: refused when this is called."""
+    if batch_size * grad_accum > n:
+        accum = f" x --grad-accum {grad_accum}" if grad_accum > 1 else ""
+        raise UserError(f"{flag} {batch_size}{accum} is more than the {n} items there are to draw from (an "
+                        f"optimiser step would hold some twice); lower it")
 
     def batches():
-        stream = []
+        stream, per_step = [], batch_size * grad_accum
         while True:
-            while len(stream) < batch_size:
+            if len(stream) < per_step:  # the next epoch: items the unfinished step holds go to its end
                 order = list(range(n))
                 if shuffle:
                     rng.shuffle(order)
-                stream += order
-            yield stream[:batch_size]
-            stream = stream[batch_size:]
+                held = set(stream)
+                stream += [i for i in order if i not in held] + [i for i in order if i in held]
+            for k in range(grad_accum):
+                yield stream[k * batch_size:(k + 1) * batch_size]
+            stream = stream[per_step:]
     return batches()
 
 

@@ -223,6 +223,14 @@ def test_model_paths_records_and_batches_are_one_line_errors(tmp_path):
         dpo.need_stage(tmp_path / "none", "02_reward", "python 02_reward.py", "--reward")
     with pytest.raises(dpo.UserError, match="--rollout-batch 32 is more than the 9 items"):
         dpo.epoch_batches(9, 32, random.Random(0), flag="--rollout-batch")
+    with pytest.raises(dpo.UserError, match="--batch-size 4 x --grad-accum 3 is more than the 9 items"):
+        dpo.epoch_batches(9, 4, random.Random(0), grad_accum=3)
+    for batch_size, grad_accum in ((4, 2), (3, 3), (7, 1)):      # steps that span two epochs hold no item twice
+        batches = dpo.epoch_batches(9, batch_size, random.Random(0), grad_accum=grad_accum)
+        steps = [sum((next(batches) for _ in range(grad_accum)), []) for _ in range(40)]
+        assert all(len(set(step)) == batch_size * grad_accum for step in steps)
+        stream = sum(steps, [])
+        assert all(sorted(stream[e * 9:(e + 1) * 9]) == list(range(9)) for e in range(len(stream) // 9))
 
 
 def test_ctrl_c_is_one_line_and_exit_130(capsys):
