@@ -57,6 +57,7 @@ import contextlib
 import gzip
 import json
 import math
+import os
 import random
 import re
 import shutil
@@ -1075,6 +1076,7 @@ def load_rows(spec, flag, split="train"):
         raise UserError(f"{flag} {spec}: expected a .jsonl or .jsonl.gz file")
     name, _, subset = spec.partition(":")  # HH-RLHF's subsets are data folders; other datasets' are configs
     where = {"data_dir": subset or None} if name == "Anthropic/hh-rlhf" else {"name": subset or None}
+    offline_unless_hub_reachable()
     import datasets
     for attempt in [split, "validation"] if split == "test" else [split]:  # TL;DR sets test on validation
         try:
@@ -1528,8 +1530,9 @@ def check_model(name, kind, flag, config=None):
     id is checked by load_model, once its config is loaded."""
     if config is None:
         if not Path(name).exists():
-            no_such_dir(name, flag)        # else a hub id: load_model checks it once loaded
-            return
+            config = hub_config(name, flag)  # a hub id: fails now, not after the work before its load
+            if not config.get("architectures"):
+                return                       # load_model checks the class it loads
         if not (Path(name) / "config.json").is_file():
             raise UserError(f"{flag} {name}: no config.json there; expected a Hugging Face model directory")
         config = read_json(Path(name) / "config.json")
@@ -1546,9 +1549,45 @@ def check_model(name, kind, flag, config=None):
 
 def no_such_dir(name, flag):
     """A model name that is no directory here and not shaped like a hub id ('name' or 'org/name') is a path
-    typed wrong: say so, not the hub's "couldn't connect"."""
+    typed wrong: say so, not the hub's "couldn't connect". A hub id is read from the local cache alone
+    when the hub is out of reach."""
     if not re.fullmatch(r"[\w-][\w.-]*(?:/[\w-][\w.-]*)?", str(name)):
         raise UserError(f"{flag} {name}: no such directory")
+    offline_unless_hub_reachable()
+
+
+def hub_config(name, flag):
+    """The config of a hub id, as a dict; one line if there is none to read."""
+    from transformers import AutoConfig
+    no_such_dir(name, flag)
+    try:
+        return AutoConfig.from_pretrained(name).to_dict()
+    except Exception as e:  # not on the hub, not in the cache: one line
+        raise UserError(f"{flag} {name}: no such directory, and not loadable as a model ({type(e).__name__}: "
+                        f"{(str(e).splitlines() or [''])[0][:200]})") from None
+
+
+def hub_reachable(timeout=3.0):
+    """A quick look for the hub, so that an offline machine does not wait through the download retries."""
+    import socket
+    from urllib.parse import urlparse
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def offline_unless_hub_reachable():
+    """Hub ids and datasets from the local Hugging Face cache alone when the hub does not answer, at once,
+    not after ~25 s of retries. HF_HUB_OFFLINE is read when the libraries are imported: set where they are."""
+    if os.environ.get("HF_HUB_OFFLINE") == "1" or hub_reachable():
+        return
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    for module in ("huggingface_hub.constants", "datasets.config"):
+        if module in sys.modules:
+            sys.modules[module].HF_HUB_OFFLINE = True
 
 
 def load_model(name, kind, flag, device):
