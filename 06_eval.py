@@ -1006,17 +1006,18 @@ def read_jsonl(path):
     """Rows of a .jsonl or .jsonl.gz file (or a .json file: JSON lines, or one JSON array of rows); a bad
     line or a corrupt file is a one-line error naming it."""
     path, rows, i = Path(path), [], 0
-    raw = path.read_bytes() if path.suffix == ".json" else b""
-    if raw.lstrip(b"\xef\xbb\xbf \t\r\n")[:1] == b"[":   # a .json file that is one JSON array: read once
+    data = path.read_bytes() if path.suffix == ".json" else None   # read once: an array or JSON lines
+    if data is not None and data.lstrip(b"\xef\xbb\xbf \t\r\n")[:1] == b"[":   # one JSON array
         try:
-            rows = json.loads(raw.decode("utf-8-sig"))
+            rows = json.loads(data.decode("utf-8-sig"))
             json.dumps(rows, ensure_ascii=False).encode("utf-8")      # no lone surrogate escapes (see below)
             return rows
         except (ValueError, RecursionError) as e:   # JSON, UTF-8 and surrogate errors are all ValueErrors
             raise UserError(f"{path}: a JSON array, but not valid JSON text ({type(e).__name__}: "
                             f"{str(e)[:200]})") from None
     try:
-        with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
+        with (gzip.open if path.suffix == ".gz" else open)(path, "rb") if data is None else \
+                contextlib.nullcontext(data.split(b"\n")) as f:
             for i, raw in enumerate(f, 1):
                 line = raw.decode("utf-8-sig" if i == 1 else "utf-8")   # a BOM may open the file
                 if line.strip():

@@ -271,6 +271,11 @@ def test_conversational_pairs_json_arrays_and_typed_summarize_from_feedback_rows
     assert sft.normalise(implicit, "trl", pairs=False)[0]["prompt"] == [user("Q")]
     (tmp_path / "arr.json").write_text(json.dumps([{"prompt": "a", "chosen": "b", "rejected": "c"}], indent=2))
     assert sft.normalise(sft.load_rows(str(tmp_path / "arr.json"), "--data"), "arr")[0]["chosen"] == "b"
+    (tmp_path / "lines.json").write_bytes(b'\xef\xbb\xbf{"prompt": "a"}\r\n\r\n{"prompt": "b"}\n{"prompt":\n')
+    with pytest.raises(sft.UserError, match=r"lines.json:4: not valid JSON"):   # JSON lines named .json
+        sft.load_rows(str(tmp_path / "lines.json"), "--data")
+    (tmp_path / "lines.json").write_bytes(b'\xef\xbb\xbf{"prompt": "a"}\r\n\r\n{"prompt": "b"}\n')
+    assert sft.load_rows(str(tmp_path / "lines.json"), "--data") == [{"prompt": "a"}, {"prompt": "b"}]
     sff = {"info": {"post": "p"}, "summaries": [{"text": "a"}, {"text": "b"}], "choice": 1}
     bad = [dict(sff, choice=1.7), dict(sff, choice=True), dict(sff, info="text"), dict(sff, summaries=[{"text": "a"}])]
     assert len(sft.normalise([sff] + bad, "sff")) == 1
