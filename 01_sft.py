@@ -979,15 +979,16 @@ def static_decoder(model, ids, attn, max_new_tokens, device, dtype):
 def check_model(name, kind, flag, config=None):
     """Refuse a local directory that holds no model, or a model of the other kind ('reward' or not): a reward
     model read as a policy would silently get a random LM head, and the reverse a random score head. A hub
-    id is checked by load_model, once its config is loaded."""
+    id's config is read from the hub (or the local cache) now, so that a wrong one fails before any work."""
     if config is None:
         if not Path(name).exists():
-            config = hub_config(name, flag)  # a hub id: fails now, not after the work before its load
+            config = hub_config(name, flag)
             if not config.get("architectures"):
                 return                       # load_model checks the class it loads
-        if not (Path(name) / "config.json").is_file():
+        elif not (Path(name) / "config.json").is_file():
             raise UserError(f"{flag} {name}: no config.json there; expected a Hugging Face model directory")
-        config = read_json(Path(name) / "config.json")
+        else:
+            config = read_json(Path(name) / "config.json")
     archs = config.get("architectures") or []
     if kind == "reward" and not (any(a.endswith("ForSequenceClassification") for a in archs)
                                  and len(config.get("id2label", {0: 0})) == 1):

@@ -233,15 +233,24 @@ def test_model_paths_records_and_batches_are_one_line_errors(tmp_path):
         assert all(sorted(stream[e * 9:(e + 1) * 9]) == list(range(9)) for e in range(len(stream) // 9))
 
 
-def test_a_hub_id_out_of_reach_fails_at_its_check_from_the_cache_alone(monkeypatch):
+def test_a_hub_id_out_of_reach_fails_at_its_check_from_the_cache_alone(monkeypatch, tmp_path, tiny_model_dir):
     import datasets.config
     import huggingface_hub.constants
+    snapshot = tmp_path / "models--org--tiny/snapshots/abc"                # a hub model in the local cache
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_bytes((tiny_model_dir / "config.json").read_bytes())
+    (tmp_path / "models--org--tiny/refs").mkdir()
+    (tmp_path / "models--org--tiny/refs/main").write_text("abc")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
     monkeypatch.delenv("HF_HUB_OFFLINE")                      # as on a user's machine without the hub
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(dpo, "hub_reachable", lambda: False)
     with pytest.raises(dpo.UserError, match="--model org/missing: no such directory, and not loadable as a model"):
         dpo.check_model("org/missing", "policy", "--model")   # before any work, not at load_model
+    dpo.check_model("org/tiny", "policy", "--model")           # the cached one: its config, read offline
+    with pytest.raises(dpo.UserError, match="--reward org/tiny: a LlamaForCausalLM model; expected a reward model"):
+        dpo.check_model("org/tiny", "reward", "--reward")
     assert huggingface_hub.constants.HF_HUB_OFFLINE and datasets.config.HF_HUB_OFFLINE  # no retries: the cache
     with pytest.raises(dpo.UserError, match="OfflineModeIsEnabled"):
         dpo.load_rows("org/missing", "--data")
