@@ -379,7 +379,7 @@ def main(args):
                                      (args.reward, rm_name, "02_reward", "--reward")):
         if given is None:  # the pipeline's defaults: a missing stage names the command that makes it
             need_stage(name, stage, f"python {stage}.py", flag)
-    check_output(out, args.overwrite)
+    check_output(out, args.overwrite, "05_ppo")
     device = pick_device(args.device)
     precision = pick_precision(args.precision, device)
     dtype = precision[0]
@@ -481,7 +481,7 @@ def main(args):
     loop_s = time.time() - loop_started
     final = {**quarter_means(metrics), "steps": args.steps, **perf(tokens, loop_started, device),
              "perf/generation_share": sum(m["time/generation_s"] for m in metrics) / max(loop_s, 1e-9)}
-    with output_dir(out) as tmp:
+    with output_dir(out, args.overwrite) as tmp:
         policy.save_pretrained(tmp)
         tok.save_pretrained(tmp)
         write_stage(tmp, "05_ppo", args, started, device, precision, metrics, policy_init=path_or_hub_id(policy_name),
@@ -1394,10 +1394,10 @@ def perf(tokens, since, device):
     return {"perf/tokens_per_s": tokens / max(time.time() - since, 1e-9), "perf/peak_mem_mb": memory}
 
 
-def check_output(out, overwrite):
+def check_output(out, overwrite, stage):
     """Before any work, so that a finished run can always be saved: `out` is new, or with --overwrite an
-    earlier output of a stage (a folder with its record; never a folder of yours, nor the current one), and
-    its parent takes a folder."""
+    earlier output of this stage (a folder with its record; never a folder of yours, another stage's, which
+    may be this run's input, nor the current one), and its parent takes a folder."""
     out = Path(out)
     if out.exists() and not overwrite:
         raise UserError(f"{out} exists; pass --overwrite to replace it")
@@ -1405,6 +1405,11 @@ def check_output(out, overwrite):
     if out.exists() and not (out.is_dir() and (not any(out.iterdir()) or any((out / r).is_file() for r in records))):
         raise UserError(f"{out}: not the output of a stage (no {', '.join(records)}); --overwrite replaces only "
                         f"those: pick a new output folder")
+    record = next((out / r for r in records if (out / r).is_file()), None) if out.is_dir() else None
+    made_by = str(read_json(record).get("stage")).split(" ")[0] if record else stage
+    if made_by != stage:
+        raise UserError(f"{out}: the output of {made_by}, not of {stage}; --overwrite replaces only {stage}'s: "
+                        f"pick a new output folder")
     if Path.cwd().resolve().is_relative_to(out.resolve()):
         raise UserError(f"{out}: the current folder or one above it; pick a new output folder")
     there = next(p for p in out.absolute().parents if p.exists())   # the nearest folder above it that exists
@@ -1420,23 +1425,47 @@ def check_output(out, overwrite):
 
 
 @contextlib.contextmanager
-def output_dir(out):
+def output_dir(out, overwrite):
     """A temporary directory beside `out`, renamed into place when the block ends without an error: a
-    crash never leaves a half-written output where the next stage would read it. (A kill can leave the
-    temporary directory; the next run removes it.)"""
+    crash never leaves a half-written output where the next stage would read it, and an interrupt between
+    the two renames puts the old output back. Its name holds the process id, so that two runs to one `out`
+    do not share it; one a killed run left is removed by the next run. An `out` that another run made while
+    this one ran is not replaced without --overwrite: this run's output is kept beside it."""
     out = Path(out)
-    tmp, old = out.parent / f".{out.name}.tmp", out.parent / f".{out.name}.old"
-    for stale in (tmp, old):
-        shutil.rmtree(stale, ignore_errors=True)
+    tmp, old = (out.parent / f".{out.name}.{kind}-{os.getpid()}" for kind in ("tmp", "old"))
+    for stale in out.parent.iterdir() if out.parent.is_dir() else ():
+        kind, _, pid = stale.name.removeprefix(f".{out.name}.").partition("-")
+        if stale.name.startswith(f".{out.name}.") and kind in ("tmp", "old") and not process_alive(pid):
+            if kind == "old" and not out.exists():   # killed between the two renames: the old output back
+                stale.rename(out)
+            shutil.rmtree(stale, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
         yield tmp
+        if out.exists() and not overwrite:
+            kept = out.parent / f"{out.name}.unsaved-{os.getpid()}"
+            tmp.rename(kept)
+            raise UserError(f"{out} was made by another run while this one ran; not replaced without "
+                            f"--overwrite: this run's output is in {kept}")
         if out.exists():
             out.rename(old)
         tmp.rename(out)
     finally:
+        if old.exists() and not out.exists():        # interrupted between the two renames
+            old.rename(out)
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.rmtree(old, ignore_errors=True)
+
+
+def process_alive(pid):
+    """Whether a process with this id (a string, maybe empty) runs: its temporary directory is in use."""
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:  # another user's
+        return True
+    return True
 
 
 def write_stage(tmp, stage, args, started, device, precision, metrics, record_name="stage.json", **record):

@@ -459,7 +459,7 @@ def main(args):
         check_model(p, "policy", "--baseline" if p is base_dir and args.baseline else "policy")
     device = pick_device(args.device)
     precision = dtype, _ = pick_precision(args.precision, device)
-    check_output(out, args.overwrite)  # fail before the slow parts
+    check_output(out, args.overwrite, "06_eval")  # fail before the slow parts
     started = time.time()
 
     # 1. the held-out prompts x, each with its request (the bootstrap's cluster), and the judges
@@ -517,7 +517,7 @@ def main(args):
 
     # 3. report.md, samples.jsonl and results.json (this stage's record: stage.json's fields and the results)
     families = sorted({r["family"] for r in test_rows}) if judge else []
-    with output_dir(out) as tmp:
+    with output_dir(out, args.overwrite) as tmp:
         sweep = threshold_sweep(results, rm_dir)
         report = write_report(results, tmp, args, dataset, rm_dir, base_dir, len(test_rows), len(set(requests)),
                               families, sweep)
@@ -744,7 +744,7 @@ def combine(args):
     if not names:
         raise UserError("--combine: no policy name is in every run's results.json")
     out, seeds = Path(args.out or "runs/combined"), [r["seed"] for r in runs]
-    check_output(out, args.overwrite)
+    check_output(out, args.overwrite, "06_eval")
     if len(set(seeds)) < len(seeds):
         print(f"06_eval: note: the runs share seeds ({seeds}); their spread is not a spread over seeds")
 
@@ -781,7 +781,7 @@ def combine(args):
     # 4. report.md and results.json
     import transformers
     report = combined_report(runs, names, metrics, families, table, claims)
-    with output_dir(out) as tmp:
+    with output_dir(out, args.overwrite) as tmp:
         if sweep:
             report += "\n".join(sweep_report(sweep, lambda c: f"{c['mean']:.3f} ± {c['std']:.3f}",
                                               "policies' cells: mean ± standard deviation over the runs; the "
@@ -1756,10 +1756,10 @@ def perf(tokens, since, device):
     return {"perf/tokens_per_s": tokens / max(time.time() - since, 1e-9), "perf/peak_mem_mb": memory}
 
 
-def check_output(out, overwrite):
+def check_output(out, overwrite, stage):
     """Before any work, so that a finished run can always be saved: `out` is new, or with --overwrite an
-    earlier output of a stage (a folder with its record; never a folder of yours, nor the current one), and
-    its parent takes a folder."""
+    earlier output of this stage (a folder with its record; never a folder of yours, another stage's, which
+    may be this run's input, nor the current one), and its parent takes a folder."""
     out = Path(out)
     if out.exists() and not overwrite:
         raise UserError(f"{out} exists; pass --overwrite to replace it")
@@ -1767,6 +1767,11 @@ def check_output(out, overwrite):
     if out.exists() and not (out.is_dir() and (not any(out.iterdir()) or any((out / r).is_file() for r in records))):
         raise UserError(f"{out}: not the output of a stage (no {', '.join(records)}); --overwrite replaces only "
                         f"those: pick a new output folder")
+    record = next((out / r for r in records if (out / r).is_file()), None) if out.is_dir() else None
+    made_by = str(read_json(record).get("stage")).split(" ")[0] if record else stage
+    if made_by != stage:
+        raise UserError(f"{out}: the output of {made_by}, not of {stage}; --overwrite replaces only {stage}'s: "
+                        f"pick a new output folder")
     if Path.cwd().resolve().is_relative_to(out.resolve()):
         raise UserError(f"{out}: the current folder or one above it; pick a new output folder")
     there = next(p for p in out.absolute().parents if p.exists())   # the nearest folder above it that exists
@@ -1782,23 +1787,47 @@ def check_output(out, overwrite):
 
 
 @contextlib.contextmanager
-def output_dir(out):
+def output_dir(out, overwrite):
     """A temporary directory beside `out`, renamed into place when the block ends without an error: a
-    crash never leaves a half-written output where the next stage would read it. (A kill can leave the
-    temporary directory; the next run removes it.)"""
+    crash never leaves a half-written output where the next stage would read it, and an interrupt between
+    the two renames puts the old output back. Its name holds the process id, so that two runs to one `out`
+    do not share it; one a killed run left is removed by the next run. An `out` that another run made while
+    this one ran is not replaced without --overwrite: this run's output is kept beside it."""
     out = Path(out)
-    tmp, old = out.parent / f".{out.name}.tmp", out.parent / f".{out.name}.old"
-    for stale in (tmp, old):
-        shutil.rmtree(stale, ignore_errors=True)
+    tmp, old = (out.parent / f".{out.name}.{kind}-{os.getpid()}" for kind in ("tmp", "old"))
+    for stale in out.parent.iterdir() if out.parent.is_dir() else ():
+        kind, _, pid = stale.name.removeprefix(f".{out.name}.").partition("-")
+        if stale.name.startswith(f".{out.name}.") and kind in ("tmp", "old") and not process_alive(pid):
+            if kind == "old" and not out.exists():   # killed between the two renames: the old output back
+                stale.rename(out)
+            shutil.rmtree(stale, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
         yield tmp
+        if out.exists() and not overwrite:
+            kept = out.parent / f"{out.name}.unsaved-{os.getpid()}"
+            tmp.rename(kept)
+            raise UserError(f"{out} was made by another run while this one ran; not replaced without "
+                            f"--overwrite: this run's output is in {kept}")
         if out.exists():
             out.rename(old)
         tmp.rename(out)
     finally:
+        if old.exists() and not out.exists():        # interrupted between the two renames
+            old.rename(out)
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.rmtree(old, ignore_errors=True)
+
+
+def process_alive(pid):
+    """Whether a process with this id (a string, maybe empty) runs: its temporary directory is in use."""
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:  # another user's
+        return True
+    return True
 
 
 def write_stage(tmp, stage, args, started, device, precision, metrics, record_name="stage.json", **record):

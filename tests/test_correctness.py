@@ -6,6 +6,7 @@ import argparse
 import copy
 import json
 import math
+import os
 import random
 
 import pytest
@@ -192,16 +193,44 @@ def test_an_output_that_could_not_be_saved_is_refused_before_any_work(tmp_path, 
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine/notes.txt").write_text("important")
     (tmp_path / "old").mkdir()
-    (tmp_path / "old/stage.json").write_text("{}")
+    (tmp_path / "old/stage.json").write_text('{"stage": "04_dpo"}')
+    (tmp_path / "sft").mkdir()
+    (tmp_path / "sft/stage.json").write_text('{"stage": "01_sft"}')
     for out, needle in [("notes.txt/sub", "cannot write there (NotADirectoryError"),
                         (".", "not the output of a stage"), ("mine", "not the output of a stage"),
-                        ("notes.txt", "not the output of a stage")]:
+                        ("notes.txt", "not the output of a stage"),
+                        ("sft", "sft: the output of 01_sft, not of 04_dpo")]:   # e.g. this run's own input
         with pytest.raises(dpo.UserError, match=needle.replace("(", r"\(")):
-            dpo.check_output(out, overwrite=True)
+            dpo.check_output(out, True, "04_dpo")
     assert (tmp_path / "mine/notes.txt").read_text() == "important"
-    dpo.check_output("old", overwrite=True)                 # a stage's output: replaced at the end
-    dpo.check_output("runs/new/04_dpo", overwrite=False)     # parents made only when the run is saved
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine", "notes.txt", "old"]
+    dpo.check_output("old", True, "04_dpo")                 # this stage's output: replaced at the end
+    dpo.check_output("runs/new/04_dpo", False, "04_dpo")     # parents made only when the run is saved
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine", "notes.txt", "old", "sft"]
+
+
+def test_output_dir_keeps_what_another_run_made_and_restores_an_old_output(tmp_path):
+    out = tmp_path / "04_dpo"
+    (tmp_path / ".04_dpo.tmp-999999999").mkdir()            # left by a killed run: removed
+    (tmp_path / ".04_dpo.tmp").mkdir()                      # an older version's name: removed
+    live = tmp_path / f".04_dpo.tmp-{os.getppid()}"           # a running process's: kept
+    live.mkdir()
+    with pytest.raises(dpo.UserError, match=r"04_dpo was made by another run while this one ran; not replaced "
+                                            r"without --overwrite: this run's output is in .*04_dpo\.unsaved-"):
+        with dpo.output_dir(out, overwrite=False) as tmp:
+            (tmp / "stage.json").write_text("new")
+            out.mkdir()                                     # another run finished first
+            (out / "stage.json").write_text("theirs")
+    assert (out / "stage.json").read_text() == "theirs"
+    assert [(p / "stage.json").read_text() for p in tmp_path.glob("04_dpo.unsaved-*")] == ["new"]
+    assert sorted(p.name for p in tmp_path.glob(".04_dpo.*")) == [live.name]
+    with pytest.raises(FileNotFoundError):                  # fails between its two renames: the old one back
+        with dpo.output_dir(out, overwrite=True) as tmp:
+            tmp.rmdir()
+    assert (out / "stage.json").read_text() == "theirs"
+    with dpo.output_dir(out, overwrite=True) as tmp:
+        (tmp / "stage.json").write_text("replaced")
+    assert (out / "stage.json").read_text() == "replaced"
+    assert sorted(p.name for p in tmp_path.glob(".04_dpo.*")) == [live.name]
 
 
 def test_model_paths_records_and_batches_are_one_line_errors(tmp_path):
