@@ -1235,14 +1235,29 @@ def load_model(name, kind, flag, device):
     dropout. kind: 'policy' (a causal LM), 'reward' (02's one-label classifier) or 'reward-init' (a causal
     LM read as a one-label classifier with a new score head: 02's start)."""
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+    from transformers.utils import logging as hf_logging
     check_model(name, kind, flag)
     cls = AutoModelForCausalLM if kind == "policy" else AutoModelForSequenceClassification
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # its load report: what it lists is checked below
     try:
-        model = cls.from_pretrained(name, **({"num_labels": 1} if kind == "reward-init" else {}))
+        model, info = cls.from_pretrained(name, output_loading_info=True,
+                                          **({"num_labels": 1} if kind == "reward-init" else {}))
     except Exception as e:  # not on the hub, no network, a broken directory: one line
         where = "" if Path(name).exists() else "no such directory, and "
         raise UserError(f"{flag} {name}: {where}not loadable as a model ({type(e).__name__}: "
                         f"{(str(e).splitlines() or [''])[0][:200]})") from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    # weights the checkpoint lacks are initialised at random without a word: refused, but for 02's new
+    # score head (and the LM head it replaces)
+    missing = set(info["missing_keys"]) - ({"score.weight"} if kind == "reward-init" else set())
+    unexpected = {k for k in info["unexpected_keys"] if not (kind == "reward-init" and k.startswith("lm_head."))}
+    wrong = [f"{len(keys)} {what} ({', '.join(sorted(map(str, keys))[:2])}{', ...' if len(keys) > 2 else ''})"
+             for what, keys in (("missing", missing), ("unexpected", unexpected)) if keys]
+    if wrong:
+        raise UserError(f"{flag} {name}: its weights do not match its config.json: {'; '.join(wrong)}; "
+                        f"expected a complete checkpoint")
     if not Path(name).exists():  # a hub id: its config says what it is
         check_model(name, kind, flag, {"id2label": model.config.id2label, "architectures":
                                        model.config.architectures or [type(model).__name__]})

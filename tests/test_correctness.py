@@ -233,6 +233,27 @@ def test_output_dir_keeps_what_another_run_made_and_restores_an_old_output(tmp_p
     assert sorted(p.name for p in tmp_path.glob(".04_dpo.*")) == [live.name]
 
 
+def test_a_checkpoint_missing_weights_is_refused_not_filled_at_random(tmp_path, tiny_model_dir):
+    import shutil
+    from safetensors.torch import load_file, save_file
+    for name in ("policy", "rm"):
+        shutil.copytree(tiny_model_dir, tmp_path / name)
+    weights = load_file(tmp_path / "policy/model.safetensors")
+    del weights["model.layers.1.mlp.down_proj.weight"]
+    save_file(weights, tmp_path / "policy/model.safetensors")
+    with pytest.raises(dpo.UserError, match=r"--model .*policy: its weights do not match its config.json: 1 missing "
+                                            r"\(model.layers.1.mlp.down_proj.weight\); expected a complete"):
+        dpo.load_model(str(tmp_path / "policy"), "policy", "--model", CPU)
+    rm = dpo.load_model(str(tmp_path / "rm"), "reward-init", "--model", CPU)   # 02's start: a new score head
+    rm.config.architectures = ["LlamaForSequenceClassification"]
+    weights = {k: v for k, v in rm.state_dict().items() if k != "score.weight"}
+    rm.config.save_pretrained(tmp_path / "rm")
+    save_file(weights, tmp_path / "rm/model.safetensors")
+    with pytest.raises(dpo.UserError, match=r"--reward .*rm: its weights do not match its config.json: 1 missing "
+                                            r"\(score.weight\)"):                # a reward model without its head
+        dpo.load_model(str(tmp_path / "rm"), "reward", "--reward", CPU)
+
+
 def test_model_paths_records_and_batches_are_one_line_errors(tmp_path):
     with pytest.raises(dpo.UserError, match="--model runs/s0/04_dpo: no such directory"):
         dpo.load_model("runs/s0/04_dpo", "policy", "--model", CPU)
