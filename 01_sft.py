@@ -1112,6 +1112,11 @@ def load_tokenizer(name, flag):
                         f"{(str(e).splitlines() or [''])[0][:200]})") from None
     if tok.eos_token_id is None:
         raise UserError(f"{flag} {name}: the tokenizer has no EOS token (every response ends with it)")
+    config = Path(name) / "config.json"
+    rows = read_json(config).get("vocab_size") if config.is_file() else None
+    if isinstance(rows, int) and len(tok) > rows:   # ids past the embedding: an index error deep in torch
+        raise UserError(f"{flag} {name}: its tokenizer has {len(tok)} tokens, more than the {rows} rows of the "
+                        f"model's embedding (config.json vocab_size); expected the model's own tokenizer")
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token  # any id: the attention masks hide padding
     return tok

@@ -254,6 +254,15 @@ def test_a_checkpoint_missing_weights_is_refused_not_filled_at_random(tmp_path, 
         dpo.load_model(str(tmp_path / "rm"), "reward", "--reward", CPU)
 
 
+def test_a_tokenizer_larger_than_the_embedding_is_refused(tmp_path, tiny_model_dir):
+    small = build_tiny(tmp_path / "small", vocab_size=300)
+    for f in tiny_model_dir.iterdir():                       # the 400-token tokenizer beside 300 embedding rows
+        if "token" in f.name:
+            (small / f.name).write_bytes(f.read_bytes())
+    with pytest.raises(dpo.UserError, match=r"small: its tokenizer has 400 tokens, more than the 300 rows"):
+        dpo.load_tokenizer(str(small), "--model")
+
+
 def test_model_paths_records_and_batches_are_one_line_errors(tmp_path):
     with pytest.raises(dpo.UserError, match="--model runs/s0/04_dpo: no such directory"):
         dpo.load_model("runs/s0/04_dpo", "policy", "--model", CPU)
