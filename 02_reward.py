@@ -566,11 +566,18 @@ def normalise(rows, source, pairs=True):
     if name is None:
         raise UserError(f"{source}: columns {sorted(rows[0])} fit no known format; expected "
                         + ", ".join(n for n in forms if n != "prompts" or not pairs))
-    out, skipped = [], {}
+    out, skipped, gold = [], {}, ("gold_chosen", "gold_rejected")   # the built-in task's, or your own
+    has_gold = not rows[0].keys().isdisjoint(gold)
+    number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
     for i, row in enumerate(rows, 1):
-        if not isinstance(row, dict) or not forms[name] <= row.keys():
-            what = sorted(forms[name] - row.keys()) if isinstance(row, dict) else "a JSON object"
-            raise UserError(f"{source}: row {i} is missing {what} (expected the {name} format of row 1)")
+        if not isinstance(row, dict):
+            raise UserError(f"{source}: row {i} is not a JSON object (expected the {name} format of row 1)")
+        if not forms[name] <= row.keys():
+            raise UserError(f"{source}: row {i} is missing {sorted(forms[name] - row.keys())} (expected the "
+                            f"{name} format of row 1)")
+        if has_gold == row.keys().isdisjoint(gold) or has_gold and not all(number(row.get(k)) for k in gold):
+            raise UserError(f"{source}: row {i}: gold_chosen and gold_rejected (gold scores, read by 02 and 03) "
+                            f"must be finite numbers, in every row or in none")
         try:
             new, why = normalise_row(row, pairs)
         except (TypeError, AttributeError, IndexError, KeyError, ValueError) as e:  # e.g. a dialogue that is no text

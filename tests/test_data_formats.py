@@ -78,6 +78,17 @@ def test_unknown_columns_and_missing_columns_are_clear_errors():
         sft.normalise([{"question": "q", "answer": "a"}], "x.jsonl")
     with pytest.raises(sft.UserError, match=r"row 2 is missing \['chosen'\]"):
         sft.normalise([{"prompt": "p", "chosen": "a", "rejected": "b"}, {"prompt": "p", "rejected": "b"}], "x.jsonl")
+    row = {"prompt": "p", "chosen": "a", "rejected": "b"}
+    with pytest.raises(sft.UserError, match=r"row 2 is not a JSON object"):
+        sft.normalise([row, [row]], "x.jsonl")
+    gold = dict(row, gold_chosen=1.0, gold_rejected=0)
+    assert sft.normalise([gold, gold], "x.jsonl")[1]["gold_rejected"] == 0           # carried to 02 and 03
+    for rows, bad in (([gold, row], 2), ([row, gold], 2), ([dict(row, gold_chosen=1.0)], 1),
+                      ([gold, dict(gold, gold_rejected="low")], 2), ([dict(gold, gold_chosen=float("nan"))], 1),
+                      ([dict(gold, gold_chosen=True)], 1)):
+        with pytest.raises(sft.UserError, match=rf"row {bad}: gold_chosen and gold_rejected .* must be finite "
+                                                r"numbers, in every row or in none"):
+            sft.normalise(rows, "x.jsonl")
 
 
 def test_chat_template_rendering(tiny):
