@@ -315,6 +315,7 @@ def finish(args, out, policy, tok, model, sft_stage, rows, source, metrics, befo
              **{k: v for k, v in metrics[-1].items() if k.startswith(("online/", "objective/"))}}
     metrics.append({"step": steps, **after})
     policy.config.use_cache = True
+    check_finite(policy, "04_dpo")
     with output_dir(out, args.overwrite) as tmp:
         policy.save_pretrained(tmp)
         tok.save_pretrained(tmp)
@@ -748,8 +749,9 @@ def seed_int(text):
 POSITIVE, NON_NEGATIVE = (lambda x: x > 0, "a number > 0"), (lambda x: x >= 0, "a number >= 0")
 AT_LEAST_1, FRACTION = (lambda x: x >= 1, "an integer >= 1"), (lambda x: 0 <= x <= 1, "a number in [0, 1]")
 STEPS = (lambda x: x >= 1 or x == -1, "a number of steps >= 1, or -1 for whole epochs")
+LEARNING_RATE = (lambda x: 0 < x < 1, "a learning rate in (0, 1): AdamW moves each weight by up to about it a step")
 OPTIMISER_RANGES = {"epochs": POSITIVE, "max_steps": STEPS, "batch_size": AT_LEAST_1, "grad_accum": AT_LEAST_1,
-                    "lr": POSITIVE, "weight_decay": NON_NEGATIVE, "warmup_ratio": FRACTION,
+                    "lr": LEARNING_RATE, "weight_decay": NON_NEGATIVE, "warmup_ratio": FRACTION,
                     "min_lr_ratio": FRACTION, "max_grad_norm": POSITIVE, "eval_batch_size": AT_LEAST_1}
 
 
@@ -769,12 +771,21 @@ def check_ranges(args, rules):
 def pick_device(name):
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", name):   # the devices the stages are written and tested for
+        raise UserError(f"--device {name!r}: expected auto, cpu, cuda or cuda:N")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"--device {name}: CUDA is not available on this machine (use --device cpu)")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise UserError(f"--device {name!r}: expected auto, cpu, cuda or cuda:N") from None
+    if name.startswith("cuda:") and int(name[5:]) >= torch.cuda.device_count():
+        raise UserError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return torch.device(name)
+
+
+def check_finite(model, stage):
+    """Weights no longer finite (a run that diverged in its last update, which no loss check sees) are
+    refused, not saved as a result."""
+    if not all(torch.isfinite(p).all() for p in model.parameters()):
+        raise UserError(f"{stage}: the weights are not finite after the last update (the run diverged: lower "
+                        f"--lr); nothing was written")
 
 
 def cpu_matmul_rates(n=256, repeats=3):

@@ -351,7 +351,7 @@ def parse_args(argv=None):
         "target_kl": POSITIVE, "kl_horizon": AT_LEAST_1, "reward_clip": POSITIVE, "missing_eos_penalty": NON_NEGATIVE,
         "gamma": FRACTION, "lam": FRACTION, "ppo_epochs": AT_LEAST_1, "minibatch_size": AT_LEAST_1,
         "cliprange": POSITIVE, "cliprange_value": POSITIVE, "vf_coef": NON_NEGATIVE, "target_approx_kl": POSITIVE,
-        "lr": POSITIVE, "value_lr": POSITIVE, "max_grad_norm": POSITIVE, "max_prompt_len": AT_LEAST_1,
+        "lr": LEARNING_RATE, "value_lr": LEARNING_RATE, "max_grad_norm": POSITIVE, "max_prompt_len": AT_LEAST_1,
         "sample_every": AT_LEAST_1})
     if args.data and (args.split_dir or args.prompts):
         raise UserError("--data and --split-dir / --prompts both name the prompts; pass one of them")
@@ -481,6 +481,7 @@ def main(args):
     loop_s = time.time() - loop_started
     final = {**quarter_means(metrics), "steps": args.steps, **perf(tokens, loop_started, device),
              "perf/generation_share": sum(m["time/generation_s"] for m in metrics) / max(loop_s, 1e-9)}
+    check_finite(policy, "05_ppo")
     with output_dir(out, args.overwrite) as tmp:
         policy.save_pretrained(tmp)
         tok.save_pretrained(tmp)
@@ -562,8 +563,9 @@ def seed_int(text):
 POSITIVE, NON_NEGATIVE = (lambda x: x > 0, "a number > 0"), (lambda x: x >= 0, "a number >= 0")
 AT_LEAST_1, FRACTION = (lambda x: x >= 1, "an integer >= 1"), (lambda x: 0 <= x <= 1, "a number in [0, 1]")
 STEPS = (lambda x: x >= 1 or x == -1, "a number of steps >= 1, or -1 for whole epochs")
+LEARNING_RATE = (lambda x: 0 < x < 1, "a learning rate in (0, 1): AdamW moves each weight by up to about it a step")
 OPTIMISER_RANGES = {"epochs": POSITIVE, "max_steps": STEPS, "batch_size": AT_LEAST_1, "grad_accum": AT_LEAST_1,
-                    "lr": POSITIVE, "weight_decay": NON_NEGATIVE, "warmup_ratio": FRACTION,
+                    "lr": LEARNING_RATE, "weight_decay": NON_NEGATIVE, "warmup_ratio": FRACTION,
                     "min_lr_ratio": FRACTION, "max_grad_norm": POSITIVE, "eval_batch_size": AT_LEAST_1}
 
 
@@ -583,12 +585,21 @@ def check_ranges(args, rules):
 def pick_device(name):
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", name):   # the devices the stages are written and tested for
+        raise UserError(f"--device {name!r}: expected auto, cpu, cuda or cuda:N")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"--device {name}: CUDA is not available on this machine (use --device cpu)")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise UserError(f"--device {name!r}: expected auto, cpu, cuda or cuda:N") from None
+    if name.startswith("cuda:") and int(name[5:]) >= torch.cuda.device_count():
+        raise UserError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return torch.device(name)
+
+
+def check_finite(model, stage):
+    """Weights no longer finite (a run that diverged in its last update, which no loss check sees) are
+    refused, not saved as a result."""
+    if not all(torch.isfinite(p).all() for p in model.parameters()):
+        raise UserError(f"{stage}: the weights are not finite after the last update (the run diverged: lower "
+                        f"--lr); nothing was written")
 
 
 def cpu_matmul_rates(n=256, repeats=3):

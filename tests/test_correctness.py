@@ -96,7 +96,9 @@ def test_a_bf16_checkpoint_with_dropout_trains_in_fp32_without_dropout_and_lengt
 
 @pytest.mark.parametrize("stage,argv,needle", [
     ("01_sft", ["--max-steps", "-3"], "--max-steps -3: expected a number of steps >= 1, or -1"),
-    ("01_sft", ["--lr", "nan"], "--lr nan: expected a number > 0"),
+    ("01_sft", ["--lr", "nan"], "--lr nan: expected a learning rate in (0, 1)"),
+    ("02_reward", ["--lr", "1e30"], "--lr 1e+30: expected a learning rate in (0, 1)"),   # diverges, finite
+    ("05_ppo", ["--value-lr", "2"], "--value-lr 2.0: expected a learning rate in (0, 1)"),
     ("01_sft", ["--warmup-ratio", "1.5"], "--warmup-ratio 1.5: expected a number in [0, 1]"),
     ("02_reward", ["--max-steps", "0"], "--max-steps 0"),
     ("02_reward", ["--lr", "inf"], "--lr inf"),
@@ -145,6 +147,27 @@ def test_05_refuses_adaptive_kl_settings_without_the_controller():
         ppo.parse_args(argv + ["--adaptive-kl"])
 
 
+def test_devices_other_than_cpu_and_cuda_and_diverged_weights_are_one_line_errors(tiny_model_dir):
+    for name in ("mps", "meta", "xpu", "cpu:5", "cuda:x", "gpu"):
+        with pytest.raises(dpo.UserError, match=f"--device '{name}': expected auto, cpu, cuda or cuda:N"):
+            dpo.pick_device(name)
+    assert dpo.pick_device("cpu") == CPU
+    model = dpo.load_model(str(tiny_model_dir), "policy", "--model", CPU)
+    dpo.check_finite(model, "04_dpo")
+    with torch.no_grad():
+        model.model.norm.weight[3] = float("inf")
+    with pytest.raises(dpo.UserError, match="04_dpo: the weights are not finite after the last update"):
+        dpo.check_finite(model, "04_dpo")
+    split = STAGES["03_split"]
+    rm = split.load_model(str(tiny_model_dir), "reward-init", "--model", CPU)
+    rows = [{"prompt": [{"role": "user", "content": "Add 2 and 3."}], "chosen": "5", "rejected": "6"}] * 3
+    with torch.no_grad():
+        rm.score.weight.fill_(float("inf"))                 # a diverged RM: inf - inf gaps
+    with pytest.raises(split.UserError, match="test: the reward model gives 3 of 3 pairs a gap that is not finite"):
+        split.score_pairs(rm, split.load_tokenizer(str(tiny_model_dir), "--model"), rows, 2, 64, 16, CPU, None,
+                          "test")
+
+
 def test_epochs_and_max_steps_exclude_each_other():
     for stage in ("01_sft", "02_reward", "04_dpo"):
         with pytest.raises(STAGES[stage].UserError, match="--epochs 2.0 does nothing with --max-steps 5"):
@@ -154,7 +177,7 @@ def test_epochs_and_max_steps_exclude_each_other():
 
 def test_a_bad_flag_is_one_line_and_writes_nothing(tmp_path):
     proc = run_stage("01_sft.py", "--lr", "nan", "--run", "x", cwd=tmp_path, check=False)
-    assert proc.returncode == 2 and proc.stderr.strip() == "01_sft.py: error: --lr nan: expected a number > 0"
+    assert proc.returncode == 2 and proc.stderr.strip().startswith("01_sft.py: error: --lr nan: expected a learning rate in (0, 1)")
     assert not (tmp_path / "runs").exists()
 
 
