@@ -213,10 +213,16 @@ def parse_args(argv=None):
                    help="pairs with a longer chosen or rejected response (in tokens) are dropped")
     add_optimiser_args(p, lr=2e-5, batch_help="sequences per micro-batch")
     add_system_args(p, seed_help="seeds data order, the built-in task and torch", training=True)
-    return check_ranges(p.parse_args(argv), {
+    args = check_ranges(p.parse_args(argv), {
         "builtin_train_pairs": AT_LEAST_1, "builtin_test_prompts": AT_LEAST_1, "builtin_temperature": POSITIVE,
         "max_train_pairs": NON_NEGATIVE, "max_test_prompts": NON_NEGATIVE, "max_prompt_len": AT_LEAST_1,
         "max_response_len": (lambda x: x >= 2, "an integer >= 2 (room for EOS)"), **OPTIMISER_RANGES})
+    unread = [f"--{d.replace('_', '-')}" for d in ("builtin_train_pairs", "builtin_test_prompts", "builtin_temperature")
+              if args.dataset != "builtin" and getattr(args, d) != p.get_default(d)]
+    if unread:
+        raise UserError(f"{', '.join(unread)}: the built-in task's settings do nothing with --dataset {args.dataset}; "
+                        f"--max-train-pairs and --max-test-prompts cut a file")
+    return args
 
 
 # --- the algorithm box ---------------------------------------------------------------------------

@@ -72,7 +72,7 @@ s.loader.exec_module(m); print(m.precision_name(m.pick_precision('auto', m.pick_
 # steps and then PPO's. 06's report.md states each policy's budget beside its row.
 case "$BUDGET" in
   cpu)
-    SFT=(--builtin-train-pairs 500 --builtin-test-prompts 140 --max-steps 30)   # 20 test requests a family
+    BUILTIN=(--builtin-train-pairs 500 --builtin-test-prompts 140); SFT=(--max-steps 30)   # 20 test requests a family
     RM=(--max-steps 30); DPO=(--max-steps 25); PPO=(--steps 8)
     ONLINE=(--max-steps 10); EVAL=()
     # measured on 2 cores of an AMD EPYC with avx512_bf16 (README, Quickstart); fp32 with oneDNN limited to AVX2
@@ -82,18 +82,19 @@ case "$BUDGET" in
     esac;;
   gpu)
     # batches of 32: a 135M model leaves a GPU idle at 8 sequences a step
-    SFT=(--builtin-train-pairs 4000 --builtin-test-prompts 400 --batch-size 32 --lr 5e-5)
+    BUILTIN=(--builtin-train-pairs 4000 --builtin-test-prompts 400); SFT=(--batch-size 32 --lr 5e-5)
     RM=(--batch-size 32 --lr 5e-5); DPO=(--batch-size 32 --lr 1e-5 --max-steps 60)
     PPO=(--steps 40 --rollout-batch 32 --minibatch-size 8); ONLINE=(--max-steps 40 --batch-size 16); EVAL=()
     TIMES="01 ~1 min | 02 ~1 min | 03 <1 min | 04 ~1 min | 05 ~3 min | 06 ~2 min";;
   tiny)
-    SFT=(--builtin-train-pairs 120 --builtin-test-prompts 12 --max-steps 4 --lr 1e-3)
+    BUILTIN=(--builtin-train-pairs 120 --builtin-test-prompts 12); SFT=(--max-steps 4 --lr 1e-3)
     RM=(--max-steps 4 --lr 1e-3); DPO=(--max-steps 3 --lr 1e-4); PPO=(--steps 2 --max-new-tokens 8 --lr 1e-4)
     ONLINE=(--max-steps 2 --max-new-tokens 8 --eval-every 1); EVAL=(--max-new-tokens 8 --bootstrap 100)
     TIMES="seconds";;
   *) echo "run.sh: --budget must be cpu, gpu or tiny" >&2; exit 2;;
 esac
 [ -n "$MODEL" ] && SFT+=(--model "$MODEL")
+[ "$DATASET" = builtin ] && SFT+=("${BUILTIN[@]}")   # the built-in task's sizes; 01 refuses them for a file
 SPLIT=()
 [ "$BUDGET" = tiny ] && SPLIT=(--easy-fraction 0.5)
 

@@ -139,6 +139,14 @@ def test_04_refuses_a_flag_its_loss_and_mode_do_not_read(argv, needle):
         dpo.parse_args(ok)
 
 
+def test_01_refuses_the_builtin_task_settings_with_a_file():
+    with pytest.raises(sft.UserError, match=r"--builtin-train-pairs, --builtin-temperature: the built-in task's "
+                                            r"settings do nothing with --dataset pairs.jsonl"):
+        sft.parse_args(["--dataset", "pairs.jsonl", "--builtin-train-pairs", "5", "--builtin-temperature", "3"])
+    sft.parse_args(["--dataset", "pairs.jsonl", "--max-train-pairs", "5"])
+    sft.parse_args(["--builtin-train-pairs", "5"])
+
+
 def test_05_refuses_adaptive_kl_settings_without_the_controller():
     ppo = STAGES["05_ppo"]
     for argv in (["--target-kl", "3"], ["--kl-horizon", "100"]):
