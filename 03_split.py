@@ -140,10 +140,17 @@ def bucket_table(rows, gaps, edges):
 def find_data(args, rm_name):
     """(01_sft directory or None, its stage.json or None, the pairs to split, the held-out pairs file or None,
     the dataset's name).
-    By default 02's stage.json names the 01_sft directory the RM was trained from, and 01's data files
-    (the dataset named once, in 01) are split; with --data, that file, and 01 only for the length limits."""
+    By default the pairs the RM was trained on are split: 01's data files (the dataset named once, in 01),
+    found through 02's stage.json, or the file 02 was given with --data; with --data, that file. 01 gives
+    the length limits where there is one."""
     record = Path(rm_name) / "stage.json"
-    recorded = read_json(record).get("sft") if record.is_file() else None
+    rm_stage = read_json(record) if record.is_file() else {}
+    recorded, rm_data = rm_stage.get("sft"), rm_stage.get("args", {}).get("data")
+    if args.data is None and rm_data:   # 02 trained on pairs of its own, not 01's: those are split
+        if rm_data.endswith((".jsonl", ".jsonl.gz", ".json")) and not Path(rm_data).is_file():
+            raise UserError(f"{record}: the RM was trained on {rm_data}, not found from here; pass --data FILE")
+        args.data = rm_data
+        print(f"03_split: splitting the pairs {rm_name} was trained on: {rm_data}")
     sft_dir = None
     if recorded:
         try:
@@ -228,8 +235,8 @@ def parse_args(argv=None):
                         "model (hub id or directory) (default runs/<run>/02_reward)")
     g.add_argument("--data", default=None,
                    help="the pairs (x, y_w, y_l) to split: a .jsonl/.jsonl.gz file (prompt/chosen/rejected, "
-                        "HH-RLHF or summarize_from_feedback form) or a hub dataset (default: the training "
-                        "pairs of the 01_sft directory the RM was trained from)")
+                        "HH-RLHF or summarize_from_feedback form) or a hub dataset (default: the pairs the "
+                        "RM was trained on: 02's --data, else the training pairs of its 01_sft directory)")
     g = p.add_argument_group("the split")
     g.add_argument("--threshold", type=float, default=None,
                    help="easy where |d| >= threshold (default: 1 for HH-RLHF and the built-in task, "

@@ -176,6 +176,21 @@ def test_devices_other_than_cpu_and_cuda_and_diverged_weights_are_one_line_error
                           "test")
 
 
+def test_03_splits_the_pairs_the_rm_was_trained_on(tmp_path, capsys):
+    split = STAGES["03_split"]
+    (tmp_path / "rm").mkdir()
+    (tmp_path / "pairs.jsonl").write_text("")
+    (tmp_path / "rm/stage.json").write_text(json.dumps({"stage": "02_reward", "sft": None,
+                                                        "args": {"data": str(tmp_path / "pairs.jsonl")}}))
+    args = argparse.Namespace(data=None)
+    assert split.find_data(args, tmp_path / "rm") == (None, None, str(tmp_path / "pairs.jsonl"), None,
+                                                      str(tmp_path / "pairs.jsonl"))
+    assert args.data == str(tmp_path / "pairs.jsonl") and "splitting the pairs" in capsys.readouterr().out
+    (tmp_path / "pairs.jsonl").unlink()
+    with pytest.raises(split.UserError, match="the RM was trained on .*pairs.jsonl, not found from here; pass --data"):
+        split.find_data(argparse.Namespace(data=None), tmp_path / "rm")
+
+
 def test_epochs_and_max_steps_exclude_each_other():
     for stage in ("01_sft", "02_reward", "04_dpo"):
         with pytest.raises(STAGES[stage].UserError, match="--epochs 2.0 does nothing with --max-steps 5"):
