@@ -1176,6 +1176,9 @@ def need_stage(path, stage, command, flag=None):
 
 def inherited_dir(recorded, stage_dir):
     """A directory an earlier stage recorded in its stage.json; if the run was moved, the one beside it."""
+    if not isinstance(recorded, str):
+        raise UserError(f"{stage_dir}/stage.json names {recorded!r} as a directory; expected a path: rerun the "
+                        f"stage that wrote it")
     for path in (Path(recorded), Path(stage_dir).parent / Path(recorded).name):
         if (path / "stage.json").exists():
             return path
@@ -1187,7 +1190,11 @@ def inherit_lengths(args, sft_stage):
     """Length limits not given on the command line: those SFT trained with (printed), else 256 / 128."""
     for name, default in (("max_prompt_len", 256), ("max_response_len", 128)):
         if getattr(args, name, 0) is None:
-            setattr(args, name, sft_stage["args"][name] if sft_stage else default)
+            value = sft_stage["args"][name] if sft_stage else default
+            if type(value) is not int or value < 2:
+                raise UserError(f"{sft_stage.path}: {name} {value!r}, expected an integer >= 2; rerun the stage "
+                                f"that wrote it, or pass --{name.replace('_', '-')}")
+            setattr(args, name, value)
             print(f"inherited --{name.replace('_', '-')} {getattr(args, name)} from 01_sft" if sft_stage else
                   f"--{name.replace('_', '-')} {getattr(args, name)} (the default: no 01_sft stage to inherit from)")
 

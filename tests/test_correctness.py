@@ -324,6 +324,12 @@ def test_model_paths_records_and_batches_are_one_line_errors(tmp_path):
     args = argparse.Namespace(max_prompt_len=None, max_response_len=None)
     with pytest.raises(dpo.UserError, match="stage.json: has no 'max_response_len' entry; rerun the stage"):
         dpo.inherit_lengths(args, dpo.need_stage(tmp_path, "01_sft", "python 01_sft.py"))
+    (tmp_path / "stage.json").write_text('{"stage": "01_sft", "args": {"max_prompt_len": "abc"}}')
+    with pytest.raises(dpo.UserError, match="stage.json: max_prompt_len 'abc', expected an integer >= 2; rerun"):
+        dpo.inherit_lengths(argparse.Namespace(max_prompt_len=None, max_response_len=None),
+                            dpo.need_stage(tmp_path, "01_sft", "python 01_sft.py"))
+    with pytest.raises(dpo.UserError, match="stage.json names 5 as a directory; expected a path"):
+        dpo.inherited_dir(5, tmp_path)
     with pytest.raises(dpo.UserError, match="run `python 02_reward.py` first, or pass --reward DIR"):
         dpo.need_stage(tmp_path / "none", "02_reward", "python 02_reward.py", "--reward")
     with pytest.raises(dpo.UserError, match="--rollout-batch 32 is more than the 9 items"):
