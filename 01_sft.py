@@ -495,6 +495,10 @@ def read_jsonl(path):
                     if "\\ud" in line.lower():
                         json.dumps(rows[-1], ensure_ascii=False).encode("utf-8")
     except json.JSONDecodeError as e:
+        with contextlib.suppress(ValueError):   # one object over many lines: valid JSON, but not rows
+            if data is not None and isinstance(json.loads(data.decode("utf-8-sig")), dict):
+                raise UserError(f"{path}: one JSON object; expected rows: one JSON object a line, or an array "
+                                f"of them") from None
         raise UserError(f"{path}:{i}: not valid JSON ({e.msg})") from None
     except UnicodeDecodeError as e:
         raise UserError(f"{path}:{i}: not UTF-8 (byte {e.object[e.start]:#04x} at column {e.start + 1})") from None

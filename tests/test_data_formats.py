@@ -285,6 +285,9 @@ def test_conversational_pairs_json_arrays_and_typed_summarize_from_feedback_rows
     (tmp_path / "lines.json").write_bytes(b'\xef\xbb\xbf{"prompt": "a"}\r\n\r\n{"prompt": "b"}\n{"prompt":\n')
     with pytest.raises(sft.UserError, match=r"lines.json:4: not valid JSON"):   # JSON lines named .json
         sft.load_rows(str(tmp_path / "lines.json"), "--data")
+    (tmp_path / "obj.json").write_text(json.dumps({"prompt": "a", "chosen": "b", "rejected": "c"}, indent=2))
+    with pytest.raises(sft.UserError, match=r"obj.json: one JSON object; expected rows"):
+        sft.load_rows(str(tmp_path / "obj.json"), "--data")
     (tmp_path / "lines.json").write_bytes(b'\xef\xbb\xbf{"prompt": "a"}\r\n\r\n{"prompt": "b"}\n')
     assert sft.load_rows(str(tmp_path / "lines.json"), "--data") == [{"prompt": "a"}, {"prompt": "b"}]
     sff = {"info": {"post": "p"}, "summaries": [{"text": "a"}, {"text": "b"}], "choice": 1}
