@@ -652,12 +652,15 @@ def response_ids(tokenizer, response):
 
 def encode_rows(tok, rows, max_prompt_len, max_response_len, source, responses=("chosen", "rejected")):
     """[(prompt_ids, *response_ids)] of rows, a response for each column named in `responses` (none: the
-    prompts alone, and max_response_len None), all after the one prompt. A response ends with EOS, the token that closes an assistant
-    turn in chat templates; the prompt is cut from the left so that the response always survives, and the
-    prompts cut are counted and reported."""
+    prompts alone, and max_response_len None), all after the one prompt. A response ends with EOS, the
+    token that closes an assistant turn in chat templates; the prompt is cut from the left so that the
+    response always survives, and the prompts cut are counted and reported."""
     out, cut = [], 0
-    for r in rows:
-        prompt_ids = tok(render_prompt(tok, r["prompt"]), add_special_tokens=False)["input_ids"]
+    for i, r in enumerate(rows, 1):
+        try:
+            prompt_ids = tok(render_prompt(tok, r["prompt"]), add_special_tokens=False)["input_ids"]
+        except UserError as e:   # the chat template's refusal, with the row it refused
+            raise UserError(f"{source}: row {i}: {e}") from None
         cut += len(prompt_ids) > max_prompt_len
         out.append((prompt_ids[-max_prompt_len:], *(response_ids(tok, r[k])[: max_response_len - 1]
                                                     + [tok.eos_token_id] for k in responses)))
