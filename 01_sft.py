@@ -231,7 +231,7 @@ def main(args):
     out = Path(args.out or f"runs/{args.run}/01_sft")
     device = pick_device(args.device)
     precision = dtype, _ = pick_precision(args.precision, device)
-    check_output(out, args.overwrite, "01_sft")  # fail before the slow parts
+    check_output(out, args.overwrite, "01_sft", inputs=[args.model])  # fail before the slow parts
     random.seed(args.seed)
     torch.manual_seed(args.seed)
     started = time.time()
@@ -1265,13 +1265,16 @@ def perf(tokens, since, device):
     return {"perf/tokens_per_s": tokens / max(time.time() - since, 1e-9), "perf/peak_mem_mb": memory}
 
 
-def check_output(out, overwrite, stage):
+def check_output(out, overwrite, stage, inputs=()):
     """Before any work, so that a finished run can always be saved: `out` is new, or with --overwrite an
-    earlier output of this stage (a folder with its record; never a folder of yours, another stage's, which
-    may be this run's input, nor the current one), and its parent takes a folder."""
+    earlier output of this stage (a folder with its record; never a folder of yours, another stage's, this
+    stage's own input, nor the current one), and its parent takes a folder."""
     out = Path(out)
     if out.exists() and not overwrite:
         raise UserError(f"{out} exists; pass --overwrite to replace it")
+    for given in inputs:
+        if given and out.exists() and Path(given).exists() and Path(given).resolve() == out.resolve():
+            raise UserError(f"{out}: also an input of this stage ({given}); pick a new output folder")
     records = ("stage.json", "stats.json", "results.json")
     if out.exists() and not (out.is_dir() and (not any(out.iterdir()) or any((out / r).is_file() for r in records))):
         raise UserError(f"{out}: not the output of a stage (no {', '.join(records)}); --overwrite replaces only "

@@ -294,7 +294,7 @@ def sweep_role(pdir):
     return None
 
 
-def policy_role(pdir):
+def policy_role(pdir, seen=()):
     """What a policy is by its stage.json, for the paper's claims (which --combine finds by directory name
     and checks against this): 'sft'; 'dpo' or 'dpo_all', offline DPO on 03's easy set or on every pair;
     'mpo', PPO on the hard prompts from and towards DPO on the easy set; 'mpo_sftref', the same with the SFT
@@ -302,6 +302,8 @@ def policy_role(pdir):
     None."""
     st = stage_of(pdir)
     a, stage = st.get("args", {}), st.get("stage")
+    if Path(pdir).resolve() in seen:   # a record that names itself (or a loop): no role
+        return None
     if stage == "01_sft":
         return "sft"
     if stage == "04_dpo" and a.get("online"):
@@ -312,7 +314,7 @@ def policy_role(pdir):
         return {"easy": "dpo", "all": "dpo_all"}.get(st.get("data", {}).get("split"))
     if stage == "05_ppo":
         init, ref = (recorded_dir(st.get(k), pdir, "stage.json") for k in ("policy_init", "ref"))
-        roles = (init and policy_role(init), ref and policy_role(ref))
+        roles = tuple(d and policy_role(d, (*seen, Path(pdir).resolve())) for d in (init, ref))
         if st.get("prompts") == "hard" and roles == ("dpo", "dpo") and init == ref:
             return "mpo"
         if st.get("prompts") == "hard" and roles == ("dpo", "sft"):
@@ -385,6 +387,28 @@ def score_and_kl(rm, base, policy, work, responses, pad_id, batch_size, device, 
     return scores, kls
 
 
+def check_eval_record(res, path):
+    """A results.json as 06_eval.py writes it, for --combine: objects where it reads objects, finite means."""
+    if not all(isinstance(res[k], dict) for k in ("args", "dataset", "results")) or \
+            not all(isinstance(v, dict) for v in res["results"].values()):
+        raise UserError(f"{path}: not as 06_eval.py writes it (args, dataset, results and each policy's results "
+                        f"are objects); rerun 06_eval.py for that run")
+    bad = [f"{n}'s {m}" for n, v in res["results"].items() for m, s in v.items()
+           if isinstance(s, dict) and not (isinstance(s.get("mean"), (int, float)) and math.isfinite(s["mean"]))]
+    if bad:
+        raise UserError(f"{path}: {bad[0]} has no finite mean; rerun 06_eval.py for that run")
+
+
+def protocol(res):
+    """How a run was evaluated, which --combine requires to be the same in every run: the baseline, whether the
+    RM is of the baseline's run, and the sampling settings."""
+    a = res["args"]
+    return {"the baseline": res.get("baseline") and Path(res["baseline"]).name,
+            "the RM's run": "the baseline's" if res.get("sft") == res.get("baseline") else "another run's",
+            **{f"--{k.replace('_', '-')}": a.get(k) for k in ("max_new_tokens", "samples_per_prompt", "max_prompts",
+                                                             "max_prompt_len")}}
+
+
 def find_eval_dir(path):
     """A finished 06_eval directory: `path` itself or `path`/06_eval."""
     path = Path(path)
@@ -430,10 +454,18 @@ def parse_args(argv=None):
                    help="prompt tokens kept (from the left); if not given: stage 01's, else 256")
     g.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% intervals")
     add_system_args(p, seed_help="the sampling seed, the same for every policy")
-    return check_ranges(p.parse_args(argv), {
+    args = check_ranges(p.parse_args(argv), {
         "max_prompts": NON_NEGATIVE, "samples_per_prompt": AT_LEAST_1, "max_new_tokens": AT_LEAST_1,
-        "batch_size": AT_LEAST_1, "max_prompt_len": AT_LEAST_1, "bootstrap": (lambda x: x >= 100, "an integer >= 100 (fewer resamples give an interval of little meaning, "
-                                       "one of zero width)")})
+        "batch_size": AT_LEAST_1, "max_prompt_len": AT_LEAST_1,
+        "bootstrap": (lambda x: x >= 100, "an integer >= 100 (fewer resamples give an interval of little "
+                                          "meaning, one of zero width)")})
+    combine_reads = ("combine", "policies", "out", "overwrite", "bootstrap", "seed")   # policies: refused there
+    unread = [f"--{d.replace('_', '-')}" for d, v in vars(args).items()
+              if args.combine and d not in combine_reads and v != p.get_default(d)]
+    if unread:
+        raise UserError(f"{', '.join(unread)}: nothing to do with --combine, which reads finished evaluations "
+                        f"(it takes --out, --overwrite, --bootstrap and --seed)")
+    return args
 
 
 # --- the algorithm box ---------------------------------------------------------------------------
@@ -728,23 +760,32 @@ def combine(args):
     twice = [d for i, d in enumerate(dirs) if d.resolve() in {e.resolve() for e in dirs[:i]}]
     if twice:
         raise UserError(f"--combine: {twice[0]} is named twice; each run counts once (copies of one run are no spread)")
+    if len(dirs) < 2:
+        raise UserError("--combine: one run; combining takes two or more (a spread over seeds), and one run's "
+                        "numbers are in its own report.md")
     runs = []
     for d in dirs:
         res = read_json(d / "results.json")
+        check_eval_record(res, d / "results.json")
         by_policy = {}
         for row in read_jsonl(d / "samples.jsonl"):
             by_policy.setdefault(row["policy"], []).append(row)
         runs.append({"dir": d, "seed": res["args"]["seed"], "k": res["args"]["samples_per_prompt"],
-                     "n_prompts": res["n_prompts"], "dataset": res["dataset"]["name"],
+                     "n_prompts": res["n_prompts"], "dataset": res["dataset"]["name"], "protocol": protocol(res),
                      "results": res["results"], "sweep": res.get("sweep") or [], "samples": by_policy})
     if len({r["dataset"] for r in runs}) > 1:
         raise UserError("--combine: the runs evaluated different datasets (" +
                         ", ".join(sorted({r["dataset"] for r in runs})) + ")")
+    for what, first in runs[0]["protocol"].items():   # one protocol, or the spread is over protocols, not seeds
+        other = next((r for r in runs if r["protocol"][what] != first), None)
+        if other:
+            raise UserError(f"--combine: the runs were evaluated differently: {what} is {first} in {runs[0]['dir']} "
+                            f"but {other['protocol'][what]} in {other['dir']}; combine evaluations made alike")
     names = [n for n in runs[0]["results"] if all(n in r["results"] for r in runs)]
     if not names:
         raise UserError("--combine: no policy name is in every run's results.json")
     out, seeds = Path(args.out or "runs/combined"), [r["seed"] for r in runs]
-    check_output(out, args.overwrite, "06_eval")
+    check_output(out, args.overwrite, "06_eval", inputs=[r["dir"] for r in runs])
     if len(set(seeds)) < len(seeds):
         print(f"06_eval: note: the runs share seeds ({seeds}); their spread is not a spread over seeds")
 
@@ -754,6 +795,9 @@ def combine(args):
                 if m.startswith("gold_") and all(m in r["results"][n] for r in runs for n in names)]
     keys = [m for m, _ in metrics + families] + [  # and the tie shares, shown beside the win rates
         t for t in ("tie_gold", "tie_rm") if all(t in r["results"][n] for r in runs for n in names)]
+    some = {m for r in runs for n in names for m, v in r["results"][n].items() if isinstance(v, dict)} - set(keys)
+    if some:   # e.g. a gold family no test prompt of some run belongs to
+        print(f"06_eval: note: left out, not in every run's results: {', '.join(sorted(some))}")
     spread = lambda per_seed: {"per_seed": per_seed, "mean": mean(per_seed), "std": std(per_seed)}
     table = {name: {m: spread([r["results"][name][m]["mean"] for r in runs]) for m in keys} for name in names}
 
@@ -1807,13 +1851,16 @@ def perf(tokens, since, device):
     return {"perf/tokens_per_s": tokens / max(time.time() - since, 1e-9), "perf/peak_mem_mb": memory}
 
 
-def check_output(out, overwrite, stage):
+def check_output(out, overwrite, stage, inputs=()):
     """Before any work, so that a finished run can always be saved: `out` is new, or with --overwrite an
-    earlier output of this stage (a folder with its record; never a folder of yours, another stage's, which
-    may be this run's input, nor the current one), and its parent takes a folder."""
+    earlier output of this stage (a folder with its record; never a folder of yours, another stage's, this
+    stage's own input, nor the current one), and its parent takes a folder."""
     out = Path(out)
     if out.exists() and not overwrite:
         raise UserError(f"{out} exists; pass --overwrite to replace it")
+    for given in inputs:
+        if given and out.exists() and Path(given).exists() and Path(given).resolve() == out.resolve():
+            raise UserError(f"{out}: also an input of this stage ({given}); pick a new output folder")
     records = ("stage.json", "stats.json", "results.json")
     if out.exists() and not (out.is_dir() and (not any(out.iterdir()) or any((out / r).is_file() for r in records))):
         raise UserError(f"{out}: not the output of a stage (no {', '.join(records)}); --overwrite replaces only "

@@ -1,6 +1,7 @@
 """06_eval.py --combine on hand-made 06_eval outputs of two runs: means and spread over runs, and the
 paper's comparisons as paired differences."""
 import json
+import shutil
 
 import pytest
 
@@ -62,9 +63,42 @@ def test_combine_errors(tmp_path):
            "results": {n: {"gold": {"mean": 0}, "rm": {"mean": 0}} for n in ("05_ppo", "04_dpo_all")}}
     json.dump(res, open(tmp_path / "b/results.json", "w"))
     (tmp_path / "b/samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    proc = run_stage("06_eval.py", "--combine", "b", cwd=tmp_path, check=False)
+    shutil.copytree(tmp_path / "b", tmp_path / "b2")
+    proc = run_stage("06_eval.py", "--combine", "b", "b2", cwd=tmp_path, check=False)
     assert proc.returncode == 2 and "not sampled on the same prompts" in proc.stderr
     assert not (tmp_path / "runs/combined").exists()
+
+
+def test_combine_refuses_runs_evaluated_differently_one_run_flags_it_ignores_and_bad_records(tmp_path, capsys):
+    ev = load_script("06_eval")
+    gold = {"01_sft": [0, 1], "05_ppo": [1, 1]}
+    rm = {"01_sft": [0.0, 0.0], "05_ppo": [0.0, 0.0]}
+    for name, seed in (("a", 0), ("b", 1)):
+        fake_eval(tmp_path / name, seed, gold, rm, ["x", "y"])
+    combine = lambda *dirs, flags=(): ev.main(ev.parse_args(["--combine", *map(str, dirs), "--out",
+                                                             str(tmp_path / "out"), "--bootstrap", "100", *flags]))
+    with pytest.raises(ev.UserError, match="--combine: one run; combining takes two or more"):
+        combine(tmp_path / "a")
+    for flags in (["--max-new-tokens", "8"], ["--reward", "rm"], ["--run", "x"], ["--device", "cpu"]):
+        with pytest.raises(ev.UserError, match=f"{flags[0]}: nothing to do with --combine"):
+            combine(tmp_path / "a", tmp_path / "b", flags=flags)
+    record = json.load(open(tmp_path / "b/results.json"))
+    for change, needle in (({"args": dict(record["args"], max_new_tokens=8)}, "--max-new-tokens is None in .* but 8"),
+                           ({"baseline": "x/04_dpo"}, "the baseline is None in .*a but 04_dpo in .*b"),
+                           ({"sft": "other/01_sft"}, "the RM's run is the baseline's in .*a but another run's"),
+                           ({"args": None}, "not as 06_eval.py writes it"),
+                           ({"results": {"05_ppo": "text"}}, "not as 06_eval.py writes it"),
+                           ({"results": {"05_ppo": {"gold": {"mean": float("nan")}}}}, "05_ppo's gold has no finite")):
+        json.dump({**record, **change}, open(tmp_path / "b/results.json", "w"))
+        with pytest.raises(ev.UserError, match=needle):
+            combine(tmp_path / "a", tmp_path / "b")
+    record["results"]["05_ppo"]["gold_sorting"] = {"mean": 1.0}      # a family only one run has prompts of
+    json.dump(record, open(tmp_path / "b/results.json", "w"))
+    combine(tmp_path / "a", tmp_path / "b")
+    assert "left out, not in every run's results: gold_sorting" in capsys.readouterr().out
+    with pytest.raises(ev.UserError, match="also an input of this stage"):   # its own input replaced
+        ev.main(ev.parse_args(["--combine", str(tmp_path / "a"), str(tmp_path / "b"), "--out",
+                               str(tmp_path / "a"), "--overwrite", "--bootstrap", "100"]))
 
 
 def test_bootstrap_resamples_whole_requests():
@@ -147,3 +181,11 @@ def test_claims_check_each_policy_is_what_its_name_says(tmp_path, capsys):
     assert ("'MPO beats vanilla DPO' left out: by its stage.json, in b, 04_dpo_all is another kind, not dpo_all"
             in proc.stdout)
     assert json.load(open(tmp_path / "both/results.json"))["claims"] == []
+
+
+def test_a_policy_whose_record_names_itself_has_no_role(tmp_path):
+    ev = load_script("06_eval")
+    (tmp_path / "05_ppo").mkdir()
+    json.dump({"stage": "05_ppo", "policy_init": str(tmp_path / "05_ppo"), "ref": str(tmp_path / "05_ppo"),
+               "prompts": "hard"}, open(tmp_path / "05_ppo/stage.json", "w"))
+    assert ev.policy_role(tmp_path / "05_ppo") is None      # not a RecursionError
