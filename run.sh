@@ -13,16 +13,19 @@
 #   bash run.sh --sweep-easy-fraction 0.2,0.4,0.6   # the same with quantile thresholds (03 --easy-fraction)
 #   bash run.sh ... --resume         # skip every stage whose output directory is finished (whatever flags
 #                                    #   made it: resume with the flags of the interrupted run); 06 always runs
+#   bash run.sh ... --overwrite      # redo an existing run in place (without it, or --resume, an existing
+#                                    #   run is refused; folders this run does not make, such as --compare's
+#                                    #   from an earlier call, are left as they are)
 #   bash run.sh --model DIR --dataset FILE.jsonl.gz   # other model or data (named once, in stage 01)
 #   bash run.sh --budget cpu|gpu|tiny --device cpu|cuda  # the step budget (default: gpu where CUDA is, else
 #                                    #   cpu; tiny: the end-to-end test) and the device (default: auto)
 #
-# Extra flags after `--` go to 01_sft.py (e.g. `-- --max-train-pairs 500`).
+# Extra flags after `--` go to 01_sft.py (e.g. `-- --max-train-pairs 500`); not the ones run.sh sets itself.
 set -euo pipefail
 cd "$(dirname "$0")"
 
 RUN=default; SEED=0; COMPARE=0; IPO=0; DEVICE=auto; MODEL=""; DATASET=builtin; BUDGET=auto; EXTRA=()
-SWEEP=""; SWEEP_OPT=""; SWEEP_FLAG=""; RESUME=0
+SWEEP=""; SWEEP_OPT=""; SWEEP_FLAG=""; RESUME=0; OVERWRITE=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --run|--seed|--device|--model|--dataset|--budget|--sweep-threshold|--sweep-easy-fraction)
@@ -39,6 +42,7 @@ while [ $# -gt 0 ]; do
       [ -n "$SWEEP" ] && { echo "run.sh: pass one of --sweep-threshold and --sweep-easy-fraction" >&2; exit 2; }
       SWEEP_OPT="$1"; SWEEP_FLAG="--${1#--sweep-}"; SWEEP="$2"; shift 2 ;;
     --resume) RESUME=1; shift ;;
+    --overwrite) OVERWRITE=1; shift ;;
     --) shift; EXTRA=("$@"); break ;;
     -h|--help) awk 'NR > 1 && !/^#/ {exit} NR > 1' "$0"; exit 0 ;;   # the comment block above
     *) echo "run.sh: unknown option $1 (see bash run.sh --help)" >&2; exit 2 ;;
@@ -47,6 +51,13 @@ done
 
 for T in ${SWEEP//,/ }; do  # numbers only: each becomes 03's flag and part of a directory name
   [[ "$T" =~ ^[0-9]+([.][0-9]+)?$ ]] || { echo "run.sh: $SWEEP_OPT: '$T' is not a number (expected a comma-separated list such as 0.5,1,2)" >&2; exit 2; }
+  [ "$SWEEP_OPT" = --sweep-easy-fraction ] && ! awk -v f="$T" 'BEGIN { exit !(f > 0 && f < 1) }' && {
+    echo "run.sh: $SWEEP_OPT: $T is not in (0, 1), the share of pairs made easy" >&2; exit 2; }
+done
+for A in "${EXTRA[@]}"; do  # the run's own settings: given after `--`, 01 alone would take them
+  case "$A" in --run|--run=*|--out|--out=*|--seed|--seed=*|--device|--device=*|--overwrite)
+    echo "run.sh: ${A%%=*} after -- would reach 01_sft.py alone; pass it to run.sh before --" >&2; exit 2;;
+  esac
 done
 [ -n "$SWEEP_FLAG" ] && [ -z "${SWEEP//,/}" ] && { echo "run.sh: $SWEEP_OPT needs a list such as 0.5,1,2" >&2; exit 2; }
 
@@ -57,6 +68,11 @@ if [ "$BUDGET" = auto ]; then
   else BUDGET=cpu; fi
 fi
 R="runs/$RUN"
+if [ "$RESUME" = 0 ] && [ "$OVERWRITE" = 0 ] && [ -n "$(ls -A "$R" 2>/dev/null)" ]; then
+  echo "run.sh: $R exists; pass --resume to finish it, --overwrite to redo it, or --run NAME for a new run" >&2; exit 2
+fi
+# every stage replaces its own output: the run as a whole was checked above (--resume remakes what is not
+# finished, and 06)
 COMMON=(--run "$RUN" --seed "$SEED" --device "$DEVICE" --overwrite)
 
 # No precision flag: every stage's --precision auto picks bf16 autocast on CUDA, and on a CPU only where the

@@ -417,6 +417,18 @@ def test_run_sh_help_and_unknown_option():
     assert proc.returncode == 2 and proc.stderr.strip() == "run.sh: unknown option --bogus (see bash run.sh --help)"
     for argv, needle in ((["--sweep-threshold", "1,x"], "'x' is not a number"),
                          (["--sweep-threshold", "1", "--sweep-easy-fraction", "0.5"], "pass one of"),
-                         (["--sweep-threshold", ","], "needs a list"), (["--seed"], "--seed needs a value")):
+                         (["--sweep-threshold", ","], "needs a list"), (["--seed"], "--seed needs a value"),
+                         (["--sweep-easy-fraction", "0.5,1.5"], "1.5 is not in (0, 1)"),
+                         (["--", "--max-train-pairs", "9", "--run=x"], "--run after -- would reach 01_sft.py alone")):
         proc = subprocess.run(["bash", str(ROOT / "run.sh"), *argv], capture_output=True, text=True)
         assert proc.returncode == 2 and needle in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, argv
+
+
+def test_run_sh_refuses_an_existing_run_without_resume_or_overwrite(pipeline):
+    work, run, _ = pipeline
+    before = sorted((p.name, p.stat().st_mtime_ns) for p in run.iterdir())
+    proc = subprocess.run(["bash", "run.sh", "--budget", "tiny", "--run", "t"], cwd=work, capture_output=True,
+                          text=True)
+    assert proc.returncode == 2 and proc.stderr.strip() == ("run.sh: runs/t exists; pass --resume to finish it, "
+                                                            "--overwrite to redo it, or --run NAME for a new run")
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in run.iterdir()) == before
