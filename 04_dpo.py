@@ -226,8 +226,8 @@ def load_inputs(args):
     if args.model is None:
         sft_stage = need_stage(model, "01_sft", "python 01_sft.py", "--model")
     else:  # any causal LM: stage 01's record only where it is one
-        sft_stage = read_json(record) if record.is_file() else None
-        sft_stage = sft_stage if sft_stage and sft_stage.get("stage") == "01_sft" else None
+        is_sft = record.is_file() and read_json(record).get("stage") == "01_sft"
+        sft_stage = need_stage(model, "01_sft", "python 01_sft.py", "--model") if is_sft else None
     inherit_lengths(args, sft_stage)
     if sft_stage and not args.data:
         print(f"inherited dataset {sft_stage['dataset']['name']!r} from {model}")
@@ -1540,12 +1540,21 @@ def path_or_hub_id(name):
 
 
 def need_stage(path, stage, command, flag=None):
-    """The stage.json of an earlier stage's directory, or a UserError naming the command that makes it (and
-    the flag that names another)."""
+    """The stage.json of an earlier stage's directory, checked to be that stage's and of the shape later
+    stages read (its args; 01's dataset), or a UserError naming the command that makes it (and the flag
+    that names another)."""
     if not (Path(path) / "stage.json").is_file():
         raise UserError(f"{path} is not a finished {stage} directory; run `{command}` first"
                         + (f", or pass {flag} DIR" if flag else ""))
-    return read_json(Path(path) / "stage.json")
+    record = read_json(Path(path) / "stage.json")
+    if record.get("stage") != stage:
+        raise UserError(f"{path}/stage.json: a record of {record.get('stage') or 'no stage'}, not of {stage}; "
+                        f"run `{command}`" + (f", or pass {flag} DIR" if flag else ""))
+    if not isinstance(record.get("args"), dict) or stage == "01_sft" and not (
+            isinstance(record.get("dataset"), dict) and isinstance(record["dataset"].get("name"), str)):
+        raise UserError(f"{path}/stage.json: not as {stage} writes it (its args, or 01's dataset name, are not "
+                        f"there); rerun `{command}`")
+    return record
 
 
 def inherited_dir(recorded, stage_dir):

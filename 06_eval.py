@@ -208,8 +208,12 @@ def gold_judge(rows, source):
 
 
 def stage_of(pdir):
+    """A policy's stage.json ({} where it has none); its objects, where there are any, checked to be objects."""
     path = Path(pdir) / "stage.json"
-    return read_json(path) if path.is_file() else {}
+    record = read_json(path) if path.is_file() else {}
+    if not all(isinstance(record.get(k, {}), dict) for k in ("args", "final", "data")):
+        raise UserError(f"{path}: not as the stages write it (args, final and data are objects); rerun that stage")
+    return record
 
 
 def sft_of(rm_dir):
@@ -482,7 +486,7 @@ def main(args):
     if sft_dir is None and not args.data:
         raise UserError(f"no test prompts: {rm_dir} records no finished 01_sft directory (whose test rows are "
                         f"the default); pass --data FILE (prompts)")
-    sft_stage = stage_of(sft_dir) if sft_dir else None
+    sft_stage = need_stage(sft_dir, "01_sft", "python 01_sft.py") if sft_dir else None
     inherit_lengths(args, sft_stage)
     policies = list({Path(p).resolve(): Path(p) for p in args.policies}.values()) or default_policies(run_dir)
     base_dir = find_baseline(args, policies, sft_dir)
@@ -1759,12 +1763,21 @@ def path_or_hub_id(name):
 
 
 def need_stage(path, stage, command, flag=None):
-    """The stage.json of an earlier stage's directory, or a UserError naming the command that makes it (and
-    the flag that names another)."""
+    """The stage.json of an earlier stage's directory, checked to be that stage's and of the shape later
+    stages read (its args; 01's dataset), or a UserError naming the command that makes it (and the flag
+    that names another)."""
     if not (Path(path) / "stage.json").is_file():
         raise UserError(f"{path} is not a finished {stage} directory; run `{command}` first"
                         + (f", or pass {flag} DIR" if flag else ""))
-    return read_json(Path(path) / "stage.json")
+    record = read_json(Path(path) / "stage.json")
+    if record.get("stage") != stage:
+        raise UserError(f"{path}/stage.json: a record of {record.get('stage') or 'no stage'}, not of {stage}; "
+                        f"run `{command}`" + (f", or pass {flag} DIR" if flag else ""))
+    if not isinstance(record.get("args"), dict) or stage == "01_sft" and not (
+            isinstance(record.get("dataset"), dict) and isinstance(record["dataset"].get("name"), str)):
+        raise UserError(f"{path}/stage.json: not as {stage} writes it (its args, or 01's dataset name, are not "
+                        f"there); rerun `{command}`")
+    return record
 
 
 def inherited_dir(recorded, stage_dir):

@@ -320,11 +320,18 @@ def test_model_paths_records_and_batches_are_one_line_errors(tmp_path):
     (tmp_path / "stage.json").write_text("[1, 2]")
     with pytest.raises(dpo.UserError, match="a JSON list, expected an object"):
         dpo.need_stage(tmp_path, "01_sft", "python 01_sft.py")
-    (tmp_path / "stage.json").write_text('{"stage": "01_sft", "args": {"max_prompt_len": 64}}')  # hand-edited
+    for record, needle in (('{"stage": "04_dpo", "args": {}}', "a record of 04_dpo, not of 01_sft; run `python"),
+                           ('{}', "a record of no stage, not of 01_sft"),
+                           ('{"stage": "01_sft", "args": null, "dataset": {"name": "x"}}', "not as 01_sft writes it"),
+                           ('{"stage": "01_sft", "args": {}, "dataset": "builtin"}', "not as 01_sft writes it")):
+        (tmp_path / "stage.json").write_text(record)
+        with pytest.raises(dpo.UserError, match=needle):
+            dpo.need_stage(tmp_path, "01_sft", "python 01_sft.py")
+    (tmp_path / "stage.json").write_text('{"stage": "01_sft", "args": {"max_prompt_len": 64}, "dataset": {"name": "x"}}')
     args = argparse.Namespace(max_prompt_len=None, max_response_len=None)
     with pytest.raises(dpo.UserError, match="stage.json: has no 'max_response_len' entry; rerun the stage"):
         dpo.inherit_lengths(args, dpo.need_stage(tmp_path, "01_sft", "python 01_sft.py"))
-    (tmp_path / "stage.json").write_text('{"stage": "01_sft", "args": {"max_prompt_len": "abc"}}')
+    (tmp_path / "stage.json").write_text('{"stage": "01_sft", "args": {"max_prompt_len": "abc"}, "dataset": {"name": "x"}}')
     with pytest.raises(dpo.UserError, match="stage.json: max_prompt_len 'abc', expected an integer >= 2; rerun"):
         dpo.inherit_lengths(argparse.Namespace(max_prompt_len=None, max_response_len=None),
                             dpo.need_stage(tmp_path, "01_sft", "python 01_sft.py"))
