@@ -218,7 +218,7 @@ def main(args):
             # 3. L_RM = -log sigmoid(r_w - r_l) + c (r_w + r_l)^2 (Ouyang et al., Eq. 1; deviation 1)
             loss, accuracy, margin = bradley_terry_loss(chosen_rewards, rejected_rewards, args.center_coef)
             if not torch.isfinite(loss):
-                raise UserError(f"loss is {loss.item()} at step {step}; nothing was written")
+                raise UserError(f"loss is {loss.item()} at step {step + 1}; nothing was written")
             scaler.scale(loss / args.grad_accum).backward()  # the mean over the accumulated micro-batches
             loss_sum += loss.item() / args.grad_accum
             accuracy_sum += accuracy.item() / args.grad_accum
@@ -265,14 +265,21 @@ class ArgParser(argparse.ArgumentParser):
 
 
 def run_main(main, argv=None):
+    import signal
+
+    def terminated(signum, frame):   # a kill (SIGTERM) ends as Ctrl-C does: temporary outputs removed, one line
+        raise KeyboardInterrupt
+    previous = signal.signal(signal.SIGTERM, terminated)
     try:
         main(parse_args(argv))
     except UserError as e:
         print(f"{Path(sys.argv[0]).name}: error: {e}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:   # Ctrl-C: outputs are written only at the end (output_dir), so none is half-made
-        print(f"{Path(sys.argv[0]).name}: interrupted; nothing was written", file=sys.stderr)
+        print(f"{Path(sys.argv[0]).name}: interrupted (Ctrl-C or a kill); nothing was written", file=sys.stderr)
         sys.exit(130)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def add_run_args(g, stage):

@@ -271,6 +271,8 @@ def main(args):
                         "builtin` and read from runs/<run>/ by default; leave out --data, or pass a file")
     rm_name = args.reward or f"runs/{args.run}/02_reward"
     out = Path(args.out or f"runs/{args.run}/03_split")
+    if args.reward is not None:
+        check_model(rm_name, "reward", "--reward")  # a model of the wrong kind is named as such
     if args.reward is None or args.data is None:  # the run's RM, or a 02 directory whose 01 data is split
         need_stage(rm_name, "02_reward", "python 02_reward.py", "--reward")
     check_output(out, args.overwrite, "03_split")
@@ -367,14 +369,21 @@ class ArgParser(argparse.ArgumentParser):
 
 
 def run_main(main, argv=None):
+    import signal
+
+    def terminated(signum, frame):   # a kill (SIGTERM) ends as Ctrl-C does: temporary outputs removed, one line
+        raise KeyboardInterrupt
+    previous = signal.signal(signal.SIGTERM, terminated)
     try:
         main(parse_args(argv))
     except UserError as e:
         print(f"{Path(sys.argv[0]).name}: error: {e}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:   # Ctrl-C: outputs are written only at the end (output_dir), so none is half-made
-        print(f"{Path(sys.argv[0]).name}: interrupted; nothing was written", file=sys.stderr)
+        print(f"{Path(sys.argv[0]).name}: interrupted (Ctrl-C or a kill); nothing was written", file=sys.stderr)
         sys.exit(130)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def add_run_args(g, stage):

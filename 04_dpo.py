@@ -464,8 +464,9 @@ def main(args):
                 args.loss, args.beta, args.tau, args.label_smoothing)
             loss = losses.mean()
             if not torch.isfinite(loss):
-                raise UserError(f"loss is {loss.item()} at step {step + 1}, batch of pairs {idx[0]}..{idx[-1]} "
-                                f"of the {source['split']} set; nothing was written")
+                pairs = ", ".join(map(str, sorted(idx)[:4])) + (", ..." if len(idx) > 4 else "")
+                raise UserError(f"loss is {loss.item()} at step {step + 1}, on pairs {pairs} (0-based) of the "
+                                f"{source['split']} set; nothing was written")
             scaler.scale(loss / args.grad_accum).backward()
             tokens += n_tokens
             micro.append((loss.detach(), chosen_rewards, rejected_rewards))
@@ -658,7 +659,8 @@ def online_main(args):
                                                         args, device, dtype, generator, average)
             loss = losses.mean()
             if not torch.isfinite(loss):
-                raise UserError(f"loss is {loss.item()} at step {step + 1}, batch of prompts {idx}; nothing was written")
+                raise UserError(f"loss is {loss.item()} at step {step + 1}, on prompts {sorted(idx)} (0-based); "
+                                f"nothing was written")
             scaler.scale(loss / args.grad_accum).backward()
             tokens, generation_s = tokens + n_tokens, generation_s + sampled_s
             micro.append(record)
@@ -694,14 +696,21 @@ class ArgParser(argparse.ArgumentParser):
 
 
 def run_main(main, argv=None):
+    import signal
+
+    def terminated(signum, frame):   # a kill (SIGTERM) ends as Ctrl-C does: temporary outputs removed, one line
+        raise KeyboardInterrupt
+    previous = signal.signal(signal.SIGTERM, terminated)
     try:
         main(parse_args(argv))
     except UserError as e:
         print(f"{Path(sys.argv[0]).name}: error: {e}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:   # Ctrl-C: outputs are written only at the end (output_dir), so none is half-made
-        print(f"{Path(sys.argv[0]).name}: interrupted; nothing was written", file=sys.stderr)
+        print(f"{Path(sys.argv[0]).name}: interrupted (Ctrl-C or a kill); nothing was written", file=sys.stderr)
         sys.exit(130)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def add_run_args(g, stage):

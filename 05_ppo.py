@@ -508,14 +508,21 @@ class ArgParser(argparse.ArgumentParser):
 
 
 def run_main(main, argv=None):
+    import signal
+
+    def terminated(signum, frame):   # a kill (SIGTERM) ends as Ctrl-C does: temporary outputs removed, one line
+        raise KeyboardInterrupt
+    previous = signal.signal(signal.SIGTERM, terminated)
     try:
         main(parse_args(argv))
     except UserError as e:
         print(f"{Path(sys.argv[0]).name}: error: {e}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:   # Ctrl-C: outputs are written only at the end (output_dir), so none is half-made
-        print(f"{Path(sys.argv[0]).name}: interrupted; nothing was written", file=sys.stderr)
+        print(f"{Path(sys.argv[0]).name}: interrupted (Ctrl-C or a kill); nothing was written", file=sys.stderr)
         sys.exit(130)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def add_run_args(g, stage):

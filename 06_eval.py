@@ -271,6 +271,19 @@ def budget_of(pdir):
     return "?"
 
 
+def lineage(pdir, seen=frozenset()):
+    """The policy's directory and every one its stage.json names as its start or reference, recursively."""
+    pdir = Path(pdir).resolve()
+    if pdir in seen:
+        return seen
+    seen = seen | {pdir}
+    st = stage_of(pdir)
+    for key in ("sft", "policy_init", "ref"):
+        d = recorded_dir(st[key], pdir, "stage.json") if isinstance(st.get(key), str) else None
+        seen = lineage(d, seen) if d else seen
+    return seen
+
+
 def recorded_dir(recorded, pdir, marker):
     """The directory a policy's stage.json names, as a resolved path: the one of that name beside the policy
     if there is one (a run directory is one unit: a copied or moved run refers to its own stages), else the
@@ -488,8 +501,16 @@ def main(args):
                         f"the default); pass --data FILE (prompts)")
     sft_stage = need_stage(sft_dir, "01_sft", "python 01_sft.py") if sft_dir else None
     inherit_lengths(args, sft_stage)
-    policies = list({Path(p).resolve(): Path(p) for p in args.policies}.values()) or default_policies(run_dir)
+    named = {Path(p).resolve(): Path(p) for p in args.policies}
+    if len(named) < len(args.policies):
+        print(f"06_eval: note: {len(args.policies) - len(named)} of the policies named repeat one named before; "
+              f"each policy is evaluated once")
+    policies = list(named.values()) or default_policies(run_dir)
     base_dir = find_baseline(args, policies, sft_dir)
+    strangers = [str(p) for p in policies if stage_of(p) and base_dir.resolve() not in lineage(p)]
+    if strangers:
+        print(f"06_eval: note: {', '.join(strangers)} neither started from the baseline {base_dir} nor took it as "
+              f"reference: its KL is to a model it was not trained from")
     policies = [base_dir] + [p for p in policies if p.resolve() != base_dir.resolve()]    # the baseline first
     for p in policies:
         check_model(p, "policy", "--baseline" if p is base_dir and args.baseline else "policy")
@@ -520,7 +541,7 @@ def main(args):
     prompt_ids = [p for p, in encode_rows(tok, test_rows, args.max_prompt_len, None, source, responses=())]
     k, rows = args.samples_per_prompt, [r for r in test_rows for _ in range(args.samples_per_prompt)]
     print(f"evaluating {len(policies)} policies on {len(test_rows)} test prompts ({len(set(requests))} requests) "
-          f"x {k} samples (dataset {dataset['name']!r}, RM {rm_dir}, baseline {base_dir})")
+          f"x {k} samples (dataset {dataset['name']!r}, prompts {source}, RM {rm_dir}, baseline {base_dir})")
 
     # 2. every policy, the baseline first: sample y ~ pi(.|x) with the same seed, score it, summarise
     results, samples, tokens, baseline_values = {}, [], 0, None
@@ -917,14 +938,21 @@ class ArgParser(argparse.ArgumentParser):
 
 
 def run_main(main, argv=None):
+    import signal
+
+    def terminated(signum, frame):   # a kill (SIGTERM) ends as Ctrl-C does: temporary outputs removed, one line
+        raise KeyboardInterrupt
+    previous = signal.signal(signal.SIGTERM, terminated)
     try:
         main(parse_args(argv))
     except UserError as e:
         print(f"{Path(sys.argv[0]).name}: error: {e}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:   # Ctrl-C: outputs are written only at the end (output_dir), so none is half-made
-        print(f"{Path(sys.argv[0]).name}: interrupted; nothing was written", file=sys.stderr)
+        print(f"{Path(sys.argv[0]).name}: interrupted (Ctrl-C or a kill); nothing was written", file=sys.stderr)
         sys.exit(130)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def add_run_args(g, stage):

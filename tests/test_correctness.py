@@ -8,6 +8,7 @@ import json
 import math
 import os
 import random
+import time
 
 import pytest
 import torch
@@ -374,9 +375,17 @@ def test_a_hub_id_out_of_reach_fails_at_its_check_from_the_cache_alone(monkeypat
         dpo.load_rows("org/missing", "--data")
 
 
-def test_ctrl_c_is_one_line_and_exit_130(capsys):
+def test_ctrl_c_and_a_kill_are_one_line_and_exit_130(capsys):
+    import signal
+
     def interrupted(args):
         raise KeyboardInterrupt
-    with pytest.raises(SystemExit) as e:
-        dpo.run_main(interrupted, [])
-    assert e.value.code == 130 and "interrupted; nothing was written" in capsys.readouterr().err
+
+    def killed(args):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)                                          # the handler interrupts this
+    for main in (interrupted, killed):
+        with pytest.raises(SystemExit) as e:
+            dpo.run_main(main, [])
+        assert e.value.code == 130 and "interrupted (Ctrl-C or a kill); nothing was written" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL     # restored

@@ -376,12 +376,22 @@ def test_errors_are_one_line_and_write_nothing(tmp_path, tiny_model_dir, pipelin
     assert not (tmp_path / "e").exists() and not (tmp_path / "p").exists() and not (tmp_path / "s").exists()
 
 
-def test_nan_loss_stops_dpo_and_writes_nothing(tmp_path, pipeline):
+def test_nan_loss_stops_dpo_and_writes_nothing(tmp_path, pipeline, monkeypatch, capsys):
     _, run, _ = pipeline
+    dpo = load_script("04_dpo")
+    real = dpo.preference_loss
+
+    def diverged(*args, **kwargs):                                     # a loss that has diverged
+        losses, *rest = real(*args, **kwargs)
+        return (losses * float("nan"), *rest)
+    monkeypatch.setattr(dpo, "preference_loss", diverged)
     out = tmp_path / "nan"
-    proc = run_stage("04_dpo.py", "--model", run / "01_sft", "--split-dir", run / "03_split", "--out", out,
-                     "--lr", "1e30", "--max-steps", 5, cwd=tmp_path, check=False)   # the first updates blow up
-    one_line_error(proc, "loss is nan at step ", "batch of pairs ", "of the easy set; nothing was written")
+    with pytest.raises(SystemExit) as e:
+        dpo.run_main(dpo.main, ["--model", str(run / "01_sft"), "--split-dir", str(run / "03_split"), "--out", str(out),
+                                "--max-steps", "5"])
+    err = capsys.readouterr().err.strip().splitlines()[-1]             # after the progress bars
+    assert e.value.code == 2 and ": error: loss is nan at step 1, on pairs " in err
+    assert err.endswith("(0-based) of the easy set; nothing was written")
     assert not out.exists() and not list(tmp_path.glob(".nan*"))
 
 

@@ -24,10 +24,12 @@ def test_sft_then_dpo_on_the_default_model(tmp_path):
     assert final["loss/heldout_after"] < final["loss/heldout_before"]
     cfg = json.load(open(tmp_path / "runs/real/01_sft/config.json"))
     assert "quantization_config" not in cfg and cfg["num_hidden_layers"] == 30
+    # fp32: under bf16 autocast a log-prob depends a little on the batch it is computed in (on an AMX Xeon the
+    # cached reference and the policy's first batch differed by 0.44 nats a response here: loss 0.715)
     run_stage("04_dpo.py", "--run", "real", "--split", "all", "--max-steps", 2, "--batch-size", 2,
-              "--out", tmp_path / "runs/real/04_dpo_all", cwd=tmp_path)
+              "--precision", "fp32", "--out", tmp_path / "runs/real/04_dpo_all", cwd=tmp_path)
     dpo = json.load(open(tmp_path / "runs/real/04_dpo_all/stage.json"))
     logs = [json.loads(l) for l in open(tmp_path / "runs/real/04_dpo_all/metrics.jsonl")]
     first = next(l for l in logs if "loss/train" in l)
-    assert abs(first["loss/train"] - 0.6931) < 0.01       # policy == reference at step 1: loss log 2
+    assert abs(first["loss/train"] - 0.693147) < 1e-4     # policy == reference at step 1: loss log 2
     assert dpo["final"]["perf/tokens_per_s"] > 0
