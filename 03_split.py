@@ -500,6 +500,8 @@ def pick_precision(name, device):
         dtype, reason = None, "asked for"
     else:  # auto or bf16 on a CPU: measure how this CPU computes bf16
         rates = cpu_matmul_rates()
+        if 0.5 < rates["bf16"] / rates["fp32"] < 1.5:   # unclear at n = 256 (AMX: 1.6-2.7x, under load less):
+            rates = cpu_matmul_rates(n=512)             # ~3x at 512; emulated bf16 (~0.01x) never comes here
         speedup, native = rates["bf16"] / rates["fp32"], rates["bf16"] >= 1.5 * rates["fp32"]
         measured = f"bf16 {rates['bf16']:.1f} vs fp32 {rates['fp32']:.1f} GFLOP/s in a matrix-product probe"
         if name == "bf16" and not native:

@@ -75,6 +75,18 @@ def tiny(tiny_model_dir):
     return AutoModelForCausalLM.from_pretrained(tiny_model_dir), AutoTokenizer.from_pretrained(tiny_model_dir)
 
 
+def run_in_process(script, *args, cwd):
+    """A numbered script's main in this process, without the ~3 s of interpreter and library start-up a
+    subprocess costs: for runs whose output a test reads (errors are met in a subprocess, as a user would)."""
+    mod = load_script(script.removesuffix(".py"))
+    here = Path.cwd()
+    os.chdir(cwd)
+    try:
+        mod.main(mod.parse_args([str(a) for a in args]))
+    finally:
+        os.chdir(here)
+
+
 def run_stage(script, *args, cwd=None, check=True, env=None):
     """Run a numbered script in a subprocess, as a user would; returns the CompletedProcess."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1", "PYTHONPATH": str(ROOT), **(env or {})}

@@ -13,7 +13,7 @@ import time
 import pytest
 import torch
 
-from conftest import build_tiny, load_script, run_stage
+from conftest import build_tiny, load_script, run_in_process, run_stage
 
 STAGES = {name: load_script(name) for name in ("01_sft", "02_reward", "03_split", "04_dpo", "05_ppo", "06_eval")}
 sft, dpo = STAGES["01_sft"], STAGES["04_dpo"]
@@ -71,9 +71,9 @@ def test_a_bf16_checkpoint_with_dropout_trains_in_fp32_without_dropout_and_lengt
     model.config.attention_dropout = 0.5
     model.to(torch.bfloat16).save_pretrained(base)
     run = tmp_path / "runs/d"
-    run_stage("01_sft.py", "--model", base, "--run", "d", "--builtin-train-pairs", 40, "--builtin-test-prompts", 6,
-              "--max-steps", 2, "--lr", 1e-3, "--precision", "fp32", "--max-prompt-len", 64, "--max-response-len", 40,
-              cwd=tmp_path)
+    run_in_process("01_sft.py", "--model", base, "--run", "d", "--builtin-train-pairs", 40, "--builtin-test-prompts",
+                   6, "--max-steps", 2, "--lr", 1e-3, "--precision", "fp32", "--max-prompt-len", 64,
+                   "--max-response-len", 40, cwd=tmp_path)
 
     def stored_dtypes(d):
         with safe_open(str(d / "model.safetensors"), "pt") as f:

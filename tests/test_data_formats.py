@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from conftest import load_script, run_stage
+from conftest import load_script, run_in_process, run_stage
 
 sft = load_script("01_sft")
 
@@ -136,12 +136,12 @@ def test_pipeline_on_a_local_file_with_the_dataset_named_once(tmp_path, tiny_mod
     assert not keys(test_rows) & keys(train_rows)
     if maker is make_tldr_file:  # the stages after 01 read both forms alike; once is enough for the suite's time
         return
-    # 02-06 with no dataset flag: they inherit it through the run directory
-    run_stage("02_reward.py", "--run", "r", "--max-steps", 2, cwd=tmp_path)
-    run_stage("03_split.py", "--run", "r", "--easy-fraction", 0.5, cwd=tmp_path)
-    run_stage("04_dpo.py", "--run", "r", "--max-steps", 2, cwd=tmp_path)
-    run_stage("05_ppo.py", "--run", "r", "--steps", 1, "--max-new-tokens", 6, cwd=tmp_path)
-    run_stage("06_eval.py", "--run", "r", "--max-new-tokens", 6, "--bootstrap", 100, cwd=tmp_path)
+    # 02-06 with no dataset flag: they inherit it through the run directory (in this process: no start-up)
+    run_in_process("02_reward.py", "--run", "r", "--max-steps", 2, cwd=tmp_path)
+    run_in_process("03_split.py", "--run", "r", "--easy-fraction", 0.5, cwd=tmp_path)
+    run_in_process("04_dpo.py", "--run", "r", "--max-steps", 2, cwd=tmp_path)
+    run_in_process("05_ppo.py", "--run", "r", "--steps", 1, "--max-new-tokens", 6, cwd=tmp_path)
+    run_in_process("06_eval.py", "--run", "r", "--max-new-tokens", 6, "--bootstrap", 100, cwd=tmp_path)
     results = json.load(open(tmp_path / "runs/r/06_eval/results.json"))
     assert set(results["results"]) == {"01_sft", "04_dpo", "05_ppo"}
     assert "gold" not in results["results"]["04_dpo"]            # no gold judge outside the built-in task

@@ -12,7 +12,7 @@ import sys
 import pytest
 import torch
 
-from conftest import ROOT, build_tiny, load_script, run_stage
+from conftest import ROOT, build_tiny, load_script, run_in_process, run_stage
 
 
 @pytest.fixture(scope="module")
@@ -212,8 +212,8 @@ def test_ppo_logs_and_first_ratio(pipeline):
 
 def test_ipo_with_summed_log_probs_as_in_the_papers(tmp_path, pipeline):
     _, run, _ = pipeline
-    run_stage("04_dpo.py", "--model", run / "01_sft", "--split-dir", run / "03_split", "--loss", "ipo",
-              "--ipo-aggregate", "sum", "--max-steps", 1, "--out", tmp_path / "ipo_sum", cwd=tmp_path)
+    run_in_process("04_dpo.py", "--model", run / "01_sft", "--split-dir", run / "03_split", "--loss", "ipo",
+                   "--ipo-aggregate", "sum", "--max-steps", 1, "--out", tmp_path / "ipo_sum", cwd=tmp_path)
     summed = json.load(open(tmp_path / "ipo_sum/ref_logps.json"))
     dpo_cache = json.load(open(run / "04_dpo/ref_logps.json"))              # DPO sums (Eq. 7)
     mean_cache = json.load(open(run / "04_ipo/ref_logps.json"))             # IPO's default: per-token mean

@@ -28,9 +28,12 @@ def test_auto_picks_bf16_only_where_the_probe_finds_native_bf16(sft, monkeypatch
     assert dtype is None and reason.startswith("no native bf16")
     out, err = capsys.readouterr()
     assert "precision: fp32: no native bf16 (bf16 0.9 vs fp32 55.0 GFLOP/s" in out and not err
-    # bf16 as fast as fp32 is no reason for autocast's casts
-    monkeypatch.setattr(sft, "cpu_matmul_rates", lambda: {"fp32": 100.0, "bf16": 120.0})
+    # bf16 as fast as fp32 is no reason for autocast's casts; unclear at the first size, the probe asks a larger
+    # one (an AMX Xeon measured 1.6-2.7x at 256, about 3x at 512)
+    monkeypatch.setattr(sft, "cpu_matmul_rates", lambda n=256: {"fp32": 100.0, "bf16": 120.0})
     assert sft.pick_precision("auto", CPU)[0] is None
+    monkeypatch.setattr(sft, "cpu_matmul_rates", lambda n=256: {"fp32": 100.0, "bf16": 120.0 if n == 256 else 300.0})
+    assert sft.pick_precision("auto", CPU)[0] == torch.bfloat16
 
 
 def test_explicit_bf16_runs_with_a_warning_where_bf16_is_emulated(sft, monkeypatch, capsys):
