@@ -659,7 +659,8 @@ def online_main(args):
                                                         args, device, dtype, generator, average)
             loss = losses.mean()
             if not torch.isfinite(loss):
-                raise UserError(f"loss is {loss.item()} at step {step + 1}, on prompts {sorted(idx)} (0-based); "
+                prompts_at = ", ".join(map(str, sorted(idx)[:4])) + (", ..." if len(idx) > 4 else "")
+                raise UserError(f"loss is {loss.item()} at step {step + 1}, on prompts {prompts_at} (0-based); "
                                 f"nothing was written")
             scaler.scale(loss / args.grad_accum).backward()
             tokens, generation_s = tokens + n_tokens, generation_s + sampled_s
