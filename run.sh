@@ -14,8 +14,8 @@
 #   bash run.sh ... --resume         # skip every stage whose output directory is finished (whatever flags
 #                                    #   made it: resume with the flags of the interrupted run); 06 always runs
 #   bash run.sh ... --overwrite      # redo an existing run in place (without it, or --resume, an existing
-#                                    #   run is refused; folders this run does not make, such as --compare's
-#                                    #   from an earlier call, are left as they are)
+#                                    #   run is refused); before 06, the stage outputs of the earlier run that
+#                                    #   this one did not redo (an earlier --compare's, say) are removed
 #   bash run.sh --model DIR --dataset FILE.jsonl.gz   # other model or data (named once, in stage 01)
 #   bash run.sh --budget cpu|gpu|tiny --device cpu|cuda  # the step budget (default: gpu where CUDA is, else
 #                                    #   cpu; tiny: the end-to-end test) and the device (default: auto)
@@ -49,6 +49,7 @@ while [ $# -gt 0 ]; do
   esac
 done
 
+[ "$RESUME" = 1 ] && [ "$OVERWRITE" = 1 ] && { echo "run.sh: pass one of --resume (keep the finished stages) and --overwrite (redo them)" >&2; exit 2; }
 for T in ${SWEEP//,/ }; do  # numbers only: each becomes 03's flag and part of a directory name
   [[ "$T" =~ ^[0-9]+([.][0-9]+)?$ ]] || { echo "run.sh: $SWEEP_OPT: '$T' is not a number (expected a comma-separated list such as 0.5,1,2)" >&2; exit 2; }
   [ "$SWEEP_OPT" = --sweep-easy-fraction ] && ! awk -v f="$T" 'BEGIN { exit !(f > 0 && f < 1) }' && {
@@ -91,9 +92,10 @@ case "$BUDGET" in
     BUILTIN=(--builtin-train-pairs 500 --builtin-test-prompts 140); SFT=(--max-steps 30)   # 20 test requests a family
     RM=(--max-steps 30); DPO=(--max-steps 25); PPO=(--steps 8)
     ONLINE=(--max-steps 10); EVAL=()
-    # measured on 2 cores of an AMD EPYC with avx512_bf16 (README, Quickstart); fp32 with oneDNN limited to AVX2
+    # measured on 2 cores of an AMD EPYC with avx512_bf16 and of an Intel Xeon with AMX (README, Quickstart); fp32 with
+    # oneDNN limited to AVX2
     case "$PRECISION" in
-      bf16) TIMES="01 ~1.5 min | 02 ~1.5 min | 03 ~0.5 min | 04 ~2 min | 05 ~3 min | 06 ~2.5 min: ~11 min (2 cores, native bf16)";;
+      bf16) TIMES="01 ~1.5-2 min | 02 ~1.5-2 min | 03 ~0.5 min | 04 ~2 min | 05 ~3-5 min | 06 ~2.5-3.5 min: ~11-15 min (2 cores, native bf16)";;
       *)    TIMES="01 ~3 min | 02 ~3 min | 03 ~1.5 min | 04 ~4 min | 05 ~5 min | 06 ~5 min: ~21 min (2 cores, fp32; slower CPUs longer)";;
     esac;;
   gpu)
@@ -117,9 +119,11 @@ SPLIT=()
 echo "run.sh: run $R, seed $SEED, budget $BUDGET, device $DEVICE, precision $PRECISION, dataset $DATASET"
 echo "run.sh: expected wall time per stage ($BUDGET): $TIMES"
 START=$(date +%s)
+MADE=()   # the output directories of this run's stages
 stage() {
   local out="$R/${1%.py}" prev="" a t
   for a in "$@"; do [ "$prev" = --out ] && out="$a"; prev="$a"; done
+  MADE+=("$out")
   if [ "$RESUME" = 1 ] && [ "$1" != 06_eval.py ] && { [ -f "$out/stage.json" ] || [ -f "$out/stats.json" ]; }; then
     echo; echo "=== $1: $out is finished; skipped (--resume) ==="; return
   fi
@@ -173,5 +177,15 @@ if [ -n "$SWEEP" ]; then
   done
 fi
 
+if [ "$OVERWRITE" = 1 ]; then
+  # stages of the earlier run that this one did not redo were trained from the stages it replaced
+  for d in "$R"/*/; do
+    d=${d%/}; keep=0
+    for m in "${MADE[@]}" "$R/06_eval"; do [ "$m" = "$d" ] && keep=1; done
+    if [ "$keep" = 0 ] && { [ -f "$d/stage.json" ] || [ -f "$d/stats.json" ] || [ -f "$d/results.json" ]; }; then
+      rm -rf "$d"; echo "run.sh: removed $d, an earlier run's stage that this run did not redo (--overwrite)"
+    fi
+  done
+fi
 stage 06_eval.py "${POLICIES[@]}" --run "$RUN" --seed "$SEED" --device "$DEVICE" --overwrite "${EVAL[@]}"
 echo; echo "run.sh: done in $(( $(date +%s) - START ))s; report: $R/06_eval/report.md"

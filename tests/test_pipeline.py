@@ -429,6 +429,7 @@ def test_run_sh_help_and_unknown_option():
                          (["--sweep-threshold", "1", "--sweep-easy-fraction", "0.5"], "pass one of"),
                          (["--sweep-threshold", ","], "needs a list"), (["--seed"], "--seed needs a value"),
                          (["--sweep-easy-fraction", "0.5,1.5"], "1.5 is not in (0, 1)"),
+                         (["--resume", "--overwrite"], "pass one of --resume (keep the finished stages) and --overwrite"),
                          (["--", "--max-train-pairs", "9", "--run=x"], "--run after -- would reach 01_sft.py alone")):
         proc = subprocess.run(["bash", str(ROOT / "run.sh"), *argv], capture_output=True, text=True)
         assert proc.returncode == 2 and needle in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, argv
@@ -442,3 +443,32 @@ def test_run_sh_refuses_an_existing_run_without_resume_or_overwrite(pipeline):
     assert proc.returncode == 2 and proc.stderr.strip() == ("run.sh: runs/t exists; pass --resume to finish it, "
                                                             "--overwrite to redo it, or --run NAME for a new run")
     assert sorted((p.name, p.stat().st_mtime_ns) for p in run.iterdir()) == before
+
+
+def test_run_sh_overwrite_removes_the_earlier_runs_stages_it_did_not_redo(tmp_path):
+    """--overwrite redoes a run in place: stage outputs of an earlier --compare that this run does not make
+    are removed before 06 (they were trained from the stages it replaced); a user's own folder is kept. The
+    stages are stood in for by a fake python that writes a stage.json, so only run.sh itself is tested."""
+    shutil.copy(ROOT / "run.sh", tmp_path)
+    fake = tmp_path / "fake_python"
+    fake.write_text('#!/bin/bash\n[ "$1" = -c ] && exit 0\ns=$1; out=""; run=default; prev=""\n'
+                    'for a; do [ "$prev" = --out ] && out=$a; [ "$prev" = --run ] && run=$a; prev=$a; done\n'
+                    'out=${out:-runs/$run/${s%.py}}; mkdir -p "$out"; echo "{}" > "$out/stage.json"\n')
+    fake.chmod(0o755)
+    run = tmp_path / "runs" / "t"
+    for d in ("01_sft", "04_dpo_all", "05_ppo_vanilla", "my_notes"):
+        (run / d).mkdir(parents=True)
+    for d in ("01_sft", "04_dpo_all", "05_ppo_vanilla"):
+        (run / d / "stage.json").write_text("{}")
+    proc = subprocess.run(["bash", "run.sh", "--budget", "tiny", "--device", "cpu", "--run", "t", "--overwrite"],
+                          cwd=tmp_path, capture_output=True, text=True, env={**os.environ, "PYTHON": str(fake)})
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in run.iterdir()) == ["01_sft", "02_reward", "03_split", "04_dpo", "05_ppo",
+                                                     "06_eval", "my_notes"]
+    assert "run.sh: removed runs/t/04_dpo_all, an earlier run's stage" in proc.stdout
+    # with --compare the same folders are this run's own: kept
+    proc = subprocess.run(["bash", "run.sh", "--budget", "tiny", "--device", "cpu", "--run", "t", "--overwrite",
+                           "--compare"], cwd=tmp_path, capture_output=True, text=True,
+                          env={**os.environ, "PYTHON": str(fake)})
+    assert proc.returncode == 0 and "removed" not in proc.stdout
+    assert {"04_dpo_all", "04_dpo_hard", "05_ppo_vanilla", "05_ppo_sftref"} < {p.name for p in run.iterdir()}
