@@ -811,6 +811,11 @@ def combine(args):
         raise UserError("--combine: no policy name is in every run's results.json")
     out, seeds = Path(args.out or "runs/combined"), [r["seed"] for r in runs]
     check_output(out, args.overwrite, "06_eval", inputs=[r["dir"] for r in runs])
+    for i, r in enumerate(runs):   # a copied run (same responses) would pass for a seed that agrees exactly
+        copy = next((o for o in runs[:i] if (o["samples"], o["results"]) == (r["samples"], r["results"])), None)
+        if copy:
+            raise UserError(f"--combine: {r['dir']} holds the same responses and results as {copy['dir']}: a copy of one run, "
+                            f"which is no spread; combine runs of different seeds")
     if len(set(seeds)) < len(seeds):
         print(f"06_eval: note: the runs share seeds ({seeds}); their spread is not a spread over seeds")
 

@@ -63,7 +63,12 @@ def test_combine_errors(tmp_path):
            "results": {n: {"gold": {"mean": 0}, "rm": {"mean": 0}} for n in ("05_ppo", "04_dpo_all")}}
     json.dump(res, open(tmp_path / "b/results.json", "w"))
     (tmp_path / "b/samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    shutil.copytree(tmp_path / "b", tmp_path / "b_copy")
+    proc = run_stage("06_eval.py", "--combine", "b", "b_copy", cwd=tmp_path, check=False)   # a copy is no seed
+    assert proc.returncode == 2 and "b_copy holds the same responses and results as b: a copy" in proc.stderr
+    res["args"]["seed"], res["results"]["05_ppo"]["gold"]["mean"] = 2, 0.5
     shutil.copytree(tmp_path / "b", tmp_path / "b2")
+    json.dump(res, open(tmp_path / "b2/results.json", "w"))
     proc = run_stage("06_eval.py", "--combine", "b", "b2", cwd=tmp_path, check=False)
     assert proc.returncode == 2 and "not sampled on the same prompts" in proc.stderr
     assert not (tmp_path / "runs/combined").exists()
