@@ -1197,14 +1197,25 @@ def need_stage(path, stage, command, flag=None):
     return record
 
 
+def where_now(recorded, stage_dir, marker="stage.json"):
+    """A directory an earlier stage recorded, where it is now: the one of its name beside `stage_dir` if the
+    run was moved (the recorded one is gone) or copied (the same `marker` record in both), else the recorded
+    one; None where neither holds `marker`. A path into another run stays that run's."""
+    there, here = Path(recorded), Path(stage_dir).parent / Path(recorded).name
+    if (here / marker).is_file() and (not (there / marker).is_file()
+                                      or (here / marker).read_bytes() == (there / marker).read_bytes()):
+        return here
+    return there if (there / marker).is_file() else None
+
+
 def inherited_dir(recorded, stage_dir):
-    """A directory an earlier stage recorded in its stage.json; if the run was moved, the one beside it."""
+    """A directory an earlier stage recorded in its stage.json, where it is now (where_now)."""
     if not isinstance(recorded, str):
         raise UserError(f"{stage_dir}/stage.json names {recorded!r} as a directory; expected a path: rerun the "
                         f"stage that wrote it")
-    for path in (Path(recorded), Path(stage_dir).parent / Path(recorded).name):
-        if (path / "stage.json").exists():
-            return path
+    path = where_now(recorded, stage_dir)
+    if path:
+        return path
     raise UserError(f"{stage_dir}/stage.json names {recorded}, which is not there (nor beside it); "
                     f"rerun the earlier stages or pass the directory explicitly")
 

@@ -260,7 +260,8 @@ def load_pairs(args, sft_dir, split_dir):
         raise UserError(f"{split_dir} is not a finished 03_split directory; run `python 03_split.py` first "
                         f"(or pass --split all for vanilla DPO, or --data for your own pairs)")
     stats = read_json(split_dir / "stats.json")
-    if stats.get("sft") and sft_dir.exists() and Path(stats["sft"]).resolve() != sft_dir.resolve():
+    named = isinstance(stats.get("sft"), str) and where_now(stats["sft"], split_dir)   # the SFT whose pairs 03 split
+    if named and sft_dir.exists() and named.resolve() != sft_dir.resolve():
         print(f"note: {split_dir} splits the pairs of {stats['sft']} (dataset {stats.get('dataset')!r}), not of "
               f"--model {sft_dir}; training on them all the same")
     rows = read_jsonl(split_dir / f"{args.split}.jsonl")
@@ -1569,14 +1570,25 @@ def need_stage(path, stage, command, flag=None):
     return record
 
 
+def where_now(recorded, stage_dir, marker="stage.json"):
+    """A directory an earlier stage recorded, where it is now: the one of its name beside `stage_dir` if the
+    run was moved (the recorded one is gone) or copied (the same `marker` record in both), else the recorded
+    one; None where neither holds `marker`. A path into another run stays that run's."""
+    there, here = Path(recorded), Path(stage_dir).parent / Path(recorded).name
+    if (here / marker).is_file() and (not (there / marker).is_file()
+                                      or (here / marker).read_bytes() == (there / marker).read_bytes()):
+        return here
+    return there if (there / marker).is_file() else None
+
+
 def inherited_dir(recorded, stage_dir):
-    """A directory an earlier stage recorded in its stage.json; if the run was moved, the one beside it."""
+    """A directory an earlier stage recorded in its stage.json, where it is now (where_now)."""
     if not isinstance(recorded, str):
         raise UserError(f"{stage_dir}/stage.json names {recorded!r} as a directory; expected a path: rerun the "
                         f"stage that wrote it")
-    for path in (Path(recorded), Path(stage_dir).parent / Path(recorded).name):
-        if (path / "stage.json").exists():
-            return path
+    path = where_now(recorded, stage_dir)
+    if path:
+        return path
     raise UserError(f"{stage_dir}/stage.json names {recorded}, which is not there (nor beside it); "
                     f"rerun the earlier stages or pass the directory explicitly")
 

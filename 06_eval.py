@@ -220,10 +220,8 @@ def sft_of(rm_dir):
     """The 01_sft directory the reward model was trained from (its stage.json names it; beside it if the
     run was moved), or None: its test rows are the default --data and it is the default baseline."""
     recorded = stage_of(rm_dir).get("sft")
-    for path in [Path(recorded), Path(rm_dir).parent / Path(recorded).name] if recorded else []:
-        if stage_of(path).get("stage") == "01_sft":
-            return path
-    return None
+    path = isinstance(recorded, str) and where_now(recorded, rm_dir)
+    return path if path and stage_of(path).get("stage") == "01_sft" else None
 
 
 def default_policies(run_dir):
@@ -285,13 +283,10 @@ def lineage(pdir, seen=frozenset()):
 
 
 def recorded_dir(recorded, pdir, marker):
-    """The directory a policy's stage.json names, as a resolved path: the one of that name beside the policy
-    if there is one (a run directory is one unit: a copied or moved run refers to its own stages), else the
-    recorded path; None where neither holds `marker`."""
-    for path in (Path(pdir).parent / Path(recorded).name, Path(recorded)) if recorded else []:
-        if (path / marker).is_file():
-            return path.resolve()
-    return None
+    """The directory a policy's stage.json names, where it is now (where_now), as a resolved path; None where
+    it holds no `marker`."""
+    path = isinstance(recorded, str) and recorded and where_now(recorded, pdir, marker)
+    return path.resolve() if path else None
 
 
 def sweep_role(pdir):
@@ -1815,14 +1810,25 @@ def need_stage(path, stage, command, flag=None):
     return record
 
 
+def where_now(recorded, stage_dir, marker="stage.json"):
+    """A directory an earlier stage recorded, where it is now: the one of its name beside `stage_dir` if the
+    run was moved (the recorded one is gone) or copied (the same `marker` record in both), else the recorded
+    one; None where neither holds `marker`. A path into another run stays that run's."""
+    there, here = Path(recorded), Path(stage_dir).parent / Path(recorded).name
+    if (here / marker).is_file() and (not (there / marker).is_file()
+                                      or (here / marker).read_bytes() == (there / marker).read_bytes()):
+        return here
+    return there if (there / marker).is_file() else None
+
+
 def inherited_dir(recorded, stage_dir):
-    """A directory an earlier stage recorded in its stage.json; if the run was moved, the one beside it."""
+    """A directory an earlier stage recorded in its stage.json, where it is now (where_now)."""
     if not isinstance(recorded, str):
         raise UserError(f"{stage_dir}/stage.json names {recorded!r} as a directory; expected a path: rerun the "
                         f"stage that wrote it")
-    for path in (Path(recorded), Path(stage_dir).parent / Path(recorded).name):
-        if (path / "stage.json").exists():
-            return path
+    path = where_now(recorded, stage_dir)
+    if path:
+        return path
     raise UserError(f"{stage_dir}/stage.json names {recorded}, which is not there (nor beside it); "
                     f"rerun the earlier stages or pass the directory explicitly")
 

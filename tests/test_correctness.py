@@ -389,3 +389,54 @@ def test_ctrl_c_and_a_kill_are_one_line_and_exit_130(capsys):
             dpo.run_main(main, [])
         assert e.value.code == 130 and "interrupted (Ctrl-C or a kill); nothing was written" in capsys.readouterr().err
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL     # restored
+
+
+def test_a_recorded_directory_is_found_where_it_is_now(tmp_path):
+    """where_now: a moved run's stages are the ones beside (the recorded path is gone); a copied run's too
+    (the same record there); a path into another run stays that run's, though a stage of its name is here."""
+    a, b = tmp_path / "runs/a", tmp_path / "runs/b"
+    for d, text in ((a / "01_sft", "A"), (a / "02_reward", "R"), (b / "02_reward", "R")):
+        d.mkdir(parents=True)
+        (d / "stage.json").write_text(text)
+    where_now = STAGES["05_ppo"].where_now
+    assert where_now(str(a / "01_sft"), b / "02_reward") == a / "01_sft"            # b has none of its own
+    (b / "01_sft").mkdir()
+    (b / "01_sft/stage.json").write_text("A")                                         # a copy of a's
+    assert where_now(str(a / "01_sft"), b / "02_reward") == b / "01_sft"
+    (b / "01_sft/stage.json").write_text("B")                                         # b's own, another SFT
+    assert where_now(str(a / "01_sft"), b / "02_reward") == a / "01_sft"
+    assert where_now(str(tmp_path / "gone/01_sft"), b / "02_reward") == b / "01_sft"  # moved
+    assert where_now(str(tmp_path / "gone/03_split"), b / "02_reward") is None
+    assert where_now(str(a / "01_sft"), b / "02_reward", "stats.json") is None
+    # 06 follows the same rule: a policy trained from another run's DPO has that run's lineage
+    ev = STAGES["06_eval"]
+    assert ev.recorded_dir(str(a / "01_sft"), b / "02_reward", "stage.json") == (a / "01_sft").resolve()
+    assert ev.recorded_dir(None, b / "02_reward", "stage.json") is None
+
+
+def test_04_and_05_take_a_moved_runs_split_as_its_own(tmp_path, capsys):
+    """04's note on a split of another SFT's pairs and 05's on a split by another RM are not given for a moved
+    run, whose recorded paths are gone; they are for a split of another run."""
+    a = tmp_path / "runs/a"
+    for d in ("01_sft", "02_reward", "03_split"):
+        (a / d).mkdir(parents=True)
+        (a / d / "stage.json").write_text(json.dumps({"stage": d}))
+    row = {"prompt": [{"role": "user", "content": "hi"}], "chosen": "a", "rejected": "b"}
+    for name in ("easy", "hard"):
+        (a / f"03_split/{name}.jsonl").write_text(json.dumps(row) + "\n")
+    (a / "03_split/stats.json").write_text(json.dumps({"sft": str(a / "01_sft"), "reward": str(a / "02_reward")}))
+    moved = tmp_path / "moved"
+    a.rename(moved)
+    args = argparse.Namespace(data=None, split="easy", hard_labels="rm", online=False)
+    notes = lambda: [l for l in capsys.readouterr().out.splitlines() if l.startswith("note:")]
+    dpo.load_pairs(args, moved / "01_sft", moved / "03_split")
+    STAGES["05_ppo"].ppo_prompts(None, "hard", moved / "03_split", moved / "01_sft", str(moved / "02_reward"))
+    assert notes() == []
+    other = tmp_path / "runs/b"
+    for d in ("01_sft", "02_reward"):
+        (other / d).mkdir(parents=True)
+        (other / d / "stage.json").write_text("{}")
+    dpo.load_pairs(args, other / "01_sft", moved / "03_split")
+    STAGES["05_ppo"].ppo_prompts(None, "hard", moved / "03_split", other / "01_sft", str(other / "02_reward"))
+    said = notes()
+    assert len(said) == 2 and "splits the pairs of" in said[0] and "was split by the reward model" in said[1]

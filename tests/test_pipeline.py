@@ -279,9 +279,12 @@ def test_threshold_sweep_and_resume(pipeline, tmp_path, tiny_model_dir):
         ("04_dpo", "05_ppo", moved), ("04_dpo_e0.3", "05_ppo_e0.3", moved)]
     assert ev.threshold_sweep(results, tmp_path / "another_rm") == []   # splits of another RM are no sweep
     (moved).rename(copy / "runs/t")
-    # --combine keeps the points every run has: two copies of one run (a note says they share the seed); one
-    # run named twice is refused
+    # --combine keeps the points every run has: two evaluations of one run (a note says they share the seed;
+    # only the timing differs, as in a rerun); one run named twice is refused
     shutil.copytree(copy / "runs/t/06_eval", tmp_path / "t2/06_eval")
+    rerun = json.load(open(tmp_path / "t2/06_eval/results.json"))
+    rerun["results"]["01_sft"]["time_s"] += 1
+    json.dump(rerun, open(tmp_path / "t2/06_eval/results.json", "w"))
     with pytest.raises(ev.UserError, match="is named twice"):
         ev.main(ev.parse_args(["--combine", str(copy / "runs/t"), str(copy / "runs/t/06_eval"), "--out", str(tmp_path / "c")]))
     ev.main(ev.parse_args(["--combine", str(copy / "runs/t"), str(tmp_path / "t2"), "--out", str(tmp_path / "c"),
