@@ -1103,7 +1103,8 @@ def load_model(name, kind, flag, device):
     # weights the checkpoint lacks are initialised at random without a word: refused, but for 02's new
     # score head (and the LM head it replaces)
     missing = set(info["missing_keys"]) - ({"score.weight"} if kind == "reward-init" else set())
-    unexpected = {k for k in info["unexpected_keys"] if not (kind == "reward-init" and k.startswith("lm_head."))}
+    unexpected = {k for k in info["unexpected_keys"]   # 02 drops the LM head, which is outside the backbone
+                  if not (kind == "reward-init" and not k.startswith(model.base_model_prefix + "."))}
     wrong = [f"{len(keys)} {what} ({', '.join(sorted(map(str, keys))[:2])}{', ...' if len(keys) > 2 else ''})"
              for what, keys in (("missing", missing), ("unexpected", unexpected)) if keys]
     if wrong:
@@ -1297,6 +1298,13 @@ def check_output(out, overwrite, stage, inputs=()):
     earlier output of this stage (a folder with its record; never a folder of yours, another stage's, this
     stage's own input, nor the current one), and its parent takes a folder."""
     out = Path(out)
+    for stale in out.parent.iterdir() if out.parent.is_dir() else ():   # what a killed run left, before any work
+        kind, _, pid = stale.name.removeprefix(f".{out.name}.").partition("-")
+        if stale.name.startswith(f".{out.name}.") and kind in ("tmp", "old") and (pid == "" or pid.isdigit()) \
+                and (pid == str(os.getpid()) or not process_alive(pid)):  # our own id: a killed run's, reused
+            if kind == "old" and not out.exists():   # killed between the two renames: the old output back
+                stale.rename(out)
+            shutil.rmtree(stale, ignore_errors=True)
     if out.exists() and not overwrite:
         raise UserError(f"{out} exists; pass --overwrite to replace it")
     for given in inputs:
@@ -1307,7 +1315,11 @@ def check_output(out, overwrite, stage, inputs=()):
         raise UserError(f"{out}: not the output of a stage (no {', '.join(records)}); --overwrite replaces only "
                         f"those: pick a new output folder")
     record = next((out / r for r in records if (out / r).is_file()), None) if out.is_dir() else None
-    made_by = str(read_json(record).get("stage")).split(" ")[0] if record else stage
+    try:
+        made_by = read_json(record).get("stage") if record else stage
+    except UserError:   # a damaged record: whose output it was is unknown, and it can be replaced
+        made_by = stage
+    made_by = made_by.split(" ")[0] if isinstance(made_by, str) else stage
     if made_by != stage:
         raise UserError(f"{out}: the output of {made_by}, not of {stage}; --overwrite replaces only {stage}'s: "
                         f"pick a new output folder")
@@ -1330,27 +1342,29 @@ def output_dir(out, overwrite):
     """A temporary directory beside `out`, renamed into place when the block ends without an error: a
     crash never leaves a half-written output where the next stage would read it, and an interrupt between
     the two renames puts the old output back. Its name holds the process id, so that two runs to one `out`
-    do not share it; one a killed run left is removed by the next run. An `out` that another run made while
-    this one ran is not replaced without --overwrite: this run's output is kept beside it."""
+    do not share it; one a killed run left is removed by the next run (check_output). An `out` that
+    another run made while this one ran is not replaced without --overwrite: this run's output is kept
+    beside it, as it is where another run's output takes the place in the moment between the renames."""
     out = Path(out)
     tmp, old = (out.parent / f".{out.name}.{kind}-{os.getpid()}" for kind in ("tmp", "old"))
-    for stale in out.parent.iterdir() if out.parent.is_dir() else ():
-        kind, _, pid = stale.name.removeprefix(f".{out.name}.").partition("-")
-        if stale.name.startswith(f".{out.name}.") and kind in ("tmp", "old") and not process_alive(pid):
-            if kind == "old" and not out.exists():   # killed between the two renames: the old output back
-                stale.rename(out)
-            shutil.rmtree(stale, ignore_errors=True)
+    def keep_aside():   # this run's output beside another run's, never over one kept before
+        kept = next(p for i in range(10**6) if not (p := out.parent / f"{out.name}.unsaved-{os.getpid()}"
+                                                          f"{f'-{i}' if i else ''}").exists())
+        tmp.rename(kept)
+        return kept
     tmp.mkdir(parents=True)
     try:
         yield tmp
         if out.exists() and not overwrite:
-            kept = out.parent / f"{out.name}.unsaved-{os.getpid()}"
-            tmp.rename(kept)
             raise UserError(f"{out} was made by another run while this one ran; not replaced without "
-                            f"--overwrite: this run's output is in {kept}")
+                            f"--overwrite: this run's output is in {keep_aside()}")
         if out.exists():
             out.rename(old)
-        tmp.rename(out)
+        try:
+            tmp.rename(out)
+        except OSError:   # another run's output came in between the renames
+            raise UserError(f"{out} was made by another run while this one saved; this run's output is in "
+                            f"{keep_aside()}") from None
     finally:
         if old.exists() and not out.exists():        # interrupted between the two renames
             old.rename(out)

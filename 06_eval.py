@@ -226,6 +226,7 @@ def sft_of(rm_dir):
 
 def default_policies(run_dir):
     found = [d for d in sorted(Path(run_dir).iterdir()) if d.is_dir() and d.name.startswith(POLICY_PREFIXES)
+             and ".unsaved-" not in d.name   # an output kept aside because another run's took its place
              and (d / "config.json").exists() and (d / "stage.json").exists()] if Path(run_dir).is_dir() else []
     if not found:
         raise UserError(f"no policy directories in {run_dir}; run the earlier stages or name the policies")
@@ -249,9 +250,11 @@ def find_baseline(args, policies, sft_dir):
     return policies[0]
 
 
-def budget_of(pdir):
+def budget_of(pdir, seen=()):
     """A policy's training budget in words, from its stage.json, so compared methods can be seen to have
     had the same (or not)."""
+    if Path(pdir).resolve() in seen:   # records that name each other (a policy overwritten by its own heir)
+        return "?"
     st = stage_of(pdir)
     a, f = st.get("args", {}), st.get("final", {})
     if st.get("stage") == "01_sft":
@@ -262,10 +265,12 @@ def budget_of(pdir):
         return (f"{f['steps']} steps x {f['pairs_per_step']} pairs = {f['steps'] * f['pairs_per_step']} pairs, "
                 f"{f['epochs_seen']:.2f} epochs of {f['n_pairs']} {st['data']['split']} pairs")
     if st.get("stage") == "05_ppo":  # PPO continues from another policy: its budget comes on top
-        init, rollouts = Path(st.get("policy_init", "?")), a["steps"] * a["rollout_batch"]
+        named, rollouts = st.get("policy_init", "?"), a["steps"] * a["rollout_batch"]
+        init = recorded_dir(named, pdir, "stage.json")
+        before = budget_of(init, (*seen, Path(pdir).resolve())) if init else "?"
         return (f"{a['steps']} iterations x {a['rollout_batch']} rollouts = {rollouts} rollouts, "
                 f"{rollouts / max(1, st.get('n_prompts', 0)):.2f} epochs of {st.get('n_prompts')} {st.get('prompts')} "
-                f"prompts; after {init.name} ({budget_of(init)})")
+                f"prompts; after {Path(str(named)).name} ({before})")
     return "?"
 
 
@@ -289,9 +294,11 @@ def recorded_dir(recorded, pdir, marker):
     return path.resolve() if path else None
 
 
-def sweep_role(pdir):
+def sweep_role(pdir, seen=()):
     """('dpo', split) for offline DPO on the easy set of a 03_split directory, ('mpo', split) for PPO on the
     same split's hard prompts that starts from and is regularised towards that DPO policy (MPO); else None."""
+    if Path(pdir).resolve() in seen:   # a record that names itself (or a loop): no role
+        return None
     st = stage_of(pdir)
     a, data = st.get("args", {}), st.get("data", {})
     if st.get("stage") == "04_dpo" and not a.get("online") and a.get("loss") == "dpo" and data.get("split") == "easy":
@@ -301,7 +308,7 @@ def sweep_role(pdir):
         # 05 records its split since the sweep; before, it was --split-dir or the run's 03_split
         split = recorded_dir(st.get("split") or a.get("split_dir") or f"runs/{a.get('run')}/03_split", pdir, "stats.json")
         init, ref = (recorded_dir(st.get(k), pdir, "stage.json") for k in ("policy_init", "ref"))
-        if split and init and init == ref and sweep_role(init) == ("dpo", split):
+        if split and init and init == ref and sweep_role(init, (*seen, Path(pdir).resolve())) == ("dpo", split):
             return "mpo", split
     return None
 
@@ -1716,7 +1723,8 @@ def load_model(name, kind, flag, device):
     # weights the checkpoint lacks are initialised at random without a word: refused, but for 02's new
     # score head (and the LM head it replaces)
     missing = set(info["missing_keys"]) - ({"score.weight"} if kind == "reward-init" else set())
-    unexpected = {k for k in info["unexpected_keys"] if not (kind == "reward-init" and k.startswith("lm_head."))}
+    unexpected = {k for k in info["unexpected_keys"]   # 02 drops the LM head, which is outside the backbone
+                  if not (kind == "reward-init" and not k.startswith(model.base_model_prefix + "."))}
     wrong = [f"{len(keys)} {what} ({', '.join(sorted(map(str, keys))[:2])}{', ...' if len(keys) > 2 else ''})"
              for what, keys in (("missing", missing), ("unexpected", unexpected)) if keys]
     if wrong:
@@ -1910,6 +1918,13 @@ def check_output(out, overwrite, stage, inputs=()):
     earlier output of this stage (a folder with its record; never a folder of yours, another stage's, this
     stage's own input, nor the current one), and its parent takes a folder."""
     out = Path(out)
+    for stale in out.parent.iterdir() if out.parent.is_dir() else ():   # what a killed run left, before any work
+        kind, _, pid = stale.name.removeprefix(f".{out.name}.").partition("-")
+        if stale.name.startswith(f".{out.name}.") and kind in ("tmp", "old") and (pid == "" or pid.isdigit()) \
+                and (pid == str(os.getpid()) or not process_alive(pid)):  # our own id: a killed run's, reused
+            if kind == "old" and not out.exists():   # killed between the two renames: the old output back
+                stale.rename(out)
+            shutil.rmtree(stale, ignore_errors=True)
     if out.exists() and not overwrite:
         raise UserError(f"{out} exists; pass --overwrite to replace it")
     for given in inputs:
@@ -1920,7 +1935,11 @@ def check_output(out, overwrite, stage, inputs=()):
         raise UserError(f"{out}: not the output of a stage (no {', '.join(records)}); --overwrite replaces only "
                         f"those: pick a new output folder")
     record = next((out / r for r in records if (out / r).is_file()), None) if out.is_dir() else None
-    made_by = str(read_json(record).get("stage")).split(" ")[0] if record else stage
+    try:
+        made_by = read_json(record).get("stage") if record else stage
+    except UserError:   # a damaged record: whose output it was is unknown, and it can be replaced
+        made_by = stage
+    made_by = made_by.split(" ")[0] if isinstance(made_by, str) else stage
     if made_by != stage:
         raise UserError(f"{out}: the output of {made_by}, not of {stage}; --overwrite replaces only {stage}'s: "
                         f"pick a new output folder")
@@ -1943,27 +1962,29 @@ def output_dir(out, overwrite):
     """A temporary directory beside `out`, renamed into place when the block ends without an error: a
     crash never leaves a half-written output where the next stage would read it, and an interrupt between
     the two renames puts the old output back. Its name holds the process id, so that two runs to one `out`
-    do not share it; one a killed run left is removed by the next run. An `out` that another run made while
-    this one ran is not replaced without --overwrite: this run's output is kept beside it."""
+    do not share it; one a killed run left is removed by the next run (check_output). An `out` that
+    another run made while this one ran is not replaced without --overwrite: this run's output is kept
+    beside it, as it is where another run's output takes the place in the moment between the renames."""
     out = Path(out)
     tmp, old = (out.parent / f".{out.name}.{kind}-{os.getpid()}" for kind in ("tmp", "old"))
-    for stale in out.parent.iterdir() if out.parent.is_dir() else ():
-        kind, _, pid = stale.name.removeprefix(f".{out.name}.").partition("-")
-        if stale.name.startswith(f".{out.name}.") and kind in ("tmp", "old") and not process_alive(pid):
-            if kind == "old" and not out.exists():   # killed between the two renames: the old output back
-                stale.rename(out)
-            shutil.rmtree(stale, ignore_errors=True)
+    def keep_aside():   # this run's output beside another run's, never over one kept before
+        kept = next(p for i in range(10**6) if not (p := out.parent / f"{out.name}.unsaved-{os.getpid()}"
+                                                          f"{f'-{i}' if i else ''}").exists())
+        tmp.rename(kept)
+        return kept
     tmp.mkdir(parents=True)
     try:
         yield tmp
         if out.exists() and not overwrite:
-            kept = out.parent / f"{out.name}.unsaved-{os.getpid()}"
-            tmp.rename(kept)
             raise UserError(f"{out} was made by another run while this one ran; not replaced without "
-                            f"--overwrite: this run's output is in {kept}")
+                            f"--overwrite: this run's output is in {keep_aside()}")
         if out.exists():
             out.rename(old)
-        tmp.rename(out)
+        try:
+            tmp.rename(out)
+        except OSError:   # another run's output came in between the renames
+            raise UserError(f"{out} was made by another run while this one saved; this run's output is in "
+                            f"{keep_aside()}") from None
     finally:
         if old.exists() and not out.exists():        # interrupted between the two renames
             old.rename(out)

@@ -56,7 +56,7 @@ for T in ${SWEEP//,/ }; do  # numbers only: each becomes 03's flag and part of a
     echo "run.sh: $SWEEP_OPT: $T is not in (0, 1), the share of pairs made easy" >&2; exit 2; }
 done
 for A in "${EXTRA[@]}"; do  # the run's own settings: given after `--`, 01 alone would take them
-  case "$A" in --run|--run=*|--out|--out=*|--seed|--seed=*|--device|--device=*|--overwrite)
+  case "$A" in --run|--run=*|--out|--out=*|--seed|--seed=*|--device|--device=*|--overwrite|--dataset|--dataset=*|--model|--model=*)
     echo "run.sh: ${A%%=*} after -- would reach 01_sft.py alone; pass it to run.sh before --" >&2; exit 2;;
   esac
 done
@@ -71,6 +71,10 @@ fi
 R="runs/$RUN"
 if [ "$RESUME" = 0 ] && [ "$OVERWRITE" = 0 ] && [ -n "$(ls -A "$R" 2>/dev/null)" ]; then
   echo "run.sh: $R exists; pass --resume to finish it, --overwrite to redo it, or --run NAME for a new run" >&2; exit 2
+fi
+MIXED="$R/.overwrite-unfinished"   # from 01 of an --overwrite to its end, the run mixes old and new stages
+if [ "$RESUME" = 1 ] && [ -e "$MIXED" ]; then
+  echo "run.sh: $R was being redone with --overwrite, which did not finish: its stages are partly the earlier run's; pass --overwrite to redo it" >&2; exit 2
 fi
 # every stage replaces its own output: the run as a whole was checked above (--resume remakes what is not
 # finished, and 06)
@@ -131,6 +135,7 @@ stage() {
 }
 
 stage 01_sft.py "${COMMON[@]}" --dataset "$DATASET" "${SFT[@]}" "${EXTRA[@]}"
+[ "$OVERWRITE" = 1 ] && touch "$MIXED"
 stage 02_reward.py "${COMMON[@]}" "${RM[@]}"
 stage 03_split.py --run "$RUN" --device "$DEVICE" --overwrite "${SPLIT[@]}"   # deterministic: no seed
 stage 04_dpo.py "${COMMON[@]}" "${DPO[@]}"
@@ -186,6 +191,7 @@ if [ "$OVERWRITE" = 1 ]; then
       rm -rf "$d"; echo "run.sh: removed $d, an earlier run's stage that this run did not redo (--overwrite)"
     fi
   done
+  rm -f "$MIXED"
 fi
 stage 06_eval.py "${POLICIES[@]}" --run "$RUN" --seed "$SEED" --device "$DEVICE" --overwrite "${EVAL[@]}"
 echo; echo "run.sh: done in $(( $(date +%s) - START ))s; report: $R/06_eval/report.md"

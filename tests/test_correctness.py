@@ -9,6 +9,7 @@ import math
 import os
 import random
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -251,6 +252,9 @@ def test_an_output_that_could_not_be_saved_is_refused_before_any_work(tmp_path, 
             dpo.check_output(out, True, "04_dpo")
     assert (tmp_path / "mine/notes.txt").read_text() == "important"
     dpo.check_output("old", True, "04_dpo")                 # this stage's output: replaced at the end
+    for damaged in ('{"stage": "04_d', '[1, 2]', '{"args": {}}'):   # whose it was is unknown: replaceable
+        (tmp_path / "old/stage.json").write_text(damaged)
+        dpo.check_output("old", True, "04_dpo")
     dpo.check_output("runs/new/04_dpo", False, "04_dpo")     # parents made only when the run is saved
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mine", "notes.txt", "old", "sft"]
 
@@ -261,6 +265,11 @@ def test_output_dir_keeps_what_another_run_made_and_restores_an_old_output(tmp_p
     (tmp_path / ".04_dpo.tmp").mkdir()                      # an older version's name: removed
     live = tmp_path / f".04_dpo.tmp-{os.getppid()}"           # a running process's: kept
     live.mkdir()
+    (tmp_path / f".04_dpo.tmp-{os.getpid()}").mkdir()         # our own id, reused after a kill: removed
+    (tmp_path / ".04_dpo.tmp-notes").mkdir()                  # not a process id: a folder of the user's, kept
+    dpo.check_output(out, False, "04_dpo")                  # what killed runs left goes before any work
+    assert sorted(p.name for p in tmp_path.glob(".04_dpo.*")) == sorted([".04_dpo.tmp-notes", live.name])
+    (tmp_path / ".04_dpo.tmp-notes").rmdir()
     with pytest.raises(dpo.UserError, match=r"04_dpo was made by another run while this one ran; not replaced "
                                             r"without --overwrite: this run's output is in .*04_dpo\.unsaved-"):
         with dpo.output_dir(out, overwrite=False) as tmp:
@@ -278,6 +287,25 @@ def test_output_dir_keeps_what_another_run_made_and_restores_an_old_output(tmp_p
         (tmp / "stage.json").write_text("replaced")
     assert (out / "stage.json").read_text() == "replaced"
     assert sorted(p.name for p in tmp_path.glob(".04_dpo.*")) == [live.name]
+    # killed between the two renames: the next run puts the old output back before it starts, not as it saves
+    out.rename(tmp_path / ".04_dpo.old-999999999")
+    with pytest.raises(dpo.UserError, match="exists; pass --overwrite"):
+        dpo.check_output(out, False, "04_dpo")
+    assert (out / "stage.json").read_text() == "replaced"
+    # another run's output lands in the moment between our two renames: ours is kept beside it
+    real_rename = type(out).rename
+    def rename(self, target):
+        if Path(target) == out and self.name.startswith(".04_dpo.tmp-"):
+            out.mkdir()
+            (out / "stage.json").write_text("theirs again")
+        return real_rename(self, target)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(type(out), "rename", rename)
+        with pytest.raises(dpo.UserError, match="made by another run while this one saved; this run's output is in"):
+            with dpo.output_dir(out, overwrite=True) as tmp:
+                (tmp / "stage.json").write_text("ours")
+    assert (out / "stage.json").read_text() == "theirs again"
+    assert sorted((p / "stage.json").read_text() for p in tmp_path.glob("04_dpo.unsaved-*")) == ["new", "ours"]
 
 
 def test_a_checkpoint_missing_weights_is_refused_not_filled_at_random(tmp_path, tiny_model_dir):
@@ -299,6 +327,23 @@ def test_a_checkpoint_missing_weights_is_refused_not_filled_at_random(tmp_path, 
     with pytest.raises(dpo.UserError, match=r"--reward .*rm: its weights do not match its config.json: 1 missing "
                                             r"\(score.weight\)"):                # a reward model without its head
         dpo.load_model(str(tmp_path / "rm"), "reward", "--reward", CPU)
+
+
+def test_02_starts_from_a_causal_lm_whose_head_has_another_name(tmp_path):
+    """02 loads a causal LM as a classifier and drops its LM head, whatever the head is called (GPT-NeoX's
+    is embed_out, not lm_head); a weight of the backbone the classifier does not have is still refused."""
+    from safetensors.torch import load_file, save_file
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+    config = GPTNeoXConfig(vocab_size=300, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                           intermediate_size=64, max_position_embeddings=128)
+    GPTNeoXForCausalLM(config).save_pretrained(tmp_path / "neox")
+    rm = dpo.load_model(str(tmp_path / "neox"), "reward-init", "--model", CPU)
+    assert type(rm).__name__ == "GPTNeoXForSequenceClassification"
+    weights = load_file(tmp_path / "neox/model.safetensors")
+    weights["gpt_neox.layers.0.extra.weight"] = torch.zeros(2)
+    save_file(weights, tmp_path / "neox/model.safetensors")
+    with pytest.raises(dpo.UserError, match=r"1 unexpected \(gpt_neox.layers.0.extra.weight\)"):
+        dpo.load_model(str(tmp_path / "neox"), "reward-init", "--model", CPU)
 
 
 def test_a_tokenizer_larger_than_the_embedding_is_refused(tmp_path, tiny_model_dir):
@@ -440,3 +485,19 @@ def test_04_and_05_take_a_moved_runs_split_as_its_own(tmp_path, capsys):
     STAGES["05_ppo"].ppo_prompts(None, "hard", moved / "03_split", other / "01_sft", str(other / "02_reward"))
     said = notes()
     assert len(said) == 2 and "splits the pairs of" in said[0] and "was split by the reward model" in said[1]
+
+
+def test_06_follows_records_that_name_each_other_without_recursing(tmp_path):
+    """A policy overwritten by the PPO run that continued from it: two records name each other. 06's budget,
+    role and sweep role end, as its lineage does, where a directory comes round again."""
+    ev = STAGES["06_eval"]
+    a, b = tmp_path / "05_ppo", tmp_path / "05_ppo_next"
+    for me, other in ((a, b), (b, a)):
+        me.mkdir()
+        (me / "stage.json").write_text(json.dumps({
+            "stage": "05_ppo", "args": {"steps": 2, "rollout_batch": 4}, "prompts": "hard", "n_prompts": 8,
+            "policy_init": str(other), "ref": str(other), "split": str(tmp_path / "03_split")}))
+    (tmp_path / "03_split").mkdir()
+    (tmp_path / "03_split/stats.json").write_text("{}")
+    assert ev.budget_of(a).startswith("2 iterations x 4 rollouts") and "after 05_ppo_next (2 iterations" in ev.budget_of(a)
+    assert ev.policy_role(a) is None and ev.sweep_role(a) is None and ev.lineage(a) == {a.resolve(), b.resolve()}

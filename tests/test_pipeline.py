@@ -433,6 +433,7 @@ def test_run_sh_help_and_unknown_option():
                          (["--sweep-threshold", ","], "needs a list"), (["--seed"], "--seed needs a value"),
                          (["--sweep-easy-fraction", "0.5,1.5"], "1.5 is not in (0, 1)"),
                          (["--resume", "--overwrite"], "pass one of --resume (keep the finished stages) and --overwrite"),
+                         (["--", "--dataset", "pairs.jsonl"], "--dataset after -- would reach 01_sft.py alone"),
                          (["--", "--max-train-pairs", "9", "--run=x"], "--run after -- would reach 01_sft.py alone")):
         proc = subprocess.run(["bash", str(ROOT / "run.sh"), *argv], capture_output=True, text=True)
         assert proc.returncode == 2 and needle in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, argv
@@ -454,7 +455,8 @@ def test_run_sh_overwrite_removes_the_earlier_runs_stages_it_did_not_redo(tmp_pa
     stages are stood in for by a fake python that writes a stage.json, so only run.sh itself is tested."""
     shutil.copy(ROOT / "run.sh", tmp_path)
     fake = tmp_path / "fake_python"
-    fake.write_text('#!/bin/bash\n[ "$1" = -c ] && exit 0\ns=$1; out=""; run=default; prev=""\n'
+    fake.write_text('#!/bin/bash\n[ "$1" = -c ] && exit 0\n[ "$1" = "$FAIL_AT" ] && exit 1\n'
+                    's=$1; out=""; run=default; prev=""\n'
                     'for a; do [ "$prev" = --out ] && out=$a; [ "$prev" = --run ] && run=$a; prev=$a; done\n'
                     'out=${out:-runs/$run/${s%.py}}; mkdir -p "$out"; echo "{}" > "$out/stage.json"\n')
     fake.chmod(0o755)
@@ -475,3 +477,14 @@ def test_run_sh_overwrite_removes_the_earlier_runs_stages_it_did_not_redo(tmp_pa
                           env={**os.environ, "PYTHON": str(fake)})
     assert proc.returncode == 0 and "removed" not in proc.stdout
     assert {"04_dpo_all", "04_dpo_hard", "05_ppo_vanilla", "05_ppo_sftref"} < {p.name for p in run.iterdir()}
+    # an --overwrite that stops after 01 leaves a run of two runs' stages: --resume would take it as finished
+    argv = ["bash", "run.sh", "--budget", "tiny", "--device", "cpu", "--run", "t"]
+    proc = subprocess.run(argv + ["--overwrite"], cwd=tmp_path, capture_output=True, text=True,
+                          env={**os.environ, "PYTHON": str(fake), "FAIL_AT": "04_dpo.py"})
+    assert proc.returncode != 0 and (run / ".overwrite-unfinished").exists()
+    proc = subprocess.run(argv + ["--resume"], cwd=tmp_path, capture_output=True, text=True,
+                          env={**os.environ, "PYTHON": str(fake)})
+    assert proc.returncode == 2 and "was being redone with --overwrite, which did not finish" in proc.stderr
+    proc = subprocess.run(argv + ["--overwrite"], cwd=tmp_path, capture_output=True, text=True,
+                          env={**os.environ, "PYTHON": str(fake)})
+    assert proc.returncode == 0 and not (run / ".overwrite-unfinished").exists()
