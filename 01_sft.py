@@ -553,7 +553,7 @@ def load_rows(spec, flag, split="train"):
             raise UserError(f"{flag} {spec}: {'a directory, expected a file' if Path(spec).is_dir() else 'file not found'}")
         return read_jsonl(spec)
     if Path(spec).exists():
-        raise UserError(f"{flag} {spec}: expected a .jsonl or .jsonl.gz file")
+        raise UserError(f"{flag} {spec}: expected a .jsonl, .jsonl.gz or .json file")
     name, _, subset = spec.partition(":")  # HH-RLHF's subsets are data folders; other datasets' are configs
     where = {"data_dir": subset or None} if name == "Anthropic/hh-rlhf" else {"name": subset or None}
     offline_unless_hub_reachable()
@@ -648,7 +648,8 @@ def normalise(rows, source, pairs=True):
         raise UserError(f"{source}: prompts without chosen/rejected responses; this stage needs preference pairs")
     if name is None:
         raise UserError(f"{source}: columns {sorted(rows[0])} fit no known format; expected "
-                        + ", ".join(n for n in forms if n != "prompts" or not pairs))
+                        + ", ".join(n for n in forms if n != "prompts" or not pairs)
+                        + " (hh-rlhf's chosen/rejected may also be chat messages)")
     out, skipped, gold = [], {}, ("gold_chosen", "gold_rejected")   # the built-in task's, or your own
     has_gold = not rows[0].keys().isdisjoint(gold)
     number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
@@ -1180,22 +1181,31 @@ def path_or_hub_id(name):
     return str(Path(name).resolve()) if Path(name).exists() else str(name)
 
 
-def need_stage(path, stage, command, flag=None):
+def need_stage(path, stage, flag=None):
     """The stage.json of an earlier stage's directory, checked to be that stage's and of the shape later
     stages read (its args; 01's dataset), or a UserError naming the command that makes it (and the flag
     that names another)."""
+    command = command_for(stage, path)
     if not (Path(path) / "stage.json").is_file():
         raise UserError(f"{path} is not a finished {stage} directory; run `{command}` first"
                         + (f", or pass {flag} DIR" if flag else ""))
     record = read_json(Path(path) / "stage.json")
     if record.get("stage") != stage:
-        raise UserError(f"{path}/stage.json: a record of {record.get('stage') or 'no stage'}, not of {stage}; "
-                        f"run `{command}`" + (f", or pass {flag} DIR" if flag else ""))
+        made_by = record.get("stage") or "no stage"
+        raise UserError(f"{flag} {path}: the output of {made_by}; expected a {stage} directory" if flag else
+                        f"{path}/stage.json: a record of {made_by}, not of {stage}; run `{command}`")
     if not isinstance(record.get("args"), dict) or stage == "01_sft" and not (
             isinstance(record.get("dataset"), dict) and isinstance(record["dataset"].get("name"), str)):
         raise UserError(f"{path}/stage.json: not as {stage} writes it (its args, or 01's dataset name, are not "
                         f"there); rerun `{command}`")
     return record
+
+
+def command_for(stage, path):
+    """The command that makes `path`: `python <stage>.py`, with its --run where `path` is runs/<run>/<stage>."""
+    path = Path(path)
+    run = path.parent.name if path.name == stage and path.parent.parent.name == "runs" else "default"
+    return f"python {stage}.py" + (f" --run {run}" if run != "default" else "")
 
 
 def where_now(recorded, stage_dir, marker="stage.json"):

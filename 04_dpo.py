@@ -224,10 +224,10 @@ def load_inputs(args):
     model = args.model or f"runs/{args.run}/01_sft"
     record = Path(model) / "stage.json"
     if args.model is None:
-        sft_stage = need_stage(model, "01_sft", "python 01_sft.py", "--model")
+        sft_stage = need_stage(model, "01_sft", "--model")
     else:  # any causal LM: stage 01's record only where it is one
         is_sft = record.is_file() and read_json(record).get("stage") == "01_sft"
-        sft_stage = need_stage(model, "01_sft", "python 01_sft.py", "--model") if is_sft else None
+        sft_stage = need_stage(model, "01_sft", "--model") if is_sft else None
     inherit_lengths(args, sft_stage)
     if sft_stage and not args.data:
         print(f"inherited dataset {sft_stage['dataset']['name']!r} from {model}")
@@ -254,10 +254,10 @@ def load_pairs(args, sft_dir, split_dir):
     if args.split == "all":
         if not (sft_dir / "data_train.jsonl").is_file():
             raise UserError(f"--split all trains on stage 01's pairs and {sft_dir} has no data_train.jsonl; "
-                            f"run `python 01_sft.py` first, or pass your pairs with --data")
+                            f"run `{command_for('01_sft', sft_dir)}` first, or pass your pairs with --data")
         return read_jsonl(sft_dir / "data_train.jsonl"), {"split": "all", "from": str(sft_dir.resolve())}
     if not (split_dir / "stats.json").is_file():
-        raise UserError(f"{split_dir} is not a finished 03_split directory; run `python 03_split.py` first "
+        raise UserError(f"{split_dir} is not a finished 03_split directory; run `{command_for('03_split', split_dir)}` first "
                         f"(or pass --split all for vanilla DPO, or --data for your own pairs)")
     stats = read_json(split_dir / "stats.json")
     named = isinstance(stats.get("sft"), str) and where_now(stats["sft"], split_dir)   # the SFT whose pairs 03 split
@@ -620,7 +620,7 @@ def online_main(args):
     model, tok, sft_stage, rows, source, test_rows = load_inputs(args)
     rm_dir = args.reward or f"runs/{args.run}/02_reward"
     if args.reward is None:
-        need_stage(rm_dir, "02_reward", "python 02_reward.py", "--reward")
+        need_stage(rm_dir, "02_reward", "--reward")
     policy = load_model(model, "policy", "--model", device)
     reference = load_model(model, "policy", "--model", device).requires_grad_(False)
     rm = load_model(rm_dir, "reward", "--reward", device).requires_grad_(False)
@@ -926,7 +926,7 @@ def load_rows(spec, flag, split="train"):
             raise UserError(f"{flag} {spec}: {'a directory, expected a file' if Path(spec).is_dir() else 'file not found'}")
         return read_jsonl(spec)
     if Path(spec).exists():
-        raise UserError(f"{flag} {spec}: expected a .jsonl or .jsonl.gz file")
+        raise UserError(f"{flag} {spec}: expected a .jsonl, .jsonl.gz or .json file")
     name, _, subset = spec.partition(":")  # HH-RLHF's subsets are data folders; other datasets' are configs
     where = {"data_dir": subset or None} if name == "Anthropic/hh-rlhf" else {"name": subset or None}
     offline_unless_hub_reachable()
@@ -1021,7 +1021,8 @@ def normalise(rows, source, pairs=True):
         raise UserError(f"{source}: prompts without chosen/rejected responses; this stage needs preference pairs")
     if name is None:
         raise UserError(f"{source}: columns {sorted(rows[0])} fit no known format; expected "
-                        + ", ".join(n for n in forms if n != "prompts" or not pairs))
+                        + ", ".join(n for n in forms if n != "prompts" or not pairs)
+                        + " (hh-rlhf's chosen/rejected may also be chat messages)")
     out, skipped, gold = [], {}, ("gold_chosen", "gold_rejected")   # the built-in task's, or your own
     has_gold = not rows[0].keys().isdisjoint(gold)
     number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
@@ -1553,22 +1554,31 @@ def path_or_hub_id(name):
     return str(Path(name).resolve()) if Path(name).exists() else str(name)
 
 
-def need_stage(path, stage, command, flag=None):
+def need_stage(path, stage, flag=None):
     """The stage.json of an earlier stage's directory, checked to be that stage's and of the shape later
     stages read (its args; 01's dataset), or a UserError naming the command that makes it (and the flag
     that names another)."""
+    command = command_for(stage, path)
     if not (Path(path) / "stage.json").is_file():
         raise UserError(f"{path} is not a finished {stage} directory; run `{command}` first"
                         + (f", or pass {flag} DIR" if flag else ""))
     record = read_json(Path(path) / "stage.json")
     if record.get("stage") != stage:
-        raise UserError(f"{path}/stage.json: a record of {record.get('stage') or 'no stage'}, not of {stage}; "
-                        f"run `{command}`" + (f", or pass {flag} DIR" if flag else ""))
+        made_by = record.get("stage") or "no stage"
+        raise UserError(f"{flag} {path}: the output of {made_by}; expected a {stage} directory" if flag else
+                        f"{path}/stage.json: a record of {made_by}, not of {stage}; run `{command}`")
     if not isinstance(record.get("args"), dict) or stage == "01_sft" and not (
             isinstance(record.get("dataset"), dict) and isinstance(record["dataset"].get("name"), str)):
         raise UserError(f"{path}/stage.json: not as {stage} writes it (its args, or 01's dataset name, are not "
                         f"there); rerun `{command}`")
     return record
+
+
+def command_for(stage, path):
+    """The command that makes `path`: `python <stage>.py`, with its --run where `path` is runs/<run>/<stage>."""
+    path = Path(path)
+    run = path.parent.name if path.name == stage and path.parent.parent.name == "runs" else "default"
+    return f"python {stage}.py" + (f" --run {run}" if run != "default" else "")
 
 
 def where_now(recorded, stage_dir, marker="stage.json"):

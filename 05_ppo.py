@@ -202,7 +202,7 @@ def sft_through_rm(rm_name, required):
             raise UserError(f"--reward {rm_name} is no 02_reward output (no stage.json), so it names no prompts: "
                             f"pass --data FILE (prompts, or pairs)")
         return None, None
-    recorded = need_stage(rm_name, "02_reward", "python 02_reward.py").get("sft")
+    recorded = need_stage(rm_name, "02_reward").get("sft")
     if recorded is None and required:
         raise UserError(f"{rm_name}/stage.json names no 01_sft directory to take prompts from; pass --data FILE")
     try:
@@ -211,7 +211,7 @@ def sft_through_rm(rm_name, required):
         if required:
             raise
         sft_dir = None
-    return sft_dir, sft_dir and need_stage(sft_dir, "01_sft", "python 01_sft.py")
+    return sft_dir, sft_dir and need_stage(sft_dir, "01_sft")
 
 
 def ppo_prompts(data, which, split_dir, sft_dir, rm_name):
@@ -230,7 +230,7 @@ def ppo_prompts(data, which, split_dir, sft_dir, rm_name):
         if split_rm and split_rm != path_or_hub_id(rm_name):  # MPO splits and rewards by one RM; an ablation may not
             print(f"note: {split_dir} was split by the reward model {split_rm}; PPO's rewards come from {rm_name}")
     else:
-        raise UserError(f"{split_dir} is not a finished 03_split directory; run `python 03_split.py` "
+        raise UserError(f"{split_dir} is not a finished 03_split directory; run `{command_for('03_split', split_dir)}` "
                         f"first (or pass --prompts all, or --data)")
     prompts = {}
     for r in rows:  # one entry per distinct prompt: a pair set repeats its prompts
@@ -355,6 +355,9 @@ def parse_args(argv=None):
         "cliprange": POSITIVE, "cliprange_value": POSITIVE, "vf_coef": NON_NEGATIVE, "target_approx_kl": POSITIVE,
         "lr": LEARNING_RATE, "value_lr": LEARNING_RATE, "max_grad_norm": POSITIVE, "max_prompt_len": AT_LEAST_1,
         "sample_every": AT_LEAST_1})
+    if args.minibatch_size > args.rollout_batch:
+        raise UserError(f"--minibatch-size {args.minibatch_size} is more than --rollout-batch {args.rollout_batch}, "
+                        f"the sequences there are to split; pass at most that")
     if args.data and (args.split_dir or args.prompts):
         raise UserError("--data and --split-dir / --prompts both name the prompts; pass one of them")
     args.prompts = None if args.data else args.prompts or "hard"
@@ -380,7 +383,7 @@ def main(args):
     for given, name, stage, flag in ((args.policy, policy_name, "04_dpo", "--policy"),
                                      (args.reward, rm_name, "02_reward", "--reward")):
         if given is None:  # the pipeline's defaults: a missing stage names the command that makes it
-            need_stage(name, stage, f"python {stage}.py", flag)
+            need_stage(name, stage, flag)
     check_output(out, args.overwrite, "05_ppo", inputs=[policy_name, ref_name, value_name])
     device = pick_device(args.device)
     precision = pick_precision(args.precision, device)
@@ -738,7 +741,7 @@ def load_rows(spec, flag, split="train"):
             raise UserError(f"{flag} {spec}: {'a directory, expected a file' if Path(spec).is_dir() else 'file not found'}")
         return read_jsonl(spec)
     if Path(spec).exists():
-        raise UserError(f"{flag} {spec}: expected a .jsonl or .jsonl.gz file")
+        raise UserError(f"{flag} {spec}: expected a .jsonl, .jsonl.gz or .json file")
     name, _, subset = spec.partition(":")  # HH-RLHF's subsets are data folders; other datasets' are configs
     where = {"data_dir": subset or None} if name == "Anthropic/hh-rlhf" else {"name": subset or None}
     offline_unless_hub_reachable()
@@ -833,7 +836,8 @@ def normalise(rows, source, pairs=True):
         raise UserError(f"{source}: prompts without chosen/rejected responses; this stage needs preference pairs")
     if name is None:
         raise UserError(f"{source}: columns {sorted(rows[0])} fit no known format; expected "
-                        + ", ".join(n for n in forms if n != "prompts" or not pairs))
+                        + ", ".join(n for n in forms if n != "prompts" or not pairs)
+                        + " (hh-rlhf's chosen/rejected may also be chat messages)")
     out, skipped, gold = [], {}, ("gold_chosen", "gold_rejected")   # the built-in task's, or your own
     has_gold = not rows[0].keys().isdisjoint(gold)
     number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
@@ -1365,22 +1369,31 @@ def path_or_hub_id(name):
     return str(Path(name).resolve()) if Path(name).exists() else str(name)
 
 
-def need_stage(path, stage, command, flag=None):
+def need_stage(path, stage, flag=None):
     """The stage.json of an earlier stage's directory, checked to be that stage's and of the shape later
     stages read (its args; 01's dataset), or a UserError naming the command that makes it (and the flag
     that names another)."""
+    command = command_for(stage, path)
     if not (Path(path) / "stage.json").is_file():
         raise UserError(f"{path} is not a finished {stage} directory; run `{command}` first"
                         + (f", or pass {flag} DIR" if flag else ""))
     record = read_json(Path(path) / "stage.json")
     if record.get("stage") != stage:
-        raise UserError(f"{path}/stage.json: a record of {record.get('stage') or 'no stage'}, not of {stage}; "
-                        f"run `{command}`" + (f", or pass {flag} DIR" if flag else ""))
+        made_by = record.get("stage") or "no stage"
+        raise UserError(f"{flag} {path}: the output of {made_by}; expected a {stage} directory" if flag else
+                        f"{path}/stage.json: a record of {made_by}, not of {stage}; run `{command}`")
     if not isinstance(record.get("args"), dict) or stage == "01_sft" and not (
             isinstance(record.get("dataset"), dict) and isinstance(record["dataset"].get("name"), str)):
         raise UserError(f"{path}/stage.json: not as {stage} writes it (its args, or 01's dataset name, are not "
                         f"there); rerun `{command}`")
     return record
+
+
+def command_for(stage, path):
+    """The command that makes `path`: `python <stage>.py`, with its --run where `path` is runs/<run>/<stage>."""
+    path = Path(path)
+    run = path.parent.name if path.name == stage and path.parent.parent.name == "runs" else "default"
+    return f"python {stage}.py" + (f" --run {run}" if run != "default" else "")
 
 
 def where_now(recorded, stage_dir, marker="stage.json"):

@@ -492,16 +492,21 @@ def parse_args(argv=None):
 def main(args):
     if args.combine:
         return combine(args)
+    for name in args.policies:   # a run's folder named where its policies go: say so, before anything loads
+        if Path(name).is_dir() and not (Path(name) / "config.json").exists() and (
+                (Path(name) / "06_eval").is_dir() or (Path(name) / "01_sft").is_dir()):
+            raise UserError(f"{name}: a run's folder, not a policy; name its policies ({name}/01_sft ...), or pass "
+                            f"--run, or --combine to combine runs' evaluations")
     run_dir = Path(f"runs/{args.run}")
     rm_dir, out = Path(args.reward or run_dir / "02_reward"), Path(args.out or run_dir / "06_eval")
     if not args.reward:
-        need_stage(rm_dir, "02_reward", "python 02_reward.py", "--reward")
+        need_stage(rm_dir, "02_reward", "--reward")
     check_model(rm_dir, "reward", "--reward")
     sft_dir = sft_of(rm_dir)                       # the run's 01_sft: default prompts, lengths and baseline
     if sft_dir is None and not args.data:
         raise UserError(f"no test prompts: {rm_dir} records no finished 01_sft directory (whose test rows are "
                         f"the default); pass --data FILE (prompts)")
-    sft_stage = need_stage(sft_dir, "01_sft", "python 01_sft.py") if sft_dir else None
+    sft_stage = need_stage(sft_dir, "01_sft") if sft_dir else None
     inherit_lengths(args, sft_stage)
     named = {Path(p).resolve(): Path(p) for p in args.policies}
     if len(named) < len(args.policies):
@@ -820,6 +825,9 @@ def combine(args):
                             f"which is no spread; combine runs of different seeds")
     if len(set(seeds)) < len(seeds):
         print(f"06_eval: note: the runs share seeds ({seeds}); their spread is not a spread over seeds")
+    absent = sorted({n for r in runs for n in r["results"]} - set(names))
+    if absent:   # and so are the claims that compare them
+        print(f"06_eval: note: policies not in every run are left out, with the claims on them: {', '.join(absent)}")
 
     # 1. every metric of every policy: per-seed means, their mean and standard deviation
     metrics = [(m, h) for m, h in METRICS if all(m in r["results"][n] for r in runs for n in names)]
@@ -902,10 +910,12 @@ def combined_sweep(runs):
 
 def combined_report(runs, names, metrics, families, table, claims):
     cell = lambda c, digits=3: f"{c['mean']:.{digits}f} ± {c['std']:.{digits}f}"
+    absent = sorted({n for r in runs for n in r["results"]} - set(names))
     lines = [f"# 06_eval --combine: {len(runs)} runs, seeds {', '.join(str(r['seed']) for r in runs)}", "",
              "Runs: " + ", ".join(f"`{r['dir']}` ({r['n_prompts']} test prompts)" for r in runs) + ". "
              "Cells: mean over the runs ± standard deviation over the runs (of each run's mean over its "
-             f"test prompts). {TIES_NOTE}", "",
+             f"test prompts). {TIES_NOTE}" + (f" Left out, not in every run: {', '.join(absent)}." if absent else ""),
+             "",
              "| policy | " + " | ".join(h for _, h in metrics) + " | budget (first run) |",
              "|---" * (len(metrics) + 2) + "|"]
     for name in names:
@@ -1173,7 +1183,7 @@ def load_rows(spec, flag, split="train"):
             raise UserError(f"{flag} {spec}: {'a directory, expected a file' if Path(spec).is_dir() else 'file not found'}")
         return read_jsonl(spec)
     if Path(spec).exists():
-        raise UserError(f"{flag} {spec}: expected a .jsonl or .jsonl.gz file")
+        raise UserError(f"{flag} {spec}: expected a .jsonl, .jsonl.gz or .json file")
     name, _, subset = spec.partition(":")  # HH-RLHF's subsets are data folders; other datasets' are configs
     where = {"data_dir": subset or None} if name == "Anthropic/hh-rlhf" else {"name": subset or None}
     offline_unless_hub_reachable()
@@ -1268,7 +1278,8 @@ def normalise(rows, source, pairs=True):
         raise UserError(f"{source}: prompts without chosen/rejected responses; this stage needs preference pairs")
     if name is None:
         raise UserError(f"{source}: columns {sorted(rows[0])} fit no known format; expected "
-                        + ", ".join(n for n in forms if n != "prompts" or not pairs))
+                        + ", ".join(n for n in forms if n != "prompts" or not pairs)
+                        + " (hh-rlhf's chosen/rejected may also be chat messages)")
     out, skipped, gold = [], {}, ("gold_chosen", "gold_rejected")   # the built-in task's, or your own
     has_gold = not rows[0].keys().isdisjoint(gold)
     number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
@@ -1800,22 +1811,31 @@ def path_or_hub_id(name):
     return str(Path(name).resolve()) if Path(name).exists() else str(name)
 
 
-def need_stage(path, stage, command, flag=None):
+def need_stage(path, stage, flag=None):
     """The stage.json of an earlier stage's directory, checked to be that stage's and of the shape later
     stages read (its args; 01's dataset), or a UserError naming the command that makes it (and the flag
     that names another)."""
+    command = command_for(stage, path)
     if not (Path(path) / "stage.json").is_file():
         raise UserError(f"{path} is not a finished {stage} directory; run `{command}` first"
                         + (f", or pass {flag} DIR" if flag else ""))
     record = read_json(Path(path) / "stage.json")
     if record.get("stage") != stage:
-        raise UserError(f"{path}/stage.json: a record of {record.get('stage') or 'no stage'}, not of {stage}; "
-                        f"run `{command}`" + (f", or pass {flag} DIR" if flag else ""))
+        made_by = record.get("stage") or "no stage"
+        raise UserError(f"{flag} {path}: the output of {made_by}; expected a {stage} directory" if flag else
+                        f"{path}/stage.json: a record of {made_by}, not of {stage}; run `{command}`")
     if not isinstance(record.get("args"), dict) or stage == "01_sft" and not (
             isinstance(record.get("dataset"), dict) and isinstance(record["dataset"].get("name"), str)):
         raise UserError(f"{path}/stage.json: not as {stage} writes it (its args, or 01's dataset name, are not "
                         f"there); rerun `{command}`")
     return record
+
+
+def command_for(stage, path):
+    """The command that makes `path`: `python <stage>.py`, with its --run where `path` is runs/<run>/<stage>."""
+    path = Path(path)
+    run = path.parent.name if path.name == stage and path.parent.parent.name == "runs" else "default"
+    return f"python {stage}.py" + (f" --run {run}" if run != "default" else "")
 
 
 def where_now(recorded, stage_dir, marker="stage.json"):

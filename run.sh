@@ -16,19 +16,23 @@
 #   bash run.sh ... --overwrite      # redo an existing run in place (without it, or --resume, an existing
 #                                    #   run is refused); before 06, the stage outputs of the earlier run that
 #                                    #   this one did not redo (an earlier --compare's, say) are removed
-#   bash run.sh --model DIR --dataset FILE.jsonl.gz   # other model or data (named once, in stage 01)
+#   bash run.sh --model DIR --dataset FILE.jsonl.gz   # other model or data (named once, in stage 01; paths
+#                                    #   from where you call run.sh; the run goes to runs/ beside run.sh)
 #   bash run.sh --budget cpu|gpu|tiny --device cpu|cuda  # the step budget (default: gpu where CUDA is, else
 #                                    #   cpu; tiny: the end-to-end test) and the device (default: auto)
+#   bash run.sh --precision fp32     # every stage's precision (default auto: bf16 autocast on CUDA and on
+#                                    #   CPUs with native bf16, else fp32)
 #
 # Extra flags after `--` go to 01_sft.py (e.g. `-- --max-train-pairs 500`); not the ones run.sh sets itself.
 set -euo pipefail
+CALLER=$PWD   # --model and --dataset paths are the caller's; the runs go under runs/ beside this script
 cd "$(dirname "$0")"
 
-RUN=default; SEED=0; COMPARE=0; IPO=0; DEVICE=auto; MODEL=""; DATASET=builtin; BUDGET=auto; EXTRA=()
+RUN=default; SEED=0; COMPARE=0; IPO=0; DEVICE=auto; MODEL=""; DATASET=builtin; BUDGET=auto; EXTRA=(); PRECISION=auto
 SWEEP=""; SWEEP_OPT=""; SWEEP_FLAG=""; RESUME=0; OVERWRITE=0
 while [ $# -gt 0 ]; do
   case "$1" in
-    --run|--seed|--device|--model|--dataset|--budget|--sweep-threshold|--sweep-easy-fraction)
+    --run|--seed|--device|--model|--dataset|--budget|--precision|--sweep-threshold|--sweep-easy-fraction)
       [ $# -ge 2 ] || { echo "run.sh: $1 needs a value (see bash run.sh --help)" >&2; exit 2; } ;;&
     --run) RUN="$2"; shift 2 ;;
     --seed) SEED="$2"; shift 2 ;;
@@ -38,6 +42,7 @@ while [ $# -gt 0 ]; do
     --model) MODEL="$2"; shift 2 ;;
     --dataset) DATASET="$2"; shift 2 ;;
     --budget) BUDGET="$2"; shift 2 ;;   # cpu | gpu | tiny (the tests' toy budget)
+    --precision) PRECISION="$2"; shift 2 ;;
     --sweep-threshold|--sweep-easy-fraction)
       [ -n "$SWEEP" ] && { echo "run.sh: pass one of --sweep-threshold and --sweep-easy-fraction" >&2; exit 2; }
       SWEEP_OPT="$1"; SWEEP_FLAG="--${1#--sweep-}"; SWEEP="$2"; shift 2 ;;
@@ -56,9 +61,13 @@ for T in ${SWEEP//,/ }; do  # numbers only: each becomes 03's flag and part of a
     echo "run.sh: $SWEEP_OPT: $T is not in (0, 1), the share of pairs made easy" >&2; exit 2; }
 done
 for A in "${EXTRA[@]}"; do  # the run's own settings: given after `--`, 01 alone would take them
-  case "$A" in --run|--run=*|--out|--out=*|--seed|--seed=*|--device|--device=*|--overwrite|--dataset|--dataset=*|--model|--model=*)
+  case "$A" in --run|--run=*|--out|--out=*|--seed|--seed=*|--device|--device=*|--overwrite|--dataset|--dataset=*|--model|--model=*|--precision|--precision=*)
     echo "run.sh: ${A%%=*} after -- would reach 01_sft.py alone; pass it to run.sh before --" >&2; exit 2;;
   esac
+done
+case "$PRECISION" in auto|fp32|bf16|fp16) ;; *) echo "run.sh: --precision must be auto, fp32, bf16 or fp16" >&2; exit 2;; esac
+for V in MODEL DATASET; do   # a path relative to where run.sh was called from, as any command's would be
+  P=${!V}; [ -n "$P" ] && [ "${P#/}" = "$P" ] && [ -e "$CALLER/$P" ] && printf -v "$V" '%s' "$CALLER/$P"
 done
 [ -n "$SWEEP_FLAG" ] && [ -z "${SWEEP//,/}" ] && { echo "run.sh: $SWEEP_OPT needs a list such as 0.5,1,2" >&2; exit 2; }
 
@@ -78,12 +87,12 @@ if [ "$RESUME" = 1 ] && [ -e "$MIXED" ]; then
 fi
 # every stage replaces its own output: the run as a whole was checked above (--resume remakes what is not
 # finished, and 06)
-COMMON=(--run "$RUN" --seed "$SEED" --device "$DEVICE" --overwrite)
+COMMON=(--run "$RUN" --seed "$SEED" --device "$DEVICE" --precision "$PRECISION" --overwrite)
 
-# No precision flag: every stage's --precision auto picks bf16 autocast on CUDA, and on a CPU only where the
-# CPU computes bf16 natively (a matrix-product probe); elsewhere fp32 (emulated bf16 is ~60x slower).
-PRECISION=$("$PY" -c "import importlib.util as u; s = u.spec_from_file_location('sft', '01_sft.py'); m = u.module_from_spec(s)
-s.loader.exec_module(m); print(m.precision_name(m.pick_precision('auto', m.pick_device('$DEVICE'))[0]))" 2>/dev/null | tail -n 1) || PRECISION=unknown
+# --precision auto (the default): every stage picks bf16 autocast on CUDA, and on a CPU only where the CPU
+# computes bf16 natively (a matrix-product probe); elsewhere fp32 (emulated bf16 is ~60x slower).
+SHOWN=$PRECISION; [ "$PRECISION" = auto ] && { SHOWN=$("$PY" -c "import importlib.util as u; s = u.spec_from_file_location('sft', '01_sft.py'); m = u.module_from_spec(s)
+s.loader.exec_module(m); print(m.precision_name(m.pick_precision('auto', m.pick_device('$DEVICE'))[0]))" 2>/dev/null | tail -n 1) || SHOWN=unknown; }
 
 # Budgets. CPU: 2 cores, fewer pairs and steps, sized so the run ends within 30 minutes in fp32 too.
 # GPU: more data and bigger batches. tiny: the end-to-end test.
@@ -98,7 +107,7 @@ case "$BUDGET" in
     ONLINE=(--max-steps 10); EVAL=()
     # measured on 2 cores of an AMD EPYC with avx512_bf16 and of an Intel Xeon with AMX (README, Quickstart); fp32 with
     # oneDNN limited to AVX2
-    case "$PRECISION" in
+    case "$SHOWN" in
       bf16) TIMES="01 ~1.5-2 min | 02 ~1.5-2 min | 03 ~0.5 min | 04 ~2 min | 05 ~3-5 min | 06 ~2.5-3.5 min: ~11-15 min (2 cores, native bf16)";;
       *)    TIMES="01 ~3 min | 02 ~3 min | 03 ~1.5 min | 04 ~4 min | 05 ~5 min | 06 ~5 min: ~21 min (2 cores, fp32; slower CPUs longer)";;
     esac;;
@@ -120,7 +129,7 @@ esac
 SPLIT=()
 [ "$BUDGET" = tiny ] && SPLIT=(--easy-fraction 0.5)
 
-echo "run.sh: run $R, seed $SEED, budget $BUDGET, device $DEVICE, precision $PRECISION, dataset $DATASET"
+echo "run.sh: run $R, seed $SEED, budget $BUDGET, device $DEVICE, precision $SHOWN, dataset $DATASET"
 echo "run.sh: expected wall time per stage ($BUDGET): $TIMES"
 START=$(date +%s)
 MADE=()   # the output directories of this run's stages
@@ -137,7 +146,7 @@ stage() {
 stage 01_sft.py "${COMMON[@]}" --dataset "$DATASET" "${SFT[@]}" "${EXTRA[@]}"
 [ "$OVERWRITE" = 1 ] && touch "$MIXED"
 stage 02_reward.py "${COMMON[@]}" "${RM[@]}"
-stage 03_split.py --run "$RUN" --device "$DEVICE" --overwrite "${SPLIT[@]}"   # deterministic: no seed
+stage 03_split.py --run "$RUN" --device "$DEVICE" --precision "$PRECISION" --overwrite "${SPLIT[@]}"   # deterministic: no seed
 stage 04_dpo.py "${COMMON[@]}" "${DPO[@]}"
 stage 05_ppo.py "${COMMON[@]}" "${PPO[@]}"
 POLICIES=("$R/01_sft" "$R/04_dpo" "$R/05_ppo")
@@ -169,7 +178,7 @@ if [ -n "$SWEEP" ]; then
   TAG=${SWEEP_FLAG#--}; TAG=${TAG:0:1}     # t (threshold) or e (easy fraction): 03_split_t1.5, 05_ppo_e0.4
   for T in ${SWEEP//,/ }; do
     S="$R/03_split_$TAG$T"
-    stage 03_split.py --run "$RUN" --device "$DEVICE" --overwrite "$SWEEP_FLAG" "$T" --out "$S" || {
+    stage 03_split.py --run "$RUN" --device "$DEVICE" --precision "$PRECISION" --overwrite "$SWEEP_FLAG" "$T" --out "$S" || {
       code=$?; [ "$code" = 2 ] || exit "$code"   # 2: a one-line refusal (an empty set); skip the point, not the run
       echo "run.sh: no MPO at $SWEEP_FLAG $T: 03 refused it (above)"; continue; }
     if cmp -s "$S/easy.jsonl" "$R/03_split/easy.jsonl"; then
@@ -193,5 +202,5 @@ if [ "$OVERWRITE" = 1 ]; then
   done
   rm -f "$MIXED"
 fi
-stage 06_eval.py "${POLICIES[@]}" --run "$RUN" --seed "$SEED" --device "$DEVICE" --overwrite "${EVAL[@]}"
+stage 06_eval.py "${POLICIES[@]}" --run "$RUN" --seed "$SEED" --device "$DEVICE" --precision "$PRECISION" --overwrite "${EVAL[@]}"
 echo; echo "run.sh: done in $(( $(date +%s) - START ))s; report: $R/06_eval/report.md"

@@ -194,3 +194,18 @@ def test_a_policy_whose_record_names_itself_has_no_role(tmp_path):
     json.dump({"stage": "05_ppo", "policy_init": str(tmp_path / "05_ppo"), "ref": str(tmp_path / "05_ppo"),
                "prompts": "hard"}, open(tmp_path / "05_ppo/stage.json", "w"))
     assert ev.policy_role(tmp_path / "05_ppo") is None      # not a RecursionError
+
+
+def test_a_policy_not_in_every_run_is_left_out_with_a_note_and_a_run_folder_is_no_policy(tmp_path, capsys):
+    ev = load_script("06_eval")
+    fake_eval(tmp_path / "a", 0, {"01_sft": [0, 1], "05_ppo": [1, 1], "04_ipo": [0, 0]},
+              {n: [0.0, 1.0] for n in ("01_sft", "05_ppo", "04_ipo")}, ["x", "y"])
+    fake_eval(tmp_path / "b", 1, {"01_sft": [1, 1], "05_ppo": [0, 1]}, {n: [1.0, 0.0] for n in ("01_sft", "05_ppo")},
+              ["x", "y"])
+    ev.main(ev.parse_args(["--combine", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "c"),
+                           "--bootstrap", "100"]))
+    assert "policies not in every run are left out, with the claims on them: 04_ipo" in capsys.readouterr().out
+    assert "Left out, not in every run: 04_ipo." in (tmp_path / "c/report.md").read_text()
+    (tmp_path / "runs/t0/01_sft").mkdir(parents=True)     # forgetting --combine: a run's folder as a policy
+    with pytest.raises(ev.UserError, match="runs/t0: a run's folder, not a policy; name its policies"):
+        ev.main(ev.parse_args([str(tmp_path / "runs/t0")]))

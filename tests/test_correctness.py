@@ -109,6 +109,7 @@ def test_a_bf16_checkpoint_with_dropout_trains_in_fp32_without_dropout_and_lengt
     ("04_dpo", ["--beta", "-0.1"], "--beta -0.1: expected a number > 0"),
     ("04_dpo", ["--label-smoothing", "0.5"], "--label-smoothing 0.5"),
     ("05_ppo", ["--steps", "0"], "--steps 0: expected an integer >= 1"),
+    ("05_ppo", ["--minibatch-size", "16"], "--minibatch-size 16 is more than --rollout-batch 8"),
     ("05_ppo", ["--lam", "nan"], "--lam nan"),
     ("06_eval", ["--bootstrap", "1"], "--bootstrap 1: expected an integer >= 100"),
 ])
@@ -362,29 +363,35 @@ def test_model_paths_records_and_batches_are_one_line_errors(tmp_path):
         dpo.load_tokenizer("./nope", "--model")
     (tmp_path / "stage.json").write_text("{")
     with pytest.raises(dpo.UserError, match="stage.json: not a readable JSON record"):
-        dpo.need_stage(tmp_path, "01_sft", "python 01_sft.py")
+        dpo.need_stage(tmp_path, "01_sft")
     (tmp_path / "stage.json").write_text("[1, 2]")
     with pytest.raises(dpo.UserError, match="a JSON list, expected an object"):
-        dpo.need_stage(tmp_path, "01_sft", "python 01_sft.py")
+        dpo.need_stage(tmp_path, "01_sft")
     for record, needle in (('{"stage": "04_dpo", "args": {}}', "a record of 04_dpo, not of 01_sft; run `python"),
                            ('{}', "a record of no stage, not of 01_sft"),
                            ('{"stage": "01_sft", "args": null, "dataset": {"name": "x"}}', "not as 01_sft writes it"),
                            ('{"stage": "01_sft", "args": {}, "dataset": "builtin"}', "not as 01_sft writes it")):
         (tmp_path / "stage.json").write_text(record)
         with pytest.raises(dpo.UserError, match=needle):
-            dpo.need_stage(tmp_path, "01_sft", "python 01_sft.py")
+            dpo.need_stage(tmp_path, "01_sft")
     (tmp_path / "stage.json").write_text('{"stage": "01_sft", "args": {"max_prompt_len": 64}, "dataset": {"name": "x"}}')
     args = argparse.Namespace(max_prompt_len=None, max_response_len=None)
     with pytest.raises(dpo.UserError, match="stage.json: has no 'max_response_len' entry; rerun the stage"):
-        dpo.inherit_lengths(args, dpo.need_stage(tmp_path, "01_sft", "python 01_sft.py"))
+        dpo.inherit_lengths(args, dpo.need_stage(tmp_path, "01_sft"))
     (tmp_path / "stage.json").write_text('{"stage": "01_sft", "args": {"max_prompt_len": "abc"}, "dataset": {"name": "x"}}')
     with pytest.raises(dpo.UserError, match="stage.json: max_prompt_len 'abc', expected an integer >= 2; rerun"):
         dpo.inherit_lengths(argparse.Namespace(max_prompt_len=None, max_response_len=None),
-                            dpo.need_stage(tmp_path, "01_sft", "python 01_sft.py"))
+                            dpo.need_stage(tmp_path, "01_sft"))
     with pytest.raises(dpo.UserError, match="stage.json names 5 as a directory; expected a path"):
         dpo.inherited_dir(5, tmp_path)
     with pytest.raises(dpo.UserError, match="run `python 02_reward.py` first, or pass --reward DIR"):
-        dpo.need_stage(tmp_path / "none", "02_reward", "python 02_reward.py", "--reward")
+        dpo.need_stage(tmp_path / "none", "02_reward", "--reward")
+    with pytest.raises(dpo.UserError, match="run `python 02_reward.py --run s1` first, or pass --reward DIR"):
+        dpo.need_stage(tmp_path / "runs/s1/02_reward", "02_reward", "--reward")    # the run named too
+    (tmp_path / "runs/s1/04_dpo").mkdir(parents=True)
+    (tmp_path / "runs/s1/04_dpo/stage.json").write_text('{"stage": "04_dpo", "args": {}}')
+    with pytest.raises(dpo.UserError, match="--reward .*04_dpo: the output of 04_dpo; expected a 02_reward directory"):
+        dpo.need_stage(tmp_path / "runs/s1/04_dpo", "02_reward", "--reward")      # the flag is what is wrong
     with pytest.raises(dpo.UserError, match="--rollout-batch 32 is more than the 9 items"):
         dpo.epoch_batches(9, 32, random.Random(0), flag="--rollout-batch")
     with pytest.raises(dpo.UserError, match="--batch-size 4 x --grad-accum 3 is more than the 9 items"):

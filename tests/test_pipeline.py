@@ -434,6 +434,8 @@ def test_run_sh_help_and_unknown_option():
                          (["--sweep-easy-fraction", "0.5,1.5"], "1.5 is not in (0, 1)"),
                          (["--resume", "--overwrite"], "pass one of --resume (keep the finished stages) and --overwrite"),
                          (["--", "--dataset", "pairs.jsonl"], "--dataset after -- would reach 01_sft.py alone"),
+                         (["--precision", "fp8"], "--precision must be auto, fp32, bf16 or fp16"),
+                         (["--", "--precision", "fp32"], "--precision after -- would reach 01_sft.py alone"),
                          (["--", "--max-train-pairs", "9", "--run=x"], "--run after -- would reach 01_sft.py alone")):
         proc = subprocess.run(["bash", str(ROOT / "run.sh"), *argv], capture_output=True, text=True)
         assert proc.returncode == 2 and needle in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, argv
@@ -456,7 +458,7 @@ def test_run_sh_overwrite_removes_the_earlier_runs_stages_it_did_not_redo(tmp_pa
     shutil.copy(ROOT / "run.sh", tmp_path)
     fake = tmp_path / "fake_python"
     fake.write_text('#!/bin/bash\n[ "$1" = -c ] && exit 0\n[ "$1" = "$FAIL_AT" ] && exit 1\n'
-                    's=$1; out=""; run=default; prev=""\n'
+                    'echo "$@" >> calls.log; s=$1; out=""; run=default; prev=""\n'
                     'for a; do [ "$prev" = --out ] && out=$a; [ "$prev" = --run ] && run=$a; prev=$a; done\n'
                     'out=${out:-runs/$run/${s%.py}}; mkdir -p "$out"; echo "{}" > "$out/stage.json"\n')
     fake.chmod(0o755)
@@ -488,3 +490,14 @@ def test_run_sh_overwrite_removes_the_earlier_runs_stages_it_did_not_redo(tmp_pa
     proc = subprocess.run(argv + ["--overwrite"], cwd=tmp_path, capture_output=True, text=True,
                           env={**os.environ, "PYTHON": str(fake)})
     assert proc.returncode == 0 and not (run / ".overwrite-unfinished").exists()
+    # paths are the caller's, wherever run.sh lies; --precision reaches every stage
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere/pairs.jsonl").write_text("{}\n")
+    (tmp_path / "calls.log").unlink()
+    proc = subprocess.run(["bash", str(tmp_path / "run.sh"), "--budget", "tiny", "--device", "cpu", "--run", "p",
+                           "--dataset", "pairs.jsonl", "--precision", "fp32"], cwd=tmp_path / "elsewhere",
+                          capture_output=True, text=True, env={**os.environ, "PYTHON": str(fake)})
+    calls = [c for c in (tmp_path / "calls.log").read_text().splitlines() if not c.startswith("-c")]
+    assert proc.returncode == 0 and "precision fp32" in proc.stdout and len(calls) == 6
+    assert all("--precision fp32" in c for c in calls)
+    assert f"--dataset {tmp_path}/elsewhere/pairs.jsonl" in calls[0]
