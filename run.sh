@@ -12,7 +12,8 @@
 #                                    #   threshold, on the same SFT and RM; 06 tabulates and plots the sweep
 #   bash run.sh --sweep-easy-fraction 0.2,0.4,0.6   # the same with quantile thresholds (03 --easy-fraction)
 #   bash run.sh ... --resume         # skip every stage whose output directory is finished (whatever flags
-#                                    #   made it: resume with the flags of the interrupted run); 06 always runs
+#                                    #   made it: resume with the flags of the interrupted run); 06 always runs;
+#                                    #   the precision is the run's 01's unless --precision says otherwise
 #   bash run.sh ... --overwrite      # redo an existing run in place (without it, or --resume, an existing
 #                                    #   run is refused); before 06, the stage outputs of the earlier run that
 #                                    #   this one did not redo (an earlier --compare's, say) are removed
@@ -91,6 +92,12 @@ COMMON=(--run "$RUN" --seed "$SEED" --device "$DEVICE" --precision "$PRECISION" 
 
 # --precision auto (the default): every stage picks bf16 autocast on CUDA, and on a CPU only where the CPU
 # computes bf16 natively (a matrix-product probe); elsewhere fp32 (emulated bf16 is ~60x slower).
+if [ "$RESUME" = 1 ] && [ "$PRECISION" = auto ] && [ -f "$R/01_sft/stage.json" ]; then
+  # a resumed run keeps the precision it began with (a probe at another moment could pick otherwise)
+  PRECISION=$("$PY" -c "import json, sys; p = json.load(open(sys.argv[1])).get('precision'); print(p if p in ('fp32', 'bf16', 'fp16') else 'auto')" "$R/01_sft/stage.json" 2>/dev/null) || true
+  PRECISION=${PRECISION:-auto}
+  COMMON=(--run "$RUN" --seed "$SEED" --device "$DEVICE" --precision "$PRECISION" --overwrite)
+fi
 SHOWN=$PRECISION; [ "$PRECISION" = auto ] && { SHOWN=$("$PY" -c "import importlib.util as u; s = u.spec_from_file_location('sft', '01_sft.py'); m = u.module_from_spec(s)
 s.loader.exec_module(m); print(m.precision_name(m.pick_precision('auto', m.pick_device('$DEVICE'))[0]))" 2>/dev/null | tail -n 1) || SHOWN=unknown; }
 

@@ -245,9 +245,10 @@ def test_threshold_sweep_and_resume(pipeline, tmp_path, tiny_model_dir):
     copy = tmp_path / "w"
     shutil.copytree(work, copy)
     env = dict(os.environ, HF_HUB_OFFLINE="1", TQDM_DISABLE="1", PYTHON=sys.executable)
+    precision = json.load(open(copy / "runs/t/03_split/stats.json"))["precision"]   # the split it must match
     proc = subprocess.run(["bash", "run.sh", "--budget", "tiny", "--run", "t", "--model", str(tiny_model_dir), "--resume",
-                           "--sweep-easy-fraction", "0.3,0.5"], cwd=copy, env=env, capture_output=True, text=True,
-                          timeout=600)
+                           "--sweep-easy-fraction", "0.3,0.5", "--precision", precision], cwd=copy, env=env,
+                          capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     for d in ("01_sft", "02_reward", "03_split", "04_dpo", "05_ppo"):
         assert f"runs/t/{d} is finished; skipped (--resume)" in proc.stdout
@@ -457,7 +458,8 @@ def test_run_sh_overwrite_removes_the_earlier_runs_stages_it_did_not_redo(tmp_pa
     stages are stood in for by a fake python that writes a stage.json, so only run.sh itself is tested."""
     shutil.copy(ROOT / "run.sh", tmp_path)
     fake = tmp_path / "fake_python"
-    fake.write_text('#!/bin/bash\n[ "$1" = -c ] && exit 0\n[ "$1" = "$FAIL_AT" ] && exit 1\n'
+    fake.write_text(f'#!/bin/bash\n[ "$1" = -c ] && [[ "$2" == *json.load* ]] && exec {sys.executable} "$@"\n'
+                    '[ "$1" = -c ] && exit 0\n[ "$1" = "$FAIL_AT" ] && exit 1\n'
                     'echo "$@" >> calls.log; s=$1; out=""; run=default; prev=""\n'
                     'for a; do [ "$prev" = --out ] && out=$a; [ "$prev" = --run ] && run=$a; prev=$a; done\n'
                     'out=${out:-runs/$run/${s%.py}}; mkdir -p "$out"; echo "{}" > "$out/stage.json"\n')
@@ -501,3 +503,11 @@ def test_run_sh_overwrite_removes_the_earlier_runs_stages_it_did_not_redo(tmp_pa
     assert proc.returncode == 0 and "precision fp32" in proc.stdout and len(calls) == 6
     assert all("--precision fp32" in c for c in calls)
     assert f"--dataset {tmp_path}/elsewhere/pairs.jsonl" in calls[0]
+    # a resumed run keeps the precision its 01 ran in, without a new probe
+    (tmp_path / "runs/p/01_sft/stage.json").write_text('{"precision": "fp32"}')
+    (tmp_path / "calls.log").unlink()
+    proc = subprocess.run(["bash", "run.sh", "--budget", "tiny", "--device", "cpu", "--run", "p", "--resume"],
+                          cwd=tmp_path, capture_output=True, text=True, env={**os.environ, "PYTHON": str(fake)})
+    calls = (tmp_path / "calls.log").read_text().splitlines()
+    assert proc.returncode == 0 and "precision fp32" in proc.stdout and calls[-1].startswith("06_eval.py")
+    assert "--precision fp32" in calls[-1]
