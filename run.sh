@@ -86,20 +86,22 @@ MIXED="$R/.overwrite-unfinished"   # from 01 of an --overwrite to its end, the r
 if [ "$RESUME" = 1 ] && [ -e "$MIXED" ]; then
   echo "run.sh: $R was being redone with --overwrite, which did not finish: its stages are partly the earlier run's; pass --overwrite to redo it" >&2; exit 2
 fi
+# --precision auto (the default): bf16 autocast on CUDA, and on a CPU only where the CPU computes bf16 natively
+# (a matrix-product probe); elsewhere fp32 (emulated bf16 is ~60x slower). Resolved once, here, so every stage
+# of the run computes in one precision (a probe per stage could read otherwise on a loaded machine); a resumed
+# run keeps the precision its 01 ran in. Where the probe cannot run, each stage probes for itself.
+if [ "$PRECISION" = auto ]; then
+  if [ "$RESUME" = 1 ] && [ -f "$R/01_sft/stage.json" ]; then
+    P=$("$PY" -c "import json, sys; print(json.load(open(sys.argv[1])).get('precision'))" "$R/01_sft/stage.json" 2>/dev/null)
+  else
+    P=$("$PY" -c "import importlib.util as u; s = u.spec_from_file_location('sft', '01_sft.py'); m = u.module_from_spec(s)
+s.loader.exec_module(m); print(m.precision_name(m.pick_precision('auto', m.pick_device('$DEVICE'))[0]))" 2>/dev/null | tail -n 1)
+  fi
+  case "$P" in fp32|bf16|fp16) PRECISION=$P ;; esac
+fi
 # every stage replaces its own output: the run as a whole was checked above (--resume remakes what is not
 # finished, and 06)
 COMMON=(--run "$RUN" --seed "$SEED" --device "$DEVICE" --precision "$PRECISION" --overwrite)
-
-# --precision auto (the default): every stage picks bf16 autocast on CUDA, and on a CPU only where the CPU
-# computes bf16 natively (a matrix-product probe); elsewhere fp32 (emulated bf16 is ~60x slower).
-if [ "$RESUME" = 1 ] && [ "$PRECISION" = auto ] && [ -f "$R/01_sft/stage.json" ]; then
-  # a resumed run keeps the precision it began with (a probe at another moment could pick otherwise)
-  PRECISION=$("$PY" -c "import json, sys; p = json.load(open(sys.argv[1])).get('precision'); print(p if p in ('fp32', 'bf16', 'fp16') else 'auto')" "$R/01_sft/stage.json" 2>/dev/null) || true
-  PRECISION=${PRECISION:-auto}
-  COMMON=(--run "$RUN" --seed "$SEED" --device "$DEVICE" --precision "$PRECISION" --overwrite)
-fi
-SHOWN=$PRECISION; [ "$PRECISION" = auto ] && { SHOWN=$("$PY" -c "import importlib.util as u; s = u.spec_from_file_location('sft', '01_sft.py'); m = u.module_from_spec(s)
-s.loader.exec_module(m); print(m.precision_name(m.pick_precision('auto', m.pick_device('$DEVICE'))[0]))" 2>/dev/null | tail -n 1) || SHOWN=unknown; }
 
 # Budgets. CPU: 2 cores, fewer pairs and steps, sized so the run ends within 30 minutes in fp32 too.
 # GPU: more data and bigger batches. tiny: the end-to-end test.
@@ -114,7 +116,7 @@ case "$BUDGET" in
     ONLINE=(--max-steps 10); EVAL=()
     # measured on 2 cores of an AMD EPYC with avx512_bf16 and of an Intel Xeon with AMX (README, Quickstart); fp32 with
     # oneDNN limited to AVX2
-    case "$SHOWN" in
+    case "$PRECISION" in
       bf16) TIMES="01 ~1.5-2 min | 02 ~1.5-2 min | 03 ~0.5 min | 04 ~2 min | 05 ~3-5 min | 06 ~2.5-3.5 min: ~11-15 min (2 cores, native bf16)";;
       *)    TIMES="01 ~3 min | 02 ~3 min | 03 ~1.5 min | 04 ~4 min | 05 ~5 min | 06 ~5 min: ~21 min (2 cores, fp32; slower CPUs longer)";;
     esac;;
@@ -136,10 +138,38 @@ esac
 SPLIT=()
 [ "$BUDGET" = tiny ] && SPLIT=(--easy-fraction 0.5)
 
-echo "run.sh: run $R, seed $SEED, budget $BUDGET, device $DEVICE, precision $SHOWN, dataset $DATASET"
+echo "run.sh: run $R, seed $SEED, budget $BUDGET, device $DEVICE, precision $PRECISION, dataset $DATASET"
 echo "run.sh: expected wall time per stage ($BUDGET): $TIMES"
 START=$(date +%s)
 MADE=()   # the output directories of this run's stages
+same_split() {
+  # 0 where split $1 is this sweep point's: made by 03 with this setting ($2 $3) from the run's own RM and
+  # data, or (a split made for the point, $2) holding the same pairs in each set. Not the files' bytes: under
+  # bf16 on a loaded CPU the reward gaps of two processes differ in the last digits, which reorders the files.
+  "$PY" - "$@" <<'EOF'
+import json, sys
+def stats(d, name="stats.json"):
+    with open(f"{d}/{name}") as f:
+        return json.load(f)
+def pairs(d, name):
+    with open(f"{d}/{name}.jsonl") as f:
+        return {(json.dumps(r["prompt"]), r["chosen"], r["rejected"]) for r in map(json.loads, f)}
+try:
+    own = stats(sys.argv[1])
+    if len(sys.argv) == 4:
+        a, value = own["args"], float(sys.argv[3])
+        rule = (a["easy_fraction"] == value if sys.argv[2] == "--easy-fraction"
+                else a["easy_fraction"] is None and own["threshold"] == value)
+        sft = stats(own["sft"], "stage.json")["args"]   # the lengths this point's 03 inherits
+        same = (rule and a["reward"] is None and a["data"] is None and a["wrong_way"] == "relabel"
+                and all(a[k] == sft[k] for k in ("max_prompt_len", "max_response_len")))
+    else:
+        same = all(pairs(sys.argv[1], n) == pairs(sys.argv[2], n) for n in ("easy", "hard"))
+except (OSError, ValueError, KeyError, TypeError):
+    same = False   # no readable 03_split: the point is trained as its own
+sys.exit(0 if same else 1)
+EOF
+}
 stage() {
   local out="$R/${1%.py}" prev="" a t
   for a in "$@"; do [ "$prev" = --out ] && out="$a"; prev="$a"; done
@@ -181,15 +211,19 @@ if [ "$IPO" = 1 ]; then
 fi
 if [ -n "$SWEEP" ]; then
   # MPO again at every threshold, on the same SFT model and reward model (the paper fixes one per dataset
-  # and does not say how to choose it). A threshold that splits exactly as 03_split did is MPO's own run.
+  # and does not say how to choose it). A point of 03_split's own setting, or whose split holds the same
+  # pairs, is MPO's own run.
   TAG=${SWEEP_FLAG#--}; TAG=${TAG:0:1}     # t (threshold) or e (easy fraction): 03_split_t1.5, 05_ppo_e0.4
   for T in ${SWEEP//,/ }; do
     S="$R/03_split_$TAG$T"
+    if same_split "$R/03_split" "$SWEEP_FLAG" "$T"; then
+      echo "run.sh: $SWEEP_FLAG $T splits as 03_split did (its own setting): 04_dpo and 05_ppo are MPO at this point"; continue
+    fi
     stage 03_split.py --run "$RUN" --device "$DEVICE" --precision "$PRECISION" --overwrite "$SWEEP_FLAG" "$T" --out "$S" || {
       code=$?; [ "$code" = 2 ] || exit "$code"   # 2: a one-line refusal (an empty set); skip the point, not the run
       echo "run.sh: no MPO at $SWEEP_FLAG $T: 03 refused it (above)"; continue; }
-    if cmp -s "$S/easy.jsonl" "$R/03_split/easy.jsonl"; then
-      echo "run.sh: $SWEEP_FLAG $T splits as 03_split did: 04_dpo and 05_ppo are MPO at this point"; continue
+    if same_split "$R/03_split" "$S"; then
+      echo "run.sh: $SWEEP_FLAG $T splits as 03_split did (the same pairs easy): 04_dpo and 05_ppo are MPO at this point"; continue
     fi
     stage 04_dpo.py "${COMMON[@]}" "${DPO[@]}" --split-dir "$S" --out "$R/04_dpo_$TAG$T"
     stage 05_ppo.py "${COMMON[@]}" "${PPO[@]}" --split-dir "$S" --policy "$R/04_dpo_$TAG$T" \

@@ -132,17 +132,19 @@ def test_the_baseline_is_the_sft_policy_whatever_its_place(pipeline, tmp_path, c
     assert "several SFT policies" in err and "--baseline" in err and not (tmp_path / "c").exists()
 
 
-def test_the_precision_auto_chose_is_recorded_by_every_stage(pipeline):
-    _, run, _ = pipeline
-    sft = load_script("01_sft")
-    device = torch.device(json.load(open(run / "01_sft/stage.json"))["device"])
-    dtype, reason = sft.pick_precision("auto", device)                      # the same probe, in this process
+def test_the_run_computes_in_the_one_precision_run_sh_picked(pipeline):
+    """run.sh resolves --precision auto once, with 01's probe, and passes it to every stage: one precision for
+    the whole run, where a probe per stage could read otherwise on a loaded machine."""
+    _, run, stdout = pipeline
+    picked = stdout.split(", precision ")[1].split(",")[0]          # run.sh's first line
+    assert picked in ("fp32", "bf16")
     for d in ("01_sft", "02_reward", "04_dpo", "05_ppo", "04_ipo_online"):
         stage = json.load(open(run / d / "stage.json"))
-        assert stage["precision"] == sft.precision_name(dtype), d
-        assert stage["precision_reason"].split(" (")[0] == reason.split(" (")[0], d   # native bf16 / no native bf16
-    assert json.load(open(run / "03_split/stats.json"))["precision"] == sft.precision_name(dtype)
-    assert json.load(open(run / "06_eval/results.json"))["precision"] == sft.precision_name(dtype)
+        assert stage["args"]["precision"] == stage["precision"] == picked, d
+        assert stage["precision_reason"].startswith("asked for"), d
+    split = json.load(open(run / "03_split/stats.json"))
+    assert split["args"]["precision"] == split["precision"] == picked
+    assert json.load(open(run / "06_eval/results.json"))["precision"] == picked
 
 
 def test_stage_outputs_are_plain_hugging_face_directories(pipeline):
@@ -235,6 +237,47 @@ def test_online_ipo_logs(pipeline):
     assert 0 < step["nash/preference"] < 1 and {"nash/advantage", "nash/sequence_log_ratio", "loss/train"} <= step.keys()
     stage = json.load(open(run / "04_nash_md_pg/stage.json"))
     assert stage["args"]["loss"] == "nash-md-pg" and stage["args"]["tau"] == 0.008   # the papers' tau, not IPO's
+
+
+def test_a_sweep_point_is_mpo_s_own_by_its_setting_or_its_pairs(pipeline, tmp_path):
+    """run.sh's same_split: a point is 03_split's where 03 ran with its setting, or where the split made for it
+    holds the same pairs in each set, whatever the order and the last digits of the gaps (bf16 on a loaded
+    CPU scores differently in two processes)."""
+    import re
+    _, run, _ = pipeline
+    body = re.search(r"^same_split\(\) \{.*?^\}$", (ROOT / "run.sh").read_text(), re.S | re.M).group(0)
+
+    def same_split(*args):
+        return subprocess.run(["bash", "-c", body + '\nPY=$0 same_split "$@"', sys.executable, *map(str, args)],
+                              capture_output=True, text=True).returncode == 0
+
+    own, threshold = run / "03_split", json.load(open(run / "03_split/stats.json"))["threshold"]
+    assert same_split(own, "--easy-fraction", "0.5")                    # run.sh's tiny budget splits at 0.5
+    assert not same_split(own, "--easy-fraction", "0.3")
+    assert not same_split(own, "--threshold", threshold)                # a quantile split is no threshold's
+    assert not same_split(tmp_path / "none", "--easy-fraction", "0.5")
+    made = tmp_path / "made"
+    shutil.copytree(own, made)
+    easy = [json.loads(l) for l in open(made / "easy.jsonl")]
+    for r in easy:
+        r["gap"] += 1e-4
+    (made / "easy.jsonl").write_text("".join(json.dumps(r) + "\n" for r in easy[::-1]))
+    assert same_split(own, made)
+    with open(made / "hard.jsonl", "a") as f:                          # one pair moved to the hard set
+        f.write(json.dumps(easy[0]) + "\n")
+    (made / "easy.jsonl").write_text("".join(json.dumps(r) + "\n" for r in easy[1:]))
+    assert not same_split(own, made)
+    # 03 run by hand with other lengths than those its point would inherit from 01 is not the point's
+    sft = tmp_path / "sft"
+    sft.mkdir()
+    stage = json.load(open(run / "01_sft/stage.json"))
+    stage["args"]["max_response_len"] -= 1
+    (sft / "stage.json").write_text(json.dumps(stage))
+    other = tmp_path / "other"
+    shutil.copytree(own, other)
+    st = json.load(open(other / "stats.json"))
+    (other / "stats.json").write_text(json.dumps({**st, "sft": str(sft)}))
+    assert not same_split(other, "--easy-fraction", "0.5")
 
 
 def test_threshold_sweep_and_resume(pipeline, tmp_path, tiny_model_dir):
