@@ -1211,7 +1211,10 @@ def command_for(stage, path):
 def where_now(recorded, stage_dir, marker="stage.json"):
     """A directory an earlier stage recorded, where it is now: the one of its name beside `stage_dir` if the
     run was moved (the recorded one is gone) or copied (the same `marker` record in both), else the recorded
-    one; None where neither holds `marker`. A path into another run stays that run's."""
+    one; None where neither holds `marker`, or where `recorded` is no path (a damaged record). A path into
+    another run stays that run's."""
+    if not isinstance(recorded, str) or not recorded:
+        return None
     there, here = Path(recorded), Path(stage_dir).parent / Path(recorded).name
     if (here / marker).is_file() and (not (there / marker).is_file()
                                       or (here / marker).read_bytes() == (there / marker).read_bytes()):
@@ -1358,8 +1361,10 @@ def output_dir(out, overwrite):
     out = Path(out)
     tmp, old = (out.parent / f".{out.name}.{kind}-{os.getpid()}" for kind in ("tmp", "old"))
     def keep_aside():   # this run's output beside another run's, never over one kept before
-        kept = next(p for i in range(10**6) if not (p := out.parent / f"{out.name}.unsaved-{os.getpid()}"
-                                                          f"{f'-{i}' if i else ''}").exists())
+        kept, i = out.parent / f"{out.name}.unsaved-{os.getpid()}", 0
+        while kept.exists():
+            i += 1
+            kept = out.parent / f"{out.name}.unsaved-{os.getpid()}-{i}"
         tmp.rename(kept)
         return kept
     tmp.mkdir(parents=True)

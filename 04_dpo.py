@@ -260,7 +260,7 @@ def load_pairs(args, sft_dir, split_dir):
         raise UserError(f"{split_dir} is not a finished 03_split directory; run `{command_for('03_split', split_dir)}` first "
                         f"(or pass --split all for vanilla DPO, or --data for your own pairs)")
     stats = read_json(split_dir / "stats.json")
-    named = isinstance(stats.get("sft"), str) and where_now(stats["sft"], split_dir)   # the SFT whose pairs 03 split
+    named = where_now(stats.get("sft"), split_dir)   # the SFT whose pairs 03 split
     if named and sft_dir.exists() and named.resolve() != sft_dir.resolve():
         print(f"note: {split_dir} splits the pairs of {stats['sft']} (dataset {stats.get('dataset')!r}), not of "
               f"--model {sft_dir}; training on them all the same")
@@ -1584,7 +1584,10 @@ def command_for(stage, path):
 def where_now(recorded, stage_dir, marker="stage.json"):
     """A directory an earlier stage recorded, where it is now: the one of its name beside `stage_dir` if the
     run was moved (the recorded one is gone) or copied (the same `marker` record in both), else the recorded
-    one; None where neither holds `marker`. A path into another run stays that run's."""
+    one; None where neither holds `marker`, or where `recorded` is no path (a damaged record). A path into
+    another run stays that run's."""
+    if not isinstance(recorded, str) or not recorded:
+        return None
     there, here = Path(recorded), Path(stage_dir).parent / Path(recorded).name
     if (here / marker).is_file() and (not (there / marker).is_file()
                                       or (here / marker).read_bytes() == (there / marker).read_bytes()):
@@ -1731,8 +1734,10 @@ def output_dir(out, overwrite):
     out = Path(out)
     tmp, old = (out.parent / f".{out.name}.{kind}-{os.getpid()}" for kind in ("tmp", "old"))
     def keep_aside():   # this run's output beside another run's, never over one kept before
-        kept = next(p for i in range(10**6) if not (p := out.parent / f"{out.name}.unsaved-{os.getpid()}"
-                                                          f"{f'-{i}' if i else ''}").exists())
+        kept, i = out.parent / f"{out.name}.unsaved-{os.getpid()}", 0
+        while kept.exists():
+            i += 1
+            kept = out.parent / f"{out.name}.unsaved-{os.getpid()}-{i}"
         tmp.rename(kept)
         return kept
     tmp.mkdir(parents=True)

@@ -219,8 +219,7 @@ def stage_of(pdir):
 def sft_of(rm_dir):
     """The 01_sft directory the reward model was trained from (its stage.json names it; beside it if the
     run was moved), or None: its test rows are the default --data and it is the default baseline."""
-    recorded = stage_of(rm_dir).get("sft")
-    path = isinstance(recorded, str) and where_now(recorded, rm_dir)
+    path = where_now(stage_of(rm_dir).get("sft"), rm_dir)
     return path if path and stage_of(path).get("stage") == "01_sft" else None
 
 
@@ -290,7 +289,7 @@ def lineage(pdir, seen=frozenset()):
 def recorded_dir(recorded, pdir, marker):
     """The directory a policy's stage.json names, where it is now (where_now), as a resolved path; None where
     it holds no `marker`."""
-    path = isinstance(recorded, str) and recorded and where_now(recorded, pdir, marker)
+    path = where_now(recorded, pdir, marker)
     return path.resolve() if path else None
 
 
@@ -864,7 +863,7 @@ def combine(args):
 
     # 4. report.md and results.json
     import transformers
-    report = combined_report(runs, names, metrics, families, table, claims)
+    report = combined_report(runs, names, absent, metrics, families, table, claims)
     with output_dir(out, args.overwrite) as tmp:
         if sweep:
             report += "\n".join(sweep_report(sweep, lambda c: f"{c['mean']:.3f} ± {c['std']:.3f}",
@@ -908,9 +907,8 @@ def combined_sweep(runs):
     return sorted(points, key=lambda q: q["threshold"]) if len(points) > 1 else []
 
 
-def combined_report(runs, names, metrics, families, table, claims):
+def combined_report(runs, names, absent, metrics, families, table, claims):
     cell = lambda c, digits=3: f"{c['mean']:.{digits}f} ± {c['std']:.{digits}f}"
-    absent = sorted({n for r in runs for n in r["results"]} - set(names))
     lines = [f"# 06_eval --combine: {len(runs)} runs, seeds {', '.join(str(r['seed']) for r in runs)}", "",
              "Runs: " + ", ".join(f"`{r['dir']}` ({r['n_prompts']} test prompts)" for r in runs) + ". "
              "Cells: mean over the runs ± standard deviation over the runs (of each run's mean over its "
@@ -1841,7 +1839,10 @@ def command_for(stage, path):
 def where_now(recorded, stage_dir, marker="stage.json"):
     """A directory an earlier stage recorded, where it is now: the one of its name beside `stage_dir` if the
     run was moved (the recorded one is gone) or copied (the same `marker` record in both), else the recorded
-    one; None where neither holds `marker`. A path into another run stays that run's."""
+    one; None where neither holds `marker`, or where `recorded` is no path (a damaged record). A path into
+    another run stays that run's."""
+    if not isinstance(recorded, str) or not recorded:
+        return None
     there, here = Path(recorded), Path(stage_dir).parent / Path(recorded).name
     if (here / marker).is_file() and (not (there / marker).is_file()
                                       or (here / marker).read_bytes() == (there / marker).read_bytes()):
@@ -1988,8 +1989,10 @@ def output_dir(out, overwrite):
     out = Path(out)
     tmp, old = (out.parent / f".{out.name}.{kind}-{os.getpid()}" for kind in ("tmp", "old"))
     def keep_aside():   # this run's output beside another run's, never over one kept before
-        kept = next(p for i in range(10**6) if not (p := out.parent / f"{out.name}.unsaved-{os.getpid()}"
-                                                          f"{f'-{i}' if i else ''}").exists())
+        kept, i = out.parent / f"{out.name}.unsaved-{os.getpid()}", 0
+        while kept.exists():
+            i += 1
+            kept = out.parent / f"{out.name}.unsaved-{os.getpid()}-{i}"
         tmp.rename(kept)
         return kept
     tmp.mkdir(parents=True)

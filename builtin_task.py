@@ -240,17 +240,21 @@ def _length_penalty(text, budget, per_word=0.02, count=None):
     return min(1.0, 0.35 * _repeats(text)) + (cost if _loops(text) else min(0.5, cost))
 
 
+# 'if' or 'hope' earlier in a clause: "Let me know if this is wrong", "I hope none of that is wrong" ask, not retract
+_IF_CLAUSE = re.compile(r"\b(?:if|hope|hopefully)\b[^.!?;,]*$", re.I)
+
+
+def _said(pattern, text):
+    """The matches of `pattern` that the reply says, not those in a clause that asks (`_IF_CLAUSE`)."""
+    return [m for m in pattern.finditer(text) if not _IF_CLAUSE.search(text[:m.start()])]
+
+
 def _after_take_back(text, self_wrong=True):
     """The reply after its last take-back (`_TAKE_BACK`, and `_SELF_WRONG` too unless `self_wrong` is
     False): what it said before it took it back does not count."""
     ends = [m.end() for m in _TAKE_BACK.finditer(text)]
-    ends += [m.end() for m in _SELF_WRONG.finditer(text) if not _IF_CLAUSE.search(text[:m.start()])] \
-        if self_wrong else []
+    ends += [m.end() for m in _said(_SELF_WRONG, text)] if self_wrong else []
     return text[max(ends, default=0):]
-
-
-# 'if' or 'hope' earlier in a clause: "Let me know if this is wrong", "I hope none of that is wrong" ask, not retract
-_IF_CLAUSE = re.compile(r"\b(?:if|hope|hopefully)\b[^.!?;,]*$", re.I)
 
 
 def _clip(x):
@@ -543,7 +547,7 @@ _HEDGE = re.compile(r"\b(?:maybe|perhaps|probably|possibly|likely|i think|i gues
 def _hedged(text):
     """Does the reply doubt its answer (`_HEDGE`), outside a clause that asks ('Let me know if you are not
     sure about any step')?"""
-    return any(not _IF_CLAUSE.search(text[:m.start()]) for m in _HEDGE.finditer(text))
+    return bool(_said(_HEDGE, text))
 _HEDGED_NOT = re.compile(r"(?:maybe|perhaps|probably|possibly) not", re.I)
 _NO = re.compile(r"\bno\b(?=\s*(?:[.,!?;:)\"'<*\u2014\u2013-]|$)|\s*\n|\s+(?:because|since|as)\b)|"
                  r"^[^\w]*no\b(?!\s+(?:problem|worries|doubt)\b)|\bno way\b|\b(?:nope|nah)\b|\bnot at all\b|\bor not\b|"
@@ -1392,7 +1396,7 @@ def _unsure_facts(meta, text):
     """Does the reply doubt its facts: call anything false (`_FALSE`), hedge on its own (`_BARE_HEDGE`), or
     negate or hedge (`_UNSURE`, less `_AFFIRMS`) a clause that states one of the four facts? A clause
     ends at punctuation, a dash, or 'but', 'and', 'which', 'while', 'although', 'though'."""
-    if any(not _IF_CLAUSE.search(text[:m.start()]) for m in _FALSE.finditer(text)):   # not 'if I got anything wrong'
+    if _said(_FALSE, text):   # not 'if I got anything wrong'
         return True
     clauses = re.split(r"[,;:.!?\n()\u2014\u2013]|\s-\s|\b(?:but|and|which|while|whereas|although|though)\b", text,
                        flags=re.I)
