@@ -89,15 +89,19 @@ fi
 # --precision auto (the default): bf16 autocast on CUDA, and on a CPU only where the CPU computes bf16 natively
 # (a matrix-product probe); elsewhere fp32 (emulated bf16 is ~60x slower). Resolved once, here, so every stage
 # of the run computes in one precision (a probe per stage could read otherwise on a loaded machine); a resumed
-# run keeps the precision its 01 ran in. Where the probe cannot run, each stage probes for itself.
+# run keeps the precision its 01 ran in. Where neither answers, each stage picks for itself (01 names what
+# stopped the probe, such as --device cuda without CUDA).
+PICKED=""
 if [ "$PRECISION" = auto ]; then
   if [ "$RESUME" = 1 ] && [ -f "$R/01_sft/stage.json" ]; then
-    P=$("$PY" -c "import json, sys; print(json.load(open(sys.argv[1])).get('precision'))" "$R/01_sft/stage.json" 2>/dev/null)
-  else
-    P=$("$PY" -c "import importlib.util as u; s = u.spec_from_file_location('sft', '01_sft.py'); m = u.module_from_spec(s)
-s.loader.exec_module(m); print(m.precision_name(m.pick_precision('auto', m.pick_device('$DEVICE'))[0]))" 2>/dev/null | tail -n 1)
+    P=$("$PY" -c "import json, sys; print(json.load(open(sys.argv[1])).get('precision'))" "$R/01_sft/stage.json" 2>/dev/null) || P=""
+    PICKED="precision: $P, the one this run's 01 ran in (--resume)"
+  else   # the probe prints its pick with the measured reason, then the pick's name
+    PICKED=$("$PY" -c "import importlib.util as u; s = u.spec_from_file_location('sft', '01_sft.py'); m = u.module_from_spec(s)
+s.loader.exec_module(m); print(m.precision_name(m.pick_precision('auto', m.pick_device('$DEVICE'))[0]))" 2>/dev/null) || PICKED=""
+    P=${PICKED##*$'\n'}; PICKED=${PICKED%$'\n'*}; PICKED=${PICKED##*$'\n'}
   fi
-  case "$P" in fp32|bf16|fp16) PRECISION=$P ;; esac
+  case "$P" in fp32|bf16|fp16) PRECISION=$P ;; *) PICKED="" ;; esac
 fi
 # every stage replaces its own output: the run as a whole was checked above (--resume remakes what is not
 # finished, and 06)
@@ -139,6 +143,7 @@ SPLIT=()
 [ "$BUDGET" = tiny ] && SPLIT=(--easy-fraction 0.5)
 
 echo "run.sh: run $R, seed $SEED, budget $BUDGET, device $DEVICE, precision $PRECISION, dataset $DATASET"
+[ -n "$PICKED" ] && echo "run.sh: $PICKED; every stage computes in it"
 echo "run.sh: expected wall time per stage ($BUDGET): $TIMES"
 START=$(date +%s)
 MADE=()   # the output directories of this run's stages
@@ -148,19 +153,24 @@ same_split() {
   # bf16 on a loaded CPU the reward gaps of two processes differ in the last digits, which reorders the files.
   "$PY" - "$@" <<'EOF'
 import json, sys
+from collections import Counter
+from importlib import util
 def stats(d, name="stats.json"):
     with open(f"{d}/{name}") as f:
         return json.load(f)
 def pairs(d, name):
     with open(f"{d}/{name}.jsonl") as f:
-        return {(json.dumps(r["prompt"]), r["chosen"], r["rejected"]) for r in map(json.loads, f)}
+        return Counter((json.dumps(r["prompt"]), r["chosen"], r["rejected"]) for r in map(json.loads, f))
 try:
     own = stats(sys.argv[1])
     if len(sys.argv) == 4:
         a, value = own["args"], float(sys.argv[3])
         rule = (a["easy_fraction"] == value if sys.argv[2] == "--easy-fraction"
                 else a["easy_fraction"] is None and own["threshold"] == value)
-        sft = stats(own["sft"], "stage.json")["args"]   # the lengths this point's 03 inherits
+        spec = util.spec_from_file_location("split", "03_split.py")
+        split = util.module_from_spec(spec)
+        spec.loader.exec_module(split)   # where_now: 03's SFT as this point's 03 finds it (a moved or copied run's own)
+        sft = stats(split.where_now(own["sft"], sys.argv[1]), "stage.json")["args"]   # the lengths it inherits
         same = (rule and a["reward"] is None and a["data"] is None and a["wrong_way"] == "relabel"
                 and all(a[k] == sft[k] for k in ("max_prompt_len", "max_response_len")))
     else:

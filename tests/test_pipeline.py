@@ -137,7 +137,7 @@ def test_the_run_computes_in_the_one_precision_run_sh_picked(pipeline):
     the whole run, where a probe per stage could read otherwise on a loaded machine."""
     _, run, stdout = pipeline
     picked = stdout.split(", precision ")[1].split(",")[0]          # run.sh's first line
-    assert picked in ("fp32", "bf16")
+    assert picked in ("fp32", "bf16") and f"run.sh: precision: {picked}" in stdout   # and the probe's reason
     for d in ("01_sft", "02_reward", "04_dpo", "05_ppo", "04_ipo_online"):
         stage = json.load(open(run / d / "stage.json"))
         assert stage["args"]["precision"] == stage["precision"] == picked, d
@@ -267,6 +267,12 @@ def test_a_sweep_point_is_mpo_s_own_by_its_setting_or_its_pairs(pipeline, tmp_pa
         f.write(json.dumps(easy[0]) + "\n")
     (made / "easy.jsonl").write_text("".join(json.dumps(r) + "\n" for r in easy[1:]))
     assert not same_split(own, made)
+    # the same pairs, counted: a pair twice in one set is not the same split as once
+    twice = tmp_path / "twice"
+    shutil.copytree(own, twice)
+    with open(twice / "easy.jsonl", "a") as f:
+        f.write(json.dumps(easy[0]) + "\n")
+    assert not same_split(own, twice)
     # 03 run by hand with other lengths than those its point would inherit from 01 is not the point's
     sft = tmp_path / "sft"
     sft.mkdir()
@@ -493,6 +499,21 @@ def test_run_sh_refuses_an_existing_run_without_resume_or_overwrite(pipeline):
     assert proc.returncode == 2 and proc.stderr.strip() == ("run.sh: runs/t exists; pass --resume to finish it, "
                                                             "--overwrite to redo it, or --run NAME for a new run")
     assert sorted((p.name, p.stat().st_mtime_ns) for p in run.iterdir()) == before
+
+
+def test_run_sh_goes_on_where_the_precision_probe_fails(tmp_path):
+    """A precision probe that cannot run (as with --device cuda where there is no CUDA) leaves each stage its
+    own pick: 01 gets --precision auto and names the cause in its one line; run.sh does not stop in silence."""
+    shutil.copy(ROOT / "run.sh", tmp_path)
+    fake = tmp_path / "fake_python"
+    fake.write_text('#!/bin/bash\n[ "$1" = -c ] && exit 1\necho "$@" >> calls.log\n'
+                    'echo "01_sft: --device cuda: CUDA is not available" >&2; exit 2\n')
+    fake.chmod(0o755)
+    proc = subprocess.run(["bash", "run.sh", "--budget", "tiny", "--device", "cuda", "--run", "t"], cwd=tmp_path,
+                          capture_output=True, text=True, env={**os.environ, "PYTHON": str(fake)})
+    assert proc.returncode == 2 and "CUDA is not available" in proc.stderr and "precision auto" in proc.stdout
+    call, = (tmp_path / "calls.log").read_text().splitlines()
+    assert call.startswith("01_sft.py") and "--precision auto" in call
 
 
 def test_run_sh_overwrite_removes_the_earlier_runs_stages_it_did_not_redo(tmp_path):
