@@ -167,12 +167,13 @@ try:
         a, value = own["args"], float(sys.argv[3])
         rule = (a["easy_fraction"] == value if sys.argv[2] == "--easy-fraction"
                 else a["easy_fraction"] is None and own["threshold"] == value)
-        spec = util.spec_from_file_location("split", "03_split.py")
-        split = util.module_from_spec(spec)
-        spec.loader.exec_module(split)   # where_now: 03's SFT as this point's 03 finds it (a moved or copied run's own)
-        sft = stats(split.where_now(own["sft"], sys.argv[1]), "stage.json")["args"]   # the lengths it inherits
-        same = (rule and a["reward"] is None and a["data"] is None and a["wrong_way"] == "relabel"
-                and all(a[k] == sft[k] for k in ("max_prompt_len", "max_response_len")))
+        same = rule and a["reward"] is None and a["data"] is None and a["wrong_way"] == "relabel"
+        if same:   # and the lengths this point's 03 inherits from 03's SFT, found as 03 finds it (where_now)
+            spec = util.spec_from_file_location("split", "03_split.py")
+            split = util.module_from_spec(spec)
+            spec.loader.exec_module(split)
+            sft = stats(split.where_now(own["sft"], sys.argv[1]), "stage.json")["args"]
+            same = all(a[k] == sft[k] for k in ("max_prompt_len", "max_response_len"))
     else:
         same = all(pairs(sys.argv[1], n) == pairs(sys.argv[2], n) for n in ("easy", "hard"))
 except (OSError, ValueError, KeyError, TypeError):

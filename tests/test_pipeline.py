@@ -249,7 +249,7 @@ def test_a_sweep_point_is_mpo_s_own_by_its_setting_or_its_pairs(pipeline, tmp_pa
 
     def same_split(*args):
         return subprocess.run(["bash", "-c", body + '\nPY=$0 same_split "$@"', sys.executable, *map(str, args)],
-                              capture_output=True, text=True).returncode == 0
+                              cwd=ROOT, capture_output=True, text=True).returncode == 0   # run.sh's own folder
 
     own, threshold = run / "03_split", json.load(open(run / "03_split/stats.json"))["threshold"]
     assert same_split(own, "--easy-fraction", "0.5")                    # run.sh's tiny budget splits at 0.5
