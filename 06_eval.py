@@ -274,15 +274,18 @@ def budget_of(pdir, seen=()):
 
 
 def lineage(pdir, seen=frozenset()):
-    """The policy's directory and every one its stage.json names as its start or reference, recursively."""
+    """The policy's directory and every model its stage.json names as its start or reference, recursively
+    (path_or_hub_id's names: a directory's absolute path, a hub id as given, such as the model 01 began from)."""
     pdir = Path(pdir).resolve()
-    if pdir in seen:
+    if str(pdir) in seen:
         return seen
-    seen = seen | {pdir}
+    seen = seen | {str(pdir)}
     st = stage_of(pdir)
-    for key in ("sft", "policy_init", "ref"):
-        d = recorded_dir(st[key], pdir, "stage.json") if isinstance(st.get(key), str) else None
-        seen = lineage(d, seen) if d else seen
+    started = st.get("args", {}).get("model") if st.get("stage") == "01_sft" else None
+    for recorded in (st.get("sft"), st.get("policy_init"), st.get("ref"), started):
+        d = recorded_dir(recorded, pdir, "stage.json")
+        seen = lineage(d, seen) if d else seen | ({path_or_hub_id(recorded)} if isinstance(recorded, str) and recorded
+                                                  else set())
     return seen
 
 
@@ -513,7 +516,7 @@ def main(args):
               f"each policy is evaluated once")
     policies = list(named.values()) or default_policies(run_dir)
     base_dir = find_baseline(args, policies, sft_dir)
-    strangers = [str(p) for p in policies if stage_of(p) and base_dir.resolve() not in lineage(p)]
+    strangers = [str(p) for p in policies if stage_of(p) and path_or_hub_id(base_dir) not in lineage(p)]
     if strangers:
         print(f"06_eval: note: {', '.join(strangers)} neither started from the baseline {base_dir} nor took it as "
               f"reference: its KL is to a model it was not trained from")

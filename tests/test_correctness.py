@@ -507,4 +507,20 @@ def test_06_follows_records_that_name_each_other_without_recursing(tmp_path):
     (tmp_path / "03_split").mkdir()
     (tmp_path / "03_split/stats.json").write_text("{}")
     assert ev.budget_of(a).startswith("2 iterations x 4 rollouts") and "after 05_ppo_next (2 iterations" in ev.budget_of(a)
-    assert ev.policy_role(a) is None and ev.sweep_role(a) is None and ev.lineage(a) == {a.resolve(), b.resolve()}
+    assert ev.policy_role(a) is None and ev.sweep_role(a) is None and ev.lineage(a) == {str(a.resolve()), str(b.resolve())}
+
+
+def test_06_counts_the_hub_model_a_run_began_from_in_a_policys_lineage(tmp_path, monkeypatch):
+    """--baseline a hub id (the model 01 began from, or one 05 started from by id): the policies trained from
+    it are not noted as strangers to it; a hub model none of them began from is."""
+    ev = STAGES["06_eval"]
+    sft, dpo, ppo = (tmp_path / d for d in ("01_sft", "04_dpo", "05_ppo"))
+    records = {sft: {"stage": "01_sft", "args": {"model": "org/base"}}, dpo: {"stage": "04_dpo", "sft": str(sft)},
+               ppo: {"stage": "05_ppo", "sft": str(sft), "policy_init": "org/other", "ref": "org/other"}}
+    for d, record in records.items():
+        d.mkdir()
+        (d / "stage.json").write_text(json.dumps(record))
+    assert ev.lineage(dpo) == {str(dpo.resolve()), str(sft.resolve()), "org/base"}
+    assert {"org/base", "org/other"} < ev.lineage(ppo)
+    monkeypatch.chdir(tmp_path)
+    assert ev.path_or_hub_id(Path("org/base")) in ev.lineage(dpo) and "org/third" not in ev.lineage(ppo)

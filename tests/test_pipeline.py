@@ -104,7 +104,7 @@ def test_dpo_reads_shuffled_batches_unless_curriculum(pipeline, tmp_path, monkey
     assert json.load(open(tmp_path / "1/stage.json"))["data"]["order"] == "stage 03's (descending |d|)"
 
 
-def test_the_baseline_is_the_sft_policy_whatever_its_place(pipeline, tmp_path, capsys, monkeypatch):
+def test_the_baseline_is_the_sft_policy_whatever_its_place(pipeline, tmp_path, capsys, monkeypatch, tiny_model_dir):
     import shutil
     work, run, _ = pipeline
     ev = load_script("06_eval")
@@ -116,10 +116,16 @@ def test_the_baseline_is_the_sft_policy_whatever_its_place(pipeline, tmp_path, c
     assert res["results"]["01_sft"]["win_gold"]["mean"] == 0.5 and res["results"]["01_sft"]["kl"]["mean"] == 0.0
     assert "baseline `01_sft`" in (tmp_path / "a/report.md").read_text()
     # --baseline names another; two SFT policies without it are an error
+    capsys.readouterr()
     ev.run_main(ev.main, [str(a) for a in [run / "01_sft", run / "04_dpo", "--baseline", run / "04_dpo", "--run", "t",
                                            "--out", tmp_path / "b"] + fast])
     res = json.load(open(tmp_path / "b/results.json"))
     assert list(res["results"])[0] == "04_dpo" and res["results"]["04_dpo"]["kl"]["mean"] == 0.0
+    assert "01_sft neither started from the baseline" in capsys.readouterr().out   # SFT is DPO's start, not its heir
+    # the model 01 began from (a directory here, a hub id alike) is every policy's ancestor: no such note
+    ev.run_main(ev.main, [str(a) for a in [run / "04_dpo", run / "05_ppo", "--baseline", tiny_model_dir, "--run", "t",
+                                           "--out", tmp_path / "f"] + fast])
+    assert "neither started from" not in capsys.readouterr().out
     # no SFT among the policies: the one the RM was trained from; one SFT named twice is one SFT
     ev.run_main(ev.main, [str(a) for a in [run / "04_dpo", run / "01_sft", work / "runs/t/../t/01_sft", "--run", "t",
                                            "--out", tmp_path / "d"] + fast])
