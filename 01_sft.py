@@ -336,7 +336,8 @@ def run_main(main, argv=None):
         print(f"{Path(sys.argv[0]).name}: error: {e}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:   # Ctrl-C: outputs are written only at the end (output_dir), so none is half-made
-        print(f"{Path(sys.argv[0]).name}: interrupted (Ctrl-C or a kill); nothing was written", file=sys.stderr)
+        done = f"{', '.join(map(str, SAVED))} was saved before" if SAVED else "nothing was written"
+        print(f"{Path(sys.argv[0]).name}: interrupted (Ctrl-C or a kill); {done}", file=sys.stderr)
         sys.exit(130)
     finally:
         signal.signal(signal.SIGTERM, previous)
@@ -1350,6 +1351,9 @@ def check_output(out, overwrite, stage, inputs=()):
         raise UserError(f"{out}: cannot write there ({type(e).__name__}: {e.strerror or e})") from None
 
 
+SAVED = []   # outputs output_dir has put in place in this process: an interrupt after that loses nothing
+
+
 @contextlib.contextmanager
 def output_dir(out, overwrite):
     """A temporary directory beside `out`, renamed into place when the block ends without an error: a
@@ -1380,6 +1384,7 @@ def output_dir(out, overwrite):
         except OSError:   # another run's output came in between the renames
             raise UserError(f"{out} was made by another run while this one saved; this run's output is in "
                             f"{keep_aside()}") from None
+        SAVED.append(out)
     finally:
         if old.exists() and not out.exists():        # interrupted between the two renames
             old.rename(out)

@@ -427,8 +427,9 @@ def test_a_hub_id_out_of_reach_fails_at_its_check_from_the_cache_alone(monkeypat
         dpo.load_rows("org/missing", "--data")
 
 
-def test_ctrl_c_and_a_kill_are_one_line_and_exit_130(capsys):
+def test_ctrl_c_and_a_kill_are_one_line_and_exit_130(capsys, monkeypatch):
     import signal
+    monkeypatch.setattr(dpo, "SAVED", [])                       # none saved in this process (other tests save)
 
     def interrupted(args):
         raise KeyboardInterrupt
@@ -441,6 +442,20 @@ def test_ctrl_c_and_a_kill_are_one_line_and_exit_130(capsys):
             dpo.run_main(main, [])
         assert e.value.code == 130 and "interrupted (Ctrl-C or a kill); nothing was written" in capsys.readouterr().err
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL     # restored
+
+
+def test_an_interrupt_after_the_output_is_saved_says_so(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(dpo, "SAVED", [])
+
+    def saved_then_interrupted(args):
+        with dpo.output_dir(tmp_path / "out", overwrite=False) as tmp:
+            (tmp / "stage.json").write_text("{}")
+        raise KeyboardInterrupt                                  # e.g. while 06 prints its report
+    with pytest.raises(SystemExit):
+        dpo.run_main(saved_then_interrupted, [])
+    err = capsys.readouterr().err
+    assert f"interrupted (Ctrl-C or a kill); {tmp_path / 'out'} was saved before" in err and "nothing" not in err
+    assert (tmp_path / "out/stage.json").is_file()
 
 
 def test_a_recorded_directory_is_found_where_it_is_now(tmp_path):
