@@ -540,7 +540,8 @@ def _cands_yesno(meta, rng):
 _YES = re.compile(r"\b(?:yes|yeah|yep|yup)\b", re.I)
 _HEDGE = re.compile(r"\b(?:maybe|perhaps|probably|possibly|likely|i think|i guess|i'd guess|i suppose|i believe|"
                     r"not (?:\d+% |100 percent |entirely |completely |totally )?(?:sure|certain|confident)|"
-                    r"could be wrong|might be wrong|unless i'm mistaken|if i'm not mistaken|i'm guessing)\b"
+                    r"could be wrong|might be wrong|unless i'm mistaken|if i'm not mistaken|i'm guessing|apparently|seemingly|"
+                    r"as far as i know|from what i (?:gather|understand|recall))\b"
                     r"(?!\s+(?:if|whether|about|of|how)\b)", re.I)   # 'not sure if you need the working': no doubt
 
 
@@ -1368,20 +1369,23 @@ def _cands_summary(meta, rng):
     ]
 
 
+# hearsay and belief in place of a statement: 'Reportedly, ...', 'I believe ...', 'As far as I know, ...'
+_HEARSAY = (r"i believe|reportedly|apparently|seemingly|purportedly|rumou?red|rumou?r has it|it seems|word is|"
+            r"it is said|it's said|i'm told|i am told|i hear|i heard|as far as i know|"
+            r"from what i (?:gather|understand|hear|heard|recall)")
 # a fact negated or doubted is not stated: 'not', 'never', "didn't", 'no one', 'maybe', 'supposedly', 'Aisha or
 # someone'. Only in a clause that states a fact (`_unsure_facts`): an incidental negation elsewhere ('which is
 # not bad at all', 'and nobody complained', "I can't believe it: ...") doubts no fact
 _UNSURE = re.compile(r"\b(?:not|never|no one|nobody|none|nothing|neither|nor|no|maybe|perhaps|possibly|probably|"
-                     r"supposedly|allegedly|might have|may have|i think|i guess|"
-                     r"or (?:someone|somebody|something|somewhere|so))\b|n't\b", re.I)
+                     r"supposedly|allegedly|might have|may have|i think|i guess|" + _HEARSAY +
+                     r"|or (?:someone|somebody|something|somewhere|so))\b|n't\b", re.I)
 # ... idioms that only sound negative, in a fact's clause too ("I can't believe Aisha opened a bakery")
 _AFFIRMS = re.compile(r"\b(?:can(?:no|')t|could(?:n't| not)) believe\b|\bnot (?:only|just)\b|\bno doubt\b|\bno wonder\b|"
                       r"\bnot surprisingly\b|\b(?:no|not) (?:fewer|less) than\b", re.I)
 # ... a hedge that is a clause of its own hedges the whole reply ('Aisha, I think, opened ...', '..., or so
 # they claim')
-_BARE_HEDGE = re.compile(r"\s*(?:(?:and|but)\s+)?(?:i think|i guess|i believe|maybe|perhaps|probably|possibly|"
-                         r"supposedly|allegedly|apparently|reportedly|it seems|or so(?: (?:i|they|we) (?:heard|hear|say|said|claim|claimed))?)\s*",
-                         re.I)
+_BARE_HEDGE = re.compile(r"\s*(?:(?:and|but)\s+)?(?:i think|i guess|maybe|perhaps|probably|possibly|supposedly|allegedly|"
+                         + _HEARSAY + r"|or so(?: (?:i|they|we) (?:heard|hear|say|said|claim|claimed))?)\s*", re.I)
 # ... and calling anything false or wrong, or saying it did not happen, doubts them all, wherever it stands
 # ('..., a false claim', 'It never happened: ...', "None of this is true"); not 'nothing went wrong', said of
 # the event
@@ -1426,7 +1430,7 @@ def _judge_summary(meta, text):
     0.2 if it takes more than one sentence; minus 0.5 for each filler sentence of the passage copied
     (the passage pasted back is not a summary); minus 0.75 if it doubts its facts (`_unsure_facts`: a
     negated or hedged fact is not stated): a clause that states a fact negated or hedged ('Aisha did not
-    open a bakery', 'maybe 593 people', 'Aisha or someone'), a hedge of its own ('..., I think'), or
+    open a bakery', 'maybe 593 people', 'Aisha or someone', 'Reportedly, Aisha ...'), a hedge of its own ('..., I think'), or
     anything called false or wrong ('a false claim', 'It is not true that ...', 'It never happened: ...');
     an incidental negation elsewhere ('..., which is not bad at all', 'and nobody complained', "I can't
     believe it: ...") costs nothing. Minus 0.02 a word past 18 words (`_length_penalty`). A reply that takes itself back ('...; actually that is wrong',

@@ -1004,3 +1004,21 @@ def test_a_fifth_review_refusal_sandwiches_lead_ins_and_alternatives_that_start_
                  "Grace from Cairo ran a marathon, drawing 638 people (let me know if anything is wrong)."]:
         assert bt.gold_score(r, text) == 1.0, text
     assert bt.gold_score(r, "Grace from Cairo nearly ran a marathon, drawing 638 people.") == 0.75
+
+
+def test_hearsay_and_belief_doubt_a_summary_s_facts_and_an_answer():
+    """'Reportedly', 'I believe', 'As far as I know' in place of a statement doubt it (each scored 1.0 in a
+    summary before); said of no fact ('I hear it was fun') they cost nothing, and in arithmetic they halve."""
+    meta = {"name": "Lena", "city": "Leeds", "event": "won a chess tournament", "key": "chess", "count": 140}
+    r = row("summary", "Summarise ...", meta)
+    fact = "Lena from Leeds won a chess tournament, drawing 140 people"
+    for text in ["Reportedly, " + fact + ".", "I believe " + fact + ".", "As far as I know, " + fact + ".",
+                 "From what I gather, " + fact + ".", "Rumour has it that " + fact + ".", "Word is that " + fact + ".",
+                 "It is said that " + fact + ".", "Lena from Leeds apparently won a chess tournament, drawing 140 people.",
+                 fact + ", as far as I know.", fact + ", it seems."]:
+        assert bt.gold_score(r, text) <= 0.25, text
+    for text in [fact + "; I hear it was fun.", fact + "."]:
+        assert bt.gold_score(r, text) == 1.0, text
+    a = row("arithmetic", "Calculate 12 + 30 for me.", {"answer": 42, "expr": "12 + 30"})
+    for text in ["As far as I know, it is 42.", "Apparently 42.", "From what I recall, 12 + 30 = 42."]:
+        assert bt.gold_score(a, text) == 0.5, text
