@@ -284,8 +284,10 @@ def lineage(pdir, seen=frozenset()):
     started = st.get("args", {}).get("model") if st.get("stage") == "01_sft" else None
     for recorded in (st.get("sft"), st.get("policy_init"), st.get("ref"), started):
         d = recorded_dir(recorded, pdir, "stage.json")
-        seen = lineage(d, seen) if d else seen | ({path_or_hub_id(recorded)} if isinstance(recorded, str) and recorded
-                                                  else set())
+        if d:
+            seen = lineage(d, seen)
+        elif isinstance(recorded, str) and recorded:   # a hub id, or a model directory with no stage record
+            seen = seen | {path_or_hub_id(recorded)}
     return seen
 
 

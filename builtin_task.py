@@ -540,8 +540,9 @@ def _cands_yesno(meta, rng):
 _YES = re.compile(r"\b(?:yes|yeah|yep|yup)\b", re.I)
 _HEDGE = re.compile(r"\b(?:maybe|perhaps|probably|possibly|likely|i think|i guess|i'd guess|i suppose|i believe|"
                     r"not (?:\d+% |100 percent |entirely |completely |totally )?(?:sure|certain|confident)|"
-                    r"could be wrong|might be wrong|unless i'm mistaken|if i'm not mistaken|i'm guessing|apparently|seemingly|"
-                    r"as far as i know|from what i (?:gather|understand|recall))\b"
+                    r"could be wrong|might be wrong|unless i'm mistaken|if i'm not mistaken|i'm guessing|"
+                    r"as far as i know|from what i (?:gather|recall)|presumably|supposedly|allegedly|reportedly|"
+                    r"i reckon|my guess is|to my knowledge|as far as i can tell|if i recall correctly|if memory serves)\b"
                     r"(?!\s+(?:if|whether|about|of|how)\b)", re.I)   # 'not sure if you need the working': no doubt
 
 
@@ -1369,10 +1370,14 @@ def _cands_summary(meta, rng):
     ]
 
 
-# hearsay and belief in place of a statement: 'Reportedly, ...', 'I believe ...', 'As far as I know, ...'
-_HEARSAY = (r"i believe|reportedly|apparently|seemingly|purportedly|rumou?red|rumou?r has it|it seems|word is|"
+# hearsay and belief in place of a statement: 'Reportedly, ...', 'I believe ...', 'As far as I know, ...'; not
+# 'apparently' or 'seemingly' said of a thing ('a seemingly ordinary Monday') nor 'the key word is'
+_HEARSAY = (r"i believe|reportedly|(?<!\ba )(?<!\ban )(?<!\bthe )(?<!\bthis )(?<!\bthat )(?:apparently|seemingly)|"
+            r"purportedly|rumou?red|rumou?r has it|it seems|(?<!\w )word is|"
             r"it is said|it's said|i'm told|i am told|i hear|i heard|as far as i know|"
-            r"from what i (?:gather|understand|hear|heard|recall)")
+            r"from what i (?:gather|understand|hear|heard|recall)|presumably|i gather|i understand|as i understand it|"
+            r"it appears|appears to have|seems to have|is said to have|so they say|they say|people say|i suspect|i reckon|"
+            r"to my knowledge|as far as i can tell|if i recall correctly|if memory serves")
 # a fact negated or doubted is not stated: 'not', 'never', "didn't", 'no one', 'maybe', 'supposedly', 'Aisha or
 # someone'. Only in a clause that states a fact (`_unsure_facts`): an incidental negation elsewhere ('which is
 # not bad at all', 'and nobody complained', "I can't believe it: ...") doubts no fact
@@ -1384,7 +1389,7 @@ _AFFIRMS = re.compile(r"\b(?:can(?:no|')t|could(?:n't| not)) believe\b|\bnot (?:
                       r"\bnot surprisingly\b|\b(?:no|not) (?:fewer|less) than\b", re.I)
 # ... a hedge that is a clause of its own hedges the whole reply ('Aisha, I think, opened ...', '..., or so
 # they claim')
-_BARE_HEDGE = re.compile(r"\s*(?:(?:and|but)\s+)?(?:i think|i guess|maybe|perhaps|probably|possibly|supposedly|allegedly|"
+_BARE_HEDGE = re.compile(r"\s*(?:(?:and|but)\s+)?(?:or so\s+)?(?:i think|i guess|maybe|perhaps|probably|possibly|supposedly|allegedly|"
                          + _HEARSAY + r"|or so(?: (?:i|they|we) (?:heard|hear|say|said|claim|claimed))?)\s*", re.I)
 # ... and calling anything false or wrong, or saying it did not happen, doubts them all, wherever it stands
 # ('..., a false claim', 'It never happened: ...', "None of this is true"); not 'nothing went wrong', said of

@@ -234,7 +234,7 @@ if [ -n "$SWEEP" ]; then
       code=$?; [ "$code" = 2 ] || exit "$code"   # 2: a one-line refusal (an empty set); skip the point, not the run
       echo "run.sh: no MPO at $SWEEP_FLAG $T: 03 refused it (above)"; continue; }
     if same_split "$R/03_split" "$S"; then
-      echo "run.sh: $SWEEP_FLAG $T splits as 03_split did (the same pairs easy): 04_dpo and 05_ppo are MPO at this point"; continue
+      echo "run.sh: $SWEEP_FLAG $T splits as 03_split did (the same pairs in each set): 04_dpo and 05_ppo are MPO at this point"; continue
     fi
     stage 04_dpo.py "${COMMON[@]}" "${DPO[@]}" --split-dir "$S" --out "$R/04_dpo_$TAG$T"
     stage 05_ppo.py "${COMMON[@]}" "${PPO[@]}" --split-dir "$S" --policy "$R/04_dpo_$TAG$T" \

@@ -1015,10 +1015,17 @@ def test_hearsay_and_belief_doubt_a_summary_s_facts_and_an_answer():
     for text in ["Reportedly, " + fact + ".", "I believe " + fact + ".", "As far as I know, " + fact + ".",
                  "From what I gather, " + fact + ".", "Rumour has it that " + fact + ".", "Word is that " + fact + ".",
                  "It is said that " + fact + ".", "Lena from Leeds apparently won a chess tournament, drawing 140 people.",
-                 fact + ", as far as I know.", fact + ", it seems."]:
+                 fact + ", as far as I know.", fact + ", it seems.", "Presumably " + fact + ".", fact + ", so they say.",
+                 fact + ", or so I'm told.", "Lena from Leeds seems to have won a chess tournament, drawing 140 people.",
+                 fact + ", if I recall correctly."]:
         assert bt.gold_score(r, text) <= 0.25, text
-    for text in [fact + "; I hear it was fun.", fact + "."]:
+    for text in [fact + "; I hear it was fun.", fact + ".",                    # and said of a thing, not a fact:
+                 "Lena from Leeds won a seemingly endless chess tournament, drawing 140 people.",
+                 "On an apparently ordinary Monday, " + fact + ".", fact + "; the key word is chess."]:
         assert bt.gold_score(r, text) == 1.0, text
     a = row("arithmetic", "Calculate 12 + 30 for me.", {"answer": 42, "expr": "12 + 30"})
-    for text in ["As far as I know, it is 42.", "Apparently 42.", "From what I recall, 12 + 30 = 42."]:
+    for text in ["As far as I know, it is 42.", "From what I gather, 42.", "From what I recall, 12 + 30 = 42.",
+                 "Supposedly 42.", "I reckon 42.", "42, if memory serves."]:
         assert bt.gold_score(a, text) == 0.5, text
+    for text in ["This seemingly tricky sum is just 42.", "From what I understand you want the sum: 42."]:
+        assert bt.gold_score(a, text) == 1.0, text
