@@ -55,9 +55,12 @@ while [ $# -gt 0 ]; do
   esac
 done
 
+case "$RUN" in   # a folder under runs/, as the stages take it: runs/<run>
+  ""|.*|*/*) echo "run.sh: --run '$RUN': expected a plain name (no '/', not starting with '.'); the run goes to runs/<name>" >&2; exit 2;;
+esac
 [ "$RESUME" = 1 ] && [ "$OVERWRITE" = 1 ] && { echo "run.sh: pass one of --resume (keep the finished stages) and --overwrite (redo them)" >&2; exit 2; }
 for T in ${SWEEP//,/ }; do  # numbers only: each becomes 03's flag and part of a directory name
-  [[ "$T" =~ ^[0-9]+([.][0-9]+)?$ ]] || { echo "run.sh: $SWEEP_OPT: '$T' is not a number (expected a comma-separated list such as 0.5,1,2)" >&2; exit 2; }
+  [[ "$T" =~ ^[0-9]+([.][0-9]+)?$ ]] || { echo "run.sh: $SWEEP_OPT: '$T' is not a plain decimal of 0 or more (expected a comma-separated list such as 0.5,1,2)" >&2; exit 2; }
   [ "$SWEEP_OPT" = --sweep-easy-fraction ] && ! awk -v f="$T" 'BEGIN { exit !(f > 0 && f < 1) }' && {
     echo "run.sh: $SWEEP_OPT: $T is not in (0, 1), the share of pairs made easy" >&2; exit 2; }
 done
@@ -82,6 +85,7 @@ R="runs/$RUN"
 if [ "$RESUME" = 0 ] && [ "$OVERWRITE" = 0 ] && [ -n "$(ls -A "$R" 2>/dev/null)" ]; then
   echo "run.sh: $R exists; pass --resume to finish it, --overwrite to redo it, or --run NAME for a new run" >&2; exit 2
 fi
+[ "$RESUME" = 1 ] && [ -z "$(ls -A "$R" 2>/dev/null)" ] && echo "run.sh: note: $R has no stages yet; --resume starts it from 01 (is --run the name you meant?)"
 MIXED="$R/.overwrite-unfinished"   # from 01 of an --overwrite to its end, the run mixes old and new stages
 if [ "$RESUME" = 1 ] && [ -e "$MIXED" ]; then
   echo "run.sh: $R was being redone with --overwrite, which did not finish: its stages are partly the earlier run's; pass --overwrite to redo it" >&2; exit 2
@@ -134,7 +138,7 @@ case "$BUDGET" in
     BUILTIN=(--builtin-train-pairs 120 --builtin-test-prompts 12); SFT=(--max-steps 4 --lr 1e-3)
     RM=(--max-steps 4 --lr 1e-3); DPO=(--max-steps 3 --lr 1e-4); PPO=(--steps 2 --max-new-tokens 8 --lr 1e-4)
     ONLINE=(--max-steps 2 --max-new-tokens 8 --eval-every 1); EVAL=(--max-new-tokens 8 --bootstrap 100)
-    TIMES="seconds";;
+    TIMES="~0.5-1 min a stage with SmolLM2-135M, ~3 min in all (2 cores); seconds with a tiny model";;
   *) echo "run.sh: --budget must be cpu, gpu or tiny" >&2; exit 2;;
 esac
 [ -n "$MODEL" ] && SFT+=(--model "$MODEL")
@@ -147,6 +151,12 @@ echo "run.sh: run $R, seed $SEED, budget $BUDGET, device $DEVICE, precision $PRE
 echo "run.sh: expected wall time per stage ($BUDGET): $TIMES"
 START=$(date +%s)
 MADE=()   # the output directories of this run's stages
+stopped() {   # a stage failed or was interrupted: say how to go on
+  local code=$? how="--resume to go on from the stages that finished"
+  [ -e "$MIXED" ] && how="--overwrite to redo it (this --overwrite did not finish)"
+  [ "$code" = 0 ] || echo "run.sh: stopped (exit $code; the stage above says why): rerun with $how" >&2
+}
+trap stopped EXIT
 same_split() {
   # 0 where split $1 is this sweep point's: made by 03 with this setting ($2 $3) from the run's own RM and
   # data, or (a split made for the point, $2) holding the same pairs in each set. Not the files' bytes: under

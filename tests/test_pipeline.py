@@ -484,7 +484,9 @@ def test_run_sh_help_and_unknown_option():
     assert any("--compare --ipo" in l for l in lines)
     proc = subprocess.run(["bash", str(ROOT / "run.sh"), "--bogus"], capture_output=True, text=True)
     assert proc.returncode == 2 and proc.stderr.strip() == "run.sh: unknown option --bogus (see bash run.sh --help)"
-    for argv, needle in ((["--sweep-threshold", "1,x"], "'x' is not a number"),
+    for argv, needle in ((["--sweep-threshold", "1,x"], "'x' is not a plain decimal of 0 or more"),
+                         (["--run", "../escape"], "--run '../escape': expected a plain name"),
+                         (["--run", "a/b"], "--run 'a/b': expected a plain name"),
                          (["--sweep-threshold", "1", "--sweep-easy-fraction", "0.5"], "pass one of"),
                          (["--sweep-threshold", ","], "needs a list"), (["--seed"], "--seed needs a value"),
                          (["--sweep-easy-fraction", "0.5,1.5"], "1.5 is not in (0, 1)"),
@@ -518,8 +520,13 @@ def test_run_sh_goes_on_where_the_precision_probe_fails(tmp_path):
     proc = subprocess.run(["bash", "run.sh", "--budget", "tiny", "--device", "cuda", "--run", "t"], cwd=tmp_path,
                           capture_output=True, text=True, env={**os.environ, "PYTHON": str(fake)})
     assert proc.returncode == 2 and "CUDA is not available" in proc.stderr and "precision auto" in proc.stdout
+    assert "run.sh: stopped (exit 2; the stage above says why): rerun with --resume" in proc.stderr
     call, = (tmp_path / "calls.log").read_text().splitlines()
     assert call.startswith("01_sft.py") and "--precision auto" in call
+    # --resume of a run that has nothing yet (a mistyped name?) starts it, and says so
+    proc = subprocess.run(["bash", "run.sh", "--budget", "tiny", "--device", "cpu", "--run", "typo", "--resume"],
+                          cwd=tmp_path, capture_output=True, text=True, env={**os.environ, "PYTHON": str(fake)})
+    assert "run.sh: note: runs/typo has no stages yet; --resume starts it from 01" in proc.stdout
 
 
 def test_run_sh_overwrite_removes_the_earlier_runs_stages_it_did_not_redo(tmp_path):
@@ -556,6 +563,7 @@ def test_run_sh_overwrite_removes_the_earlier_runs_stages_it_did_not_redo(tmp_pa
     proc = subprocess.run(argv + ["--overwrite"], cwd=tmp_path, capture_output=True, text=True,
                           env={**os.environ, "PYTHON": str(fake), "FAIL_AT": "04_dpo.py"})
     assert proc.returncode != 0 and (run / ".overwrite-unfinished").exists()
+    assert "run.sh: stopped (exit 1; the stage above says why): rerun with --overwrite" in proc.stderr
     proc = subprocess.run(argv + ["--resume"], cwd=tmp_path, capture_output=True, text=True,
                           env={**os.environ, "PYTHON": str(fake)})
     assert proc.returncode == 2 and "was being redone with --overwrite, which did not finish" in proc.stderr
