@@ -157,6 +157,7 @@ stopped() {   # a stage failed or was interrupted: say how to go on
   [ "$code" = 0 ] || echo "run.sh: stopped (exit $code; the stage above says why): rerun with $how" >&2
 }
 trap stopped EXIT
+trap 'exit 130' INT; trap 'exit 143' TERM   # so that Ctrl-C and a kill end through `stopped` too
 same_split() {
   # 0 where split $1 is this sweep point's: made by 03 with this setting ($2 $3) from the run's own RM and
   # data, or (a split made for the point, $2) holding the same pairs in each set. Not the files' bytes: under
