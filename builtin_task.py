@@ -538,11 +538,14 @@ def _cands_yesno(meta, rng):
 # it is not'), 'no way', 'nope', 'nah', 'not at all', 'absolutely not', 'not really', 'or not', a bare 'not'
 # ('Yes - not!'); an incidental 'no' is neither ('Yes, with no remainder', 'No problem: yes', 'no doubt')
 _YES = re.compile(r"\b(?:yes|yeah|yep|yup)\b", re.I)
+# hearsay and belief that doubt an answer and a summary's facts alike ('As far as I know, 42'); `_HEARSAY` adds
+# those that doubt only facts
+_HEARSAY_ANY = (r"as far as i know|as far as i can tell|to my knowledge|from what i (?:gather|recall)|presumably|"
+                r"reportedly|i reckon|if i recall correctly|if memory serves")
 _HEDGE = re.compile(r"\b(?:maybe|perhaps|probably|possibly|likely|i think|i guess|i'd guess|i suppose|i believe|"
                     r"not (?:\d+% |100 percent |entirely |completely |totally )?(?:sure|certain|confident)|"
                     r"could be wrong|might be wrong|unless i'm mistaken|if i'm not mistaken|i'm guessing|"
-                    r"as far as i know|from what i (?:gather|recall)|presumably|supposedly|allegedly|reportedly|"
-                    r"i reckon|my guess is|to my knowledge|as far as i can tell|if i recall correctly|if memory serves)\b"
+                    r"supposedly|allegedly|my guess is|" + _HEARSAY_ANY + r")\b"
                     r"(?!\s+(?:if|whether|about|of|how)\b)", re.I)   # 'not sure if you need the working': no doubt
 
 
@@ -1372,12 +1375,10 @@ def _cands_summary(meta, rng):
 
 # hearsay and belief in place of a statement: 'Reportedly, ...', 'I believe ...', 'As far as I know, ...'; not
 # 'apparently' or 'seemingly' said of a thing ('a seemingly ordinary Monday') nor 'the key word is'
-_HEARSAY = (r"i believe|reportedly|(?<!\ba )(?<!\ban )(?<!\bthe )(?<!\bthis )(?<!\bthat )(?:apparently|seemingly)|"
-            r"purportedly|rumou?red|rumou?r has it|it seems|(?<!\w )word is|"
-            r"it is said|it's said|i'm told|i am told|i hear|i heard|as far as i know|"
-            r"from what i (?:gather|understand|hear|heard|recall)|presumably|i gather|i understand|as i understand it|"
-            r"it appears|appears to have|seems to have|is said to have|so they say|they say|people say|i suspect|i reckon|"
-            r"to my knowledge|as far as i can tell|if i recall correctly|if memory serves")
+_HEARSAY = (_HEARSAY_ANY + r"|i believe|(?<!\ba )(?<!\ban )(?<!\bthe )(?<!\bthis )(?<!\bthat )(?:apparently|seemingly)|"
+            r"purportedly|rumou?red|rumou?r has it|it seems|(?<!\w )word is|it is said|it's said|i'm told|i am told|"
+            r"i hear|i heard|from what i (?:understand|hear|heard)|i gather|i understand|as i understand it|"
+            r"it appears|appears to have|seems to have|is said to have|so they say|they say|people say|i suspect")
 # a fact negated or doubted is not stated: 'not', 'never', "didn't", 'no one', 'maybe', 'supposedly', 'Aisha or
 # someone'. Only in a clause that states a fact (`_unsure_facts`): an incidental negation elsewhere ('which is
 # not bad at all', 'and nobody complained', "I can't believe it: ...") doubts no fact
