@@ -36,7 +36,8 @@ Deviations and choices of ours:
      score wins, changes the equilibrium and is kept as an option). A sample that reaches
      --max-new-tokens without EOS is scored as it stands, by the RM at its last token (a position it
      was not trained to read; 06 does the same).
-  3. The pairs are shuffled each epoch, every pair seen once per epoch (a batch may span two epochs).
+  3. The pairs are shuffled each epoch, every pair seen once per epoch (a batch may span two epochs),
+     starting from an order of their text: the same pairs give the same batches in whatever order read.
      `--curriculum` reads them in stage 03's order instead (descending gap, easy to hard): with a step cap
      shorter than an epoch that is a stricter threshold in disguise, so it is not the default.
      `--split hard` trains on the dataset's labels, not on the ones the RM flipped in stage 03 (MPO uses
@@ -242,7 +243,14 @@ def load_inputs(args):
               "eval/ metrics skipped")
     if not args.online:
         rows = drop_long_pairs(rows, tok, args.max_response_len, source["from"])
+    if not args.curriculum:  # the seed shuffles an order of the text alone: 03 writes its sets in gap order, and
+        rows = sorted(rows, key=text_key)  # bf16 gaps may differ in their last bits between two processes
     return model, tok, sft_stage, rows, source, test_rows
+
+
+def text_key(row):
+    """A row's prompt and responses as one string: a sort key that nothing but the text decides."""
+    return json.dumps([row["prompt"], row.get("chosen"), row.get("rejected")], ensure_ascii=False)
 
 
 def load_pairs(args, sft_dir, split_dir):
@@ -481,8 +489,8 @@ def main(args):
     after = implicit_reward_accuracy(policy, test_ex, test_rows, test_reference, args.eval_batch_size,
                                      tok.pad_token_id, device, dtype, average)
     finish(args, out, policy, tok, model, sft_stage, rows, source, metrics, before, after, tokens, loop_start,
-           {"aggregate": "mean" if average else "sum", "train": train_reference, "test": test_reference},
-           started, device, precision)
+           {"aggregate": "mean" if average else "sum", "train": train_reference, "test": test_reference,
+            "train_order": "as read" if args.curriculum else "sorted by text_key"}, started, device, precision)
 
 
 # --- online IPO, IPO-MD (Calandriello et al., 2024, arXiv 2403.08635), Nash-MD-PG: skip for offline DPO ---

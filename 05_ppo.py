@@ -237,7 +237,8 @@ def ppo_prompts(data, which, split_dir, sft_dir, rm_name):
         prompts.setdefault(json.dumps(r["prompt"], ensure_ascii=False), r["prompt"])
     if not prompts:
         raise UserError(f"no prompts in the {which} set")
-    return list(prompts.values())
+    # in an order of their text alone, for the seed to shuffle: 03 writes its sets in gap order, and bf16 gaps
+    return [prompts[k] for k in sorted(prompts)]   # may differ in their last bits between two processes
 
 
 def score_rollouts(policy, ref, value, rm, ids, attn, resp, device, dtype):
