@@ -545,7 +545,12 @@ _HEARSAY_ANY = (r"as far as i know|as far as i can tell|to my knowledge|from wha
 _HEDGE = re.compile(r"\b(?:maybe|perhaps|probably|possibly|likely|i think|i guess|i'd guess|i suppose|i believe|"
                     r"not (?:\d+% |100 percent |entirely |completely |totally )?(?:sure|certain|confident)|"
                     r"could be wrong|might be wrong|unless i'm mistaken|if i'm not mistaken|i'm guessing|"
-                    r"supposedly|allegedly|my guess is|" + _HEARSAY_ANY + r")\b"
+                    r"supposedly|allegedly|my guess is|" + _HEARSAY_ANY + r"|"
+                    # 'It looks like 42', 'The answer seems to be 42', '42, it seems'; not 'looks like this:',
+                    # 'seems like you want ...' nor 'the list looks like 1, 2, 3' (said of how a thing looks)
+                    r"(?:(?:it|that|which|answer|result|sum|total|product|difference|quotient)\s+|^|(?<=[.!?]\s))"
+                    r"(?:looks|looked|seems|seemed|appears|appeared) (?:like|to be)\b(?!\s*(?:this|these|the following|"
+                    r"you|you're)\b|\s*:)|it (?:seems|appears)(?=\s*(?:[.,;!]|$)))\b"
                     r"(?!\s+(?:if|whether|about|of|how)\b)", re.I)   # 'not sure if you need the working': no doubt
 
 
@@ -1384,14 +1389,19 @@ _HEARSAY = (_HEARSAY_ANY + r"|i believe|(?<!\ba )(?<!\ban )(?<!\bthe )(?<!\bthis
 # not bad at all', 'and nobody complained', "I can't believe it: ...") doubts no fact
 _UNSURE = re.compile(r"\b(?:not|never|no one|nobody|none|nothing|neither|nor|no|maybe|perhaps|possibly|probably|"
                      r"supposedly|allegedly|might have|may have|i think|i guess|" + _HEARSAY +
-                     r"|or (?:someone|somebody|something|somewhere|so))\b|n't\b", re.I)
+                     r"|or (?:someone|somebody|something|somewhere|so)"
+                     r"|(?:seem|appear|look)(?:s|ed)? (?:like|to be) (?:\w+ )?\d+)\b|n't\b", re.I)  # 'what seemed like 593'
+
 # ... idioms that only sound negative, in a fact's clause too ("I can't believe Aisha opened a bakery")
 _AFFIRMS = re.compile(r"\b(?:can(?:no|')t|could(?:n't| not)) believe\b|\bnot (?:only|just)\b|\bno doubt\b|\bno wonder\b|"
                       r"\bnot surprisingly\b|\b(?:no|not) (?:fewer|less) than\b", re.I)
 # ... a hedge that is a clause of its own hedges the whole reply ('Aisha, I think, opened ...', '..., or so
 # they claim')
 _BARE_HEDGE = re.compile(r"\s*(?:(?:and|but)\s+)?(?:or so\s+)?(?:i think|i guess|maybe|perhaps|probably|possibly|supposedly|allegedly|"
-                         + _HEARSAY + r"|or so(?: (?:i|they|we) (?:heard|hear|say|said|claim|claimed))?)\s*", re.I)
+                         + _HEARSAY + r"|or so(?: (?:i|they|we) (?:heard|hear|say|said|claim|claimed))?)"
+                         # ... with the source it names: 'From what I gather from the passage, ...'
+                         r"(?:\s+(?:from|in|of|based on|according to)\s+(?:the|this|that|your)\s+"
+                         r"(?:passage|text|story|article|report))?\s*", re.I)
 # ... and calling anything false or wrong, or saying it did not happen, doubts them all, wherever it stands
 # ('..., a false claim', 'It never happened: ...', "None of this is true"); not 'nothing went wrong', said of
 # the event

@@ -1029,3 +1029,28 @@ def test_hearsay_and_belief_doubt_a_summary_s_facts_and_an_answer():
         assert bt.gold_score(a, text) == 0.5, text
     for text in ["This seemingly tricky sum is just 42.", "From what I understand you want the sum: 42."]:
         assert bt.gold_score(a, text) == 1.0, text
+
+
+def test_seeming_and_looking_doubt_an_answer_and_a_count():
+    """'It looks like 42', 'what seemed like 140 people' and a hedge that names its source ('From what I gather
+    from the passage') doubt what they say (each scored 1.0 before); how a thing looks does not."""
+    a = row("arithmetic", "Calculate 12 + 30 for me.", {"answer": 42, "expr": "12 + 30"})
+    for text in ["It looks like 42.", "The answer seems to be 42.", "Seems like 42.", "Sure. Looks like 42.",
+                 "That appears to be 42.", "42, it seems.", "12 + 30, which looks like 42."]:
+        assert bt.gold_score(a, text) == 0.5, text
+    for text in ["The sum looks like this: 42.", "The result looks like: 42", "Seems like you want the sum: 42.",
+                 "It looks like you want 12 + 30 = 42."]:
+        assert bt.gold_score(a, text) == 1.0, text
+    s = row("sorting", "Sort these numbers from smallest to largest: 5, 1, 9.", {"numbers": [5, 1, 9]})
+    assert bt.gold_score(s, "Sorted, the list looks like 1, 5, 9.") == bt.gold_score(s, "1, 5, 9") == 1.0
+    meta = {"name": "Lena", "city": "Leeds", "event": "won a chess tournament", "key": "chess", "count": 140}
+    r = row("summary", "Summarise ...", meta)
+    fact = "Lena from Leeds won a chess tournament"
+    for text in [fact + ", drawing what seemed like 140 people.", fact + ", which appeared to be 140 people strong.",
+                 fact + ", drawing what looked like about 140 people.",
+                 "From what I gather from the passage, " + fact + ", drawing 140 people."]:
+        assert bt.gold_score(r, text) <= 0.25, text
+    for text in [fact + ", drawing 140 people, and it looked like a fun day.",
+                 fact + " that looked like a great event, drawing 140 people.",
+                 "According to the passage, " + fact + ", drawing 140 people."]:
+        assert bt.gold_score(r, text) == 1.0, text
