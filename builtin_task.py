@@ -540,17 +540,23 @@ def _cands_yesno(meta, rng):
 _YES = re.compile(r"\b(?:yes|yeah|yep|yup)\b", re.I)
 # hearsay and belief that doubt an answer and a summary's facts alike ('As far as I know, 42'); `_HEARSAY` adds
 # those that doubt only facts
-_HEARSAY_ANY = (r"as far as i know|as far as i can tell|to my knowledge|from what i (?:gather|recall)|presumably|"
-                r"reportedly|i reckon|if i recall correctly|if memory serves")
+_HEARSAY_ANY = (r"as far as i know|as far as i can tell|to my knowledge|from what i (?:can )?(?:gather|recall|tell)|"
+                r"presumably|reportedly|i reckon|if i recall correctly|if memory serves")
+# what a reply that seems (`_HEDGE`) says seems: an answer ('42', 'yes', "it's 42", 'the answer is 42'), not a list
+_SEEMED = (r"(?:-?\d+(?!\s*,\s*-?\d)|yes\b|no\b|it's\b|it is\b|"
+           r"the (?:answer|result|sum|total|product|difference|quotient)\s+(?:is|was|=))")
 _HEDGE = re.compile(r"\b(?:maybe|perhaps|probably|possibly|likely|i think|i guess|i'd guess|i suppose|i believe|"
                     r"not (?:\d+% |100 percent |entirely |completely |totally )?(?:sure|certain|confident)|"
                     r"could be wrong|might be wrong|unless i'm mistaken|if i'm not mistaken|i'm guessing|"
                     r"supposedly|allegedly|my guess is|" + _HEARSAY_ANY + r"|"
-                    # 'It looks like 42', 'The answer seems to be 42', '42, it seems'; not 'looks like this:',
-                    # 'seems like you want ...' nor 'the list looks like 1, 2, 3' (said of how a thing looks)
-                    r"(?:(?:it|that|which|answer|result|sum|total|product|difference|quotient)\s+|^|(?<=[.!?]\s))"
-                    r"(?:looks|looked|seems|seemed|appears|appeared) (?:like|to be)\b(?!\s*(?:this|these|the following|"
-                    r"you|you're)\b|\s*:)|it (?:seems|appears)(?=\s*(?:[.,;!]|$)))\b"
+                    # seeming said of the answer: 'It looks like 42', 'Sure, seems to be 42', 'It appears that the
+                    # answer is 42', '42, it seems', 'Yes, it appears so'; not of the question ('It looks like a
+                    # simple sum: 42') nor of how a thing looks ('the list looks like 1, 5, 9')
+                    r"(?:(?:it|that|which|answer|result|sum|total|product|difference|quotient)\s+|(?<![\w\s])|"
+                    r"(?<=[^\w\s]\s)|(?<=\n))(?:looks|looked|seems|seemed|appears|appeared)(?: to me)? (?:like|to be)"
+                    r"(?=\s+(?:an? )?" + _SEEMED + r"|\s+as (?:if|though)\b)|"
+                    r"it (?:would )?(?:seems?|appears?|looks like)(?=\s*(?:[.,;!]|so\b|$)|(?: that)?\s+" + _SEEMED + r")|"
+                    r"(?<!\ba )(?<!\ban )(?<!\bthe )(?<!\bthis )(?<!\bthat )(?:apparently|seemingly))\b"
                     r"(?!\s+(?:if|whether|about|of|how)\b)", re.I)   # 'not sure if you need the working': no doubt
 
 
@@ -1390,7 +1396,9 @@ _HEARSAY = (_HEARSAY_ANY + r"|i believe|(?<!\ba )(?<!\ban )(?<!\bthe )(?<!\bthis
 _UNSURE = re.compile(r"\b(?:not|never|no one|nobody|none|nothing|neither|nor|no|maybe|perhaps|possibly|probably|"
                      r"supposedly|allegedly|might have|may have|i think|i guess|" + _HEARSAY +
                      r"|or (?:someone|somebody|something|somewhere|so)"
-                     r"|(?:seem|appear|look)(?:s|ed)? (?:like|to be) (?:\w+ )?\d+)\b|n't\b", re.I)  # 'what seemed like 593'
+                     # 'what seemed like 140 people', 'what felt like a crowd of 140'
+                     r"|(?:(?:seem|appear|look)(?:s|ed)?|felt|feels?)(?: to me)? (?:like|to be) (?:an? (?:crowd|group|total)"
+                     r" of )?(?:\w+ )?\d+)\b|n't\b", re.I)
 
 # ... idioms that only sound negative, in a fact's clause too ("I can't believe Aisha opened a bakery")
 _AFFIRMS = re.compile(r"\b(?:can(?:no|')t|could(?:n't| not)) believe\b|\bnot (?:only|just)\b|\bno doubt\b|\bno wonder\b|"
@@ -1400,8 +1408,8 @@ _AFFIRMS = re.compile(r"\b(?:can(?:no|')t|could(?:n't| not)) believe\b|\bnot (?:
 _BARE_HEDGE = re.compile(r"\s*(?:(?:and|but)\s+)?(?:or so\s+)?(?:i think|i guess|maybe|perhaps|probably|possibly|supposedly|allegedly|"
                          + _HEARSAY + r"|or so(?: (?:i|they|we) (?:heard|hear|say|said|claim|claimed))?)"
                          # ... with the source it names: 'From what I gather from the passage, ...'
-                         r"(?:\s+(?:from|in|of|based on|according to)\s+(?:the|this|that|your)\s+"
-                         r"(?:passage|text|story|article|report))?\s*", re.I)
+                         r"(?:\s+(?:from|in|of|based on|according to)\s+(?:reading\s+)?(?:the|this|that|your)\s+"
+                         r"(?:\w+\s+)?(?:passage|text|story|article|report)(?:\s+(?:above|provided|given|here))?)?\s*", re.I)
 # ... and calling anything false or wrong, or saying it did not happen, doubts them all, wherever it stands
 # ('..., a false claim', 'It never happened: ...', "None of this is true"); not 'nothing went wrong', said of
 # the event

@@ -1033,24 +1033,40 @@ def test_hearsay_and_belief_doubt_a_summary_s_facts_and_an_answer():
 
 def test_seeming_and_looking_doubt_an_answer_and_a_count():
     """'It looks like 42', 'what seemed like 140 people' and a hedge that names its source ('From what I gather
-    from the passage') doubt what they say (each scored 1.0 before); how a thing looks does not."""
+    from the passage') doubt what they say (each scored 1.0 before); seeming said of the question ('It looks like
+    a simple sum') or of how a list looks does not."""
     a = row("arithmetic", "Calculate 12 + 30 for me.", {"answer": 42, "expr": "12 + 30"})
-    for text in ["It looks like 42.", "The answer seems to be 42.", "Seems like 42.", "Sure. Looks like 42.",
-                 "That appears to be 42.", "42, it seems.", "12 + 30, which looks like 42."]:
+    for text in ["It looks like 42.", "The answer seems to be 42.", "Seems like 42.", "Sure, looks like 42.",
+                 "**Looks like 42.**", "That appears to be 42.", "42, it seems.", "42, it would seem.",
+                 "12 + 30, which looks like 42.", "It looks like the answer is 42.", "It appears that 12 + 30 = 42.",
+                 "Looks like it's 42.", "Apparently 42.", "42, it looks like."]:
         assert bt.gold_score(a, text) == 0.5, text
     for text in ["The sum looks like this: 42.", "The result looks like: 42", "Seems like you want the sum: 42.",
-                 "It looks like you want 12 + 30 = 42."]:
+                 "It looks like you want 12 + 30 = 42.", "It looks like a simple sum. The answer is 42.",
+                 "That seems like a simple one! 12 + 30 = 42.", "It appears to be a simple addition. 12 + 30 = 42.",
+                 "The result is 42, so it looks like we're done.", "12 + 30 = 42, which seems like a nice number.",
+                 "This seemingly tricky sum is just 42."]:
         assert bt.gold_score(a, text) == 1.0, text
+    y = row("yesno", "Answer with yes or no. Is 7 a prime number?", {"answer": "yes", "request": "Is 7 a prime number?"})
+    for text in ["Yes, it appears so.", "Looks like a yes.", "Yes, seemingly."]:
+        assert bt.gold_score(y, text) == 0.5, text
     s = row("sorting", "Sort these numbers from smallest to largest: 5, 1, 9.", {"numbers": [5, 1, 9]})
-    assert bt.gold_score(s, "Sorted, the list looks like 1, 5, 9.") == bt.gold_score(s, "1, 5, 9") == 1.0
+    for text in ["1, 5, 9", "Sorted, the list looks like 1, 5, 9.", "The result looks like 1, 5, 9.",
+                 "In ascending order it looks like 1, 5, 9.", "It looks like a short list. Sorted: 1, 5, 9."]:
+        assert bt.gold_score(s, text) == 1.0, text
+    assert bt.gold_score(s, "1, 5, 9, it seems.") == 0.5
     meta = {"name": "Lena", "city": "Leeds", "event": "won a chess tournament", "key": "chess", "count": 140}
     r = row("summary", "Summarise ...", meta)
     fact = "Lena from Leeds won a chess tournament"
     for text in [fact + ", drawing what seemed like 140 people.", fact + ", which appeared to be 140 people strong.",
-                 fact + ", drawing what looked like about 140 people.",
-                 "From what I gather from the passage, " + fact + ", drawing 140 people."]:
+                 fact + ", drawing what looked like about 140 people.", fact + ", drawing what felt like 140 people.",
+                 fact + ", drawing what seemed like a crowd of 140 people.",
+                 "From what I gather from the passage, " + fact + ", drawing 140 people.",
+                 "From what I can tell from the given passage, " + fact + ", drawing 140 people.",
+                 "As far as I can tell from the passage above, " + fact + ", drawing 140 people."]:
         assert bt.gold_score(r, text) <= 0.25, text
     for text in [fact + ", drawing 140 people, and it looked like a fun day.",
                  fact + " that looked like a great event, drawing 140 people.",
-                 "According to the passage, " + fact + ", drawing 140 people."]:
+                 fact + ", drawing 140 people who seemed to be having fun.",
+                 "According to the passage provided, " + fact + ", drawing 140 people."]:
         assert bt.gold_score(r, text) == 1.0, text
