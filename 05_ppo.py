@@ -36,6 +36,8 @@ Deviations and choices of ours:
   4. Dropout is off in every model (every dropout rate set to 0, config-level attention dropout included,
      as TRL does), and log pi_old comes from a fresh forward pass of the sampled rollout (step 2), the same
      function as the first PPO forward pass: the first ratio is exactly 1.
+  5. Each distinct prompt once per epoch of rollouts, shuffled from an order of its text: the same prompts
+     give the same rollouts in whatever order stage 03 wrote them (it writes in gap order).
 
 Reads:  --policy (default runs/<run>/04_dpo), --ref (default: --policy), --reward (default
         runs/<run>/02_reward; also the value model's start), each a directory or a hub id; the prompts of

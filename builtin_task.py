@@ -333,7 +333,8 @@ def _judge_arithmetic(meta, text):
     '41 or 42 or 43' scores 0.17, below a guess); 0.0 if wrong or missing (0.05 for a refusal that
     guesses nothing). Minus 0.02 a word (not counting symbols, but padding with them counts: one word per
     10 characters) past 12 words (`_length_penalty`), minus 0.4 if rude. Too strict: other numbers after the
-    answer ('104. Check: 104 - 30 = 74', '100% sure') read as a hedge."""
+    answer ('104. Check: 104 - 30 = 74', '100% sure') read as a hedge. Too lenient: 'The answer should be 42'
+    and "42, I'd say" are not read as hedges."""
     text = text.replace("\u2212", "-").replace("\u2013", "-")
     a, op, b = meta["expr"].split(" ")
     ops = _OP_WORDS[op] + r"|and|by|from|to|with"
@@ -470,7 +471,9 @@ def _judge_sorting(meta, text):
     responses' scores, and so the built-in data, rest on this rule); any other run (numbers missing, repeated, changed or added: '3, 10', '8', '-8, -14,
     -31, -46') 0. Several different answer runs (a hedge, or a list with every order in it) score as
     the worst of them; a hedged reply (`_HEDGE`: 'Probably ...', "I'm not confident") half that. Minus 0.02 a
-    word past 15 words (`_length_penalty`), minus 0.4 if rude."""
+    word past 15 words (`_length_penalty`), minus 0.4 if rude. Too lenient: seeming said of the list ('It
+    looks like 8, 14, 31, 46') reads as how the list looks, not as a hedge; too strict: said of one number
+    ('8, 14, 31, 46. It looks like 8 was the smallest') it reads as one."""
     nums, target = meta["numbers"], sorted(meta["numbers"])
     read, spans = _run_spans(_after_take_back(text))
     # a denied run is no answer ('Not 8, 14, 31, 46.'), as a denied number is none in arithmetic
@@ -1463,7 +1466,9 @@ def _judge_summary(meta, text):
     punctuation or 'and' between them ('The answer is correct: Aisha Porto bakery 593'), or has neither
     the event's verb ('opened', 'organised' or 'organized', any ending) nor 4 words other than the facts
     ('Aisha Porto book 593 people attended'). An empty reply scores 0, and so does a refusal that states
-    no fact ('I can't summarise that.'); one beside a summary is judged as any reply."""
+    no fact ('I can't summarise that.'); one beside a summary is judged as any reply. Too lenient: a count
+    given as 'an estimated 593' or 'roughly 593' is stated; too strict: 'it seemed like all 593 people
+    cheered' doubts the count."""
     if not text or (is_refusal(text) and not _summary_facts(meta, text)):
         return 0.0
     denied = bool(_FALSE_THAT.search(text))
