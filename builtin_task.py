@@ -1402,7 +1402,6 @@ _UNSURE = re.compile(r"\b(?:not|never|no one|nobody|none|nothing|neither|nor|no|
                      # 'what seemed like 140 people', 'what felt like a crowd of 140'
                      r"|(?:(?:seem|appear|look)(?:s|ed)?|felt|feels?)(?: to me)? (?:like|to be) (?:an? (?:crowd|group|total)"
                      r" of )?(?:\w+ )?\d+)\b|n't\b", re.I)
-
 # ... idioms that only sound negative, in a fact's clause too ("I can't believe Aisha opened a bakery")
 _AFFIRMS = re.compile(r"\b(?:can(?:no|')t|could(?:n't| not)) believe\b|\bnot (?:only|just)\b|\bno doubt\b|\bno wonder\b|"
                       r"\bnot surprisingly\b|\b(?:no|not) (?:fewer|less) than\b", re.I)
