@@ -333,8 +333,8 @@ def _judge_arithmetic(meta, text):
     '41 or 42 or 43' scores 0.17, below a guess); 0.0 if wrong or missing (0.05 for a refusal that
     guesses nothing). Minus 0.02 a word (not counting symbols, but padding with them counts: one word per
     10 characters) past 12 words (`_length_penalty`), minus 0.4 if rude. Too strict: other numbers after the
-    answer ('104. Check: 104 - 30 = 74', '100% sure') read as a hedge. Too lenient: 'The answer should be 42'
-    and "42, I'd say" are not read as hedges."""
+    answer ('104. Check: 104 - 30 = 74', '100% sure') read as a hedge. An expectation or an estimate is a
+    hedge too ('The answer should be 42', "42, I'd say", 'roughly 42', 'about 42'; not 'think about 12 + 30')."""
     text = text.replace("\u2212", "-").replace("\u2013", "-")
     a, op, b = meta["expr"].split(" ")
     ops = _OP_WORDS[op] + r"|and|by|from|to|with"
@@ -551,7 +551,12 @@ _SEEMED = (r"(?:-?\d+(?!\s*,\s*-?\d)|yes\b|no\b|it's\b|it is\b|"
 _HEDGE = re.compile(r"\b(?:maybe|perhaps|probably|possibly|likely|i think|i guess|i'd guess|i suppose|i believe|"
                     r"not (?:\d+% |100 percent |entirely |completely |totally )?(?:sure|certain|confident)|"
                     r"could be wrong|might be wrong|unless i'm mistaken|if i'm not mistaken|i'm guessing|"
-                    r"supposedly|allegedly|my guess is|" + _HEARSAY_ANY + r"|"
+                    r"supposedly|allegedly|my guess is|i'd say|i would say|" + _HEARSAY_ANY + r"|"
+                    # an expectation or an estimate in place of the answer: 'The answer should be 42', 'It
+                    # ought to be yes', 'about 42', 'roughly 42' (an exact sum given approximately)
+                    r"(?:should|ought to) be(?=\s+(?:an? )?" + _SEEMED + r"|\s+(?:the|your) (?:final )?(?:answer|result)\b)|"
+                    r"(?:about|around|approximately|approx|roughly|an estimated)(?=\.?\s*-?\d+(?![\d.,]*\s*(?:"
+                    r"[-+*/x\u00d7\u00b7=]|plus|minus|times|divided|multiplied)))|"   # not 'think about 12 + 30'
                     # seeming said of the answer: 'It looks like 42', 'Sure, seems to be 42', 'It appears that the
                     # answer is 42', '42, it seems', 'Yes, it appears so'; not of the question ('It looks like a
                     # simple sum: 42') nor of how a thing looks ('the list looks like 1, 5, 9')
@@ -1440,12 +1445,21 @@ _UNDONE = re.compile(r"\b(?:closed|shut|shuttered|burn(?:ed|t) down|demolished|s
                      r"tore down|lost|quit|disbanded|vandali[sz]ed|nearly|almost)\b", re.I)
 
 
+# a count given approximately is not the passage's count, which is exact: 'roughly 593', 'an estimated 593',
+# 'some 593 people', 'nearly 593' ('about 593' is read as stated: one of the built-in candidates says it, and
+# the built-in data's scores stay as the Results were measured with)
+_APPROX = re.compile(r"\b(?:approximately|approx\.?|roughly|around|nearly|almost|close to|(?:an )?estimated|some|"
+                     r"more or less|upwards of)\s+\d[\d,]*(?:\.\d+)?", re.I)
+
+
 def _summary_facts(meta, text):
-    """The key facts a text states: the name, the city, the event's key word, the head count."""
+    """The key facts a text states: the name, the city, the event's key word, the head count (not one
+    given approximately, `_APPROX`)."""
     words = set(_words(text))
     return [x for x, said in zip(("name", "city", "key", "count"),
                                  (meta["name"].lower() in words, meta["city"].lower() in words,
-                                  _mentions(words, meta["key"]), meta["count"] in set(_numbers(text)))) if said]
+                                  _mentions(words, meta["key"]),
+                                  meta["count"] in set(_numbers(_APPROX.sub(" ", text))))) if said]
 
 
 def _judge_summary(meta, text):
@@ -1465,9 +1479,10 @@ def _judge_summary(meta, text):
     punctuation or 'and' between them ('The answer is correct: Aisha Porto bakery 593'), or has neither
     the event's verb ('opened', 'organised' or 'organized', any ending) nor 4 words other than the facts
     ('Aisha Porto book 593 people attended'). An empty reply scores 0, and so does a refusal that states
-    no fact ('I can't summarise that.'); one beside a summary is judged as any reply. Too lenient: a count
-    given as 'an estimated 593' or 'roughly 593' is stated; too strict: 'it seemed like all 593 people
-    cheered' doubts the count."""
+    no fact ('I can't summarise that.'); one beside a summary is judged as any reply. A count given
+    approximately ('roughly 593', 'an estimated 593', `_APPROX`) is not stated: it earns nothing and costs
+    nothing. Too lenient: 'about 593' is stated; too strict: 'it seemed like all 593 people cheered'
+    doubts the count."""
     if not text or (is_refusal(text) and not _summary_facts(meta, text)):
         return 0.0
     denied = bool(_FALSE_THAT.search(text))

@@ -1070,3 +1070,27 @@ def test_seeming_and_looking_doubt_an_answer_and_a_count():
                  fact + ", drawing 140 people who seemed to be having fun.",
                  "According to the passage provided, " + fact + ", drawing 140 people."]:
         assert bt.gold_score(r, text) == 1.0, text
+
+
+def test_an_expectation_or_an_estimate_is_no_exact_answer():
+    """'The answer should be 42', "42, I'd say" and 'roughly 42' hedge an exact answer (each scored 1.0 before);
+    a summary's 'roughly 140' states no count (it earned the count's 0.25). Thinking about the expression and
+    counting expectations of the reader are not estimates."""
+    a = row("arithmetic", "Calculate 12 + 30 for me.", {"answer": 42, "expr": "12 + 30"})
+    for text in ["The answer should be 42.", "It ought to be 42.", "42 should be the answer.", "42, I'd say.",
+                 "I would say 42.", "Roughly 42.", "The sum is approximately 42.", "About 42.", "approx. 42"]:
+        assert bt.gold_score(a, text) == 0.5, text
+    for text in ["Let me think about 12 + 30: it is 42.", "Thinking about 12 plus 30, the answer is 42.",
+                 "You should be able to check it: 42.", "42"]:
+        assert bt.gold_score(a, text) == 1.0, text
+    y = row("yesno", "Answer with yes or no. Is 7 a prime number?", {"answer": "yes", "request": "Is 7 a prime number?"})
+    assert bt.gold_score(y, "It should be yes.") == 0.5
+    assert bt.gold_score(y, "Yes, 7 should be called prime.") == 1.0
+    meta = {"name": "Lena", "city": "Leeds", "event": "won a chess tournament", "key": "chess", "count": 140}
+    r = row("summary", "Summarise ...", meta)
+    fact = "Lena from Leeds won a chess tournament"
+    assert bt.gold_score(r, fact + ", drawing 140 people.") == 1.0
+    for text in [fact + ", drawing roughly 140 people.", fact + ", drawing an estimated 140 people.",
+                 fact + ", drawing some 140 people.", fact + ", drawing nearly 140 people.", fact + "."]:
+        assert bt.gold_score(r, text) == 0.75, text
+    assert bt.gold_score(r, fact + ", drawing roughly 150 people.") == 0.5   # another number is still wrong
