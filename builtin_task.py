@@ -315,6 +315,12 @@ _OP_WORDS = {"+": r"\+|plus|added to", "-": r"-|minus|take away|less",
              "*": r"\*|x|\u00d7|\u00b7|\\times|\\cdot|times|multiplied by"}
 
 
+# an exact sum given approximately: 'about 42', 'roughly 42', 'an estimated 42' (the number it estimates;
+# not 'think about 12 + 30', an operand, nor 'bigger by about 2' in a yes/no reply, which `_HEDGE` would be)
+_ESTIMATE = re.compile(r"\b(?:about|around|approximately|approx|roughly|an estimated)\.?\s*(-?\d+(?:,\d{3})*(?:\.\d+)?)"
+                       r"(?![\d.,]*\s*(?:[-+*/x\u00d7\u00b7=]|plus|minus|times|divided|multiplied))", re.I)
+
+
 def _judge_arithmetic(meta, text):
     """The reply's answers are its numbers (`_NUMBER`: '-47', '\u221247', '\u201347', 'minus 47', '42.0', '9,801';
     not 'forty-two'), less the question's expression echoed ('12 + 30', '12+30', '12 plus 30', '12 and
@@ -334,7 +340,8 @@ def _judge_arithmetic(meta, text):
     guesses nothing). Minus 0.02 a word (not counting symbols, but padding with them counts: one word per
     10 characters) past 12 words (`_length_penalty`), minus 0.4 if rude. Too strict: other numbers after the
     answer ('104. Check: 104 - 30 = 74', '100% sure') read as a hedge. An expectation or an estimate is a
-    hedge too ('The answer should be 42', "42, I'd say", 'roughly 42', 'about 42'; not 'think about 12 + 30')."""
+    hedge too ('The answer should be 42', "42, I'd say"), and so is the answer estimated (`_ESTIMATE`: 'roughly
+    42', 'about 42'; not 'think about 12 + 30')."""
     text = text.replace("\u2212", "-").replace("\u2013", "-")
     a, op, b = meta["expr"].split(" ")
     ops = _OP_WORDS[op] + r"|and|by|from|to|with"
@@ -362,7 +369,8 @@ def _judge_arithmetic(meta, text):
     ans = float(meta["answer"])
     answers = set(_numbers(rest)) - denied
     if answers == {ans}:
-        s = 0.5 if _hedged(text) else 1.0   # 'Probably 42', "I'm not sure it's 42": half, as in yes/no
+        estimated = any(float(m.group(1).replace(",", "")) == ans for m in _said(_ESTIMATE, rest))
+        s = 0.5 if _hedged(text) or estimated else 1.0   # 'Probably 42', "I'm not sure it's 42", 'about 42': half
     elif ans in answers:
         s = 0.5 / len(answers)
     else:   # a refusal that guesses as well is a wrong answer
@@ -552,11 +560,8 @@ _HEDGE = re.compile(r"\b(?:maybe|perhaps|probably|possibly|likely|i think|i gues
                     r"not (?:\d+% |100 percent |entirely |completely |totally )?(?:sure|certain|confident)|"
                     r"could be wrong|might be wrong|unless i'm mistaken|if i'm not mistaken|i'm guessing|"
                     r"supposedly|allegedly|my guess is|i'd say|i would say|" + _HEARSAY_ANY + r"|"
-                    # an expectation or an estimate in place of the answer: 'The answer should be 42', 'It
-                    # ought to be yes', 'about 42', 'roughly 42' (an exact sum given approximately)
+                    # an expectation in place of the answer: 'The answer should be 42', 'It ought to be yes'
                     r"(?:should|ought to) be(?=\s+(?:an? )?" + _SEEMED + r"|\s+(?:the|your) (?:final )?(?:answer|result)\b)|"
-                    r"(?:about|around|approximately|approx|roughly|an estimated)(?=\.?\s*-?\d+(?![\d.,]*\s*(?:"
-                    r"[-+*/x\u00d7\u00b7=]|plus|minus|times|divided|multiplied)))|"   # not 'think about 12 + 30'
                     # seeming said of the answer: 'It looks like 42', 'Sure, seems to be 42', 'It appears that the
                     # answer is 42', '42, it seems', 'Yes, it appears so'; not of the question ('It looks like a
                     # simple sum: 42') nor of how a thing looks ('the list looks like 1, 5, 9')

@@ -1094,3 +1094,5 @@ def test_an_expectation_or_an_estimate_is_no_exact_answer():
                  fact + ", drawing some 140 people.", fact + ", drawing nearly 140 people.", fact + "."]:
         assert bt.gold_score(r, text) == 0.75, text
     assert bt.gold_score(r, fact + ", drawing roughly 150 people.") == 0.5   # another number is still wrong
+    assert bt.gold_score(y, "Yes, 7 is prime, about 2 more than 5.") == 0.91   # not hedged: 1.0 less 3 words past 6
+    assert bt.gold_score(a, "42, roughly 40.") == 0.25                         # another number: two answers
