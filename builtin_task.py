@@ -315,10 +315,13 @@ _OP_WORDS = {"+": r"\+|plus|added to", "-": r"-|minus|take away|less",
              "*": r"\*|x|\u00d7|\u00b7|\\times|\\cdot|times|multiplied by"}
 
 
-# an exact sum given approximately: 'about 42', 'roughly 42', 'an estimated 42' (the number it estimates;
-# not 'think about 12 + 30', an operand, nor 'bigger by about 2' in a yes/no reply, which `_HEDGE` would be)
-_ESTIMATE = re.compile(r"\b(?:about|around|approximately|approx|roughly|an estimated)\.?\s*(-?\d+(?:,\d{3})*(?:\.\d+)?)"
-                       r"(?![\d.,]*\s*(?:[-+*/x\u00d7\u00b7=]|plus|minus|times|divided|multiplied))", re.I)
+# an exact sum given approximately: 'about 42', 'roughly equal to 42', '\u2248 42', '42 or so', '42-ish' (group 1 or 2:
+# the number it estimates; not an operand, 'think about 12 + 30'; nor 'bigger by about 2' in a yes/no reply,
+# which `_HEDGE` would be)
+_ESTIMATE = re.compile(r"(?:\b(?:about|around|approximately|approx|roughly|close to|circa|nearly|almost|an estimated)\.?"
+                       r"(?:\s+equals?(?:\s+to)?)?[\s,:]*|~\s*|\u2248\s*|\\approx\s*)(" + _NUMBER.pattern + r")"
+                       r"(?![\d.,]*\s*(?:[-+*/x\u00d7\u00b7=]\s*\(?\s*-?\d|plus|minus|times|divided|multiplied))|"
+                       r"(" + _NUMBER.pattern + r")(?:\s*-?ish\b|\s+or so\b|,?\s+give or take\b)", re.I)
 
 
 def _judge_arithmetic(meta, text):
@@ -339,9 +342,10 @@ def _judge_arithmetic(meta, text):
     '41 or 42 or 43' scores 0.17, below a guess); 0.0 if wrong or missing (0.05 for a refusal that
     guesses nothing). Minus 0.02 a word (not counting symbols, but padding with them counts: one word per
     10 characters) past 12 words (`_length_penalty`), minus 0.4 if rude. Too strict: other numbers after the
-    answer ('104. Check: 104 - 30 = 74', '100% sure') read as a hedge. An expectation or an estimate is a
-    hedge too ('The answer should be 42', "42, I'd say"), and so is the answer estimated (`_ESTIMATE`: 'roughly
-    42', 'about 42'; not 'think about 12 + 30')."""
+    answer ('104. Check: 104 - 30 = 74', '100% sure') read as a hedge. An expectation is a hedge too ('The
+    answer should be 42', 'You should get 42', "42, I'd say"), and so is the answer estimated (`_ESTIMATE`:
+    'roughly 42', 'about 42', '\u2248 42', '42 or so'; not 'think about 12 + 30'). Too strict: 'So the answer
+    should be 42' after the working reads as a hedge."""
     text = text.replace("\u2212", "-").replace("\u2013", "-")
     a, op, b = meta["expr"].split(" ")
     ops = _OP_WORDS[op] + r"|and|by|from|to|with"
@@ -369,7 +373,7 @@ def _judge_arithmetic(meta, text):
     ans = float(meta["answer"])
     answers = set(_numbers(rest)) - denied
     if answers == {ans}:
-        estimated = any(float(m.group(1).replace(",", "")) == ans for m in _said(_ESTIMATE, rest))
+        estimated = any(ans in _numbers(m.group(1) or m.group(2)) for m in _said(_ESTIMATE, rest))
         s = 0.5 if _hedged(text) or estimated else 1.0   # 'Probably 42', "I'm not sure it's 42", 'about 42': half
     elif ans in answers:
         s = 0.5 / len(answers)
@@ -554,14 +558,20 @@ _YES = re.compile(r"\b(?:yes|yeah|yep|yup)\b", re.I)
 _HEARSAY_ANY = (r"as far as i know|as far as i can tell|to my knowledge|from what i (?:can )?(?:gather|recall|tell)|"
                 r"presumably|reportedly|i reckon|if i recall correctly|if memory serves")
 # what a reply that seems (`_HEDGE`) says seems: an answer ('42', 'yes', "it's 42", 'the answer is 42'), not a list
-_SEEMED = (r"(?:-?\d+(?!\s*,\s*-?\d)|yes\b|no\b|it's\b|it is\b|"
+_SEEMED = (r"(?:-?\d+(?!\d|\s*,\s*-?\d)|yes\b|no\b|it's\b|it is\b|"
            r"the (?:answer|result|sum|total|product|difference|quotient)\s+(?:is|was|=))")
 _HEDGE = re.compile(r"\b(?:maybe|perhaps|probably|possibly|likely|i think|i guess|i'd guess|i suppose|i believe|"
                     r"not (?:\d+% |100 percent |entirely |completely |totally )?(?:sure|certain|confident)|"
                     r"could be wrong|might be wrong|unless i'm mistaken|if i'm not mistaken|i'm guessing|"
-                    r"supposedly|allegedly|my guess is|i'd say|i would say|" + _HEARSAY_ANY + r"|"
-                    # an expectation in place of the answer: 'The answer should be 42', 'It ought to be yes'
-                    r"(?:should|ought to) be(?=\s+(?:an? )?" + _SEEMED + r"|\s+(?:the|your) (?:final )?(?:answer|result)\b)|"
+                    r"supposedly|allegedly|my guess is|my estimate is|i(?:'d| would) (?:say|estimate|go with|answer)|"
+                    r"i'd have to say|" + _HEARSAY_ANY + r"|"
+                    # an expectation in place of the answer: 'The answer should be 42', 'It should come to 42', 'You
+                    # should get 42', 'Yes, it should be.', '42 should be correct'; not a property ('its last digit
+                    # should be 0', 'there should be no remainder')
+                    r"(?:answer|result|sum|total|product|difference|quotient|it|that|this|which|you)\s+(?:should|ought to)\s+"
+                    r"(?:be|equal|give(?: you)?|come (?:to|out (?:to|as|at))|get(?: you)?|make)(?:\s+(?:exactly|precisely))?"
+                    r"(?=\s+(?:an? )?" + _SEEMED + r"|\s*(?:[.!]|$))|"
+                    r"should be(?=\s+(?:correct|right|(?:the|your) (?:final )?(?:answer|result))\b)|"
                     # seeming said of the answer: 'It looks like 42', 'Sure, seems to be 42', 'It appears that the
                     # answer is 42', '42, it seems', 'Yes, it appears so'; not of the question ('It looks like a
                     # simple sum: 42') nor of how a thing looks ('the list looks like 1, 5, 9')
@@ -1440,7 +1450,7 @@ def _unsure_facts(meta, text):
         return True
     clauses = re.split(r"[,;:.!?\n()\u2014\u2013]|\s-\s|\b(?:but|and|which|while|whereas|although|though)\b", text,
                        flags=re.I)
-    return any(_BARE_HEDGE.fullmatch(c) or (_summary_facts(meta, c) and _UNSURE.search(_AFFIRMS.sub(" ", c)))
+    return any(_BARE_HEDGE.fullmatch(c) or (_summary_facts(meta, c, exact=False) and _UNSURE.search(_AFFIRMS.sub(" ", c)))
                for c in clauses)
 
 
@@ -1450,21 +1460,24 @@ _UNDONE = re.compile(r"\b(?:closed|shut|shuttered|burn(?:ed|t) down|demolished|s
                      r"tore down|lost|quit|disbanded|vandali[sz]ed|nearly|almost)\b", re.I)
 
 
-# a count given approximately is not the passage's count, which is exact: 'roughly 593', 'an estimated 593',
-# 'some 593 people', 'nearly 593' ('about 593' is read as stated: one of the built-in candidates says it, and
-# the built-in data's scores stay as the Results were measured with)
-_APPROX = re.compile(r"\b(?:approximately|approx\.?|roughly|around|nearly|almost|close to|(?:an )?estimated|some|"
-                     r"more or less|upwards of)\s+\d[\d,]*(?:\.\d+)?", re.I)
+# a count given approximately is not the passage's count, which is exact: 'roughly 593', 'an estimated crowd of
+# 593', 'a crowd estimated at 593', 'some 593 people', '~593', '593-odd', '593 people, give or take' ('about 593'
+# is read as stated: one of the built-in candidates says it, and the built-in data's scores stay as the Results
+# were measured with)
+_APPROX = re.compile(r"(?:\b(?:approximately|approx\.?|roughly|around(?: about)?|nearly|almost|close to|circa|"
+                     r"just (?:under|over|shy of)|(?:an )?estimated(?: at)?|an estimated (?:\w+ )?of|some|more or less|"
+                     r"upwards of)\s+|~\s*|\u2248\s*)\d[\d,]*(?:\.\d+)?|"
+                     r"\d[\d,]*(?:\.\d+)?(?:\s*-?(?:odd|ish)\b|(?:\s+\w+)?,?\s+give or take\b)", re.I)
 
 
-def _summary_facts(meta, text):
-    """The key facts a text states: the name, the city, the event's key word, the head count (not one
-    given approximately, `_APPROX`)."""
+def _summary_facts(meta, text, exact=True):
+    """The key facts a text states: the name, the city, the event's key word, the head count (with
+    `exact`, not one given approximately, `_APPROX`: a mention, which a hedge still doubts)."""
     words = set(_words(text))
     return [x for x, said in zip(("name", "city", "key", "count"),
                                  (meta["name"].lower() in words, meta["city"].lower() in words,
                                   _mentions(words, meta["key"]),
-                                  meta["count"] in set(_numbers(_APPROX.sub(" ", text))))) if said]
+                                  meta["count"] in set(_numbers(_APPROX.sub(" ", text) if exact else text)))) if said]
 
 
 def _judge_summary(meta, text):
@@ -1485,10 +1498,10 @@ def _judge_summary(meta, text):
     the event's verb ('opened', 'organised' or 'organized', any ending) nor 4 words other than the facts
     ('Aisha Porto book 593 people attended'). An empty reply scores 0, and so does a refusal that states
     no fact ('I can't summarise that.'); one beside a summary is judged as any reply. A count given
-    approximately ('roughly 593', 'an estimated 593', `_APPROX`) is not stated: it earns nothing and costs
-    nothing. Too lenient: 'about 593' is stated; too strict: 'it seemed like all 593 people cheered'
+    approximately ('roughly 593', 'an estimated 593', '593-odd', `_APPROX`) is not stated: it earns nothing
+    and costs nothing, though a hedge beside it is still a doubt ('maybe around 593'). Too lenient: 'about 593' is stated; too strict: 'it seemed like all 593 people cheered'
     doubts the count."""
-    if not text or (is_refusal(text) and not _summary_facts(meta, text)):
+    if not text or (is_refusal(text) and not _summary_facts(meta, text, exact=False)):
         return 0.0
     denied = bool(_FALSE_THAT.search(text))
     text = _after_take_back(text).strip()

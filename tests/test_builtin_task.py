@@ -1074,25 +1074,42 @@ def test_seeming_and_looking_doubt_an_answer_and_a_count():
 
 def test_an_expectation_or_an_estimate_is_no_exact_answer():
     """'The answer should be 42', "42, I'd say" and 'roughly 42' hedge an exact answer (each scored 1.0 before);
-    a summary's 'roughly 140' states no count (it earned the count's 0.25). Thinking about the expression and
-    counting expectations of the reader are not estimates."""
+    a summary's 'roughly 140' states no count (it earned the count's 0.25). An operand thought about, a property
+    that should hold ('its last digit should be 0') and a number that is not the answer are no estimates."""
     a = row("arithmetic", "Calculate 12 + 30 for me.", {"answer": 42, "expr": "12 + 30"})
-    for text in ["The answer should be 42.", "It ought to be 42.", "42 should be the answer.", "42, I'd say.",
-                 "I would say 42.", "Roughly 42.", "The sum is approximately 42.", "About 42.", "approx. 42"]:
+    for text in ["The answer should be 42.", "It ought to be 42.", "42 should be the answer.", "42 should be correct.",
+                 "You should get 42.", "It should come to 42.", "The sum should equal 42.", "It should be exactly 42.",
+                 "42, I'd say.", "I would say 42.", "I'd go with 42.", "My estimate is 42.",
+                 "Roughly 42.", "The sum is approximately 42.", "About 42.", "approx. 42", "Roughly equal to 42.",
+                 "Close to 42.", "~42", "12 + 30 \u2248 42", "42 or so.", "42-ish.", "42, give or take.",
+                 "About 42 - hope that helps!"]:
         assert bt.gold_score(a, text) == 0.5, text
     for text in ["Let me think about 12 + 30: it is 42.", "Thinking about 12 plus 30, the answer is 42.",
                  "You should be able to check it: 42.", "42"]:
         assert bt.gold_score(a, text) == 1.0, text
-    y = row("yesno", "Answer with yes or no. Is 7 a prime number?", {"answer": "yes", "request": "Is 7 a prime number?"})
-    assert bt.gold_score(y, "It should be yes.") == 0.5
-    assert bt.gold_score(y, "Yes, 7 should be called prime.") == 1.0
+    assert bt.gold_score(a, "42, roughly 40.") == 0.25                         # another number: two answers
+    m = row("arithmetic", "Calculate 12 - 30 for me.", {"answer": -18, "expr": "12 - 30"})
+    assert bt.gold_score(m, "About minus 18.") == 0.5
+    y = row("yesno", "Answer with yes or no. Is 35 divisible by 5?", {"answer": "yes", "request": "Is 35 divisible by 5?"})
+    for text in ["It should be yes.", "Yes, it should be.", "Yes, that should be correct.", "I'd have to say yes."]:
+        assert bt.gold_score(y, text) == 0.5, text
+    for text in ["Yes, there should be no remainder.", "Yes, 35 should count as divisible."]:
+        assert bt.gold_score(y, text) == 1.0, text
+    assert bt.gold_score(y, "Yes, 35 is divisible by 5; the remainder should be 0.") == 0.85   # 3 words past 6
+    assert bt.gold_score(y, "Yes, 35 is divisible, about 2 more than 33.") == 0.91             # 3 words past 6
+    s = row("sorting", "Sort these numbers from smallest to largest: 30, 12, 15.", {"numbers": [30, 12, 15]})
+    for text in ["The sorted order should be 12, 15, 30.", "It looks like 12, 15, 30."]:   # a list, not an answer
+        assert bt.gold_score(s, text) == 1.0, text
     meta = {"name": "Lena", "city": "Leeds", "event": "won a chess tournament", "key": "chess", "count": 140}
     r = row("summary", "Summarise ...", meta)
     fact = "Lena from Leeds won a chess tournament"
     assert bt.gold_score(r, fact + ", drawing 140 people.") == 1.0
+    assert bt.gold_score(r, fact + ", drawing about 140 people.") == 1.0   # read as stated (the built-in data's)
     for text in [fact + ", drawing roughly 140 people.", fact + ", drawing an estimated 140 people.",
-                 fact + ", drawing some 140 people.", fact + ", drawing nearly 140 people.", fact + "."]:
+                 fact + ", drawing some 140 people.", fact + ", drawing nearly 140 people.", fact + ".",
+                 fact + ", drawing a crowd estimated at 140.", fact + ", drawing 140-odd people.",
+                 fact + ", drawing 140 people, give or take."]:
         assert bt.gold_score(r, text) == 0.75, text
     assert bt.gold_score(r, fact + ", drawing roughly 150 people.") == 0.5   # another number is still wrong
-    assert bt.gold_score(y, "Yes, 7 is prime, about 2 more than 5.") == 0.91   # not hedged: 1.0 less 3 words past 6
-    assert bt.gold_score(a, "42, roughly 40.") == 0.25                         # another number: two answers
+    assert bt.gold_score(r, fact + ", with maybe 140 people.") == 0.25
+    assert bt.gold_score(r, fact + ", with maybe around 140 people.") == 0.0   # a hedged estimate is still doubted
