@@ -321,7 +321,8 @@ _OP_WORDS = {"+": r"\+|plus|added to", "-": r"-|minus|take away|less",
 _ESTIMATE = re.compile(r"(?:\b(?:about|around|approximately|approx|roughly|close to|circa|nearly|almost|an estimated)\.?"
                        r"(?:\s+equals?(?:\s+to)?)?[\s,:]*|~\s*|\u2248\s*|\\approx\s*)(" + _NUMBER.pattern + r")"
                        r"(?![\d.,]*\s*(?:[-+*/x\u00d7\u00b7=]\s*\(?\s*-?\d|plus|minus|times|divided|multiplied))|"
-                       r"(" + _NUMBER.pattern + r")(?:\s*-?ish\b|\s+or so\b|,?\s+give or take\b)", re.I)
+                       r"(" + _NUMBER.pattern + r")(?:\s*-?ish\b|\s+or so\b|,?\s+(?:give or take|more or less)\b|"
+                       r"\s*\((?:approx(?:imately|\.)?|roughly|about|around|or so)\))", re.I)
 
 
 def _judge_arithmetic(meta, text):
@@ -342,10 +343,11 @@ def _judge_arithmetic(meta, text):
     '41 or 42 or 43' scores 0.17, below a guess); 0.0 if wrong or missing (0.05 for a refusal that
     guesses nothing). Minus 0.02 a word (not counting symbols, but padding with them counts: one word per
     10 characters) past 12 words (`_length_penalty`), minus 0.4 if rude. Too strict: other numbers after the
-    answer ('104. Check: 104 - 30 = 74', '100% sure') read as a hedge. An expectation is a hedge too ('The
-    answer should be 42', 'You should get 42', "42, I'd say"), and so is the answer estimated (`_ESTIMATE`:
-    'roughly 42', 'about 42', '\u2248 42', '42 or so'; not 'think about 12 + 30'). Too strict: 'So the answer
-    should be 42' after the working reads as a hedge."""
+    answer ('104. Check: 104 - 30 = 74', '100% sure') read as a hedge. So is the answer expected (`_EXPECT`:
+    'The answer should be 42', 'You should get 42', 'Should be 42'; not 'as it should be') or estimated
+    (`_ESTIMATE`: 'roughly 42', 'about 42', '\u2248 42', '42 or so'; not 'think about 12 + 30', nor an estimate
+    inside the working, 'around 10 + 30 = 40'), and "42, I'd say". Too strict: 'So the answer should be 42'
+    after the working, or a check after the answer ('a calculator should give you 42 too'), reads as a hedge."""
     text = text.replace("\u2212", "-").replace("\u2013", "-")
     a, op, b = meta["expr"].split(" ")
     ops = _OP_WORDS[op] + r"|and|by|from|to|with"
@@ -369,12 +371,13 @@ def _judge_arithmetic(meta, text):
     working = cuts and re.search(r"(?<![\d.,])(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?\s*[-+*/x\u00d7\u00b7]\s*\(?\s*-?\d[\d.,]*"
                                  r"(?=\s*(?:[-+*/x\u00d7\u00b7)=]|\bis\b|\bequals\b))", rest[:cuts[-1].end()], re.I)
     if working and _numbers(rest[cuts[-1].end():]):   # working shown: its steps are not answers, what is before it is
-        rest = rest[:working.start()] + " " + rest[cuts[-1].end():]
+        rest = rest[:working.start()] + " ; " + rest[cuts[-1].end():]   # 'roughly 40 + 2 = 42' estimates no 42
     ans = float(meta["answer"])
     answers = set(_numbers(rest)) - denied
     if answers == {ans}:
         estimated = any(ans in _numbers(m.group(1) or m.group(2)) for m in _said(_ESTIMATE, rest))
-        s = 0.5 if _hedged(text) or estimated else 1.0   # 'Probably 42', "I'm not sure it's 42", 'about 42': half
+        hedged = _hedged(text) or estimated or _expected(text, {ans})   # 'Probably 42', 'about 42', 'should be 42'
+        s = 0.5 if hedged else 1.0                                      # half, as in yes/no
     elif ans in answers:
         s = 0.5 / len(answers)
     else:   # a refusal that guesses as well is a wrong answer
@@ -563,15 +566,12 @@ _SEEMED = (r"(?:-?\d+(?!\d|\s*,\s*-?\d)|yes\b|no\b|it's\b|it is\b|"
 _HEDGE = re.compile(r"\b(?:maybe|perhaps|probably|possibly|likely|i think|i guess|i'd guess|i suppose|i believe|"
                     r"not (?:\d+% |100 percent |entirely |completely |totally )?(?:sure|certain|confident)|"
                     r"could be wrong|might be wrong|unless i'm mistaken|if i'm not mistaken|i'm guessing|"
-                    r"supposedly|allegedly|my guess is|my estimate is|i(?:'d| would) (?:say|estimate|go with|answer)|"
+                    r"supposedly|allegedly|my (?:best )?guess is|my estimate is|i(?:'d| would) (?:say|estimate|go with|answer)|"
                     r"i'd have to say|" + _HEARSAY_ANY + r"|"
-                    # an expectation in place of the answer: 'The answer should be 42', 'It should come to 42', 'You
-                    # should get 42', 'Yes, it should be.', '42 should be correct'; not a property ('its last digit
-                    # should be 0', 'there should be no remainder')
-                    r"(?:answer|result|sum|total|product|difference|quotient|it|that|this|which|you)\s+(?:should|ought to)\s+"
-                    r"(?:be|equal|give(?: you)?|come (?:to|out (?:to|as|at))|get(?: you)?|make)(?:\s+(?:exactly|precisely))?"
-                    r"(?=\s+(?:an? )?" + _SEEMED + r"|\s*(?:[.!]|$))|"
-                    r"should be(?=\s+(?:correct|right|(?:the|your) (?:final )?(?:answer|result))\b)|"
+                    # the answer expected to be right: '42 should be correct', 'That should be the right answer'
+                    # (an expectation of what the answer is: `_EXPECT`)
+                    r"should (?:definitely |surely |certainly )?be(?=\s+(?:correct|right|(?:the|your) (?:final |correct |right )?"
+                    r"(?:answer|result))\b)|"
                     # seeming said of the answer: 'It looks like 42', 'Sure, seems to be 42', 'It appears that the
                     # answer is 42', '42, it seems', 'Yes, it appears so'; not of the question ('It looks like a
                     # simple sum: 42') nor of how a thing looks ('the list looks like 1, 5, 9')
@@ -587,6 +587,23 @@ def _hedged(text):
     """Does the reply doubt its answer (`_HEDGE`), outside a clause that asks ('Let me know if you are not
     sure about any step')?"""
     return bool(_said(_HEDGE, text))
+
+
+# an expectation in place of the answer: 'The answer should be 42', 'Should be 42.', '12 + 30 should come to 42', 'You
+# should get 42', 'Yes, it should be.' (group 'said': what is expected, if anything follows; `_expected` checks that
+# it is the answer); not a property ('its last digit should be 0', 'there should be no remainder'), not 'as it should be'
+_EXPECT = re.compile(r"(?:(?<!\bas )\b(?:answer|result|sum|total|product|difference|quotient|it|that|this|which|you)\s+|"
+                     r"(?<=\d)\s+|^\s*|(?<=[.!?:;]\s)|(?<=\n))(?:should|ought to)\s+(?:(?:definitely|surely|certainly)\s+)?"
+                     r"(?:be|equal|give(?: you)?|come (?:to|out (?:to|as|at))|get(?: you)?|make|end up (?:with|at|as)|add up to)"
+                     r"(?:\s+(?:exactly|precisely))?\s*[:=]?\s*(?:(?P<said>" + _NUMBER.pattern + r"|yes\b|no\b(?!\s+\w))|(?=[.!]|$))",
+                     re.I)
+
+
+def _expected(text, answers):
+    """Does the reply say that one of its `answers` (numbers, or 'yes' and 'no') is what to expect (`_EXPECT`),
+    or say so of nothing after it ('Yes, it should be.'); not 'Yes. Divide 35 by 5 and you should get 7'?"""
+    return any(m.group("said") is None or m.group("said").lower() in answers
+               or set(_numbers(m.group("said"))) & answers for m in _said(_EXPECT, text))
 _HEDGED_NOT = re.compile(r"(?:maybe|perhaps|probably|possibly) not", re.I)
 _NO = re.compile(r"\bno\b(?=\s*(?:[.,!?;:)\"'<*\u2014\u2013-]|$)|\s*\n|\s+(?:because|since|as)\b)|"
                  r"^[^\w]*no\b(?!\s+(?:problem|worries|doubt)\b)|\bno way\b|\b(?:nope|nah)\b|\bnot at all\b|\bor not\b|"
@@ -630,7 +647,8 @@ def _judge_yesno(meta, text):
     yes.') or a take-back (`_TAKE_BACK`: 'Yes. Actually, the opposite is true.', 'Yes, I mean, the other
     one.') scores 0.0; else the right answer 1.0, the wrong one 0.0; neither 0.1 (a hedge, or an answer
     in other words: 'It is prime.', 'True'), an empty reply 0.0. A hedged answer ('Probably yes.',
-    'Maybe not.', 'I think no.') earns half. A right answer that its own words contradict (`_restated`:
+    'Maybe not.', 'I think no.'), or one said to be expected ('It should be yes.', 'Yes, it should be.';
+    not 'Yes. Divide 35 by 5 and you should get 7'), earns half. A right answer that its own words contradict (`_restated`:
     'Yes, 7 is not a prime number.', 'Yes, it is not.', 'No, 9 is not composite.') scores 0.0. Minus 0.03 a word past 6 words (`_length_penalty`), minus
     0.4 if rude. Not caught: calling the answer wrong ('Yes, that is wrong.'), as 'No, that is wrong.'
     agrees."""
@@ -646,7 +664,7 @@ def _judge_yesno(meta, text):
         return 0.1
     if said[0][1] != meta["answer"] or _restated(meta, text[said[0][0]:]) - {meta["answer"]}:
         return 0.0                         # wrong, or right but its own words say the opposite
-    hedged = 0.5 if _hedged(text) else 1.0
+    hedged = 0.5 if _hedged(text) or _expected(text, {"yes", "no"}) else 1.0
     return _clip(hedged - _length_penalty(text, 6, per_word=0.03) - 0.4 * is_rude(text))
 
 
@@ -1450,7 +1468,8 @@ def _unsure_facts(meta, text):
         return True
     clauses = re.split(r"[,;:.!?\n()\u2014\u2013]|\s-\s|\b(?:but|and|which|while|whereas|although|though)\b", text,
                        flags=re.I)
-    return any(_BARE_HEDGE.fullmatch(c) or (_summary_facts(meta, c, exact=False) and _UNSURE.search(_AFFIRMS.sub(" ", c)))
+    return any(_BARE_HEDGE.fullmatch(c) or (_summary_facts(meta, c, exact=False)
+                                                and _UNSURE.search(_APPROX.sub(" ", _AFFIRMS.sub(" ", c))))
                for c in clauses)
 
 
@@ -1467,7 +1486,8 @@ _UNDONE = re.compile(r"\b(?:closed|shut|shuttered|burn(?:ed|t) down|demolished|s
 _APPROX = re.compile(r"(?:\b(?:approximately|approx\.?|roughly|around(?: about)?|nearly|almost|close to|circa|"
                      r"just (?:under|over|shy of)|(?:an )?estimated(?: at)?|an estimated (?:\w+ )?of|some|more or less|"
                      r"upwards of)\s+|~\s*|\u2248\s*)\d[\d,]*(?:\.\d+)?|"
-                     r"\d[\d,]*(?:\.\d+)?(?:\s*-?(?:odd|ish)\b|(?:\s+\w+)?,?\s+give or take\b)", re.I)
+                     r"(?<![\d,.])\d[\d,]*(?:\.\d+)?(?:\s*-?(?:odd|ish)\b|(?:\s+\w+)?,?\s+(?:or so|give or take|more or less)\b|"
+                     r"(?:\s+\w+)?\s*\((?:approx(?:imately|\.)?|roughly|about|around|or so)\))", re.I)
 
 
 def _summary_facts(meta, text, exact=True):
@@ -1498,9 +1518,9 @@ def _judge_summary(meta, text):
     the event's verb ('opened', 'organised' or 'organized', any ending) nor 4 words other than the facts
     ('Aisha Porto book 593 people attended'). An empty reply scores 0, and so does a refusal that states
     no fact ('I can't summarise that.'); one beside a summary is judged as any reply. A count given
-    approximately ('roughly 593', 'an estimated 593', '593-odd', `_APPROX`) is not stated: it earns nothing
-    and costs nothing, though a hedge beside it is still a doubt ('maybe around 593'). Too lenient: 'about 593' is stated; too strict: 'it seemed like all 593 people cheered'
-    doubts the count."""
+    approximately ('roughly 593', 'an estimated 593', '593-odd', '593 or so', `_APPROX`) is not stated: it
+    earns nothing and costs nothing, though a hedge beside it is still a doubt ('maybe around 593'). Too
+    lenient: 'about 593' is stated; too strict: 'it seemed like all 593 people cheered' doubts the count."""
     if not text or (is_refusal(text) and not _summary_facts(meta, text, exact=False)):
         return 0.0
     denied = bool(_FALSE_THAT.search(text))

@@ -1082,10 +1082,13 @@ def test_an_expectation_or_an_estimate_is_no_exact_answer():
                  "42, I'd say.", "I would say 42.", "I'd go with 42.", "My estimate is 42.",
                  "Roughly 42.", "The sum is approximately 42.", "About 42.", "approx. 42", "Roughly equal to 42.",
                  "Close to 42.", "~42", "12 + 30 \u2248 42", "42 or so.", "42-ish.", "42, give or take.",
-                 "About 42 - hope that helps!"]:
+                 "About 42 - hope that helps!", "Should be 42.", "12 + 30 should be 42.", "My best guess is 42.",
+                 "42 should be the correct answer.", "42, more or less.", "The answer is 42 (approximately).",
+                 "It should add up to 42."]:
         assert bt.gold_score(a, text) == 0.5, text
     for text in ["Let me think about 12 + 30: it is 42.", "Thinking about 12 plus 30, the answer is 42.",
-                 "You should be able to check it: 42.", "42"]:
+                 "You should be able to check it: 42.", "42", "12 + 30 = 42, exactly as it should be.",
+                 "The answer is 42. That should be no problem!", "Quick estimate: around 10 + 30 = 40. Exactly: 12 + 30 = 42."]:
         assert bt.gold_score(a, text) == 1.0, text
     assert bt.gold_score(a, "42, roughly 40.") == 0.25                         # another number: two answers
     m = row("arithmetic", "Calculate 12 - 30 for me.", {"answer": -18, "expr": "12 - 30"})
@@ -1093,12 +1096,15 @@ def test_an_expectation_or_an_estimate_is_no_exact_answer():
     y = row("yesno", "Answer with yes or no. Is 35 divisible by 5?", {"answer": "yes", "request": "Is 35 divisible by 5?"})
     for text in ["It should be yes.", "Yes, it should be.", "Yes, that should be correct.", "I'd have to say yes."]:
         assert bt.gold_score(y, text) == 0.5, text
-    for text in ["Yes, there should be no remainder.", "Yes, 35 should count as divisible."]:
+    for text in ["Yes, there should be no remainder.", "Yes, 35 should count as divisible.", "Yes, it should give no remainder.",
+                 "Yes. This should be no problem."]:
         assert bt.gold_score(y, text) == 1.0, text
+    assert bt.gold_score(y, "Yes. If you divide 35 by 5, you should get 7.") == 0.85          # 7 is no yes; 3 words past 6
     assert bt.gold_score(y, "Yes, 35 is divisible by 5; the remainder should be 0.") == 0.85   # 3 words past 6
     assert bt.gold_score(y, "Yes, 35 is divisible, about 2 more than 33.") == 0.91             # 3 words past 6
     s = row("sorting", "Sort these numbers from smallest to largest: 30, 12, 15.", {"numbers": [30, 12, 15]})
-    for text in ["The sorted order should be 12, 15, 30.", "It looks like 12, 15, 30."]:   # a list, not an answer
+    for text in ["The sorted order should be 12, 15, 30.", "It looks like 12, 15, 30.",   # a list, not an answer
+                 "It should be 12 < 15 < 30.", "12, 15, 30, exactly as it should be."]:
         assert bt.gold_score(s, text) == 1.0, text
     meta = {"name": "Lena", "city": "Leeds", "event": "won a chess tournament", "key": "chess", "count": 140}
     r = row("summary", "Summarise ...", meta)
@@ -1108,7 +1114,8 @@ def test_an_expectation_or_an_estimate_is_no_exact_answer():
     for text in [fact + ", drawing roughly 140 people.", fact + ", drawing an estimated 140 people.",
                  fact + ", drawing some 140 people.", fact + ", drawing nearly 140 people.", fact + ".",
                  fact + ", drawing a crowd estimated at 140.", fact + ", drawing 140-odd people.",
-                 fact + ", drawing 140 people, give or take."]:
+                 fact + ", drawing 140 people, give or take.", fact + ", drawing 140 or so people.",
+                 fact + ", drawing 140 people or so.", fact + ", drawing 140 people (roughly)."]:
         assert bt.gold_score(r, text) == 0.75, text
     assert bt.gold_score(r, fact + ", drawing roughly 150 people.") == 0.5   # another number is still wrong
     assert bt.gold_score(r, fact + ", with maybe 140 people.") == 0.25
