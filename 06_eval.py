@@ -22,9 +22,9 @@ independent prompts; prompts of other datasets are each their own request.
 With --combine, the 06_eval outputs of runs with different seeds become one report: each metric's mean
 and standard deviation over seeds, and the paper's claims (MPO against vanilla DPO and vanilla PPO, DPO
 on easy against DPO on all pairs, the DPO reference against the SFT reference) as paired differences
-on the same prompts, per seed and pooled, with a bootstrap interval that resamples the seeds' runs and,
-within each, its requests (it covers the training noise between seeds as well as prompt noise), and a
-verdict computed from that interval: reproduced, not reproduced (it includes zero) or contradicted.
+on the same prompts, per seed and pooled, with a Student t interval over the seeds' runs (each run's
+difference holds its prompt noise and its training noise; with 3 runs, the mean +- 4.3 standard errors), and
+a verdict computed from that interval: reproduced, not reproduced (it includes zero) or contradicted.
 Where the policies include MPO trained on several splits of 03 (run.sh --sweep-threshold), the report adds
 the threshold sweep: per split, its threshold, the easy set's size, each set's label noise, and the gold
 score, RM score and KL of DPO on its easy set and of MPO, as a table and threshold_sweep.png (per run, and
@@ -83,16 +83,20 @@ MIN_REQUESTS = 10
 
 # --- the method: win rates, the k1 KL estimate, bootstrap intervals over requests (MPO's evaluation) ---
 
-def win_rate(scores, baseline_scores):
-    """Per-item wins against the baseline: 1 if higher, 0.5 if equal, 0 if lower. Returns an (N,) list."""
-    return [1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(scores, baseline_scores)]
+def win_rate(scores, baseline_scores, same=None):
+    """Per-item wins against the baseline: 1 if higher, 0.5 if equal, 0 if lower. Returns an (N,) list. A
+    response the same as the baseline's (same[i]) ties whatever its scores: batched with other responses, one
+    text may get an RM score a few last bits apart."""
+    same = same or [False] * len(scores)
+    return [0.5 if s or a == b else 1.0 if a > b else 0.0 for a, b, s in zip(scores, baseline_scores, same)]
 
 
-def ties(scores, baseline_scores):
-    """Per-item ties with the baseline, (N,): 1.0 if equal, else 0.0. A win rate counts a tie as half, so
-    one near 0.5 may be mostly ties (the gold judge's scores are coarse), not a policy as good as the
-    baseline half the time: the report prints this share beside each win rate."""
-    return [float(a == b) for a, b in zip(scores, baseline_scores)]
+def ties(scores, baseline_scores, same=None):
+    """Per-item ties with the baseline, (N,): 1.0 if equal (or the same response, as in `win_rate`), else 0.0.
+    A win rate counts a tie as half, so one near 0.5 may be mostly ties (the gold judge's scores are coarse),
+    not a policy as good as the baseline half the time: the report prints this share beside each win rate."""
+    same = same or [False] * len(scores)
+    return [float(s or a == b) for a, b, s in zip(scores, baseline_scores, same)]
 
 
 def sequence_kl(policy_logps, baseline_logps):
@@ -127,26 +131,42 @@ def clusters_of(values, keys):
 
 
 def bootstrap_ci(groups, n_resamples=1000, seed=0, alpha=0.05):
-    """Percentile bootstrap interval of the mean over groups of each group's mean. A group (one seed's
-    run) is a list of clusters, a cluster the values of the prompts that share a request. Each resample
-    draws the groups with replacement where there are several (a claim is about a training method, so
-    the spread over seeds belongs in its interval; with 3 seeds that spread is estimated coarsely), then
-    each drawn group's clusters with replacement, and takes the mean of the groups' means. Prompts that
-    are wordings of one request are not independent: resampling them one by one would narrow the
-    interval. With one group and one value per cluster this is the ordinary bootstrap over prompts."""
+    """Percentile bootstrap interval of one run's mean: `groups` holds one group (a list of clusters, a cluster
+    the values of the prompts that share a request), and each resample draws its clusters with replacement.
+    Prompts that are wordings of one request are not independent: resampling them one by one would narrow
+    the interval. With one value per cluster this is the ordinary bootstrap over prompts. (Over several
+    seeds' runs, `t_interval` of their means: a bootstrap over 3 runs cannot reach past their extremes.)"""
     groups = [g for g in groups if g]
     if not groups:
         return float("nan"), float("nan")
-    rng = random.Random(seed)
+    if len(groups) > 1:
+        raise ValueError("bootstrap_ci: one run's clusters; over several runs use t_interval of their means")
+    rng, clusters = random.Random(seed), groups[0]
 
-    def resampled_mean(clusters):
+    def resampled_mean():
         picks = [clusters[rng.randrange(len(clusters))] for _ in clusters]
         return sum(map(sum, picks)) / sum(map(len, picks))
+    stats = sorted(resampled_mean() for _ in range(n_resamples))
+    at = lambda q: stats[int(q * (n_resamples - 1) + 0.5)]   # the nearest rank, alike at both ends
+    return at(alpha / 2), at(1 - alpha / 2)
 
-    def resampled_groups():
-        return groups if len(groups) == 1 else [groups[rng.randrange(len(groups))] for _ in groups]
-    stats = sorted(mean([resampled_mean(g) for g in resampled_groups()]) for _ in range(n_resamples))
-    return stats[int(alpha / 2 * (n_resamples - 1))], stats[int((1 - alpha / 2) * (n_resamples - 1) + 0.5)]
+
+# two-sided 95% quantiles of Student's t, t_0.975 by degrees of freedom 1-30 (beyond, 1.96 + 2.4 / df is within 0.002)
+T_975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+         2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042]
+
+
+def t_interval(per_run):
+    """95% interval of the mean of several seeds' runs, from their spread alone: mean +- t_0.975(n - 1) s / sqrt(n).
+    Each run's value holds its own prompt noise as well as its training noise, so the spread over runs holds both;
+    with 3 runs the interval is mean +- 4.3 standard errors (a bootstrap over 3 runs would stop at their extremes
+    and call a difference real about 5 times as often as a 95% interval may)."""
+    n = len(per_run)
+    if n < 2:
+        return float("nan"), float("nan")
+    t = T_975[n - 2] if n - 1 <= len(T_975) else 1.96 + 2.4 / (n - 1)
+    half = t * std(per_run) / math.sqrt(n)
+    return mean(per_run) - half, mean(per_run) + half
 
 
 def summarise(values, requests, n_resamples, seed):
@@ -166,12 +186,14 @@ def paired_differences(rows_a, rows_b, metric, k, where):
 
 # --- the stage's own data and model functions -----------------------------------------------------
 
-def policy_summary(values, baseline, rows, requests, k, n_resamples, seed):
+def policy_summary(values, baseline, rows, requests, k, n_resamples, seed, same=None):
     """Every metric of one policy, each the mean over prompts with its interval over requests. values:
     lists over samples (k per prompt, in the order of rows) of rm, kl, length, eos, and on the built-in
-    task gold and refusal; baseline: the baseline policy's, for the win rates and their ties."""
+    task gold and refusal; baseline: the baseline policy's, for the win rates and their ties; same: which
+    responses are the baseline's own (RM ties whatever their scores)."""
     stats = {key: values[key] for key in ("rm", "kl", "length", "eos", "gold") if key in values}
-    stats["win_rm"], stats["tie_rm"] = win_rate(values["rm"], baseline["rm"]), ties(values["rm"], baseline["rm"])
+    stats["win_rm"], stats["tie_rm"] = (win_rate(values["rm"], baseline["rm"], same),
+                                        ties(values["rm"], baseline["rm"], same))
     if "gold" in values:
         stats["win_gold"], stats["tie_gold"] = (win_rate(values["gold"], baseline["gold"]),
                                                 ties(values["gold"], baseline["gold"]))
@@ -555,7 +577,7 @@ def main(args):
           f"x {k} samples (dataset {dataset['name']!r}, prompts {source}, RM {rm_dir}, baseline {base_dir})")
 
     # 2. every policy, the baseline first: sample y ~ pi(.|x) with the same seed, score it, summarise
-    results, samples, tokens, baseline_values = {}, [], 0, None
+    results, samples, tokens, baseline_values, baseline_responses = {}, [], 0, None, None
     bar = tqdm(policies, desc="06_eval policies", dynamic_ncols=True)
     for pdir in bar:
         name = pdir.name if pdir.parent.resolve() == run_dir.resolve() else str(pdir)
@@ -573,8 +595,11 @@ def main(args):
             values["gold"] = [judge.gold_score(r, t) for r, t in zip(rows, texts)]
             values["refusal"] = [float(judge.refuses(r, t)) for r, t in zip(rows, texts)]   # declined, no answer
         baseline_values = baseline_values or values                  # the first policy is the baseline
+        baseline_responses = baseline_responses or responses
+        same = [list(a) == list(b) for a, b in zip(responses, baseline_responses)]
         results[name] = {"dir": str(pdir), "role": policy_role(pdir), "budget": budget_of(pdir), "time_s": time.time() - t0,
-                         **policy_summary(values, baseline_values, test_rows, requests, k, args.bootstrap, args.seed)}
+                         **policy_summary(values, baseline_values, test_rows, requests, k, args.bootstrap, args.seed,
+                                          same)}
         tokens += sum(map(len, responses))
         bar.set_postfix(rm=f"{results[name]['rm']['mean']:.3f}", kl=f"{results[name]['kl']['mean']:.3f}")
         samples += [{"policy": name, "prompt": r["prompt"][-1]["content"], "request": request_of(r), "response": t,
@@ -594,6 +619,7 @@ def main(args):
                     dataset=dataset, sft=sft_dir and path_or_hub_id(sft_dir), baseline=path_or_hub_id(base_dir),
                     reward=path_or_hub_id(rm_dir),
                     n_prompts=len(test_rows), n_requests=len(set(requests)), results=results, sweep=sweep,
+                    judge=judge and f"builtin_task.py crc32 {zlib.crc32(Path(judge.__file__).read_bytes()):08x}",
                     **perf(tokens, started, device))
     print("\n" + report)
     print(f"06_eval: {len(policies)} policies in {time.time() - started:.0f}s -> {out}")
@@ -627,7 +653,7 @@ def write_report(results, tmp, args, dataset, rm_dir, base_dir, n_prompts, n_req
                                                          if m in results[row[role]]}} if row.get(role) else {}
         points = [dict(row, dpo=cells(row, "dpo"), mpo=cells(row, "mpo")) for row in sweep]
         lines += sweep_report(points, interval_cell, "95% bootstrap interval over requests")
-        lines += ["", draw_sweep(points, tmp / "threshold_sweep.png", "lo", "hi")]
+        lines += ["", draw_sweep(points, tmp / "threshold_sweep.png", "lo", "hi", "95% intervals over requests")]
     report = "\n".join(lines) + "\n"
     (tmp / "report.md").write_text(report)
     return report
@@ -714,10 +740,10 @@ def sweep_report(points, cell, interval):
     return lines
 
 
-def draw_sweep(points, path, lo, hi):
+def draw_sweep(points, path, lo, hi, bars):
     """threshold_sweep.png: gold score, RM score and KL to SFT of DPO-on-easy and MPO against the threshold;
     a fourth panel with the easy set's size and (second axis) the label noise of both sets. lo, hi: the keys
-    of each summary's error bar ends."""
+    of each summary's error bar ends; bars: what they are, for the figure's caption."""
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -747,7 +773,8 @@ def draw_sweep(points, path, lo, hi):
         twin.set_ylabel("label noise (share against gold)")
         twin.legend(fontsize=7, loc="upper right")
     ax.set_title("the split")
-    fig.tight_layout()
+    fig.text(0.5, 0.005, f"error bars: {bars}", ha="center", fontsize=7)
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return "![the threshold sweep](threshold_sweep.png)"
@@ -769,9 +796,10 @@ ROLE_OF_NAME = {"01_sft": "sft", "04_dpo": "dpo", "04_dpo_all": "dpo_all", "05_p
                 "04_ipo_md": "ipo_md", "04_nash_md_pg": "nash_md_pg"}
 VERDICT_RULE = ("Verdict, from the 95% interval of policy - baseline: reproduced if it lies above zero, contradicted "
                 "if below, else not reproduced (an 'at least as good' claim: not contradicted); no interval and no "
-                f"verdict from fewer than {MIN_REQUESTS} requests in a run. The interval resamples the runs and, within "
-                "each, its requests: it holds the spread over seeds as well as prompt noise, coarsely with few "
-                "runs, so read it with the runs in favour.")
+                f"verdict from fewer than {MIN_REQUESTS} requests in a run. Over several runs the interval is Student's t "
+                "over the runs' differences (n - 1 degrees of freedom): each run's difference holds its prompt noise "
+                "and its training noise, and with few runs the interval is wide (with 3, the mean ± 4.3 standard "
+                "errors).")
 
 
 def verdict(lo, hi, kind, requests):
@@ -808,7 +836,8 @@ def combine(args):
             by_policy.setdefault(row["policy"], []).append(row)
         runs.append({"dir": d, "seed": res["args"]["seed"], "k": res["args"]["samples_per_prompt"],
                      "n_prompts": res["n_prompts"], "dataset": res["dataset"]["name"], "protocol": protocol(res),
-                     "results": res["results"], "sweep": res.get("sweep") or [], "samples": by_policy})
+                     "results": res["results"], "sweep": res.get("sweep") or [], "samples": by_policy,
+                     "judge": res.get("judge")})
     if len({r["dataset"] for r in runs}) > 1:
         raise UserError("--combine: the runs evaluated different datasets (" +
                         ", ".join(sorted({r["dataset"] for r in runs})) + ")")
@@ -817,6 +846,12 @@ def combine(args):
         if other:
             raise UserError(f"--combine: the runs were evaluated differently: {what} is {first} in {runs[0]['dir']} "
                             f"but {other['protocol'][what]} in {other['dir']}; combine evaluations made alike")
+    notes = []   # what report.md says beside its tables, printed as well
+    judges = {r["judge"] for r in runs}
+    if len(judges) > 1:   # results.json names its judge since this check; older runs: None
+        notes.append("the runs' gold scores come from different versions of the gold judge (" +
+                     ", ".join(sorted(map(str, judges))) + "), so their spread is partly the judge's: run 06 "
+                     "again on each run to score them alike")
     names = [n for n in runs[0]["results"] if all(n in r["results"] for r in runs)]
     if not names:
         raise UserError("--combine: no policy name is in every run's results.json")
@@ -851,13 +886,13 @@ def combine(args):
         wrong = [f"in {r['dir']}, {n} is {r['results'][n]['role'] or 'another kind'}, not {ROLE_OF_NAME[n]}"
                  for r in runs for n in (a, b) if r["results"][n].get("role", ROLE_OF_NAME[n]) != ROLE_OF_NAME[n]]
         if wrong:   # a directory named as run.sh names it, trained otherwise (its stage.json says)
-            print(f"06_eval: note: '{claim}' left out: by its stage.json, {'; '.join(wrong)}")
+            notes.append(f"'{claim}' left out: by its stage.json, {'; '.join(wrong)}")
             continue
         for metric in dict.fromkeys([primary, "rm"]):
             groups = [paired_differences(r["samples"][a], r["samples"][b], metric, r["k"], r["dir"]) for r in runs]
             per_seed = [mean(sum(g, [])) for g in groups]
-            lo, hi = bootstrap_ci(groups, args.bootstrap, args.seed)
-            n = min(map(len, groups))              # the requests of the run with fewest: each run is resampled alone
+            lo, hi = t_interval(per_seed)
+            n = min(map(len, groups))              # the requests of the run with fewest (MIN_REQUESTS)
             claims.append({"claim": claim, "policy": a, "baseline": b, "metric": metric, "per_seed": per_seed,
                            "mean": mean(per_seed), "std": std(per_seed), "lo": lo, "hi": hi, "requests": n,
                            "kind": kind, "verdict": verdict(lo, hi, kind, n),
@@ -868,13 +903,16 @@ def combine(args):
 
     # 4. report.md and results.json
     import transformers
-    report = combined_report(runs, names, absent, metrics, families, table, claims)
+    for note in notes:
+        print(f"06_eval: note: {note}")
+    report = combined_report(runs, names, absent, metrics, families, table, claims, notes)
     with output_dir(out, args.overwrite) as tmp:
         if sweep:
             report += "\n".join(sweep_report(sweep, lambda c: f"{c['mean']:.3f} ± {c['std']:.3f}",
                                               "policies' cells: mean ± standard deviation over the runs; the "
                                               "threshold, pair counts and label noise: means over the runs")
-                                 + ["", draw_sweep(sweep, tmp / "threshold_sweep.png", "lo", "hi")]) + "\n"
+                                 + ["", draw_sweep(sweep, tmp / "threshold_sweep.png", "lo", "hi",
+                                                   f"± 1 standard deviation over {len(runs)} runs")]) + "\n"
         (tmp / "report.md").write_text(report)
         json.dump({"stage": "06_eval --combine", "args": vars(args), "runs": [str(r["dir"]) for r in runs],
                    "seeds": seeds, "policies": table, "claims": claims, "sweep": sweep,
@@ -912,12 +950,13 @@ def combined_sweep(runs):
     return sorted(points, key=lambda q: q["threshold"]) if len(points) > 1 else []
 
 
-def combined_report(runs, names, absent, metrics, families, table, claims):
+def combined_report(runs, names, absent, metrics, families, table, claims, notes=()):
     cell = lambda c, digits=3: f"{c['mean']:.{digits}f} ± {c['std']:.{digits}f}"
     lines = [f"# 06_eval --combine: {len(runs)} runs, seeds {', '.join(str(r['seed']) for r in runs)}", "",
              "Runs: " + ", ".join(f"`{r['dir']}` ({r['n_prompts']} test prompts)" for r in runs) + ". "
              "Cells: mean over the runs ± standard deviation over the runs (of each run's mean over its "
-             f"test prompts). {TIES_NOTE}" + (f" Left out, not in every run: {', '.join(absent)}." if absent else ""),
+             f"test prompts). {TIES_NOTE}" + (f" Left out, not in every run: {', '.join(absent)}." if absent else "")
+             + "".join(f" Note: {n}." for n in notes),
              "",
              "| policy | " + " | ".join(h for _, h in metrics) + " | budget (first run) |",
              "|---" * (len(metrics) + 2) + "|"]
@@ -932,8 +971,8 @@ def combined_report(runs, names, absent, metrics, families, table, claims):
     if claims:
         lines += ["", "## The paper's comparisons", "",
                   "Policy minus baseline on the same test prompts: the mean difference per run, its mean "
-                  "over runs, and a 95% bootstrap interval that resamples the runs and, within each, its "
-                  "requests (training noise between seeds and prompt noise).", "",
+                  "over runs, and its 95% Student t interval over the runs (training noise between seeds and "
+                  "prompt noise alike).", "",
                   VERDICT_RULE, "",
                   "| claim | policy - baseline | metric | per run | mean | 95% interval | runs in favour | verdict |",
                   "|---|---|---|---|---|---|---|---|"]

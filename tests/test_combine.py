@@ -47,8 +47,23 @@ def test_combine_two_runs(tmp_path):
     easy = claims[("04_dpo", "04_dpo_all", "gold")]
     assert easy["per_seed"] == pytest.approx([0.0, -2 / 3]) and easy["seeds_in_favour"] == 0
     assert claims[("05_ppo", "04_dpo_all", "rm")]["lo"] == pytest.approx(0.0)   # identical RM scores
+    # the interval over the two runs: mean +- t(1) s / sqrt(2), t(1) = 12.706
+    half = 12.706 * abs(0.5 + 1 / 3) / 2 ** 0.5 / 2 ** 0.5
+    assert (mpo["lo"], mpo["hi"]) == (pytest.approx(mpo["mean"] - half), pytest.approx(mpo["mean"] + half))
     report = (tmp_path / "both/report.md").read_text()
     assert "| 05_ppo | " in report and "MPO beats vanilla DPO" in report and "+0.083" in report
+    assert "Student t interval over the runs" in report and "Note:" not in report
+
+
+def test_combine_notes_runs_scored_by_different_judges(tmp_path):
+    names = ("01_sft", "04_dpo")
+    for run, seed, judge in (("a", 0, "builtin_task.py crc32 0000aaaa"), ("b", 1, None)):
+        fake_eval(tmp_path / run, seed, {n: [0, seed] for n in names}, {n: [0.0, 1.0] for n in names}, ["x", "y"])
+        res = json.load(open(tmp_path / run / "results.json"))
+        json.dump({**res, "judge": judge}, open(tmp_path / run / "results.json", "w"))
+    proc = run_stage("06_eval.py", "--combine", "a", "b", "--out", "both", "--bootstrap", 100, cwd=tmp_path)
+    note = "different versions of the gold judge (None, builtin_task.py crc32 0000aaaa)"
+    assert note in proc.stdout and note in (tmp_path / "both/report.md").read_text()
 
 
 def test_combine_errors(tmp_path):
@@ -186,6 +201,7 @@ def test_claims_check_each_policy_is_what_its_name_says(tmp_path, capsys):
     assert ("'MPO beats vanilla DPO' left out: by its stage.json, in b, 04_dpo_all is another kind, not dpo_all"
             in proc.stdout)
     assert json.load(open(tmp_path / "both/results.json"))["claims"] == []
+    assert "'MPO beats vanilla DPO' left out" in (tmp_path / "both/report.md").read_text()   # said there too
 
 
 def test_a_policy_whose_record_names_itself_has_no_role(tmp_path):

@@ -398,23 +398,30 @@ def test_lr_schedule_warmup_then_cosine():
     assert sft.lr_at(99, 100, 0.1, 0.1) == pytest.approx(0.1, abs=1e-3)
 
 
-def test_bootstrap_over_runs_and_std():
-    # several runs: each resample draws the runs with replacement, then each run's requests. Constant runs of
-    # 2 and 4 give resampled means 2, 3 or 4 with odds 1/4, 1/2, 1/4: the 95% interval is [2, 4]
-    assert ev.bootstrap_ci([[[2.0]] * 5, [[4.0]] * 3], 2000) == (pytest.approx(2.0), pytest.approx(4.0))
-    # seeds that disagree (+0.1, +0.1, -0.15) with no noise within a run: the mean over three resampled runs
-    # is -0.15 with odds 1/27 > 2.5%, so the interval reaches it and holds zero; resampling the requests
-    # alone would give the zero-width [+0.017, +0.017] and a verdict of "reproduced"
-    lo, hi = ev.bootstrap_ci([[[0.1]] * 50, [[0.1]] * 50, [[-0.15]] * 50], 2000, seed=0)
-    assert (lo, hi) == (pytest.approx(-0.15), pytest.approx(0.1))
+def test_interval_over_runs_is_students_t_and_std():
+    # several seeds' runs: mean +- t_0.975(n - 1) s / sqrt(n). Three seeds in favour (+0.153, +0.199, +0.035: the
+    # README's MPO - vanilla DPO on the RM): mean 0.129, s 0.0845, t(2) 4.303 -> [-0.081, +0.339], no verdict of
+    # "reproduced"; a bootstrap over the three runs stopped at their extremes, [+0.035, +0.199], and said it was
+    lo, hi = ev.t_interval([0.153, 0.199, 0.035])
+    assert (lo, hi) == (pytest.approx(-0.0809, abs=1e-3), pytest.approx(0.3389, abs=1e-3))
     assert ev.verdict(lo, hi, "beats", 50).startswith("not reproduced")
-    # three seeds in favour: the interval spans their means and stays above zero
-    assert ev.bootstrap_ci([[[0.1]] * 50, [[0.2]] * 50, [[0.3]] * 50], 2000) == (pytest.approx(0.1), pytest.approx(0.3))
-    # noise within a run still counts: one noisy run and one constant run (means 0.5 and 1)
-    lo, hi = ev.bootstrap_ci([[[v] for v in [0.0, 1.0] * 50], [[1.0]] * 100], 2000, seed=0)
-    assert lo < 0.5 and hi == pytest.approx(1.0)
+    lo, hi = ev.t_interval([0.285, 0.236, 0.163])          # MPO - vanilla PPO on the RM: still above zero
+    assert lo == pytest.approx(0.0757, abs=1e-3) and ev.verdict(lo, hi, "beats", 50) == "reproduced"
+    assert ev.t_interval([0.1, 0.3]) == (pytest.approx(0.2 - 12.706 * 0.1), pytest.approx(0.2 + 12.706 * 0.1))
+    assert ev.t_interval([0.2] * 4) == (pytest.approx(0.2), pytest.approx(0.2))
+    assert ev.t_interval([0.0, 1.0] * 20)[1] == pytest.approx(0.5 + (1.96 + 2.4 / 39) * ev.std([0.0, 1.0] * 20) / 40 ** 0.5)
+    assert math.isnan(ev.t_interval([0.3])[0])
+    with pytest.raises(ValueError):                         # the bootstrap is one run's, over its requests
+        ev.bootstrap_ci([[[0.1]] * 50, [[0.2]] * 50], 100)
     assert ev.std([1, 2, 3, 4]) == pytest.approx(1.2909944)
     assert ev.std([5.0]) == 0.0
+
+
+def test_the_baselines_own_response_ties_whatever_its_rm_score():
+    # one response text scored in two batches may differ in its last bits: still a tie, not a win or a loss
+    assert ev.win_rate([0.5000001, 0.4, 0.9], [0.5, 0.4, 0.3], same=[True, False, False]) == [0.5, 0.5, 1.0]
+    assert ev.ties([0.5000001, 0.4, 0.9], [0.5, 0.4, 0.3], same=[True, False, False]) == [1.0, 1.0, 0.0]
+    assert ev.win_rate([0.5000001], [0.5]) == [1.0]
 
 
 def test_every_accuracy_counts_a_tie_half():
