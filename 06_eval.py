@@ -674,7 +674,8 @@ def claim_interval(c):
     """A claim's pooled interval, or 'n too small' where a run compared fewer than MIN_REQUESTS requests."""
     if c.get("requests", MIN_REQUESTS) < MIN_REQUESTS:
         return f"n too small (n={c['requests']} in a run)"
-    return f"[{c['lo']:+.3f}, {c['hi']:+.3f}]"
+    bound = lambda x: f"{x:+.3f}" if abs(x) >= 5e-4 or x == 0 else f"{x:+.1e}"   # a verdict's side of zero shows
+    return f"[{bound(c['lo'])}, {bound(c['hi'])}]"
 
 
 def n_label(ns):

@@ -225,3 +225,9 @@ def test_a_policy_not_in_every_run_is_left_out_with_a_note_and_a_run_folder_is_n
     (tmp_path / "runs/t0/01_sft").mkdir(parents=True)     # forgetting --combine: a run's folder as a policy
     with pytest.raises(ev.UserError, match="runs/t0: a run's folder, not a policy; name its policies"):
         ev.main(ev.parse_args([str(tmp_path / "runs/t0")]))
+
+
+def test_a_bound_near_zero_shows_its_side():
+    ev = load_script("06_eval")
+    assert ev.claim_interval({"lo": 0.0002, "hi": 0.05}) == "[+2.0e-04, +0.050]"   # 'reproduced', not '[+0.000'
+    assert ev.claim_interval({"lo": -0.0002, "hi": 0.0}) == "[-2.0e-04, +0.000]"
