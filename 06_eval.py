@@ -78,6 +78,7 @@ METRICS = [("rm", "RM score"), ("gold", "gold score"), ("win_gold", "gold win vs
            ("eos", "ends with EOS"), ("refusal_harmful", "refuses harmful"), ("refusal_harmless", "refuses harmless")]
 # No interval is printed from fewer requests than this: a percentile bootstrap only recombines the requests it
 # has, so with few it is too narrow (with one, zero width) and would read as certainty; the mean and n instead.
+# --combine keeps the rule for its verdicts: a run that compared so few requests is no test of a method.
 MIN_REQUESTS = 10
 
 
@@ -151,7 +152,8 @@ def bootstrap_ci(groups, n_resamples=1000, seed=0, alpha=0.05):
     return at(alpha / 2), at(1 - alpha / 2)
 
 
-# two-sided 95% quantiles of Student's t, t_0.975 by degrees of freedom 1-30 (beyond, 1.96 + 2.4 / df is within 0.002)
+# two-sided 95% quantiles of Student's t, t_0.975 by degrees of freedom 1-30 (beyond, 1.96 + 2.372 / df + 2.823 / df^2
+# is within 1e-4)
 T_975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
          2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042]
 
@@ -160,11 +162,12 @@ def t_interval(per_run):
     """95% interval of the mean of several seeds' runs, from their spread alone: mean +- t_0.975(n - 1) s / sqrt(n).
     Each run's value holds its own prompt noise as well as its training noise, so the spread over runs holds both;
     with 3 runs the interval is mean +- 4.3 standard errors (a bootstrap over 3 runs would stop at their extremes
-    and call a difference real about 5 times as often as a 95% interval may)."""
+    and call a difference real about 3 times as often as a 95% interval may: README, Design choices)."""
     n = len(per_run)
     if n < 2:
         return float("nan"), float("nan")
-    t = T_975[n - 2] if n - 1 <= len(T_975) else 1.96 + 2.4 / (n - 1)
+    df = n - 1
+    t = T_975[df - 1] if df <= len(T_975) else 1.96 + 2.372 / df + 2.823 / df ** 2
     half = t * std(per_run) / math.sqrt(n)
     return mean(per_run) - half, mean(per_run) + half
 
@@ -190,7 +193,7 @@ def policy_summary(values, baseline, rows, requests, k, n_resamples, seed, same=
     """Every metric of one policy, each the mean over prompts with its interval over requests. values:
     lists over samples (k per prompt, in the order of rows) of rm, kl, length, eos, and on the built-in
     task gold and refusal; baseline: the baseline policy's, for the win rates and their ties; same: which
-    responses are the baseline's own (RM ties whatever their scores)."""
+    responses are token for token the baseline's response to the same prompt and sample (an RM tie)."""
     stats = {key: values[key] for key in ("rm", "kl", "length", "eos", "gold") if key in values}
     stats["win_rm"], stats["tie_rm"] = (win_rate(values["rm"], baseline["rm"], same),
                                         ties(values["rm"], baseline["rm"], same))
@@ -504,12 +507,12 @@ def parse_args(argv=None):
         "batch_size": AT_LEAST_1, "max_prompt_len": AT_LEAST_1,
         "bootstrap": (lambda x: x >= 100, "an integer >= 100 (fewer resamples give an interval of little "
                                           "meaning, one of zero width)")})
-    combine_reads = ("combine", "policies", "out", "overwrite", "bootstrap", "seed")   # policies: refused there
+    combine_reads = ("combine", "policies", "out", "overwrite")   # policies: refused there
     unread = [f"--{d.replace('_', '-')}" for d, v in vars(args).items()
               if args.combine and d not in combine_reads and v != p.get_default(d)]
     if unread:
         raise UserError(f"{', '.join(unread)}: nothing to do with --combine, which reads finished evaluations "
-                        f"(it takes --out, --overwrite, --bootstrap and --seed)")
+                        f"(it takes --out and --overwrite; its intervals over runs need no resampling)")
     return args
 
 
@@ -560,7 +563,8 @@ def main(args):
     dataset = {"name": args.data} if args.data else sft_stage["dataset"]
     test_rows = test_rows[:args.max_prompts or None]
     requests = [request_of(r) for r in test_rows]
-    judge = gold_judge(test_rows, source)          # the built-in task's gold judge, else None
+    judge = gold_judge(test_rows, source)          # the built-in task's gold judge, else None; and its version
+    judge_version = judge and f"builtin_task.py crc32 {zlib.crc32(Path(judge.__file__).read_bytes()):08x}"
     rm = load_model(str(rm_dir), "reward", "--reward", device)
     base = load_model(str(base_dir), "policy", "--baseline" if args.baseline else "policy", device)
     tok = load_tokenizer(str(base_dir), "--baseline" if args.baseline else "policy")
@@ -619,7 +623,7 @@ def main(args):
                     dataset=dataset, sft=sft_dir and path_or_hub_id(sft_dir), baseline=path_or_hub_id(base_dir),
                     reward=path_or_hub_id(rm_dir),
                     n_prompts=len(test_rows), n_requests=len(set(requests)), results=results, sweep=sweep,
-                    judge=judge and f"builtin_task.py crc32 {zlib.crc32(Path(judge.__file__).read_bytes()):08x}",
+                    judge=judge_version,
                     **perf(tokens, started, device))
     print("\n" + report)
     print(f"06_eval: {len(policies)} policies in {time.time() - started:.0f}s -> {out}")
@@ -848,10 +852,10 @@ def combine(args):
             raise UserError(f"--combine: the runs were evaluated differently: {what} is {first} in {runs[0]['dir']} "
                             f"but {other['protocol'][what]} in {other['dir']}; combine evaluations made alike")
     notes = []   # what report.md says beside its tables, printed as well
-    judges = {r["judge"] for r in runs}
-    if len(judges) > 1:   # results.json names its judge since this check; older runs: None
+    judges = {r["judge"] or "unrecorded" for r in runs}
+    if len(judges) > 1:   # results.json names its judge since this check
         notes.append("the runs' gold scores come from different versions of the gold judge (" +
-                     ", ".join(sorted(map(str, judges))) + "), so their spread is partly the judge's: run 06 "
+                     ", ".join(sorted(judges)) + "), so their spread is partly the judge's: run 06 "
                      "again on each run to score them alike")
     names = [n for n in runs[0]["results"] if all(n in r["results"] for r in runs)]
     if not names:
@@ -916,7 +920,7 @@ def combine(args):
                                                    f"± 1 standard deviation over {len(runs)} runs")]) + "\n"
         (tmp / "report.md").write_text(report)
         json.dump({"stage": "06_eval --combine", "args": vars(args), "runs": [str(r["dir"]) for r in runs],
-                   "seeds": seeds, "policies": table, "claims": claims, "sweep": sweep,
+                   "seeds": seeds, "policies": table, "claims": claims, "sweep": sweep, "notes": notes,
                    "versions": {"python": sys.version.split()[0], "torch": torch.__version__,
                                 "transformers": transformers.__version__}}, open(tmp / "results.json", "w"), indent=2)
     print("\n" + report)

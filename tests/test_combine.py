@@ -29,7 +29,7 @@ def test_combine_two_runs(tmp_path):
     fake_eval(tmp_path / "b/06_eval", 1, {"01_sft": [0, 0, 0], "04_dpo": [0, 0, 0],
                                           "04_dpo_all": [1, 1, 0], "05_ppo": [1, 0, 0]},
               {n: [0.0, 0.0, 0.0] for n in names}, ["q1", "q2", "q3"])
-    run_stage("06_eval.py", "--combine", "a", "b/06_eval", "--out", "both", "--bootstrap", 1000, cwd=tmp_path)
+    run_stage("06_eval.py", "--combine", "a", "b/06_eval", "--out", "both", cwd=tmp_path)
     res = json.load(open(tmp_path / "both/results.json"))
     assert res["seeds"] == [0, 1]
     gold = res["policies"]["05_ppo"]["gold"]
@@ -61,9 +61,12 @@ def test_combine_notes_runs_scored_by_different_judges(tmp_path):
         fake_eval(tmp_path / run, seed, {n: [0, seed] for n in names}, {n: [0.0, 1.0] for n in names}, ["x", "y"])
         res = json.load(open(tmp_path / run / "results.json"))
         json.dump({**res, "judge": judge}, open(tmp_path / run / "results.json", "w"))
-    proc = run_stage("06_eval.py", "--combine", "a", "b", "--out", "both", "--bootstrap", 100, cwd=tmp_path)
-    note = "different versions of the gold judge (None, builtin_task.py crc32 0000aaaa)"
+    proc = run_stage("06_eval.py", "--combine", "a", "b", "--out", "both", cwd=tmp_path)
+    note = "different versions of the gold judge (builtin_task.py crc32 0000aaaa, unrecorded)"
     assert note in proc.stdout and note in (tmp_path / "both/report.md").read_text()
+    assert note in json.load(open(tmp_path / "both/results.json"))["notes"][0]
+    with pytest.raises(AssertionError, match="--bootstrap: nothing to do with --combine"):
+        run_stage("06_eval.py", "--combine", "a", "b", "--out", "both2", "--bootstrap", 100, cwd=tmp_path)
 
 
 def test_combine_errors(tmp_path):
@@ -96,7 +99,7 @@ def test_combine_refuses_runs_evaluated_differently_one_run_flags_it_ignores_and
     for name, seed in (("a", 0), ("b", 1)):
         fake_eval(tmp_path / name, seed, gold, rm, ["x", "y"])
     combine = lambda *dirs, flags=(): ev.main(ev.parse_args(["--combine", *map(str, dirs), "--out",
-                                                             str(tmp_path / "out"), "--bootstrap", "100", *flags]))
+                                                             str(tmp_path / "out"), *flags]))
     with pytest.raises(ev.UserError, match="--combine: one run; combining takes two or more"):
         combine(tmp_path / "a")
     for flags in (["--max-new-tokens", "8"], ["--reward", "rm"], ["--run", "x"], ["--device", "cpu"]):
@@ -118,7 +121,7 @@ def test_combine_refuses_runs_evaluated_differently_one_run_flags_it_ignores_and
     assert "left out, not in every run's results: gold_sorting" in capsys.readouterr().out
     with pytest.raises(ev.UserError, match="also an input of this stage"):   # its own input replaced
         ev.main(ev.parse_args(["--combine", str(tmp_path / "a"), str(tmp_path / "b"), "--out",
-                               str(tmp_path / "a"), "--overwrite", "--bootstrap", "100"]))
+                               str(tmp_path / "a"), "--overwrite"]))
 
 
 def test_bootstrap_resamples_whole_requests():
@@ -165,7 +168,7 @@ def test_requests_of_rows_without_one_and_runs_of_two_versions(tmp_path):
     for r in res["results"].values():
         r["gold_harmful"] = {"mean": 0.5}
     ev.json.dump(res, open(tmp_path / "a/results.json", "w"))
-    run_stage("06_eval.py", "--combine", "a", "b", "--out", "both", "--bootstrap", 100, cwd=tmp_path)
+    run_stage("06_eval.py", "--combine", "a", "b", "--out", "both", cwd=tmp_path)
     assert "gold_harmful" not in ev.json.load(open(tmp_path / "both/results.json"))["policies"]["05_ppo"]
 
 
@@ -197,7 +200,7 @@ def test_claims_check_each_policy_is_what_its_name_says(tmp_path, capsys):
         for n in names:
             res["results"][n]["role"] = {"04_dpo_all": None if run == "b" else "dpo_all"}.get(n, ev.ROLE_OF_NAME[n])
         json.dump(res, open(tmp_path / run / "results.json", "w"))
-    proc = run_stage("06_eval.py", "--combine", "a", "b", "--out", "both", "--bootstrap", 100, cwd=tmp_path)
+    proc = run_stage("06_eval.py", "--combine", "a", "b", "--out", "both", cwd=tmp_path)
     assert ("'MPO beats vanilla DPO' left out: by its stage.json, in b, 04_dpo_all is another kind, not dpo_all"
             in proc.stdout)
     assert json.load(open(tmp_path / "both/results.json"))["claims"] == []
@@ -218,8 +221,7 @@ def test_a_policy_not_in_every_run_is_left_out_with_a_note_and_a_run_folder_is_n
               {n: [0.0, 1.0] for n in ("01_sft", "05_ppo", "04_ipo")}, ["x", "y"])
     fake_eval(tmp_path / "b", 1, {"01_sft": [1, 1], "05_ppo": [0, 1]}, {n: [1.0, 0.0] for n in ("01_sft", "05_ppo")},
               ["x", "y"])
-    ev.main(ev.parse_args(["--combine", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "c"),
-                           "--bootstrap", "100"]))
+    ev.main(ev.parse_args(["--combine", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "c")]))
     assert "policies not in every run are left out, with the claims on them: 04_ipo" in capsys.readouterr().out
     assert "Left out, not in every run: 04_ipo." in (tmp_path / "c/report.md").read_text()
     (tmp_path / "runs/t0/01_sft").mkdir(parents=True)     # forgetting --combine: a run's folder as a policy

@@ -46,7 +46,7 @@ def test_combined_report_shows_tie_shares(tmp_path):
         for r in res["results"].values():
             r.update(win_gold={"mean": 0.5}, tie_gold={"mean": tie})
         ev.json.dump(res, open(tmp_path / run / "results.json", "w"))
-    run_stage("06_eval.py", "--combine", "a", "b", "--out", "both", "--bootstrap", 100, cwd=tmp_path)
+    run_stage("06_eval.py", "--combine", "a", "b", "--out", "both", cwd=tmp_path)
     assert "| 0.500 ± 0.000 (ties 75%) |" in (tmp_path / "both/report.md").read_text()
 
 
@@ -74,7 +74,7 @@ def test_combined_claims_from_few_requests_print_no_interval(tmp_path):
         for r in res["results"].values():
             r["gold_harmful"] = {"mean": 0.5, "requests": 2 + seed}
         ev.json.dump(res, open(tmp_path / run / "results.json", "w"))
-    run_stage("06_eval.py", "--combine", "a", "b", "--out", "both", "--bootstrap", 100, cwd=tmp_path)
+    run_stage("06_eval.py", "--combine", "a", "b", "--out", "both", cwd=tmp_path)
     report = (tmp_path / "both/report.md").read_text()
     assert "| harmful (n=2-3) |" in report
     assert "| +0.333 | n too small (n=3 in a run) |" in report
@@ -100,7 +100,7 @@ def test_combined_claims_carry_computed_verdicts(tmp_path):
             "04_ipo_md": alternate, "04_nash_md_pg": [0.1] * n}
     for run, seed in (("a", 0), ("b", 1)):
         fake_eval(tmp_path / run, seed, gold, {p: [0.0] * n for p in gold}, [f"{run}{i}" for i in range(n)])
-    run_stage("06_eval.py", "--combine", "a", "b", "--out", "both", "--bootstrap", 1000, cwd=tmp_path)
+    run_stage("06_eval.py", "--combine", "a", "b", "--out", "both", cwd=tmp_path)
     report = (tmp_path / "both/report.md").read_text()
     row = lambda claim, metric: next(l for l in report.splitlines() if l.startswith(f"| {claim} |")
                                      and f"| {metric} |" in l)

@@ -363,8 +363,7 @@ def test_threshold_sweep_and_resume(pipeline, tmp_path, tiny_model_dir):
     json.dump(rerun, open(tmp_path / "t2/06_eval/results.json", "w"))
     with pytest.raises(ev.UserError, match="is named twice"):
         ev.main(ev.parse_args(["--combine", str(copy / "runs/t"), str(copy / "runs/t/06_eval"), "--out", str(tmp_path / "c")]))
-    ev.main(ev.parse_args(["--combine", str(copy / "runs/t"), str(tmp_path / "t2"), "--out", str(tmp_path / "c"),
-                           "--bootstrap", "100"]))
+    ev.main(ev.parse_args(["--combine", str(copy / "runs/t"), str(tmp_path / "t2"), "--out", str(tmp_path / "c")]))
     combined = json.load(open(tmp_path / "c/results.json"))["sweep"]
     assert [p["point"] for p in combined] == ["easy fraction 0.5", "easy fraction 0.3"]
     assert combined[1]["mpo"]["gold"]["std"] == 0.0 and combined[1]["mpo"]["name"] == "05_ppo_e0.3"
