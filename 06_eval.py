@@ -162,7 +162,7 @@ def t_interval(per_run):
     """95% interval of the mean of several seeds' runs, from their spread alone: mean +- t_0.975(n - 1) s / sqrt(n).
     Each run's value holds its own prompt noise as well as its training noise, so the spread over runs holds both;
     with 3 runs the interval is mean +- 4.3 standard errors (a bootstrap over 3 runs would stop at their extremes
-    and call a difference real about 3 times as often as a 95% interval may: README, Design choices)."""
+    and call a difference real about 3 times as often as a 95% interval may: README, Choices that are ours)."""
     n = len(per_run)
     if n < 2:
         return float("nan"), float("nan")
