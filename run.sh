@@ -133,7 +133,8 @@ case "$BUDGET" in
     BUILTIN=(--builtin-train-pairs 4000 --builtin-test-prompts 400); SFT=(--batch-size 32 --lr 5e-5)
     RM=(--batch-size 32 --lr 5e-5); DPO=(--batch-size 32 --lr 1e-5 --max-steps 60)
     PPO=(--steps 40 --rollout-batch 32 --minibatch-size 8); ONLINE=(--max-steps 40 --batch-size 16); EVAL=()
-    TIMES="01 ~1 min | 02 ~1 min | 03 <1 min | 04 ~1 min | 05 ~3 min | 06 ~2 min";;
+    # measured on one H200 with SmolLM2-135M (README, "On one GPU"); --compare adds two 04s and two 05s
+    TIMES="01 ~1.5 min | 02 ~0.5 min | 03 ~0.5 min | 04 ~0.5-1 min | 05 ~3.5 min | 06 ~1 min: ~7 min (one H200)";;
   tiny)
     BUILTIN=(--builtin-train-pairs 120 --builtin-test-prompts 12); SFT=(--max-steps 4 --lr 1e-3)
     RM=(--max-steps 4 --lr 1e-3); DPO=(--max-steps 3 --lr 1e-4); PPO=(--steps 2 --max-new-tokens 8 --lr 1e-4)
