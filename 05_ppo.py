@@ -477,7 +477,7 @@ def main(args):
                   "time/training_s": time.time() - step_started - generation_s, **perf(tokens, loop_started, device)}
         if step % args.sample_every == 0 or step + 1 == args.steps:
             record["samples"] = [{"prompt": prompts[j][-1]["content"], "response": tok.decode(response,
-                                  skip_special_tokens=True), "score": score}
+                                  skip_special_tokens=True, clean_up_tokenization_spaces=False), "score": score}
                                  for j, response, score in list(zip(idx, responses, scores.tolist()))[:3]]
         metrics.append(record)
         bar.set_postfix(score=f"{record['objective/scores']:.2f}", kl=f"{record['objective/kl']:.2f}",

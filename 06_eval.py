@@ -591,7 +591,8 @@ def main(args):
             check_context(policy, args.max_prompt_len + args.max_new_tokens, "policy", "--max-prompt-len plus --max-new-tokens")
         t0 = time.time()
         work, responses = sample_policy(policy, tok, prompt_ids, args, device, dtype)
-        texts = [tok.decode(r, skip_special_tokens=True).strip() for r in responses]
+        # the text as sampled: no clean-up of spaces before punctuation, whatever the tokenizer's config says
+        texts = [tok.decode(r, skip_special_tokens=True, clean_up_tokenization_spaces=False).strip() for r in responses]
         scores, kls = score_and_kl(rm, base, policy, work, responses, tok.pad_token_id, args.batch_size, device, dtype)
         values = {"rm": scores, "kl": kls, "length": [len(r) for r in responses],
                   "eos": [float(len(r) > 0 and r[-1] == tok.eos_token_id) for r in responses]}

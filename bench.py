@@ -241,7 +241,7 @@ def bench_trl_pairs(what, args, sft, device, dtype):
         model.config.pad_token_id = tok.pad_token_id
     body, head = body_and_head(model)
     pairs = synthetic(tok, args.batch * (args.steps + 2), args.prompt_len, args.response_len, 0)
-    text = lambda ids: tok.decode(ids, skip_special_tokens=True)
+    text = lambda ids: tok.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
     row = {"sft": lambda p, c, r: {"input_ids": p + c, "completion_mask": [0] * len(p) + [1] * len(c)},
            "rm": lambda p, c, r: {"chosen_ids": p + c, "rejected_ids": p + r},
            "dpo": lambda p, c, r: {"prompt": text(p), "chosen": text(c), "rejected": text(r)}}[what]
