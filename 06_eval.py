@@ -419,6 +419,13 @@ def sample_policy(policy, tok, prompt_ids, args, device, dtype):
     return work, out
 
 
+def response_texts(tok, responses):
+    """Each response's text as sampled, for the judge and samples.jsonl: special tokens dropped and no
+    clean-up of spaces before punctuation, whatever the tokenizer's config says (it would rewrite "42 ." as
+    "42." in what the judge reads)."""
+    return [tok.decode(r, skip_special_tokens=True, clean_up_tokenization_spaces=False).strip() for r in responses]
+
+
 @torch.no_grad()
 def score_and_kl(rm, base, policy, work, responses, pad_id, batch_size, device, dtype):
     """RM scores r(x, y) and per-sample KL estimates to the baseline, each a list."""
@@ -591,8 +598,7 @@ def main(args):
             check_context(policy, args.max_prompt_len + args.max_new_tokens, "policy", "--max-prompt-len plus --max-new-tokens")
         t0 = time.time()
         work, responses = sample_policy(policy, tok, prompt_ids, args, device, dtype)
-        # the text as sampled: no clean-up of spaces before punctuation, whatever the tokenizer's config says
-        texts = [tok.decode(r, skip_special_tokens=True, clean_up_tokenization_spaces=False).strip() for r in responses]
+        texts = response_texts(tok, responses)
         scores, kls = score_and_kl(rm, base, policy, work, responses, tok.pad_token_id, args.batch_size, device, dtype)
         values = {"rm": scores, "kl": kls, "length": [len(r) for r in responses],
                   "eos": [float(len(r) > 0 and r[-1] == tok.eos_token_id) for r in responses]}

@@ -112,3 +112,18 @@ def test_combined_claims_carry_computed_verdicts(tmp_path):
     assert ev.VERDICT_RULE in report
     claims = ev.json.load(open(tmp_path / "both/results.json"))["claims"]
     assert {c["verdict"] for c in claims if c["metric"] == "gold" and c["policy"] == "05_ppo"} == {"reproduced", "contradicted"}
+
+
+def test_responses_are_judged_as_sampled_without_the_tokenizers_clean_up():
+    # a word-level tokenizer whose config asks for clean-up, which transformers applies to such tokenizers
+    # (it skips it for BPE): "42 ." would reach the judge as "42." and "it 's" as "it's"
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+    vocab = {w: i for i, w in enumerate(["<unk>", "<|im_end|>", "The", "answer", "is", "42", ".", "it", "'s", "!"])}
+    words = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    words.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok = PreTrainedTokenizerFast(tokenizer_object=words, unk_token="<unk>", eos_token="<|im_end|>",
+                                  clean_up_tokenization_spaces=True)
+    ids = [vocab[w] for w in ["The", "answer", "is", "42", ".", "it", "'s", "!", "<|im_end|>"]]
+    assert tok.decode(ids, skip_special_tokens=True) == "The answer is 42. it's!"   # what the config would do
+    assert ev.response_texts(tok, [ids]) == ["The answer is 42 . it 's !"]
