@@ -607,7 +607,7 @@ def main(args):
             values["refusal"] = [float(judge.refuses(r, t)) for r, t in zip(rows, texts)]   # declined, no answer
         baseline_values = baseline_values or values                  # the first policy is the baseline
         baseline_responses = baseline_responses or responses
-        same = [list(a) == list(b) for a, b in zip(responses, baseline_responses)]
+        same = [a == b for a, b in zip(responses, baseline_responses)]   # token lists, as sample_policy gives them
         results[name] = {"dir": str(pdir), "role": policy_role(pdir), "budget": budget_of(pdir), "time_s": time.time() - t0,
                          **policy_summary(values, baseline_values, test_rows, requests, k, args.bootstrap, args.seed,
                                           same)}
