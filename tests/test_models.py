@@ -1,6 +1,7 @@
 """Log-probs, reward scores and the samplers on the tiny model: masking, padding, caching, agreement
 with plain Hugging Face forward passes."""
 
+import contextlib
 import gc
 
 import pytest
@@ -388,6 +389,40 @@ def test_static_cache_sampler_logps_equal_a_fresh_forward_pass(tiny, tiny_model_
     for i, y in enumerate(ys):
         assert 1 <= len(y) <= 12
         assert torch.allclose(fresh[i][resp[i, 1:]].cpu(), torch.tensor(lps[i]), atol=tol), (device, i)
+
+
+@torch.no_grad()
+def test_the_plain_cache_sampler_casts_each_weight_to_bf16_once_a_call_and_samples_the_same(tiny):
+    """Under bf16 autocast the rollout runs in one autocast context, whose cache keeps each weight's bf16
+    copy until the call ends: the casts of weights do not grow with the tokens sampled, and the samples
+    are those of casting at every step."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class WeightCasts(TorchDispatchMode):
+        n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            if func is torch.ops.aten._to_copy.default and args[0].data_ptr() in weights:
+                self.n += 1
+            return func(*args, **kwargs)
+    model, tok = tiny
+    model.eval()
+    weights = {p.data_ptr() for p in model.parameters() if p.dim() == 2}   # (the tied LM head is the embedding)
+    prompts = [p for p, _ in examples(tok)]
+
+    def sample(tokens, cache=True):   # cache=False: an outer context without a cache, which ours inherit
+        g = torch.Generator().manual_seed(7)
+        outer = contextlib.nullcontext() if cache else torch.autocast("cpu", torch.bfloat16, cache_enabled=False)
+        with outer, WeightCasts() as casts:
+            out = dpo.sample_responses(model, prompts, tok.pad_token_id, -1, tokens, CPU, torch.bfloat16, g)
+        return out, casts.n
+    (short, n_short), (long, n_long) = sample(2), sample(10)
+    assert [len(y) for y in long[0]] == [10] * len(prompts)      # no EOS: every step ran
+    assert n_short == n_long == len(weights)                     # once a call, not once a token
+    uncached, n_uncached = sample(10, cache=False)
+    assert n_uncached == 10 * len(weights)
+    assert uncached == long
 
 
 @torch.no_grad()
