@@ -37,6 +37,7 @@ the transformer body (torch.compile) for the training steps, to measure whether 
 import argparse
 import importlib.util
 import json
+import os
 import random
 import time
 from pathlib import Path
@@ -283,7 +284,8 @@ def bench_trl_ppo(args, sft, device, dtype):
     """bench_ppo's work through TRL's PPOTrainer (`pip install trl==0.24.0`, the last release with it): the
     same policy, a value model and RM of the same size, --batch prompts x --new-tokens at temperature 1
     with no stop token, --ppo-epochs epochs in one minibatch of --minibatch. Iterations timed between
-    TRL's step callbacks (the first, with warm-up, dropped)."""
+    TRL's step callbacks (the first, with warm-up, dropped). In bf16 TRL autocasts only its training passes:
+    it samples (generate) and scores (reference, value, RM) with models accelerate has not wrapped, in fp32."""
     import copy
     from datasets import Dataset
     from transformers import TrainerCallback
@@ -301,6 +303,9 @@ def bench_trl_ppo(args, sft, device, dtype):
         def on_step_end(self, *a, **kw):
             sync(device)
             stamps.append(time.perf_counter())
+    if dtype == torch.bfloat16:  # PPOTrainer builds its own Accelerator, which reads the precision from this
+        os.environ["ACCELERATE_MIXED_PRECISION"] = "bf16"   # variable (as `accelerate launch` sets it); with
+        # transformers 5 its bf16=True alone no longer sets it, and PPO then ran in fp32 (40.3 s both ways)
     config = trl.PPOConfig(output_dir="/tmp/bench_trl_ppo", per_device_train_batch_size=args.batch,
                        num_mini_batches=args.batch // (args.minibatch or args.batch), num_ppo_epochs=args.ppo_epochs,
                        response_length=args.new_tokens, temperature=1.0, stop_token=None, kl_coef=0.05,
