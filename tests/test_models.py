@@ -417,7 +417,7 @@ def test_the_plain_cache_sampler_casts_each_weight_to_bf16_once_a_call_and_sampl
         with outer, WeightCasts() as casts:
             out = dpo.sample_responses(model, prompts, tok.pad_token_id, -1, tokens, CPU, torch.bfloat16, g)
         return out, casts.n
-    (short, n_short), (long, n_long) = sample(2), sample(10)
+    (_, n_short), (long, n_long) = sample(2), sample(10)
     assert [len(y) for y in long[0]] == [10] * len(prompts)      # no EOS: every step ran
     assert n_short == n_long == len(weights)                     # once a call, not once a token
     uncached, n_uncached = sample(10, cache=False)
