@@ -991,17 +991,17 @@ def sample_responses(policy, prompts, pad_id, eos_id, max_new_tokens, device, dt
 
 
 def dynamic_decoder(model, ids, attn, max_new_tokens, device, dtype):
-    """step(new_ids (B, 1), or None for the prompts ids (B, P)) -> next-token log-probs (B, V), fp32."""
+    """step(new_ids (B, 1), or None for the prompts ids (B, P)) -> next-token log-probs (B, V), fp32. Runs in
+    the caller's autocast context: sample_responses holds one open for the whole rollout."""
     from transformers import DynamicCache
     cache, state = DynamicCache(), {"attn": attn}
 
     def step(new_ids):
         if new_ids is not None:
             state["attn"] = torch.cat([state["attn"], torch.ones_like(attn[:, :1])], dim=1)
-        with autocast(device, dtype):
-            hidden = hidden_states(model, ids if new_ids is None else new_ids, state["attn"],
-                                   past_key_values=cache, use_cache=True)
-            return lm_logits(model, hidden[:, -1]).float().log_softmax(-1)
+        hidden = hidden_states(model, ids if new_ids is None else new_ids, state["attn"],
+                               past_key_values=cache, use_cache=True)
+        return lm_logits(model, hidden[:, -1]).float().log_softmax(-1)
     return step
 
 
