@@ -1104,6 +1104,9 @@ def sample_responses(policy, prompts, pad_id, eos_id, max_new_tokens, device, dt
     beside the arithmetic."""
     models = [policy] + ([ref] if mix is not None else [])
     modes = [m.training for m in models]
+    # autocast keeps cast copies only of weights that require grad: a frozen model (04's reference) is
+    # marked so for the rollout (no graph is recorded here), else its weights are cast anew every token
+    frozen = [p for m in models for p in m.parameters() if not p.requires_grad]
     for m in models:  # eval mode: gradient-checkpointed layers in train mode drop the KV cache
         m.eval()
     ids, attn, _ = (t.to(device) for t in collate([(p, []) for p in prompts], pad_id, side="left"))
@@ -1112,23 +1115,29 @@ def sample_responses(policy, prompts, pad_id, eos_id, max_new_tokens, device, dt
     # one autocast context around the rollout: until it closes it keeps the bf16 copy of every weight that
     # requires grad, so the plain-cache steps cast each weight once a call, not once a token (half a step's
     # time on a CPU; the same numbers). The CUDA graph keeps no copies (static_decoder).
-    with autocast(device, dtype):
-        steps = [(static_decoder if use_static(m) else dynamic_decoder)(m, ids, attn, max_new_tokens, device,
-                                                                         dtype) for m in models]
-        logps = [step(None) for step in steps]                                      # the prompts' next token
-        done = torch.zeros(len(prompts), dtype=torch.bool, device=device)
-        for t in range(max_new_tokens):
-            logp = logps[0] if mix is None else mix(*logps)                        # (B, V)
-            nxt = torch.multinomial(logp.exp(), 1, generator=generator).squeeze(-1)  # (B,)
-            nxt = torch.where(done, torch.full_like(nxt, pad_id), nxt)
-            tokens.append(nxt)
-            token_logps_.append(logp.gather(-1, nxt[:, None]).squeeze(-1))
-            done |= nxt == eos_id
-            if done.all() or t == max_new_tokens - 1:
-                break
-            logps = [step(nxt[:, None]) for step in steps]
-    for m, mode in zip(models, modes):
-        m.train(mode)
+    try:
+        for p in frozen:
+            p.requires_grad_(True)
+        with autocast(device, dtype):
+            steps = [(static_decoder if use_static(m) else dynamic_decoder)(m, ids, attn, max_new_tokens, device,
+                                                                             dtype) for m in models]
+            logps = [step(None) for step in steps]                                  # the prompts' next token
+            done = torch.zeros(len(prompts), dtype=torch.bool, device=device)
+            for t in range(max_new_tokens):
+                logp = logps[0] if mix is None else mix(*logps)                    # (B, V)
+                nxt = torch.multinomial(logp.exp(), 1, generator=generator).squeeze(-1)  # (B,)
+                nxt = torch.where(done, torch.full_like(nxt, pad_id), nxt)
+                tokens.append(nxt)
+                token_logps_.append(logp.gather(-1, nxt[:, None]).squeeze(-1))
+                done |= nxt == eos_id
+                if done.all() or t == max_new_tokens - 1:
+                    break
+                logps = [step(nxt[:, None]) for step in steps]
+    finally:
+        for p in frozen:
+            p.requires_grad_(False)
+        for m, mode in zip(models, modes):
+            m.train(mode)
     responses, logps = [], []
     for row, lps in zip(torch.stack(tokens, 1).tolist(), torch.stack(token_logps_, 1).tolist()):
         n = row.index(eos_id) + 1 if eos_id in row else len(row)

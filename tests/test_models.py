@@ -391,21 +391,25 @@ def test_static_cache_sampler_logps_equal_a_fresh_forward_pass(tiny, tiny_model_
         assert torch.allclose(fresh[i][resp[i, 1:]].cpu(), torch.tensor(lps[i]), atol=tol), (device, i)
 
 
+def WeightCasts(weights):
+    """A dispatch mode counting (in .n) the casts (aten._to_copy) of tensors whose storage is in `weights`."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func is torch.ops.aten._to_copy.default and args[0].data_ptr() in weights:
+                self.n += 1
+            return func(*args, **(kwargs or {}))
+    return Count()
+
+
 @torch.no_grad()
 def test_the_plain_cache_sampler_casts_each_weight_to_bf16_once_a_call_and_samples_the_same(tiny):
     """Under bf16 autocast the rollout runs in one autocast context, whose cache keeps each weight's bf16
     copy until the call ends: the casts of weights do not grow with the tokens sampled, and the samples
     are those of casting at every step."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    class WeightCasts(TorchDispatchMode):
-        n = 0
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            kwargs = kwargs or {}
-            if func is torch.ops.aten._to_copy.default and args[0].data_ptr() in weights:
-                self.n += 1
-            return func(*args, **kwargs)
     model, tok = tiny
     model.eval()
     weights = {p.data_ptr() for p in model.parameters() if p.dim() == 2}   # (the tied LM head is the embedding)
@@ -414,7 +418,7 @@ def test_the_plain_cache_sampler_casts_each_weight_to_bf16_once_a_call_and_sampl
     def sample(tokens, cache=True):   # cache=False: an outer context without a cache, which ours inherit
         g = torch.Generator().manual_seed(7)
         outer = contextlib.nullcontext() if cache else torch.autocast("cpu", torch.bfloat16, cache_enabled=False)
-        with outer, WeightCasts() as casts:
+        with outer, WeightCasts(weights) as casts:
             out = dpo.sample_responses(model, prompts, tok.pad_token_id, -1, tokens, CPU, torch.bfloat16, g)
         return out, casts.n
     (_, n_short), (long, n_long) = sample(2), sample(10)
@@ -423,6 +427,39 @@ def test_the_plain_cache_sampler_casts_each_weight_to_bf16_once_a_call_and_sampl
     uncached, n_uncached = sample(10, cache=False)
     assert n_uncached == 10 * len(weights)
     assert uncached == long
+
+
+@torch.no_grad()
+def test_a_frozen_reference_is_cast_once_a_call_and_frozen_again_after_the_rollout(tiny, tiny_model_dir):
+    """04's reference has requires_grad off, and autocast caches no cast of such a weight: the mixture
+    sampler marks it for the rollout only. Its weights are cast once a call, the samples are those of a
+    reference that requires grad, and it is frozen again afterwards, also when the rollout fails."""
+    from transformers import AutoModelForCausalLM
+    policy, tok = tiny
+    ref = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    with torch.no_grad():
+        for p in ref.parameters():
+            p.mul_(1.5)   # another model than the policy
+    weights = {p.data_ptr() for p in ref.parameters() if p.dim() == 2}
+    prompts = [p for p, _ in examples(tok)]
+
+    def sample(mix=lambda pi, r: dpo.mixture_logps(pi, r, 0.5)):
+        with WeightCasts(weights) as casts:
+            out = dpo.sample_responses(policy, prompts, tok.pad_token_id, -1, 10, CPU, torch.bfloat16,
+                                       torch.Generator().manual_seed(3), ref, mix)
+        return out, casts.n
+    unfrozen, _ = sample()
+    ref.requires_grad_(False)
+    frozen, n = sample()
+    assert n == len(weights) and frozen == unfrozen and len(frozen[0][0]) == 10
+    assert not any(p.requires_grad for p in ref.parameters())
+
+    def failing_mix(pi, r):
+        assert all(p.requires_grad for p in ref.parameters())   # marked while it samples
+        raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        sample(failing_mix)
+    assert not any(p.requires_grad for p in ref.parameters()) and not ref.training
 
 
 @torch.no_grad()
