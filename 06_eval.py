@@ -131,18 +131,15 @@ def clusters_of(values, keys):
     return list(groups.values())
 
 
-def bootstrap_ci(groups, n_resamples=1000, seed=0, alpha=0.05):
-    """Percentile bootstrap interval of one run's mean: `groups` holds one group (a list of clusters, a cluster
-    the values of the prompts that share a request), and each resample draws its clusters with replacement.
-    Prompts that are wordings of one request are not independent: resampling them one by one would narrow
-    the interval. With one value per cluster this is the ordinary bootstrap over prompts. (Over several
-    seeds' runs, `t_interval` of their means: a bootstrap over 3 runs cannot reach past their extremes.)"""
-    groups = [g for g in groups if g]
-    if not groups:
+def bootstrap_ci(clusters, n_resamples=1000, seed=0, alpha=0.05):
+    """Percentile bootstrap interval of one run's mean: `clusters` holds the values of the prompts that share a
+    request, a list each, and each resample draws clusters with replacement. Prompts that are wordings of one
+    request are not independent: resampling them one by one would narrow the interval. With one value per
+    cluster this is the ordinary bootstrap over prompts. (Over several seeds' runs, `t_interval` of their
+    means: a bootstrap over 3 runs cannot reach past their extremes.)"""
+    if not clusters:
         return float("nan"), float("nan")
-    if len(groups) > 1:
-        raise ValueError("bootstrap_ci: one run's clusters; over several runs use t_interval of their means")
-    rng, clusters = random.Random(seed), groups[0]
+    rng = random.Random(seed)
 
     def resampled_mean():
         picks = [clusters[rng.randrange(len(clusters))] for _ in clusters]
@@ -174,7 +171,7 @@ def t_interval(per_run):
 
 def summarise(values, requests, n_resamples, seed):
     """Mean of per-prompt values and its interval, resampling requests (the cluster of each value)."""
-    lo, hi = bootstrap_ci([clusters_of(values, requests)], n_resamples, seed)
+    lo, hi = bootstrap_ci(clusters_of(values, requests), n_resamples, seed)
     return {"mean": mean(values), "lo": lo, "hi": hi, "n": len(values), "requests": len(set(requests))}
 
 

@@ -130,12 +130,12 @@ def test_bootstrap_resamples_whole_requests():
     # {A, A}: 0, {B, B}: 1, or {A, B}: (0 + 0 + 0 + 1) / 4 = 0.25 -- never the 0.5 or 0.75 of prompt-level resamples
     values, requests = [0.0, 0.0, 0.0, 1.0], ["a", "a", "a", "b"]
     assert ev.clusters_of(values, requests) == [[0.0, 0.0, 0.0], [1.0]]
-    lo, hi = ev.bootstrap_ci([ev.clusters_of(values, requests)], 400, seed=0)
+    lo, hi = ev.bootstrap_ci(ev.clusters_of(values, requests), 400, seed=0)
     assert lo == 0.0 and hi == 1.0
     s = ev.summarise(values, requests, 400, 0)
     assert s["mean"] == 0.25 and s["requests"] == 2
     # one value per request: the ordinary bootstrap over prompts, narrower here
-    lo1, hi1 = ev.bootstrap_ci([[[v] for v in values]], 400, seed=0)
+    lo1, hi1 = ev.bootstrap_ci([[v] for v in values], 400, seed=0)
     assert 0.0 <= lo1 and hi1 <= 0.75 and (lo1, hi1) != (lo, hi)
 
 
