@@ -905,7 +905,7 @@ def combine(args):
             claims.append({"claim": claim, "policy": a, "baseline": b, "metric": metric, "per_seed": per_seed,
                            "mean": mean(per_seed), "std": std(per_seed), "lo": lo, "hi": hi, "requests": n,
                            "kind": kind, "verdict": verdict(lo, hi, kind, n),
-                           "seeds_in_favour": sum(d > 0 for d in per_seed)})
+                           "seeds_in_favour": sum(d > 0 or (kind == "at least" and d == 0) for d in per_seed)})
 
     # 3. the threshold sweep, where every run has one: each point's numbers over the runs (mean ± std)
     sweep = combined_sweep(runs)

@@ -55,6 +55,20 @@ def test_combine_two_runs(tmp_path):
     assert "Student t interval over the runs" in report and "Note:" not in report
 
 
+def test_a_tie_is_in_favour_of_an_at_least_claim_only(tmp_path):
+    ev = load_script("06_eval")
+    prompts = [f"p{i}" for i in range(4)]
+    for run, seed, ipo_md in (("a", 0, [1, 1, 0, 0]), ("b", 1, [1, 0, 0, 0])):   # run b: a tie on gold
+        fake_eval(tmp_path / run / "06_eval", seed, {"04_dpo": [1, 0, 0, 0], "04_dpo_all": [1, 0, 0, 0],
+                                                    "04_ipo_md": ipo_md, "04_nash_md_pg": [1, 0, 0, 0]},
+                  {n: [0.0] * 4 for n in ("04_dpo", "04_dpo_all", "04_ipo_md", "04_nash_md_pg")}, prompts)
+    ev.main(ev.parse_args(["--combine", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "c")]))
+    claims = {(c["policy"], c["metric"]): c for c in json.load(open(tmp_path / "c/results.json"))["claims"]}
+    assert claims[("04_ipo_md", "gold")]["per_seed"] == pytest.approx([0.25, 0.0])
+    assert claims[("04_ipo_md", "gold")]["seeds_in_favour"] == 2 and claims[("04_ipo_md", "rm")]["seeds_in_favour"] == 2
+    assert claims[("04_dpo", "gold")]["seeds_in_favour"] == 0    # "beats": a tie is not in its favour
+
+
 def test_combine_notes_runs_scored_by_different_judges(tmp_path):
     names = ("01_sft", "04_dpo")
     for run, seed, judge in (("a", 0, "builtin_task.py crc32 0000aaaa"), ("b", 1, None)):
