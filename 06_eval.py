@@ -1596,7 +1596,7 @@ def sample_responses(policy, prompts, pad_id, eos_id, max_new_tokens, device, dt
     modes = [m.training for m in models]
     # autocast keeps cast copies only of weights that require grad: a frozen model (04's reference) is
     # marked so for the rollout (no graph is recorded here), else its weights are cast anew every token
-    frozen = [p for m in models for p in m.parameters() if not p.requires_grad]
+    frozen = [p for m in models for p in m.parameters() if not p.requires_grad and p.is_floating_point()]
     for m in models:  # eval mode: gradient-checkpointed layers in train mode drop the KV cache
         m.eval()
     ids, attn, _ = (t.to(device) for t in collate([(p, []) for p in prompts], pad_id, side="left"))
