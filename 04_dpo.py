@@ -237,7 +237,7 @@ def load_inputs(args):
     held_out = Path(model) / "data_test.jsonl"
     # held-out pairs only from stage 01's own data: another dataset's would measure the wrong thing
     use_01 = sft_stage and held_out.is_file() and not args.data
-    test_rows = [r for r in read_jsonl(held_out) if r.get("chosen")] if use_01 else []
+    test_rows = [r for r in read_stage_rows(held_out, pairs=False, empty_ok=True) if r.get("chosen")] if use_01 else []
     if not test_rows:
         print("no held-out pairs (they come from a 01_sft directory's data_test.jsonl, and not with --data): "
               "eval/ metrics skipped")
@@ -263,7 +263,7 @@ def load_pairs(args, sft_dir, split_dir):
         if not (sft_dir / "data_train.jsonl").is_file():
             raise UserError(f"--split all trains on stage 01's pairs and {sft_dir} has no data_train.jsonl; "
                             f"run `{command_for('01_sft', sft_dir)}` first, or pass your pairs with --data")
-        return read_jsonl(sft_dir / "data_train.jsonl"), {"split": "all", "from": str(sft_dir.resolve())}
+        return read_stage_rows(sft_dir / "data_train.jsonl"), {"split": "all", "from": str(sft_dir.resolve())}
     if not (split_dir / "stats.json").is_file():
         raise UserError(f"{split_dir} is not a finished 03_split directory; run `{command_for('03_split', split_dir)}` first "
                         f"(or pass --split all for vanilla DPO, or --data for your own pairs)")
@@ -272,7 +272,7 @@ def load_pairs(args, sft_dir, split_dir):
     if named and sft_dir.exists() and named.resolve() != sft_dir.resolve():
         print(f"note: {split_dir} splits the pairs of {stats['sft']} (dataset {stats.get('dataset')!r}), not of "
               f"--model {sft_dir}; training on them all the same")
-    rows = read_jsonl(split_dir / f"{args.split}.jsonl")
+    rows = read_stage_rows(split_dir / f"{args.split}.jsonl", empty_ok=True)
     if not rows:
         raise UserError(f"{split_dir / (args.split + '.jsonl')} is empty")
     labels = "rm"
@@ -704,6 +704,21 @@ class ArgParser(argparse.ArgumentParser):
     def error(self, message):  # one line like every other error, not argparse's usage block
         raise UserError(f"{message} (see --help)")
 
+    def parse_args(self, args=None, namespace=None):
+        """argparse's, refusing an empty text (`--out ""` would read as not given: the default folder) and a
+        --run that is no plain name (it becomes a folder under runs/)."""
+        ns = super().parse_args(args, namespace)
+        for action in self._actions:
+            value = getattr(ns, action.dest, None)
+            if any(isinstance(v, str) and not v.strip() for v in (value if isinstance(value, list) else [value])):
+                name = action.option_strings[-1] if action.option_strings else action.dest
+                raise UserError(f"{name}: an empty value; leave the flag out for its default")
+        run = getattr(ns, "run", None)
+        if isinstance(run, str) and (run.startswith(".") or "/" in run or os.sep in run):
+            raise UserError(f"--run {run!r}: expected a plain name (no '/', not starting with '.'); the run goes "
+                            f"to runs/<name>")
+        return ns
+
 
 def run_main(main, argv=None):
     import signal
@@ -776,12 +791,14 @@ OPTIMISER_RANGES = {"epochs": POSITIVE, "max_steps": STEPS, "batch_size": AT_LEA
 
 
 def check_ranges(args, rules):
-    """Numeric flags checked before anything runs; rules: dest -> (test, expected). NaN and inf fail. Also
-    --epochs against --max-steps, which overrides it."""
+    """Numeric flags checked before anything runs; rules: dest -> (test, expected). NaN, inf and numbers past
+    1e9 (no setting of a run; 1e308 epochs overflow a step count) fail. Also --epochs against --max-steps,
+    which overrides it."""
     for dest, (ok, expected) in rules.items():
         value = getattr(args, dest)
-        if value is not None and not (math.isfinite(value) and ok(value)):
-            raise UserError(f"--{dest.replace('_', '-')} {value}: expected {expected}")
+        if value is not None and not (abs(value) <= 1e9 and ok(value)):   # (NaN fails every comparison)
+            raise UserError(f"--{dest.replace('_', '-')} {str(value)[:24]}: expected {expected}"
+                            + ("" if abs(value) <= 1e9 else ", and at most 1e9"))
     if getattr(args, "max_steps", -1) > 0 and getattr(args, "epochs", 1.0) != 1.0:  # 01, 02, 04
         raise UserError(f"--epochs {args.epochs} does nothing with --max-steps {args.max_steps}, which sets the "
                         f"length of training; pass one")
@@ -895,9 +912,36 @@ def read_jsonl(path):
         raise UserError(f"{path}:{i}: a lone surrogate escape (such as \\ud800) in a string; expected text") from None
     except RecursionError:
         raise UserError(f"{path}:{i}: JSON nested too deeply to read") from None
+    except ValueError as e:   # an integer of thousands of digits, past Python's limit for reading one
+        raise UserError(f"{path}:{i}: not readable as JSON ({str(e)[:120]})") from None
     except (OSError, EOFError, zlib.error) as e:
         kind = "gzip-compressed JSON lines" if path.suffix == ".gz" else "JSON lines"
         raise UserError(f"{path}: not readable as {kind} after line {i} ({type(e).__name__}: {e})") from None
+    return rows
+
+
+def read_stage_rows(path, pairs=True, empty_ok=False):
+    """Rows a stage wrote (01's data files, 03's sets), checked as they are read: a row damaged or edited by
+    hand is one line naming the file and row, not a KeyError steps later. Each has a prompt (chat messages)
+    and, where pairs or where it has either, chosen and rejected (text); gold scores, where present, are numbers."""
+    rows = read_jsonl(path)
+    if not rows and not empty_ok:
+        raise UserError(f"{path}: no rows; rerun the stage that wrote it")
+    chat = lambda v: isinstance(v, list) and v and all(
+        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in v)
+    text = lambda v: isinstance(v, str)
+    number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and abs(v) <= 1e300
+    fields = {"prompt": (chat, "chat messages"), "chosen": (text, "text"), "rejected": (text, "text"),
+              "gold_chosen": (number, "a number"), "gold_rejected": (number, "a number")}
+    for i, r in enumerate(rows, 1):
+        if not isinstance(r, dict):
+            raise UserError(f"{path}: row {i} is not a JSON object; rerun the stage that wrote it")
+        pair = pairs or "chosen" in r or "rejected" in r   # a test row may be a prompt alone
+        needed = ["prompt"] + ["chosen", "rejected"] * pair + [k for k in ("gold_chosen", "gold_rejected") if k in r]
+        wrong = next((k for k in needed if not fields[k][0](r.get(k))), None)
+        if wrong:
+            raise UserError(f"{path}: row {i}: its {wrong} is missing or not {fields[wrong][1]}; rerun the stage "
+                            f"that wrote it")
     return rows
 
 
@@ -915,7 +959,7 @@ def read_json(path):
     """A stage's record (stage.json, stats.json, results.json) as a dict; unreadable, one line naming it."""
     try:
         record = json.loads(Path(path).read_text(encoding="utf-8"), object_hook=lambda d: Record(d, path))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (OSError, ValueError, RecursionError) as e:   # (decoding and JSON errors are ValueErrors)
         raise UserError(f"{path}: not a readable JSON record ({type(e).__name__}: {e}); rerun the stage that "
                         f"wrote it") from None
     if not isinstance(record, dict):
@@ -1034,7 +1078,7 @@ def normalise(rows, source, pairs=True):
                         + " (hh-rlhf's chosen/rejected may also be chat messages)")
     out, skipped, gold = [], {}, ("gold_chosen", "gold_rejected")   # the built-in task's, or your own
     has_gold = not rows[0].keys().isdisjoint(gold)
-    number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and abs(v) <= 1e300  # no NaN, inf
     for i, row in enumerate(rows, 1):
         if not isinstance(row, dict):
             raise UserError(f"{source}: row {i} is not a JSON object (expected the {name} format of row 1)")
@@ -1090,9 +1134,10 @@ def render_prompt(tokenizer, messages):
     try:
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     except Exception as e:  # a template's own rule (roles that must alternate, say): one line, not jinja's traceback
-        roles = "/".join(m["role"] for m in messages)
+        roles = "/".join(str(m.get("role")) if isinstance(m, dict) else type(m).__name__ for m in messages)
         raise UserError(f"the chat template refuses a prompt with roles {roles} "
-                        f"({messages[-1]['content'][:40]!r}...): {type(e).__name__}: {e}") from None
+                        f"({str(messages[-1].get('content') if isinstance(messages[-1], dict) else messages[-1])[:40]!r}"
+                        f"...): {type(e).__name__}: {e}") from None
 
 
 def response_ids(tokenizer, response):
@@ -1423,9 +1468,11 @@ def check_model(name, kind, flag, config=None):
             raise UserError(f"{flag} {name}: no config.json there; expected a Hugging Face model directory")
         else:
             config = read_json(Path(name) / "config.json")
-    archs = config.get("architectures") or []
-    if kind == "reward" and not (any(a.endswith("ForSequenceClassification") for a in archs)
-                                 and len(config.get("id2label", {0: 0})) == 1):
+    archs, labels = config.get("architectures") or [], config.get("id2label", {0: 0})
+    if not (isinstance(archs, list) and all(isinstance(a, str) for a in archs) and isinstance(labels, dict)):
+        raise UserError(f"{flag} {name}: its config.json has architectures {archs!r:.60} and id2label {labels!r:.60}; "
+                        f"expected a list of class names and a mapping")
+    if kind == "reward" and not (any(a.endswith("ForSequenceClassification") for a in archs) and len(labels) == 1):
         raise UserError(f"{flag} {name}: a {'/'.join(archs) or 'headless'} model; expected a reward model "
                         f"(02_reward output: a sequence classifier with one label)")
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES as causal_lms
@@ -1514,6 +1561,8 @@ def load_model(name, kind, flag, device):
                                        model.config.architectures or [type(model).__name__]})
         if kind == "reward" and not hasattr(model, "score"):
             raise UserError(f"{flag} {name}: a {type(model).__name__}; expected a decoder reward model with a score head")
+    if not all(torch.isfinite(p).all() for p in model.parameters()):  # NaN scores and log-probs, all the way down
+        raise UserError(f"{flag} {name}: its weights hold NaN or inf values; expected a trained model's finite weights")
     model = fp32_no_dropout(model).to(device).eval()
     return check_logits(model, name, flag) if kind == "policy" else model
 
@@ -1709,43 +1758,52 @@ def check_output(out, overwrite, stage, inputs=()):
     earlier output of this stage (a folder with its record; never a folder of yours, another stage's, this
     stage's own input, nor the current one), and its parent takes a folder."""
     out = Path(out)
-    for stale in out.parent.iterdir() if out.parent.is_dir() else ():   # what a killed run left, before any work
-        kind, _, pid = stale.name.removeprefix(f".{out.name}.").partition("-")
-        if stale.name.startswith(f".{out.name}.") and kind in ("tmp", "old") and (pid == "" or pid.isdigit()) \
-                and (pid == str(os.getpid()) or not process_alive(pid)):  # our own id: a killed run's, reused
-            if kind == "old" and not out.exists():   # killed between the two renames: the old output back
-                stale.rename(out)
-            shutil.rmtree(stale, ignore_errors=True)
-    if out.exists() and not overwrite:
-        raise UserError(f"{out} exists; pass --overwrite to replace it")
-    for given in inputs:
-        if given and out.exists() and Path(given).exists() and Path(given).resolve() == out.resolve():
-            raise UserError(f"{out}: also an input of this stage ({given}); pick a new output folder")
-    records = ("stage.json", "stats.json", "results.json")
-    if out.exists() and not (out.is_dir() and (not any(out.iterdir()) or any((out / r).is_file() for r in records))):
-        raise UserError(f"{out}: not the output of a stage (no {', '.join(records)}); --overwrite replaces only "
-                        f"those: pick a new output folder")
-    record = next((out / r for r in records if (out / r).is_file()), None) if out.is_dir() else None
+    if len(os.fsencode(out.name)) > 230:   # room for the temporary names beside it (output_dir)
+        raise UserError(f"{out}: a folder name of {len(os.fsencode(out.name))} bytes; expected at most 230")
     try:
-        made_by = read_json(record).get("stage") if record else stage
-    except UserError:   # a damaged record: whose output it was is unknown, and it can be replaced
-        made_by = stage
-    made_by = made_by.split(" ")[0] if isinstance(made_by, str) else stage
-    if made_by != stage:
-        raise UserError(f"{out}: the output of {made_by}, not of {stage}; --overwrite replaces only {stage}'s: "
-                        f"pick a new output folder")
-    if Path.cwd().resolve().is_relative_to(out.resolve()):
-        raise UserError(f"{out}: the current folder or one above it; pick a new output folder")
-    there = next(p for p in out.absolute().parents if p.exists())   # the nearest folder above it that exists
-    probe = there / f".{out.name}.probe"                             # made and removed: nothing is left
-    try:
-        if not there.is_dir():
-            raise NotADirectoryError(0, f"{there} is a file")
-        shutil.rmtree(probe, ignore_errors=True)
-        probe.mkdir()
-        probe.rmdir()
-    except OSError as e:
-        raise UserError(f"{out}: cannot write there ({type(e).__name__}: {e.strerror or e})") from None
+        for p in [out, *out.absolute().parents]:   # tmp.mkdir(parents=True) would fail on it after the work
+            if p.is_symlink() and not p.exists():
+                raise UserError(f"{p}: a symbolic link to {os.readlink(p)}, which does not exist; pick another "
+                                f"output folder")
+        for stale in out.parent.iterdir() if out.parent.is_dir() else ():   # what a killed run left, before any work
+            kind, _, pid = stale.name.removeprefix(f".{out.name}.").partition("-")
+            if stale.name.startswith(f".{out.name}.") and kind in ("tmp", "old") and (pid == "" or pid.isdigit()) \
+                    and (pid == str(os.getpid()) or not process_alive(pid)):  # our own id: a killed run's, reused
+                if kind == "old" and not out.exists():   # killed between the two renames: the old output back
+                    stale.rename(out)
+                shutil.rmtree(stale, ignore_errors=True)
+        if out.exists() and not overwrite:
+            raise UserError(f"{out} exists; pass --overwrite to replace it")
+        for given in inputs:
+            if given and out.exists() and Path(given).exists() and Path(given).resolve() == out.resolve():
+                raise UserError(f"{out}: also an input of this stage ({given}); pick a new output folder")
+        records = ("stage.json", "stats.json", "results.json")
+        if out.exists() and not (out.is_dir() and (not any(out.iterdir()) or any((out / r).is_file() for r in records))):
+            raise UserError(f"{out}: not the output of a stage (no {', '.join(records)}); --overwrite replaces only "
+                            f"those: pick a new output folder")
+        record = next((out / r for r in records if (out / r).is_file()), None) if out.is_dir() else None
+        try:
+            made_by = read_json(record).get("stage") if record else stage
+        except UserError:   # a damaged record: whose output it was is unknown, and it can be replaced
+            made_by = stage
+        made_by = made_by.split(" ")[0] if isinstance(made_by, str) else stage
+        if made_by != stage:
+            raise UserError(f"{out}: the output of {made_by}, not of {stage}; --overwrite replaces only {stage}'s: "
+                            f"pick a new output folder")
+        if Path.cwd().resolve().is_relative_to(out.resolve()):
+            raise UserError(f"{out}: the current folder or one above it; pick a new output folder")
+        there = next(p for p in out.absolute().parents if p.exists())   # the nearest folder above it that exists
+        probe = there / f".{out.name}.probe"                             # made and removed: nothing is left
+        try:
+            if not there.is_dir():
+                raise NotADirectoryError(0, f"{there} is a file")
+            shutil.rmtree(probe, ignore_errors=True)
+            probe.mkdir()
+            probe.rmdir()
+        except OSError as e:
+            raise UserError(f"{out}: cannot write there ({type(e).__name__}: {e.strerror or e})") from None
+    except OSError as e:   # a path the system refuses (a component too long, a loop of links, ...)
+        raise UserError(f"{out}: not usable as an output folder ({type(e).__name__}: {e.strerror or e})") from None
 
 
 SAVED = []   # outputs output_dir has put in place in this process: an interrupt after that loses nothing

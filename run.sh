@@ -34,7 +34,7 @@ SWEEP=""; SWEEP_OPT=""; SWEEP_FLAG=""; RESUME=0; OVERWRITE=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --run|--seed|--device|--model|--dataset|--budget|--precision|--sweep-threshold|--sweep-easy-fraction)
-      [ $# -ge 2 ] || { echo "run.sh: $1 needs a value (see bash run.sh --help)" >&2; exit 2; } ;;&
+      [ $# -ge 2 ] && [ -n "$2" ] || { echo "run.sh: $1 needs a value, not empty (see bash run.sh --help)" >&2; exit 2; } ;;&
     --run) RUN="$2"; shift 2 ;;
     --seed) SEED="$2"; shift 2 ;;
     --compare) COMPARE=1; shift ;;
@@ -155,6 +155,7 @@ MADE=()   # the output directories of this run's stages
 stopped() {   # a stage failed or was interrupted: say how to go on
   local code=$? how="--resume to go on from the stages that finished"
   [ -e "$MIXED" ] && how="--overwrite to redo it (this --overwrite did not finish)"
+  [ "$code" = 2 ] && how="$how, once what the stage above names is mended"   # a refused input or flag
   [ "$code" = 0 ] || echo "run.sh: stopped (exit $code; the stage above says why): rerun with $how" >&2
 }
 trap stopped EXIT
@@ -193,11 +194,18 @@ except (OSError, ValueError, KeyError, TypeError):
 sys.exit(0 if same else 1)
 EOF
 }
+finished() {   # $1 holds a stage's record that reads as JSON (one cut short is no finished stage)
+  local f
+  for f in "$1/stage.json" "$1/stats.json"; do
+    [ -f "$f" ] && "$PY" -c "import json, sys; json.load(open(sys.argv[1], encoding='utf-8'))" "$f" 2>/dev/null && return 0
+  done
+  return 1
+}
 stage() {
   local out="$R/${1%.py}" prev="" a t
   for a in "$@"; do [ "$prev" = --out ] && out="$a"; prev="$a"; done
   MADE+=("$out")
-  if [ "$RESUME" = 1 ] && [ "$1" != 06_eval.py ] && { [ -f "$out/stage.json" ] || [ -f "$out/stats.json" ]; }; then
+  if [ "$RESUME" = 1 ] && [ "$1" != 06_eval.py ] && finished "$out"; then
     echo; echo "=== $1: $out is finished; skipped (--resume) ==="; return
   fi
   echo; echo "=== $* ==="; t=$(date +%s); "$PY" "$@" || return; echo "--- $(( $(date +%s) - t ))s"

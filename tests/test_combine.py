@@ -125,10 +125,19 @@ def test_combine_refuses_runs_evaluated_differently_one_run_flags_it_ignores_and
                            ({"sft": "other/01_sft"}, "the RM's run is the baseline's in .*a but another run's"),
                            ({"args": None}, "not as 06_eval.py writes it"),
                            ({"results": {"05_ppo": "text"}}, "not as 06_eval.py writes it"),
-                           ({"results": {"05_ppo": {"gold": {"mean": float("nan")}}}}, "05_ppo's gold has no finite")):
+                           ({"results": {"05_ppo": {"gold": {"mean": float("nan")}}}}, "05_ppo's gold has no finite"),
+                           ({"dataset": {"name": ["a"]}}, "not as 06_eval.py writes it .a dataset name"),
+                           ({"sweep": [5]}, "not as 06_eval.py writes it .a dataset name; sweep points")):
         json.dump({**record, **change}, open(tmp_path / "b/results.json", "w"))
         with pytest.raises(ev.UserError, match=needle):
             combine(tmp_path / "a", tmp_path / "b")
+    json.dump(record, open(tmp_path / "b/results.json", "w"))
+    samples = (tmp_path / "b/samples.jsonl").read_text()
+    for row in ('{"prompt": "x", "rm": 0.0}', '{"policy": "05_ppo", "prompt": "x", "rm": "high"}'):
+        (tmp_path / "b/samples.jsonl").write_text(samples + row + "\n")
+        with pytest.raises(ev.UserError, match="samples.jsonl: row 5 is not as 06_eval.py writes it"):
+            combine(tmp_path / "a", tmp_path / "b")
+    (tmp_path / "b/samples.jsonl").write_text(samples)
     record["results"]["05_ppo"]["gold_sorting"] = {"mean": 1.0}      # a family only one run has prompts of
     json.dump(record, open(tmp_path / "b/results.json", "w"))
     combine(tmp_path / "a", tmp_path / "b")

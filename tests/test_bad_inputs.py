@@ -1,0 +1,139 @@
+"""Bad inputs a review found reaching a traceback, or an exit 0 with NaN or a default the user did not ask
+for: each is now one line naming the flag, file or row (a UserError, exit code 2), before anything is written."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import ROOT, load_script
+
+STAGES = {name: load_script(name) for name in ("01_sft", "02_reward", "03_split", "04_dpo", "05_ppo", "06_eval")}
+sft, dpo, ev = STAGES["01_sft"], STAGES["04_dpo"], STAGES["06_eval"]
+
+
+@pytest.mark.parametrize("name", sorted(STAGES))
+def test_an_empty_flag_value_and_a_run_that_is_a_path_are_refused(name):
+    """`--out ""` read as not given would write the default folder (03 replaced runs/<run>/03_split)."""
+    mod = STAGES[name]
+    with pytest.raises(mod.UserError, match=r"^--out: an empty value"):
+        mod.parse_args(["--out", ""])
+    for run in ("../x", "a/b", ".hidden"):
+        with pytest.raises(mod.UserError, match="expected a plain name"):
+            mod.parse_args(["--run", run])
+    with pytest.raises(mod.UserError, match=r"^--device: an empty value"):
+        mod.parse_args(["--device", " "])
+
+
+def test_numbers_too_large_to_be_settings_are_refused():
+    with pytest.raises(sft.UserError, match=r"--epochs 1e\+308: expected a number > 0, and at most 1e9"):
+        sft.parse_args(["--epochs", "1e308"])   # the step count overflowed: math.ceil(inf)
+    with pytest.raises(sft.UserError, match="--max-steps 1000+: expected .*at most 1e9"):
+        sft.parse_args(["--max-steps", "1" + "0" * 400])   # math.isfinite of the int overflowed
+    with pytest.raises(sft.UserError, match="--builtin-temperature 0.001: expected a number >= 0.0015"):
+        sft.parse_args(["--builtin-temperature", "0.001"])   # exp(gap / T) overflowed in builtin_task
+    assert sft.parse_args(["--builtin-temperature", "0.0015"]).builtin_temperature == 0.0015
+
+
+def test_json_numbers_past_python_s_limits_are_one_line(tmp_path):
+    (tmp_path / "big.jsonl").write_text('{"prompt": "p"}\n{"prompt": "q", "extra": ' + "9" * 5000 + "}\n")
+    with pytest.raises(sft.UserError, match=r"big.jsonl:2: not readable as JSON"):
+        sft.read_jsonl(tmp_path / "big.jsonl")
+    (tmp_path / "stage.json").write_text('{"stage": "01_sft", "n": ' + "9" * 5000 + "}")
+    with pytest.raises(sft.UserError, match="stage.json: not a readable JSON record"):
+        sft.read_json(tmp_path / "stage.json")
+    rows = [{"prompt": "p", "chosen": "a", "rejected": "b", "gold_chosen": 0.5, "gold_rejected": 0.1},
+            {"prompt": "q", "chosen": "a", "rejected": "b", "gold_chosen": 10 ** 400, "gold_rejected": 0.1}]
+    with pytest.raises(sft.UserError, match="row 2: gold_chosen and gold_rejected"):
+        sft.normalise(rows, "f.jsonl")
+
+
+def test_a_stage_s_rows_are_checked_as_they_are_read(tmp_path):
+    """01's data files and 03's sets, damaged or edited by hand: one line naming the file and row, not a
+    KeyError or TypeError steps later (04 and 05 met one)."""
+    good = {"prompt": [{"role": "user", "content": "hi"}], "chosen": "a", "rejected": "b"}
+    path = tmp_path / "easy.jsonl"
+    for row, why in (({**good, "prompt": "hi"}, "its prompt is missing or not chat messages"),
+                     ({k: v for k, v in good.items() if k != "chosen"}, "its chosen is missing or not text"),
+                     ({**good, "gold_chosen": "high", "gold_rejected": 0.1}, "its gold_chosen is missing or not a number"),
+                     ([1, 2], "is not a JSON object")):
+        path.write_text(json.dumps(good) + "\n" + json.dumps(row) + "\n")
+        with pytest.raises(dpo.UserError, match=f"easy.jsonl: row 2:? {why}; rerun the stage that wrote it"):
+            dpo.read_stage_rows(path)
+    path.write_text(json.dumps({"prompt": good["prompt"]}) + "\n" + json.dumps(good) + "\n")
+    assert len(dpo.read_stage_rows(path, pairs=False)) == 2      # a test row may be a prompt alone
+    path.write_text(json.dumps({"prompt": good["prompt"], "chosen": "a"}) + "\n")
+    with pytest.raises(dpo.UserError, match="its rejected is missing"):   # but not half a pair
+        dpo.read_stage_rows(path, pairs=False)
+    path.write_text("")
+    with pytest.raises(dpo.UserError, match="easy.jsonl: no rows"):
+        dpo.read_stage_rows(path)
+    assert dpo.read_stage_rows(path, empty_ok=True) == []
+
+
+def test_output_folders_the_system_would_refuse_after_the_work_are_refused_before(tmp_path):
+    for name in ("x" * 256, "z" * 240):   # 240: fits, but the temporary folder beside it would not
+        with pytest.raises(dpo.UserError, match=f"a folder name of {len(name)} bytes; expected at most 230"):
+            dpo.check_output(tmp_path / name, False, "03_split")
+    with pytest.raises(dpo.UserError, match="not usable as an output folder"):   # a folder above it too long
+        dpo.check_output(tmp_path / ("y" * 300) / "out", False, "03_split")
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    for out in (tmp_path / "dangling", tmp_path / "dangling" / "split"):
+        with pytest.raises(dpo.UserError, match="dangling: a symbolic link to .*nowhere, which does not exist"):
+            dpo.check_output(out, False, "03_split")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dangling"]   # nothing made
+    dpo.check_output(tmp_path / ("z" * 230), False, "03_split")
+
+
+def test_a_model_with_non_finite_weights_or_a_config_of_the_wrong_shape_is_refused(tmp_path, tiny_model_dir):
+    """NaN weights gave an exit 0 with 'RM score nan' in 06's report, and a misleading message in 04."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    with torch.no_grad():
+        model.model.norm.weight[0] = float("nan")
+    model.save_pretrained(tmp_path / "nan")
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(tmp_path / "nan")
+    with pytest.raises(dpo.UserError, match="--model .*nan: its weights hold NaN or inf values"):
+        dpo.load_model(str(tmp_path / "nan"), "policy", "--model", torch.device("cpu"))
+    config = json.load(open(tmp_path / "nan/config.json"))
+    for key, value in (("architectures", 5), ("id2label", 5), ("architectures", [None])):
+        json.dump({**config, key: value}, open(tmp_path / "nan/config.json", "w"))
+        for kind in ("policy", "reward"):
+            with pytest.raises(dpo.UserError, match="its config.json has architectures .* expected a list of class names"):
+                dpo.check_model(str(tmp_path / "nan"), kind, "--reward")
+
+
+def test_rows_the_gold_judge_cannot_score_are_refused_before_any_sampling():
+    import builtin_task
+    train, test = builtin_task.make_dataset(20, 10, seed=0)
+    assert ev.gold_judge(test, "t.jsonl") is builtin_task
+    for bad in ({"family": "poetry", "meta": {}}, {"family": "arithmetic", "meta": {}}):
+        rows = test[:3] + [{**test[3], **bad}]
+        with pytest.raises(ev.UserError, match=f"t.jsonl: row 4: family '{bad['family']}' .* is no built-in task row"):
+            ev.gold_judge(rows, "t.jsonl")
+
+
+def test_a_damaged_budget_record_is_an_unknown_budget(tmp_path):
+    (tmp_path / "stage.json").write_text(json.dumps({"stage": "04_dpo", "args": {}, "data": {"split": "easy"},
+                                                     "final": {"steps": 3, "pairs_per_step": 8, "n_pairs": 24,
+                                                               "epochs_seen": "0.4"}}))
+    assert ev.budget_of(tmp_path) == "? (its stage.json is not as the stages write it)"
+
+
+def test_run_sh_refuses_an_empty_value_and_resumes_no_stage_whose_record_is_cut(tmp_path):
+    work = tmp_path / "w"
+    work.mkdir()
+    (work / "run.sh").write_bytes((ROOT / "run.sh").read_bytes())
+    proc = subprocess.run(["bash", "run.sh", "--model", ""], cwd=work, capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stderr.strip() == \
+        "run.sh: --model needs a value, not empty (see bash run.sh --help)"
+    # run.sh's `finished`: a stage.json cut short is no finished stage (--resume skipped it, and 03 then failed)
+    fn = (ROOT / "run.sh").read_text().split("finished() {")[1].split("\n}\n")[0]
+    for text, want in (('{"stage": "02_reward"}', "yes"), ('{"stage": "02_re', "no")):
+        (tmp_path / "s").mkdir(exist_ok=True)
+        (tmp_path / "s/stage.json").write_text(text)
+        script = f'PY={sys.executable}\nfinished() {{{fn}\n}}\nfinished "{tmp_path / "s"}" && echo yes || echo no'
+        assert subprocess.run(["bash", "-c", script], capture_output=True, text=True).stdout.strip() == want
