@@ -829,6 +829,8 @@ def normalise_row(row, pairs):
         if c not in (0, 1) or isinstance(c, bool) or isinstance(c, float) and not c.is_integer():
             return None, "choice is not 0 or 1"
         c, post = int(c), info.get("post") or info.get("article", "")
+        if not all(isinstance(x, str) for x in (post, info.get("subreddit", ""), info.get("title", ""))):
+            return None, "info's post (or article), subreddit or title is not text"
         row = {"prompt": f"SUBREDDIT: r/{info.get('subreddit', '')}\nTITLE: {info.get('title', '')}\nPOST: "
                          f"{post}\nTL;DR:", "chosen": summaries[c]["text"], "rejected": summaries[1 - c]["text"]}
     if isinstance(row.get("chosen"), list) and isinstance(row.get("rejected"), list):   # conversational

@@ -137,3 +137,11 @@ def test_run_sh_refuses_an_empty_value_and_resumes_no_stage_whose_record_is_cut(
         (tmp_path / "s/stage.json").write_text(text)
         script = f'PY={sys.executable}\nfinished() {{{fn}\n}}\nfinished "{tmp_path / "s"}" && echo yes || echo no'
         assert subprocess.run(["bash", "-c", script], capture_output=True, text=True).stdout.strip() == want
+
+
+def test_a_summarize_from_feedback_row_whose_post_is_no_text_is_skipped(capsys):
+    row = lambda post: {"info": {"post": post, "subreddit": "r", "title": "t"}, "choice": 0,
+                        "summaries": [{"text": "a"}, {"text": "b"}]}
+    kept = sft.normalise([row("a post"), row(["x"])], "f.jsonl")   # had become the prompt "POST: ['x']"
+    assert len(kept) == 1 and "POST: a post" in kept[0]["prompt"][0]["content"]
+    assert "post (or article), subreddit or title is not text" in capsys.readouterr().out
