@@ -160,7 +160,7 @@ def find_data(args, rm_name):
         except UserError as e:
             if args.data is None:
                 raise UserError(f"{e}; or pass --data") from None
-    sft_stage = need_stage(sft_dir, "01_sft") if sft_dir else None
+    sft_stage = need_stage(sft_dir, "01_sft") if sft_dir else None   # its lengths count with --data too
     if args.data is not None:
         return sft_dir, sft_stage, args.data, None, args.data
     if sft_dir is None:
@@ -461,7 +461,7 @@ def check_ranges(args, rules):
         value = getattr(args, dest)
         if value is not None and not (abs(value) <= 1e9 and ok(value)):   # (NaN fails every comparison)
             raise UserError(f"--{dest.replace('_', '-')} {str(value)[:24]}: expected {expected}"
-                            + ("" if abs(value) <= 1e9 else ", and at most 1e9"))
+                            + (", between -1e9 and 1e9" if value == value and abs(value) > 1e9 else ""))
     if getattr(args, "max_steps", -1) > 0 and getattr(args, "epochs", 1.0) != 1.0:  # 01, 02, 04
         raise UserError(f"--epochs {args.epochs} does nothing with --max-steps {args.max_steps}, which sets the "
                         f"length of training; pass one")
@@ -681,10 +681,11 @@ def normalise_row(row, pairs):
             return None, "info is not an object, or summaries not two objects with a text"
         if c not in (0, 1) or isinstance(c, bool) or isinstance(c, float) and not c.is_integer():
             return None, "choice is not 0 or 1"
-        c, post = int(c), info.get("post") or info.get("article", "")
-        if not all(isinstance(x, str) for x in (post, info.get("subreddit", ""), info.get("title", ""))):
+        c, post = int(c), info.get("post") or info.get("article") or ""
+        subreddit, title = info.get("subreddit") or "", info.get("title") or ""   # null in some rows: empty
+        if not all(isinstance(x, str) for x in (post, subreddit, title)):
             return None, "info's post (or article), subreddit or title is not text"
-        row = {"prompt": f"SUBREDDIT: r/{info.get('subreddit', '')}\nTITLE: {info.get('title', '')}\nPOST: "
+        row = {"prompt": f"SUBREDDIT: r/{subreddit}\nTITLE: {title}\nPOST: "
                          f"{post}\nTL;DR:", "chosen": summaries[c]["text"], "rejected": summaries[1 - c]["text"]}
     if isinstance(row.get("chosen"), list) and isinstance(row.get("rejected"), list):   # conversational
         chosen, rejected = row["chosen"], row["rejected"]
@@ -1007,17 +1008,17 @@ def sample_responses(policy, prompts, pad_id, eos_id, max_new_tokens, device, dt
     # autocast keeps cast copies only of weights that require grad: a frozen model (04's reference) is
     # marked so for the rollout (no graph is recorded here), else its weights are cast anew every token
     frozen = [p for m in models for p in m.parameters() if not p.requires_grad and p.is_floating_point()]
-    for m in models:  # eval mode: gradient-checkpointed layers in train mode drop the KV cache
-        m.eval()
-    ids, attn, _ = (t.to(device) for t in collate([(p, []) for p in prompts], pad_id, side="left"))
     use_static = lambda m: device.type == "cuda" and own_masks_exact(m) if static is None else static
     tokens, token_logps_ = [], []
     # one autocast context around the rollout: until it closes it keeps the bf16 copy of every weight that
     # requires grad, so the plain-cache steps cast each weight once a call, not once a token (half a step's
     # time on a CPU; the same numbers). The CUDA graph keeps no copies (static_decoder).
     try:
+        for m in models:  # eval mode: gradient-checkpointed layers in train mode drop the KV cache
+            m.eval()
         for p in frozen:
             p.requires_grad_(True)
+        ids, attn, _ = (t.to(device) for t in collate([(p, []) for p in prompts], pad_id, side="left"))
         with autocast(device, dtype):
             steps = [(static_decoder if use_static(m) else dynamic_decoder)(m, ids, attn, max_new_tokens, device,
                                                                              dtype) for m in models]

@@ -231,7 +231,7 @@ def gold_judge(rows, source):
             for text in ("", "Sure, here it is: 42."):
                 builtin_task.gold_score(r, text)
                 builtin_task.refuses(r, text)
-        except (KeyError, TypeError, ValueError, AttributeError) as e:
+        except Exception as e:   # KeyError, IndexError, ZeroDivisionError, OverflowError ... of hand-made meta
             raise UserError(f"{source}: row {i}: family {str(r['family'])[:40]!r} with meta keys "
                             f"{sorted(map(str, r['meta']))[:6]} is no built-in task row the gold judge can score "
                             f"({type(e).__name__}: {str(e)[:80]}); expected the built-in task's rows") from None
@@ -303,7 +303,8 @@ def budget_of(pdir, seen=()):
                     f"{rollouts / max(1, st.get('n_prompts', 0)):.2f} epochs of {st.get('n_prompts')} {st.get('prompts')} "
                     f"prompts; after {Path(str(named)).name} ({before})")
         return "?"
-    except (KeyError, TypeError, ValueError):   # a record edited by hand: the budget is unknown, the rest stands
+    except (KeyError, TypeError, ValueError, UserError):   # a record edited by hand (a Record's missing key is a
+        # UserError): the budget is unknown, the rest stands
         return "? (its stage.json is not as the stages write it)"
 
 
@@ -607,6 +608,7 @@ def main(args):
 
     # 2. every policy, the baseline first: sample y ~ pi(.|x) with the same seed, score it, summarise
     results, samples, tokens, baseline_values, baseline_responses = {}, [], 0, None, None
+    records = {p: {"role": policy_role(p), "budget": budget_of(p)} for p in policies}   # their errors before sampling
     bar = tqdm(policies, desc="06_eval policies", dynamic_ncols=True)
     for pdir in bar:
         name = pdir.name if pdir.parent.resolve() == run_dir.resolve() else str(pdir)
@@ -626,7 +628,7 @@ def main(args):
         baseline_values = baseline_values or values                  # the first policy is the baseline
         baseline_responses = baseline_responses or responses
         same = [a == b for a, b in zip(responses, baseline_responses)]   # token lists, as sample_policy gives them
-        results[name] = {"dir": str(pdir), "role": policy_role(pdir), "budget": budget_of(pdir), "time_s": time.time() - t0,
+        results[name] = {"dir": str(pdir), **records[pdir], "time_s": time.time() - t0,
                          **policy_summary(values, baseline_values, test_rows, requests, k, args.bootstrap, args.seed,
                                           same)}
         tokens += sum(map(len, responses))
@@ -862,12 +864,19 @@ def combine(args):
         res = read_json(d / "results.json")
         check_eval_record(res, d / "results.json")
         by_policy = {}
+        scored = ["rm"] + ["gold"] * any("gold" in v for v in res["results"].values())
+        number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
         for i, row in enumerate(read_jsonl(d / "samples.jsonl"), 1):
-            if not (isinstance(row, dict) and isinstance(row.get("policy"), str) and "prompt" in row and all(
-                    isinstance(row.get(m), (int, float)) for m in ("rm", "gold") if m in row or m == "rm")):
+            if not (isinstance(row, dict) and isinstance(row.get("policy"), str) and isinstance(row.get("prompt"), str)
+                    and isinstance(row.get("request", ""), str) and all(number(row.get(m)) for m in scored)):
                 raise UserError(f"{d / 'samples.jsonl'}: row {i} is not as 06_eval.py writes it (a policy, a prompt, "
-                                f"numeric scores); rerun 06_eval.py for that run")
+                                f"finite {' and '.join(scored)} scores); rerun 06_eval.py for that run")
             by_policy.setdefault(row["policy"], []).append(row)
+        n = res["n_prompts"] * res["args"]["samples_per_prompt"]
+        short = next((p for p in res["results"] if len(by_policy.get(p, [])) != n), None)
+        if short:
+            raise UserError(f"{d / 'samples.jsonl'}: {len(by_policy.get(short, []))} samples of {short}, not the "
+                            f"{n} results.json counts; rerun 06_eval.py for that run")
         runs.append({"dir": d, "seed": res["args"]["seed"], "k": res["args"]["samples_per_prompt"],
                      "n_prompts": res["n_prompts"], "dataset": res["dataset"]["name"], "protocol": protocol(res),
                      "results": res["results"], "sweep": res.get("sweep") or [], "samples": by_policy,
@@ -1123,7 +1132,7 @@ def check_ranges(args, rules):
         value = getattr(args, dest)
         if value is not None and not (abs(value) <= 1e9 and ok(value)):   # (NaN fails every comparison)
             raise UserError(f"--{dest.replace('_', '-')} {str(value)[:24]}: expected {expected}"
-                            + ("" if abs(value) <= 1e9 else ", and at most 1e9"))
+                            + (", between -1e9 and 1e9" if value == value and abs(value) > 1e9 else ""))
     if getattr(args, "max_steps", -1) > 0 and getattr(args, "epochs", 1.0) != 1.0:  # 01, 02, 04
         raise UserError(f"--epochs {args.epochs} does nothing with --max-steps {args.max_steps}, which sets the "
                         f"length of training; pass one")
@@ -1343,10 +1352,11 @@ def normalise_row(row, pairs):
             return None, "info is not an object, or summaries not two objects with a text"
         if c not in (0, 1) or isinstance(c, bool) or isinstance(c, float) and not c.is_integer():
             return None, "choice is not 0 or 1"
-        c, post = int(c), info.get("post") or info.get("article", "")
-        if not all(isinstance(x, str) for x in (post, info.get("subreddit", ""), info.get("title", ""))):
+        c, post = int(c), info.get("post") or info.get("article") or ""
+        subreddit, title = info.get("subreddit") or "", info.get("title") or ""   # null in some rows: empty
+        if not all(isinstance(x, str) for x in (post, subreddit, title)):
             return None, "info's post (or article), subreddit or title is not text"
-        row = {"prompt": f"SUBREDDIT: r/{info.get('subreddit', '')}\nTITLE: {info.get('title', '')}\nPOST: "
+        row = {"prompt": f"SUBREDDIT: r/{subreddit}\nTITLE: {title}\nPOST: "
                          f"{post}\nTL;DR:", "chosen": summaries[c]["text"], "rejected": summaries[1 - c]["text"]}
     if isinstance(row.get("chosen"), list) and isinstance(row.get("rejected"), list):   # conversational
         chosen, rejected = row["chosen"], row["rejected"]
@@ -1669,17 +1679,17 @@ def sample_responses(policy, prompts, pad_id, eos_id, max_new_tokens, device, dt
     # autocast keeps cast copies only of weights that require grad: a frozen model (04's reference) is
     # marked so for the rollout (no graph is recorded here), else its weights are cast anew every token
     frozen = [p for m in models for p in m.parameters() if not p.requires_grad and p.is_floating_point()]
-    for m in models:  # eval mode: gradient-checkpointed layers in train mode drop the KV cache
-        m.eval()
-    ids, attn, _ = (t.to(device) for t in collate([(p, []) for p in prompts], pad_id, side="left"))
     use_static = lambda m: device.type == "cuda" and own_masks_exact(m) if static is None else static
     tokens, token_logps_ = [], []
     # one autocast context around the rollout: until it closes it keeps the bf16 copy of every weight that
     # requires grad, so the plain-cache steps cast each weight once a call, not once a token (half a step's
     # time on a CPU; the same numbers). The CUDA graph keeps no copies (static_decoder).
     try:
+        for m in models:  # eval mode: gradient-checkpointed layers in train mode drop the KV cache
+            m.eval()
         for p in frozen:
             p.requires_grad_(True)
+        ids, attn, _ = (t.to(device) for t in collate([(p, []) for p in prompts], pad_id, side="left"))
         with autocast(device, dtype):
             steps = [(static_decoder if use_static(m) else dynamic_decoder)(m, ids, attn, max_new_tokens, device,
                                                                              dtype) for m in models]

@@ -29,10 +29,12 @@ def test_an_empty_flag_value_and_a_run_that_is_a_path_are_refused(name):
 
 
 def test_numbers_too_large_to_be_settings_are_refused():
-    with pytest.raises(sft.UserError, match=r"--epochs 1e\+308: expected a number > 0, and at most 1e9"):
+    with pytest.raises(sft.UserError, match=r"--epochs 1e\+308: expected a number > 0, between -1e9 and 1e9"):
         sft.parse_args(["--epochs", "1e308"])   # the step count overflowed: math.ceil(inf)
-    with pytest.raises(sft.UserError, match="--max-steps 1000+: expected .*at most 1e9"):
+    with pytest.raises(sft.UserError, match="--max-steps 1000+: expected .*between -1e9 and 1e9"):
         sft.parse_args(["--max-steps", "1" + "0" * 400])   # math.isfinite of the int overflowed
+    with pytest.raises(sft.UserError, match=r"^--lr nan: expected a learning rate in \(0, 1\): [^,]*$"):
+        sft.parse_args(["--lr", "nan"])   # no word of a size limit for NaN
     with pytest.raises(sft.UserError, match="--builtin-temperature 0.001: expected a number >= 0.0015"):
         sft.parse_args(["--builtin-temperature", "0.001"])   # exp(gap / T) overflowed in builtin_task
     assert sft.parse_args(["--builtin-temperature", "0.0015"]).builtin_temperature == 0.0015
@@ -75,7 +77,7 @@ def test_a_stage_s_rows_are_checked_as_they_are_read(tmp_path):
 
 
 def test_output_folders_the_system_would_refuse_after_the_work_are_refused_before(tmp_path):
-    for name in ("x" * 256, "z" * 240):   # 240: fits, but the temporary folder beside it would not
+    for name in ("x" * 256, "z" * 240):   # 240: fits, but a run's output kept aside (name.unsaved-PID-i) would not
         with pytest.raises(dpo.UserError, match=f"a folder name of {len(name)} bytes; expected at most 230"):
             dpo.check_output(tmp_path / name, False, "03_split")
     with pytest.raises(dpo.UserError, match="not usable as an output folder"):   # a folder above it too long
@@ -110,7 +112,8 @@ def test_rows_the_gold_judge_cannot_score_are_refused_before_any_sampling():
     import builtin_task
     train, test = builtin_task.make_dataset(20, 10, seed=0)
     assert ev.gold_judge(test, "t.jsonl") is builtin_task
-    for bad in ({"family": "poetry", "meta": {}}, {"family": "arithmetic", "meta": {}}):
+    for bad in ({"family": "poetry", "meta": {}}, {"family": "arithmetic", "meta": {}},
+                {"family": "constraints", "meta": {**next(r for r in test if r["family"] == "constraints")["meta"], "n": 0}}):
         rows = test[:3] + [{**test[3], **bad}]
         with pytest.raises(ev.UserError, match=f"t.jsonl: row 4: family '{bad['family']}' .* is no built-in task row"):
             ev.gold_judge(rows, "t.jsonl")
@@ -121,6 +124,8 @@ def test_a_damaged_budget_record_is_an_unknown_budget(tmp_path):
                                                      "final": {"steps": 3, "pairs_per_step": 8, "n_pairs": 24,
                                                                "epochs_seen": "0.4"}}))
     assert ev.budget_of(tmp_path) == "? (its stage.json is not as the stages write it)"
+    (tmp_path / "stage.json").write_text(json.dumps({"stage": "05_ppo", "args": {"rollout_batch": 8}, "final": {}}))
+    assert ev.budget_of(tmp_path) == "? (its stage.json is not as the stages write it)"   # args.steps missing
 
 
 def test_run_sh_refuses_an_empty_value_and_resumes_no_stage_whose_record_is_cut(tmp_path):

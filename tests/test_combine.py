@@ -133,10 +133,15 @@ def test_combine_refuses_runs_evaluated_differently_one_run_flags_it_ignores_and
             combine(tmp_path / "a", tmp_path / "b")
     json.dump(record, open(tmp_path / "b/results.json", "w"))
     samples = (tmp_path / "b/samples.jsonl").read_text()
-    for row in ('{"prompt": "x", "rm": 0.0}', '{"policy": "05_ppo", "prompt": "x", "rm": "high"}'):
-        (tmp_path / "b/samples.jsonl").write_text(samples + row + "\n")
+    for row in ('{"prompt": "x", "rm": 0.0}', '{"policy": "05_ppo", "prompt": "x", "rm": "high"}',
+                '{"policy": "05_ppo", "prompt": "x", "rm": 0.0}', '{"policy": "05_ppo", "prompt": ["x"], "rm": 0.0, "gold": 1}',
+                '{"policy": "05_ppo", "prompt": "x", "rm": NaN, "gold": 1}', '{"policy": "05_ppo", "prompt": "x", "rm": true, "gold": 1}'):
+        (tmp_path / "b/samples.jsonl").write_text(samples + row + "\n")   # (these runs have gold: a row needs it)
         with pytest.raises(ev.UserError, match="samples.jsonl: row 5 is not as 06_eval.py writes it"):
             combine(tmp_path / "a", tmp_path / "b")
+    (tmp_path / "b/samples.jsonl").write_text("".join(samples.splitlines(keepends=True)[:3]))   # cut short
+    with pytest.raises(ev.UserError, match="samples.jsonl: 1 samples of 05_ppo, not the 2 results.json counts"):
+        combine(tmp_path / "a", tmp_path / "b")
     (tmp_path / "b/samples.jsonl").write_text(samples)
     record["results"]["05_ppo"]["gold_sorting"] = {"mean": 1.0}      # a family only one run has prompts of
     json.dump(record, open(tmp_path / "b/results.json", "w"))

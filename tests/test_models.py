@@ -457,9 +457,11 @@ def test_a_frozen_reference_is_cast_once_a_call_and_frozen_again_after_the_rollo
     def failing_mix(pi, r):
         assert all(p.requires_grad for p in ref.parameters())   # marked while it samples
         raise KeyboardInterrupt
+    ref.train()
     with pytest.raises(KeyboardInterrupt):
         sample(failing_mix)
-    assert not any(p.requires_grad for p in ref.parameters()) and not ref.training
+    assert not any(p.requires_grad for p in ref.parameters()) and ref.training   # its own mode back
+    ref.eval()
 
 
 @torch.no_grad()
