@@ -238,6 +238,18 @@ def gold_judge(rows, source):
     return builtin_task
 
 
+def finite_weights(pdir, flag):
+    """A local policy's stored weights read one tensor at a time and refused if any is NaN or inf, so that
+    a bad policy named last fails before the others are sampled (load_model checks it again as it loads)."""
+    from safetensors import safe_open
+    for f in sorted(Path(pdir).glob("*.safetensors")):
+        with safe_open(f, "pt") as weights:
+            bad = next((k for k in weights.keys() if not torch.isfinite(weights.get_tensor(k)).all()), None)
+        if bad:
+            raise UserError(f"{flag} {pdir}: its weights hold NaN or inf values ({bad}); expected a trained "
+                            f"model's finite weights")
+
+
 def stage_of(pdir):
     """A policy's stage.json ({} where it has none); its objects, where there are any, checked to be objects."""
     path = Path(pdir) / "stage.json"
@@ -574,6 +586,7 @@ def main(args):
     policies = [base_dir] + [p for p in policies if p.resolve() != base_dir.resolve()]    # the baseline first
     for p in policies:
         check_model(p, "policy", "--baseline" if p is base_dir and args.baseline else "policy")
+        finite_weights(p, "--baseline" if p is base_dir and args.baseline else "policy")   # not after sampling others
     device = pick_device(args.device)
     precision = dtype, _ = pick_precision(args.precision, device)
     check_output(out, args.overwrite, "06_eval")  # fail before the slow parts

@@ -150,3 +150,14 @@ def test_a_summarize_from_feedback_row_whose_post_is_no_text_is_skipped(capsys):
     kept = sft.normalise([row("a post"), row(["x"])], "f.jsonl")   # had become the prompt "POST: ['x']"
     assert len(kept) == 1 and "POST: a post" in kept[0]["prompt"][0]["content"]
     assert "post (or article), subreddit or title is not text" in capsys.readouterr().out
+
+
+def test_06_refuses_a_policy_with_nan_weights_before_sampling_any(tmp_path, tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    with torch.no_grad():
+        model.model.layers[0].mlp.up_proj.weight[0, 0] = float("inf")
+    model.save_pretrained(tmp_path / "inf")
+    ev.finite_weights(tiny_model_dir, "policy")
+    with pytest.raises(ev.UserError, match=r"policy .*inf: its weights hold NaN or inf values \(model.layers.0.mlp"):
+        ev.finite_weights(tmp_path / "inf", "policy")
