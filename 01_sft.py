@@ -558,12 +558,14 @@ def read_stage_rows(path, pairs=True, empty_ok=False):
     text = lambda v: isinstance(v, str)
     number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and abs(v) <= 1e300
     fields = {"prompt": (chat, "chat messages"), "chosen": (text, "text"), "rejected": (text, "text"),
-              "gold_chosen": (number, "a number"), "gold_rejected": (number, "a number")}
+              "gold_chosen": (number, "a number"), "gold_rejected": (number, "a number"),
+              "relabelled": (lambda v: isinstance(v, bool), "true or false")}   # 03's: "no" would flip the pair
     for i, r in enumerate(rows, 1):
         if not isinstance(r, dict):
             raise UserError(f"{path}: row {i} is not a JSON object; rerun the stage that wrote it")
         pair = pairs or "chosen" in r or "rejected" in r   # a test row may be a prompt alone
-        needed = ["prompt"] + ["chosen", "rejected"] * pair + [k for k in ("gold_chosen", "gold_rejected") if k in r]
+        gold = ["gold_chosen", "gold_rejected"] * any(k in r for k in ("gold_chosen", "gold_rejected"))  # both or none
+        needed = ["prompt"] + ["chosen", "rejected"] * pair + gold + ["relabelled"] * ("relabelled" in r)
         wrong = next((k for k in needed if not fields[k][0](r.get(k))), None)
         if wrong:
             raise UserError(f"{path}: row {i}: its {wrong} is missing or not {fields[wrong][1]}; rerun the stage "

@@ -292,6 +292,29 @@ def find_baseline(args, policies, sft_dir):
     return policies[0]
 
 
+def policy_records(policies, run_dir, rm_dir, run):
+    """Read before any sampling, so that a bad record fails first: each policy's name in the report (unique),
+    its role and budget (from its stage.json), and the threshold sweep its splits make."""
+    names = {p: p.name if p.parent.resolve() == run_dir.resolve() else str(p) for p in policies}
+    clash = next(((a, b) for a in policies for b in policies if a != b and names[a] == names[b]), None)
+    if clash:
+        raise UserError(f"policies {clash[0]} and {clash[1]} would both be reported as {names[clash[0]]}; "
+                        f"name one by another path (or move it into runs/{run}/)")
+    records = {}
+    for p in policies:
+        try:
+            records[p] = {"role": policy_role(p), "budget": budget_of(p)}
+        except (TypeError, ValueError, AttributeError) as e:
+            raise UserError(f"{p}/stage.json: not as the stages write it ({type(e).__name__}: {str(e)[:80]}); "
+                            f"rerun that stage") from None
+    try:
+        sweep = threshold_sweep({names[p]: {"dir": str(p)} for p in policies}, rm_dir)
+    except (TypeError, ValueError, AttributeError) as e:
+        raise UserError(f"a 03_split stats.json behind these policies is not as 03 writes it ({type(e).__name__}: "
+                        f"{str(e)[:80]}); rerun that split") from None
+    return names, records, sweep
+
+
 def budget_of(pdir, seen=()):
     """A policy's training budget in words, from its stage.json, so compared methods can be seen to have
     had the same (or not)."""
@@ -470,11 +493,18 @@ def check_eval_record(res, path):
             not all(isinstance(v, dict) for v in res["results"].values()):
         raise UserError(f"{path}: not as 06_eval.py writes it (args, dataset, results and each policy's results "
                         f"are objects); rerun 06_eval.py for that run")
+    number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    listed = ("dir", "role", "budget", "time_s")   # a policy's entries that are no metric
     bad = [f"{n}'s {m}" for n, v in res["results"].items() for m, s in v.items()
-           if isinstance(s, dict) and not (isinstance(s.get("mean"), (int, float)) and math.isfinite(s["mean"]))]
+           if m not in listed and not (isinstance(s, dict) and number(s.get("mean")))]
     if bad:
         raise UserError(f"{path}: {bad[0]} has no finite mean; rerun 06_eval.py for that run")
-    number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    counts = (res.get("n_prompts"), res["args"].get("seed"), res["args"].get("samples_per_prompt"))
+    texts = (res.get("baseline"), res.get("sft"), res.get("judge"))
+    if not all(isinstance(c, int) and not isinstance(c, bool) for c in counts) or \
+            not all(t is None or isinstance(t, str) for t in texts):
+        raise UserError(f"{path}: not as 06_eval.py writes it (n_prompts, the seed and samples per prompt are "
+                        f"integers; baseline, sft and judge texts); rerun 06_eval.py for that run")
     sweep = res.get("sweep") or []
     if not isinstance(res["dataset"].get("name"), str) or not isinstance(sweep, list) or not all(
             isinstance(p, dict) and isinstance(p.get("point"), str) and all(number(p.get(k)) for k in ("threshold", "easy", "hard"))
@@ -621,10 +651,10 @@ def main(args):
 
     # 2. every policy, the baseline first: sample y ~ pi(.|x) with the same seed, score it, summarise
     results, samples, tokens, baseline_values, baseline_responses = {}, [], 0, None, None
-    records = {p: {"role": policy_role(p), "budget": budget_of(p)} for p in policies}   # their errors before sampling
+    names, records, sweep = policy_records(policies, run_dir, rm_dir, args.run)   # their errors before sampling
     bar = tqdm(policies, desc="06_eval policies", dynamic_ncols=True)
     for pdir in bar:
-        name = pdir.name if pdir.parent.resolve() == run_dir.resolve() else str(pdir)
+        name = names[pdir]
         policy = base if pdir is base_dir else load_model(str(pdir), "policy", "policy", device)
         if policy is not base:  # sampled and scored with the baseline's tokenizer
             check_same_tokenizer(tok, load_tokenizer(str(pdir), "policy"), "policy", pdir)
@@ -655,7 +685,6 @@ def main(args):
     # 3. report.md, samples.jsonl and results.json (this stage's record: stage.json's fields and the results)
     families = sorted({r["family"] for r in test_rows}) if judge else []
     with output_dir(out, args.overwrite) as tmp:
-        sweep = threshold_sweep(results, rm_dir)
         report = write_report(results, tmp, args, dataset, rm_dir, base_dir, len(test_rows), len(set(requests)),
                               families, sweep)
         write_jsonl(tmp / "samples.jsonl", samples)
@@ -1279,12 +1308,14 @@ def read_stage_rows(path, pairs=True, empty_ok=False):
     text = lambda v: isinstance(v, str)
     number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and abs(v) <= 1e300
     fields = {"prompt": (chat, "chat messages"), "chosen": (text, "text"), "rejected": (text, "text"),
-              "gold_chosen": (number, "a number"), "gold_rejected": (number, "a number")}
+              "gold_chosen": (number, "a number"), "gold_rejected": (number, "a number"),
+              "relabelled": (lambda v: isinstance(v, bool), "true or false")}   # 03's: "no" would flip the pair
     for i, r in enumerate(rows, 1):
         if not isinstance(r, dict):
             raise UserError(f"{path}: row {i} is not a JSON object; rerun the stage that wrote it")
         pair = pairs or "chosen" in r or "rejected" in r   # a test row may be a prompt alone
-        needed = ["prompt"] + ["chosen", "rejected"] * pair + [k for k in ("gold_chosen", "gold_rejected") if k in r]
+        gold = ["gold_chosen", "gold_rejected"] * any(k in r for k in ("gold_chosen", "gold_rejected"))  # both or none
+        needed = ["prompt"] + ["chosen", "rejected"] * pair + gold + ["relabelled"] * ("relabelled" in r)
         wrong = next((k for k in needed if not fields[k][0](r.get(k))), None)
         if wrong:
             raise UserError(f"{path}: row {i}: its {wrong} is missing or not {fields[wrong][1]}; rerun the stage "

@@ -63,7 +63,10 @@ for T in ${SWEEP//,/ }; do  # numbers only: each becomes 03's flag and part of a
   [[ "$T" =~ ^[0-9]+([.][0-9]+)?$ ]] || { echo "run.sh: $SWEEP_OPT: '$T' is not a plain decimal of 0 or more (expected a comma-separated list such as 0.5,1,2)" >&2; exit 2; }
   [ "$SWEEP_OPT" = --sweep-easy-fraction ] && ! awk -v f="$T" 'BEGIN { exit !(f > 0 && f < 1) }' && {
     echo "run.sh: $SWEEP_OPT: $T is not in (0, 1), the share of pairs made easy" >&2; exit 2; }
+  awk -v f="$T" 'BEGIN { exit !(f <= 1e9) }' || { echo "run.sh: $SWEEP_OPT: $T is past 1e9, which 03 refuses" >&2; exit 2; }
 done
+DUP=$(printf '%s\n' ${SWEEP//,/ } | awk '{ if (seen[$1 + 0]++) { print $1; exit } }')   # 0.05 and 0.050 alike
+[ -n "$DUP" ] && { echo "run.sh: $SWEEP_OPT: $DUP is named twice; each point once" >&2; exit 2; }
 for A in "${EXTRA[@]}"; do  # the run's own settings: given after `--`, 01 alone would take them
   case "$A" in --run|--run=*|--out|--out=*|--seed|--seed=*|--device|--device=*|--overwrite|--dataset|--dataset=*|--model|--model=*|--precision|--precision=*)
     echo "run.sh: ${A%%=*} after -- would reach 01_sft.py alone; pass it to run.sh before --" >&2; exit 2;;

@@ -161,3 +161,31 @@ def test_06_refuses_a_policy_with_nan_weights_before_sampling_any(tmp_path, tiny
     ev.finite_weights(tiny_model_dir, "policy")
     with pytest.raises(ev.UserError, match=r"policy .*inf: its weights hold NaN or inf values \(model.layers.0.mlp"):
         ev.finite_weights(tmp_path / "inf", "policy")
+
+
+def test_a_split_row_with_one_gold_score_or_a_relabelled_that_is_no_bool_is_refused(tmp_path):
+    good = {"prompt": [{"role": "user", "content": "hi"}], "chosen": "a", "rejected": "b", "gold_chosen": 0.5,
+            "gold_rejected": 0.1, "relabelled": False}
+    path = tmp_path / "hard.jsonl"
+    for change, why in (({"gold_rejected": None}, "gold_rejected is missing or not a number"),
+                        ({"relabelled": "no"}, "relabelled is missing or not true or false")):   # "no" flipped the pair
+        row = {k: v for k, v in {**good, **change}.items() if v is not None}
+        path.write_text(json.dumps(good) + "\n" + json.dumps(row) + "\n")
+        with pytest.raises(dpo.UserError, match=f"hard.jsonl: row 2: its {why}"):
+            dpo.read_stage_rows(path)
+
+
+def test_06_refuses_two_policies_it_would_report_under_one_name(tmp_path, monkeypatch):
+    run_dir = tmp_path / "runs/t"
+    for d in (run_dir / "04_dpo", tmp_path / "04_dpo"):
+        d.mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ev.UserError, match="04_dpo would both be reported as 04_dpo"):
+        ev.policy_records([run_dir / "04_dpo", ev.Path("04_dpo")], run_dir, tmp_path / "rm", "t")
+
+
+@pytest.mark.parametrize("points, why", [("0.05,0.050", "0.050 is named twice"), ("5000000000", "is past 1e9")])
+def test_run_sh_refuses_a_sweep_point_twice_or_past_what_03_takes(tmp_path, points, why):
+    (tmp_path / "run.sh").write_bytes((ROOT / "run.sh").read_bytes())
+    proc = subprocess.run(["bash", "run.sh", "--sweep-threshold", points], cwd=tmp_path, capture_output=True, text=True)
+    assert proc.returncode == 2 and why in proc.stderr and len(proc.stderr.strip().splitlines()) == 1

@@ -127,7 +127,12 @@ def test_combine_refuses_runs_evaluated_differently_one_run_flags_it_ignores_and
                            ({"results": {"05_ppo": "text"}}, "not as 06_eval.py writes it"),
                            ({"results": {"05_ppo": {"gold": {"mean": float("nan")}}}}, "05_ppo's gold has no finite"),
                            ({"dataset": {"name": ["a"]}}, "not as 06_eval.py writes it .a dataset name"),
-                           ({"sweep": [5]}, "not as 06_eval.py writes it .a dataset name; sweep points")):
+                           ({"sweep": [5]}, "not as 06_eval.py writes it .a dataset name; sweep points"),
+                           ({"n_prompts": None}, "n_prompts, the seed and samples per prompt are integers"),
+                           ({"judge": ["x"]}, "n_prompts, the seed and samples per prompt are integers"),
+                           ({"results": {**record["results"], "05_ppo": {"gold": {"mean": True}}}}, "05_ppo's gold has no finite"),
+                           ({"results": {**record["results"], "05_ppo": {**record["results"]["05_ppo"], "kl": 5}}},
+                            "05_ppo's kl has no finite")):
         json.dump({**record, **change}, open(tmp_path / "b/results.json", "w"))
         with pytest.raises(ev.UserError, match=needle):
             combine(tmp_path / "a", tmp_path / "b")
