@@ -730,6 +730,12 @@ def read_jsonl(path):
     return rows
 
 
+def finite_number(v):
+    """A JSON number a float holds: not a bool, not NaN or inf, and no integer past 1e300 (math.isfinite of
+    one overflows)."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and abs(v) <= 1e300
+
+
 def read_stage_rows(path, pairs=True, empty_ok=False):
     """Rows a stage wrote (01's data files, 03's sets), checked as they are read: a row damaged or edited by
     hand is one line naming the file and row, not a KeyError steps later. Each has a prompt (chat messages)
@@ -740,9 +746,8 @@ def read_stage_rows(path, pairs=True, empty_ok=False):
     chat = lambda v: isinstance(v, list) and v and all(
         isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in v)
     text = lambda v: isinstance(v, str)
-    number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and abs(v) <= 1e300
     fields = {"prompt": (chat, "chat messages"), "chosen": (text, "text"), "rejected": (text, "text"),
-              "gold_chosen": (number, "a number"), "gold_rejected": (number, "a number"),
+              "gold_chosen": (finite_number, "a number"), "gold_rejected": (finite_number, "a number"),
               "relabelled": (lambda v: isinstance(v, bool), "true or false")}   # 03's: "no" would flip the pair
     for i, r in enumerate(rows, 1):
         if not isinstance(r, dict):
@@ -893,14 +898,13 @@ def normalise(rows, source, pairs=True):
                         + " (hh-rlhf's chosen/rejected may also be chat messages)")
     out, skipped, gold = [], {}, ("gold_chosen", "gold_rejected")   # the built-in task's, or your own
     has_gold = not rows[0].keys().isdisjoint(gold)
-    number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and abs(v) <= 1e300  # no NaN, inf
     for i, row in enumerate(rows, 1):
         if not isinstance(row, dict):
             raise UserError(f"{source}: row {i} is not a JSON object (expected the {name} format of row 1)")
         if not forms[name] <= row.keys():
             raise UserError(f"{source}: row {i} is missing {sorted(forms[name] - row.keys())} (expected the "
                             f"{name} format of row 1)")
-        if has_gold == row.keys().isdisjoint(gold) or has_gold and not all(number(row.get(k)) for k in gold):
+        if has_gold == row.keys().isdisjoint(gold) or has_gold and not all(finite_number(row.get(k)) for k in gold):
             raise UserError(f"{source}: row {i}: gold_chosen and gold_rejected (gold scores, read by 02 and 03) "
                             f"must be finite numbers, in every row or in none")
         try:

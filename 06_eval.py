@@ -493,10 +493,9 @@ def check_eval_record(res, path):
             not all(isinstance(v, dict) for v in res["results"].values()):
         raise UserError(f"{path}: not as 06_eval.py writes it (args, dataset, results and each policy's results "
                         f"are objects); rerun 06_eval.py for that run")
-    number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
     listed = ("dir", "role", "budget", "time_s")   # a policy's entries that are no metric
     bad = [f"{n}'s {m}" for n, v in res["results"].items() for m, s in v.items()
-           if m not in listed and not (isinstance(s, dict) and number(s.get("mean")))]
+           if m not in listed and not (isinstance(s, dict) and finite_number(s.get("mean")))]
     if bad:
         raise UserError(f"{path}: {bad[0]} has no finite mean; rerun 06_eval.py for that run")
     counts = (res.get("n_prompts"), res["args"].get("seed"), res["args"].get("samples_per_prompt"))
@@ -507,7 +506,7 @@ def check_eval_record(res, path):
                         f"integers; baseline, sft and judge texts); rerun 06_eval.py for that run")
     sweep = res.get("sweep") or []
     if not isinstance(res["dataset"].get("name"), str) or not isinstance(sweep, list) or not all(
-            isinstance(p, dict) and isinstance(p.get("point"), str) and all(number(p.get(k)) for k in ("threshold", "easy", "hard"))
+            isinstance(p, dict) and isinstance(p.get("point"), str) and all(finite_number(p.get(k)) for k in ("threshold", "easy", "hard"))
             for p in sweep):
         raise UserError(f"{path}: not as 06_eval.py writes it (a dataset name; sweep points with a name, a threshold "
                         f"and set sizes); rerun 06_eval.py for that run")
@@ -907,10 +906,9 @@ def combine(args):
         check_eval_record(res, d / "results.json")
         by_policy = {}
         scored = ["rm"] + ["gold"] * any("gold" in v for v in res["results"].values())
-        number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
         for i, row in enumerate(read_jsonl(d / "samples.jsonl"), 1):
             if not (isinstance(row, dict) and isinstance(row.get("policy"), str) and isinstance(row.get("prompt"), str)
-                    and isinstance(row.get("request", ""), str) and all(number(row.get(m)) for m in scored)):
+                    and isinstance(row.get("request", ""), str) and all(finite_number(row.get(m)) for m in scored)):
                 raise UserError(f"{d / 'samples.jsonl'}: row {i} is not as 06_eval.py writes it (a policy, a prompt, "
                                 f"finite {' and '.join(scored)} scores); rerun 06_eval.py for that run")
             by_policy.setdefault(row["policy"], []).append(row)
@@ -1296,6 +1294,12 @@ def read_jsonl(path):
     return rows
 
 
+def finite_number(v):
+    """A JSON number a float holds: not a bool, not NaN or inf, and no integer past 1e300 (math.isfinite of
+    one overflows)."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and abs(v) <= 1e300
+
+
 def read_stage_rows(path, pairs=True, empty_ok=False):
     """Rows a stage wrote (01's data files, 03's sets), checked as they are read: a row damaged or edited by
     hand is one line naming the file and row, not a KeyError steps later. Each has a prompt (chat messages)
@@ -1306,9 +1310,8 @@ def read_stage_rows(path, pairs=True, empty_ok=False):
     chat = lambda v: isinstance(v, list) and v and all(
         isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in v)
     text = lambda v: isinstance(v, str)
-    number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and abs(v) <= 1e300
     fields = {"prompt": (chat, "chat messages"), "chosen": (text, "text"), "rejected": (text, "text"),
-              "gold_chosen": (number, "a number"), "gold_rejected": (number, "a number"),
+              "gold_chosen": (finite_number, "a number"), "gold_rejected": (finite_number, "a number"),
               "relabelled": (lambda v: isinstance(v, bool), "true or false")}   # 03's: "no" would flip the pair
     for i, r in enumerate(rows, 1):
         if not isinstance(r, dict):
@@ -1459,14 +1462,13 @@ def normalise(rows, source, pairs=True):
                         + " (hh-rlhf's chosen/rejected may also be chat messages)")
     out, skipped, gold = [], {}, ("gold_chosen", "gold_rejected")   # the built-in task's, or your own
     has_gold = not rows[0].keys().isdisjoint(gold)
-    number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and abs(v) <= 1e300  # no NaN, inf
     for i, row in enumerate(rows, 1):
         if not isinstance(row, dict):
             raise UserError(f"{source}: row {i} is not a JSON object (expected the {name} format of row 1)")
         if not forms[name] <= row.keys():
             raise UserError(f"{source}: row {i} is missing {sorted(forms[name] - row.keys())} (expected the "
                             f"{name} format of row 1)")
-        if has_gold == row.keys().isdisjoint(gold) or has_gold and not all(number(row.get(k)) for k in gold):
+        if has_gold == row.keys().isdisjoint(gold) or has_gold and not all(finite_number(row.get(k)) for k in gold):
             raise UserError(f"{source}: row {i}: gold_chosen and gold_rejected (gold scores, read by 02 and 03) "
                             f"must be finite numbers, in every row or in none")
         try:
