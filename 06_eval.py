@@ -614,8 +614,9 @@ def main(args):
               f"reference: its KL is to a model it was not trained from")
     policies = [base_dir] + [p for p in policies if p.resolve() != base_dir.resolve()]    # the baseline first
     for p in policies:
-        check_model(p, "policy", "--baseline" if p is base_dir and args.baseline else "policy")
-        finite_weights(p, "--baseline" if p is base_dir and args.baseline else "policy")   # not after sampling others
+        flag = "--baseline" if p is base_dir and args.baseline else "policy"
+        check_model(p, "policy", flag)
+        finite_weights(p, flag)   # not after sampling the others
     device = pick_device(args.device)
     precision = dtype, _ = pick_precision(args.precision, device)
     check_output(out, args.overwrite, "06_eval")  # fail before the slow parts
