@@ -1478,6 +1478,18 @@ def check_output(out, overwrite, stage, inputs=()):
         raise UserError(f"{out}: not usable as an output folder ({type(e).__name__}: {e.strerror or e})") from None
 
 
+def check_room(out, model):
+    """Before the work: the disk that takes `out` has room for the model this stage saves (its weights as
+    held, fp32 master weights, and a margin for the tokenizer and records), so that a full disk is met
+    before training, not after it (output_dir then names it too, and keeps nothing half-written)."""
+    need = sum(p.numel() * p.element_size() for p in model.parameters()) + (64 << 20)
+    there = next(p for p in Path(out).absolute().parents if p.exists())
+    free = shutil.disk_usage(there).free
+    if free < need:
+        raise UserError(f"{out}: {free / 2**20:.0f} MiB free on its disk ({there}), and this stage saves about "
+                        f"{need / 2**20:.0f} MiB; free some space or pick an --out on another disk")
+
+
 SAVED = []   # outputs output_dir has put in place in this process: an interrupt after that loses nothing
 
 
@@ -1500,7 +1512,13 @@ def output_dir(out, overwrite):
         return kept
     tmp.mkdir(parents=True)
     try:
-        yield tmp
+        try:
+            yield tmp
+        except Exception as e:   # a full disk or a folder that refuses a write; safetensors' error names the OS's
+            if isinstance(e, OSError) or "os error" in str(e):
+                raise UserError(f"{out}: could not be written ({getattr(e, 'strerror', None) or e}); nothing was "
+                                f"kept") from None
+            raise
         if out.exists() and not overwrite:
             raise UserError(f"{out} was made by another run while this one ran; not replaced without "
                             f"--overwrite: this run's output is in {keep_aside()}")

@@ -189,3 +189,33 @@ def test_run_sh_refuses_a_sweep_point_twice_or_past_what_03_takes(tmp_path, poin
     (tmp_path / "run.sh").write_bytes((ROOT / "run.sh").read_bytes())
     proc = subprocess.run(["bash", "run.sh", "--sweep-threshold", points], cwd=tmp_path, capture_output=True, text=True)
     assert proc.returncode == 2 and why in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_a_full_disk_is_one_line_and_keeps_nothing(tmp_path, tiny_model_dir):
+    """A write the system refuses while a stage saves (here a file-size limit, as a full disk refuses one:
+    safetensors' own error type) is one line naming the output, and leaves neither it nor its temporary."""
+    import resource
+    import signal
+
+    def limit_file_size():   # files past 16 KiB fail with EFBIG instead of killing the process
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (16 << 10, 16 << 10))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, str(ROOT / "01_sft.py"), "--model", str(tiny_model_dir), "--run", "r",
+                           "--max-steps", "1", "--builtin-train-pairs", "16", "--builtin-test-prompts", "4"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+                          preexec_fn=limit_file_size)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines() == [
+        f"01_sft.py: error: runs/r/01_sft: could not be written (Error while serializing: I/O error: File too large "
+        f"(os error 27)); nothing was kept"]
+    assert os.listdir(tmp_path / "runs/r") == []
+
+
+def test_a_disk_without_room_for_the_model_is_refused_before_training(tmp_path, monkeypatch):
+    model = torch.nn.Linear(1024, 1024)   # 4 MiB of fp32 weights, and the 64 MiB margin
+    sft.check_room(tmp_path / "out", model)
+    monkeypatch.setattr(sft.shutil, "disk_usage", lambda path: type("Usage", (), {"free": 60 << 20})())
+    with pytest.raises(sft.UserError, match=r"out: 60 MiB free on its disk \(.*\), and this stage saves about "
+                                            r"68 MiB; free some space"):
+        sft.check_room(tmp_path / "out", model)
