@@ -561,9 +561,10 @@ def read_stage_rows(path, pairs=True, empty_ok=False):
     if not rows and not empty_ok:
         raise UserError(f"{path}: no rows; rerun the stage that wrote it")
     chat = lambda v: isinstance(v, list) and v and all(
-        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in v)
+        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in v) \
+        and chat_prompt(v)
     text = lambda v: isinstance(v, str)
-    fields = {"prompt": (chat, "chat messages"), "chosen": (text, "text"), "rejected": (text, "text"),
+    fields = {"prompt": (chat, "chat messages ending on a user turn"), "chosen": (text, "text"), "rejected": (text, "text"),
               "gold_chosen": (finite_number, "a number"), "gold_rejected": (finite_number, "a number"),
               "relabelled": (lambda v: isinstance(v, bool), "true or false")}   # 03's: "no" would flip the pair
     for i, r in enumerate(rows, 1):
@@ -639,6 +640,12 @@ def hh_dialogue(text):
     return None if parts[0].strip() or not msgs else msgs
 
 
+def chat_prompt(messages):
+    """Whether chat messages ({"role", "content"}) are a prompt: roles a chat template knows, the last the
+    user's, whom the response answers (a prompt that ends on the assistant's turn would be continued)."""
+    return all(m["role"] in ("system", "user", "assistant") for m in messages) and messages[-1]["role"] == "user"
+
+
 def normalise_row(row, pairs):
     """(row as {"prompt": [messages], "chosen", "rejected", ...its other columns}, None) or (None, why it
     is skipped). Forms, told apart by their columns: prompt/chosen/rejected (TL;DR comparison sets:
@@ -685,6 +692,8 @@ def normalise_row(row, pairs):
         return None, "prompt is neither text nor a list of chat messages with role and content"
     if not prompt or not prompt[-1]["content"]:
         return None, "empty prompt"
+    if not chat_prompt(prompt):
+        return None, "prompt's roles are not system, user and assistant ending on a user turn"
     if not pairs:
         return dict(row, prompt=prompt), None
     if not all(isinstance(row[k], str) for k in ("chosen", "rejected")):
@@ -755,12 +764,18 @@ def drop_long_pairs(rows, tokenizer, max_response_len, source):
 
 def check_same_tokenizer(tok, other_tok, flag, name, whose="the policy's"):
     """A reward, reference or value model reads the policy's token ids, so both must map text to the same ids
-    (an added pad token aside): another vocabulary would give meaningless numbers, or an index error."""
+    (an added pad token aside): another vocabulary would give meaningless numbers, or an index error. And
+    both render a prompt alike: under another chat template (or none) the prompts it reads are not the
+    kind it was trained on."""
     pads = {tok.pad_token, other_tok.pad_token}
     vocab = lambda t: {k: v for k, v in t.get_vocab().items() if k not in pads}
     if vocab(tok) != vocab(other_tok):
         raise UserError(f"{flag} {name}: its tokenizer differs from {whose}, whose token ids it would read "
                         f"or give; use models trained from the same base model")
+    if tok.chat_template != other_tok.chat_template:
+        raise UserError(f"{flag} {name}: its chat template differs from {whose} (or one has none), so it would "
+                        f"read prompts rendered otherwise than in its training; use models trained from the same "
+                        f"base model")
 
 
 def render_prompt(tokenizer, messages):
@@ -1216,9 +1231,10 @@ def check_logits(model, name, flag):
 
 
 def check_context(model, n_tokens, flag, limits):
-    """Refuse length limits past the model's positions: a learned position table (GPT-2, OPT) would fail deep
-    inside torch, and rotary positions past the range trained on give output of no meaning."""
-    n = getattr(model.config.get_text_config(), "max_position_embeddings", None)
+    """Refuse length limits past the model's positions (`model`: a model or its config): a learned position
+    table (GPT-2, OPT) would fail deep inside torch, and rotary positions past the range trained on give
+    output of no meaning."""
+    n = getattr(getattr(model, "config", model).get_text_config(), "max_position_embeddings", None)
     if n is not None and n_tokens > n:
         raise UserError(f"{limits} allow sequences of {n_tokens} tokens, but {flag}'s model has {n} positions")
 

@@ -58,7 +58,11 @@ def test_a_stage_s_rows_are_checked_as_they_are_read(tmp_path):
     KeyError or TypeError steps later (04 and 05 met one)."""
     good = {"prompt": [{"role": "user", "content": "hi"}], "chosen": "a", "rejected": "b"}
     path = tmp_path / "easy.jsonl"
-    for row, why in (({**good, "prompt": "hi"}, "its prompt is missing or not chat messages"),
+    ends_on_reply = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
+    not_a_role = [{"role": "robot", "content": "hi"}]
+    no_prompt = "its prompt is missing or not chat messages ending on a user turn"
+    for row, why in (({**good, "prompt": "hi"}, no_prompt), ({**good, "prompt": ends_on_reply}, no_prompt),
+                     ({**good, "prompt": not_a_role}, no_prompt),
                      ({k: v for k, v in good.items() if k != "chosen"}, "its chosen is missing or not text"),
                      ({**good, "gold_chosen": "high", "gold_rejected": 0.1}, "its gold_chosen is missing or not a number"),
                      ([1, 2], "is not a JSON object")):
@@ -219,3 +223,22 @@ def test_a_disk_without_room_for_the_model_is_refused_before_training(tmp_path, 
     with pytest.raises(sft.UserError, match=r"out: 60 MiB free on its disk \(.*\), and this stage saves about "
                                             r"68 MiB; free some space"):
         sft.check_room(tmp_path / "out", model)
+
+
+def test_prompts_that_end_on_the_reply_or_name_unknown_roles_are_skipped_as_data(tmp_path):
+    """A prompt is answered by the response: it ends on the user's turn (one ending on the assistant's would
+    be continued, not answered), and its roles are those chat templates know; such rows are skipped and
+    counted, as other malformed rows are, in every form that carries chat messages."""
+    user, reply = {"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}
+    rows = [{"prompt": [user], "chosen": "a", "rejected": "b"},
+            {"prompt": [user, reply], "chosen": "a", "rejected": "b"},
+            {"prompt": [{"role": "robot", "content": "hi"}], "chosen": "a", "rejected": "b"},
+            {"prompt": [{"role": "system", "content": "be brief"}, reply, user], "chosen": "a", "rejected": "b"}]
+    kept = sft.normalise(rows, "f.jsonl")
+    assert [r["prompt"] for r in kept] == [[user], rows[3]["prompt"]]
+    conversational = [{"chosen": [user, {"role": "assistant", "content": c}], "rejected": [user, reply]}
+                      for c in ("a", "b")] + [{"chosen": [user, reply, {"role": "assistant", "content": "a"}],
+                                               "rejected": [user, reply, {"role": "assistant", "content": "b"}]}]
+    assert len(sft.normalise(conversational, "c.jsonl")) == 2    # the third's prompt ends on the assistant
+    prompts = [{"prompt": [user]}, {"prompt": [user, reply]}]
+    assert [r["prompt"] for r in sft.normalise(prompts, "p.jsonl", pairs=False)] == [[user]]

@@ -2,6 +2,7 @@
 TL;DR comparisons (prompt/chosen/rejected with 'TL;DR:'), openai/summarize_from_feedback rows, and
 a generic prompt/chosen/rejected file."""
 
+import copy
 import gzip
 import json
 
@@ -265,6 +266,10 @@ def test_a_reward_model_with_another_tokenizer_is_refused(tiny, tmp_path):
     other = AutoTokenizer.from_pretrained(build_tiny(tmp_path / "other", vocab_size=300))
     with pytest.raises(sft.UserError, match="--reward rm: its tokenizer differs from the policy's"):
         sft.check_same_tokenizer(tok, other, "--reward", "rm")
+    plain = copy.deepcopy(tok)
+    plain.chat_template = None   # the same ids, but prompts rendered as "User: ..." instead of the template's
+    with pytest.raises(sft.UserError, match=r"--reward rm: its chat template differs from the policy's \(or one has none\)"):
+        sft.check_same_tokenizer(tok, plain, "--reward", "rm")
 
 
 def test_conversational_pairs_json_arrays_and_typed_summarize_from_feedback_rows(tmp_path, capsys):

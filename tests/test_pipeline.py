@@ -155,6 +155,18 @@ def test_the_baseline_is_the_sft_policy_whatever_its_place(pipeline, tmp_path, c
     err = stage_error("06_eval.py", run / "01_sft", tmp_path / "sft2", "--run", "t", "--out", tmp_path / "c", *fast,
                       cwd=work, capsys=capsys, monkeypatch=monkeypatch)
     assert "several SFT policies" in err and "--baseline" in err and not (tmp_path / "c").exists()
+    # a later policy that renders prompts otherwise (no chat template) is refused before any policy is sampled
+    from transformers import AutoTokenizer
+    shutil.copytree(run / "04_dpo", tmp_path / "plain")
+    (tmp_path / "plain/chat_template.jinja").unlink(missing_ok=True)
+    tok = AutoTokenizer.from_pretrained(tmp_path / "plain")
+    tok.chat_template = None
+    tok.save_pretrained(tmp_path / "plain")
+    monkeypatch.setattr(ev, "sample_policy", lambda *a: pytest.fail("sampled before the policies were checked"))
+    with pytest.raises(SystemExit):
+        ev.run_main(ev.main, [str(a) for a in [run / "04_dpo", tmp_path / "plain", "--run", "t", "--out",
+                                               tmp_path / "g"] + fast])
+    assert f"policy {tmp_path / 'plain'}: its chat template differs" in capsys.readouterr().err
 
 
 def test_the_run_computes_in_the_one_precision_run_sh_picked(pipeline):
