@@ -600,7 +600,8 @@ def read_stage_rows(path, pairs=True, empty_ok=False):
         isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in v) \
         and chat_prompt(v)
     text = lambda v: isinstance(v, str)
-    fields = {"prompt": (chat, "chat messages ending on a user turn"), "chosen": (text, "text"), "rejected": (text, "text"),
+    fields = {"prompt": (chat, "chat messages (roles system/user/assistant) ending on a user turn"),
+              "chosen": (text, "text"), "rejected": (text, "text"),
               "gold_chosen": (finite_number, "a number"), "gold_rejected": (finite_number, "a number"),
               "relabelled": (lambda v: isinstance(v, bool), "true or false")}   # 03's: "no" would flip the pair
     for i, r in enumerate(rows, 1):
@@ -643,6 +644,13 @@ def write_jsonl(path, rows):
         f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
 
 
+def write_json(obj, path):
+    """Closed here, so that a write the disk refuses is an error inside output_dir (a file left to the
+    garbage collector is flushed later, and an error then is ignored: a record cut short would be kept)."""
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2)
+
+
 def load_rows(spec, flag, split="train"):
     """Raw rows of a local .jsonl / .jsonl.gz file or a hub dataset ('name' or 'name:subset')."""
     if spec.endswith((".jsonl", ".jsonl.gz", ".json")):
@@ -677,8 +685,9 @@ def hh_dialogue(text):
 
 
 def chat_prompt(messages):
-    """Whether chat messages ({"role", "content"}) are a prompt: roles a chat template knows, the last the
-    user's, whom the response answers (a prompt that ends on the assistant's turn would be continued)."""
+    """Whether chat messages ({"role", "content"}) are a prompt: roles system, user and assistant (our choice:
+    those every chat template renders), the last the user's, whom the response answers (after one that ends
+    on the assistant's turn, render_prompt would open a second assistant turn in a row)."""
     return all(m["role"] in ("system", "user", "assistant") for m in messages) and messages[-1]["role"] == "user"
 
 
@@ -729,7 +738,7 @@ def normalise_row(row, pairs):
     if not prompt or not prompt[-1]["content"]:
         return None, "empty prompt"
     if not chat_prompt(prompt):
-        return None, "prompt's roles are not system, user and assistant ending on a user turn"
+        return None, "prompt does not end on a user turn, or has a role other than system/user/assistant"
     if not pairs:
         return dict(row, prompt=prompt), None
     if not all(isinstance(row[k], str) for k in ("chosen", "rejected")):
@@ -808,10 +817,24 @@ def check_same_tokenizer(tok, other_tok, flag, name, whose="the policy's"):
     if vocab(tok) != vocab(other_tok):
         raise UserError(f"{flag} {name}: its tokenizer differs from {whose}, whose token ids it would read "
                         f"or give; use models trained from the same base model")
-    if tok.chat_template != other_tok.chat_template:
+    if any(rendered(tok, m) != rendered(other_tok, m) for m in TEMPLATE_PROBES):
         raise UserError(f"{flag} {name}: its chat template differs from {whose} (or one has none), so it would "
                         f"read prompts rendered otherwise than in its training; use models trained from the same "
                         f"base model")
+
+
+TEMPLATE_PROBES = [[{"role": "user", "content": "Hi?"}],   # conversations two chat templates are compared on
+                   [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi?"}],
+                   [{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "Hello."},
+                    {"role": "user", "content": "Why?"}]]
+
+
+def rendered(tokenizer, messages):
+    """The prompt as rendered, or the template's refusal: what two chat templates are compared by."""
+    try:
+        return render_prompt(tokenizer, messages)
+    except UserError as e:
+        return f"refused: {e}"
 
 
 def render_prompt(tokenizer, messages):
@@ -1494,11 +1517,11 @@ def check_output(out, overwrite, stage, inputs=()):
         raise UserError(f"{out}: not usable as an output folder ({type(e).__name__}: {e.strerror or e})") from None
 
 
-def check_room(out, model):
+def check_room(out, model, extra=0):
     """Before the work: the disk that takes `out` has room for the model this stage saves (its weights as
-    held, fp32 master weights, and a margin for the tokenizer and records), so that a full disk is met
-    before training, not after it (output_dir then names it too, and keeps nothing half-written)."""
-    need = sum(p.numel() * p.element_size() for p in model.parameters()) + (64 << 20)
+    held, fp32 master weights), `extra` bytes of other files, and a margin for the tokenizer and records, so
+    that a full disk is met before training, not after it (output_dir then names it too, keeping nothing)."""
+    need = sum(p.numel() * p.element_size() for p in model.parameters()) + extra + (64 << 20)
     there = next(p for p in Path(out).absolute().parents if p.exists())
     free = shutil.disk_usage(there).free
     if free < need:
@@ -1530,10 +1553,11 @@ def output_dir(out, overwrite):
     try:
         try:
             yield tmp
-        except Exception as e:   # a full disk or a folder that refuses a write; safetensors' error names the OS's
-            if isinstance(e, OSError) or "os error" in str(e):
-                raise UserError(f"{out}: could not be written ({getattr(e, 'strerror', None) or e}); nothing was "
-                                f"kept") from None
+        except Exception as e:   # a full disk or a folder that refuses a write (safetensors has its own error type)
+            if isinstance(e, OSError) or type(e).__name__ == "SafetensorError":
+                earlier = " (the earlier output is untouched)" if out.exists() else ""
+                raise UserError(f"{out}: could not be written ({getattr(e, 'strerror', None) or e}); nothing of "
+                                f"this run was kept{earlier}") from None
             raise
         if out.exists() and not overwrite:
             raise UserError(f"{out} was made by another run while this one ran; not replaced without "
@@ -1568,9 +1592,9 @@ def write_stage(tmp, stage, args, started, device, precision, metrics, record_na
     """stage.json (what this output was made from: read by later stages, and by you) and metrics.jsonl."""
     import transformers
     versions = {"python": sys.version.split()[0], "torch": torch.__version__, "transformers": transformers.__version__}
-    json.dump({"stage": stage, "args": vars(args), "seed": getattr(args, "seed", None), "device": str(device),
+    write_json({"stage": stage, "args": vars(args), "seed": getattr(args, "seed", None), "device": str(device),
                "precision": precision_name(precision[0]), "precision_reason": precision[1], "versions": versions,
-               "wall_time_s": time.time() - started, **record}, open(tmp / record_name, "w"), indent=2)
+               "wall_time_s": time.time() - started, **record}, tmp / record_name)
     if metrics is not None:
         write_jsonl(tmp / "metrics.jsonl", metrics)
 

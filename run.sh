@@ -142,7 +142,7 @@ case "$BUDGET" in
     BUILTIN=(--builtin-train-pairs 120 --builtin-test-prompts 12); SFT=(--max-steps 4 --lr 1e-3)
     RM=(--max-steps 4 --lr 1e-3); DPO=(--max-steps 3 --lr 1e-4); PPO=(--steps 2 --max-new-tokens 8 --lr 1e-4)
     ONLINE=(--max-steps 2 --max-new-tokens 8 --eval-every 1); EVAL=(--max-new-tokens 8 --bootstrap 100)
-    # learning rates that move the tests' random tiny model in 3-4 steps: a smoke test of the plumbing, which
+    # learning rates that move the tests' random tiny model in a few steps: a smoke test of the plumbing, which
     # overshoots a pretrained model (its results say nothing about the method)
     TIMES="~0.5-1 min a stage with SmolLM2-135M, ~3 min in all (2 cores); seconds with a tiny model; a smoke test: its learning rates are sized for a random tiny model, so a real model's report means nothing";;
   *) echo "run.sh: --budget must be cpu, gpu or tiny" >&2; exit 2;;

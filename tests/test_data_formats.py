@@ -270,6 +270,12 @@ def test_a_reward_model_with_another_tokenizer_is_refused(tiny, tmp_path):
     plain.chat_template = None   # the same ids, but prompts rendered as "User: ..." instead of the template's
     with pytest.raises(sft.UserError, match=r"--reward rm: its chat template differs from the policy's \(or one has none\)"):
         sft.check_same_tokenizer(tok, plain, "--reward", "rm")
+    plain.chat_template = tok.chat_template.replace("{% for", "{%- for").replace("{% endfor %}", "{%- endfor %}")
+    assert plain.chat_template != tok.chat_template
+    sft.check_same_tokenizer(tok, plain, "--reward", "rm")    # written otherwise, rendering the same: accepted
+    plain.chat_template = tok.chat_template.replace("<|im_start|>assistant", "<|im_start|>bot")
+    with pytest.raises(sft.UserError, match="its chat template differs"):
+        sft.check_same_tokenizer(tok, plain, "--reward", "rm")
 
 
 def test_conversational_pairs_json_arrays_and_typed_summarize_from_feedback_rows(tmp_path, capsys):

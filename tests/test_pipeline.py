@@ -166,7 +166,8 @@ def test_the_baseline_is_the_sft_policy_whatever_its_place(pipeline, tmp_path, c
     with pytest.raises(SystemExit):
         ev.run_main(ev.main, [str(a) for a in [run / "04_dpo", tmp_path / "plain", "--run", "t", "--out",
                                                tmp_path / "g"] + fast])
-    assert f"policy {tmp_path / 'plain'}: its chat template differs" in capsys.readouterr().err
+    assert (f"policy {tmp_path / 'plain'}: its chat template differs from the baseline's (runs/t/01_sft) (or one "
+            f"has none)") in capsys.readouterr().err   # the SFT policy the RM was trained from
 
 
 def test_the_run_computes_in_the_one_precision_run_sh_picked(pipeline):
