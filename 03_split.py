@@ -543,6 +543,10 @@ def read_jsonl(path):
     """Rows of a .jsonl or .jsonl.gz file (or a .json file: JSON lines, or one JSON array of rows); a bad
     line or a corrupt file is a one-line error naming it."""
     path, rows, i = Path(path), [], 0
+    if path.suffix != ".gz" and path.is_file():
+        with open(path, "rb") as f:
+            if f.read(2) == b"\x1f\x8b":   # gzip's magic number
+                raise UserError(f"{path}: a gzip-compressed file; name it {path.name}.gz (read as .jsonl.gz)")
     data = path.read_bytes() if path.suffix == ".json" else None   # read once: an array or JSON lines
     if data is not None and data.lstrip(b"\xef\xbb\xbf \t\r\n")[:1] == b"[":   # one JSON array
         try:
@@ -659,6 +663,8 @@ def load_rows(spec, flag, split="train"):
         return read_jsonl(spec)
     if Path(spec).exists():
         raise UserError(f"{flag} {spec}: expected a .jsonl, .jsonl.gz or .json file")
+    if spec.startswith(("/", "./", "../", "~")) or spec.partition(":")[0].count("/") > 1:   # no hub id's shape
+        raise UserError(f"{flag} {spec}: file not found (a hub dataset is 'name' or 'org/name', with ':subset')")
     name, _, subset = spec.partition(":")  # HH-RLHF's subsets are data folders; other datasets' are configs
     where = {"data_dir": subset or None} if name == "Anthropic/hh-rlhf" else {"name": subset or None}
     offline_unless_hub_reachable()
@@ -793,9 +799,34 @@ def normalise(rows, source, pairs=True):
     return out
 
 
+def special_text(tokenizer, row):
+    """(field, token) where a row's text holds one of the tokenizer's special tokens ('<|im_end|>'), else
+    None: tokenised, it would be that token (an end of turn inside a response, or a turn the data never had)."""
+    specials = {t.content for t in tokenizer.added_tokens_decoder.values() if t.special} | set(
+        tokenizer.all_special_tokens)
+    prompt = row["prompt"]   # chat messages, or text where a caller has not normalised it
+    texts = [("prompt", m["content"]) for m in ([{"content": prompt}] if isinstance(prompt, str) else prompt)] \
+        + [(k, row[k]) for k in ("chosen", "rejected") if isinstance(row.get(k), str)]
+    return next(((field, s) for field, text in texts for s in specials if s and s in text), None)
+
+
+def drop_special_text(rows, tokenizer, source):
+    """Rows whose text holds a special token (special_text), dropped and counted as malformed data."""
+    keep = [r for r in rows if special_text(tokenizer, r) is None]
+    if len(keep) < len(rows):
+        field, token = next(special_text(tokenizer, r) for r in rows if special_text(tokenizer, r))
+        print(f"{source}: dropped {len(rows) - len(keep)} of {len(rows)} rows whose text holds a special token of "
+              f"the tokenizer (the first: {token!r} in its {field}), which would be read as that token")
+    if not keep:
+        raise UserError(f"{source}: every row's text holds a special token of the tokenizer; expected plain text")
+    return keep
+
+
 def drop_long_pairs(rows, tokenizer, max_response_len, source):
     """Pairs with a response of max_response_len tokens or more, dropped and counted: cut short and closed
-    with EOS, they would teach that a truncated answer is a finished one."""
+    with EOS, they would teach that a truncated answer is a finished one. Rows with special tokens in their
+    text first (drop_special_text)."""
+    rows = drop_special_text(rows, tokenizer, source)
     n_tokens = lambda text: len(response_ids(tokenizer, text))
     keep = [r for r in rows if max(n_tokens(r["chosen"]), n_tokens(r["rejected"])) < max_response_len]
     if len(keep) < len(rows):
@@ -863,6 +894,10 @@ def encode_rows(tok, rows, max_prompt_len, max_response_len, source, responses=(
     response always survives, and the prompts cut are counted and reported."""
     out, cut = [], 0
     for i, r in enumerate(rows, 1):
+        if special_text(tok, r):   # stages' own files are free of them (drop_long_pairs); a file given by hand
+            field, token = special_text(tok, r)
+            raise UserError(f"{source}: row {i}: its {field} holds {token!r}, a special token of the tokenizer, "
+                            f"which would be read as that token; expected plain text")
         try:
             prompt_ids = tok(render_prompt(tok, r["prompt"]), add_special_tokens=False)["input_ids"]
         except UserError as e:   # the chat template's refusal, with the row it refused

@@ -56,7 +56,7 @@ while [ $# -gt 0 ]; do
 done
 
 case "$RUN" in   # a folder under runs/, as the stages take it: runs/<run>
-  ""|.*|*/*) echo "run.sh: --run '$RUN': expected a plain name (no '/', not starting with '.'); the run goes to runs/<name>" >&2; exit 2;;
+  ""|.*|-*|*/*) echo "run.sh: --run '$RUN': expected a plain name (no '/', not starting with '.' or '-'); the run goes to runs/<name>" >&2; exit 2;;
 esac
 [ "$RESUME" = 1 ] && [ "$OVERWRITE" = 1 ] && { echo "run.sh: pass one of --resume (keep the finished stages) and --overwrite (redo them)" >&2; exit 2; }
 for T in ${SWEEP//,/ }; do  # numbers only: each becomes 03's flag and part of a directory name
@@ -161,6 +161,8 @@ stopped() {   # a stage failed or was interrupted: say how to go on
   local code=$? how="--resume to go on from the stages that finished"
   [ -e "$MIXED" ] && how="--overwrite to redo it (this --overwrite did not finish)"
   [ "$code" = 2 ] && how="$how, once what the stage above names is mended"   # a refused input or flag
+  [ "$code" = 2 ] && [ "${#MADE[@]}" -le 1 ] && [ ! -e "$MIXED" ] && [ "$RESUME" = 0 ] &&
+    how="the same command once what the stage above names is mended (no stage had finished)"
   [ "$code" = 0 ] || echo "run.sh: stopped (exit $code; the stage above says why): rerun with $how" >&2
 }
 trap stopped EXIT

@@ -277,3 +277,35 @@ def test_prompts_that_end_on_the_reply_or_name_unknown_roles_are_skipped_as_data
     assert len(sft.normalise(conversational, "c.jsonl")) == 2    # the third's prompt ends on the assistant
     prompts = [{"prompt": [user]}, {"prompt": [user, reply]}]
     assert [r["prompt"] for r in sft.normalise(prompts, "p.jsonl", pairs=False)] == [[user]]
+
+
+def test_text_holding_a_special_token_is_dropped_or_named_not_read_as_the_token(tiny, capsys):
+    """'<|im_end|>' written inside a response would be tokenised as the end of turn itself (an EOS in the
+    middle of a response, then a turn the data never had); such rows are dropped and counted where a stage
+    filters its pairs and prompts, and named by row where a file is encoded without that filter."""
+    _, tok = tiny
+    eos = tok.eos_token
+    good = {"prompt": [{"role": "user", "content": "hi"}], "chosen": "a", "rejected": "b"}
+    bad_reply = {**good, "chosen": f"a{eos} and more"}
+    bad_prompt = {**good, "prompt": [{"role": "user", "content": f"hi{eos}"}]}
+    assert dpo.special_text(tok, good) is None
+    assert dpo.special_text(tok, bad_reply) == ("chosen", eos)
+    assert dpo.drop_long_pairs([good, bad_reply, bad_prompt], tok, 16, "f.jsonl") == [good]
+    assert f"f.jsonl: dropped 2 of 3 rows whose text holds a special token of the tokenizer (the first: {eos!r} " \
+           f"in its chosen)" in capsys.readouterr().out
+    assert sft.drop_long_prompts([bad_prompt, good], tok, 64, "test.jsonl") == [good]
+    with pytest.raises(dpo.UserError, match=f"f.jsonl: row 2: its prompt holds {re.escape(repr(eos))}, a special "
+                                            f"token of the tokenizer"):
+        dpo.encode_rows(tok, [good, bad_prompt], 64, 16, "f.jsonl")
+    with pytest.raises(dpo.UserError, match="every row's text holds a special token"):
+        dpo.drop_long_pairs([bad_reply], tok, 16, "f.jsonl")
+
+
+def test_a_gzip_file_named_jsonl_and_a_missing_path_are_named_as_such(tmp_path):
+    import gzip
+    (tmp_path / "pairs.jsonl").write_bytes(gzip.compress(b'{"prompt": "p", "chosen": "a", "rejected": "b"}\n'))
+    with pytest.raises(dpo.UserError, match="pairs.jsonl: a gzip-compressed file; name it pairs.jsonl.gz"):
+        dpo.load_rows(str(tmp_path / "pairs.jsonl"), "--data")   # not "not UTF-8 (byte 0x8b)"
+    for spec in (str(tmp_path / "no/such"), "./data", "a/b/c:train"):   # no hub id's shape: not "from the hub"
+        with pytest.raises(dpo.UserError, match=f"--data {re.escape(spec)}: file not found"):
+            dpo.load_rows(spec, "--data")

@@ -519,6 +519,7 @@ def test_run_sh_help_and_unknown_option():
     for argv, needle in ((["--sweep-threshold", "1,x"], "'x' is not a plain decimal of 0 or more"),
                          (["--run", "../escape"], "--run '../escape': expected a plain name"),
                          (["--run", "a/b"], "--run 'a/b': expected a plain name"),
+                         (["--run", "-x"], "--run '-x': expected a plain name"),   # 01 would read -x as a flag
                          (["--sweep-threshold", "1", "--sweep-easy-fraction", "0.5"], "pass one of"),
                          (["--sweep-threshold", ","], "needs a list"), (["--seed"], "--seed needs a value"),
                          (["--sweep-easy-fraction", "0.5,1.5"], "1.5 is not in (0, 1)"),
@@ -529,6 +530,16 @@ def test_run_sh_help_and_unknown_option():
                          (["--", "--max-train-pairs", "9", "--run=x"], "--run after -- would reach 01_sft.py alone")):
         proc = subprocess.run(["bash", str(ROOT / "run.sh"), *argv], capture_output=True, text=True)
         assert proc.returncode == 2 and needle in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, argv
+
+
+def test_run_sh_after_a_refusal_of_its_first_stage_says_to_rerun_the_same_command(tmp_path):
+    """No stage finished, so --resume would have nothing to go on from."""
+    proc = subprocess.run(["bash", str(ROOT / "run.sh"), "--budget", "tiny", "--run", "s", "--seed", "abc"],
+                          cwd=tmp_path, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 2 and "01_sft.py: error: argument --seed: 'abc'" in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].endswith(
+        "rerun with the same command once what the stage above names is mended (no stage had finished)")
+    assert not (ROOT / "runs/s").exists()   # the runs go beside run.sh
 
 
 def test_run_sh_refuses_an_existing_run_without_resume_or_overwrite(pipeline):
@@ -552,7 +563,7 @@ def test_run_sh_goes_on_where_the_precision_probe_fails(tmp_path):
     proc = subprocess.run(["bash", "run.sh", "--budget", "tiny", "--device", "cuda", "--run", "t"], cwd=tmp_path,
                           capture_output=True, text=True, env={**os.environ, "PYTHON": str(fake)})
     assert proc.returncode == 2 and "CUDA is not available" in proc.stderr and "precision auto" in proc.stdout
-    assert "run.sh: stopped (exit 2; the stage above says why): rerun with --resume" in proc.stderr
+    assert "run.sh: stopped (exit 2; the stage above says why): rerun with the same command" in proc.stderr
     call, = (tmp_path / "calls.log").read_text().splitlines()
     assert call.startswith("01_sft.py") and "--precision auto" in call
     # --resume of a run that has nothing yet (a mistyped name?) starts it, and says so
