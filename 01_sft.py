@@ -1593,8 +1593,8 @@ def write_stage(tmp, stage, args, started, device, precision, metrics, record_na
     import transformers
     versions = {"python": sys.version.split()[0], "torch": torch.__version__, "transformers": transformers.__version__}
     write_json({"stage": stage, "args": vars(args), "seed": getattr(args, "seed", None), "device": str(device),
-               "precision": precision_name(precision[0]), "precision_reason": precision[1], "versions": versions,
-               "wall_time_s": time.time() - started, **record}, tmp / record_name)
+                "precision": precision_name(precision[0]), "precision_reason": precision[1], "versions": versions,
+                "wall_time_s": time.time() - started, **record}, tmp / record_name)
     if metrics is not None:
         write_jsonl(tmp / "metrics.jsonl", metrics)
 

@@ -1009,9 +1009,9 @@ def combine(args):
                                                    f"± 1 standard deviation over {len(runs)} runs")]) + "\n"
         (tmp / "report.md").write_text(report)
         write_json({"stage": "06_eval --combine", "args": vars(args), "runs": [str(r["dir"]) for r in runs],
-                   "seeds": seeds, "policies": table, "claims": claims, "sweep": sweep, "notes": notes,
-                   "versions": {"python": sys.version.split()[0], "torch": torch.__version__,
-                                "transformers": transformers.__version__}}, tmp / "results.json")
+                    "seeds": seeds, "policies": table, "claims": claims, "sweep": sweep, "notes": notes,
+                    "versions": {"python": sys.version.split()[0], "torch": torch.__version__,
+                                 "transformers": transformers.__version__}}, tmp / "results.json")
     print("\n" + report)
     print(f"06_eval: combined {len(runs)} runs -> {out}")
 
@@ -2350,8 +2350,8 @@ def write_stage(tmp, stage, args, started, device, precision, metrics, record_na
     import transformers
     versions = {"python": sys.version.split()[0], "torch": torch.__version__, "transformers": transformers.__version__}
     write_json({"stage": stage, "args": vars(args), "seed": getattr(args, "seed", None), "device": str(device),
-               "precision": precision_name(precision[0]), "precision_reason": precision[1], "versions": versions,
-               "wall_time_s": time.time() - started, **record}, tmp / record_name)
+                "precision": precision_name(precision[0]), "precision_reason": precision[1], "versions": versions,
+                "wall_time_s": time.time() - started, **record}, tmp / record_name)
     if metrics is not None:
         write_jsonl(tmp / "metrics.jsonl", metrics)
 
