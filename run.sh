@@ -128,7 +128,7 @@ case "$BUDGET" in
     # measured on 2 cores of an AMD EPYC with avx512_bf16 and of an Intel Xeon with AMX (README, Quickstart); fp32 with
     # oneDNN limited to AVX2
     case "$PRECISION" in
-      bf16) TIMES="01 ~1.5-2 min | 02 ~1.5-2 min | 03 ~0.5 min | 04 ~2 min | 05 ~3-4 min | 06 ~2.5-3 min: ~10-14 min (2 cores, native bf16)";;
+      bf16) TIMES="01 ~1.5-2 min | 02 ~1.5-2 min | 03 ~0.5 min | 04 ~2 min | 05 ~3-4 min | 06 ~2.5-3.5 min: ~10-17 min (2 cores, native bf16)";;
       *)    TIMES="01 ~3 min | 02 ~3 min | 03 ~1.5 min | 04 ~4 min | 05 ~5 min | 06 ~5 min: ~21 min (2 cores, fp32; slower CPUs longer)";;
     esac;;
   gpu)
