@@ -315,6 +315,10 @@ def main(args):
     rule += f" ({len(easy) / max(1, len(easy) + len(hard)):.0%} of the pairs kept are easy)"
     qs = {f"q{int(q * 100):02d}": quantile(gaps, q) for q in (0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0)}
     abs_qs = {f"q{int(q * 100):02d}": quantile([abs(d) for d in gaps], q) for q in (0.1, 0.25, 0.5, 0.75, 0.9)}
+    if (not easy or not hard) and args.easy_fraction is not None:   # the quantile's gap is every pair's
+        raise UserError(f"--easy-fraction {args.easy_fraction:g}: the gaps at that quantile are tied (threshold "
+                        f"{threshold:g}), so every pair falls in one set; |d| quantiles: "
+                        + ", ".join(f"{k}={v:.3f}" for k, v in abs_qs.items()))
     if not easy or not hard:
         raise UserError(f"threshold {threshold:g} leaves the {'easy' if not easy else 'hard'} set empty; "
                         f"|d| quantiles: " + ", ".join(f"{k}={v:.3f}" for k, v in abs_qs.items())
@@ -563,6 +567,9 @@ def read_jsonl(path):
                 line = raw.decode("utf-8-sig" if i == 1 else "utf-8")   # a BOM may open the file
                 if line.strip():
                     rows.append(json.loads(line))
+                    if i == 1 and isinstance(rows[0], list) and data is None:   # an array of rows as .jsonl
+                        raise UserError(f"{path}: line 1 is a JSON array; expected one JSON object a line (an "
+                                        f"array of rows is read from a file named .json)")
                     # a lone surrogate escape ("\ud800") is valid JSON but no text: the tokenizer and
                     # write_jsonl would fail on it later, deep inside (only a \ud... escape can make one)
                     if "\\ud" in line.lower():

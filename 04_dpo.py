@@ -902,6 +902,9 @@ def read_jsonl(path):
                 line = raw.decode("utf-8-sig" if i == 1 else "utf-8")   # a BOM may open the file
                 if line.strip():
                     rows.append(json.loads(line))
+                    if i == 1 and isinstance(rows[0], list) and data is None:   # an array of rows as .jsonl
+                        raise UserError(f"{path}: line 1 is a JSON array; expected one JSON object a line (an "
+                                        f"array of rows is read from a file named .json)")
                     # a lone surrogate escape ("\ud800") is valid JSON but no text: the tokenizer and
                     # write_jsonl would fail on it later, deep inside (only a \ud... escape can make one)
                     if "\\ud" in line.lower():

@@ -306,6 +306,9 @@ def test_a_gzip_file_named_jsonl_and_a_missing_path_are_named_as_such(tmp_path):
     (tmp_path / "pairs.jsonl").write_bytes(gzip.compress(b'{"prompt": "p", "chosen": "a", "rejected": "b"}\n'))
     with pytest.raises(dpo.UserError, match="pairs.jsonl: a gzip-compressed file; name it pairs.jsonl.gz"):
         dpo.load_rows(str(tmp_path / "pairs.jsonl"), "--data")   # not "not UTF-8 (byte 0x8b)"
+    (tmp_path / "rows.jsonl").write_text('[{"prompt": "p"}]\n')
+    with pytest.raises(dpo.UserError, match="rows.jsonl: line 1 is a JSON array; expected one JSON object a line"):
+        dpo.load_rows(str(tmp_path / "rows.jsonl"), "--data")   # not "row 1 is not a JSON object"
     for spec in (str(tmp_path / "no/such"), "./data", "a/b/c:train"):   # no hub id's shape: not "from the hub"
         with pytest.raises(dpo.UserError, match=f"--data {re.escape(spec)}: file not found"):
             dpo.load_rows(spec, "--data")

@@ -453,6 +453,11 @@ def test_errors_are_one_line_and_write_nothing(tmp_path, tiny_model_dir, pipelin
     # a threshold that empties a set prints the gap quantiles
     err = error("03_split.py", "--reward", run / "02_reward", "--out", tmp_path / "s", "--threshold", 1e9)
     assert "easy set empty" in err and "q50=" in err
+    same = tmp_path / "same.jsonl"   # every gap equal: no quantile splits them (not "pick --threshold")
+    same.write_text('{"prompt": "p", "chosen": "a", "rejected": "b"}\n' * 12)
+    err = error("03_split.py", "--reward", run / "02_reward", "--data", same, "--out", tmp_path / "s",
+                "--easy-fraction", 0.5)
+    assert "--easy-fraction 0.5: the gaps at that quantile are tied" in err and "--threshold" not in err
     # a directory of the wrong kind: a reward model loaded as a policy would get a fresh random LM head
     err = error("05_ppo.py", "--run", "t", "--policy", run / "02_reward", "--out", tmp_path / "p", cwd=work)
     assert "--policy" in err and "expected a causal LM" in err
