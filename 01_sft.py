@@ -508,10 +508,6 @@ def read_jsonl(path):
     """Rows of a .jsonl or .jsonl.gz file (or a .json file: JSON lines, or one JSON array of rows); a bad
     line or a corrupt file is a one-line error naming it."""
     path, rows, i = Path(path), [], 0
-    if path.suffix != ".gz" and path.is_file():
-        with open(path, "rb") as f:
-            if f.read(2) == b"\x1f\x8b":   # gzip's magic number
-                raise UserError(f"{path}: a gzip-compressed file; name it {path.name}.gz (read as .jsonl.gz)")
     data = path.read_bytes() if path.suffix == ".json" else None   # read once: an array or JSON lines
     if data is not None and data.lstrip(b"\xef\xbb\xbf \t\r\n")[:1] == b"[":   # one JSON array
         try:
@@ -525,6 +521,8 @@ def read_jsonl(path):
         with (gzip.open if path.suffix == ".gz" else open)(path, "rb") if data is None else \
                 contextlib.nullcontext(data.split(b"\n")) as f:
             for i, raw in enumerate(f, 1):
+                if i == 1 and raw[:2] == b"\x1f\x8b":   # gzip's magic number, in a file not named .gz
+                    raise UserError(f"{path}: a gzip-compressed file; name it {path.name}.gz (read as .jsonl.gz)")
                 line = raw.decode("utf-8-sig" if i == 1 else "utf-8")   # a BOM may open the file
                 if line.strip():
                     rows.append(json.loads(line))
@@ -767,22 +765,28 @@ def normalise(rows, source, pairs=True):
     return out
 
 
-def special_text(tokenizer, row):
-    """(field, token) where a row's text holds one of the tokenizer's special tokens ('<|im_end|>'), else
-    None: tokenised, it would be that token (an end of turn inside a response, or a turn the data never had)."""
-    specials = {t.content for t in tokenizer.added_tokens_decoder.values() if t.special} | set(
-        tokenizer.all_special_tokens)
+def special_tokens(tokenizer):
+    """The tokenizer's special tokens as text ('<|im_end|>'), read once for all the rows special_text checks."""
+    return {t.content for t in tokenizer.added_tokens_decoder.values() if t.special and t.content} | {
+        s for s in tokenizer.all_special_tokens if s}
+
+
+def special_text(specials, row):
+    """(field, token) where a row's text holds one of `specials` (special_tokens), else None: tokenised, it
+    would be that token (an end of turn inside a response, or a turn the data never had)."""
     prompt = row["prompt"]   # chat messages, or text where a caller has not normalised it
     texts = [("prompt", m["content"]) for m in ([{"content": prompt}] if isinstance(prompt, str) else prompt)] \
         + [(k, row[k]) for k in ("chosen", "rejected") if isinstance(row.get(k), str)]
-    return next(((field, s) for field, text in texts for s in specials if s and s in text), None)
+    return next(((field, s) for field, text in texts for s in specials if s in text), None)
 
 
 def drop_special_text(rows, tokenizer, source):
     """Rows whose text holds a special token (special_text), dropped and counted as malformed data."""
-    keep = [r for r in rows if special_text(tokenizer, r) is None]
+    specials = special_tokens(tokenizer)
+    found = [special_text(specials, r) for r in rows]
+    keep = [r for r, f in zip(rows, found) if f is None]
     if len(keep) < len(rows):
-        field, token = next(special_text(tokenizer, r) for r in rows if special_text(tokenizer, r))
+        field, token = next(f for f in found if f)
         print(f"{source}: dropped {len(rows) - len(keep)} of {len(rows)} rows whose text holds a special token of "
               f"the tokenizer (the first: {token!r} in its {field}), which would be read as that token")
     if not keep:
@@ -860,10 +864,10 @@ def encode_rows(tok, rows, max_prompt_len, max_response_len, source, responses=(
     prompts alone, and max_response_len None), all after the one prompt. A response ends with EOS, the
     token that closes an assistant turn in chat templates; the prompt is cut from the left so that the
     response always survives, and the prompts cut are counted and reported."""
-    out, cut = [], 0
+    out, cut, specials = [], 0, special_tokens(tok)
     for i, r in enumerate(rows, 1):
-        if special_text(tok, r):   # stages' own files are free of them (drop_long_pairs); a file given by hand
-            field, token = special_text(tok, r)
+        if found := special_text(specials, r):   # stages' own files are free of them (drop_long_pairs); a file by hand
+            field, token = found
             raise UserError(f"{source}: row {i}: its {field} holds {token!r}, a special token of the tokenizer, "
                             f"which would be read as that token; expected plain text")
         try:

@@ -288,8 +288,8 @@ def test_text_holding_a_special_token_is_dropped_or_named_not_read_as_the_token(
     good = {"prompt": [{"role": "user", "content": "hi"}], "chosen": "a", "rejected": "b"}
     bad_reply = {**good, "chosen": f"a{eos} and more"}
     bad_prompt = {**good, "prompt": [{"role": "user", "content": f"hi{eos}"}]}
-    assert dpo.special_text(tok, good) is None
-    assert dpo.special_text(tok, bad_reply) == ("chosen", eos)
+    assert dpo.special_text(dpo.special_tokens(tok), good) is None
+    assert dpo.special_text(dpo.special_tokens(tok), bad_reply) == ("chosen", eos)
     assert dpo.drop_long_pairs([good, bad_reply, bad_prompt], tok, 16, "f.jsonl") == [good]
     assert f"f.jsonl: dropped 2 of 3 rows whose text holds a special token of the tokenizer (the first: {eos!r} " \
            f"in its chosen)" in capsys.readouterr().out
