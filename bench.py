@@ -17,7 +17,8 @@ sees how close to the floor each stage is. Model FLOPs: 6 x parameters x tokens 
 (forward and backward), 2 x parameters x tokens for a forward pass without gradients, counting the
 parameters outside the embeddings at every token and the LM head (d x V) only where the scripts run it
 (positions that predict a response token; never in a reward or value model); the PPO count adds the
-rollout (prefill, then one forward a sampled token), the scoring passes (policy, reference, value, RM)
+rollout (prefill, then one forward a sampled token), the scoring passes (reference and RM; policy and value
+too where a rollout is more than one minibatch, else 05 keeps theirs as the first epoch's forward pass)
 and the epochs of training of policy and value. Attention's own FLOPs are left out (small at ~100 tokens).
 
 The DPO work is the one the TRL DPOTrainer bar in DEVELOPERS.md is measured on: 8 pairs a step, each
@@ -338,9 +339,13 @@ def bench_ppo(args, mods, device, dtype):
     if args.grad_checkpointing:
         model.gradient_checkpointing_enable()
         value.gradient_checkpointing_enable()
+    model.train()   # as 05 keeps them (dropout is off): the sampler switches to eval mode for its rollout
+    value.train()
     opt = sft.make_optimizer(model.parameters(), 1e-6, 0.0, device)
     opt_v = sft.make_optimizer(value.parameters(), 1e-5, 0.0, device)
-    model.eval()
+    hp = argparse.Namespace(cliprange=0.2, cliprange_value=0.2, vf_coef=0.1, max_grad_norm=1.0)   # 05's defaults
+    scaler = torch.amp.GradScaler(enabled=False)
+    one_minibatch = mb_size >= B   # 05 then keeps pi's and V's scoring pass as the first update's forward pass
     prompts = [p_ for p_, _, _ in examples(B, args.prompt_len, 2, 1)]
     gen = torch.Generator(device=device).manual_seed(0)
     rows = []
@@ -353,33 +358,17 @@ def bench_ppo(args, mods, device, dtype):
         t_gen = time.perf_counter() - t0
         ids, attn, resp = (t.to(device) for t in sft.collate(list(zip(prompts, responses)), pad))
         mask = resp[:, 1:]
-        with torch.inference_mode(), sft.autocast(device, dtype):
-            old = sft.token_logps(model, ids, attn, resp).clone()
-            refl = sft.token_logps(ref_model, ids, attn, resp).clone()
-            old_v = (ppo.token_values(value, ids, attn) * mask).clone()
-            scores = ppo.reward_scores(rm, ids, attn).clone()
+        old, refl, old_v, scores, first = ppo.score_rollouts(model, ref_model, value, rm, ids, attn, resp, device,
+                                                             dtype, keep_graph=one_minibatch)
         rewards, _ = ppo.compute_rewards(old, refl, mask, scores, 0.05)
         adv, ret = ppo.gae(rewards, old_v, mask)
-        adv = ppo.masked_whiten(adv, mask)
-        model.train()
-        value.train()
+        rollout = dict(ids=ids, attn=attn, resp=resp, mask=mask, old_logps=old, old_values=old_v,
+                       advantages=ppo.masked_whiten(adv, mask), returns=ret)
         for epoch in range(args.ppo_epochs):
             for s in range(0, B, mb_size):
                 mb = torch.arange(s, min(s + mb_size, B), device=device)
-                with sft.autocast(device, dtype):
-                    new, ent = sft.token_logps(model, ids[mb], attn[mb], resp[mb], with_entropy=True)
-                    v = ppo.token_values(value, ids[mb], attn[mb])
-                pl, _, _ = ppo.ppo_policy_loss(new, old[mb], adv[mb], mask[mb])
-                vl, _ = ppo.ppo_value_loss(v, old_v[mb], ret[mb], mask[mb])
-                (pl + 0.1 * vl).backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                torch.nn.utils.clip_grad_norm_(value.parameters(), 1.0)
-                opt.step()
-                opt_v.step()
-                opt.zero_grad(set_to_none=True)
-                opt_v.zero_grad(set_to_none=True)
-        model.eval()
-        value.eval()
+                ppo.ppo_update(model, value, (opt, opt_v), scaler, {k: v[mb] for k, v in rollout.items()}, hp, device,
+                               dtype, "bench", forward=first if epoch == 0 else None)
         sync(device)
         rows.append({"iteration_s": time.perf_counter() - t0, "generation_s": t_gen,
                      "new_tokens": sum(map(len, responses)) / len(responses)})
@@ -389,11 +378,13 @@ def bench_ppo(args, mods, device, dtype):
               "new_tokens_per_response": timed[0]["new_tokens"],
               "sampling_ms_per_token_step": 1000 * gen_s / timed[0]["new_tokens"]}
     result["params_m"] = round((body + head) / 1e6, 1)
-    # per iteration: the rollout (prefill, then a forward per sampled token); scoring forwards of policy and
-    # reference (with LM head on response positions), value and RM (without); epochs x policy and value trained
+    # per iteration: the rollout (prefill, then a forward per sampled token); scoring forwards of the reference
+    # (with LM head on response positions) and RM (without), and of policy and value where the rollout is more
+    # than one minibatch (else the first epoch's is theirs); epochs x policy and value trained
     seq, resp_tokens, prompt_tokens = int(attn.sum()), int(mask.sum()), sum(map(len, prompts))
+    scoring = 1 if one_minibatch else 2   # (reference, RM) or (reference, RM, policy, value): pairs of models
     flops = (2 * body * (prompt_tokens + resp_tokens) + 2 * head * resp_tokens
-             + 4 * 2 * body * seq + 2 * 2 * head * resp_tokens
+             + scoring * (2 * 2 * body * seq + 2 * head * resp_tokens)
              + args.ppo_epochs * (2 * 6 * body * seq + 6 * head * resp_tokens))
     return result, flops / result["iteration_s"]
 

@@ -330,6 +330,26 @@ def test_a_checkpoint_missing_weights_is_refused_not_filled_at_random(tmp_path, 
         dpo.load_model(str(tmp_path / "rm"), "reward", "--reward", CPU)
 
 
+def test_a_config_that_disagrees_with_its_weights_and_a_folder_without_a_tokenizer_are_named(tmp_path, tiny_model_dir):
+    """A vocab_size edited in config.json and a model saved without its tokenizer: each is one line that says
+    which, not transformers' "look at the above report" (a report we silence) or "Couldn't instantiate"."""
+    import shutil
+    shutil.copytree(tiny_model_dir, tmp_path / "m")
+    config = json.loads((tmp_path / "m/config.json").read_text())
+    rows = config["vocab_size"]
+    (tmp_path / "m/config.json").write_text(json.dumps({**config, "vocab_size": rows - 7}))
+    with pytest.raises(dpo.UserError, match=rf"--policy .*m: its weights do not match its config.json: 1 of another "
+                                            rf"shape \(model.embed_tokens.weight \({rows}, \d+\) in the weights, "
+                                            rf"\({rows - 7}, \d+\) by config.json\); expected a complete "
+                                            rf"checkpoint and the config.json saved with it"):
+        dpo.load_model(str(tmp_path / "m"), "policy", "--policy", CPU)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (tmp_path / "m" / name).unlink(missing_ok=True)
+    with pytest.raises(dpo.UserError, match=r"--policy .*m: no tokenizer there \(none of tokenizer.json, "
+                                            r"tokenizer.model.*\); expected a model directory saved with its tokenizer"):
+        dpo.load_tokenizer(str(tmp_path / "m"), "--policy")
+
+
 def test_02_starts_from_a_causal_lm_whose_head_has_another_name(tmp_path):
     """02 loads a causal LM as a classifier and drops its LM head, whatever the head is called (GPT-NeoX's
     is embed_out, not lm_head); a weight of the backbone the classifier does not have is still refused."""
@@ -509,6 +529,21 @@ def test_04_and_05_take_a_moved_runs_split_as_its_own(tmp_path, capsys):
     STAGES["05_ppo"].ppo_prompts(None, "hard", moved / "03_split", other / "01_sft", str(other / "02_reward"))
     said = notes()
     assert len(said) == 2 and "splits the pairs of" in said[0] and "was split by the reward model" in said[1]
+
+
+def test_05_samples_each_distinct_prompt_once_and_says_so(tmp_path, capsys):
+    """A prompt set that repeats prompts (pairs share theirs; a file may hold copies) gives each distinct prompt
+    once, in the order of its text, and says how many rows became how many prompts."""
+    chat = lambda text: [{"role": "user", "content": text}]
+    rows = [{"prompt": chat(text), "chosen": "a", "rejected": "b"} for text in ("b", "a", "b", "b", "c")]
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    prompts = STAGES["05_ppo"].ppo_prompts(str(data), None, tmp_path, None, "rm")
+    assert prompts == [chat("a"), chat("b"), chat("c")]
+    assert f"5 rows of {data} hold 3 distinct prompts" in capsys.readouterr().out
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows[2:] if r["prompt"] != chat("b")) + json.dumps(rows[0]))
+    assert len(STAGES["05_ppo"].ppo_prompts(str(data), None, tmp_path, None, "rm")) == 2
+    assert "distinct prompts" not in capsys.readouterr().out              # nothing repeated: nothing said
 
 
 def test_06_follows_records_that_name_each_other_without_recursing(tmp_path):

@@ -330,6 +330,46 @@ def test_token_values_aligned_with_logps(tiny_model_dir):
         assert torch.allclose(vr[i][r_resp[i, 1:]], vl[i][l_resp[i, 1:]], atol=1e-5)
 
 
+@pytest.mark.parametrize("dtype", [None, torch.bfloat16])
+def test_ppo_first_update_on_step_2s_forward_pass_equals_one_on_its_own(tiny_model_dir, dtype):
+    """With one minibatch, 05 keeps pi's and V's scoring pass (with its graph) as the first PPO update's forward
+    pass. The scores, the update's statistics and the weights after it are those of a separate scoring pass
+    under inference mode and an update that runs its own forward pass (the code before), to the bit."""
+    import argparse
+    from transformers import AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    ids, attn, resp = sft.collate(examples(tok), tok.pad_token_id)
+    mask = resp[:, 1:]
+    ref = dpo.load_model(str(tiny_model_dir), "policy", "--ref", CPU)
+    rm = dpo.load_model(str(tiny_model_dir), "reward-init", "--reward", CPU)
+    hp = argparse.Namespace(cliprange=0.2, cliprange_value=0.2, vf_coef=0.1, max_grad_norm=1.0)
+    runs = []
+    for keep_graph in (True, False):
+        torch.manual_seed(0)
+        policy = dpo.load_model(str(tiny_model_dir), "policy", "--policy", CPU).train()
+        value = dpo.load_model(str(tiny_model_dir), "reward-init", "--value-init", CPU).train()
+        with torch.no_grad():
+            value.score.weight.normal_(0, 1)    # a value head that is not the RM's: V differs from r
+        opts = [torch.optim.AdamW(m.parameters(), lr=1e-3) for m in (policy, value)]
+        old_logps, ref_logps, old_values, scores, first = ppo.score_rollouts(policy, ref, value, rm, ids, attn, resp,
+                                                                            CPU, dtype, keep_graph)
+        assert (first is not None) == keep_graph
+        rewards, _ = ppo.compute_rewards(old_logps, ref_logps, mask, scores, 0.05)
+        advantages, returns = ppo.gae(rewards, old_values, mask)
+        batch = dict(ids=ids, attn=attn, resp=resp, mask=mask, old_logps=old_logps, old_values=old_values,
+                     advantages=ppo.masked_whiten(advantages, mask), returns=returns)
+        stats = ppo.ppo_update(policy, value, opts, torch.amp.GradScaler(enabled=False), batch, hp, CPU, dtype,
+                               "test", forward=first)
+        runs.append((old_logps, old_values, stats, [p.detach().clone() for m in (policy, value)
+                                                    for p in m.parameters()]))
+    (lp_a, v_a, stats_a, weights_a), (lp_b, v_b, stats_b, weights_b) = runs
+    assert torch.equal(lp_a, lp_b) and torch.equal(v_a, v_b) and stats_a == stats_b
+    assert stats_a["ratio"] == 1.0   # (the policy loss is then -mean(A), 0 for whitened A: its gradient is not)
+    assert all(torch.equal(a, b) for a, b in zip(weights_a, weights_b))
+    assert not torch.equal(weights_a[0], dpo.load_model(str(tiny_model_dir), "policy", "--policy", CPU)
+                           .get_input_embeddings().weight)           # the update moved the weights
+
+
 @torch.no_grad()
 def test_sampled_logps_equal_a_fresh_forward_pass(tiny):
     model, tok = tiny
@@ -462,6 +502,18 @@ def test_a_frozen_reference_is_cast_once_a_call_and_frozen_again_after_the_rollo
         sample(failing_mix)
     assert not any(p.requires_grad for p in ref.parameters()) and ref.training   # its own mode back
     ref.eval()
+
+
+def test_sample_tokens_draws_each_token_with_its_probability():
+    """The samplers' exponential race against the distribution it is given: 200,000 draws of six tokens (one
+    of p = 1e-4, one impossible) give each token's frequency within 5 standard errors of its probability."""
+    p = torch.tensor([0.5, 0.25, 0.15, 0.0999, 1e-4, 0.0], dtype=torch.float64)
+    n = 200_000
+    logp = p.log().float().expand(n, -1)                                     # (n, 6); -inf: never drawn
+    draws = dpo.sample_tokens(logp, torch.Generator().manual_seed(0))        # (n,)
+    freq = torch.bincount(draws, minlength=6).double() / n
+    assert draws.shape == (n,) and freq[5] == 0
+    assert ((freq - p).abs() <= 5 * (p * (1 - p) / n).sqrt()).all(), freq.tolist()
 
 
 @torch.no_grad()
