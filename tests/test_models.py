@@ -504,18 +504,6 @@ def test_a_frozen_reference_is_cast_once_a_call_and_frozen_again_after_the_rollo
     ref.eval()
 
 
-def test_sample_tokens_draws_each_token_with_its_probability():
-    """The samplers' exponential race against the distribution it is given: 200,000 draws of six tokens (one
-    of p = 1e-4, one impossible) give each token's frequency within 5 standard errors of its probability."""
-    p = torch.tensor([0.5, 0.25, 0.15, 0.0999, 1e-4, 0.0], dtype=torch.float64)
-    n = 200_000
-    logp = p.log().float().expand(n, -1)                                     # (n, 6); -inf: never drawn
-    draws = dpo.sample_tokens(logp, torch.Generator().manual_seed(0))        # (n,)
-    freq = torch.bincount(draws, minlength=6).double() / n
-    assert draws.shape == (n,) and freq[5] == 0
-    assert ((freq - p).abs() <= 5 * (p * (1 - p) / n).sqrt()).all(), freq.tolist()
-
-
 @torch.no_grad()
 def test_sampling_is_deterministic_for_a_seed(tiny):
     model, tok = tiny
