@@ -1248,10 +1248,11 @@ def load_tokenizer(name, flag):
     try:
         tok = AutoTokenizer.from_pretrained(name)
     except Exception as e:
-        vocab_files = ("tokenizer.json", "tokenizer.model", "spiece.model", "vocab.json", "vocab.txt")
-        if Path(name).is_dir() and not any((Path(name) / f).is_file() for f in vocab_files):  # transformers' text is vague
-            raise UserError(f"{flag} {name}: no tokenizer there (none of {', '.join(vocab_files)}); expected a "
-                            f"model directory saved with its tokenizer") from None
+        usual = ("tokenizer.json", "tokenizer.model", "spiece.model", "sentencepiece.bpe.model", "vocab.json",
+                 "vocab.txt", "*.tiktoken")
+        if Path(name).is_dir() and not any(any(Path(name).glob(f)) for f in usual):  # transformers' text is vague
+            raise UserError(f"{flag} {name}: no tokenizer there (none of the usual files: {', '.join(usual)}); "
+                            f"expected a model directory saved with its tokenizer") from None
         raise UserError(f"{flag} {name}: no tokenizer loadable ({type(e).__name__}: "
                         f"{(str(e).splitlines() or [''])[0][:200]})") from None
     if tok.eos_token_id is None:

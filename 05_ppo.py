@@ -247,11 +247,12 @@ def ppo_prompts(data, which, split_dir, sft_dir, rm_name):
     return [prompts[k] for k in sorted(prompts)]   # may differ in their last bits between two processes
 
 
-def policy_and_values(policy, value, ids, attn, resp, device, dtype):
-    """pi's log-prob and entropy of every response token, and V of every position, (B, T-1) each: the forward
-    pass of a PPO update (gradients where the caller's mode records them)."""
+def policy_and_values(policy, value, ids, attn, resp, device, dtype, with_entropy=True):
+    """pi's log-prob and entropy (None without with_entropy) of every response token, and V of every position,
+    (B, T-1) each: the forward pass of a PPO update (gradients where the caller's mode records them)."""
     with autocast(device, dtype):
-        logps, entropy = token_logps(policy, ids, attn, resp, with_entropy=True)   # (B, T-1) each
+        logps, entropy = token_logps(policy, ids, attn, resp, with_entropy=True) if with_entropy else \
+            (token_logps(policy, ids, attn, resp), None)                           # (B, T-1) each
         return logps, entropy, token_values(value, ids, attn)                      # values (B, T-1)
 
 
@@ -260,14 +261,15 @@ def score_rollouts(policy, ref, value, rm, ids, attn, resp, device, dtype, keep_
     each (V zero elsewhere), the RM score r(x, y), (B,), and, with keep_graph, pi's and V's pass with its
     graph, for the first PPO update (one minibatch of the rollout in its order); else None. The others run
     under inference mode."""
-    with torch.inference_mode(not keep_graph):
-        first = policy_and_values(policy, value, ids, attn, resp, device, dtype)
-    with torch.inference_mode(), autocast(device, dtype):
+    with torch.inference_mode(), autocast(device, dtype):   # first: the kept graph then holds less at the peak
         ref_logps = token_logps(ref, ids, attn, resp)                              # (B, T-1)
         scores = reward_scores(rm, ids, attn)                                      # (B,)
+    with torch.inference_mode(not keep_graph):
+        first = policy_and_values(policy, value, ids, attn, resp, device, dtype, with_entropy=keep_graph)
     # Made under inference mode, these are "inference tensors": outside it, changing one in place or using
     # one where autograd saves it (old_values * V, say) raises a RuntimeError. Steps 3-5 do neither today
-    # (tried), so the clone, made outside the block, is a guard: ordinary tensors for any edit of the loss.
+    # (tried), so the clone, made outside the block, is a guard: ordinary tensors for any edit of the loss
+    # (and, with keep_graph, tensors apart from the graph's outputs).
     old_logps, old_values = first[0].detach(), first[2].detach() * resp[:, 1:]    # (B, T-1) each
     return (*[x.clone() for x in (old_logps, ref_logps, old_values, scores)], first if keep_graph else None)
 
@@ -438,7 +440,7 @@ def main(args):
                                         args.max_new_tokens, device, dtype, gen)
         generation_s = time.time() - step_started
 
-        # 2. score: log pi_old, log ref, V and r(x, y) in fresh forward passes
+        # 2. score: log pi_old, log ref, V and r(x, y), a forward pass of each model
         ids, attn, resp = (t.to(device) for t in collate([(prompt_ids[j], r) for j, r in zip(idx, responses)],
                                                          tok.pad_token_id))
         mask = resp[:, 1:]                                                         # (B, T-1)
@@ -1515,10 +1517,11 @@ def load_tokenizer(name, flag):
     try:
         tok = AutoTokenizer.from_pretrained(name)
     except Exception as e:
-        vocab_files = ("tokenizer.json", "tokenizer.model", "spiece.model", "vocab.json", "vocab.txt")
-        if Path(name).is_dir() and not any((Path(name) / f).is_file() for f in vocab_files):  # transformers' text is vague
-            raise UserError(f"{flag} {name}: no tokenizer there (none of {', '.join(vocab_files)}); expected a "
-                            f"model directory saved with its tokenizer") from None
+        usual = ("tokenizer.json", "tokenizer.model", "spiece.model", "sentencepiece.bpe.model", "vocab.json",
+                 "vocab.txt", "*.tiktoken")
+        if Path(name).is_dir() and not any(any(Path(name).glob(f)) for f in usual):  # transformers' text is vague
+            raise UserError(f"{flag} {name}: no tokenizer there (none of the usual files: {', '.join(usual)}); "
+                            f"expected a model directory saved with its tokenizer") from None
         raise UserError(f"{flag} {name}: no tokenizer loadable ({type(e).__name__}: "
                         f"{(str(e).splitlines() or [''])[0][:200]})") from None
     if tok.eos_token_id is None:

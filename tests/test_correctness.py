@@ -345,8 +345,8 @@ def test_a_config_that_disagrees_with_its_weights_and_a_folder_without_a_tokeniz
         dpo.load_model(str(tmp_path / "m"), "policy", "--policy", CPU)
     for name in ("tokenizer.json", "tokenizer_config.json"):
         (tmp_path / "m" / name).unlink(missing_ok=True)
-    with pytest.raises(dpo.UserError, match=r"--policy .*m: no tokenizer there \(none of tokenizer.json, "
-                                            r"tokenizer.model.*\); expected a model directory saved with its tokenizer"):
+    with pytest.raises(dpo.UserError, match=r"--policy .*m: no tokenizer there \(none of the usual files: "
+                                            r"tokenizer.json, .*\); expected a model directory saved with its tokenizer"):
         dpo.load_tokenizer(str(tmp_path / "m"), "--policy")
 
 

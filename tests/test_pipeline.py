@@ -121,6 +121,10 @@ def test_dpo_and_ppo_train_alike_on_03_s_sets_in_another_order(pipeline, tmp_pat
                        "--minibatch-size", 2, "--max-new-tokens", 8, "--out", tmp_path / f"ppo{i}", cwd=work)
         weights[i] = [(tmp_path / f"{s}{i}/model.safetensors").read_bytes() for s in ("dpo", "ppo")]
     assert weights[0] == weights[1]
+    # two minibatches a rollout: step 2's pass under inference mode and the first update's own agree (the
+    # pipeline's default one-minibatch runs share one pass, their first ratio 1 by construction)
+    logs = [json.loads(l) for l in open(tmp_path / "ppo0/metrics.jsonl")]
+    assert logs and all(l["ppo/first_ratio"] == pytest.approx(1.0, abs=1e-4) for l in logs)
 
 
 def test_the_baseline_is_the_sft_policy_whatever_its_place(pipeline, tmp_path, capsys, monkeypatch, tiny_model_dir):
