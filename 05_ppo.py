@@ -251,8 +251,8 @@ def policy_and_values(policy, value, ids, attn, resp, device, dtype, with_entrop
     """pi's log-prob and entropy (None without with_entropy) of every response token, and V of every position,
     (B, T-1) each: the forward pass of a PPO update (gradients where the caller's mode records them)."""
     with autocast(device, dtype):
-        logps, entropy = token_logps(policy, ids, attn, resp, with_entropy=True) if with_entropy else \
-            (token_logps(policy, ids, attn, resp), None)                           # (B, T-1) each
+        out = token_logps(policy, ids, attn, resp, with_entropy=with_entropy)
+        logps, entropy = out if with_entropy else (out, None)                      # (B, T-1) each
         return logps, entropy, token_values(value, ids, attn)                      # values (B, T-1)
 
 

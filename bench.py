@@ -343,7 +343,7 @@ def bench_ppo(args, mods, device, dtype):
     value.train()
     opt = sft.make_optimizer(model.parameters(), 1e-6, 0.0, device)
     opt_v = sft.make_optimizer(value.parameters(), 1e-5, 0.0, device)
-    hp = argparse.Namespace(cliprange=0.2, cliprange_value=0.2, vf_coef=0.1, max_grad_norm=1.0)   # 05's defaults
+    hp = ppo.parse_args([])   # 05's defaults: clip ranges, vf_coef, max_grad_norm
     scaler = torch.amp.GradScaler(enabled=False)
     one_minibatch = mb_size >= B   # 05 then keeps pi's and V's scoring pass as the first update's forward pass
     prompts = [p_ for p_, _, _ in examples(B, args.prompt_len, 2, 1)]
