@@ -1024,7 +1024,7 @@ def sample_responses(policy, prompts, pad_id, eos_id, max_new_tokens, device, dt
             done = torch.zeros(len(prompts), dtype=torch.bool, device=device)
             for t in range(max_new_tokens):
                 logp = logps[0] if mix is None else mix(*logps)                    # (B, V)
-                nxt = torch.multinomial(logp.exp(), 1, generator=generator).squeeze(-1)  # (B,)
+                nxt = sample_tokens(logp, generator)                               # (B,)
                 nxt = torch.where(done, torch.full_like(nxt, pad_id), nxt)
                 tokens.append(nxt)
                 token_logps_.append(logp.gather(-1, nxt[:, None]).squeeze(-1))
@@ -1043,6 +1043,18 @@ def sample_responses(policy, prompts, pad_id, eos_id, max_new_tokens, device, dt
         responses.append(row[:n])
         logps.append(lps[:n])
     return responses, logps
+
+
+def sample_tokens(logp, generator):
+    """One token per row of next-token log-probs (B, V), drawn from exp(logp) by inverse CDF: a uniform u in
+    [0, total) placed in the running sum of the probabilities, in float64. torch.multinomial draws an
+    exponential for every entry (11 ms for 8 x 49k on a CPU, a tenth of a token step); this takes ~1 ms."""
+    p = logp.double().exp()                                                         # (B, V)
+    cdf = p.cumsum(-1)                                                              # (B, V)
+    u = torch.rand(len(p), 1, dtype=torch.float64, device=p.device, generator=generator) * cdf[:, -1:]
+    token = torch.searchsorted(cdf, u, right=True).squeeze(-1)   # first entry whose sum exceeds u: p > 0 there
+    last = p.shape[-1] - 1 - (p > 0).flip(-1).int().argmax(-1)   # (u * total can round up to the total itself)
+    return torch.minimum(token, last)
 
 
 def dynamic_decoder(model, ids, attn, max_new_tokens, device, dtype):

@@ -586,3 +586,18 @@ def test_encode_truncates_prompt_from_the_left_and_ends_with_eos(tiny, capsys):
     assert len(c) == 8 and c[-1] == tok.eos_token_id and r == sft.response_ids(tok, "no") + [tok.eos_token_id]
     assert "rows.jsonl: 1 of 2 prompts longer than 16 tokens, cut from the left" in capsys.readouterr().out
     assert sft.encode_rows(tok, rows[1:], 16, 8, "t", responses=()) == [(short_p,)]   # prompts alone
+
+
+def test_sample_tokens_draws_from_the_distribution_and_never_a_zero_probability_token(monkeypatch):
+    probs = torch.tensor([[0.0, 0.5, 0.0, 0.3, 0.2, 0.0], [0.9, 0.0, 0.1, 0.0, 0.0, 0.0]], dtype=torch.float64)
+    logp = probs.log().float().repeat(20_000, 1)                    # (40000, 6), -inf where p = 0
+    draws = dpo.sample_tokens(logp, torch.Generator().manual_seed(0)).view(20_000, 2)
+    for row in range(2):
+        freq = torch.bincount(draws[:, row], minlength=6).double() / 20_000
+        assert freq[probs[row] == 0].sum() == 0                      # never a token of probability zero
+        assert torch.allclose(freq, probs[row], atol=0.015)          # ~4 standard errors at p = 0.5
+    # the ends of u's range: 0 draws the first token with p > 0; the total itself (which u * total can
+    # round up to) the last, never the zero-probability tail or an index past the vocabulary
+    for u, expected in ((0.0, [1, 0]), (1.0, [4, 2])):
+        monkeypatch.setattr(torch, "rand", lambda n, *a, u=u, **kw: torch.full((n, 1), u, dtype=torch.float64))
+        assert dpo.sample_tokens(probs.log().float(), None).tolist() == expected
