@@ -418,9 +418,9 @@ def main():
         raise SystemExit("--baseline trl: pip install trl==1.16.0 (sft, rm, dpo) or trl==0.24.0 (ppo), best in a venv")
     mods = load("01_sft"), load("04_dpo"), load("02_reward")
     sft = mods[0]
-    if not args.baseline:   # as every stage does; TRL keeps glibc's default unless the environment sets it
-        sft.keep_freed_memory()
     device = sft.pick_device(args.device)
+    if not args.baseline:   # as every stage does; TRL keeps glibc's default unless the environment sets it
+        sft.keep_freed_memory(device)
     dtype, _ = sft.pick_precision(args.precision, device)
     peak = matmul_gflops(device, dtype)
     for what in args.what:
@@ -432,7 +432,7 @@ def main():
                   "precision": sft.precision_name(dtype), "device": torch.cuda.get_device_name(device)
                   if device.type == "cuda" else "cpu", "threads": torch.get_num_threads(),
                   "torch": torch.__version__, "compile": args.compile, "grad_checkpointing": args.grad_checkpointing,
-                  "matmul_gflops": peak, "freed_memory": "kept (keep_freed_memory)" if not args.baseline else
+                  "matmul_gflops": peak, "freed_memory": "kept (keep_freed_memory)" if not args.baseline and device.type == "cpu" else
                   "kept (MALLOC_MMAP_MAX_=0)" if os.environ.get("MALLOC_MMAP_MAX_") == "0" else "glibc default"}
         if args.baseline:
             res, model_flops = bench_trl_ppo(args, sft, device, dtype) if what == "ppo" else \

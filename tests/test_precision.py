@@ -84,7 +84,8 @@ def faults():  # page faults while a 120 MB tensor (an embedding gradient's size
     for _ in range(3):
         x = torch.zeros(30_000_000); del x
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0
-before = faults(); sft.keep_freed_memory(); faults(); print(before, faults())
+before = faults(); sft.keep_freed_memory(torch.device('cuda')); cuda = faults()  # (only a CPU run keeps memory)
+sft.keep_freed_memory(torch.device('cpu')); faults(); print(before, cuda, faults())
 """
 
 
@@ -97,6 +98,6 @@ def test_freed_memory_is_kept_for_the_next_step_without_page_faults():
         pytest.skip("not glibc: keep_freed_memory does nothing")
     out = subprocess.run([sys.executable, "-c", FAULTS, str(ROOT / "01_sft.py")], capture_output=True, text=True,
                          check=True).stdout.split()
-    before, after = map(int, out[-2:])
-    assert before > 3 * 20_000      # glibc's default: each 120 MB block mmapped anew, ~29k pages faulted each time
+    before, cuda, after = map(int, out[-3:])
+    assert before > 3 * 20_000 and cuda > 3 * 20_000   # glibc's default: each 120 MB block mmapped anew, ~29k pages
     assert after < 1_000            # kept: the same pages reused
