@@ -423,6 +423,8 @@ def main():
         sft.keep_freed_memory(device)
     dtype, _ = sft.pick_precision(args.precision, device)
     peak = matmul_gflops(device, dtype)
+    freed = ("n/a (CUDA)" if device.type == "cuda" else "kept (keep_freed_memory)" if not args.baseline else
+             "kept (MALLOC_MMAP_MAX_=0)" if os.environ.get("MALLOC_MMAP_MAX_") == "0" else "glibc default")
     for what in args.what:
         torch.manual_seed(0)
         if device.type == "cuda":
@@ -432,8 +434,7 @@ def main():
                   "precision": sft.precision_name(dtype), "device": torch.cuda.get_device_name(device)
                   if device.type == "cuda" else "cpu", "threads": torch.get_num_threads(),
                   "torch": torch.__version__, "compile": args.compile, "grad_checkpointing": args.grad_checkpointing,
-                  "matmul_gflops": peak, "freed_memory": "kept (keep_freed_memory)" if not args.baseline and device.type == "cpu" else
-                  "kept (MALLOC_MMAP_MAX_=0)" if os.environ.get("MALLOC_MMAP_MAX_") == "0" else "glibc default"}
+                  "matmul_gflops": peak, "freed_memory": freed}
         if args.baseline:
             res, model_flops = bench_trl_ppo(args, sft, device, dtype) if what == "ppo" else \
                 bench_trl_pairs(what, args, sft, device, dtype)
