@@ -419,12 +419,12 @@ def main():
     mods = load("01_sft"), load("04_dpo"), load("02_reward")
     sft = mods[0]
     device = sft.pick_device(args.device)
-    if not args.baseline:   # as every stage does; TRL keeps glibc's default unless the environment sets it
-        sft.keep_freed_memory(device)
+    if args.baseline:   # TRL keeps the C library's default unless the environment sets what the stages set
+        freed = "kept (MALLOC_MMAP_MAX_=0)" if os.environ.get("MALLOC_MMAP_MAX_") == "0" else "default"
+    else:               # as every stage does (on a CPU with glibc)
+        freed = "kept (keep_freed_memory)" if sft.keep_freed_memory(device) else "default"
     dtype, _ = sft.pick_precision(args.precision, device)
     peak = matmul_gflops(device, dtype)
-    freed = ("n/a (CUDA)" if device.type == "cuda" else "kept (keep_freed_memory)" if not args.baseline else
-             "kept (MALLOC_MMAP_MAX_=0)" if os.environ.get("MALLOC_MMAP_MAX_") == "0" else "glibc default")
     for what in args.what:
         torch.manual_seed(0)
         if device.type == "cuda":

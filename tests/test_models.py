@@ -596,8 +596,8 @@ def test_sample_tokens_draws_from_the_distribution_and_never_a_zero_probability_
         freq = torch.bincount(draws[:, row], minlength=6).double() / 20_000
         assert freq[probs[row] == 0].sum() == 0                      # never a token of probability zero
         assert torch.allclose(freq, probs[row], atol=0.015)          # ~4 standard errors at p = 0.5
-    # the ends of u's range: 0 draws the first token with p > 0; the total itself (which u * total can
-    # round up to) the last, never the zero-probability tail or an index past the vocabulary
+    # the ends of u's range: 0 draws the first token with p > 0; the total itself (past u's range: the
+    # guard) the last, never the zero-probability tail or an index past the vocabulary
     for u, expected in ((0.0, [1, 0]), (1.0, [4, 2])):
         monkeypatch.setattr(torch, "rand", lambda n, *a, u=u, **kw: torch.full((n, 1), u, dtype=torch.float64))
         assert dpo.sample_tokens(probs.log().float(), None).tolist() == expected
