@@ -437,18 +437,19 @@ def check_ranges(args, rules):
 def keep_freed_memory(device):
     """On a CPU, have glibc (Linux) keep freed memory for the next step. By default it unmaps every freed
     block over 32 MB (an embedding's gradient, a batch's LM-head logits) and the next step page-faults it
-    back in, zero-filled: 10-15% of a PPO iteration on 2 cores. No number changes; the price is a little
-    fragmentation (01's peak memory 4.6 -> 5.4 GB in the Quickstart). On CUDA, or without glibc: nothing.
+    back in, zero-filled: 10-15% of a PPO iteration on 2 cores. No number changes; the price: some
+    fragmentation (01's peak memory 4.6 -> 5.4 GB in the Quickstart), and freed memory stays with the
+    process, for the rest of its life (the setting is process-wide). On CUDA, or without glibc: nothing.
     Returns whether the setting was made."""
     import ctypes
     if device.type != "cpu":   # training's large blocks are on the GPU, in torch's caching allocator
         return False
     try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):   # no glibc (musl has no libc.so.6; another libc, no mallopt)
         return False
-    libc.mallopt(-4, 0)            # M_MMAP_MAX: large blocks come from the heap, not each from its own mmap
-    libc.mallopt(-1, 2**31 - 1)    # M_TRIM_THRESHOLD: return the heap's free top only beyond 2 GiB
+    mallopt(-4, 0)            # M_MMAP_MAX: large blocks come from the heap, not each from its own mmap
+    mallopt(-1, 2**31 - 1)    # M_TRIM_THRESHOLD: return the heap's free top only beyond 2 GiB
     return True
 
 
@@ -1123,7 +1124,11 @@ def sample_tokens(logp, generator):
     exponential for every entry (8.6 ms for 8 x 49k on 2 CPU cores, a tenth of a token step); this, 1.7 ms."""
     p = logp.double().exp()                                                         # (B, V)
     cdf = p.cumsum(-1)                                                              # (B, V)
-    u = torch.rand(len(p), 1, dtype=torch.float64, device=p.device, generator=generator) * cdf[:, -1:]
+    total = cdf[:, -1]                                                              # (B,)
+    if not (total.isfinite() & (total > 0)).all():   # torch.multinomial refused these too, less clearly
+        raise UserError("sampling: the model's next-token probabilities are NaN, infinite or all zero "
+                        "(its outputs are not finite: a diverged checkpoint?)")
+    u = torch.rand(len(p), 1, dtype=torch.float64, device=p.device, generator=generator) * total[:, None]
     token = torch.searchsorted(cdf, u, right=True).squeeze(-1)   # first entry whose sum exceeds u: p > 0 there
     last = p.shape[-1] - 1 - (p > 0).flip(-1).int().argmax(-1)   # a guard: u < total, so never needed in theory
     return torch.minimum(token, last)

@@ -589,10 +589,12 @@ def test_encode_truncates_prompt_from_the_left_and_ends_with_eos(tiny, capsys):
 
 
 def test_sample_tokens_draws_from_the_distribution_and_never_a_zero_probability_token(monkeypatch):
-    probs = torch.tensor([[0.0, 0.5, 0.0, 0.3, 0.2, 0.0], [0.9, 0.0, 0.1, 0.0, 0.0, 0.0]], dtype=torch.float64)
-    logp = probs.log().float().repeat(20_000, 1)                    # (40000, 6), -inf where p = 0
-    draws = dpo.sample_tokens(logp, torch.Generator().manual_seed(0)).view(20_000, 2)
-    for row in range(2):
+    probs = torch.tensor([[0.0, 0.5, 0.0, 0.3, 0.2, 0.0], [0.9, 0.0, 0.1, 0.0, 0.0, 0.0],
+                          [0.25, 0.25, 0.0, 0.0, 0.0, 0.5]], dtype=torch.float64)
+    logp = probs.log().float()
+    logp[2] += 3                                                    # unnormalised: e^3 x probs, drawn the same
+    draws = dpo.sample_tokens(logp.repeat(20_000, 1), torch.Generator().manual_seed(0)).view(20_000, 3)
+    for row in range(3):
         freq = torch.bincount(draws[:, row], minlength=6).double() / 20_000
         assert freq[probs[row] == 0].sum() == 0                      # never a token of probability zero
         assert torch.allclose(freq, probs[row], atol=0.015)          # ~4 standard errors at p = 0.5
@@ -600,4 +602,10 @@ def test_sample_tokens_draws_from_the_distribution_and_never_a_zero_probability_
     # guard) the last, never the zero-probability tail or an index past the vocabulary
     for u, expected in ((0.0, [1, 0]), (1.0, [4, 2])):
         monkeypatch.setattr(torch, "rand", lambda n, *a, u=u, **kw: torch.full((n, 1), u, dtype=torch.float64))
-        assert dpo.sample_tokens(probs.log().float(), None).tolist() == expected
+        assert dpo.sample_tokens(probs[:2].log().float(), None).tolist() == expected
+    # a row that is NaN, +inf or all -inf (a diverged model) is refused with a clear message, not sampled
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        rows = probs.log().float()
+        rows[1, :3] = bad                                           # with -inf: all of row 1 is -inf
+        with pytest.raises(dpo.UserError, match="next-token probabilities are NaN, infinite or all zero"):
+            dpo.sample_tokens(rows, None)
