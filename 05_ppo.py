@@ -196,6 +196,18 @@ def load_ppo_models(policy_name, ref_name, rm_name, value_name, grad_checkpointi
     return policy, ref, rm, value, tok
 
 
+def input_names(args):
+    """The policy, KL reference, RM, value init, 03's split and the output that the flags name: by default
+    the pipeline's runs/<run>/ directories, where a missing stage names the command that makes it."""
+    policy, rm = args.policy or f"runs/{args.run}/04_dpo", args.reward or f"runs/{args.run}/02_reward"
+    for given, name, stage, flag in ((args.policy, policy, "04_dpo", "--policy"),
+                                     (args.reward, rm, "02_reward", "--reward")):
+        if given is None:
+            need_stage(name, stage, flag)
+    return (policy, args.ref or policy, rm, args.value_init or rm, Path(args.split_dir or f"runs/{args.run}/03_split"),
+            Path(args.out or f"runs/{args.run}/05_ppo"))
+
+
 def sft_through_rm(rm_name, required):
     """(01_sft's directory, its stage.json), found through the reward model's stage.json (02 records it): the
     length limits SFT trained with, and its train prompts for --prompts all. With --data (required=False),
@@ -394,16 +406,7 @@ def parse_args(argv=None):
 # --- the algorithm box ---------------------------------------------------------------------------
 
 def main(args):
-    policy_name = args.policy or f"runs/{args.run}/04_dpo"
-    ref_name = args.ref or policy_name
-    rm_name = args.reward or f"runs/{args.run}/02_reward"
-    value_name = args.value_init or rm_name
-    split_dir = Path(args.split_dir or f"runs/{args.run}/03_split")
-    out = Path(args.out or f"runs/{args.run}/05_ppo")
-    for given, name, stage, flag in ((args.policy, policy_name, "04_dpo", "--policy"),
-                                     (args.reward, rm_name, "02_reward", "--reward")):
-        if given is None:  # the pipeline's defaults: a missing stage names the command that makes it
-            need_stage(name, stage, flag)
+    policy_name, ref_name, rm_name, value_name, split_dir, out = input_names(args)
     check_output(out, args.overwrite, "05_ppo", inputs=[policy_name, ref_name, value_name])
     device = pick_device(args.device)
     keep_freed_memory(device)   # on a CPU, no page faults for memory a step freed
@@ -464,10 +467,9 @@ def main(args):
                        advantages=advantages, returns=returns)
         n_minibatches, stats = math.ceil(len(idx) / args.minibatch_size), {}
         for epoch in range(args.ppo_epochs):
-            # the shuffle has a CPU generator of its own, seeded per (seed, step, epoch): it draws nothing from the
-            # sampling generator `gen`, whose stream so stays the same whatever --ppo-epochs or --minibatch-size,
-            # and CPU and GPU shuffle alike. The formula is a choice of ours: one seed per triple while
-            # epochs < 10 and steps < 100 (beyond, seeds repeat; harmless, they only order minibatches).
+            # a CPU generator of its own per (seed, step, epoch), so `gen`'s sampling stream is the same whatever
+            # --ppo-epochs or --minibatch-size, and CPU and GPU shuffle alike (one seed per triple while epochs
+            # < 10 and steps < 100; beyond, seeds repeat, harmless: they only order minibatches)
             shuffle = torch.Generator().manual_seed(args.seed * 1000 + step * 10 + epoch)
             perm = torch.randperm(len(idx), generator=shuffle)
             for start in range(0, len(idx), args.minibatch_size):
