@@ -371,8 +371,8 @@ def keep_freed_memory(device):
     """On a CPU, have glibc (Linux) keep freed memory for the next step. By default it unmaps every freed
     block over 32 MB (an embedding's gradient, a batch's LM-head logits) and the next step page-faults it
     back in, zero-filled: 10-15% of a PPO iteration on 2 cores. No number changes; the price: some
-    fragmentation (01's peak memory 4.6 -> 5.4 GB in the Quickstart), and freed memory stays with the
-    process, for the rest of its life (the setting is process-wide). On CUDA, or without glibc: nothing.
+    fragmentation (01's peak memory 4.6 -> 5.4 GB in the Quickstart), and freed heap memory (its free top
+    up to 2 GiB) stays with the process (the setting is process-wide). On CUDA, or without glibc: nothing.
     Returns whether the setting was made."""
     import ctypes
     if device.type != "cpu":   # training's large blocks are on the GPU, in torch's caching allocator
@@ -381,9 +381,9 @@ def keep_freed_memory(device):
         mallopt = ctypes.CDLL("libc.so.6").mallopt
     except (OSError, AttributeError):   # no glibc (musl has no libc.so.6; another libc, no mallopt)
         return False
-    mallopt(-4, 0)            # M_MMAP_MAX: large blocks come from the heap, not each from its own mmap
-    mallopt(-1, 2**31 - 1)    # M_TRIM_THRESHOLD: return the heap's free top only beyond 2 GiB
-    return True
+    # M_MMAP_MAX: large blocks come from the heap, not each from its own mmap; M_TRIM_THRESHOLD: return the
+    # heap's free top only beyond 2 GiB. glibc's mallopt returns 1 where it took the setting
+    return mallopt(-4, 0) == 1 and mallopt(-1, 2**31 - 1) == 1
 
 
 def pick_device(name):
@@ -1054,13 +1054,14 @@ def sample_responses(policy, prompts, pad_id, eos_id, max_new_tokens, device, dt
 def sample_tokens(logp, generator):
     """One token per row of next-token log-probs (B, V), drawn from exp(logp) by inverse CDF: a uniform u in
     [0, total) placed in the running sum of the probabilities, in float64. torch.multinomial draws an
-    exponential for every entry (8.6 ms for 8 x 49k on 2 CPU cores, a tenth of a token step); this, 1.7 ms."""
+    exponential for every entry (8.6 ms for 8 x 49k on 2 CPU cores, a tenth of a token step); this, 1.7 ms.
+    A row that is NaN, infinite or all zero raises UserError, as torch.multinomial refused it."""
     p = logp.double().exp()                                                         # (B, V)
     cdf = p.cumsum(-1)                                                              # (B, V)
     total = cdf[:, -1]                                                              # (B,)
     if not (total.isfinite() & (total > 0)).all():   # torch.multinomial refused these too, less clearly
-        raise UserError("sampling: the model's next-token probabilities are NaN, infinite or all zero "
-                        "(its outputs are not finite: a diverged checkpoint?)")
+        raise UserError("sampling: the policy's next-token probabilities are NaN, infinite or all zero (its "
+                        "logits are not finite: a run that diverged, or fp16 overflow); nothing was written")
     u = torch.rand(len(p), 1, dtype=torch.float64, device=p.device, generator=generator) * total[:, None]
     token = torch.searchsorted(cdf, u, right=True).squeeze(-1)   # first entry whose sum exceeds u: p > 0 there
     last = p.shape[-1] - 1 - (p > 0).flip(-1).int().argmax(-1)   # a guard: u < total, so never needed in theory
