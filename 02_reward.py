@@ -1030,7 +1030,9 @@ def sample_responses(policy, prompts, pad_id, eos_id, max_new_tokens, device, dt
             done = torch.zeros(len(prompts), dtype=torch.bool, device=device)
             for t in range(max_new_tokens):
                 logp = logps[0] if mix is None else mix(*logps)                    # (B, V)
-                nxt = sample_tokens(logp, generator)                               # (B,)
+                # a finished row's draw becomes padding: sample it from a flat row, so that only rows still
+                # sampling can stop the run with sample_tokens' error (the live rows' draws are unchanged)
+                nxt = sample_tokens(logp.masked_fill(done[:, None], 0.0), generator)  # (B,)
                 nxt = torch.where(done, torch.full_like(nxt, pad_id), nxt)
                 tokens.append(nxt)
                 token_logps_.append(logp.gather(-1, nxt[:, None]).squeeze(-1))

@@ -523,6 +523,36 @@ def test_sampling_is_deterministic_for_a_seed(tiny):
 
 
 @torch.no_grad()
+def test_a_finished_rows_non_finite_logits_do_not_stop_the_rollout(tiny, monkeypatch):
+    """After a row's EOS its draws are discarded: NaN logits there (padding fed to a model in fp16) must not
+    stop the rollout, while the same NaN in a row still sampling does (sample_tokens' error)."""
+    model, tok = tiny
+    prompts = [p for p, _ in examples(tok)]
+    sample = lambda eos: dpo.sample_responses(model, prompts, tok.pad_token_id, eos, 10, CPU, None,
+                                              torch.Generator().manual_seed(3))
+    eos = sample(-1)[0][0][1]                        # row 0's second token, made the EOS: row 0 stops early
+    ys, lps = sample(eos)
+    n = len(ys[0])
+    assert ys[0][-1] == eos and any(len(y) > n for y in ys)   # row 0 finished while another row went on
+    calls, lm_logits = [0], dpo.lm_logits
+
+    def nan_row_0_from(first_call):
+        def patched(model, hidden):
+            logits = lm_logits(model, hidden)
+            calls[0] += 1
+            if calls[0] > first_call:          # call k (from 1) gives the distribution of token k - 1
+                logits[0] = float("nan")
+            return logits
+        return patched
+    monkeypatch.setattr(dpo, "lm_logits", nan_row_0_from(n))   # NaN only once row 0 has drawn its EOS
+    assert sample(eos) == (ys, lps)
+    calls[0] = 0
+    monkeypatch.setattr(dpo, "lm_logits", nan_row_0_from(n - 1))   # NaN for row 0's last real draw
+    with pytest.raises(dpo.UserError, match="next-token probabilities are NaN"):
+        sample(eos)
+
+
+@torch.no_grad()
 def test_mixture_sampler_endpoints_reproduce_policy_and_reference(tiny, tiny_model_dir):
     """With B = 0 the sampler's distribution is the policy's, with B = 1 the reference's: checked on
     the log-probs of the sampled tokens (which the sampler reports), against each model's own."""
