@@ -830,12 +830,13 @@ def special_tokens(tokenizer):
         s for s in tokenizer.all_special_tokens if s}
 
 
-def special_text(specials, row):
-    """(field, token) where a row's text holds one of `specials` (special_tokens), else None: tokenised, it
-    would be that token (an end of turn inside a response, or a turn the data never had)."""
+def special_text(specials, row, responses=("chosen", "rejected")):
+    """(field, token) where a row's prompt or `responses` columns hold one of `specials` (special_tokens),
+    else None: tokenised, it would be that token (an end of turn inside a response, or a turn the data never
+    had). Columns a stage does not read are not looked at."""
     prompt = row["prompt"]   # chat messages, or text where a caller has not normalised it
     texts = [("prompt", m["content"]) for m in ([{"content": prompt}] if isinstance(prompt, str) else prompt)] \
-        + [(k, row[k]) for k in ("chosen", "rejected") if isinstance(row.get(k), str)]
+        + [(k, row[k]) for k in responses if isinstance(row.get(k), str)]
     return next(((field, s) for field, text in texts for s in specials if s in text), None)
 
 
@@ -879,10 +880,24 @@ def check_same_tokenizer(tok, other_tok, flag, name, whose="the policy's"):
     if vocab(tok) != vocab(other_tok):
         raise UserError(f"{flag} {name}: its tokenizer differs from {whose}, whose token ids it would read "
                         f"or give; use models trained from the same base model")
+    if tok.eos_token_id != other_tok.eos_token_id:   # where one model's responses end, the other reads on
+        raise UserError(f"{flag} {name}: its EOS token ({other_tok.eos_token!r}, id {other_tok.eos_token_id}) "
+                        f"differs from {whose} ({tok.eos_token!r}, id {tok.eos_token_id}); use models trained "
+                        f"from the same base model")
     if any(rendered(tok, m) != rendered(other_tok, m) for m in TEMPLATE_PROBES):
         raise UserError(f"{flag} {name}: its chat template differs from {whose} (or one has none), so it would "
                         f"read prompts rendered otherwise than in its training; use models trained from the same "
                         f"base model")
+
+
+def check_reads_ids(model, n_ids, flag, name, whose):
+    """Refuse a model (or its config) that would read token ids 0..n_ids-1 from another model (every row of
+    its output layer, or its pad id) past its own embedding rows: an index error deep in torch. Tokenizers
+    that agree but for an added pad token (check_same_tokenizer) can still differ so."""
+    rows = getattr(model, "config", model).get_text_config().vocab_size
+    if n_ids > rows:
+        raise UserError(f"{flag} {name}: its embedding has {rows} rows, but it would read token ids up to "
+                        f"{n_ids - 1} from {whose} (an added token?); use models trained from the same base model")
 
 
 TEMPLATE_PROBES = [[{"role": "user", "content": "Hi?"}],   # conversations two chat templates are compared on
@@ -924,15 +939,18 @@ def encode_rows(tok, rows, max_prompt_len, max_response_len, source, responses=(
     token that closes an assistant turn in chat templates; the prompt is cut from the left so that the
     response always survives, and the prompts cut are counted and reported."""
     out, cut, specials = [], 0, special_tokens(tok)
-    for i, r in enumerate(rows, 1):
-        if found := special_text(specials, r):   # stages' own files are free of them (drop_long_pairs); a file by hand
+    # a row is named by its text: `rows` may be filtered, deduplicated or sorted, so its place is not the file's
+    which = lambda r: "the row whose last prompt turn begins " + repr((r["prompt"] if isinstance(r["prompt"], str)
+                                                                       else r["prompt"][-1]["content"])[:40])
+    for r in rows:
+        if found := special_text(specials, r, responses):   # stages' own files are free of them; a file by hand
             field, token = found
-            raise UserError(f"{source}: row {i}: its {field} holds {token!r}, a special token of the tokenizer, "
-                            f"which would be read as that token; expected plain text")
+            raise UserError(f"{source}: {which(r)}: its {field} holds {token!r}, a special token of the "
+                            f"tokenizer, which would be read as that token; expected plain text")
         try:
             prompt_ids = tok(render_prompt(tok, r["prompt"]), add_special_tokens=False)["input_ids"]
-        except UserError as e:   # the chat template's refusal, with the row it refused
-            raise UserError(f"{source}: row {i}: {e}") from None
+        except UserError as e:   # the chat template's refusal, with the prompt it refused (quoted in e)
+            raise UserError(f"{source}: {e}") from None
         cut += len(prompt_ids) > max_prompt_len
         out.append((prompt_ids[-max_prompt_len:], *(response_ids(tok, r[k])[: max_response_len - 1]
                                                     + [tok.eos_token_id] for k in responses)))

@@ -193,6 +193,10 @@ def load_ppo_models(policy_name, ref_name, rm_name, value_name, grad_checkpointi
     check_same_tokenizer(tok, load_tokenizer(ref_name, "--ref"), "--ref", ref_name)
     check_same_tokenizer(tok, load_tokenizer(rm_name, "--reward"), "--reward", rm_name)
     check_same_tokenizer(tok, load_tokenizer(value_name, "--value-init"), "--value-init", value_name)
+    # each reads the rollouts: the policy's samples, padded with the policy's pad id
+    n_ids = max(policy.config.get_text_config().vocab_size, tok.pad_token_id + 1)
+    for flag, name, m in (("--ref", ref_name, ref), ("--reward", rm_name, rm), ("--value-init", value_name, value)):
+        check_reads_ids(m, n_ids, flag, name, "the policy's rollouts")
     return policy, ref, rm, value, tok
 
 
@@ -230,14 +234,17 @@ def sft_through_rm(rm_name, required):
 
 
 def ppo_prompts(data, which, split_dir, sft_dir, rm_name):
-    """The distinct prompts (chat messages) PPO samples for: those of --data (prompts, or pairs whose prompts are
-    used), else stage 03's hard (MPO) or easy set, or every train prompt of stage 01 (vanilla PPO)."""
+    """(prompts, file): the distinct prompts (chat messages) PPO samples for: those of --data (prompts, or pairs
+    whose prompts are used), else stage 03's hard (MPO) or easy set, or every train prompt of stage 01 (vanilla
+    PPO); and the file they are read from."""
     if data:
-        rows = normalise(load_rows(data, "--data"), data, pairs=False)
+        rows, file = normalise(load_rows(data, "--data"), data, pairs=False), data
     elif which == "all":
-        rows = read_stage_rows(Path(sft_dir) / "data_train.jsonl", pairs=False)
+        file = Path(sft_dir) / "data_train.jsonl"
+        rows = read_stage_rows(file, pairs=False)
     elif (split_dir / f"{which}.jsonl").exists():
-        rows = read_stage_rows(split_dir / f"{which}.jsonl", pairs=False, empty_ok=True)
+        file = split_dir / f"{which}.jsonl"
+        rows = read_stage_rows(file, pairs=False, empty_ok=True)
         stats = split_dir / "stats.json"   # 03's record
         split_rm = read_json(stats).get("reward") if stats.is_file() else None
         here = where_now(split_rm, split_dir)   # a moved or copied run's own RM
@@ -256,7 +263,7 @@ def ppo_prompts(data, which, split_dir, sft_dir, rm_name):
         print(f"{len(rows)} rows of {data or which + ' set'} hold {len(prompts)} distinct prompts: each is sampled once "
               f"an epoch of rollouts")
     # in an order of their text alone, for the seed to shuffle: 03 writes its sets in gap order, and bf16 gaps
-    return [prompts[k] for k in sorted(prompts)]   # may differ in their last bits between two processes
+    return [prompts[k] for k in sorted(prompts)], str(file)   # may differ in their last bits between two processes
 
 
 def policy_and_values(policy, value, ids, attn, resp, device, dtype, with_entropy=True):
@@ -397,6 +404,9 @@ def parse_args(argv=None):
         raise UserError("--split-dir with --prompts all: all takes 01_sft's train prompts, no split's")
     if args.adaptive_kl and args.kl_coef == 0:
         raise UserError("--adaptive-kl with --kl-coef 0: the controller multiplies kl_coef, which would stay 0")
+    if args.adaptive_kl and 5 * args.kl_horizon <= args.rollout_batch:   # 1 + e n/h with e down to -0.2
+        raise UserError(f"--kl-horizon {args.kl_horizon} with --rollout-batch {args.rollout_batch}: one update "
+                        f"of --adaptive-kl could take kl_coef to zero or below; pass more than --rollout-batch / 5")
     for name in ("target_kl", "kl_horizon"):   # read by the adaptive controller only: alone they would do nothing
         if not args.adaptive_kl and getattr(args, name) != p.get_default(name):
             raise UserError(f"--{name.replace('_', '-')} is for --adaptive-kl; pass that too, or leave it out")
@@ -421,12 +431,12 @@ def main(args):
     policy, ref, rm, value, tok = load_ppo_models(policy_name, ref_name, rm_name, value_name, args.grad_checkpointing,
                                                   device, args.max_prompt_len + args.max_new_tokens)
     check_room(out, policy)
-    prompts = ppo_prompts(args.data, args.prompts, split_dir, sft_dir, rm_name)
+    prompts, prompts_file = ppo_prompts(args.data, args.prompts, split_dir, sft_dir, rm_name)
     source = args.data or args.prompts
     dataset = {"name": args.data} if args.data else sft_stage["dataset"]
     print(f"dataset {dataset['name']!r}; policy {policy_name}, KL reference {ref_name}, "
           f"RM {rm_name}, value init {value_name}, prompts: {source}")
-    prompt_ids = [p for p, in encode_rows(tok, [{"prompt": p} for p in prompts], args.max_prompt_len, None, "prompts", ())]
+    prompt_ids = [p for p, in encode_rows(tok, [{"prompt": p} for p in prompts], args.max_prompt_len, None, prompts_file, ())]
     opt_pi = make_optimizer(policy.parameters(), args.lr, 0.0, device)
     opt_v = make_optimizer(value.parameters(), args.value_lr, 0.0, device)
     scaler = torch.amp.GradScaler(enabled=dtype == torch.float16)
@@ -995,12 +1005,13 @@ def special_tokens(tokenizer):
         s for s in tokenizer.all_special_tokens if s}
 
 
-def special_text(specials, row):
-    """(field, token) where a row's text holds one of `specials` (special_tokens), else None: tokenised, it
-    would be that token (an end of turn inside a response, or a turn the data never had)."""
+def special_text(specials, row, responses=("chosen", "rejected")):
+    """(field, token) where a row's prompt or `responses` columns hold one of `specials` (special_tokens),
+    else None: tokenised, it would be that token (an end of turn inside a response, or a turn the data never
+    had). Columns a stage does not read are not looked at."""
     prompt = row["prompt"]   # chat messages, or text where a caller has not normalised it
     texts = [("prompt", m["content"]) for m in ([{"content": prompt}] if isinstance(prompt, str) else prompt)] \
-        + [(k, row[k]) for k in ("chosen", "rejected") if isinstance(row.get(k), str)]
+        + [(k, row[k]) for k in responses if isinstance(row.get(k), str)]
     return next(((field, s) for field, text in texts for s in specials if s in text), None)
 
 
@@ -1044,10 +1055,24 @@ def check_same_tokenizer(tok, other_tok, flag, name, whose="the policy's"):
     if vocab(tok) != vocab(other_tok):
         raise UserError(f"{flag} {name}: its tokenizer differs from {whose}, whose token ids it would read "
                         f"or give; use models trained from the same base model")
+    if tok.eos_token_id != other_tok.eos_token_id:   # where one model's responses end, the other reads on
+        raise UserError(f"{flag} {name}: its EOS token ({other_tok.eos_token!r}, id {other_tok.eos_token_id}) "
+                        f"differs from {whose} ({tok.eos_token!r}, id {tok.eos_token_id}); use models trained "
+                        f"from the same base model")
     if any(rendered(tok, m) != rendered(other_tok, m) for m in TEMPLATE_PROBES):
         raise UserError(f"{flag} {name}: its chat template differs from {whose} (or one has none), so it would "
                         f"read prompts rendered otherwise than in its training; use models trained from the same "
                         f"base model")
+
+
+def check_reads_ids(model, n_ids, flag, name, whose):
+    """Refuse a model (or its config) that would read token ids 0..n_ids-1 from another model (every row of
+    its output layer, or its pad id) past its own embedding rows: an index error deep in torch. Tokenizers
+    that agree but for an added pad token (check_same_tokenizer) can still differ so."""
+    rows = getattr(model, "config", model).get_text_config().vocab_size
+    if n_ids > rows:
+        raise UserError(f"{flag} {name}: its embedding has {rows} rows, but it would read token ids up to "
+                        f"{n_ids - 1} from {whose} (an added token?); use models trained from the same base model")
 
 
 TEMPLATE_PROBES = [[{"role": "user", "content": "Hi?"}],   # conversations two chat templates are compared on
@@ -1089,15 +1114,18 @@ def encode_rows(tok, rows, max_prompt_len, max_response_len, source, responses=(
     token that closes an assistant turn in chat templates; the prompt is cut from the left so that the
     response always survives, and the prompts cut are counted and reported."""
     out, cut, specials = [], 0, special_tokens(tok)
-    for i, r in enumerate(rows, 1):
-        if found := special_text(specials, r):   # stages' own files are free of them (drop_long_pairs); a file by hand
+    # a row is named by its text: `rows` may be filtered, deduplicated or sorted, so its place is not the file's
+    which = lambda r: "the row whose last prompt turn begins " + repr((r["prompt"] if isinstance(r["prompt"], str)
+                                                                       else r["prompt"][-1]["content"])[:40])
+    for r in rows:
+        if found := special_text(specials, r, responses):   # stages' own files are free of them; a file by hand
             field, token = found
-            raise UserError(f"{source}: row {i}: its {field} holds {token!r}, a special token of the tokenizer, "
-                            f"which would be read as that token; expected plain text")
+            raise UserError(f"{source}: {which(r)}: its {field} holds {token!r}, a special token of the "
+                            f"tokenizer, which would be read as that token; expected plain text")
         try:
             prompt_ids = tok(render_prompt(tok, r["prompt"]), add_special_tokens=False)["input_ids"]
-        except UserError as e:   # the chat template's refusal, with the row it refused
-            raise UserError(f"{source}: row {i}: {e}") from None
+        except UserError as e:   # the chat template's refusal, with the prompt it refused (quoted in e)
+            raise UserError(f"{source}: {e}") from None
         cut += len(prompt_ids) > max_prompt_len
         out.append((prompt_ids[-max_prompt_len:], *(response_ids(tok, r[k])[: max_response_len - 1]
                                                     + [tok.eos_token_id] for k in responses)))

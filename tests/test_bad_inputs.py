@@ -167,6 +167,11 @@ def test_06_refuses_a_policy_with_nan_weights_before_sampling_any(tmp_path, tiny
     ev.finite_weights(tiny_model_dir, "policy")
     with pytest.raises(ev.UserError, match=r"policy .*inf: its weights hold NaN or inf values \(model.layers.0.mlp"):
         ev.finite_weights(tmp_path / "inf", "policy")
+    weights = (tmp_path / "inf/model.safetensors").read_bytes()    # a copy cut short, then one that is no safetensors
+    for broken in (weights[: len(weights) // 2], b"not safetensors at all"):
+        (tmp_path / "inf/model.safetensors").write_bytes(broken)
+        with pytest.raises(ev.UserError, match=r"policy .*inf: model.safetensors is not readable as safetensors"):
+            ev.finite_weights(tmp_path / "inf", "policy")
 
 
 def test_a_split_row_with_one_gold_score_or_a_relabelled_that_is_no_bool_is_refused(tmp_path):
@@ -294,9 +299,14 @@ def test_text_holding_a_special_token_is_dropped_or_named_not_read_as_the_token(
     assert f"f.jsonl: dropped 2 of 3 rows whose text holds a special token of the tokenizer (the first: {eos!r} " \
            f"in its chosen)" in capsys.readouterr().out
     assert sft.drop_long_prompts([bad_prompt, good], tok, 64, "test.jsonl") == [good]
-    with pytest.raises(dpo.UserError, match=f"f.jsonl: row 2: its prompt holds {re.escape(repr(eos))}, a special "
-                                            f"token of the tokenizer"):
+    # named by its text (the rows encoded may be filtered, deduplicated or sorted: their place is not the file's)
+    with pytest.raises(dpo.UserError, match=f"f.jsonl: the row whose last prompt turn begins 'hi{re.escape(eos)}': "
+                                            f"its prompt holds {re.escape(repr(eos))}, a special token of the tokenizer"):
         dpo.encode_rows(tok, [good, bad_prompt], 64, 16, "f.jsonl")
+    # prompts alone (04 --online, 05, 06): a response column they never read is not looked at
+    assert len(dpo.encode_rows(tok, [good, bad_reply], 64, None, "f.jsonl", responses=())) == 2
+    with pytest.raises(dpo.UserError, match="f.jsonl: the row whose last prompt turn begins 'hi': its chosen"):
+        dpo.encode_rows(tok, [bad_reply], 64, 16, "f.jsonl")
     with pytest.raises(dpo.UserError, match="every row's text holds a special token"):
         dpo.drop_long_pairs([bad_reply], tok, 16, "f.jsonl")
 

@@ -156,6 +156,12 @@ def test_05_refuses_adaptive_kl_settings_without_the_controller():
         with pytest.raises(ppo.UserError, match="is for --adaptive-kl"):
             ppo.parse_args(argv)
         ppo.parse_args(argv + ["--adaptive-kl"])
+    # beta * (1 + e n/h) with e = -0.2 is 0 at n/h = 5 and negative past it: refused, the first horizon past kept
+    with pytest.raises(ppo.UserError, match=r"--kl-horizon 4 with --rollout-batch 20: one update of --adaptive-kl "
+                                            r"could take kl_coef to zero or below; pass more than --rollout-batch / 5"):
+        ppo.parse_args(["--adaptive-kl", "--kl-horizon", "4", "--rollout-batch", "20"])
+    ppo.parse_args(["--adaptive-kl", "--kl-horizon", "5", "--rollout-batch", "20"])
+    assert ppo.adaptive_kl_coef(0.1, 0.0, 1.0, 20, 4) == 0.0 < ppo.adaptive_kl_coef(0.1, 0.0, 1.0, 20, 5)
 
 
 def test_devices_other_than_cpu_and_cuda_and_diverged_weights_are_one_line_errors(tiny_model_dir):
@@ -538,11 +544,11 @@ def test_05_samples_each_distinct_prompt_once_and_says_so(tmp_path, capsys):
     rows = [{"prompt": chat(text), "chosen": "a", "rejected": "b"} for text in ("b", "a", "b", "b", "c")]
     data = tmp_path / "pairs.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    prompts = STAGES["05_ppo"].ppo_prompts(str(data), None, tmp_path, None, "rm")
-    assert prompts == [chat("a"), chat("b"), chat("c")]
+    prompts, file = STAGES["05_ppo"].ppo_prompts(str(data), None, tmp_path, None, "rm")
+    assert prompts == [chat("a"), chat("b"), chat("c")] and file == str(data)   # the file errors name
     assert f"5 rows of {data} hold 3 distinct prompts" in capsys.readouterr().out
     data.write_text("".join(json.dumps(r) + "\n" for r in rows[2:] if r["prompt"] != chat("b")) + json.dumps(rows[0]))
-    assert len(STAGES["05_ppo"].ppo_prompts(str(data), None, tmp_path, None, "rm")) == 2
+    assert len(STAGES["05_ppo"].ppo_prompts(str(data), None, tmp_path, None, "rm")[0]) == 2
     assert "distinct prompts" not in capsys.readouterr().out              # nothing repeated: nothing said
 
 

@@ -254,7 +254,7 @@ def test_a_chat_template_that_refuses_a_prompt_is_one_line(tiny_model_dir):
         sft.render_prompt(tok, msgs)
     tok.chat_template = ("{% if messages[0]['content'] == 'a' and messages|length > 1 %}{{ raise_exception("
                          "'roles must alternate') }}{% endif %}{{ messages[0]['content'] }}")
-    with pytest.raises(sft.UserError, match=r"^pairs.jsonl: row 2: the chat template refuses a prompt"):
+    with pytest.raises(sft.UserError, match=r"^pairs.jsonl: the chat template refuses a prompt with roles user/user \('b'"):
         sft.encode_rows(tok, [{"prompt": msgs[:1]}, {"prompt": msgs}], 64, None, "pairs.jsonl", responses=())
 
 

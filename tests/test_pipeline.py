@@ -476,6 +476,39 @@ def test_errors_are_one_line_and_write_nothing(tmp_path, tiny_model_dir, pipelin
     assert not (tmp_path / "e").exists() and not (tmp_path / "p").exists() and not (tmp_path / "s").exists()
 
 
+def test_models_whose_token_ids_or_eos_differ_are_refused_before_any_sampling(tmp_path, pipeline, capsys,
+                                                                                monkeypatch):
+    """A policy with an added pad token has a row the others lack (its samples and padding were an
+    IndexError inside torch); a model whose EOS differs would read on past where the other's responses end."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    work, run, _ = pipeline
+    padded, eos = tmp_path / "padded", tmp_path / "eos"
+    model, tok = AutoModelForCausalLM.from_pretrained(run / "04_dpo"), AutoTokenizer.from_pretrained(run / "04_dpo")
+    rows = model.config.vocab_size
+    tok.add_special_tokens({"pad_token": "<pad>"})
+    model.resize_token_embeddings(len(tok))
+    model.save_pretrained(padded)
+    tok.save_pretrained(padded)
+    shutil.copytree(run / "04_dpo", eos)
+    tok = AutoTokenizer.from_pretrained(eos)
+    tok.eos_token = "<unk>"
+    tok.save_pretrained(eos)
+    fast = ["--max-prompts", 2, "--samples-per-prompt", 1, "--bootstrap", 100]
+    for script, argv, want in [
+            ("05_ppo.py", ["--policy", padded], f"--reward runs/t/02_reward: its embedding has {rows} rows, but it "
+                                                f"would read token ids up to {rows} from the policy's rollouts"),
+            ("05_ppo.py", ["--ref", eos], f"--ref {eos}: its EOS token ('<unk>', id 0) differs from the policy's "
+                                          f"('<|im_end|>', id 2)"),
+            ("06_eval.py", [run / "04_dpo", padded, *fast], f"--reward runs/t/02_reward: its embedding has "
+                                                            f"{rows} rows, but it would read token ids up to {rows} "
+                                                            f"from policy {padded}'s samples"),
+            ("06_eval.py", [run / "04_dpo", eos, *fast], f"policy {eos}: its EOS token ('<unk>', id 0) differs")]:
+        err = stage_error(script, *argv, "--run", "t", "--out", tmp_path / "out", cwd=work, capsys=capsys,
+                          monkeypatch=monkeypatch)
+        assert want in err, err
+        assert not (tmp_path / "out").exists()
+
+
 def test_nan_loss_stops_dpo_and_writes_nothing(tmp_path, pipeline, monkeypatch, capsys):
     _, run, _ = pipeline
     dpo = load_script("04_dpo")
