@@ -795,10 +795,17 @@ def special_text(specials, row, responses=("chosen", "rejected")):
     """(field, token) where a row's prompt or `responses` columns hold one of `specials` (special_tokens),
     else None: tokenised, it would be that token (an end of turn inside a response, or a turn the data never
     had). Columns a stage does not read are not looked at."""
-    prompt = row["prompt"]   # chat messages, or text where a caller has not normalised it
-    texts = [("prompt", m["content"]) for m in ([{"content": prompt}] if isinstance(prompt, str) else prompt)] \
-        + [(k, row[k]) for k in responses if isinstance(row.get(k), str)]
-    return next(((field, s) for field, text in texts for s in specials if s in text), None)
+    return next(((field, s) for field in ("prompt", *responses) for text in texts_of(row, field)
+                 for s in specials if s in text), None)
+
+
+def texts_of(row, field):
+    """The texts of a row's field: a prompt's messages (or its text where a caller has not normalised it),
+    a response's text; none where the field is absent or not text."""
+    value = row.get(field)
+    if field == "prompt" and isinstance(value, list):
+        return [m["content"] for m in value]
+    return [value] if isinstance(value, str) else []
 
 
 def drop_special_text(rows, tokenizer, source):
@@ -833,9 +840,9 @@ def drop_long_pairs(rows, tokenizer, max_response_len, source):
 
 def check_same_tokenizer(tok, other_tok, flag, name, whose="the policy's"):
     """A reward, reference or value model reads the policy's token ids, so both must map text to the same ids
-    (an added pad token aside): another vocabulary would give meaningless numbers, or an index error. And
-    both render a prompt alike: under another chat template (or none) the prompts it reads are not the
-    kind it was trained on."""
+    (an added pad token aside: check_reads_ids) and end a response with the same EOS: another vocabulary
+    would give meaningless numbers, or an index error. And both render a prompt alike: under another chat
+    template (or none) the prompts it reads are not the kind it was trained on."""
     pads = {tok.pad_token, other_tok.pad_token}
     vocab = lambda t: {k: v for k, v in t.get_vocab().items() if k not in pads}
     if vocab(tok) != vocab(other_tok):
@@ -851,12 +858,20 @@ def check_same_tokenizer(tok, other_tok, flag, name, whose="the policy's"):
                         f"base model")
 
 
+def vocab_rows(model):
+    """The rows of a model's input embedding, or a config's vocab_size (None where it names none): the token
+    ids a model reads, and those a causal LM's output layer can give."""
+    if hasattr(model, "get_input_embeddings"):
+        return model.get_input_embeddings().num_embeddings
+    return getattr(model.get_text_config(), "vocab_size", None)
+
+
 def check_reads_ids(model, n_ids, flag, name, whose):
     """Refuse a model (or its config) that would read token ids 0..n_ids-1 from another model (every row of
     its output layer, or its pad id) past its own embedding rows: an index error deep in torch. Tokenizers
     that agree but for an added pad token (check_same_tokenizer) can still differ so."""
-    rows = getattr(model, "config", model).get_text_config().vocab_size
-    if n_ids > rows:
+    rows = vocab_rows(model)
+    if rows is not None and n_ids is not None and n_ids > rows:
         raise UserError(f"{flag} {name}: its embedding has {rows} rows, but it would read token ids up to "
                         f"{n_ids - 1} from {whose} (an added token?); use models trained from the same base model")
 
@@ -900,13 +915,14 @@ def encode_rows(tok, rows, max_prompt_len, max_response_len, source, responses=(
     token that closes an assistant turn in chat templates; the prompt is cut from the left so that the
     response always survives, and the prompts cut are counted and reported."""
     out, cut, specials = [], 0, special_tokens(tok)
-    # a row is named by its text: `rows` may be filtered, deduplicated or sorted, so its place is not the file's
-    which = lambda r: "the row whose last prompt turn begins " + repr((r["prompt"] if isinstance(r["prompt"], str)
-                                                                       else r["prompt"][-1]["content"])[:40])
     for r in rows:
         if found := special_text(specials, r, responses):   # stages' own files are free of them; a file by hand
+            # named by the text around it, not by a place: `rows` may be filtered, deduplicated or sorted
             field, token = found
-            raise UserError(f"{source}: {which(r)}: its {field} holds {token!r}, a special token of the "
+            text = next(s for s in texts_of(r, field) if token in s)
+            at = text.index(token)
+            around = text[max(0, at - 20):at + len(token) + 20]
+            raise UserError(f"{source}: a row's {field} holds {token!r} (in {around!r}), a special token of the "
                             f"tokenizer, which would be read as that token; expected plain text")
         try:
             prompt_ids = tok(render_prompt(tok, r["prompt"]), add_special_tokens=False)["input_ids"]

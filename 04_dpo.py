@@ -242,7 +242,7 @@ def load_inputs(args):
         print("no held-out pairs (they come from a 01_sft directory's data_test.jsonl, and not with --data): "
               "eval/ metrics skipped")
     if not args.online:
-        rows = drop_long_pairs(rows, tok, args.max_response_len, source["from"])
+        rows = drop_long_pairs(rows, tok, args.max_response_len, source["file"])
     if not args.curriculum:  # the seed shuffles an order of the text alone: 03 writes its sets in gap order, and
         rows = sorted(rows, key=text_key)  # bf16 gaps may differ in their last bits between two processes
     return model, tok, sft_stage, rows, source, test_rows
@@ -263,8 +263,8 @@ def load_pairs(args, sft_dir, split_dir):
         if not (sft_dir / "data_train.jsonl").is_file():
             raise UserError(f"--split all trains on stage 01's pairs and {sft_dir} has no data_train.jsonl; "
                             f"run `{command_for('01_sft', sft_dir)}` first, or pass your pairs with --data")
-        return read_stage_rows(sft_dir / "data_train.jsonl"), {"split": "all", "from": str(sft_dir.resolve()),
-                                                         "file": str(sft_dir / "data_train.jsonl")}
+        return read_stage_rows(sft_dir / "data_train.jsonl"), {
+            "split": "all", "from": str(sft_dir.resolve()), "file": str((sft_dir / "data_train.jsonl").resolve())}
     if not (split_dir / "stats.json").is_file():
         raise UserError(f"{split_dir} is not a finished 03_split directory; run `{command_for('03_split', split_dir)}` first "
                         f"(or pass --split all for vanilla DPO, or --data for your own pairs)")
@@ -279,8 +279,9 @@ def load_pairs(args, sft_dir, split_dir):
     labels = "rm"
     if args.split == "hard" and args.hard_labels != "rm":
         rows, labels = [original(r) for r in rows], "dataset"
-    return rows, {"split": args.split, "from": str(split_dir.resolve()), "file": str(split_dir / f"{args.split}.jsonl"), "rule": stats.get("rule"), "labels": labels,
-                  "dataset": stats.get("dataset")}
+    file = str((split_dir / f"{args.split}.jsonl").resolve())
+    return rows, {"split": args.split, "from": str(split_dir.resolve()), "file": file, "rule": stats.get("rule"),
+                  "labels": labels, "dataset": stats.get("dataset")}
 
 
 def original(row):
@@ -437,7 +438,7 @@ def main(args):
     policy = load_model(model, "policy", "--model", device)
     check_context(policy, args.max_prompt_len + args.max_response_len, "--model", "--max-prompt-len plus --max-response-len")
     check_room(out, policy)
-    train_ex = encode_rows(tok, rows, args.max_prompt_len, args.max_response_len, "train pairs")
+    train_ex = encode_rows(tok, rows, args.max_prompt_len, args.max_response_len, source["file"])
     test_ex = encode_rows(tok, test_rows, args.max_prompt_len, args.max_response_len, "held-out pairs")
     source["order"] = "shuffled each epoch" if not args.curriculum else \
         "stage 03's (descending |d|)" if source["split"] in ("easy", "hard") else "as read"
@@ -641,7 +642,7 @@ def online_main(args):
     check_room(out, policy)
     rm_tok = load_tokenizer(rm_dir, "--reward")
     check_same_tokenizer(tok, rm_tok, "--reward", rm_dir)
-    check_reads_ids(rm, policy.config.get_text_config().vocab_size, "--reward", rm_dir, "the policy's samples")
+    check_reads_ids(rm, vocab_rows(policy), "--reward", rm_dir, "the policy's samples")
     rm_pad = rm_tok.pad_token_id  # any id: the attention masks hide padding
     prompts = [p for p, in encode_rows(tok, rows, args.max_prompt_len, None, source["file"], responses=())]
     test_ex = encode_rows(tok, test_rows, args.max_prompt_len, args.max_response_len, "held-out pairs")
@@ -1171,10 +1172,17 @@ def special_text(specials, row, responses=("chosen", "rejected")):
     """(field, token) where a row's prompt or `responses` columns hold one of `specials` (special_tokens),
     else None: tokenised, it would be that token (an end of turn inside a response, or a turn the data never
     had). Columns a stage does not read are not looked at."""
-    prompt = row["prompt"]   # chat messages, or text where a caller has not normalised it
-    texts = [("prompt", m["content"]) for m in ([{"content": prompt}] if isinstance(prompt, str) else prompt)] \
-        + [(k, row[k]) for k in responses if isinstance(row.get(k), str)]
-    return next(((field, s) for field, text in texts for s in specials if s in text), None)
+    return next(((field, s) for field in ("prompt", *responses) for text in texts_of(row, field)
+                 for s in specials if s in text), None)
+
+
+def texts_of(row, field):
+    """The texts of a row's field: a prompt's messages (or its text where a caller has not normalised it),
+    a response's text; none where the field is absent or not text."""
+    value = row.get(field)
+    if field == "prompt" and isinstance(value, list):
+        return [m["content"] for m in value]
+    return [value] if isinstance(value, str) else []
 
 
 def drop_special_text(rows, tokenizer, source):
@@ -1209,9 +1217,9 @@ def drop_long_pairs(rows, tokenizer, max_response_len, source):
 
 def check_same_tokenizer(tok, other_tok, flag, name, whose="the policy's"):
     """A reward, reference or value model reads the policy's token ids, so both must map text to the same ids
-    (an added pad token aside): another vocabulary would give meaningless numbers, or an index error. And
-    both render a prompt alike: under another chat template (or none) the prompts it reads are not the
-    kind it was trained on."""
+    (an added pad token aside: check_reads_ids) and end a response with the same EOS: another vocabulary
+    would give meaningless numbers, or an index error. And both render a prompt alike: under another chat
+    template (or none) the prompts it reads are not the kind it was trained on."""
     pads = {tok.pad_token, other_tok.pad_token}
     vocab = lambda t: {k: v for k, v in t.get_vocab().items() if k not in pads}
     if vocab(tok) != vocab(other_tok):
@@ -1227,12 +1235,20 @@ def check_same_tokenizer(tok, other_tok, flag, name, whose="the policy's"):
                         f"base model")
 
 
+def vocab_rows(model):
+    """The rows of a model's input embedding, or a config's vocab_size (None where it names none): the token
+    ids a model reads, and those a causal LM's output layer can give."""
+    if hasattr(model, "get_input_embeddings"):
+        return model.get_input_embeddings().num_embeddings
+    return getattr(model.get_text_config(), "vocab_size", None)
+
+
 def check_reads_ids(model, n_ids, flag, name, whose):
     """Refuse a model (or its config) that would read token ids 0..n_ids-1 from another model (every row of
     its output layer, or its pad id) past its own embedding rows: an index error deep in torch. Tokenizers
     that agree but for an added pad token (check_same_tokenizer) can still differ so."""
-    rows = getattr(model, "config", model).get_text_config().vocab_size
-    if n_ids > rows:
+    rows = vocab_rows(model)
+    if rows is not None and n_ids is not None and n_ids > rows:
         raise UserError(f"{flag} {name}: its embedding has {rows} rows, but it would read token ids up to "
                         f"{n_ids - 1} from {whose} (an added token?); use models trained from the same base model")
 
@@ -1276,13 +1292,14 @@ def encode_rows(tok, rows, max_prompt_len, max_response_len, source, responses=(
     token that closes an assistant turn in chat templates; the prompt is cut from the left so that the
     response always survives, and the prompts cut are counted and reported."""
     out, cut, specials = [], 0, special_tokens(tok)
-    # a row is named by its text: `rows` may be filtered, deduplicated or sorted, so its place is not the file's
-    which = lambda r: "the row whose last prompt turn begins " + repr((r["prompt"] if isinstance(r["prompt"], str)
-                                                                       else r["prompt"][-1]["content"])[:40])
     for r in rows:
         if found := special_text(specials, r, responses):   # stages' own files are free of them; a file by hand
+            # named by the text around it, not by a place: `rows` may be filtered, deduplicated or sorted
             field, token = found
-            raise UserError(f"{source}: {which(r)}: its {field} holds {token!r}, a special token of the "
+            text = next(s for s in texts_of(r, field) if token in s)
+            at = text.index(token)
+            around = text[max(0, at - 20):at + len(token) + 20]
+            raise UserError(f"{source}: a row's {field} holds {token!r} (in {around!r}), a special token of the "
                             f"tokenizer, which would be read as that token; expected plain text")
         try:
             prompt_ids = tok(render_prompt(tok, r["prompt"]), add_special_tokens=False)["input_ids"]

@@ -300,13 +300,15 @@ def test_text_holding_a_special_token_is_dropped_or_named_not_read_as_the_token(
            f"in its chosen)" in capsys.readouterr().out
     assert sft.drop_long_prompts([bad_prompt, good], tok, 64, "test.jsonl") == [good]
     # named by its text (the rows encoded may be filtered, deduplicated or sorted: their place is not the file's)
-    with pytest.raises(dpo.UserError, match=f"f.jsonl: the row whose last prompt turn begins 'hi{re.escape(eos)}': "
-                                            f"its prompt holds {re.escape(repr(eos))}, a special token of the tokenizer"):
+    with pytest.raises(dpo.UserError, match=re.escape(f"f.jsonl: a row's prompt holds {eos!r} (in 'hi{eos}'), a "
+                                                      f"special token of the tokenizer")):
         dpo.encode_rows(tok, [good, bad_prompt], 64, 16, "f.jsonl")
     # prompts alone (04 --online, 05, 06): a response column they never read is not looked at
     assert len(dpo.encode_rows(tok, [good, bad_reply], 64, None, "f.jsonl", responses=())) == 2
-    with pytest.raises(dpo.UserError, match="f.jsonl: the row whose last prompt turn begins 'hi': its chosen"):
-        dpo.encode_rows(tok, [bad_reply], 64, 16, "f.jsonl")
+    long_reply = {**good, "chosen": "x" * 30 + eos + "y" * 30}   # quoted with 20 characters either side
+    for row, around in ((bad_reply, f"a{eos} and more"), (long_reply, "x" * 20 + eos + "y" * 20)):
+        with pytest.raises(dpo.UserError, match=re.escape(f"f.jsonl: a row's chosen holds {eos!r} (in {around!r})")):
+            dpo.encode_rows(tok, [good, row], 64, 16, "f.jsonl")
     with pytest.raises(dpo.UserError, match="every row's text holds a special token"):
         dpo.drop_long_pairs([bad_reply], tok, 16, "f.jsonl")
 

@@ -70,6 +70,22 @@ def test_left_and_right_padding_give_the_same_logps_entropy_and_values(tiny, tin
     assert torch.allclose(er[0][right[2][0, 1:]][0], ent, atol=1e-5)
 
 
+def test_a_new_pad_token_never_shrinks_an_embedding_padded_past_the_tokenizer(tiny_model_dir):
+    """02 adds a pad token where the tokenizer has none but EOS (and no unk): an embedding with rows past the
+    tokenizer (Qwen2.5, Pythia) keeps them, since the policy may give those ids and 05 and 06 have the RM
+    read them; one with no spare row gets one."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+    for rows in (420, None):
+        tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+        tok.unk_token = tok.eos_token          # no unk apart from EOS: a pad token is added
+        config = AutoConfig.from_pretrained(tiny_model_dir, num_labels=1, vocab_size=rows or len(tok))
+        rm = AutoModelForSequenceClassification.from_config(config)
+        rwd.set_distinct_pad(tok, rm)
+        assert tok.pad_token == "<|pad|>" and tok.pad_token_id == len(tok) - 1 != tok.eos_token_id
+        assert rm.get_input_embeddings().num_embeddings == (rows or len(tok)) == rm.config.vocab_size
+        assert rm.config.pad_token_id == tok.pad_token_id
+
+
 @torch.no_grad()
 def test_reward_score_read_at_last_real_token_and_equal_to_hf(tmp_path, tiny_model_dir):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer

@@ -495,6 +495,9 @@ def test_models_whose_token_ids_or_eos_differ_are_refused_before_any_sampling(tm
     tok.save_pretrained(eos)
     fast = ["--max-prompts", 2, "--samples-per-prompt", 1, "--bootstrap", 100]
     for script, argv, want in [
+            ("04_dpo.py", ["--online", "--model", padded], f"--reward runs/t/02_reward: its embedding has {rows} "
+                                                           f"rows, but it would read token ids up to {rows} from "
+                                                           f"the policy's samples"),
             ("05_ppo.py", ["--policy", padded], f"--reward runs/t/02_reward: its embedding has {rows} rows, but it "
                                                 f"would read token ids up to {rows} from the policy's rollouts"),
             ("05_ppo.py", ["--ref", eos], f"--ref {eos}: its EOS token ('<unk>', id 0) differs from the policy's "
