@@ -992,10 +992,10 @@ def normalise(rows, source, pairs=True):
             skipped.setdefault(why, [0, i])[0] += 1                               # [rows, the first one]
         else:
             out.append(new)
-    print(f"{source}: {name} format, {len(out)} rows kept" + "".join(
-        f"; skipped {n} ({why}; first: row {first})" for why, (n, first) in sorted(skipped.items())))
-    if not out:
-        raise UserError(f"{source}: every row was skipped")
+    reasons = "".join(f"; skipped {n} ({why}; first: row {first})" for why, (n, first) in sorted(skipped.items()))
+    print(f"{source}: {name} format, {len(out)} rows kept{reasons}")
+    if not out:   # the reasons on stderr too: a user who redirects stdout still learns why
+        raise UserError(f"{source}: every row was skipped{reasons}")
     return out
 
 

@@ -433,7 +433,8 @@ def test_errors_are_one_line_and_write_nothing(tmp_path, tiny_model_dir, pipelin
     assert "row 2 is missing ['chosen']" in error("01_sft.py", "--model", m, "--dataset", bad, "--run", "x")
     empty = tmp_path / "empty.jsonl"
     empty.write_text('{"prompt": "p", "chosen": "", "rejected": "b"}\n')
-    assert "every row was skipped" in error("01_sft.py", "--model", m, "--dataset", empty, "--run", "x")
+    assert "every row was skipped; skipped 1 (empty response; first: row 1)" in error(
+        "01_sft.py", "--model", m, "--dataset", empty, "--run", "x")
     err = error("01_sft.py", "--model", m, "--builtin-test-prompts", 5000, "--run", "x")
     assert "error: --builtin-test-prompts 5000: " in err and "ran out of distinct test prompts" in err
     err = error("01_sft.py", "--model", tmp_path / "nomodel", "--run", "x", "--max-steps", 1,
