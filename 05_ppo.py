@@ -436,7 +436,8 @@ def main(args):
     dataset = {"name": args.data} if args.data else sft_stage["dataset"]
     print(f"dataset {dataset['name']!r}; policy {policy_name}, KL reference {ref_name}, "
           f"RM {rm_name}, value init {value_name}, prompts: {source}")
-    prompt_ids = [p for p, in encode_rows(tok, [{"prompt": p} for p in prompts], args.max_prompt_len, None, prompts_file, ())]
+    prompt_ids = [p for p, in encode_rows(tok, [{"prompt": p} for p in prompts], args.max_prompt_len, None,
+                                          prompts_file, ())]
     opt_pi = make_optimizer(policy.parameters(), args.lr, 0.0, device)
     opt_v = make_optimizer(value.parameters(), args.value_lr, 0.0, device)
     scaler = torch.amp.GradScaler(enabled=dtype == torch.float16)

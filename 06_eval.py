@@ -666,12 +666,12 @@ def main(args):
     # 2. every policy, the baseline first: sample y ~ pi(.|x) with the same seed, score it, summarise
     results, samples, tokens, baseline_values, baseline_responses = {}, [], 0, None, None
     names, records, sweep = policy_records(policies, run_dir, rm_dir, args.run)   # their errors before sampling
-    for pdir in policies[1:]:   # sampled with the baseline's tokenizer, to its lengths: checked before any sampling
-        check_same_tokenizer(tok, load_tokenizer(str(pdir), "policy"), "policy", pdir, f"the baseline's ({base_dir})")
-        check_context(policy_config(pdir), args.max_prompt_len + args.max_new_tokens, f"policy {pdir}",
-                      "--max-prompt-len plus --max-new-tokens")
-    for pdir in policies:   # each policy's samples, padded with the baseline's pad id, are read by the RM and baseline
+    for pdir in policies:   # sampled with the baseline's tokenizer, pad id and lengths, read by the RM: checked first
         writer = base if pdir is base_dir else policy_config(pdir)
+        if pdir is not base_dir:
+            check_same_tokenizer(tok, load_tokenizer(str(pdir), "policy"), "policy", pdir, f"the baseline's ({base_dir})")
+            check_context(writer, args.max_prompt_len + args.max_new_tokens, f"policy {pdir}",
+                          "--max-prompt-len plus --max-new-tokens")
         check_reads_ids(writer, tok.pad_token_id + 1, "policy", pdir, "the baseline's padding")
         for flag, name, m in (("--reward", rm_dir, rm), ("--baseline" if args.baseline else "policy", base_dir, base)):
             check_reads_ids(m, vocab_rows(writer), flag, name, f"policy {pdir}'s samples")
