@@ -221,9 +221,9 @@ def parse_args(argv=None):
         "builtin_train_pairs": AT_LEAST_1, "builtin_test_prompts": AT_LEAST_1, "builtin_temperature": (
             lambda x: x >= 0.0015, "a number >= 0.0015 (gold gaps reach 1: below 1/709, exp(gap / T) overflows)"),
         "max_train_pairs": NON_NEGATIVE, "max_test_prompts": NON_NEGATIVE, "max_prompt_len": AT_LEAST_1,
-        "max_response_len": (lambda x: x >= 2, "an integer >= 2 (room for EOS)"), **OPTIMISER_RANGES})
+        "max_response_len": (lambda x: x >= 2, "an integer >= 2 (room for EOS)"), **OPTIMISER_RANGES}, p.given)
     unread = [f"--{d.replace('_', '-')}" for d in ("builtin_train_pairs", "builtin_test_prompts", "builtin_temperature")
-              if args.dataset != "builtin" and getattr(args, d) != p.get_default(d)]
+              if args.dataset != "builtin" and d in p.given]
     if unread:
         raise UserError(f"{', '.join(unread)}: the built-in task's settings do nothing with --dataset {args.dataset}; "
                         f"--max-train-pairs and --max-test-prompts cut a file")
@@ -346,7 +346,17 @@ class ArgParser(argparse.ArgumentParser):
         if isinstance(run, str) and (run.startswith(".") or "/" in run or os.sep in run):
             raise UserError(f"--run {run!r}: expected a plain name (no '/', not starting with '.'); the run goes "
                             f"to runs/<name>")
+        self.given = self.written(args)
         return ns
+
+    def written(self, args):
+        """The dests of the options written on the command line, whatever their values (a flag that a setting
+        leaves unread is refused when written, even at its default value). argparse fills in a default only
+        where the namespace lacks the name, so a namespace of markers keeps the unwritten ones."""
+        unset = object()
+        ns = argparse.Namespace(**{a.dest: unset for a in self._actions if a.option_strings})
+        super().parse_args(args, ns)
+        return {dest for dest, value in vars(ns).items() if value is not unset}
 
 
 def run_main(main, argv=None):
@@ -419,16 +429,16 @@ OPTIMISER_RANGES = {"epochs": POSITIVE, "max_steps": STEPS, "batch_size": AT_LEA
                     "min_lr_ratio": FRACTION, "max_grad_norm": POSITIVE, "eval_batch_size": AT_LEAST_1}
 
 
-def check_ranges(args, rules):
+def check_ranges(args, rules, given):
     """Numeric flags checked before anything runs; rules: dest -> (test, expected). NaN, inf and numbers past
     1e9 (no setting of a run; 1e308 epochs overflow a step count) fail. Also --epochs against --max-steps,
-    which overrides it."""
+    which overrides it (given: the dests written on the command line, ArgParser.given)."""
     for dest, (ok, expected) in rules.items():
         value = getattr(args, dest)
         if value is not None and not (abs(value) <= 1e9 and ok(value)):   # (NaN fails every comparison)
             raise UserError(f"--{dest.replace('_', '-')} {str(value)[:24]}: expected {expected}"
                             + (", between -1e9 and 1e9" if value == value and abs(value) > 1e9 else ""))
-    if getattr(args, "max_steps", -1) > 0 and getattr(args, "epochs", 1.0) != 1.0:  # 01, 02, 04
+    if getattr(args, "max_steps", -1) > 0 and "epochs" in given:  # 01, 02, 04
         raise UserError(f"--epochs {args.epochs} does nothing with --max-steps {args.max_steps}, which sets the "
                         f"length of training; pass one")
     return args

@@ -394,7 +394,8 @@ def parse_args(argv=None):
     args = check_ranges(p.parse_args(argv), {
         "beta": POSITIVE, "label_smoothing": (lambda x: 0 <= x < 0.5, "a number in [0, 0.5)"), "tau": POSITIVE,
         "mixture_beta": FRACTION, "max_new_tokens": AT_LEAST_1, "eval_every": AT_LEAST_1, **OPTIMISER_RANGES,
-        "max_prompt_len": AT_LEAST_1, "max_response_len": (lambda x: x >= 2, "an integer >= 2 (room for EOS)")})
+        "max_prompt_len": AT_LEAST_1, "max_response_len": (lambda x: x >= 2, "an integer >= 2 (room for EOS)")},
+        p.given)
     if args.data and (args.split or args.split_dir):
         raise UserError("--data is trained on as it is; --split and --split-dir pick stage 03's pairs instead: pass one")
     args.split = None if args.data else args.split or "easy"
@@ -405,18 +406,18 @@ def parse_args(argv=None):
                         "the dataset's)")
     if args.reward and not args.online:
         raise UserError("--reward is for --online (offline DPO / IPO trains on labelled pairs, no reward model)")
-    if args.mixture_beta > 0 and not args.online:
+    if "mixture_beta" in p.given and not args.online:
         raise UserError("--mixture-beta samples pairs online; pass --online too")
     if args.loss == "nash-md-pg" and not args.online:
         raise UserError("--loss nash-md-pg is a policy gradient on fresh samples; pass --online too")
-    if args.online and args.label_smoothing:
+    if args.online and "label_smoothing" in p.given:
         raise UserError("--label-smoothing is for offline labels; online, eps = 1 - p comes from the RM")
-    # a flag that the chosen loss and mode do not read would do nothing: refuse it where it is set
+    # a flag that the chosen loss and mode do not read would do nothing: refuse it where it is written
     idle = {"dpo": ["tau", "ipo_aggregate"], "ipo": ["beta", "label_smoothing"],
             "nash-md-pg": ["beta", "label_smoothing", "ipo_aggregate"]}[args.loss]
     idle += ["epochs", "curriculum", "hard_labels"] if args.online else ["max_new_tokens", "eval_every", "online_labels"]
     for name in idle:
-        if getattr(args, name) != p.get_default(name):
+        if name in p.given:
             raise UserError(f"--{name.replace('_', '-')} does nothing with --loss {args.loss}"
                             f"{' --online' if args.online else ' offline'}; leave it out")
     if args.tau is None:  # the two losses weigh tau against quantities of different scales
@@ -723,7 +724,17 @@ class ArgParser(argparse.ArgumentParser):
         if isinstance(run, str) and (run.startswith(".") or "/" in run or os.sep in run):
             raise UserError(f"--run {run!r}: expected a plain name (no '/', not starting with '.'); the run goes "
                             f"to runs/<name>")
+        self.given = self.written(args)
         return ns
+
+    def written(self, args):
+        """The dests of the options written on the command line, whatever their values (a flag that a setting
+        leaves unread is refused when written, even at its default value). argparse fills in a default only
+        where the namespace lacks the name, so a namespace of markers keeps the unwritten ones."""
+        unset = object()
+        ns = argparse.Namespace(**{a.dest: unset for a in self._actions if a.option_strings})
+        super().parse_args(args, ns)
+        return {dest for dest, value in vars(ns).items() if value is not unset}
 
 
 def run_main(main, argv=None):
@@ -796,16 +807,16 @@ OPTIMISER_RANGES = {"epochs": POSITIVE, "max_steps": STEPS, "batch_size": AT_LEA
                     "min_lr_ratio": FRACTION, "max_grad_norm": POSITIVE, "eval_batch_size": AT_LEAST_1}
 
 
-def check_ranges(args, rules):
+def check_ranges(args, rules, given):
     """Numeric flags checked before anything runs; rules: dest -> (test, expected). NaN, inf and numbers past
     1e9 (no setting of a run; 1e308 epochs overflow a step count) fail. Also --epochs against --max-steps,
-    which overrides it."""
+    which overrides it (given: the dests written on the command line, ArgParser.given)."""
     for dest, (ok, expected) in rules.items():
         value = getattr(args, dest)
         if value is not None and not (abs(value) <= 1e9 and ok(value)):   # (NaN fails every comparison)
             raise UserError(f"--{dest.replace('_', '-')} {str(value)[:24]}: expected {expected}"
                             + (", between -1e9 and 1e9" if value == value and abs(value) > 1e9 else ""))
-    if getattr(args, "max_steps", -1) > 0 and getattr(args, "epochs", 1.0) != 1.0:  # 01, 02, 04
+    if getattr(args, "max_steps", -1) > 0 and "epochs" in given:  # 01, 02, 04
         raise UserError(f"--epochs {args.epochs} does nothing with --max-steps {args.max_steps}, which sets the "
                         f"length of training; pass one")
     return args

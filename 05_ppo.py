@@ -393,7 +393,7 @@ def parse_args(argv=None):
         "gamma": FRACTION, "lam": FRACTION, "ppo_epochs": AT_LEAST_1, "minibatch_size": AT_LEAST_1,
         "cliprange": POSITIVE, "cliprange_value": POSITIVE, "vf_coef": NON_NEGATIVE, "target_approx_kl": POSITIVE,
         "lr": LEARNING_RATE, "value_lr": LEARNING_RATE, "max_grad_norm": POSITIVE, "max_prompt_len": AT_LEAST_1,
-        "sample_every": AT_LEAST_1})
+        "sample_every": AT_LEAST_1}, p.given)
     if args.minibatch_size > args.rollout_batch:
         raise UserError(f"--minibatch-size {args.minibatch_size} is more than --rollout-batch {args.rollout_batch}, "
                         f"the sequences there are to split; pass at most that")
@@ -408,7 +408,7 @@ def parse_args(argv=None):
         raise UserError(f"--kl-horizon {args.kl_horizon} with --rollout-batch {args.rollout_batch}: one update "
                         f"of --adaptive-kl could take kl_coef to zero or below; pass more than --rollout-batch / 5")
     for name in ("target_kl", "kl_horizon"):   # read by the adaptive controller only: alone they would do nothing
-        if not args.adaptive_kl and getattr(args, name) != p.get_default(name):
+        if not args.adaptive_kl and name in p.given:
             raise UserError(f"--{name.replace('_', '-')} is for --adaptive-kl; pass that too, or leave it out")
     return args
 
@@ -561,7 +561,17 @@ class ArgParser(argparse.ArgumentParser):
         if isinstance(run, str) and (run.startswith(".") or "/" in run or os.sep in run):
             raise UserError(f"--run {run!r}: expected a plain name (no '/', not starting with '.'); the run goes "
                             f"to runs/<name>")
+        self.given = self.written(args)
         return ns
+
+    def written(self, args):
+        """The dests of the options written on the command line, whatever their values (a flag that a setting
+        leaves unread is refused when written, even at its default value). argparse fills in a default only
+        where the namespace lacks the name, so a namespace of markers keeps the unwritten ones."""
+        unset = object()
+        ns = argparse.Namespace(**{a.dest: unset for a in self._actions if a.option_strings})
+        super().parse_args(args, ns)
+        return {dest for dest, value in vars(ns).items() if value is not unset}
 
 
 def run_main(main, argv=None):
@@ -634,16 +644,16 @@ OPTIMISER_RANGES = {"epochs": POSITIVE, "max_steps": STEPS, "batch_size": AT_LEA
                     "min_lr_ratio": FRACTION, "max_grad_norm": POSITIVE, "eval_batch_size": AT_LEAST_1}
 
 
-def check_ranges(args, rules):
+def check_ranges(args, rules, given):
     """Numeric flags checked before anything runs; rules: dest -> (test, expected). NaN, inf and numbers past
     1e9 (no setting of a run; 1e308 epochs overflow a step count) fail. Also --epochs against --max-steps,
-    which overrides it."""
+    which overrides it (given: the dests written on the command line, ArgParser.given)."""
     for dest, (ok, expected) in rules.items():
         value = getattr(args, dest)
         if value is not None and not (abs(value) <= 1e9 and ok(value)):   # (NaN fails every comparison)
             raise UserError(f"--{dest.replace('_', '-')} {str(value)[:24]}: expected {expected}"
                             + (", between -1e9 and 1e9" if value == value and abs(value) > 1e9 else ""))
-    if getattr(args, "max_steps", -1) > 0 and getattr(args, "epochs", 1.0) != 1.0:  # 01, 02, 04
+    if getattr(args, "max_steps", -1) > 0 and "epochs" in given:  # 01, 02, 04
         raise UserError(f"--epochs {args.epochs} does nothing with --max-steps {args.max_steps}, which sets the "
                         f"length of training; pass one")
     return args

@@ -116,7 +116,8 @@ def test_combine_refuses_runs_evaluated_differently_one_run_flags_it_ignores_and
                                                              str(tmp_path / "out"), *flags]))
     with pytest.raises(ev.UserError, match="--combine: one run; combining takes two or more"):
         combine(tmp_path / "a")
-    for flags in (["--max-new-tokens", "8"], ["--reward", "rm"], ["--run", "x"], ["--device", "cpu"]):
+    for flags in (["--max-new-tokens", "8"], ["--reward", "rm"], ["--run", "x"], ["--device", "cpu"],
+                  ["--bootstrap", "1000"], ["--seed", "0"]):   # the last two at their default values
         with pytest.raises(ev.UserError, match=f"{flags[0]}: nothing to do with --combine"):
             combine(tmp_path / "a", tmp_path / "b", flags=flags)
     record = json.load(open(tmp_path / "b/results.json"))

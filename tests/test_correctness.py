@@ -131,10 +131,16 @@ def test_numeric_flags_out_of_range_are_refused_before_anything_runs(stage, argv
     (["--online", "--loss", "nash-md-pg", "--ipo-aggregate", "sum"], "--ipo-aggregate does nothing with --loss nash-md-pg"),
     (["--online", "--epochs", "2"], "--epochs does nothing with --loss dpo --online"),
     (["--split", "all", "--split-dir", "s"], "--split-dir would do nothing"),
+    # written at their default values they still do nothing: refused as well (the test is "written", not "changed")
+    (["--loss", "ipo", "--beta", "0.1"], "--beta does nothing with --loss ipo offline"),
+    (["--online", "--epochs", "1"], "--epochs does nothing with --loss dpo --online"),
+    (["--eval-every", "10"], "--eval-every does nothing with --loss dpo offline"),
+    (["--mixture-beta", "0"], "--mixture-beta samples pairs online; pass --online too"),
+    (["--online", "--label-smoothing", "0"], "--label-smoothing is for offline labels"),
 ])
 def test_04_refuses_a_flag_its_loss_and_mode_do_not_read(argv, needle):
-    """A flag set away from its default that the chosen loss or mode never reads would change nothing:
-    conservative IPO asked for with --label-smoothing trained plain IPO."""
+    """A flag that the chosen loss or mode never reads would change nothing: conservative IPO asked for with
+    --label-smoothing trained plain IPO. Refused whenever it is written, at its default value too."""
     with pytest.raises(dpo.UserError, match=needle):
         dpo.parse_args(argv)
     for ok in (["--loss", "ipo", "--tau", "0.5", "--ipo-aggregate", "sum"], ["--label-smoothing", "0.1"],
@@ -146,13 +152,15 @@ def test_01_refuses_the_builtin_task_settings_with_a_file():
     with pytest.raises(sft.UserError, match=r"--builtin-train-pairs, --builtin-temperature: the built-in task's "
                                             r"settings do nothing with --dataset pairs.jsonl"):
         sft.parse_args(["--dataset", "pairs.jsonl", "--builtin-train-pairs", "5", "--builtin-temperature", "3"])
+    with pytest.raises(sft.UserError, match=r"--builtin-test-prompts: the built-in"):   # its default value, written
+        sft.parse_args(["--dataset", "pairs.jsonl", "--builtin-test-prompts", "200"])
     sft.parse_args(["--dataset", "pairs.jsonl", "--max-train-pairs", "5"])
     sft.parse_args(["--builtin-train-pairs", "5"])
 
 
 def test_05_refuses_adaptive_kl_settings_without_the_controller():
     ppo = STAGES["05_ppo"]
-    for argv in (["--target-kl", "3"], ["--kl-horizon", "100"]):
+    for argv in (["--target-kl", "3"], ["--kl-horizon", "100"], ["--target-kl", "6"], ["--kl-horizon=10000"]):
         with pytest.raises(ppo.UserError, match="is for --adaptive-kl"):
             ppo.parse_args(argv)
         ppo.parse_args(argv + ["--adaptive-kl"])
@@ -204,6 +212,8 @@ def test_epochs_and_max_steps_exclude_each_other():
     for stage in ("01_sft", "02_reward", "04_dpo"):
         with pytest.raises(STAGES[stage].UserError, match="--epochs 2.0 does nothing with --max-steps 5"):
             STAGES[stage].parse_args(["--epochs", "2", "--max-steps", "5"])
+        with pytest.raises(STAGES[stage].UserError, match="--epochs 1.0 does nothing with --max-steps 5"):
+            STAGES[stage].parse_args(["--max-steps", "5", "--epochs", "1"])      # the default value, written
         STAGES[stage].parse_args(["--epochs", "2"])
 
 
