@@ -238,17 +238,33 @@ def gold_judge(rows, source):
     return builtin_task
 
 
-def finite_weights(pdir, flag):
-    """A local policy's stored weights read one tensor at a time and refused if any is NaN or inf, so that
-    a bad policy named last fails before the others are sampled (load_model checks it again as it loads)."""
+def check_weights(pdir, flag):
+    """A local policy's stored weights, read one tensor at a time before any policy is sampled: refused if
+    any is NaN or inf, or of another shape than its config.json makes (an edited vocab_size, which the checks
+    made from its config would otherwise blame on another model), so that a bad policy named last fails first
+    (load_model checks both again as it loads)."""
     from safetensors import SafetensorError, safe_open
-    for f in sorted(Path(pdir).glob("*.safetensors")):
+    from transformers import AutoModelForCausalLM
+    files = sorted(Path(pdir).glob("*.safetensors"))
+    try:
+        with torch.device("meta"):   # the shapes its config makes, without memory
+            made = AutoModelForCausalLM.from_config(policy_config(pdir)).state_dict() if files else {}
+    except (ValueError, TypeError, KeyError):   # not made from its config here: load_model names why
+        made = {}
+    for f in files:
         try:
             with safe_open(f, "pt") as weights:
-                bad = next((k for k in weights.keys() if not torch.isfinite(weights.get_tensor(k)).all()), None)
+                wrong = [f"{k} {tuple(weights.get_slice(k).get_shape())} in the weights, {tuple(made[k].shape)} by "
+                         f"config.json" for k in weights.keys()
+                         if k in made and tuple(weights.get_slice(k).get_shape()) != tuple(made[k].shape)]
+                bad = None if wrong else next((k for k in weights.keys()
+                                               if not torch.isfinite(weights.get_tensor(k)).all()), None)
         except (SafetensorError, OSError) as e:   # cut short, or not safetensors at all
             raise UserError(f"{flag} {pdir}: {f.name} is not readable as safetensors ({type(e).__name__}: "
                             f"{(str(e).splitlines() or [''])[0][:200]}); expected the file a stage wrote") from None
+        if wrong:
+            raise UserError(f"{flag} {pdir}: its weights do not match its config.json: of another shape: "
+                            f"{', '.join(wrong[:3])}; expected the config.json saved with them")
         if bad:
             raise UserError(f"{flag} {pdir}: its weights hold NaN or inf values ({bad}); expected a trained "
                             f"model's finite weights")
@@ -629,7 +645,7 @@ def main(args):
     for p in policies:
         flag = "--baseline" if p is base_dir and args.baseline else "policy"
         check_model(p, "policy", flag)
-        finite_weights(p, flag)   # not after sampling the others
+        check_weights(p, flag)   # not after sampling the others
     device = pick_device(args.device)
     keep_freed_memory(device)   # on a CPU, no page faults for memory a step freed
     precision = dtype, _ = pick_precision(args.precision, device)

@@ -164,14 +164,24 @@ def test_06_refuses_a_policy_with_nan_weights_before_sampling_any(tmp_path, tiny
     with torch.no_grad():
         model.model.layers[0].mlp.up_proj.weight[0, 0] = float("inf")
     model.save_pretrained(tmp_path / "inf")
-    ev.finite_weights(tiny_model_dir, "policy")
+    ev.check_weights(tiny_model_dir, "policy")
     with pytest.raises(ev.UserError, match=r"policy .*inf: its weights hold NaN or inf values \(model.layers.0.mlp"):
-        ev.finite_weights(tmp_path / "inf", "policy")
+        ev.check_weights(tmp_path / "inf", "policy")
     weights = (tmp_path / "inf/model.safetensors").read_bytes()    # a copy cut short, then one that is no safetensors
     for broken in (weights[: len(weights) // 2], b"not safetensors at all"):
         (tmp_path / "inf/model.safetensors").write_bytes(broken)
         with pytest.raises(ev.UserError, match=r"policy .*inf: model.safetensors is not readable as safetensors"):
-            ev.finite_weights(tmp_path / "inf", "policy")
+            ev.check_weights(tmp_path / "inf", "policy")
+    # a config.json whose vocab_size contradicts the weights: named as the policy's own fault, before the checks
+    # made from its config blamed the reward model ("its embedding has 49152 rows ... up to 49999")
+    with torch.no_grad():
+        model.model.layers[0].mlp.up_proj.weight[0, 0] = 0.0
+    model.save_pretrained(tmp_path / "inf")
+    config = json.load(open(tmp_path / "inf/config.json"))
+    json.dump({**config, "vocab_size": config["vocab_size"] + 8}, open(tmp_path / "inf/config.json", "w"))
+    with pytest.raises(ev.UserError, match=r"policy .*inf: its weights do not match its config.json: of another "
+                                           rf"shape: model.embed_tokens.weight \({config['vocab_size']}, "):
+        ev.check_weights(tmp_path / "inf", "policy")
 
 
 def test_a_split_row_with_one_gold_score_or_a_relabelled_that_is_no_bool_is_refused(tmp_path):
