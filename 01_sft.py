@@ -311,6 +311,7 @@ def main(args):
              "steps": total_steps, **perf(tokens, loop_start, device)}
     model.config.use_cache = True
     check_finite(model, "01_sft")
+    stop_at_eos(model, tok, "01_sft")
     with output_dir(out, args.overwrite) as tmp:
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
@@ -1429,6 +1430,21 @@ def fp32_no_dropout(model):
         if ("dropout" in attr or "pdrop" in attr) and isinstance(value, float):
             setattr(model.config, attr, 0.0)
     return model.float()
+
+
+def stop_at_eos(model, tok, stage):
+    """Before a policy is saved: have its generation_config stop at the tokenizer's EOS, where our samplers stop
+    and every trained response ends, so that Hugging Face's generate() on the saved model stops there too (a
+    base model's generation_config may name another id). The EOS id is added to its stop ids where missing."""
+    gen = getattr(model, "generation_config", None)
+    if gen is None:
+        return
+    ids = [] if gen.eos_token_id is None else [gen.eos_token_id] if isinstance(gen.eos_token_id, int) \
+        else list(gen.eos_token_id)
+    if tok.eos_token_id not in ids:
+        print(f"{stage}: note: the model's generation_config stops at {ids or 'no token'}, not at its tokenizer's "
+              f"EOS {tok.eos_token!r} (id {tok.eos_token_id}), which responses end with; saved with it added")
+        gen.eos_token_id = ids + [tok.eos_token_id] if ids else tok.eos_token_id
 
 
 def path_or_hub_id(name):

@@ -1366,6 +1366,21 @@ def fp32_no_dropout(model):
     return model.float()
 
 
+def stop_at_eos(model, tok, stage):
+    """Before a policy is saved: have its generation_config stop at the tokenizer's EOS, where our samplers stop
+    and every trained response ends, so that Hugging Face's generate() on the saved model stops there too (a
+    base model's generation_config may name another id). The EOS id is added to its stop ids where missing."""
+    gen = getattr(model, "generation_config", None)
+    if gen is None:
+        return
+    ids = [] if gen.eos_token_id is None else [gen.eos_token_id] if isinstance(gen.eos_token_id, int) \
+        else list(gen.eos_token_id)
+    if tok.eos_token_id not in ids:
+        print(f"{stage}: note: the model's generation_config stops at {ids or 'no token'}, not at its tokenizer's "
+              f"EOS {tok.eos_token!r} (id {tok.eos_token_id}), which responses end with; saved with it added")
+        gen.eos_token_id = ids + [tok.eos_token_id] if ids else tok.eos_token_id
+
+
 def path_or_hub_id(name):
     """A directory as an absolute path (for stage.json); a hub id as given."""
     return str(Path(name).resolve()) if Path(name).exists() else str(name)

@@ -524,6 +524,7 @@ def main(args):
     final = {**quarter_means(metrics), "steps": args.steps, **perf(tokens, loop_started, device),
              "perf/generation_share": sum(m["time/generation_s"] for m in metrics) / max(loop_s, 1e-9)}
     check_finite(policy, "05_ppo")
+    stop_at_eos(policy, tok, "05_ppo")
     with output_dir(out, args.overwrite) as tmp:
         policy.save_pretrained(tmp)
         tok.save_pretrained(tmp)
@@ -1644,6 +1645,21 @@ def fp32_no_dropout(model):
         if ("dropout" in attr or "pdrop" in attr) and isinstance(value, float):
             setattr(model.config, attr, 0.0)
     return model.float()
+
+
+def stop_at_eos(model, tok, stage):
+    """Before a policy is saved: have its generation_config stop at the tokenizer's EOS, where our samplers stop
+    and every trained response ends, so that Hugging Face's generate() on the saved model stops there too (a
+    base model's generation_config may name another id). The EOS id is added to its stop ids where missing."""
+    gen = getattr(model, "generation_config", None)
+    if gen is None:
+        return
+    ids = [] if gen.eos_token_id is None else [gen.eos_token_id] if isinstance(gen.eos_token_id, int) \
+        else list(gen.eos_token_id)
+    if tok.eos_token_id not in ids:
+        print(f"{stage}: note: the model's generation_config stops at {ids or 'no token'}, not at its tokenizer's "
+              f"EOS {tok.eos_token!r} (id {tok.eos_token_id}), which responses end with; saved with it added")
+        gen.eos_token_id = ids + [tok.eos_token_id] if ids else tok.eos_token_id
 
 
 def path_or_hub_id(name):

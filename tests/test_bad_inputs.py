@@ -334,3 +334,20 @@ def test_a_gzip_file_named_jsonl_and_a_missing_path_are_named_as_such(tmp_path):
     for spec in (str(tmp_path / "no/such"), "./data", "a/b/c:train"):   # no hub id's shape: not "from the hub"
         with pytest.raises(dpo.UserError, match=f"--data {re.escape(spec)}: file not found"):
             dpo.load_rows(spec, "--data")
+
+
+def test_a_saved_policy_stops_generating_at_the_eos_its_responses_end_with(tiny_model_dir, capsys):
+    """Our samplers stop at the tokenizer's EOS; generate() on a saved model reads its generation_config, which a
+    base model may point at another id: the policy stages add the tokenizer's EOS before saving."""
+    from transformers import AutoModelForCausalLM
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    tok = dpo.load_tokenizer(str(tiny_model_dir), "--model")
+    other = tok.eos_token_id + 1
+    for before, after in ((other, [other, tok.eos_token_id]), ([other, other + 1], [other, other + 1, tok.eos_token_id]),
+                          (None, tok.eos_token_id)):
+        model.generation_config.eos_token_id = before
+        dpo.stop_at_eos(model, tok, "04_dpo")
+        assert model.generation_config.eos_token_id == after
+        assert "04_dpo: note: the model's generation_config stops at" in capsys.readouterr().out
+        dpo.stop_at_eos(model, tok, "04_dpo")                         # already there: unchanged, no note
+        assert model.generation_config.eos_token_id == after and not capsys.readouterr().out
