@@ -985,7 +985,7 @@ def normalise(rows, source, pairs=True):
         raise UserError(f"{source}: columns {sorted(rows[0])} fit no known format; expected "
                         + ", ".join(n for n in forms if n != "prompts" or not pairs)
                         + " (hh-rlhf's chosen/rejected may also be chat messages)")
-    out, skipped, gold = [], {}, ("gold_chosen", "gold_rejected")   # the built-in task's, or your own
+    out, skipped, gold, seen = [], {}, ("gold_chosen", "gold_rejected"), set()   # gold: the built-in task's, or yours
     has_gold = not rows[0].keys().isdisjoint(gold)
     for i, row in enumerate(rows, 1):
         if not isinstance(row, dict):
@@ -1004,7 +1004,11 @@ def normalise(rows, source, pairs=True):
             skipped.setdefault(why, [0, i])[0] += 1                               # [rows, the first one]
         else:
             out.append(new)
+            seen.add(json.dumps([new["prompt"]] + ([new["chosen"], new["rejected"]] if pairs else []), default=str))
     reasons = "".join(f"; skipped {n} ({why}; first: row {first})" for why, (n, first) in sorted(skipped.items()))
+    repeats = len(out) - len(seen)   # kept, as a file may weigh a row so; said, as it may be a mistake
+    reasons += f"; {repeats} repeat an earlier row's {'pair' if pairs else 'prompt'} (each used as often as it appears)" \
+        if repeats else ""
     print(f"{source}: {name} format, {len(out)} rows kept{reasons}")
     if not out:   # the reasons on stderr too: a user who redirects stdout still learns why
         raise UserError(f"{source}: every row was skipped{reasons}")

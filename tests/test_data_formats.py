@@ -314,3 +314,16 @@ def test_conversational_pairs_json_arrays_and_typed_summarize_from_feedback_rows
     (tmp_path / "dir.jsonl").mkdir()
     with pytest.raises(sft.UserError, match="dir.jsonl: a directory, expected a file"):
         sft.load_rows(str(tmp_path / "dir.jsonl"), "--data")
+
+
+def test_rows_that_repeat_an_earlier_row_are_kept_and_counted(capsys):
+    """A repeated pair is trained on (and a repeated prompt evaluated) as often as it appears: said, not hidden."""
+    pair = {"prompt": "Add 2 and 3.", "chosen": "5", "rejected": "6"}
+    rows = [pair, {**pair, "rejected": "7"}, dict(pair), {**pair, "prompt": "Add 1 and 1."}]
+    assert len(sft.normalise(rows, "p.jsonl")) == 4
+    assert "p.jsonl: prompt/chosen/rejected format, 4 rows kept; 1 repeat an earlier row's pair (each used as " \
+           "often as it appears)" in capsys.readouterr().out
+    assert len(sft.normalise(rows, "p.jsonl", pairs=False)) == 4   # as prompts (06 --data): two repeat one
+    assert "4 rows kept; 2 repeat an earlier row's prompt" in capsys.readouterr().out
+    sft.normalise(rows[:2], "p.jsonl")
+    assert "repeat" not in capsys.readouterr().out
