@@ -372,8 +372,8 @@ def parse_args(argv=None):
     g.add_argument("--gamma", type=float, default=1.0, help="discount gamma (1: episodic, TRL)")
     g.add_argument("--lam", type=float, default=0.95, help="GAE lambda (TRL 0.95)")
     g.add_argument("--ppo-epochs", type=int, default=4, help="passes over each rollout (TRL 4; the fork 1)")
-    g.add_argument("--minibatch-size", type=int, default=8,
-                   help="sequences per PPO minibatch (8 = the rollout: one update per epoch, as TRL's default)")
+    g.add_argument("--minibatch-size", type=int, default=None,
+                   help="sequences per PPO minibatch (default: the whole rollout, one update per epoch, as TRL's)")
     g.add_argument("--cliprange", type=float, default=0.2, help="eps of the clipped surrogate (Eq. 7)")
     g.add_argument("--cliprange-value", type=float, default=0.2, help="clip of the value loss")
     g.add_argument("--vf-coef", type=float, default=0.1, help="weight of the value loss (TRL 0.1)")
@@ -394,6 +394,7 @@ def parse_args(argv=None):
         "cliprange": POSITIVE, "cliprange_value": POSITIVE, "vf_coef": NON_NEGATIVE, "target_approx_kl": POSITIVE,
         "lr": LEARNING_RATE, "value_lr": LEARNING_RATE, "max_grad_norm": POSITIVE, "max_prompt_len": AT_LEAST_1,
         "sample_every": AT_LEAST_1}, p.given)
+    args.minibatch_size = args.minibatch_size or args.rollout_batch
     if args.minibatch_size > args.rollout_batch:
         raise UserError(f"--minibatch-size {args.minibatch_size} is more than --rollout-batch {args.rollout_batch}, "
                         f"the sequences there are to split; pass at most that")

@@ -158,6 +158,14 @@ def test_01_refuses_the_builtin_task_settings_with_a_file():
     sft.parse_args(["--builtin-train-pairs", "5"])
 
 
+def test_05_minibatch_is_the_rollout_unless_written():
+    """A default of 8 had refused --rollout-batch 4 alone (more than the rollout) and cut 32 in four."""
+    ppo = STAGES["05_ppo"]
+    assert ppo.parse_args([]).minibatch_size == 8 and ppo.parse_args(["--rollout-batch", "4"]).minibatch_size == 4
+    assert ppo.parse_args(["--rollout-batch", "32"]).minibatch_size == 32
+    assert ppo.parse_args(["--rollout-batch", "32", "--minibatch-size", "8"]).minibatch_size == 8
+
+
 def test_05_refuses_adaptive_kl_settings_without_the_controller():
     ppo = STAGES["05_ppo"]
     for argv in (["--target-kl", "3"], ["--kl-horizon", "100"], ["--target-kl", "6"], ["--kl-horizon=10000"]):
