@@ -227,6 +227,8 @@ def parse_args(argv=None):
     if unread:
         raise UserError(f"{', '.join(unread)}: the built-in task's settings do nothing with --dataset {args.dataset}; "
                         f"--max-train-pairs and --max-test-prompts cut a file")
+    if args.out and "run" in p.given:   # the run names the default output folder, nothing else here
+        raise UserError("--run with --out: the run only names the default output, runs/<run>/01_sft; pass one")
     return args
 
 
@@ -336,7 +338,8 @@ class ArgParser(argparse.ArgumentParser):
 
     def parse_args(self, args=None, namespace=None):
         """argparse's, refusing an empty text (`--out ""` would read as not given: the default folder) and a
-        --run that is no plain name (it becomes a folder under runs/)."""
+        --run that is no plain name (it becomes a folder under runs/). Records `given` (see written)."""
+        args = list(sys.argv[1:] if args is None else args)   # parsed twice: an iterator would be spent
         ns = super().parse_args(args, namespace)
         for action in self._actions:
             value = getattr(ns, action.dest, None)
@@ -352,12 +355,16 @@ class ArgParser(argparse.ArgumentParser):
 
     def written(self, args):
         """The dests of the options written on the command line, whatever their values (a flag that a setting
-        leaves unread is refused when written, even at its default value). argparse fills in a default only
-        where the namespace lacks the name, so a namespace of markers keeps the unwritten ones."""
-        unset = object()
-        ns = argparse.Namespace(**{a.dest: unset for a in self._actions if a.option_strings})
-        super().parse_args(args, ns)
-        return {dest for dest, value in vars(ns).items() if value is not unset}
+        leaves unread is refused when written, even at its default value): parsed again with no defaults."""
+        options = [a for a in self._actions if a.option_strings]
+        defaults = [a.default for a in options]
+        try:
+            for a in options:
+                a.default = argparse.SUPPRESS
+            return set(vars(super().parse_args(args))) & {a.dest for a in options}
+        finally:
+            for a, default in zip(options, defaults):
+                a.default = default
 
 
 def run_main(main, argv=None):
@@ -754,8 +761,9 @@ def normalise_row(row, pairs):
     return dict(row, prompt=prompt, chosen=chosen, rejected=rejected), None
 
 
-def normalise(rows, source, pairs=True):
-    """Every row converted (see normalise_row); skipped rows are counted and reported, never silently."""
+def normalise(rows, source, pairs=True, repeats_used=True):
+    """Every row converted (see normalise_row); skipped rows are counted and reported, never silently, and so
+    are rows that repeat an earlier one (repeats_used: the stage uses each as often as it appears)."""
     forms = {"prompt/chosen/rejected": {"prompt", "chosen", "rejected"}, "hh-rlhf": {"chosen", "rejected"},
              "summarize_from_feedback": {"info", "summaries", "choice"}, "prompts": {"prompt"}}
     if not rows or not isinstance(rows[0], dict):
@@ -792,8 +800,8 @@ def normalise(rows, source, pairs=True):
             seen.add(json.dumps([new["prompt"]] + ([new["chosen"], new["rejected"]] if pairs else []), default=str))
     reasons = "".join(f"; skipped {n} ({why}; first: row {first})" for why, (n, first) in sorted(skipped.items()))
     repeats = len(out) - len(seen)   # kept, as a file may weigh a row so; said, as it may be a mistake
-    reasons += f"; {repeats} repeat an earlier row's {'pair' if pairs else 'prompt'} (each used as often as it appears)" \
-        if repeats else ""
+    reasons += f"; {repeats} with the {'pair' if pairs else 'prompt'} of an earlier row" \
+        + (" (each used as often as it appears)" if repeats_used else "") if repeats else ""
     print(f"{source}: {name} format, {len(out)} rows kept{reasons}")
     if not out:   # the reasons on stderr too: a user who redirects stdout still learns why
         raise UserError(f"{source}: every row was skipped{reasons}")

@@ -397,6 +397,9 @@ def parse_args(argv=None):
         "mixture_beta": FRACTION, "max_new_tokens": AT_LEAST_1, "eval_every": AT_LEAST_1, **OPTIMISER_RANGES,
         "max_prompt_len": AT_LEAST_1, "max_response_len": (lambda x: x >= 2, "an integer >= 2 (room for EOS)")},
         p.given)
+    if args.data and "eval_batch_size" in p.given:
+        raise UserError("--eval-batch-size with --data: the held-out pairs come from a 01_sft directory's data, none "
+                        "here; leave it out")
     if args.data and (args.split or args.split_dir):
         raise UserError("--data is trained on as it is; --split and --split-dir pick stage 03's pairs instead: pass one")
     args.split = None if args.data else args.split or "easy"
@@ -714,7 +717,8 @@ class ArgParser(argparse.ArgumentParser):
 
     def parse_args(self, args=None, namespace=None):
         """argparse's, refusing an empty text (`--out ""` would read as not given: the default folder) and a
-        --run that is no plain name (it becomes a folder under runs/)."""
+        --run that is no plain name (it becomes a folder under runs/). Records `given` (see written)."""
+        args = list(sys.argv[1:] if args is None else args)   # parsed twice: an iterator would be spent
         ns = super().parse_args(args, namespace)
         for action in self._actions:
             value = getattr(ns, action.dest, None)
@@ -730,12 +734,16 @@ class ArgParser(argparse.ArgumentParser):
 
     def written(self, args):
         """The dests of the options written on the command line, whatever their values (a flag that a setting
-        leaves unread is refused when written, even at its default value). argparse fills in a default only
-        where the namespace lacks the name, so a namespace of markers keeps the unwritten ones."""
-        unset = object()
-        ns = argparse.Namespace(**{a.dest: unset for a in self._actions if a.option_strings})
-        super().parse_args(args, ns)
-        return {dest for dest, value in vars(ns).items() if value is not unset}
+        leaves unread is refused when written, even at its default value): parsed again with no defaults."""
+        options = [a for a in self._actions if a.option_strings]
+        defaults = [a.default for a in options]
+        try:
+            for a in options:
+                a.default = argparse.SUPPRESS
+            return set(vars(super().parse_args(args))) & {a.dest for a in options}
+        finally:
+            for a, default in zip(options, defaults):
+                a.default = default
 
 
 def run_main(main, argv=None):
@@ -1132,8 +1140,9 @@ def normalise_row(row, pairs):
     return dict(row, prompt=prompt, chosen=chosen, rejected=rejected), None
 
 
-def normalise(rows, source, pairs=True):
-    """Every row converted (see normalise_row); skipped rows are counted and reported, never silently."""
+def normalise(rows, source, pairs=True, repeats_used=True):
+    """Every row converted (see normalise_row); skipped rows are counted and reported, never silently, and so
+    are rows that repeat an earlier one (repeats_used: the stage uses each as often as it appears)."""
     forms = {"prompt/chosen/rejected": {"prompt", "chosen", "rejected"}, "hh-rlhf": {"chosen", "rejected"},
              "summarize_from_feedback": {"info", "summaries", "choice"}, "prompts": {"prompt"}}
     if not rows or not isinstance(rows[0], dict):
@@ -1170,8 +1179,8 @@ def normalise(rows, source, pairs=True):
             seen.add(json.dumps([new["prompt"]] + ([new["chosen"], new["rejected"]] if pairs else []), default=str))
     reasons = "".join(f"; skipped {n} ({why}; first: row {first})" for why, (n, first) in sorted(skipped.items()))
     repeats = len(out) - len(seen)   # kept, as a file may weigh a row so; said, as it may be a mistake
-    reasons += f"; {repeats} repeat an earlier row's {'pair' if pairs else 'prompt'} (each used as often as it appears)" \
-        if repeats else ""
+    reasons += f"; {repeats} with the {'pair' if pairs else 'prompt'} of an earlier row" \
+        + (" (each used as often as it appears)" if repeats_used else "") if repeats else ""
     print(f"{source}: {name} format, {len(out)} rows kept{reasons}")
     if not out:   # the reasons on stderr too: a user who redirects stdout still learns why
         raise UserError(f"{source}: every row was skipped{reasons}")

@@ -238,7 +238,7 @@ def ppo_prompts(data, which, split_dir, sft_dir, rm_name):
     whose prompts are used), else stage 03's hard (MPO) or easy set, or every train prompt of stage 01 (vanilla
     PPO); and the file they are read from."""
     if data:
-        rows, file = normalise(load_rows(data, "--data"), data, pairs=False), data
+        rows, file = normalise(load_rows(data, "--data"), data, pairs=False, repeats_used=False), data
     elif which == "all":
         file = Path(sft_dir) / "data_train.jsonl"
         rows = read_stage_rows(file, pairs=False)
@@ -408,6 +408,12 @@ def parse_args(argv=None):
     if args.adaptive_kl and 5 * args.kl_horizon <= args.rollout_batch:   # 1 + e n/h with e down to -0.2
         raise UserError(f"--kl-horizon {args.kl_horizon} with --rollout-batch {args.rollout_batch}: one update "
                         f"of --adaptive-kl could take kl_coef to zero or below; pass more than --rollout-batch / 5")
+    if args.ppo_epochs == 1 and "target_approx_kl" in p.given:   # checked after an epoch, before the next
+        raise UserError("--target-approx-kl with --ppo-epochs 1: it stops the epochs after the first, of which there "
+                        "is one; leave it out")
+    if args.vf_coef == 0 and "value_lr" in p.given:
+        raise UserError("--value-lr with --vf-coef 0: the value loss is not trained, so V stays as it starts; "
+                        "leave one out")
     for name in ("target_kl", "kl_horizon"):   # read by the adaptive controller only: alone they would do nothing
         if not args.adaptive_kl and name in p.given:
             raise UserError(f"--{name.replace('_', '-')} is for --adaptive-kl; pass that too, or leave it out")
@@ -552,7 +558,8 @@ class ArgParser(argparse.ArgumentParser):
 
     def parse_args(self, args=None, namespace=None):
         """argparse's, refusing an empty text (`--out ""` would read as not given: the default folder) and a
-        --run that is no plain name (it becomes a folder under runs/)."""
+        --run that is no plain name (it becomes a folder under runs/). Records `given` (see written)."""
+        args = list(sys.argv[1:] if args is None else args)   # parsed twice: an iterator would be spent
         ns = super().parse_args(args, namespace)
         for action in self._actions:
             value = getattr(ns, action.dest, None)
@@ -568,12 +575,16 @@ class ArgParser(argparse.ArgumentParser):
 
     def written(self, args):
         """The dests of the options written on the command line, whatever their values (a flag that a setting
-        leaves unread is refused when written, even at its default value). argparse fills in a default only
-        where the namespace lacks the name, so a namespace of markers keeps the unwritten ones."""
-        unset = object()
-        ns = argparse.Namespace(**{a.dest: unset for a in self._actions if a.option_strings})
-        super().parse_args(args, ns)
-        return {dest for dest, value in vars(ns).items() if value is not unset}
+        leaves unread is refused when written, even at its default value): parsed again with no defaults."""
+        options = [a for a in self._actions if a.option_strings]
+        defaults = [a.default for a in options]
+        try:
+            for a in options:
+                a.default = argparse.SUPPRESS
+            return set(vars(super().parse_args(args))) & {a.dest for a in options}
+        finally:
+            for a, default in zip(options, defaults):
+                a.default = default
 
 
 def run_main(main, argv=None):
@@ -970,8 +981,9 @@ def normalise_row(row, pairs):
     return dict(row, prompt=prompt, chosen=chosen, rejected=rejected), None
 
 
-def normalise(rows, source, pairs=True):
-    """Every row converted (see normalise_row); skipped rows are counted and reported, never silently."""
+def normalise(rows, source, pairs=True, repeats_used=True):
+    """Every row converted (see normalise_row); skipped rows are counted and reported, never silently, and so
+    are rows that repeat an earlier one (repeats_used: the stage uses each as often as it appears)."""
     forms = {"prompt/chosen/rejected": {"prompt", "chosen", "rejected"}, "hh-rlhf": {"chosen", "rejected"},
              "summarize_from_feedback": {"info", "summaries", "choice"}, "prompts": {"prompt"}}
     if not rows or not isinstance(rows[0], dict):
@@ -1008,8 +1020,8 @@ def normalise(rows, source, pairs=True):
             seen.add(json.dumps([new["prompt"]] + ([new["chosen"], new["rejected"]] if pairs else []), default=str))
     reasons = "".join(f"; skipped {n} ({why}; first: row {first})" for why, (n, first) in sorted(skipped.items()))
     repeats = len(out) - len(seen)   # kept, as a file may weigh a row so; said, as it may be a mistake
-    reasons += f"; {repeats} repeat an earlier row's {'pair' if pairs else 'prompt'} (each used as often as it appears)" \
-        if repeats else ""
+    reasons += f"; {repeats} with the {'pair' if pairs else 'prompt'} of an earlier row" \
+        + (" (each used as often as it appears)" if repeats_used else "") if repeats else ""
     print(f"{source}: {name} format, {len(out)} rows kept{reasons}")
     if not out:   # the reasons on stderr too: a user who redirects stdout still learns why
         raise UserError(f"{source}: every row was skipped{reasons}")

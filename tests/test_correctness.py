@@ -158,6 +158,36 @@ def test_01_refuses_the_builtin_task_settings_with_a_file():
     sft.parse_args(["--builtin-train-pairs", "5"])
 
 
+def test_flags_a_setting_leaves_unread_are_refused_when_written():
+    """Kin of 04's idle flags: each parsed without error and changed nothing."""
+    ppo, rm = STAGES["05_ppo"], STAGES["02_reward"]
+    for stage, argv, needle in (
+            (ppo, ["--ppo-epochs", "1", "--target-approx-kl", "0.1"], "--target-approx-kl with --ppo-epochs 1"),
+            (ppo, ["--vf-coef", "0", "--value-lr", "1e-5"], "--value-lr with --vf-coef 0"),   # its default value
+            (rm, ["--data", "p.jsonl", "--eval-batch-size", "16"], "--eval-batch-size with --data and no --test-data"),
+            (dpo, ["--data", "p.jsonl", "--eval-batch-size", "8"], "--eval-batch-size with --data"),
+            (sft, ["--run", "r", "--out", "o"], "--run with --out")):
+        with pytest.raises(stage.UserError, match=needle):
+            stage.parse_args(argv)
+    ppo.parse_args(["--ppo-epochs", "2", "--target-approx-kl", "0.1"])
+    ppo.parse_args(["--vf-coef", "0"])
+    rm.parse_args(["--data", "p.jsonl", "--test-data", "t.jsonl", "--eval-batch-size", "16"])
+    sft.parse_args(["--out", "o"])
+    # what was written, not what differs from a default: an abbreviation, --flag=value, a repeat
+    with pytest.raises(ppo.UserError, match="--kl-horizon is for --adaptive-kl"):
+        ppo.parse_args(["--kl-h", "10000"])
+    p = ppo.ArgParser()
+    p.add_argument("--kl-horizon", type=int, default=5)
+    p.add_argument("--adaptive", action="store_true")
+    p.add_argument("--tags", action="append")
+    p.add_argument("-v", action="count")
+    p.add_argument("names", nargs="*")
+    p.parse_args(iter(["--kl-h=5", "--tags", "a", "-vv", "x"]))               # an iterator, parsed twice
+    assert p.given == {"kl_horizon", "tags", "v"} and p.get_default("kl_horizon") == 5
+    p.parse_args(["x", "y"])
+    assert p.given == set()
+
+
 def test_05_minibatch_is_the_rollout_unless_written():
     """A default of 8 had refused --rollout-batch 4 alone (more than the rollout) and cut 32 in four."""
     ppo = STAGES["05_ppo"]

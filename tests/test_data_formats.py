@@ -317,13 +317,16 @@ def test_conversational_pairs_json_arrays_and_typed_summarize_from_feedback_rows
 
 
 def test_rows_that_repeat_an_earlier_row_are_kept_and_counted(capsys):
-    """A repeated pair is trained on (and a repeated prompt evaluated) as often as it appears: said, not hidden."""
+    """A repeated pair is trained on (and a repeated prompt evaluated) as often as it appears: said, not hidden.
+    05 samples each distinct prompt once (repeats_used=False) and says so itself."""
     pair = {"prompt": "Add 2 and 3.", "chosen": "5", "rejected": "6"}
     rows = [pair, {**pair, "rejected": "7"}, dict(pair), {**pair, "prompt": "Add 1 and 1."}]
     assert len(sft.normalise(rows, "p.jsonl")) == 4
-    assert "p.jsonl: prompt/chosen/rejected format, 4 rows kept; 1 repeat an earlier row's pair (each used as " \
+    assert "p.jsonl: prompt/chosen/rejected format, 4 rows kept; 1 with the pair of an earlier row (each used as " \
            "often as it appears)" in capsys.readouterr().out
     assert len(sft.normalise(rows, "p.jsonl", pairs=False)) == 4   # as prompts (06 --data): two repeat one
-    assert "4 rows kept; 2 repeat an earlier row's prompt" in capsys.readouterr().out
+    assert "4 rows kept; 2 with the prompt of an earlier row (each" in capsys.readouterr().out
+    sft.normalise(rows, "p.jsonl", pairs=False, repeats_used=False)
+    assert capsys.readouterr().out.endswith("4 rows kept; 2 with the prompt of an earlier row\n")
     sft.normalise(rows[:2], "p.jsonl")
-    assert "repeat" not in capsys.readouterr().out
+    assert "earlier row" not in capsys.readouterr().out
