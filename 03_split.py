@@ -14,8 +14,8 @@ The paper prints no exact rule. Deviations and choices of ours:
      --threshold 2 there).
   2. Where d < 0 the pair is relabelled (the fork): chosen and rejected swap, the RM overrules the
      annotator. Relabelled rows keep `"relabelled": true`, so the dataset's own label can be restored
-     (04 does so for the hard-set ablation). `--wrong-way hard|drop` are the alternatives; `hard` is the
-     signed reading of the paper, easy exactly where d >= threshold.
+     (04 does so for the hard-set ablation). `--wrong-way hard|drop` are the alternatives; `hard` reads the
+     gap as signed, easy exactly where d >= threshold.
   3. Each set is written sorted by descending |d|, an easy-to-hard curriculum; stage 04 shuffles it by
      default and reads it in this order only with `--curriculum`.
   4. `--easy-fraction f`, a quantile threshold (the f of pairs with the largest |d| are easy; with

@@ -8,8 +8,8 @@ h = (log pi(y_w|x) - log ref(y_w|x)) - (log pi(y_l|x) - log ref(y_l|x)):
     -(1 - eps) log sigmoid(beta h) - eps log sigmoid(-beta h).
   - IPO (Azar et al., 2023, arXiv 2310.12036, Eq. 17; as used by Calandriello et al., 2024,
     arXiv 2403.08635): (h - 1/(2 tau))^2. The papers define h with sequence log-probs (sums); by default
-    we average them over response tokens (`--ipo-aggregate mean`): TRL records that the IPO authors'
-    reported results use this normalised form. `--ipo-aggregate sum` is the papers' equation.
+    we average them over response tokens (`--ipo-aggregate mean`), as TRL does on the IPO authors' advice
+    (no paper's equation is length-normalised). `--ipo-aggregate sum` is the papers' equation.
 The algorithm box (`main`): 1. reference log-probs of every pair, once; 2. per step, the policy's
 log-probs of a batch of pairs and the loss; 3. save.
 
@@ -22,9 +22,12 @@ vocabulary at every step; B = 0 is online IPO.
 `--online --loss nash-md-pg` is Nash-MD-PG (Munos et al., 2023, arXiv 2312.00886, section 7), the method
 Calandriello et al. compare them with: a policy gradient in which y ~ pi plays y' ~ pi_mix (no gradient
 through y'), with reward P(y > y') - 1/2 (the 1/2 is their baseline, P(y > y) under any preference model) and
-the KL to the reference as a per-token penalty on the tokens to come; its expected update ascends
-P(pi > pi_mix) - tau KL(pi || ref). Online IPO's expected update is this game's self-play (B = 0), and IPO-MD
-has the same stationary points as Nash-MD-PG with the same B and tau (Calandriello et al., sections 4-5).
+the KL to the reference as a penalty (section 7 charges every token the whole sequence's log-ratio; we charge
+each token the log-ratios from it on: the same expected gradient, less variance); its expected update ascends
+P(pi > pi_mix) - tau KL(pi || ref). With h of sequence log-probs (`--ipo-aggregate sum`), online IPO's
+expected update is this game's self-play (B = 0), and IPO-MD has the same stationary points as Nash-MD-PG
+with the same B and tau (Calandriello et al., sections 4-5); the default token mean weighs each response's
+preference by its length, which moves those stationary points (run.sh compares the defaults).
 
 Deviations and choices of ours:
   1. Offline, the reference log-probs are computed once before training by the SFT weights that the
