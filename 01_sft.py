@@ -314,7 +314,7 @@ def main(args):
     model.config.use_cache = True
     check_finite(model, "01_sft")
     stop_at_eos(model, tok, "01_sft")
-    with output_dir(out, args.overwrite) as tmp:
+    with output_dir(out, args.overwrite, "01_sft") as tmp:
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
         write_jsonl(tmp / "data_train.jsonl", train_rows)
@@ -1613,16 +1613,10 @@ def check_output(out, overwrite, stage, inputs=()):
         for given in inputs:
             if given and out.exists() and Path(given).exists() and Path(given).resolve() == out.resolve():
                 raise UserError(f"{out}: also an input of this stage ({given}); pick a new output folder")
-        records = ("stage.json", "stats.json", "results.json")
-        if out.exists() and not (out.is_dir() and (not any(out.iterdir()) or any((out / r).is_file() for r in records))):
-            raise UserError(f"{out}: not the output of a stage (no {', '.join(records)}); --overwrite replaces only "
+        if out.exists() and not (out.is_dir() and (not any(out.iterdir()) or any((out / r).is_file() for r in RECORDS))):
+            raise UserError(f"{out}: not the output of a stage (no {', '.join(RECORDS)}); --overwrite replaces only "
                             f"those: pick a new output folder")
-        record = next((out / r for r in records if (out / r).is_file()), None) if out.is_dir() else None
-        try:
-            made_by = read_json(record).get("stage") if record else stage
-        except UserError:   # a damaged record: whose output it was is unknown, and it can be replaced
-            made_by = stage
-        made_by = made_by.split(" ")[0] if isinstance(made_by, str) else stage
+        made_by = output_of(out, stage)
         if made_by != stage:
             raise UserError(f"{out}: the output of {made_by}, not of {stage}; --overwrite replaces only {stage}'s: "
                             f"pick a new output folder")
@@ -1642,6 +1636,20 @@ def check_output(out, overwrite, stage, inputs=()):
         raise UserError(f"{out}: not usable as an output folder ({type(e).__name__}: {e.strerror or e})") from None
 
 
+RECORDS = ("stage.json", "stats.json", "results.json")   # a stage's output holds one
+
+
+def output_of(out, default):
+    """The stage whose output the folder `out` is, by its record; `default` where it has none, or a damaged
+    one (whose output it was is unknown, and it can be replaced)."""
+    record = next((out / r for r in RECORDS if (out / r).is_file()), None) if out.is_dir() else None
+    try:
+        made_by = read_json(record).get("stage") if record else default
+    except UserError:
+        made_by = default
+    return made_by.split(" ")[0] if isinstance(made_by, str) else default
+
+
 def check_room(out, model, extra=0):
     """Before the work: the disk that takes `out` has room for the model this stage saves (its weights as
     held, fp32 master weights), `extra` bytes of other files, and a margin for the tokenizer and records, so
@@ -1658,13 +1666,14 @@ SAVED = []   # outputs output_dir has put in place in this process: an interrupt
 
 
 @contextlib.contextmanager
-def output_dir(out, overwrite):
+def output_dir(out, overwrite, stage):
     """A temporary directory beside `out`, renamed into place when the block ends without an error: a
     crash never leaves a half-written output where the next stage would read it, and an interrupt between
     the two renames puts the old output back. Its name holds the process id, so that two runs to one `out`
     do not share it; one a killed run left is removed by the next run (check_output). An `out` that
-    another run made while this one ran is not replaced without --overwrite: this run's output is kept
-    beside it, as it is where another run's output takes the place in the moment between the renames."""
+    another run made while this one ran is not replaced without --overwrite, nor with it where another
+    stage made it (check_output's rule, again): this run's output is kept beside it, as it is where another
+    run's output takes the place in the moment between the renames."""
     out = Path(out)
     tmp, old = (out.parent / f".{out.name}.{kind}-{os.getpid()}" for kind in ("tmp", "old"))
     def keep_aside():   # this run's output beside another run's, never over one kept before
@@ -1687,6 +1696,9 @@ def output_dir(out, overwrite):
         if out.exists() and not overwrite:
             raise UserError(f"{out} was made by another run while this one ran; not replaced without "
                             f"--overwrite: this run's output is in {keep_aside()}")
+        if out.exists() and output_of(out, stage) != stage:
+            raise UserError(f"{out} was made by {output_of(out, stage)} while this {stage} ran; --overwrite "
+                            f"replaces only {stage}'s output: this run's output is in {keep_aside()}")
         if out.exists():
             out.rename(old)
         try:

@@ -242,7 +242,7 @@ def test_a_refused_write_while_saving_keeps_the_earlier_output_and_no_record_cut
     (out / "stats.json").write_text('{"stage": "03_split"}')
     with pytest.raises(dpo.UserError, match=r"03_split: could not be written \(No space left on device\); nothing "
                                             r"of this run was kept \(the earlier output is untouched\)$"):
-        with dpo.output_dir(out, overwrite=True) as tmp:
+        with dpo.output_dir(out, True, "03_split") as tmp:
             (tmp / "easy.jsonl").write_text("{}")
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["03_split"]

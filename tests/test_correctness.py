@@ -327,7 +327,7 @@ def test_output_dir_keeps_what_another_run_made_and_restores_an_old_output(tmp_p
     (tmp_path / ".04_dpo.tmp-notes").rmdir()
     with pytest.raises(dpo.UserError, match=r"04_dpo was made by another run while this one ran; not replaced "
                                             r"without --overwrite: this run's output is in .*04_dpo\.unsaved-"):
-        with dpo.output_dir(out, overwrite=False) as tmp:
+        with dpo.output_dir(out, False, "04_dpo") as tmp:
             (tmp / "stage.json").write_text("new")
             out.mkdir()                                     # another run finished first
             (out / "stage.json").write_text("theirs")
@@ -335,10 +335,10 @@ def test_output_dir_keeps_what_another_run_made_and_restores_an_old_output(tmp_p
     assert [(p / "stage.json").read_text() for p in tmp_path.glob("04_dpo.unsaved-*")] == ["new"]
     assert sorted(p.name for p in tmp_path.glob(".04_dpo.*")) == [live.name]
     with pytest.raises(FileNotFoundError):                  # fails between its two renames: the old one back
-        with dpo.output_dir(out, overwrite=True) as tmp:
+        with dpo.output_dir(out, True, "04_dpo") as tmp:
             tmp.rmdir()
     assert (out / "stage.json").read_text() == "theirs"
-    with dpo.output_dir(out, overwrite=True) as tmp:
+    with dpo.output_dir(out, True, "04_dpo") as tmp:
         (tmp / "stage.json").write_text("replaced")
     assert (out / "stage.json").read_text() == "replaced"
     assert sorted(p.name for p in tmp_path.glob(".04_dpo.*")) == [live.name]
@@ -357,10 +357,20 @@ def test_output_dir_keeps_what_another_run_made_and_restores_an_old_output(tmp_p
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(type(out), "rename", rename)
         with pytest.raises(dpo.UserError, match="made by another run while this one saved; this run's output is in"):
-            with dpo.output_dir(out, overwrite=True) as tmp:
+            with dpo.output_dir(out, True, "04_dpo") as tmp:
                 (tmp / "stage.json").write_text("ours")
     assert (out / "stage.json").read_text() == "theirs again"
     assert sorted((p / "stage.json").read_text() for p in tmp_path.glob("04_dpo.unsaved-*")) == ["new", "ours"]
+    # with --overwrite, another stage's output made while this one ran is not replaced (a 05 and a 04 given one
+    # --out: the later had replaced the other's, both saying they saved there)
+    (out / "stage.json").write_text('{"stage": "04_dpo"}')
+    with pytest.raises(dpo.UserError, match=r"04_dpo was made by 05_ppo while this 04_dpo ran; --overwrite replaces "
+                                            r"only 04_dpo's output: this run's output is in .*04_dpo\.unsaved-"):
+        with dpo.output_dir(out, True, "04_dpo") as tmp:
+            (tmp / "stage.json").write_text("mine")
+            (out / "stage.json").write_text('{"stage": "05_ppo"}')
+    assert (out / "stage.json").read_text() == '{"stage": "05_ppo"}'
+    assert "mine" in [(p / "stage.json").read_text() for p in tmp_path.glob("04_dpo.unsaved-*")]
 
 
 def test_a_checkpoint_missing_weights_is_refused_not_filled_at_random(tmp_path, tiny_model_dir):
@@ -524,7 +534,7 @@ def test_an_interrupt_after_the_output_is_saved_says_so(tmp_path, capsys, monkey
     monkeypatch.setattr(dpo, "SAVED", [])
 
     def saved_then_interrupted(args):
-        with dpo.output_dir(tmp_path / "out", overwrite=False) as tmp:
+        with dpo.output_dir(tmp_path / "out", False, "04_dpo") as tmp:
             (tmp / "stage.json").write_text("{}")
         raise KeyboardInterrupt                                  # e.g. while 06 prints its report
     with pytest.raises(SystemExit):
