@@ -320,7 +320,8 @@ def main(args):
         write_jsonl(tmp / "data_train.jsonl", train_rows)
         write_jsonl(tmp / "data_test.jsonl", test_rows)
         write_stage(tmp, "01_sft", args, started, device, precision, metrics, model_source=source, dataset=spec,
-                    n_train=len(train_rows), n_test=len(test_rows), final=final)
+                    n_train=len(train_rows), n_test=len(test_rows), final=final,
+                    files=file_marks(tmp, ["data_train.jsonl", "data_test.jsonl"]))
     print(f"01_sft: {total_steps} steps, held-out loss {loss_before:.4f} -> {loss_after:.4f}, "
           f"{final['perf/tokens_per_s']:.0f} tokens/s, {time.time() - started:.0f}s wall -> {out}")
 
@@ -600,7 +601,16 @@ def finite_number(v):
 def read_stage_rows(path, pairs=True, empty_ok=False):
     """Rows a stage wrote (01's data files, 03's sets), checked as they are read: a row damaged or edited by
     hand is one line naming the file and row, not a KeyError steps later. Each has a prompt (chat messages)
-    and, where pairs or where it has either, chosen and rejected (text); gold scores, where present, are numbers."""
+    and, where pairs or where it has either, chosen and rejected (text); gold scores, where present, are numbers.
+    A file whose stage recorded its crc32 (file_marks) must still be that file: one swapped with its
+    neighbour, copied from another run or edited would be trained on in silence."""
+    path = Path(path)
+    record = next((path.parent / r for r in RECORDS if (path.parent / r).is_file()), None)
+    marks = read_json(record).get("files") if record else None
+    if isinstance(marks, dict) and path.name in marks and marks[path.name] != zlib.crc32(path.read_bytes()):
+        stage = output_of(path.parent, "its stage")
+        raise UserError(f"{path}: not the file {stage} wrote there (its crc32 differs from the one {record.name} "
+                        f"records: swapped, replaced or edited since); rerun {stage}, or pass your rows with --data")
     rows = read_jsonl(path)
     if not rows and not empty_ok:
         raise UserError(f"{path}: no rows; rerun the stage that wrote it")
@@ -623,6 +633,11 @@ def read_stage_rows(path, pairs=True, empty_ok=False):
             raise UserError(f"{path}: row {i}: its {wrong} is missing or not {fields[wrong][1]}; rerun the stage "
                             f"that wrote it")
     return rows
+
+
+def file_marks(folder, names):
+    """{name: crc32} of the data files a stage wrote into `folder`, for its record (read_stage_rows checks)."""
+    return {name: zlib.crc32((Path(folder) / name).read_bytes()) for name in names}
 
 
 class Record(dict):

@@ -227,8 +227,8 @@ def gold_judge(rows, source):
         raise UserError(f"{source}: built-in task rows, whose gold judge needs builtin_task.py beside this "
                         f"script; copy it here") from None
     for i, r in enumerate(rows, 1):   # each row's family and meta as the judge reads them, before any sampling
-        try:
-            for text in ("", "Sure, here it is: 42."):
+        try:   # on a few texts and the task's own graded responses for the row (judge_all guards the samples)
+            for text in ("", "Sure, here it is: 42.", "Yes.", "No.", *builtin_task.candidates(r)):
                 builtin_task.gold_score(r, text)
                 builtin_task.refuses(r, text)
         except Exception as e:   # KeyError, IndexError, ZeroDivisionError, OverflowError ... of hand-made meta
@@ -236,6 +236,21 @@ def gold_judge(rows, source):
                             f"{sorted(map(str, r['meta']))[:6]} is no built-in task row the gold judge can score "
                             f"({type(e).__name__}: {str(e)[:80]}); expected the built-in task's rows") from None
     return builtin_task
+
+
+def judge_all(judge, rows, texts, source):
+    """The gold score and refusal of each sampled response. A hand-made row can pass gold_judge's probes and
+    still fail on some response (meta the task never makes): one line naming the prompt, not a traceback."""
+    gold, refusal = [], []
+    for r, text in zip(rows, texts):
+        try:
+            gold.append(judge.gold_score(r, text))
+            refusal.append(float(judge.refuses(r, text)))
+        except Exception as e:
+            raise UserError(f"{source}: the prompt {r['prompt'][-1]['content'][:60]!r} (family {str(r['family'])[:40]!r}): "
+                            f"the gold judge fails on the sampled response {text[:40]!r} ({type(e).__name__}: "
+                            f"{str(e)[:80]}); expected the built-in task's rows") from None
+    return gold, refusal
 
 
 def check_weights(pdir, flag):
@@ -702,8 +717,7 @@ def main(args):
         values = {"rm": scores, "kl": kls, "length": [len(r) for r in responses],
                   "eos": [float(len(r) > 0 and r[-1] == tok.eos_token_id) for r in responses]}
         if judge:
-            values["gold"] = [judge.gold_score(r, t) for r, t in zip(rows, texts)]
-            values["refusal"] = [float(judge.refuses(r, t)) for r, t in zip(rows, texts)]   # declined, no answer
+            values["gold"], values["refusal"] = judge_all(judge, rows, texts, source)   # refusal: declined, no answer
         baseline_values = baseline_values or values                  # the first policy is the baseline
         baseline_responses = baseline_responses or responses
         same = [a == b for a, b in zip(responses, baseline_responses)]   # token lists, as sample_policy gives them
@@ -1379,7 +1393,16 @@ def finite_number(v):
 def read_stage_rows(path, pairs=True, empty_ok=False):
     """Rows a stage wrote (01's data files, 03's sets), checked as they are read: a row damaged or edited by
     hand is one line naming the file and row, not a KeyError steps later. Each has a prompt (chat messages)
-    and, where pairs or where it has either, chosen and rejected (text); gold scores, where present, are numbers."""
+    and, where pairs or where it has either, chosen and rejected (text); gold scores, where present, are numbers.
+    A file whose stage recorded its crc32 (file_marks) must still be that file: one swapped with its
+    neighbour, copied from another run or edited would be trained on in silence."""
+    path = Path(path)
+    record = next((path.parent / r for r in RECORDS if (path.parent / r).is_file()), None)
+    marks = read_json(record).get("files") if record else None
+    if isinstance(marks, dict) and path.name in marks and marks[path.name] != zlib.crc32(path.read_bytes()):
+        stage = output_of(path.parent, "its stage")
+        raise UserError(f"{path}: not the file {stage} wrote there (its crc32 differs from the one {record.name} "
+                        f"records: swapped, replaced or edited since); rerun {stage}, or pass your rows with --data")
     rows = read_jsonl(path)
     if not rows and not empty_ok:
         raise UserError(f"{path}: no rows; rerun the stage that wrote it")
@@ -1402,6 +1425,11 @@ def read_stage_rows(path, pairs=True, empty_ok=False):
             raise UserError(f"{path}: row {i}: its {wrong} is missing or not {fields[wrong][1]}; rerun the stage "
                             f"that wrote it")
     return rows
+
+
+def file_marks(folder, names):
+    """{name: crc32} of the data files a stage wrote into `folder`, for its record (read_stage_rows checks)."""
+    return {name: zlib.crc32((Path(folder) / name).read_bytes()) for name in names}
 
 
 class Record(dict):

@@ -123,6 +123,19 @@ def test_rows_the_gold_judge_cannot_score_are_refused_before_any_sampling():
         rows = test[:3] + [{**test[3], **bad}]
         with pytest.raises(ev.UserError, match=f"t.jsonl: row 4: family '{bad['family']}' .* is no built-in task row"):
             ev.gold_judge(rows, "t.jsonl")
+    # hand-made meta the task never makes, found by a probe: numbers already sorted (a ZeroDivisionError on a
+    # reordering of them) and a yes/no request that is no text; probed with the task's own responses and a yes/no
+    sort, yesno = (next(r for r in test if r["family"] == f) for f in ("sorting", "yesno"))
+    sorted_row = {**sort, "meta": {**sort["meta"], "numbers": sorted(sort["meta"]["numbers"])}}
+    for bad in (sorted_row, {**yesno, "meta": {**yesno["meta"], "request": 0}}):
+        with pytest.raises(ev.UserError, match=r"t.jsonl: row 1: family .* is no built-in task row"):
+            ev.gold_judge([bad], "t.jsonl")
+    # and what passes the probes but fails on a sampled response is one line too, not a traceback
+    swapped = ", ".join(map(str, sorted(sort["meta"]["numbers"])[:2][::-1] + sorted(sort["meta"]["numbers"])[2:]))
+    assert ev.judge_all(builtin_task, [sort], [swapped], "t.jsonl")[0][0] < 1
+    with pytest.raises(ev.UserError, match=r"t.jsonl: the prompt 'Sort .* \(family 'sorting'\): the gold judge "
+                                           r"fails on the sampled response .*ZeroDivisionError"):
+        ev.judge_all(builtin_task, [sort, sorted_row], [swapped, swapped], "t.jsonl")
 
 
 def test_a_damaged_budget_record_is_an_unknown_budget(tmp_path):
@@ -351,3 +364,26 @@ def test_a_saved_policy_stops_generating_at_the_eos_its_responses_end_with(tiny_
         assert "04_dpo: note: the model's generation_config stops at" in capsys.readouterr().out
         dpo.stop_at_eos(model, tok, "04_dpo")                         # already there: unchanged, no note
         assert model.generation_config.eos_token_id == after and not capsys.readouterr().out
+
+
+def test_a_stage_file_swapped_replaced_or_edited_since_its_stage_wrote_it_is_refused(tmp_path):
+    """04 trained on 03's hard set swapped in as the easy one, or on another run's, without a word: a file
+    a stage records (its crc32) must still be that file where a later stage reads it."""
+    split = tmp_path / "03_split"
+    split.mkdir()
+    rows = lambda answer: "".join(json.dumps({"prompt": [{"role": "user", "content": "Add 2 and 3."}], "chosen": a,
+                                              "rejected": "6", "gap": 2.0}) + "\n" for a in answer)
+    (split / "easy.jsonl").write_text(rows("5"))
+    (split / "hard.jsonl").write_text(rows("57"))
+    (split / "stats.json").write_text(json.dumps({"stage": "03_split",
+                                                  "files": dpo.file_marks(split, ["easy.jsonl", "hard.jsonl"])}))
+    assert len(dpo.read_stage_rows(split / "easy.jsonl")) == 1 and len(dpo.read_stage_rows(split / "hard.jsonl")) == 2
+    (split / "easy.jsonl").rename(tmp_path / "e")
+    (split / "hard.jsonl").rename(split / "easy.jsonl")
+    (tmp_path / "e").rename(split / "hard.jsonl")
+    for name in ("easy", "hard"):
+        with pytest.raises(dpo.UserError, match=rf"03_split/{name}.jsonl: not the file 03_split wrote there \(its crc32 "
+                                                rf"differs from the one stats.json records"):
+            dpo.read_stage_rows(split / f"{name}.jsonl")
+    (split / "stats.json").write_text(json.dumps({"stage": "03_split"}))   # an older 03's record: no marks, read
+    assert len(dpo.read_stage_rows(split / "easy.jsonl")) == 2
