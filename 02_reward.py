@@ -575,6 +575,13 @@ def file_marks(folder, names):
     return {name: zlib.crc32((Path(folder) / name).read_bytes()) for name in names}
 
 
+def stage_marks(names):
+    """{name: crc32 of its stage.json} of the stage directories a model was trained from, read as it is saved,
+    for its record: 06 notes one remade since (its budget and lineage would describe the new one)."""
+    return {path_or_hub_id(n): zlib.crc32((Path(n) / "stage.json").read_bytes()) for n in names
+            if n and (Path(n) / "stage.json").is_file()}
+
+
 class Record(dict):
     """A JSON object read from `path`: a key it lacks is one line naming the file, not a KeyError."""
     def __init__(self, items, path):

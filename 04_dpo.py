@@ -337,7 +337,7 @@ def finish(args, out, policy, tok, model, sft_stage, rows, source, metrics, befo
         tok.save_pretrained(tmp)
         write_json(reference, tmp / "ref_logps.json")
         write_stage(tmp, "04_dpo", args, started, device, precision, metrics, final=final, data=source,
-                    sft=path_or_hub_id(model),
+                    sft=path_or_hub_id(model), marks=stage_marks([model]),
                     dataset={"name": args.data} if args.data else (sft_stage or {}).get("dataset"))
     print(f"04_dpo: {args.loss}{' online' if args.online else ''} on {source['split']} ({len(rows)} "
           f"{'prompts' if args.online else 'pairs'}), {steps} steps, "
@@ -1019,6 +1019,13 @@ def read_stage_rows(path, pairs=True, empty_ok=False):
 def file_marks(folder, names):
     """{name: crc32} of the data files a stage wrote into `folder`, for its record (read_stage_rows checks)."""
     return {name: zlib.crc32((Path(folder) / name).read_bytes()) for name in names}
+
+
+def stage_marks(names):
+    """{name: crc32 of its stage.json} of the stage directories a model was trained from, read as it is saved,
+    for its record: 06 notes one remade since (its budget and lineage would describe the new one)."""
+    return {path_or_hub_id(n): zlib.crc32((Path(n) / "stage.json").read_bytes()) for n in names
+            if n and (Path(n) / "stage.json").is_file()}
 
 
 class Record(dict):

@@ -538,6 +538,7 @@ def main(args):
         write_stage(tmp, "05_ppo", args, started, device, precision, metrics, policy_init=path_or_hub_id(policy_name),
                     ref=path_or_hub_id(ref_name), reward=path_or_hub_id(rm_name), sft=sft_dir and path_or_hub_id(sft_dir),
                     dataset=dataset, prompts=source, n_prompts=len(prompts), final=final,
+                    marks=stage_marks([policy_name, ref_name, sft_dir]),
                     split=None if args.data or args.prompts == "all" else path_or_hub_id(split_dir))
     print(f"05_ppo: {args.steps} steps on {len(prompts)} {source} prompts; RM score "
           f"{final['scores_first_quarter']:.3f} -> {final['scores_last_quarter']:.3f}, KL "
@@ -857,6 +858,13 @@ def read_stage_rows(path, pairs=True, empty_ok=False):
 def file_marks(folder, names):
     """{name: crc32} of the data files a stage wrote into `folder`, for its record (read_stage_rows checks)."""
     return {name: zlib.crc32((Path(folder) / name).read_bytes()) for name in names}
+
+
+def stage_marks(names):
+    """{name: crc32 of its stage.json} of the stage directories a model was trained from, read as it is saved,
+    for its record: 06 notes one remade since (its budget and lineage would describe the new one)."""
+    return {path_or_hub_id(n): zlib.crc32((Path(n) / "stage.json").read_bytes()) for n in names
+            if n and (Path(n) / "stage.json").is_file()}
 
 
 class Record(dict):

@@ -405,6 +405,19 @@ def lineage(pdir, seen=frozenset()):
     return seen
 
 
+def remade_inputs(pdir):
+    """The stage directories a policy was trained from (its start, reference, SFT) whose stage.json differs from
+    the one its record marks (stage_marks): remade since, so that what 06 reads there is not what it learnt from."""
+    st = stage_of(pdir)
+    marks = st.get("marks") if isinstance(st.get("marks"), dict) else {}
+    remade = []
+    for recorded in dict.fromkeys(st.get(k) for k in ("sft", "policy_init", "ref")):
+        d = recorded_dir(recorded, pdir, "stage.json") if isinstance(recorded, str) and recorded in marks else None
+        if d and zlib.crc32((d / "stage.json").read_bytes()) != marks[recorded]:
+            remade.append(str(d))
+    return remade
+
+
 def recorded_dir(recorded, pdir, marker):
     """The directory a policy's stage.json names, where it is now (where_now), as a resolved path; None where
     it holds no `marker`."""
@@ -656,6 +669,11 @@ def main(args):
     if strangers:
         print(f"06_eval: note: {', '.join(strangers)} neither started from the baseline {base_dir} nor took it as "
               f"reference: its KL is to a model it was not trained from")
+    for p in policies:
+        remade = remade_inputs(p)
+        if remade:
+            print(f"06_eval: note: {p} was trained from {', '.join(remade)} as it was then, remade since (its "
+                  f"stage.json differs): the budget and KL reference read there are not those {p} had")
     policies = [base_dir] + [p for p in policies if p.resolve() != base_dir.resolve()]    # the baseline first
     for p in policies:
         flag = "--baseline" if p is base_dir and args.baseline else "policy"
@@ -1430,6 +1448,13 @@ def read_stage_rows(path, pairs=True, empty_ok=False):
 def file_marks(folder, names):
     """{name: crc32} of the data files a stage wrote into `folder`, for its record (read_stage_rows checks)."""
     return {name: zlib.crc32((Path(folder) / name).read_bytes()) for name in names}
+
+
+def stage_marks(names):
+    """{name: crc32 of its stage.json} of the stage directories a model was trained from, read as it is saved,
+    for its record: 06 notes one remade since (its budget and lineage would describe the new one)."""
+    return {path_or_hub_id(n): zlib.crc32((Path(n) / "stage.json").read_bytes()) for n in names
+            if n and (Path(n) / "stage.json").is_file()}
 
 
 class Record(dict):

@@ -387,3 +387,22 @@ def test_a_stage_file_swapped_replaced_or_edited_since_its_stage_wrote_it_is_ref
             dpo.read_stage_rows(split / f"{name}.jsonl")
     (split / "stats.json").write_text(json.dumps({"stage": "03_split"}))   # an older 03's record: no marks, read
     assert len(dpo.read_stage_rows(split / "easy.jsonl")) == 2
+
+
+def test_06_notes_a_policy_whose_start_was_remade_since_it_was_trained(tmp_path):
+    """04 rerun in place after 05 had trained from it: 06 reported 05's row 'after 04_dpo' with the new 04's
+    budget, in silence. Each trained stage marks the records of the models it started from (stage_marks)."""
+    sft_dir, dpo_dir, ppo_dir = (tmp_path / n for n in ("01_sft", "04_dpo", "05_ppo"))
+    for d, record in ((sft_dir, {"stage": "01_sft"}), (dpo_dir, {"stage": "04_dpo", "final": {"steps": 3}})):
+        d.mkdir()
+        (d / "stage.json").write_text(json.dumps(record))
+    sft_name, dpo_name = (dpo.path_or_hub_id(d) for d in (sft_dir, dpo_dir))
+    ppo_dir.mkdir()
+    (ppo_dir / "stage.json").write_text(json.dumps({"stage": "05_ppo", "policy_init": dpo_name, "ref": dpo_name,
+                                                    "sft": sft_name, "marks": dpo.stage_marks([dpo_dir, sft_dir])}))
+    assert set(dpo.stage_marks([dpo_dir, sft_dir, None, tmp_path])) == {dpo_name, sft_name}   # stage folders only
+    assert ev.remade_inputs(ppo_dir) == []
+    (dpo_dir / "stage.json").write_text(json.dumps({"stage": "04_dpo", "final": {"steps": 5}}))   # 04 rerun
+    assert ev.remade_inputs(ppo_dir) == [str(dpo_dir.resolve())]
+    (ppo_dir / "stage.json").write_text(json.dumps({"stage": "05_ppo", "policy_init": dpo_name}))  # an older record
+    assert ev.remade_inputs(ppo_dir) == []
