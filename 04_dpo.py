@@ -84,6 +84,11 @@ import warnings
 import zlib
 from pathlib import Path
 
+if __name__ == "__main__":   # Ctrl-C while torch loads (seconds): one line, not a traceback (then run_main's)
+    import signal
+    signal.signal(signal.SIGINT, lambda *_: (print(f"{Path(sys.argv[0]).name}: interrupted while starting; nothing "
+                                                   f"was written", file=sys.stderr), sys.exit(130)))
+
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
@@ -755,6 +760,7 @@ def run_main(main, argv=None):
     def terminated(signum, frame):   # a kill (SIGTERM) ends as Ctrl-C does: temporary outputs removed, one line
         raise KeyboardInterrupt
     previous = signal.signal(signal.SIGTERM, terminated)
+    previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)   # Ctrl-C: KeyboardInterrupt, below
     try:
         main(parse_args(argv))
     except UserError as e:
@@ -766,6 +772,7 @@ def run_main(main, argv=None):
         sys.exit(130)
     finally:
         signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous_int)
 
 
 def add_run_args(g, stage):

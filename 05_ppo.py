@@ -68,6 +68,495 @@ import warnings
 import zlib
 from pathlib import Path
 
+if __name__ == "__main__":   # Ctrl-C while torch loads (seconds): one line, not a traceback (then run_main's)
+    import signal
+    signal.signal(signal.SIGINT, lambda *_: (print(f"{Path(sys.argv[0]).name}: interrupted while starting; nothing "
+                                                   f"was written", file=sys.stderr), sys.exit(130)))
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+
+# --- the method: PPO for RLHF (Schulman et al. 2017 Eq. 7; GAE, Schulman et al. 2016 Eq. 16) ----------
+
+def masked_mean(x, mask):
+    """Mean of x over the True entries of mask; x, mask (B, L)."""
+    return (x * mask).sum() / mask.sum().clamp(min=1)
+
+
+def masked_whiten(x, mask, eps=1e-8):
+    """Step 4: (x - mean) / std over the masked entries of the rollout, zero elsewhere; (B, L). Advantage
+    normalisation, as TRL and the "37 implementation details of PPO" (Huang et al., 2022) do."""
+    mean = masked_mean(x, mask)
+    var = masked_mean((x - mean) ** 2, mask)
+    return (x - mean) * torch.rsqrt(var + eps) * mask
+
+
+def kl_per_token(logps, ref_logps, estimator="k1"):
+    """Per-token estimate of KL(pi || ref) on samples of pi (http://joschu.net/blog/kl-approx.html), (B, L):
+    k1 = log pi - log ref; clamped = max(0, k1) (the MPO author's fork); k3 = (rho - 1) - log rho with
+    rho = ref / pi (never negative; its value is unbiased, but used as a reward its gradient is not
+    that of KL: only k1 gives the exact gradient)."""
+    log_ratio = logps - ref_logps
+    if estimator == "k1":
+        return log_ratio
+    if estimator == "clamped":
+        return log_ratio.clamp(min=0)
+    if estimator == "k3":
+        return torch.expm1(-log_ratio) + log_ratio
+    raise ValueError(f"unknown KL estimator {estimator!r}")
+
+
+def compute_rewards(logps, ref_logps, mask, scores, kl_coef, estimator="k1"):
+    """Step 3, the KL-penalised reward (Ouyang et al., 2022, Eq. 2; Ziegler et al., 2019, Eq. 2) per token:
+    R_t = -kl_coef * KL_t on every response token, plus the sequence score on the LAST response token of
+    each row (wherever padding puts it). logps, ref_logps, mask: (B, L), mask True on response tokens;
+    scores: (B,). Returns (rewards (B, L), kl (B, L)), zero off the mask."""
+    kl = kl_per_token(logps, ref_logps, estimator) * mask                          # (B, L)
+    rewards = -kl_coef * kl                                                        # (B, L)
+    last = mask.shape[1] - 1 - mask.flip(-1).to(torch.long).argmax(-1)             # (B,)
+    rewards[torch.arange(len(scores), device=scores.device), last] += scores
+    return rewards, kl
+
+
+def gae(rewards, values, mask, gamma=1.0, lam=0.95):
+    """Step 4, generalised advantage estimation over the masked tokens of each row (Schulman et al.,
+    2016, Eq. 16): delta_t = R_t + gamma V_{t'} - V_t, A_t = delta_t + gamma lam A_{t'}, where t' is
+    the next masked position of the row (0 after the last: the episode ends with the response).
+    rewards, values, mask: (B, L). Returns (advantages, returns), each (B, L), zero off the mask."""
+    B, L = rewards.shape
+    adv = torch.zeros_like(rewards)                                                # (B, L)
+    next_value = torch.zeros(B, dtype=rewards.dtype, device=rewards.device)        # (B,)
+    next_adv = torch.zeros_like(next_value)                                        # (B,)
+    for t in reversed(range(L)):
+        m = mask[:, t]
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        a = delta + gamma * lam * next_adv
+        adv[:, t] = torch.where(m, a, torch.zeros_like(a))
+        next_value = torch.where(m, values[:, t], next_value)   # padding is skipped, not a step of the episode
+        next_adv = torch.where(m, a, next_adv)
+    return adv, (adv + values) * mask
+
+
+def ppo_policy_loss(logps, old_logps, advantages, mask, cliprange=0.2):
+    """Step 5, the clipped surrogate (Schulman et al., 2017, Eq. 7), as a loss to minimise:
+        rho = exp(log pi - log pi_old);  L = mean_t max(-A rho, -A clip(rho, 1 - eps, 1 + eps)).
+    All inputs (B, L). Returns (loss, clipfrac, approx_kl), the last two detached; approx_kl is
+    mean 0.5 (log rho)^2 (k2 of http://joschu.net/blog/kl-approx.html), an estimate of KL(pi_old || pi)."""
+    log_ratio = logps - old_logps
+    ratio = torch.exp(log_ratio)
+    pg1 = -advantages * ratio
+    pg2 = -advantages * ratio.clamp(1 - cliprange, 1 + cliprange)
+    loss = masked_mean(torch.max(pg1, pg2), mask)   # max of the negated terms = min of Eq. 7's, negated
+    clipfrac = masked_mean((pg2 > pg1).float(), mask).detach()
+    approx_kl = masked_mean(0.5 * log_ratio ** 2, mask).detach()
+    return loss, clipfrac, approx_kl
+
+
+def ppo_value_loss(values, old_values, returns, mask, cliprange_value=0.2):
+    """Step 5, the clipped value loss (OpenAI's baselines, TRL; Eq. 9's L^VF with V clipped near V_old):
+        V_clip = V_old + clip(V - V_old, -c, c);  L = 0.5 mean_t max((V - G)^2, (V_clip - G)^2).
+    All inputs (B, L). Returns (loss, value clipfrac), the latter detached."""
+    v_clipped = old_values + (values - old_values).clamp(-cliprange_value, cliprange_value)
+    l1, l2 = (values - returns) ** 2, (v_clipped - returns) ** 2
+    return 0.5 * masked_mean(torch.max(l1, l2), mask), masked_mean((l2 > l1).float(), mask).detach()
+
+
+def adaptive_kl_coef(kl_coef, current_kl, target_kl, n_samples, horizon):
+    """The adaptive KL controller of Ziegler et al. (2019), Sec. 2.2: beta <- beta * (1 + K_beta e) with
+    e = clip(KL / target - 1, +-0.2). The paper states K_beta = 0.1; we follow its code (lm-human-preferences)
+    and TRL, K_beta = n_samples / horizon, so the step scales with the samples the rollout saw."""
+    error = max(-0.2, min(0.2, current_kl / target_kl - 1))
+    return kl_coef * (1 + error * n_samples / horizon)
+
+
+# --- the stage's own data and model functions ----------------------------------------------------
+
+def token_values(value_model, input_ids, attention_mask):
+    """V for every position that predicts a next token, (B, T-1), aligned with `token_logps`: the value
+    head of a sequence-classification model applied to every hidden state, not only the last."""
+    hidden = hidden_states(value_model, input_ids, attention_mask, use_cache=False)   # (B, T, H)
+    return score_head(value_model, hidden[:, :-1])                                    # (B, T-1)
+
+
+def load_ppo_models(policy_name, ref_name, rm_name, value_name, grad_checkpointing, device, max_len):
+    """pi (trained), ref, the RM (frozen), V (trained, from a reward model) and pi's tokenizer. Every model in
+    fp32 with dropout off, so rollout and training log-probs agree (deviation 4); the trained ones in train
+    mode, which with dropout off changes nothing but lets --grad-checkpointing act. Each must read the
+    policy's token ids and have max_len positions (a prompt and a response)."""
+    policy = load_model(policy_name, "policy", "--policy", device).train()
+    ref = load_model(ref_name, "policy", "--ref", device)
+    rm = load_model(rm_name, "reward", "--reward", device)
+    value = load_model(value_name, "reward", "--value-init", device).train()
+    for flag, m in (("--policy", policy), ("--ref", ref), ("--reward", rm), ("--value-init", value)):
+        check_context(m, max_len, flag, "--max-prompt-len plus --max-new-tokens")
+    if grad_checkpointing:
+        policy.gradient_checkpointing_enable()
+        value.gradient_checkpointing_enable()
+    tok = load_tokenizer(policy_name, "--policy")
+    check_same_tokenizer(tok, load_tokenizer(ref_name, "--ref"), "--ref", ref_name)
+    check_same_tokenizer(tok, load_tokenizer(rm_name, "--reward"), "--reward", rm_name)
+    check_same_tokenizer(tok, load_tokenizer(value_name, "--value-init"), "--value-init", value_name)
+    # each reads the rollouts: the policy's samples, padded with the policy's pad id
+    n_ids = max(vocab_rows(policy), tok.pad_token_id + 1)
+    for flag, name, m in (("--ref", ref_name, ref), ("--reward", rm_name, rm), ("--value-init", value_name, value)):
+        check_reads_ids(m, n_ids, flag, name, "the policy's rollouts")
+    return policy, ref, rm, value, tok
+
+
+def input_names(args):
+    """The policy, KL reference, RM, value init, 03's split and the output that the flags name: by default
+    the pipeline's runs/<run>/ directories, where a missing stage names the command that makes it."""
+    policy, rm = args.policy or f"runs/{args.run}/04_dpo", args.reward or f"runs/{args.run}/02_reward"
+    for given, name, stage, flag in ((args.policy, policy, "04_dpo", "--policy"),
+                                     (args.reward, rm, "02_reward", "--reward")):
+        if given is None:
+            need_stage(name, stage, flag)
+    return (policy, args.ref or policy, rm, args.value_init or rm, Path(args.split_dir or f"runs/{args.run}/03_split"),
+            Path(args.out or f"runs/{args.run}/05_ppo"))
+
+
+def sft_through_rm(rm_name, required):
+    """(01_sft's directory, its stage.json), found through the reward model's stage.json (02 records it): the
+    length limits SFT trained with, and its train prompts for --prompts all. With --data (required=False),
+    an RM from elsewhere, or one trained on no stage 01, needs none: (None, None)."""
+    if not (Path(rm_name) / "stage.json").is_file():
+        if required:  # an RM from elsewhere: no stage 01 or 03 to take prompts from
+            raise UserError(f"--reward {rm_name} is no 02_reward output (no stage.json), so it names no prompts: "
+                            f"pass --data FILE (prompts, or pairs)")
+        return None, None
+    recorded = need_stage(rm_name, "02_reward", "--reward").get("sft")
+    if recorded is None and required:
+        raise UserError(f"{rm_name}/stage.json names no 01_sft directory to take prompts from; pass --data FILE")
+    try:
+        sft_dir = inherited_dir(recorded, rm_name) if recorded else None
+    except UserError:
+        if required:
+            raise
+        sft_dir = None
+    return sft_dir, sft_dir and need_stage(sft_dir, "01_sft")
+
+
+def ppo_prompts(data, which, split_dir, sft_dir, rm_name):
+    """(prompts, file): the distinct prompts (chat messages) PPO samples for: those of --data (prompts, or pairs
+    whose prompts are used), else stage 03's hard (MPO) or easy set, or every train prompt of stage 01 (vanilla
+    PPO); and the file they are read from."""
+    if data:
+        rows, file = normalise(load_rows(data, "--data"), data, pairs=False, repeats_used=False), data
+    elif which == "all":
+        file = Path(sft_dir) / "data_train.jsonl"
+        rows = read_stage_rows(file, pairs=False)
+    elif (split_dir / f"{which}.jsonl").exists():
+        file = split_dir / f"{which}.jsonl"
+        rows = read_stage_rows(file, pairs=False, empty_ok=True)
+        stats = split_dir / "stats.json"   # 03's record
+        split_rm = read_json(stats).get("reward") if stats.is_file() else None
+        here = where_now(split_rm, split_dir)   # a moved or copied run's own RM
+        split_rm = path_or_hub_id(here) if here else split_rm
+        if split_rm and split_rm != path_or_hub_id(rm_name):  # MPO splits and rewards by one RM; an ablation may not
+            print(f"note: {split_dir} was split by the reward model {split_rm}; PPO's rewards come from {rm_name}")
+    else:
+        raise UserError(f"{split_dir} is not a finished 03_split directory; run `{command_for('03_split', split_dir)}` "
+                        f"first (or pass --prompts all, or --data)")
+    prompts = {}
+    for r in rows:  # one entry per distinct prompt: a pair set repeats its prompts
+        prompts.setdefault(json.dumps(r["prompt"], ensure_ascii=False), r["prompt"])
+    if not prompts:
+        raise UserError(f"no prompts in the {which} set")
+    if len(prompts) < len(rows):
+        print(f"{len(rows)} rows of {data or which + ' set'} hold {len(prompts)} distinct prompts: each is sampled once "
+              f"an epoch of rollouts")
+    # in an order of their text alone, for the seed to shuffle: 03 writes its sets in gap order, and bf16 gaps
+    return [prompts[k] for k in sorted(prompts)], str(file)   # may differ in their last bits between two processes
+
+
+def policy_and_values(policy, value, ids, attn, resp, device, dtype, with_entropy=True):
+    """pi's log-prob and entropy (None without with_entropy) of every response token, and V of every position,
+    (B, T-1) each: the forward pass of a PPO update (gradients where the caller's mode records them)."""
+    with autocast(device, dtype):
+        out = token_logps(policy, ids, attn, resp, with_entropy=with_entropy)
+        logps, entropy = out if with_entropy else (out, None)                      # (B, T-1) each
+        return logps, entropy, token_values(value, ids, attn)                      # values (B, T-1)
+
+
+def score_rollouts(policy, ref, value, rm, ids, attn, resp, device, dtype, keep_graph):
+    """Step 2, one forward pass of each model: log pi_old, log ref and V of every response token, (B, T-1)
+    each (V zero elsewhere), the RM score r(x, y), (B,), and, with keep_graph, pi's and V's pass with its
+    graph, for the first PPO update (one minibatch of the rollout in its order); else None. The others run
+    under inference mode."""
+    with torch.inference_mode(), autocast(device, dtype):   # first: the kept graph then holds less at the peak
+        ref_logps = token_logps(ref, ids, attn, resp)                              # (B, T-1)
+        scores = reward_scores(rm, ids, attn)                                      # (B,)
+    with torch.inference_mode(not keep_graph):
+        first = policy_and_values(policy, value, ids, attn, resp, device, dtype, with_entropy=keep_graph)
+    # Made under inference mode, these are "inference tensors": outside it, changing one in place or using
+    # one where autograd saves it (old_values * V, say) raises a RuntimeError. Steps 3-5 do neither today
+    # (tried), so the clone, made outside the block, is a guard: ordinary tensors for any edit of the loss
+    # (and, with keep_graph, tensors apart from the graph's outputs).
+    old_logps, old_values = first[0].detach(), first[2].detach() * resp[:, 1:]    # (B, T-1) each
+    return (*[x.clone() for x in (old_logps, ref_logps, old_values, scores)], first if keep_graph else None)
+
+
+def shape_scores(scores, has_eos, reward_clip, missing_eos_penalty):
+    """r(x, y) (B,) as the reward uses it: clipped to +-reward_clip (the fork's 5), and lowered by
+    missing_eos_penalty where a response hit the length limit without EOS (has_eos (B,) bool); None: off."""
+    if reward_clip is not None:
+        scores = scores.clamp(-reward_clip, reward_clip)
+    if missing_eos_penalty is not None:
+        scores = scores - missing_eos_penalty * (~has_eos).float()
+    return scores
+
+
+def quarter_means(metrics):
+    """stage.json's summary: the mean RM score and KL of the first and of the last quarter of the iterations."""
+    k = max(1, len(metrics) // 4)
+    return {f"{name}_{part}_quarter": sum(m[key] for m in rows) / k
+            for name, key in (("scores", "objective/scores"), ("kl", "objective/kl"))
+            for part, rows in (("first", metrics[:k]), ("last", metrics[-k:]))}
+
+
+def ppo_update(policy, value, optimizers, scaler, batch, args, device, dtype, where, forward=None):
+    """Step 5 on one minibatch (`batch`: the rollout's tensors at its rows): a forward pass of pi and V with
+    gradients (or `forward`, step 2's of these rows), the clipped losses, one optimiser step of each model
+    with its gradient clipped on its own. Returns the minibatch's statistics; a non-finite loss stops the
+    run before anything is written."""
+    logps, entropy, values = forward or policy_and_values(policy, value, batch["ids"], batch["attn"], batch["resp"],
+                                                          device, dtype)             # (b, T-1) each
+    mask = batch["mask"]
+    pg_loss, clipfrac, approx_kl = ppo_policy_loss(logps, batch["old_logps"], batch["advantages"], mask,
+                                                   args.cliprange)
+    vf_loss, vf_clipfrac = ppo_value_loss(values, batch["old_values"], batch["returns"], mask, args.cliprange_value)
+    loss = pg_loss + args.vf_coef * vf_loss
+    if not torch.isfinite(loss):
+        raise UserError(f"loss is {loss.item()} at {where}; nothing was written")
+    scaler.scale(loss).backward()
+    for opt, model in zip(optimizers, (policy, value)):
+        scaler.unscale_(opt)   # clip the true gradients, not fp16's scaled ones
+        torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+        scaler.step(opt)
+        opt.zero_grad(set_to_none=True)
+    scaler.update()
+    return {"ppo/policy_loss": pg_loss.item(), "ppo/value_loss": vf_loss.item(), "ppo/clipfrac": clipfrac.item(),
+            "ppo/value_clipfrac": vf_clipfrac.item(), "ppo/approx_kl": approx_kl.item(),
+            "objective/entropy": masked_mean(entropy, mask).item(),
+            "ratio": masked_mean(torch.exp(logps - batch["old_logps"]), mask).item()}
+
+
+# --- arguments -----------------------------------------------------------------------------------
+
+def parse_args(argv=None):
+    p = ArgParser(description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    g = p.add_argument_group("inputs and outputs")
+    add_run_args(g, "05_ppo")
+    g.add_argument("--policy", default=None, help="pi's start, a directory or hub id (default runs/<run>/04_dpo)")
+    g.add_argument("--ref", default=None, help="ref of KL(pi || ref), frozen (default: the --policy model)")
+    g.add_argument("--reward", default=None, help="reward model r(x, y), frozen (default runs/<run>/02_reward)")
+    g.add_argument("--value-init", default=None, help="start of the value model V (default: the reward model)")
+    g.add_argument("--data", default=None, help="prompts x: a .jsonl/.jsonl.gz file or hub id of prompts, or of "
+                                                "pairs whose prompts are used (default: the stage 03 set of --prompts)")
+    g.add_argument("--split-dir", default=None, help="stage 03 directory (default runs/<run>/03_split)")
+    g.add_argument("--prompts", default=None, choices=["hard", "easy", "all"],
+                   help="without --data: hard (MPO; the default), easy, or all train prompts of 01_sft (vanilla PPO)")
+    g = p.add_argument_group("rollout (steps 1 and 2)")
+    g.add_argument("--steps", type=int, default=20, help="PPO iterations (rollout + optimisation)")
+    g.add_argument("--rollout-batch", type=int, default=8, help="prompts per rollout")
+    g.add_argument("--max-new-tokens", type=int, default=48, help="response length limit")
+    g = p.add_argument_group("reward (step 3)")
+    g.add_argument("--kl-coef", type=float, default=0.05, help="kl_coef of R_t (TRL 0.05; the MPO fork 0.4)")
+    g.add_argument("--kl-estimator", default="k1", choices=["k1", "clamped", "k3"],
+                   help="per-token KL_t in the reward (see the module docstring)")
+    g.add_argument("--adaptive-kl", action="store_true",
+                   help="adapt kl_coef towards --target-kl (Ziegler et al., 2019, Sec. 2.2)")
+    g.add_argument("--target-kl", type=float, default=6.0, help="adaptive KL: target KL per sequence")
+    g.add_argument("--kl-horizon", type=int, default=10000, help="adaptive KL: horizon in samples")
+    g.add_argument("--reward-clip", type=float, default=None, help="clip r(x, y) to +-this (the fork: 5)")
+    g.add_argument("--missing-eos-penalty", type=float, default=None,
+                   help="subtract this from r(x, y) of responses that hit the limit without EOS")
+    g = p.add_argument_group("GAE and PPO (steps 4 and 5)")
+    g.add_argument("--gamma", type=float, default=1.0, help="discount gamma (1: episodic, TRL)")
+    g.add_argument("--lam", type=float, default=0.95, help="GAE lambda (TRL 0.95)")
+    g.add_argument("--ppo-epochs", type=int, default=4, help="passes over each rollout (TRL 4; the fork 1)")
+    g.add_argument("--minibatch-size", type=int, default=None,
+                   help="sequences per PPO minibatch (default: the whole rollout, one update per epoch, as TRL's)")
+    g.add_argument("--cliprange", type=float, default=0.2, help="eps of the clipped surrogate (Eq. 7)")
+    g.add_argument("--cliprange-value", type=float, default=0.2, help="clip of the value loss")
+    g.add_argument("--vf-coef", type=float, default=0.1, help="weight of the value loss (TRL 0.1)")
+    g.add_argument("--no-whiten", action="store_true", help="do not whiten advantages")
+    g.add_argument("--target-approx-kl", type=float, default=None,
+                   help="stop a rollout's PPO epochs early once approx KL(pi_old || pi) passes this")
+    g.add_argument("--lr", type=float, default=1e-6, help="policy learning rate (AdamW, constant)")
+    g.add_argument("--value-lr", type=float, default=1e-5, help="value model learning rate")
+    g.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping, each model")
+    g.add_argument("--max-prompt-len", type=int, default=None,
+                   help="prompt tokens kept (from the left); default: stage 01's, else 256")
+    g.add_argument("--sample-every", type=int, default=5, help="write sample responses every N steps")
+    add_system_args(p, seed_help="seeds prompt order and sampling", training=True)
+    args = check_ranges(p.parse_args(argv), {
+        "steps": AT_LEAST_1, "rollout_batch": AT_LEAST_1, "max_new_tokens": AT_LEAST_1, "kl_coef": NON_NEGATIVE,
+        "target_kl": POSITIVE, "kl_horizon": AT_LEAST_1, "reward_clip": POSITIVE, "missing_eos_penalty": NON_NEGATIVE,
+        "gamma": FRACTION, "lam": FRACTION, "ppo_epochs": AT_LEAST_1, "minibatch_size": AT_LEAST_1,
+        "cliprange": POSITIVE, "cliprange_value": POSITIVE, "vf_coef": NON_NEGATIVE, "target_approx_kl": POSITIVE,
+        "lr": LEARNING_RATE, "value_lr": LEARNING_RATE, "max_grad_norm": POSITIVE, "max_prompt_len": AT_LEAST_1,
+        "sample_every": AT_LEAST_1}, p.given)
+    args.minibatch_size = args.minibatch_size or args.rollout_batch
+    if args.minibatch_size > args.rollout_batch:
+        raise UserError(f"--minibatch-size {args.minibatch_size} is more than --rollout-batch {args.rollout_batch}, "
+                        f"the sequences there are to split; pass at most that")
+    if args.data and (args.split_dir or args.prompts):
+        raise UserError("--data and --split-dir / --prompts both name the prompts; pass one of them")
+    args.prompts = None if args.data else args.prompts or "hard"
+    if args.prompts == "all" and args.split_dir:
+        raise UserError("--split-dir with --prompts all: all takes 01_sft's train prompts, no split's")
+    if args.adaptive_kl and args.kl_coef == 0:
+        raise UserError("--adaptive-kl with --kl-coef 0: the controller multiplies kl_coef, which would stay 0")
+    if args.adaptive_kl and 5 * args.kl_horizon <= args.rollout_batch:   # 1 + e n/h with e down to -0.2
+        raise UserError(f"--kl-horizon {args.kl_horizon} with --rollout-batch {args.rollout_batch}: one update "
+                        f"of --adaptive-kl could take kl_coef to zero or below; pass more than --rollout-batch / 5")
+    if args.ppo_epochs == 1 and "target_approx_kl" in p.given:   # checked after an epoch, before the next
+        raise UserError("--target-approx-kl with --ppo-epochs 1: it stops the epochs after the first, of which there "
+                        "is one; leave it out")
+    if args.vf_coef == 0 and "value_lr" in p.given:
+        raise UserError("--value-lr with --vf-coef 0: the value loss is not trained, so V stays as it starts; "
+                        "leave one out")
+    for name in ("target_kl", "kl_horizon"):   # read by the adaptive controller only: alone they would do nothing
+        if not args.adaptive_kl and name in p.given:
+            raise UserError(f"--{name.replace('_', '-')} is for --adaptive-kl; pass that too, or leave it out")
+    return args
+
+
+# --- the algorithm box ---------------------------------------------------------------------------
+
+def main(args):
+    policy_name, ref_name, rm_name, value_name, split_dir, out = input_names(args)
+    check_output(out, args.overwrite, "05_ppo", inputs=[policy_name, ref_name, value_name])
+    device = pick_device(args.device)
+    keep_freed_memory(device)   # on a CPU, no page faults for memory a step freed
+    precision = pick_precision(args.precision, device)
+    dtype = precision[0]
+    random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    started = time.time()
+
+    sft_dir, sft_stage = sft_through_rm(rm_name, required=not args.data)
+    inherit_lengths(args, sft_stage)
+    policy, ref, rm, value, tok = load_ppo_models(policy_name, ref_name, rm_name, value_name, args.grad_checkpointing,
+                                                  device, args.max_prompt_len + args.max_new_tokens)
+    check_room(out, policy)
+    prompts, prompts_file = ppo_prompts(args.data, args.prompts, split_dir, sft_dir, rm_name)
+    source = args.data or args.prompts
+    dataset = {"name": args.data} if args.data else sft_stage["dataset"]
+    print(f"dataset {dataset['name']!r}; policy {policy_name}, KL reference {ref_name}, "
+          f"RM {rm_name}, value init {value_name}, prompts: {source}")
+    prompt_ids = [p for p, in encode_rows(tok, [{"prompt": p} for p in prompts], args.max_prompt_len, None,
+                                          prompts_file, ())]
+    opt_pi = make_optimizer(policy.parameters(), args.lr, 0.0, device)
+    opt_v = make_optimizer(value.parameters(), args.value_lr, 0.0, device)
+    scaler = torch.amp.GradScaler(enabled=dtype == torch.float16)
+    gen = torch.Generator(device=device).manual_seed(args.seed)
+    batches = epoch_batches(len(prompts), args.rollout_batch, random.Random(args.seed), flag="--rollout-batch")
+    kl_coef, tokens, metrics, loop_started = args.kl_coef, 0, [], time.time()
+
+    bar = tqdm(range(args.steps), desc="05_ppo", dynamic_ncols=True)
+    for step in bar:
+        idx = next(batches)
+        step_started = time.time()
+
+        # 1. sample rollouts: one response per prompt from pi itself (deviation 1)
+        responses, _ = sample_responses(policy, [prompt_ids[j] for j in idx], tok.pad_token_id, tok.eos_token_id,
+                                        args.max_new_tokens, device, dtype, gen)
+        generation_s = time.time() - step_started
+
+        # 2. score: log pi_old, log ref, V and r(x, y), a forward pass of each model
+        ids, attn, resp = (t.to(device) for t in collate([(prompt_ids[j], r) for j, r in zip(idx, responses)],
+                                                         tok.pad_token_id))
+        mask = resp[:, 1:]                                                         # (B, T-1)
+        one_minibatch = len(idx) <= args.minibatch_size   # then pi's and V's pass is also step 5's first, kept
+        old_logps, ref_logps, old_values, scores, first = score_rollouts(policy, ref, value, rm, ids, attn, resp,
+                                                                         device, dtype, keep_graph=one_minibatch)
+
+        # 3. rewards with KL: R_t = -kl_coef KL_t, plus the (optionally clipped or penalised) score on the last token
+        has_eos = torch.tensor([len(r) > 0 and r[-1] == tok.eos_token_id for r in responses], device=device)
+        shaped_scores = shape_scores(scores, has_eos, args.reward_clip, args.missing_eos_penalty)
+        rewards, kl = compute_rewards(old_logps, ref_logps, mask, shaped_scores, kl_coef, args.kl_estimator)
+
+        # 4. GAE: advantages and returns, advantages whitened over the rollout
+        advantages, returns = gae(rewards, old_values, mask, args.gamma, args.lam)
+        if not args.no_whiten:
+            advantages = masked_whiten(advantages, mask)
+
+        # 5. epochs of minibatch updates on this rollout
+        rollout = dict(ids=ids, attn=attn, resp=resp, mask=mask, old_logps=old_logps, old_values=old_values,
+                       advantages=advantages, returns=returns)
+        n_minibatches, stats = math.ceil(len(idx) / args.minibatch_size), {}
+        for epoch in range(args.ppo_epochs):
+            # a CPU generator of its own per (seed, step, epoch), so `gen`'s sampling stream is the same whatever
+            # --ppo-epochs or --minibatch-size, and CPU and GPU shuffle alike (one seed per triple while epochs
+            # < 10 and steps < 100; beyond, seeds repeat, harmless: they only order minibatches; our choice)
+            shuffle = torch.Generator().manual_seed(args.seed * 1000 + step * 10 + epoch)
+            perm = torch.randperm(len(idx), generator=shuffle)
+            for start in range(0, len(idx), args.minibatch_size):
+                reuse = first is not None and epoch == 0   # step 2's forward pass, of the rollout in its own order
+                mb = (torch.arange(len(idx)) if reuse else perm[start:start + args.minibatch_size]).to(device)
+                minibatch = {name: tensor[mb] for name, tensor in rollout.items()}
+                where = f"step {step + 1}, PPO epoch {epoch + 1}, minibatch {start // args.minibatch_size + 1}"
+                for key, stat in ppo_update(policy, value, (opt_pi, opt_v), scaler, minibatch, args, device, dtype,
+                                            where, forward=first if reuse else None).items():
+                    stats.setdefault(key, []).append(stat)
+            # once pi has left pi_old by more than the target (this epoch's mean approx KL), more epochs on this
+            # rollout would optimise a surrogate that no longer holds (cleanrl's target_kl)
+            approx_kl = sum(stats["ppo/approx_kl"][-n_minibatches:]) / n_minibatches
+            stop_early = args.target_approx_kl is not None and approx_kl > args.target_approx_kl
+            if stop_early:
+                break
+        tokens += int(attn.sum())  # prompt + response tokens of the rollout
+
+        # 6. metrics of the iteration, in one place
+        seq_kl = kl.sum(-1)                                                        # (B,)
+        record = {"step": step + 1, "objective/scores": scores.mean().item(), "objective/kl": seq_kl.mean().item(),
+                  "objective/kl_coef": kl_coef,
+                  "objective/rlhf_reward": (shaped_scores - kl_coef * seq_kl).mean().item(),
+                  **{k: sum(v) / len(v) for k, v in stats.items() if k != "ratio"},
+                  "ppo/first_ratio": stats["ratio"][0], "ppo/early_stop": stop_early,
+                  "response/length": mask.sum(-1).float().mean().item(),
+                  "response/eos_rate": has_eos.float().mean().item(), "time/generation_s": generation_s,
+                  "time/training_s": time.time() - step_started - generation_s, **perf(tokens, loop_started, device)}
+        if step % args.sample_every == 0 or step + 1 == args.steps:
+            record["samples"] = [{"prompt": prompts[j][-1]["content"], "response": tok.decode(response,
+                                  skip_special_tokens=True, clean_up_tokenization_spaces=False), "score": score}
+                                 for j, response, score in list(zip(idx, responses, scores.tolist()))[:3]]
+        metrics.append(record)
+        bar.set_postfix(score=f"{record['objective/scores']:.2f}", kl=f"{record['objective/kl']:.2f}",
+                        clip=f"{record['ppo/clipfrac']:.2f}")
+        if args.adaptive_kl:
+            kl_coef = adaptive_kl_coef(kl_coef, record["objective/kl"], args.target_kl, len(idx), args.kl_horizon)
+
+    # save the policy (the value model is a training aid and is not kept)
+    loop_s = time.time() - loop_started
+    final = {**quarter_means(metrics), "steps": args.steps, **perf(tokens, loop_started, device),
+             "perf/generation_share": sum(m["time/generation_s"] for m in metrics) / max(loop_s, 1e-9)}
+    check_finite(policy, "05_ppo")
+    stop_at_eos(policy, tok, "05_ppo")
+    with output_dir(out, args.overwrite, "05_ppo") as tmp:
+        policy.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        write_stage(tmp, "05_ppo", args, started, device, precision, metrics, policy_init=path_or_hub_id(policy_name),
+                    ref=path_or_hub_id(ref_name), reward=path_or_hub_id(rm_name), sft=sft_dir and path_or_hub_id(sft_dir),
+                    dataset=dataset, prompts=source, n_prompts=len(prompts), final=final,
+                    marks=stage_marks([policy_name, ref_name, sft_dir]),
+                    split=None if args.data or args.prompts == "all" else path_or_hub_id(split_dir))
+    print(f"05_ppo: {args.steps} steps on {len(prompts)} {source} prompts; RM score "
+          f"{final['scores_first_quarter']:.3f} -> {final['scores_last_quarter']:.3f}, KL "
+          f"{final['kl_first_quarter']:.3f} -> {final['kl_last_quarter']:.3f} (first and last quarter), generation "
+          f"{final['perf/generation_share']:.0%} of {loop_s:.0f}s, {time.time() - started:.0f}s wall -> {out}")
+
+
+
+if __name__ == "__main__":   # Ctrl-C while torch loads (seconds): one line, not a traceback (then run_main's)
+    import signal
+    signal.signal(signal.SIGINT, lambda *_: (print(f"{Path(sys.argv[0]).name}: interrupted while starting; nothing "
+                                                   f"was written", file=sys.stderr), sys.exit(130)))
+
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm

@@ -67,6 +67,1086 @@ import warnings
 import zlib
 from pathlib import Path
 
+if __name__ == "__main__":   # Ctrl-C while torch loads (seconds): one line, not a traceback (then run_main's)
+    import signal
+    signal.signal(signal.SIGINT, lambda *_: (print(f"{Path(sys.argv[0]).name}: interrupted while starting; nothing "
+                                                   f"was written", file=sys.stderr), sys.exit(130)))
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+POLICY_PREFIXES = ("01_sft", "04_", "05_")
+# the report's columns: key in results.json, heading
+METRICS = [("rm", "RM score"), ("gold", "gold score"), ("win_gold", "gold win vs baseline"),
+           ("win_rm", "RM win vs baseline"), ("kl", "KL to baseline"), ("length", "length"),
+           ("eos", "ends with EOS"), ("refusal_harmful", "refuses harmful"), ("refusal_harmless", "refuses harmless")]
+# No interval is printed from fewer requests than this: a percentile bootstrap only recombines the requests it
+# has, so with few it is too narrow (with one, zero width) and would read as certainty; the mean and n instead.
+# --combine keeps the rule for its verdicts: a run that compared so few requests is no test of a method.
+MIN_REQUESTS = 10
+
+
+# --- the method: win rates, the k1 KL estimate, bootstrap intervals over requests (MPO's evaluation) ---
+
+def win_rate(scores, baseline_scores, same=None):
+    """Per-item wins against the baseline: 1 if higher, 0.5 if equal, 0 if lower. Returns an (N,) list. A
+    response the same as the baseline's (same[i]) ties whatever its scores: batched with other responses, one
+    text may get an RM score a few last bits apart."""
+    same = same or [False] * len(scores)
+    return [0.5 if s or a == b else 1.0 if a > b else 0.0 for a, b, s in zip(scores, baseline_scores, same)]
+
+
+def ties(scores, baseline_scores, same=None):
+    """Per-item ties with the baseline, (N,): 1.0 if equal (or the same response, as in `win_rate`), else 0.0.
+    A win rate counts a tie as half, so one near 0.5 may be mostly ties (the gold judge's scores are coarse),
+    not a policy as good as the baseline half the time: the report prints this share beside each win rate."""
+    same = same or [False] * len(scores)
+    return [float(s or a == b) for a, b, s in zip(scores, baseline_scores, same)]
+
+
+def sequence_kl(policy_logps, baseline_logps):
+    """k1 estimate of KL(pi || base) per response, (B,): sum_t log pi(y_t) - log base(y_t), from token
+    log-probs (B, T-1) that are zero off the response. Unbiased for y ~ pi (http://joschu.net/blog/kl-approx.html)."""
+    return (policy_logps - baseline_logps).sum(-1)
+
+
+def mean(xs):
+    return sum(xs) / len(xs) if xs else float("nan")
+
+
+def std(xs):
+    """Sample standard deviation (n - 1); 0 for a single value."""
+    if len(xs) < 2:
+        return 0.0
+    m = mean(xs)
+    return (sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) ** 0.5
+
+
+def per_prompt(values, k):
+    """Average the k samples of each prompt: the bootstrap resamples prompts' requests, not samples."""
+    return [sum(values[i:i + k]) / k for i in range(0, len(values), k)]
+
+
+def clusters_of(values, keys):
+    """The values grouped by key, in order of first appearance: [[values of key 1], [values of key 2], ...]."""
+    groups = {}
+    for v, k in zip(values, keys):
+        groups.setdefault(k, []).append(v)
+    return list(groups.values())
+
+
+def bootstrap_ci(clusters, n_resamples=1000, seed=0, alpha=0.05):
+    """Percentile bootstrap interval of one run's mean: `clusters` holds the values of the prompts that share a
+    request, a list each, and each resample draws clusters with replacement. Prompts that are wordings of one
+    request are not independent: resampling them one by one would narrow the interval. With one value per
+    cluster this is the ordinary bootstrap over prompts. (Over several seeds' runs, `t_interval` of their
+    means: a bootstrap over 3 runs cannot reach past their extremes.)"""
+    if not clusters:
+        return float("nan"), float("nan")
+    rng = random.Random(seed)
+
+    def resampled_mean():
+        picks = [clusters[rng.randrange(len(clusters))] for _ in clusters]
+        return sum(map(sum, picks)) / sum(map(len, picks))
+    stats = sorted(resampled_mean() for _ in range(n_resamples))
+    at = lambda q: stats[int(q * (n_resamples - 1) + 0.5)]   # the nearest rank, alike at both ends
+    return at(alpha / 2), at(1 - alpha / 2)
+
+
+# two-sided 95% quantiles of Student's t, t_0.975 by degrees of freedom 1-30 (beyond, 1.96 + 2.372 / df + 2.823 / df^2
+# is within 1e-4)
+T_975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+         2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042]
+
+
+def t_interval(per_run):
+    """95% interval of the mean of several seeds' runs, from their spread alone: mean +- t_0.975(n - 1) s / sqrt(n).
+    Each run's value holds its own prompt noise as well as its training noise, so the spread over runs holds both;
+    with 3 runs the interval is mean +- 4.3 standard errors (a bootstrap over 3 runs would stop at their extremes
+    and call a difference real about 3 times as often as a 95% interval may: README, Choices that are ours)."""
+    n = len(per_run)
+    if n < 2:
+        return float("nan"), float("nan")
+    df = n - 1
+    t = T_975[df - 1] if df <= len(T_975) else 1.96 + 2.372 / df + 2.823 / df ** 2
+    half = t * std(per_run) / math.sqrt(n)
+    return mean(per_run) - half, mean(per_run) + half
+
+
+def summarise(values, requests, n_resamples, seed):
+    """Mean of per-prompt values and its interval, resampling requests (the cluster of each value)."""
+    lo, hi = bootstrap_ci(clusters_of(values, requests), n_resamples, seed)
+    return {"mean": mean(values), "lo": lo, "hi": hi, "n": len(values), "requests": len(set(requests))}
+
+
+def paired_differences(rows_a, rows_b, metric, k, where):
+    """Differences of `metric` between two policies' samples of the same prompts, per prompt and grouped
+    by request (the clusters of the bootstrap): a list of lists."""
+    if len(rows_a) != len(rows_b) or any(a["prompt"] != b["prompt"] for a, b in zip(rows_a, rows_b)):
+        raise UserError(f"{where}: the two policies were not sampled on the same prompts")
+    diffs = per_prompt([a[metric] - b[metric] for a, b in zip(rows_a, rows_b)], k)
+    return clusters_of(diffs, [r.get("request", r["prompt"]) for r in rows_a[::k]])
+
+
+# --- the stage's own data and model functions -----------------------------------------------------
+
+def policy_summary(values, baseline, rows, requests, k, n_resamples, seed, same=None):
+    """Every metric of one policy, each the mean over prompts with its interval over requests. values:
+    lists over samples (k per prompt, in the order of rows) of rm, kl, length, eos, and on the built-in
+    task gold and refusal; baseline: the baseline policy's, for the win rates and their ties; same: which
+    responses are token for token the baseline's response to the same prompt and sample (an RM tie)."""
+    stats = {key: values[key] for key in ("rm", "kl", "length", "eos", "gold") if key in values}
+    stats["win_rm"], stats["tie_rm"] = (win_rate(values["rm"], baseline["rm"], same),
+                                        ties(values["rm"], baseline["rm"], same))
+    if "gold" in values:
+        stats["win_gold"], stats["tie_gold"] = (win_rate(values["gold"], baseline["gold"]),
+                                                ties(values["gold"], baseline["gold"]))
+    res = {key: summarise(per_prompt(v, k), requests, n_resamples, seed) for key, v in stats.items()}
+    gold, refusal = per_prompt(values.get("gold", []), k), per_prompt(values.get("refusal", []), k)
+    for family in sorted({r["family"] for r in rows}) if "gold" in values else []:
+        idx = [i for i, r in enumerate(rows) if r["family"] == family]
+        res[f"gold_{family}"] = summarise([gold[i] for i in idx], [requests[i] for i in idx], n_resamples, seed)
+        if family in ("harmful", "harmless"):
+            res[f"refusal_{family}"] = summarise([refusal[i] for i in idx], [requests[i] for i in idx],
+                                                 n_resamples, seed)
+    return res
+
+
+def request_of(row):
+    """The cluster of a test row for the bootstrap: its request (built-in rows share one across
+    wordings), else the prompt itself."""
+    meta = row.get("meta")
+    request = meta.get("request") if isinstance(meta, dict) else None
+    return str(request) if request is not None else json.dumps(row["prompt"])
+
+
+def gold_judge(rows, source):
+    """builtin_task (its gold_score and refuses) where every row is one of the built-in task's (a
+    `family` and a `meta` dict, which the judge reads), else None: other rows have no gold judge."""
+    if not all("family" in r and isinstance(r.get("meta"), dict) for r in rows):
+        return None
+    try:
+        import builtin_task
+    except ImportError:
+        raise UserError(f"{source}: built-in task rows, whose gold judge needs builtin_task.py beside this "
+                        f"script; copy it here") from None
+    for i, r in enumerate(rows, 1):   # each row's family and meta as the judge reads them, before any sampling
+        try:   # on a few texts and the task's own graded responses for the row (judge_all guards the samples)
+            for text in ("", "Sure, here it is: 42.", "Yes.", "No.", *builtin_task.candidates(r)):
+                builtin_task.gold_score(r, text)
+                builtin_task.refuses(r, text)
+        except Exception as e:   # KeyError, IndexError, ZeroDivisionError, OverflowError ... of hand-made meta
+            raise UserError(f"{source}: row {i}: family {str(r['family'])[:40]!r} with meta keys "
+                            f"{sorted(map(str, r['meta']))[:6]} is no built-in task row the gold judge can score "
+                            f"({type(e).__name__}: {str(e)[:80]}); expected the built-in task's rows") from None
+    return builtin_task
+
+
+def judge_all(judge, rows, texts, source):
+    """The gold score and refusal of each sampled response. A hand-made row can pass gold_judge's probes and
+    still fail on some response (meta the task never makes): one line naming the prompt, not a traceback."""
+    gold, refusal = [], []
+    for r, text in zip(rows, texts):
+        try:
+            gold.append(judge.gold_score(r, text))
+            refusal.append(float(judge.refuses(r, text)))
+        except Exception as e:
+            raise UserError(f"{source}: the prompt {r['prompt'][-1]['content'][:60]!r} (family {str(r['family'])[:40]!r}): "
+                            f"the gold judge fails on the sampled response {text[:40]!r} ({type(e).__name__}: "
+                            f"{str(e)[:80]}); expected the built-in task's rows") from None
+    return gold, refusal
+
+
+def check_weights(pdir, flag):
+    """A local policy's stored weights, read one tensor at a time before any policy is sampled: refused if
+    any is NaN or inf, or of another shape than its config.json makes (an edited vocab_size, which the checks
+    made from its config would otherwise blame on another model), so that a bad policy named last fails first
+    (load_model checks both again as it loads)."""
+    from safetensors import SafetensorError, safe_open
+    from transformers import AutoModelForCausalLM
+    files = sorted(Path(pdir).glob("*.safetensors"))
+    try:
+        with torch.device("meta"):   # the shapes its config makes, without memory
+            made = AutoModelForCausalLM.from_config(policy_config(pdir)).state_dict() if files else {}
+    except (ValueError, TypeError, KeyError):   # not made from its config here: load_model names why
+        made = {}
+    for f in files:
+        try:
+            with safe_open(f, "pt") as weights:
+                wrong = [f"{k} {tuple(weights.get_slice(k).get_shape())} in the weights, {tuple(made[k].shape)} by "
+                         f"config.json" for k in weights.keys()
+                         if k in made and tuple(weights.get_slice(k).get_shape()) != tuple(made[k].shape)]
+                bad = None if wrong else next((k for k in weights.keys()
+                                               if not torch.isfinite(weights.get_tensor(k)).all()), None)
+        except (SafetensorError, OSError) as e:   # cut short, or not safetensors at all
+            raise UserError(f"{flag} {pdir}: {f.name} is not readable as safetensors ({type(e).__name__}: "
+                            f"{(str(e).splitlines() or [''])[0][:200]}); expected the file a stage wrote") from None
+        if wrong:
+            raise UserError(f"{flag} {pdir}: its weights do not match its config.json: of another shape: "
+                            f"{', '.join(wrong[:3])}; expected the config.json saved with them")
+        if bad:
+            raise UserError(f"{flag} {pdir}: its weights hold NaN or inf values ({bad}); expected a trained "
+                            f"model's finite weights")
+
+
+def stage_of(pdir):
+    """A policy's stage.json ({} where it has none); its objects, where there are any, checked to be objects."""
+    path = Path(pdir) / "stage.json"
+    record = read_json(path) if path.is_file() else {}
+    if not all(isinstance(record.get(k, {}), dict) for k in ("args", "final", "data")):
+        raise UserError(f"{path}: not as the stages write it (args, final and data are objects); rerun that stage")
+    return record
+
+
+def sft_of(rm_dir):
+    """The 01_sft directory the reward model was trained from (its stage.json names it; beside it if the
+    run was moved), or None: its test rows are the default --data and it is the default baseline."""
+    path = where_now(stage_of(rm_dir).get("sft"), rm_dir)
+    return path if path and stage_of(path).get("stage") == "01_sft" else None
+
+
+def default_policies(run_dir):
+    found = [d for d in sorted(Path(run_dir).iterdir()) if d.is_dir() and d.name.startswith(POLICY_PREFIXES)
+             and ".unsaved-" not in d.name   # an output kept aside because another run's took its place
+             and (d / "config.json").exists() and (d / "stage.json").exists()] if Path(run_dir).is_dir() else []
+    if not found:
+        raise UserError(f"no policy directories in {run_dir}; run the earlier stages or name the policies")
+    return found
+
+
+def find_baseline(args, policies, sft_dir):
+    """The baseline of win rates and KL: --baseline, else the one policy whose stage.json says it is an SFT
+    model (not whichever is listed first), else the SFT the reward model was trained from, else the one
+    policy named (compared with itself: RM score, length and EOS are what it reports)."""
+    if args.baseline:
+        return Path(args.baseline)
+    sfts = list({p.resolve(): p for p in policies if stage_of(p).get("stage") == "01_sft"}.values())
+    if len(sfts) > 1:
+        raise UserError(f"several SFT policies ({', '.join(map(str, sfts))}); name the baseline with --baseline DIR")
+    if sfts or sft_dir:
+        return sfts[0] if sfts else sft_dir
+    if len(policies) > 1:
+        raise UserError("no SFT policy among the policies and no 01_sft behind the reward model; name the "
+                        "baseline of win rates and KL with --baseline DIR")
+    return policies[0]
+
+
+def policy_config(pdir):
+    """A policy's config (checked by check_model), for the checks made before any policy is sampled."""
+    from transformers import AutoConfig
+    try:
+        return AutoConfig.from_pretrained(str(pdir))
+    except Exception as e:
+        raise UserError(f"policy {pdir}: its config is not loadable ({type(e).__name__}: {str(e)[:200]})") from None
+
+
+def policy_records(policies, run_dir, rm_dir, run):
+    """Read before any sampling, so that a bad record fails first: each policy's name in the report (unique),
+    its role and budget (from its stage.json), and the threshold sweep its splits make."""
+    names = {p: p.name if p.parent.resolve() == run_dir.resolve() else str(p) for p in policies}
+    clash = next(((a, b) for a in policies for b in policies if a != b and names[a] == names[b]), None)
+    if clash:
+        raise UserError(f"policies {clash[0]} and {clash[1]} would both be reported as {names[clash[0]]}; "
+                        f"name one by another path (or move it into runs/{run}/)")
+    records = {}
+    for p in policies:
+        try:
+            records[p] = {"role": policy_role(p), "budget": budget_of(p)}
+        except (TypeError, ValueError, AttributeError) as e:
+            raise UserError(f"{p}/stage.json: not as the stages write it ({type(e).__name__}: {str(e)[:80]}); "
+                            f"rerun that stage") from None
+    try:
+        sweep = threshold_sweep({names[p]: {"dir": str(p)} for p in policies}, rm_dir)
+    except (TypeError, ValueError, AttributeError) as e:
+        raise UserError(f"a 03_split stats.json behind these policies is not as 03 writes it ({type(e).__name__}: "
+                        f"{str(e)[:80]}); rerun that split") from None
+    return names, records, sweep
+
+
+def budget_of(pdir, seen=()):
+    """A policy's training budget in words, from its stage.json, so compared methods can be seen to have
+    had the same (or not)."""
+    if Path(pdir).resolve() in seen:   # records that name each other (a policy overwritten by its own heir)
+        return "?"
+    st = stage_of(pdir)
+    try:
+        a, f = st.get("args", {}), st.get("final", {})
+        if st.get("stage") == "01_sft":
+            return f"{f.get('steps', '?')} SFT steps"
+        if st.get("stage") == "04_dpo" and a.get("online"):
+            return f"{f.get('steps')} steps x {a['batch_size'] * a['grad_accum']} prompts x 2 samples (online)"
+        if st.get("stage") == "04_dpo" and "n_pairs" in f:
+            return (f"{f['steps']} steps x {f['pairs_per_step']} pairs = {f['steps'] * f['pairs_per_step']} pairs, "
+                    f"{f['epochs_seen']:.2f} epochs of {f['n_pairs']} {st['data']['split']} pairs")
+        if st.get("stage") == "05_ppo":  # PPO continues from another policy: its budget comes on top
+            named, rollouts = st.get("policy_init", "?"), a["steps"] * a["rollout_batch"]
+            init = recorded_dir(named, pdir, "stage.json")
+            before = budget_of(init, (*seen, Path(pdir).resolve())) if init else "?"
+            return (f"{a['steps']} iterations x {a['rollout_batch']} rollouts = {rollouts} rollouts, "
+                    f"{rollouts / max(1, st.get('n_prompts', 0)):.2f} epochs of {st.get('n_prompts')} {st.get('prompts')} "
+                    f"prompts; after {Path(str(named)).name} ({before})")
+        return "?"
+    except (KeyError, TypeError, ValueError, UserError):   # a record edited by hand (a Record's missing key is a
+        # UserError): the budget is unknown, the rest stands
+        return "? (its stage.json is not as the stages write it)"
+
+
+def lineage(pdir, seen=frozenset()):
+    """The policy's directory and every model its stage.json names as its start or reference, recursively
+    (path_or_hub_id's names: a directory's absolute path, a hub id as given, such as the model 01 began from)."""
+    pdir = Path(pdir).resolve()
+    if str(pdir) in seen:
+        return seen
+    seen = seen | {str(pdir)}
+    st = stage_of(pdir)
+    started = st.get("args", {}).get("model") if st.get("stage") == "01_sft" else None
+    for recorded in (st.get("sft"), st.get("policy_init"), st.get("ref"), started):
+        d = recorded_dir(recorded, pdir, "stage.json")
+        if d:
+            seen = lineage(d, seen)
+        elif isinstance(recorded, str) and recorded:   # a hub id, or a model directory with no stage record
+            seen = seen | {path_or_hub_id(recorded)}
+    return seen
+
+
+def remade_inputs(pdir):
+    """The stage directories a policy was trained from (its start, reference, SFT) whose stage.json differs from
+    the one its record marks (stage_marks): remade since, so that what 06 reads there is not what it learnt from."""
+    st = stage_of(pdir)
+    marks = st.get("marks") if isinstance(st.get("marks"), dict) else {}
+    remade = []
+    for recorded in dict.fromkeys(st.get(k) for k in ("sft", "policy_init", "ref")):
+        d = recorded_dir(recorded, pdir, "stage.json") if isinstance(recorded, str) and recorded in marks else None
+        if d and zlib.crc32((d / "stage.json").read_bytes()) != marks[recorded]:
+            remade.append(str(d))
+    return remade
+
+
+def recorded_dir(recorded, pdir, marker):
+    """The directory a policy's stage.json names, where it is now (where_now), as a resolved path; None where
+    it holds no `marker`."""
+    path = where_now(recorded, pdir, marker)
+    return path.resolve() if path else None
+
+
+def sweep_role(pdir, seen=()):
+    """('dpo', split) for offline DPO on the easy set of a 03_split directory, ('mpo', split) for PPO on the
+    same split's hard prompts that starts from and is regularised towards that DPO policy (MPO); else None."""
+    if Path(pdir).resolve() in seen:   # a record that names itself (or a loop): no role
+        return None
+    st = stage_of(pdir)
+    a, data = st.get("args", {}), st.get("data", {})
+    if st.get("stage") == "04_dpo" and not a.get("online") and a.get("loss") == "dpo" and data.get("split") == "easy":
+        split = recorded_dir(data.get("from"), pdir, "stats.json")
+        return ("dpo", split) if split else None
+    if st.get("stage") == "05_ppo" and st.get("prompts") == "hard":
+        # 05 records its split since the sweep; before, it was --split-dir or the run's 03_split
+        split = recorded_dir(st.get("split") or a.get("split_dir") or f"runs/{a.get('run')}/03_split", pdir, "stats.json")
+        init, ref = (recorded_dir(st.get(k), pdir, "stage.json") for k in ("policy_init", "ref"))
+        if split and init and init == ref and sweep_role(init, (*seen, Path(pdir).resolve())) == ("dpo", split):
+            return "mpo", split
+    return None
+
+
+def policy_role(pdir, seen=()):
+    """What a policy is by its stage.json, for the paper's claims (which --combine finds by directory name
+    and checks against this): 'sft'; 'dpo' or 'dpo_all', offline DPO on 03's easy set or on every pair;
+    'mpo', PPO on the hard prompts from and towards DPO on the easy set; 'mpo_sftref', the same with the SFT
+    reference; 'ppo', PPO on all prompts from and towards SFT; 'ipo_online', 'ipo_md', 'nash_md_pg'; else
+    None."""
+    st = stage_of(pdir)
+    a, stage = st.get("args", {}), st.get("stage")
+    if Path(pdir).resolve() in seen:   # a record that names itself (or a loop): no role
+        return None
+    if stage == "01_sft":
+        return "sft"
+    if stage == "04_dpo" and a.get("online"):
+        if a.get("loss") == "ipo":
+            return "ipo_md" if a.get("mixture_beta", 0) > 0 else "ipo_online"
+        return "nash_md_pg" if a.get("loss") == "nash-md-pg" else None
+    if stage == "04_dpo" and a.get("loss") == "dpo":
+        return {"easy": "dpo", "all": "dpo_all"}.get(st.get("data", {}).get("split"))
+    if stage == "05_ppo":
+        init, ref = (recorded_dir(st.get(k), pdir, "stage.json") for k in ("policy_init", "ref"))
+        roles = tuple(d and policy_role(d, (*seen, Path(pdir).resolve())) for d in (init, ref))
+        if st.get("prompts") == "hard" and roles == ("dpo", "dpo") and init == ref:
+            return "mpo"
+        if st.get("prompts") == "hard" and roles == ("dpo", "sft"):
+            return "mpo_sftref"
+        if st.get("prompts") == "all" and roles == ("sft", "sft") and init == ref:
+            return "ppo"
+    return None
+
+
+def threshold_sweep(results, rm_dir):
+    """The threshold sweep (run.sh --sweep-threshold): one row per 03_split directory, made with this reward
+    model, behind the evaluated policies, ascending threshold, with the split's numbers (its stats.json) and
+    the names of its DPO and MPO policies. [] unless there are at least two such splits."""
+    points, rm = {}, str(Path(rm_dir).resolve()) if Path(rm_dir).exists() else str(rm_dir)
+    for name, res in results.items():
+        role = sweep_role(res["dir"])
+        if not role:
+            continue
+        st = read_json(role[1] / "stats.json")
+        recorded = st.get("reward") or ""   # the RM where 03 ran, or (a moved or copied run) the one beside
+        if rm not in {recorded, str(Path(recorded).resolve()), str((role[1].parent / Path(recorded).name).resolve())}:
+            print(f"06_eval: note: {name} was trained on a split made with another reward model "
+                  f"({st.get('reward')}); it is left out of the threshold sweep")
+        elif role[0] in points.setdefault(role[1], {}):
+            print(f"06_eval: note: {name} and {points[role[1]][role[0]]} are both {role[0].upper()} on {role[1]}; "
+                  f"the sweep shows the first")
+        else:
+            points[role[1]][role[0]] = name
+    rows = []
+    for split, names in points.items():
+        st = read_json(split / "stats.json")
+        fraction = st.get("args", {}).get("easy_fraction")
+        rows.append({"point": f"easy fraction {fraction:g}" if fraction is not None else f"threshold {st['threshold']:g}",
+                     "threshold": st["threshold"], "split": str(split), "easy": st["easy"], "hard": st["hard"],
+                     "easy_label_noise": st["label_noise"]["easy"], "hard_label_noise": st["label_noise"]["hard"],
+                     **names})
+    for row in rows:  # two splits made by the same rule: name them by directory too
+        if sum(r["point"] == row["point"] for r in rows) > 1:
+            row["point"] += f" ({Path(row['split']).name})"
+    return sorted(rows, key=lambda r: r["threshold"]) if len(rows) > 1 else []
+
+
+@torch.no_grad()
+def sample_policy(policy, tok, prompt_ids, args, device, dtype):
+    """Responses (token lists) for every prompt and sample, with a generator seeded the same way for
+    every policy: the same settings and seeds across policies."""
+    gen = torch.Generator(device=device).manual_seed(args.seed)
+    work = [p for p in prompt_ids for _ in range(args.samples_per_prompt)]
+    out = []
+    for i in range(0, len(work), args.batch_size):
+        ys, _ = sample_responses(policy, work[i:i + args.batch_size], tok.pad_token_id, tok.eos_token_id,
+                                 args.max_new_tokens, device, dtype, gen)
+        out += ys
+    return work, out
+
+
+def response_texts(tok, responses):
+    """Each response's text as sampled, for the judge and samples.jsonl: special tokens dropped and no
+    clean-up of spaces before punctuation, whatever the tokenizer's config says (it would rewrite "42 ." as
+    "42." in what the judge reads)."""
+    return [tok.decode(r, skip_special_tokens=True, clean_up_tokenization_spaces=False).strip() for r in responses]
+
+
+@torch.no_grad()
+def score_and_kl(rm, base, policy, work, responses, pad_id, batch_size, device, dtype):
+    """RM scores r(x, y) and per-sample KL estimates to the baseline, each a list."""
+    scores, kls = [], []
+    for i in range(0, len(work), batch_size):
+        seqs = list(zip(work[i:i + batch_size], responses[i:i + batch_size]))
+        ids, attn, resp = (t.to(device) for t in collate(seqs, pad_id))
+        with torch.inference_mode(), autocast(device, dtype):
+            scores += reward_scores(rm, ids, attn).tolist()
+            if policy is base:
+                kls += [0.0] * len(seqs)
+            else:
+                kls += sequence_kl(token_logps(policy, ids, attn, resp), token_logps(base, ids, attn, resp)).tolist()
+    return scores, kls
+
+
+def check_eval_record(res, path):
+    """A results.json as 06_eval.py writes it, for --combine: objects where it reads objects, finite means."""
+    if not all(isinstance(res[k], dict) for k in ("args", "dataset", "results")) or \
+            not all(isinstance(v, dict) for v in res["results"].values()):
+        raise UserError(f"{path}: not as 06_eval.py writes it (args, dataset, results and each policy's results "
+                        f"are objects); rerun 06_eval.py for that run")
+    listed = ("dir", "role", "budget", "time_s")   # a policy's entries that are no metric
+    bad = [f"{n}'s {m}" for n, v in res["results"].items() for m, s in v.items()
+           if m not in listed and not (isinstance(s, dict) and finite_number(s.get("mean")))]
+    if bad:
+        raise UserError(f"{path}: {bad[0]} has no finite mean; rerun 06_eval.py for that run")
+    counts = (res.get("n_prompts"), res["args"].get("seed"), res["args"].get("samples_per_prompt"))
+    texts = (res.get("baseline"), res.get("sft"), res.get("judge"))
+    if not all(isinstance(c, int) and not isinstance(c, bool) for c in counts) or \
+            not all(t is None or isinstance(t, str) for t in texts):
+        raise UserError(f"{path}: not as 06_eval.py writes it (n_prompts, the seed and samples per prompt are "
+                        f"integers; baseline, sft and judge texts); rerun 06_eval.py for that run")
+    sweep = res.get("sweep") or []
+    if not isinstance(res["dataset"].get("name"), str) or not isinstance(sweep, list) or not all(
+            isinstance(p, dict) and isinstance(p.get("point"), str) and all(finite_number(p.get(k)) for k in ("threshold", "easy", "hard"))
+            for p in sweep):
+        raise UserError(f"{path}: not as 06_eval.py writes it (a dataset name; sweep points with a name, a threshold "
+                        f"and set sizes); rerun 06_eval.py for that run")
+
+
+def protocol(res):
+    """How a run was evaluated, which --combine requires to be the same in every run: the baseline, whether the
+    RM is of the baseline's run, and the sampling settings."""
+    a = res["args"]
+    return {"the baseline": res.get("baseline") and Path(res["baseline"]).name,
+            "the RM's run": "the baseline's" if res.get("sft") == res.get("baseline") else "another run's",
+            **{f"--{k.replace('_', '-')}": a.get(k) for k in ("max_new_tokens", "samples_per_prompt", "max_prompts",
+                                                             "max_prompt_len")}}
+
+
+def find_eval_dir(path):
+    """A finished 06_eval directory: `path` itself or `path`/06_eval."""
+    path = Path(path)
+    for d in (path, path / "06_eval"):
+        if (d / "results.json").exists() and (d / "samples.jsonl").exists():
+            return d
+    raise UserError(f"{path}: no finished 06_eval output (results.json and samples.jsonl) here or in "
+                    f"{path}/06_eval; run 06_eval.py for that run first")
+
+
+# --- arguments -----------------------------------------------------------------------------------
+
+def parse_args(argv=None):
+    p = ArgParser(description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("policies", nargs="*",
+                   help="the policies pi to compare: directories or hub ids (if none: 01_sft, 04_*, 05_* of the run)")
+    g = p.add_argument_group("inputs and outputs")
+    g.add_argument("--run", default="default", help="run name: inputs and outputs under runs/<run>/")
+    g.add_argument("--baseline", default=None,
+                   help="the policy that win rates and KL(pi || base) are measured against, a directory or hub id; "
+                        "if not given: the one policy whose stage.json says 01_sft, else the 01_sft the reward model "
+                        "was trained from; without either, a single policy is its own baseline, and several "
+                        "need this flag")
+    g.add_argument("--reward", default=None,
+                   help="the reward model r(x, y): a 02_reward directory or hub id (if not given: runs/<run>/02_reward)")
+    g.add_argument("--data", default=None,
+                   help="held-out prompts x: a local .jsonl/.jsonl.gz file or a hub dataset (its test split) of "
+                        "prompts, or of pairs whose prompts are used; gold scores only where the rows are the "
+                        "built-in task's (if not given: the test rows of the 01_sft the reward model was trained from)")
+    g.add_argument("--out", default=None, help="output directory (if not given: runs/<run>/06_eval; "
+                                               "with --combine, runs/combined)")
+    g.add_argument("--combine", nargs="+", metavar="DIR", default=None,
+                   help="instead of evaluating, combine finished 06_eval directories (or run directories) "
+                        "of several seeds into one report: means and spread over seeds, and the paper's "
+                        "comparisons as paired differences")
+    g.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    g = p.add_argument_group("sampling")
+    g.add_argument("--max-prompts", type=int, default=0, help="evaluate on the first N test prompts (0: all)")
+    g.add_argument("--samples-per-prompt", type=int, default=1, help="responses y ~ pi(.|x) per prompt and policy")
+    g.add_argument("--max-new-tokens", type=int, default=48, help="response length limit")
+    g.add_argument("--batch-size", type=int, default=32, help="prompts sampled per batch")
+    g.add_argument("--max-prompt-len", type=int, default=None,
+                   help="prompt tokens kept (from the left); if not given: stage 01's, else 256")
+    g.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% intervals")
+    add_system_args(p, seed_help="the sampling seed, the same for every policy")
+    args = check_ranges(p.parse_args(argv), {
+        "max_prompts": NON_NEGATIVE, "samples_per_prompt": AT_LEAST_1, "max_new_tokens": AT_LEAST_1,
+        "batch_size": AT_LEAST_1, "max_prompt_len": AT_LEAST_1,
+        "bootstrap": (lambda x: x >= 100, "an integer >= 100 (fewer resamples give an interval of little "
+                                          "meaning, one of zero width)")}, p.given)
+    combine_reads = ("combine", "policies", "out", "overwrite")   # policies: refused there
+    unread = [f"--{d.replace('_', '-')}" for d in vars(args)
+              if args.combine and d not in combine_reads and d in p.given]
+    if unread:
+        raise UserError(f"{', '.join(unread)}: nothing to do with --combine, which reads finished evaluations "
+                        f"(it takes --out and --overwrite; its intervals over runs need no resampling)")
+    return args
+
+
+# --- the algorithm box ---------------------------------------------------------------------------
+
+def main(args):
+    if args.combine:
+        return combine(args)
+    for name in args.policies:   # a run's folder named where its policies go: say so, before anything loads
+        if Path(name).is_dir() and not (Path(name) / "config.json").exists() and (
+                (Path(name) / "06_eval").is_dir() or (Path(name) / "01_sft").is_dir()):
+            raise UserError(f"{name}: a run's folder, not a policy; name its policies ({name}/01_sft ...), or pass "
+                            f"--run, or --combine to combine runs' evaluations")
+    run_dir = Path(f"runs/{args.run}")
+    rm_dir, out = Path(args.reward or run_dir / "02_reward"), Path(args.out or run_dir / "06_eval")
+    if not args.reward:
+        need_stage(rm_dir, "02_reward", "--reward")
+    check_model(rm_dir, "reward", "--reward")
+    sft_dir = sft_of(rm_dir)                       # the run's 01_sft: default prompts, lengths and baseline
+    if sft_dir is None and not args.data:
+        raise UserError(f"no test prompts: {rm_dir} records no finished 01_sft directory (whose test rows are "
+                        f"the default); pass --data FILE (prompts)")
+    sft_stage = need_stage(sft_dir, "01_sft") if sft_dir else None
+    inherit_lengths(args, sft_stage)
+    named = {Path(p).resolve(): Path(p) for p in args.policies}
+    if len(named) < len(args.policies):
+        print(f"06_eval: note: {len(args.policies) - len(named)} of the policies named repeat one named before; "
+              f"each policy is evaluated once")
+    policies = list(named.values()) or default_policies(run_dir)
+    base_dir = find_baseline(args, policies, sft_dir)
+    strangers = [str(p) for p in policies if stage_of(p) and path_or_hub_id(base_dir) not in lineage(p)]
+    if strangers:
+        print(f"06_eval: note: {', '.join(strangers)} neither started from the baseline {base_dir} nor took it as "
+              f"reference: its KL is to a model it was not trained from")
+    for p in policies:
+        remade = remade_inputs(p)
+        if remade:
+            print(f"06_eval: note: {p} was trained from {', '.join(remade)} as it was then, remade since (its "
+                  f"stage.json differs): the budget and KL reference read there are not those {p} had")
+    policies = [base_dir] + [p for p in policies if p.resolve() != base_dir.resolve()]    # the baseline first
+    for p in policies:
+        flag = "--baseline" if p is base_dir and args.baseline else "policy"
+        check_model(p, "policy", flag)
+        check_weights(p, flag)   # not after sampling the others
+    device = pick_device(args.device)
+    keep_freed_memory(device)   # on a CPU, no page faults for memory a step freed
+    precision = dtype, _ = pick_precision(args.precision, device)
+    check_output(out, args.overwrite, "06_eval")  # fail before the slow parts
+    started = time.time()
+
+    # 1. the held-out prompts x, each with its request (the bootstrap's cluster), and the judges
+    if args.data:
+        test_rows, source = normalise(load_rows(args.data, "--data", "test"), args.data, pairs=False), args.data
+    else:
+        test_rows, source = read_stage_rows(sft_dir / "data_test.jsonl", pairs=False), str(sft_dir / "data_test.jsonl")
+    dataset = {"name": args.data} if args.data else sft_stage["dataset"]
+    test_rows = test_rows[:args.max_prompts or None]
+    if not test_rows:
+        raise UserError(f"{source}: no test prompts; expected at least one")
+    requests = [request_of(r) for r in test_rows]
+    judge = gold_judge(test_rows, source)          # the built-in task's gold judge, else None; and its version
+    judge_version = judge and f"builtin_task.py crc32 {zlib.crc32(Path(judge.__file__).read_bytes()):08x}"
+    rm = load_model(str(rm_dir), "reward", "--reward", device)
+    base = load_model(str(base_dir), "policy", "--baseline" if args.baseline else "policy", device)
+    tok = load_tokenizer(str(base_dir), "--baseline" if args.baseline else "policy")
+    rm_tok = load_tokenizer(str(rm_dir), "--reward")
+    if args.baseline:   # one comparison, named after the model more likely the odd one out: the one named by hand
+        check_same_tokenizer(rm_tok, tok, "--baseline", base_dir, whose="the reward model's")
+    else:
+        check_same_tokenizer(tok, rm_tok, "--reward", rm_dir)
+    for flag, m in (("--reward", rm), ("--baseline", base)):
+        check_context(m, args.max_prompt_len + args.max_new_tokens, flag, "--max-prompt-len plus --max-new-tokens")
+    prompt_ids = [p for p, in encode_rows(tok, test_rows, args.max_prompt_len, None, source, responses=())]
+    k, rows = args.samples_per_prompt, [r for r in test_rows for _ in range(args.samples_per_prompt)]
+    print(f"evaluating {len(policies)} policies on {len(test_rows)} test prompts ({len(set(requests))} requests) "
+          f"x {k} samples (dataset {dataset['name']!r}, prompts {source}, RM {rm_dir}, baseline {base_dir})")
+
+    # 2. every policy, the baseline first: sample y ~ pi(.|x) with the same seed, score it, summarise
+    results, samples, tokens, baseline_values, baseline_responses = {}, [], 0, None, None
+    names, records, sweep = policy_records(policies, run_dir, rm_dir, args.run)   # their errors before sampling
+    for pdir in policies:   # sampled with the baseline's tokenizer, pad id and lengths, read by the RM: checked first
+        writer = base if pdir is base_dir else policy_config(pdir)
+        if pdir is not base_dir:
+            check_same_tokenizer(tok, load_tokenizer(str(pdir), "policy"), "policy", pdir, f"the baseline's ({base_dir})")
+            check_context(writer, args.max_prompt_len + args.max_new_tokens, f"policy {pdir}",
+                          "--max-prompt-len plus --max-new-tokens")
+        check_reads_ids(writer, tok.pad_token_id + 1, "policy", pdir, "the baseline's padding")
+        for flag, name, m in (("--reward", rm_dir, rm), ("--baseline" if args.baseline else "policy", base_dir, base)):
+            check_reads_ids(m, vocab_rows(writer), flag, name, f"policy {pdir}'s samples")
+    bar = tqdm(policies, desc="06_eval policies", dynamic_ncols=True)
+    for pdir in bar:
+        name = names[pdir]
+        policy = base if pdir is base_dir else load_model(str(pdir), "policy", "policy", device)
+        t0 = time.time()
+        work, responses = sample_policy(policy, tok, prompt_ids, args, device, dtype)
+        texts = response_texts(tok, responses)
+        scores, kls = score_and_kl(rm, base, policy, work, responses, tok.pad_token_id, args.batch_size, device, dtype)
+        values = {"rm": scores, "kl": kls, "length": [len(r) for r in responses],
+                  "eos": [float(len(r) > 0 and r[-1] == tok.eos_token_id) for r in responses]}
+        if judge:
+            values["gold"], values["refusal"] = judge_all(judge, rows, texts, source)   # refusal: declined, no answer
+        baseline_values = baseline_values or values                  # the first policy is the baseline
+        baseline_responses = baseline_responses or responses
+        same = [a == b for a, b in zip(responses, baseline_responses)]   # token lists, as sample_policy gives them
+        results[name] = {"dir": str(pdir), **records[pdir], "time_s": time.time() - t0,
+                         **policy_summary(values, baseline_values, test_rows, requests, k, args.bootstrap, args.seed,
+                                          same)}
+        tokens += sum(map(len, responses))
+        bar.set_postfix(rm=f"{results[name]['rm']['mean']:.3f}", kl=f"{results[name]['kl']['mean']:.3f}")
+        samples += [{"policy": name, "prompt": r["prompt"][-1]["content"], "request": request_of(r), "response": t,
+                     "rm": s, "kl": kl, **({"gold": g, "family": r["family"]} if judge else {})}
+                    for r, t, s, kl, g in zip(rows, texts, scores, kls, values.get("gold", [None] * len(texts)))]
+        if policy is not base:
+            del policy                             # free it before the next one loads
+
+    # 3. report.md, samples.jsonl and results.json (this stage's record: stage.json's fields and the results)
+    families = sorted({r["family"] for r in test_rows}) if judge else []
+    with output_dir(out, args.overwrite, "06_eval") as tmp:
+        report = write_report(results, tmp, args, dataset, rm_dir, base_dir, len(test_rows), len(set(requests)),
+                              families, sweep)
+        write_jsonl(tmp / "samples.jsonl", samples)
+        write_stage(tmp, "06_eval", args, started, device, precision, None, record_name="results.json",
+                    dataset=dataset, sft=sft_dir and path_or_hub_id(sft_dir), baseline=path_or_hub_id(base_dir),
+                    reward=path_or_hub_id(rm_dir),
+                    n_prompts=len(test_rows), n_requests=len(set(requests)), results=results, sweep=sweep,
+                    judge=judge_version,
+                    **perf(tokens, started, device))
+    print("\n" + report)
+    print(f"06_eval: {len(policies)} policies in {time.time() - started:.0f}s -> {out}")
+
+
+def write_report(results, tmp, args, dataset, rm_dir, base_dir, n_prompts, n_requests, families, sweep):
+    """report.md: the metrics table with each policy's budget, the gold score per family, the plot, and
+    the threshold sweep where there is one."""
+    first = next(iter(results.values()))
+    cols = [(c, h) for c, h in METRICS if c in first]
+    lines = [f"# 06_eval: {n_prompts} test prompts ({n_requests} requests) x {args.samples_per_prompt} samples, "
+             f"seed {args.seed}", "",
+             f"Dataset `{dataset['name']}`; RM `{rm_dir}`; baseline `{base_dir.name}`; sampling at "
+             f"temperature 1, at most {args.max_new_tokens} new tokens; a response without EOS by then is scored "
+             f"as it stands (the RM at its last token). [95% bootstrap interval over requests; {SMALL_N_NOTE}.] "
+             f"{TIES_NOTE}", "",
+             "| policy | " + " | ".join(h for _, h in cols) + " | budget |", "|---" * (len(cols) + 2) + "|"]
+    for name, res in results.items():
+        cells = [with_ties(interval_cell(res[c]), res, c) if c != "length" else f"{res[c]['mean']:.1f}"
+                 for c, _ in cols]
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {res['budget']} |")
+    if families:
+        lines += ["", "Gold score per prompt family (n: the family's requests):", "",
+                  "| policy | " + " | ".join(f + n_label([first[f"gold_{f}"].get("requests")]) for f in families)
+                  + " |", "|---" * (len(families) + 1) + "|"]
+        lines += [f"| {name} | " + " | ".join(interval_cell(res[f"gold_{f}"]) for f in families) + " |"
+                  for name, res in results.items()]
+    lines += ["", draw_plot(results, tmp / "reward_vs_kl.png", "gold" if families else "rm")]
+    if sweep:
+        cells = lambda row, role: {"name": row[role], **{m: results[row[role]][m] for m in ("gold", "rm", "kl")
+                                                         if m in results[row[role]]}} if row.get(role) else {}
+        points = [dict(row, dpo=cells(row, "dpo"), mpo=cells(row, "mpo")) for row in sweep]
+        lines += sweep_report(points, interval_cell, "95% bootstrap interval over requests")
+        lines += ["", draw_sweep(points, tmp / "threshold_sweep.png", "lo", "hi", "95% intervals over requests")]
+    report = "\n".join(lines) + "\n"
+    (tmp / "report.md").write_text(report)
+    return report
+
+
+SMALL_N_NOTE = f"none from fewer than {MIN_REQUESTS} requests, too few to resample"
+
+
+def interval_cell(s):
+    """A summary as 'mean [lo, hi]', or as its mean and n where fewer than MIN_REQUESTS requests back it
+    (summaries without a request count, as written by older versions, keep their interval)."""
+    if s.get("requests", MIN_REQUESTS) < MIN_REQUESTS:
+        return f"{s['mean']:.3f} (n={s['requests']}, no interval)"
+    return f"{s['mean']:.3f} [{s['lo']:.3f}, {s['hi']:.3f}]"
+
+
+def claim_interval(c):
+    """A claim's pooled interval, or 'n too small' where a run compared fewer than MIN_REQUESTS requests."""
+    if c.get("requests", MIN_REQUESTS) < MIN_REQUESTS:
+        return f"n too small (n={c['requests']} in a run)"
+    bound = lambda x: f"{x:+.3f}" if abs(x) >= 5e-4 or x == 0 else f"{x:+.1e}"   # a verdict's side of zero shows
+    return f"[{bound(c['lo'])}, {bound(c['hi'])}]"
+
+
+def n_label(ns):
+    """' (n=20)' from each run's request count of a column, ' (n=18-22)' where runs differ, '' if unknown."""
+    if not ns or None in ns:
+        return ""
+    return f" (n={min(ns)})" if min(ns) == max(ns) else f" (n={min(ns)}-{max(ns)})"
+
+
+TIES_NOTE = "Win rates count a tie as half; (ties N%) beside one is the share of its comparisons that tied."
+
+
+def with_ties(text, res, key):
+    """A win rate's cell with its tie share beside it (res holds `tie_gold` beside `win_gold`): 0.48 from
+    70% ties is near-parity by default, not by merit. Other cells, and results made before ties were
+    recorded, as they are."""
+    tie = res.get("tie_" + key[4:]) if key.startswith("win_") else None
+    return f"{text} (ties {tie['mean']:.0%})" if tie else text
+
+
+def draw_plot(results, path, metric):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "(No plot: matplotlib is not installed; `pip install matplotlib` and run again to draw " \
+               "reward_vs_kl.png.)"
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, res in results.items():
+        m = res[metric]   # a percentile interval can miss its own mean (few requests): no negative error bars
+        ax.errorbar(res["kl"]["mean"], m["mean"], yerr=[[max(0, m["mean"] - m["lo"])], [max(0, m["hi"] - m["mean"])]],
+                    fmt="o", capsize=3)
+        ax.annotate(name, (res["kl"]["mean"], res[metric]["mean"]), fontsize=8, xytext=(4, 4),
+                    textcoords="offset points")
+    ax.set_xlabel("KL(pi || SFT), nats per response")
+    ax.set_ylabel(f"mean {metric} score")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return f"![{metric} score against KL to SFT](reward_vs_kl.png)"
+
+
+def sweep_report(points, cell, interval):
+    """The threshold sweep's table: per point, the split (easy pairs, label noise against the gold order of
+    each set) and the DPO-on-easy and MPO policies trained on it. A cell: (policy name, metric summary)."""
+    share, HEADS = lambda v: "–" if v is None else f"{v:.1%}", {"gold": "gold", "rm": "RM", "kl": "KL"}
+    metrics = [m for m in ("gold", "rm", "kl") if any(m in p[r] for p in points for r in ("dpo", "mpo"))]
+    lines = ["", "## Threshold sweep: MPO at each reward-gap threshold, on the same SFT and RM", "",
+             f"Easy where |d| >= threshold (stage 03); DPO on the easy set (stage 04), then PPO on the hard set's "
+             f"prompts with the DPO model as start and reference (stage 05). Label noise: the share of a set's "
+             f"labels, as trained on (after 03's relabelling), against the gold order. [{interval}]", "",
+             "| point | threshold | easy pairs | hard pairs | easy label noise | hard label noise | "
+             + " | ".join(f"DPO easy: {HEADS[m]}" for m in metrics) + " | " + " | ".join(f"MPO: {HEADS[m]}" for m in metrics)
+             + " | policies |", "|---" * (7 + 2 * len(metrics)) + "|"]
+    for p in points:
+        got = lambda role, m: cell(p[role][m]) if m in p[role] else "–"
+        names = ", ".join(p[r]["name"] for r in ("dpo", "mpo") if p[r])
+        lines.append(f"| {p['point']} | {p['threshold']:.3f} | {p['easy']:.0f} | {p['hard']:.0f} | "
+                     f"{share(p['easy_label_noise'])} | {share(p['hard_label_noise'])} | "
+                     + " | ".join(got("dpo", m) for m in metrics) + " | " + " | ".join(got("mpo", m) for m in metrics)
+                     + f" | {names} |")
+    return lines
+
+
+def draw_sweep(points, path, lo, hi, bars):
+    """threshold_sweep.png: gold score, RM score and KL to SFT of DPO-on-easy and MPO against the threshold;
+    a fourth panel with the easy set's size and (second axis) the label noise of both sets. lo, hi: the keys
+    of each summary's error bar ends; bars: what they are, for the figure's caption."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "(No sweep plot: matplotlib is not installed; `pip install matplotlib` and run again.)"
+    xs = [p["threshold"] for p in points]
+    metrics = [m for m in ("gold", "rm", "kl") if any(m in p[r] for p in points for r in ("dpo", "mpo"))]
+    fig, axes = plt.subplots(1, len(metrics) + 1, figsize=(4 * (len(metrics) + 1), 3.6))
+    for ax, m in zip(axes, metrics):
+        for role, label in (("dpo", "DPO on easy (04)"), ("mpo", "MPO (05)")):
+            got = [(x, p[role][m]) for x, p in zip(xs, points) if m in p[role]]
+            if got:
+                ax.errorbar([x for x, _ in got], [c["mean"] for _, c in got], fmt="o-", capsize=3, label=label,
+                            yerr=[[max(0, c["mean"] - c[lo]) for _, c in got], [max(0, c[hi] - c["mean"]) for _, c in got]])
+        ax.set_xlabel("reward-gap threshold")
+        ax.set_title({"gold": "gold score", "rm": "RM score", "kl": "KL to SFT (nats per response)"}[m])
+        ax.legend(fontsize=7)
+    ax = axes[-1]
+    ax.plot(xs, [p["easy"] for p in points], "ks-", label="easy pairs")
+    ax.set_xlabel("reward-gap threshold")
+    ax.set_ylabel("easy pairs")
+    if all(p["easy_label_noise"] is not None for p in points):
+        twin = ax.twinx()
+        twin.plot(xs, [p["easy_label_noise"] for p in points], "r^--", label="easy label noise")
+        twin.plot(xs, [p["hard_label_noise"] for p in points], "bv--", label="hard label noise")
+        twin.set_ylabel("label noise (share against gold)")
+        twin.legend(fontsize=7, loc="upper right")
+    ax.set_title("the split")
+    fig.text(0.5, 0.005, f"error bars: {bars}", ha="center", fontsize=7)
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return "![the threshold sweep](threshold_sweep.png)"
+
+
+# --- several seeds (--combine) --------------------------------------------------------------------
+
+# (policy, baseline, the papers' claim, "beats" or "at least": whether a tie satisfies it), compared wherever
+# both policies are in every run: found by run.sh's names, each checked against its policy_role
+CLAIMS = [("05_ppo", "04_dpo_all", "MPO beats vanilla DPO", "beats"),
+          ("05_ppo", "05_ppo_vanilla", "MPO beats vanilla PPO", "beats"),
+          ("04_dpo", "04_dpo_all", "DPO on the easy set beats DPO on all pairs", "beats"),
+          ("05_ppo", "05_ppo_sftref", "the DPO reference beats the SFT reference", "beats"),
+          # Calandriello et al. (2024): IPO-MD and online IPO at least as good as Nash-MD-PG
+          ("04_ipo_md", "04_nash_md_pg", "IPO-MD at least as good as Nash-MD-PG", "at least"),
+          ("04_ipo_online", "04_nash_md_pg", "online IPO at least as good as Nash-MD-PG", "at least")]
+ROLE_OF_NAME = {"01_sft": "sft", "04_dpo": "dpo", "04_dpo_all": "dpo_all", "05_ppo": "mpo",
+                "05_ppo_sftref": "mpo_sftref", "05_ppo_vanilla": "ppo", "04_ipo_online": "ipo_online",
+                "04_ipo_md": "ipo_md", "04_nash_md_pg": "nash_md_pg"}
+VERDICT_RULE = ("Verdict, from the 95% interval of policy - baseline: reproduced if it lies above zero, contradicted "
+                "if below, else not reproduced (an 'at least as good' claim: not contradicted); no interval and no "
+                f"verdict from fewer than {MIN_REQUESTS} requests in a run. Over several runs the interval is Student's t "
+                "over the runs' differences (n - 1 degrees of freedom): each run's difference holds its prompt noise "
+                "and its training noise, and with few runs the interval is wide (with 3, the mean ± 4.3 standard "
+                "errors).")
+
+
+def verdict(lo, hi, kind, requests):
+    """A claim's verdict, computed from its paired difference's interval [lo, hi] (policy - baseline) by
+    VERDICT_RULE, so that no report states more than its numbers show. kind: 'beats', or 'at least' for a
+    claim that a tie satisfies (an interval across zero does not contradict it, nor does it reproduce it)."""
+    if requests < MIN_REQUESTS:
+        return "no verdict (n too small)"
+    if lo > 0:
+        return "reproduced"
+    if hi < 0:
+        return "contradicted"
+    return "not " + ("contradicted" if kind == "at least" else "reproduced") + " (interval includes zero)"
+
+
+def combine(args):
+    """--combine: per-seed means of every metric, their mean and spread, and the paper's claims as paired
+    differences on the same prompts within each seed's run, each with its verdict."""
+    if args.policies:
+        raise UserError("--combine takes 06_eval or run directories; do not name policy directories with it")
+    dirs = [find_eval_dir(d) for d in args.combine]
+    twice = [d for i, d in enumerate(dirs) if d.resolve() in {e.resolve() for e in dirs[:i]}]
+    if twice:
+        raise UserError(f"--combine: {twice[0]} is named twice; each run counts once (copies of one run are no spread)")
+    if len(dirs) < 2:
+        raise UserError("--combine: one run; combining takes two or more (a spread over seeds), and one run's "
+                        "numbers are in its own report.md")
+    runs = []
+    for d in dirs:
+        res = read_json(d / "results.json")
+        check_eval_record(res, d / "results.json")
+        by_policy = {}
+        scored = ["rm"] + ["gold"] * any("gold" in v for v in res["results"].values())
+        for i, row in enumerate(read_jsonl(d / "samples.jsonl"), 1):
+            if not (isinstance(row, dict) and isinstance(row.get("policy"), str) and isinstance(row.get("prompt"), str)
+                    and isinstance(row.get("request", ""), str) and all(finite_number(row.get(m)) for m in scored)):
+                raise UserError(f"{d / 'samples.jsonl'}: row {i} is not as 06_eval.py writes it (a policy, a prompt, "
+                                f"finite {' and '.join(scored)} scores); rerun 06_eval.py for that run")
+            by_policy.setdefault(row["policy"], []).append(row)
+        n = res["n_prompts"] * res["args"]["samples_per_prompt"]
+        short = next((p for p in res["results"] if len(by_policy.get(p, [])) != n), None)
+        if short:
+            raise UserError(f"{d / 'samples.jsonl'}: {len(by_policy.get(short, []))} samples of {short}, not the "
+                            f"{n} results.json counts; rerun 06_eval.py for that run")
+        runs.append({"dir": d, "seed": res["args"]["seed"], "k": res["args"]["samples_per_prompt"],
+                     "n_prompts": res["n_prompts"], "dataset": res["dataset"]["name"], "protocol": protocol(res),
+                     "results": res["results"], "sweep": res.get("sweep") or [], "samples": by_policy,
+                     "judge": res.get("judge")})
+    if len({r["dataset"] for r in runs}) > 1:
+        raise UserError("--combine: the runs evaluated different datasets (" +
+                        ", ".join(sorted({r["dataset"] for r in runs})) + ")")
+    for what, first in runs[0]["protocol"].items():   # one protocol, or the spread is over protocols, not seeds
+        other = next((r for r in runs if r["protocol"][what] != first), None)
+        if other:
+            raise UserError(f"--combine: the runs were evaluated differently: {what} is {first} in {runs[0]['dir']} "
+                            f"but {other['protocol'][what]} in {other['dir']}; combine evaluations made alike")
+    notes = []   # what report.md says beside its tables, printed as well
+    judges = {r["judge"] or "unrecorded" for r in runs}
+    if len(judges) > 1:   # results.json names its judge since this check
+        notes.append("the runs' gold scores come from different versions of the gold judge (" +
+                     ", ".join(sorted(judges)) + "), so their spread is partly the judge's: run 06 "
+                     "again on each run to score them alike")
+    names = [n for n in runs[0]["results"] if all(n in r["results"] for r in runs)]
+    if not names:
+        raise UserError("--combine: no policy name is in every run's results.json")
+    out, seeds = Path(args.out or "runs/combined"), [r["seed"] for r in runs]
+    check_output(out, args.overwrite, "06_eval", inputs=[r["dir"] for r in runs])
+    for i, r in enumerate(runs):   # a copied run (same responses) would pass for a seed that agrees exactly
+        copy = next((o for o in runs[:i] if (o["samples"], o["results"]) == (r["samples"], r["results"])), None)
+        if copy:
+            raise UserError(f"--combine: {r['dir']} holds the same responses and results as {copy['dir']}: a copy of one run, "
+                            f"which is no spread; combine runs of different seeds")
+    if len(set(seeds)) < len(seeds):
+        print(f"06_eval: note: the runs share seeds ({seeds}); their spread is not a spread over seeds")
+    absent = sorted({n for r in runs for n in r["results"]} - set(names))
+    if absent:   # and so are the claims that compare them
+        print(f"06_eval: note: policies not in every run are left out, with the claims on them: {', '.join(absent)}")
+
+    # 1. every metric of every policy: per-seed means, their mean and standard deviation
+    metrics = [(m, h) for m, h in METRICS if all(m in r["results"][n] for r in runs for n in names)]
+    families = [(m, m[5:]) for m in runs[0]["results"][names[0]]
+                if m.startswith("gold_") and all(m in r["results"][n] for r in runs for n in names)]
+    keys = [m for m, _ in metrics + families] + [  # and the tie shares, shown beside the win rates
+        t for t in ("tie_gold", "tie_rm") if all(t in r["results"][n] for r in runs for n in names)]
+    some = {m for r in runs for n in names for m, v in r["results"][n].items() if isinstance(v, dict)} - set(keys)
+    if some:   # e.g. a gold family no test prompt of some run belongs to
+        print(f"06_eval: note: left out, not in every run's results: {', '.join(sorted(some))}")
+    spread = lambda per_seed: {"per_seed": per_seed, "mean": mean(per_seed), "std": std(per_seed)}
+    table = {name: {m: spread([r["results"][name][m]["mean"] for r in runs]) for m in keys} for name in names}
+
+    # 2. the paper's claims as paired differences on the same prompts, within each seed's run
+    primary, claims = "gold" if "gold" in dict(metrics) else "rm", []
+    for a, b, claim, kind in [c for c in CLAIMS if c[0] in names and c[1] in names]:
+        wrong = [f"in {r['dir']}, {n} is {r['results'][n]['role'] or 'another kind'}, not {ROLE_OF_NAME[n]}"
+                 for r in runs for n in (a, b) if r["results"][n].get("role", ROLE_OF_NAME[n]) != ROLE_OF_NAME[n]]
+        if wrong:   # a directory named as run.sh names it, trained otherwise (its stage.json says)
+            notes.append(f"'{claim}' left out: by its stage.json, {'; '.join(wrong)}")
+            continue
+        for metric in dict.fromkeys([primary, "rm"]):
+            groups = [paired_differences(r["samples"][a], r["samples"][b], metric, r["k"], r["dir"]) for r in runs]
+            per_seed = [mean(sum(g, [])) for g in groups]
+            lo, hi = t_interval(per_seed)
+            n = min(map(len, groups))              # the requests of the run with fewest (MIN_REQUESTS)
+            claims.append({"claim": claim, "policy": a, "baseline": b, "metric": metric, "per_seed": per_seed,
+                           "mean": mean(per_seed), "std": std(per_seed), "lo": lo, "hi": hi, "requests": n,
+                           "kind": kind, "verdict": verdict(lo, hi, kind, n),
+                           "seeds_in_favour": sum(d > 0 or (kind == "at least" and d == 0) for d in per_seed)})
+
+    # 3. the threshold sweep, where every run has one: each point's numbers over the runs (mean ± std)
+    sweep = combined_sweep(runs)
+
+    # 4. report.md and results.json
+    import transformers
+    for note in notes:
+        print(f"06_eval: note: {note}")
+    report = combined_report(runs, names, absent, metrics, families, table, claims, notes)
+    with output_dir(out, args.overwrite, "06_eval") as tmp:
+        if sweep:
+            report += "\n".join(sweep_report(sweep, lambda c: f"{c['mean']:.3f} ± {c['std']:.3f}",
+                                              "policies' cells: mean ± standard deviation over the runs; the "
+                                              "threshold, pair counts and label noise: means over the runs")
+                                 + ["", draw_sweep(sweep, tmp / "threshold_sweep.png", "lo", "hi",
+                                                   f"± 1 standard deviation over {len(runs)} runs")]) + "\n"
+        (tmp / "report.md").write_text(report)
+        write_json({"stage": "06_eval --combine", "args": vars(args), "runs": [str(r["dir"]) for r in runs],
+                    "seeds": seeds, "policies": table, "claims": claims, "sweep": sweep, "notes": notes,
+                    "versions": {"python": sys.version.split()[0], "torch": torch.__version__,
+                                 "transformers": transformers.__version__}}, tmp / "results.json")
+    print("\n" + report)
+    print(f"06_eval: combined {len(runs)} runs -> {out}")
+
+
+def combined_sweep(runs):
+    """The sweep's points found in every run (by their 03 flag: threshold t or easy fraction f), each number
+    as {mean, std, lo = mean - std, hi = mean + std, per_seed} over the runs."""
+    by_point = [{row["point"]: row for row in r["sweep"]} for r in runs]
+    common = [p for p in by_point[0] if all(p in b for b in by_point)] if by_point else []
+    left_out = sorted({p for b in by_point for p in b} - set(common))
+    if left_out and common:
+        print(f"06_eval: note: sweep points not in every run are left out: {', '.join(left_out)}")
+    spread = lambda xs: {"mean": mean(xs), "std": std(xs), "lo": mean(xs) - std(xs), "hi": mean(xs) + std(xs),
+                         "per_seed": xs}
+    noise = lambda p, key: None if any(b[p][key] is None for b in by_point) else mean([b[p][key] for b in by_point])
+    points = []
+    for p in common:
+        roles = {}
+        for role in ("dpo", "mpo"):
+            names = [b[p].get(role) for b in by_point]
+            if all(names):
+                roles[role] = {"name": names[0], **{m: spread([r["results"][n][m]["mean"] for r, n in zip(runs, names)])
+                               for m in ("gold", "rm", "kl") if all(m in r["results"][n] for r, n in zip(runs, names))}}
+            else:
+                roles[role] = {}
+        points.append({"point": p, "threshold": mean([b[p]["threshold"] for b in by_point]),
+                       "easy": mean([b[p]["easy"] for b in by_point]), "hard": mean([b[p]["hard"] for b in by_point]),
+                       "easy_label_noise": noise(p, "easy_label_noise"),
+                       "hard_label_noise": noise(p, "hard_label_noise"), **roles})
+    return sorted(points, key=lambda q: q["threshold"]) if len(points) > 1 else []
+
+
+def combined_report(runs, names, absent, metrics, families, table, claims, notes=()):
+    cell = lambda c, digits=3: f"{c['mean']:.{digits}f} ± {c['std']:.{digits}f}"
+    lines = [f"# 06_eval --combine: {len(runs)} runs, seeds {', '.join(str(r['seed']) for r in runs)}", "",
+             "Runs: " + ", ".join(f"`{r['dir']}` ({r['n_prompts']} test prompts)" for r in runs) + ". "
+             "Cells: mean over the runs ± standard deviation over the runs (of each run's mean over its "
+             f"test prompts). {TIES_NOTE}" + (f" Left out, not in every run: {', '.join(absent)}." if absent else "")
+             + "".join(f" Note: {n}." for n in notes),
+             "",
+             "| policy | " + " | ".join(h for _, h in metrics) + " | budget (first run) |",
+             "|---" * (len(metrics) + 2) + "|"]
+    for name in names:
+        cells = [with_ties(cell(table[name][m], 1 if m == "length" else 3), table[name], m) for m, _ in metrics]
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {runs[0]['results'][name].get('budget', '?')} |")
+    if families:
+        n = lambda m: n_label([r["results"][names[0]][m].get("requests") for r in runs])
+        lines += ["", "Gold score per prompt family (n: the family's requests in each run):", "",
+                  "| policy | " + " | ".join(f + n(m) for m, f in families) + " |", "|---" * (len(families) + 1) + "|"]
+        lines += [f"| {name} | " + " | ".join(cell(table[name][m]) for m, _ in families) + " |" for name in names]
+    if claims:
+        lines += ["", "## The paper's comparisons", "",
+                  "Policy minus baseline on the same test prompts: the mean difference per run, its mean "
+                  "over runs, and its 95% Student t interval over the runs (training noise between seeds and "
+                  "prompt noise alike).", "",
+                  VERDICT_RULE, "",
+                  "| claim | policy - baseline | metric | per run | mean | 95% interval | runs in favour | verdict |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for c in claims:
+            lines.append(f"| {c['claim']} | {c['policy']} - {c['baseline']} | {c['metric']} | "
+                         + ", ".join(f"{d:+.3f}" for d in c["per_seed"])
+                         + f" | {c['mean']:+.3f} | {claim_interval(c)} | "
+                           f"{c['seeds_in_favour']}/{len(runs)} | {c['verdict']} |")
+    return "\n".join(lines) + "\n"
+
+
+
+if __name__ == "__main__":   # Ctrl-C while torch loads (seconds): one line, not a traceback (then run_main's)
+    import signal
+    signal.signal(signal.SIGINT, lambda *_: (print(f"{Path(sys.argv[0]).name}: interrupted while starting; nothing "
+                                                   f"was written", file=sys.stderr), sys.exit(130)))
+
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm

@@ -406,3 +406,15 @@ def test_06_notes_a_policy_whose_start_was_remade_since_it_was_trained(tmp_path)
     assert ev.remade_inputs(ppo_dir) == [str(dpo_dir.resolve())]
     (ppo_dir / "stage.json").write_text(json.dumps({"stage": "05_ppo", "policy_init": dpo_name}))  # an older record
     assert ev.remade_inputs(ppo_dir) == []
+
+
+def test_ctrl_c_while_torch_loads_is_one_line(tmp_path):
+    """Ctrl-C in a stage's first seconds (torch importing, before run_main) was a traceback from inside torch.
+    A stand-in torch that receives the Ctrl-C as it loads makes the moment exact."""
+    (tmp_path / "torch").mkdir()
+    (tmp_path / "torch/__init__.py").write_text("import os, signal, time\nos.kill(os.getpid(), signal.SIGINT)\n"
+                                                "time.sleep(30)\n")
+    for name in STAGES:
+        proc = subprocess.run([sys.executable, str(ROOT / f"{name}.py"), "--help"], cwd=tmp_path, capture_output=True,
+                              text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(tmp_path)})
+        assert (proc.returncode, proc.stderr) == (130, f"{name}.py: interrupted while starting; nothing was written\n")
