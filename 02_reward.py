@@ -266,215 +266,6 @@ def main(args):
           f"{time.time() - started:.0f}s wall -> {out}")
 
 
-
-if __name__ == "__main__":   # Ctrl-C while torch loads (seconds): one line, not a traceback (then run_main's)
-    import signal
-    signal.signal(signal.SIGINT, lambda *_: (print(f"{Path(sys.argv[0]).name}: interrupted while starting; nothing "
-                                                   f"was written", file=sys.stderr), sys.exit(130)))
-
-import torch
-import torch.nn.functional as F
-from tqdm import tqdm
-
-
-# --- the method: Bradley-Terry reward modelling (Ouyang et al., 2022, Eq. 1; arXiv 2403.19443) ---------
-
-def bradley_terry_loss(chosen_rewards, rejected_rewards, center_coef=0.0):
-    """Bradley-Terry loss of a reward model (Ouyang et al., 2022, Eq. 1; as in arXiv 2403.19443):
-        L = mean( -log sigmoid(r_w - r_l) + center_coef * (r_w + r_l)^2 ).
-    chosen_rewards, rejected_rewards: (B,). Returns (loss, accuracy (a tie counts half, as in every stage's
-    accuracy), margin), the last two detached."""
-    margin = chosen_rewards - rejected_rewards                                     # (B,)
-    loss = -F.logsigmoid(margin) + center_coef * (chosen_rewards + rejected_rewards) ** 2  # centring: deviation 1
-    accuracy = (margin > 0).float() + 0.5 * (margin == 0).float()
-    return loss.mean(), accuracy.mean().detach(), margin.mean().detach()
-
-
-# --- the stage's own data and model functions ----------------------------------------------------------
-
-def set_distinct_pad(tokenizer, model):
-    """Make the pad token differ from EOS, so that `AutoModelForSequenceClassification` (which reads the
-    score at the last non-pad token) reads it at the EOS that closes the response."""
-    if tokenizer.pad_token_id is not None and tokenizer.pad_token_id != tokenizer.eos_token_id:
-        model.config.pad_token_id = tokenizer.pad_token_id
-        return
-    if tokenizer.unk_token_id is not None and tokenizer.unk_token_id != tokenizer.eos_token_id:
-        tokenizer.pad_token = tokenizer.unk_token
-    else:
-        tokenizer.add_special_tokens({"pad_token": "<|pad|>"})
-        # a row for the new id, never fewer rows: an embedding padded past the tokenizer (Qwen2.5, Pythia) keeps
-        # every id the policy can give, which 04 --online, 05 and 06 have this model read
-        model.resize_token_embeddings(max(len(tokenizer), vocab_rows(model)))
-    model.config.pad_token_id = tokenizer.pad_token_id
-
-
-@torch.no_grad()
-def evaluate(rm, examples, rows, pad_id, batch_size, device, dtype):
-    """Held-out pairwise accuracy, mean margin, and (where rows carry gold scores) agreement of the
-    RM's order with the gold order on pairs whose gold scores differ (an RM tie counts half)."""
-    rm.eval()
-    margins = []
-    for i in range(0, len(examples), batch_size):
-        with autocast(device, dtype):
-            chosen_rewards, rejected_rewards = pair_rewards(rm, examples[i:i + batch_size], pad_id, device)
-        margins += (chosen_rewards - rejected_rewards).tolist()
-    rm.train()
-    right = lambda m, sign=1: 1.0 if m * sign > 0 else 0.5 if m == 0 else 0.0
-    out = {"eval/accuracy": sum(map(right, margins)) / len(margins),
-           "eval/margin": sum(margins) / len(margins)}
-    gold = [(m, r["gold_chosen"] - r["gold_rejected"]) for m, r in zip(margins, rows) if "gold_chosen" in r]
-    gold = [(m, g) for m, g in gold if g != 0]
-    if gold:
-        out["eval/gold_agreement"] = sum(right(m, g) for m, g in gold) / len(gold)
-        out["eval/label_gold_agreement"] = sum(g > 0 for _, g in gold) / len(gold)
-    return out
-
-
-# --- arguments -----------------------------------------------------------------------------------------
-
-def parse_args(argv=None):
-    p = ArgParser(description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    g = p.add_argument_group("inputs and outputs")
-    add_run_args(g, "02_reward")
-    g.add_argument("--model", default=None,
-                   help="the causal LM that r_theta starts from (hub id or directory; default runs/<run>/01_sft, "
-                        "whose data and length limits are then used unless given here)")
-    g.add_argument("--data", default=None,
-                   help="train pairs (x, y_w, y_l): a .jsonl/.jsonl.gz file or hub id in the prompt/chosen/rejected, "
-                        "HH-RLHF or summarize_from_feedback form (default: 01_sft's data_train.jsonl)")
-    g.add_argument("--test-data", default=None,
-                   help="held-out pairs for the pairwise accuracy, same forms (default: 01_sft's data_test.jsonl)")
-    g = add_optimiser_args(p, lr=2e-5, batch_help="pairs per micro-batch (2x sequences)")
-    g.add_argument("--center-coef", type=float, default=0.01,
-                   help="c of the centring term c * (r_w + r_l)^2 added to L_RM (0 turns it off)")
-    g.add_argument("--max-prompt-len", type=int, default=None,
-                   help="prompt tokens kept (from the left); default: stage 01's, else 256")
-    g.add_argument("--max-response-len", type=int, default=None,
-                   help="response tokens kept, EOS included; default: stage 01's, else 128")
-    add_system_args(p, seed_help="seeds data order and the score head", training=True)
-    args = check_ranges(p.parse_args(argv), {
-        **OPTIMISER_RANGES, "center_coef": NON_NEGATIVE, "max_prompt_len": AT_LEAST_1,
-        "max_response_len": (lambda x: x >= 2, "an integer >= 2 (room for EOS)")}, p.given)
-    if args.data and not args.test_data and "eval_batch_size" in p.given:   # 01's held-out pairs are another set's
-        raise UserError("--eval-batch-size with --data and no --test-data: no held-out pairs to evaluate; pass "
-                        "--test-data FILE, or leave it out")
-    return args
-
-
-# --- the algorithm box ---------------------------------------------------------------------------------
-
-def main(args):
-    model_name = args.model or f"runs/{args.run}/01_sft"
-    out = Path(args.out or f"runs/{args.run}/02_reward")
-    sft_stage, record = None, Path(model_name) / "stage.json"
-    if args.model is None or record.is_file() and read_json(record).get("stage") == "01_sft":
-        sft_stage = need_stage(model_name, "01_sft", "--model")   # names the data, lengths
-    if args.data == "builtin":  # the built-in task is generated by 01 (builtin_task.py); 02 reads 01's files
-        raise UserError("--data builtin: the built-in task's pairs come from `python 01_sft.py --dataset builtin`; "
-                        "then run 02 without --data")
-    if args.data is None and sft_stage is None:
-        raise UserError(f"--model {model_name} is not a 01_sft directory, so it names no pairs; pass --data FILE")
-    check_output(out, args.overwrite, "02_reward")
-    inherit_lengths(args, sft_stage)
-    if args.data is None:
-        train_rows, dataset = read_stage_rows(Path(model_name) / "data_train.jsonl"), sft_stage["dataset"]
-        print(f"inherited dataset {dataset['name']!r} from {model_name}")
-    else:
-        train_rows, dataset = normalise(load_rows(args.data, "--data"), args.data), {"name": args.data}
-    if args.test_data is not None:
-        test_rows = normalise(load_rows(args.test_data, "--test-data", "test"), args.test_data)
-    elif sft_stage and args.data is None:  # 01's test rows may be prompts alone: only pairs give an accuracy
-        test_rows = [r for r in read_stage_rows(Path(model_name) / "data_test.jsonl", pairs=False, empty_ok=True)
-                      if r.get("chosen")]
-    else:  # 01's held-out pairs are another dataset's than --data's
-        test_rows = []
-    if not test_rows:
-        print("held-out accuracy is not measured: no held-out pairs (pass --test-data FILE)")
-    seen = {json.dumps(r["prompt"]) for r in train_rows}
-    shared = sum(json.dumps(r["prompt"]) in seen for r in test_rows)
-    if shared:   # an accuracy on prompts trained on flatters the RM
-        print(f"note: {shared} of {len(test_rows)} held-out pairs share their prompt with a train pair: "
-              f"their accuracy is not held out")
-    device = pick_device(args.device)
-    keep_freed_memory(device)   # on a CPU, no page faults for memory a step freed
-    precision = pick_precision(args.precision, device)
-    dtype = precision[0]
-    random.seed(args.seed)
-    torch.manual_seed(args.seed)  # the score head's initialisation
-    started = time.time()
-
-    # 1. r_theta: the causal LM with a new, randomly initialised scalar head in place of its LM head
-    rm = load_model(model_name, "reward-init", "--model", device)
-    check_context(rm, args.max_prompt_len + args.max_response_len, "--model", "--max-prompt-len plus --max-response-len")
-    check_room(out, rm)
-    tok = load_tokenizer(model_name, "--model")
-    set_distinct_pad(tok, rm)  # deviation 2
-    rm.train()
-    rm.config.use_cache = False
-    if args.grad_checkpointing:
-        rm.gradient_checkpointing_enable()
-    train_rows = drop_long_pairs(train_rows, tok, args.max_response_len, args.data or "train")
-    train_ex = encode_rows(tok, train_rows, args.max_prompt_len, args.max_response_len, "train pairs")
-    test_ex = encode_rows(tok, test_rows, args.max_prompt_len, args.max_response_len, "held-out pairs")
-
-    opt = make_optimizer(rm.parameters(), args.lr, args.weight_decay, device)
-    scaler = torch.amp.GradScaler(enabled=dtype == torch.float16)  # fp16 needs loss scaling; bf16, fp32 do not
-    per_step = args.batch_size * args.grad_accum
-    total_steps = args.max_steps if args.max_steps > 0 else max(1, math.ceil(len(train_ex) * args.epochs / per_step))
-    batches = epoch_batches(len(train_ex), args.batch_size, random.Random(args.seed), grad_accum=args.grad_accum)
-    held_out = lambda: evaluate(rm, test_ex, test_rows, tok.pad_token_id, args.eval_batch_size, device, dtype) \
-        if test_ex else {}
-    before = held_out()
-    metrics = [{"step": 0, **before}] if before else []
-
-    tokens, since = 0, time.time()
-    bar = tqdm(range(total_steps), desc="02_reward", dynamic_ncols=True)
-    for step in bar:
-        for group in opt.param_groups:
-            group["lr"] = args.lr * lr_at(step, total_steps, args.warmup_ratio, args.min_lr_ratio)
-        loss_sum = accuracy_sum = margin_sum = 0.0
-        for _ in range(args.grad_accum):
-            # 2. r(x, y_w) and r(x, y_l) of B pairs in one forward pass, each prompt computed once
-            batch = [train_ex[j] for j in next(batches)]
-            with autocast(device, dtype):
-                chosen_rewards, rejected_rewards = pair_rewards(rm, batch, tok.pad_token_id, device)  # (B,) each
-            # 3. L_RM = -log sigmoid(r_w - r_l) + c (r_w + r_l)^2 (Ouyang et al., Eq. 1; deviation 1)
-            loss, accuracy, margin = bradley_terry_loss(chosen_rewards, rejected_rewards, args.center_coef)
-            if not torch.isfinite(loss):
-                raise UserError(f"loss is {loss.item()} at step {step + 1}; nothing was written")
-            scaler.scale(loss / args.grad_accum).backward()  # the mean over the accumulated micro-batches
-            loss_sum += loss.item() / args.grad_accum
-            accuracy_sum += accuracy.item() / args.grad_accum
-            margin_sum += margin.item() / args.grad_accum
-            tokens += pair_tokens(batch)
-        grad_norm = optimiser_step(rm, opt, scaler, args.max_grad_norm)
-        metrics.append({"step": step + 1, "loss/train": loss_sum, "train/accuracy": accuracy_sum,
-                        "train/margin": margin_sum, "lr": opt.param_groups[0]["lr"], "grad_norm": float(grad_norm),
-                        **perf(tokens, since, device)})
-        bar.set_postfix(loss=f"{loss_sum:.3f}", acc=f"{accuracy_sum:.2f}",
-                        tok_s=f"{metrics[-1]['perf/tokens_per_s']:.0f}")
-    speed = perf(tokens, since, device)
-
-    # 4. held-out pairwise accuracy, then save: loads with AutoModelForSequenceClassification.from_pretrained
-    after = held_out()
-    metrics += [{"step": total_steps, **after}] if after else []
-    final = {**after, **({"eval/accuracy_before": before["eval/accuracy"]} if before else {}),
-             "steps": total_steps, **speed}
-    rm.config.use_cache = True
-    check_finite(rm, "02_reward")
-    with output_dir(out, args.overwrite, "02_reward") as tmp:
-        rm.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
-        write_stage(tmp, "02_reward", args, started, device, precision, metrics, model=model_name,
-                    sft=str(Path(model_name).resolve()) if sft_stage else None, dataset=dataset, final=final)
-    held = (f"held-out accuracy {before['eval/accuracy']:.3f} -> {after['eval/accuracy']:.3f}, margin "
-            f"{after['eval/margin']:.2f}" if after else "held-out accuracy not measured")
-    gold = f", gold agreement {after['eval/gold_agreement']:.3f} (labels agree with gold " \
-           f"{after['eval/label_gold_agreement']:.3f})" if "eval/gold_agreement" in after else ""
-    print(f"02_reward: {total_steps} steps, {held}{gold}, {speed['perf/tokens_per_s']:.0f} tokens/s, "
-          f"{time.time() - started:.0f}s wall -> {out}")
-
-
 # --- plumbing: the same in every stage; skip on first read ----------------------------------------
 # Byte-identical in all six scripts (tests/test_helpers.py), so that each script runs alone when copied.
 
@@ -523,6 +314,7 @@ def run_main(main, argv=None):
     def terminated(signum, frame):   # a kill (SIGTERM) ends as Ctrl-C does: temporary outputs removed, one line
         raise KeyboardInterrupt
     previous = signal.signal(signal.SIGTERM, terminated)
+    previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)   # Ctrl-C: KeyboardInterrupt, below
     try:
         main(parse_args(argv))
     except UserError as e:
@@ -534,6 +326,7 @@ def run_main(main, argv=None):
         sys.exit(130)
     finally:
         signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous_int)
 
 
 def add_run_args(g, stage):
@@ -916,7 +709,7 @@ def normalise_row(row, pairs):
     if not (isinstance(prompt, list) and all(isinstance(m, dict) and isinstance(m.get("role"), str)
                                              and isinstance(m.get("content"), str) for m in prompt)):
         return None, "prompt is neither text nor a list of chat messages with role and content"
-    if not prompt or not prompt[-1]["content"]:
+    if not prompt or not prompt[-1]["content"].strip():   # the last user turn: what the response answers
         return None, "empty prompt"
     if not chat_prompt(prompt):
         return None, "prompt does not end on a user turn, or has a role other than system/user/assistant"

@@ -1155,7 +1155,7 @@ def normalise_row(row, pairs):
     if not (isinstance(prompt, list) and all(isinstance(m, dict) and isinstance(m.get("role"), str)
                                              and isinstance(m.get("content"), str) for m in prompt)):
         return None, "prompt is neither text nor a list of chat messages with role and content"
-    if not prompt or not prompt[-1]["content"]:
+    if not prompt or not prompt[-1]["content"].strip():   # the last user turn: what the response answers
         return None, "empty prompt"
     if not chat_prompt(prompt):
         return None, "prompt does not end on a user turn, or has a role other than system/user/assistant"

@@ -330,3 +330,12 @@ def test_rows_that_repeat_an_earlier_row_are_kept_and_counted(capsys):
     assert capsys.readouterr().out.endswith("4 rows kept; 2 with the prompt of an earlier row\n")
     sft.normalise(rows[:2], "p.jsonl")
     assert "earlier row" not in capsys.readouterr().out
+
+
+def test_a_prompt_whose_last_turn_is_blank_is_skipped_as_empty(capsys):
+    """A blank string prompt was skipped as empty, a chat prompt whose user turn is blank was kept (05 trained on it)."""
+    blank = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": " \n\t"}]
+    rows = [{"prompt": "Add 2 and 3.", "chosen": "5", "rejected": "6"}, {"prompt": blank, "chosen": "5", "rejected": "6"},
+            {"prompt": "   ", "chosen": "5", "rejected": "6"}]
+    assert len(sft.normalise(rows, "p.jsonl")) == 1
+    assert "skipped 2 (empty prompt; first: row 2)" in capsys.readouterr().out

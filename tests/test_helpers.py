@@ -18,7 +18,8 @@ MAIN_GUARD = '\nif __name__ == "__main__":'
 def split_script(path):
     """(the stage's own code, the plumbing block) of a script: the block runs from MARK to the main guard."""
     src = path.read_text()
-    start, end = src.index(MARK), src.index(MAIN_GUARD)
+    start, end = src.index(MARK), src.rindex(MAIN_GUARD)   # the last guard: one more stands before `import torch`
+    assert start < end, path.name
     return src[:start], src[start:end]
 
 
@@ -39,7 +40,8 @@ def test_one_plumbing_block_identical_in_every_stage_and_last():
         assert block == blocks["01_sft.py"], f"the plumbing block of {name} differs from 01_sft.py's"
     for p in SCRIPTS:
         src = p.read_text()
-        assert src.count(MARK) == 1 and src.rstrip().endswith("run_main(main)"), p.name
+        assert src.count(MARK) == 1 and src.endswith(MAIN_GUARD + "\n    run_main(main)\n"), p.name
+        assert src.count(MAIN_GUARD) == 2 and len(src.splitlines()) < 3000, p.name   # no stage copied into itself
 
 
 def test_no_code_is_repeated_outside_the_plumbing_block():
