@@ -664,7 +664,9 @@ def main(args):
                         f"the default); pass --data FILE (prompts)")
     sft_stage = need_stage(sft_dir, "01_sft") if sft_dir else None
     inherit_lengths(args, sft_stage)
-    named = {Path(p).resolve(): Path(p) for p in args.policies}
+    named = {}
+    for p in args.policies:   # a policy named twice (a link to it, say) keeps the name it was first given
+        named.setdefault(Path(p).resolve(), Path(p))
     if len(named) < len(args.policies):
         print(f"06_eval: note: {len(args.policies) - len(named)} of the policies named repeat one named before; "
               f"each policy is evaluated once")

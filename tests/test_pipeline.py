@@ -153,9 +153,11 @@ def test_the_baseline_is_the_sft_policy_whatever_its_place(pipeline, tmp_path, c
     ev.run_main(ev.main, [str(a) for a in [run / "04_dpo", run / "05_ppo", "--baseline", tiny_model_dir, "--run", "t",
                                            "--out", tmp_path / "f"] + fast])
     assert "neither started from" not in capsys.readouterr().out
-    # no SFT among the policies: the one the RM was trained from; one SFT named twice is one SFT
-    ev.run_main(ev.main, [str(a) for a in [run / "04_dpo", run / "01_sft", work / "runs/t/../t/01_sft", "--run", "t",
-                                           "--out", tmp_path / "d"] + fast])
+    # no SFT among the policies: the one the RM was trained from; one SFT named twice is one SFT, and a policy
+    # named again through a link keeps its first name
+    (tmp_path / "dpolink").symlink_to(run / "04_dpo")
+    ev.run_main(ev.main, [str(a) for a in [run / "04_dpo", run / "01_sft", work / "runs/t/../t/01_sft",
+                                           tmp_path / "dpolink", "--run", "t", "--out", tmp_path / "d"] + fast])
     assert list(json.load(open(tmp_path / "d/results.json"))["results"]) == ["01_sft", "04_dpo"]
     ev.run_main(ev.main, [str(a) for a in [run / "04_dpo", "--run", "t", "--out", tmp_path / "e"] + fast])
     assert json.load(open(tmp_path / "e/results.json"))["baseline"] == str((run / "01_sft").resolve())
