@@ -24,6 +24,22 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     if "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(1)
 
+LONGEST_FIRST = ("test_pipeline.py", "test_real_model.py", "test_standalone.py")   # ~2, ~1.5 and ~1 min
+
+
+def pytest_configure(config):
+    """With `-n 2 --dist loadfile` each file runs whole on one worker, and pytest-xdist hands out the files with
+    the most tests first, which put these three (one or two tests, minutes each) last: one worker then ran
+    them alone at the end. Files go out in the order below instead (the suite took ~45 s less)."""
+    if hasattr(config.option, "loadscopereorder"):
+        config.option.loadscopereorder = False
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(Path(str(item.fspath)).name, len(rank)))   # stable: the rest as collected
+
+
 CHATML = ("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}"
           "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
 
