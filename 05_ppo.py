@@ -1017,6 +1017,12 @@ def normalise(rows, source, pairs=True, repeats_used=True):
              "summarize_from_feedback": {"info", "summaries", "choice"}, "prompts": {"prompt"}}
     if not rows or not isinstance(rows[0], dict):
         raise UserError(f"{source}: " + ("no rows" if not rows else "row 1 is not a JSON object"))
+    columns = rows[0].values()
+    if len(rows) == 1 and len(columns) > 1 and all(isinstance(v, list) and v and not isinstance(v[0], dict)
+                                                   for v in columns) and len({len(v) for v in columns}) == 1:
+        raise UserError(f"{source}: one object of columns ({', '.join(map(str, rows[0]))[:80]}: lists of "
+                        f"{len(next(iter(columns)))} values); expected one object a row (pandas: "
+                        f"to_json(orient='records', lines=True))")
     name = next((n for n, cols in forms.items() if cols <= rows[0].keys() and (n != "prompts" or not pairs)), None)
     if name in ("prompt/chosen/rejected", "hh-rlhf") and all(isinstance(rows[0][k], list) for k in ("chosen", "rejected")):
         name = "conversational (chosen/rejected chat messages)"

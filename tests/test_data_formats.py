@@ -339,3 +339,13 @@ def test_a_prompt_whose_last_turn_is_blank_is_skipped_as_empty(capsys):
             {"prompt": "   ", "chosen": "5", "rejected": "6"}]
     assert len(sft.normalise(rows, "p.jsonl")) == 1
     assert "skipped 2 (empty prompt; first: row 2)" in capsys.readouterr().out
+
+
+def test_a_file_of_columns_is_named_as_such():
+    """{"prompt": [...], "chosen": [...], "rejected": [...]} (a dict of columns, as pandas writes by default) had
+    been read as one row and skipped with a reason that did not say why."""
+    columns = {"prompt": ["Add 2 and 3.", "Add 1 and 1."], "chosen": ["5", "2"], "rejected": ["6", "3"]}
+    with pytest.raises(sft.UserError, match=r"c.json: one object of columns \(prompt, chosen, rejected: lists of 2 "
+                                            r"values\); expected one object a row"):
+        sft.normalise([columns], "c.json")
+    assert len(sft.normalise([{k: v[0] for k, v in columns.items()}], "c.json")) == 1   # one row: read
