@@ -1072,7 +1072,7 @@ def write_json(obj, path):
 def load_rows(spec, flag, split="train"):
     """Raw rows of a local .jsonl / .jsonl.gz file or a hub dataset ('name' or 'name:subset')."""
     if spec.endswith((".jsonl", ".jsonl.gz", ".json")):
-        if not Path(spec).is_file():
+        if Path(spec).is_dir() or not Path(spec).exists():   # a pipe (mkfifo) reads as a file does
             raise UserError(f"{flag} {spec}: {'a directory, expected a file' if Path(spec).is_dir() else 'file not found'}")
         return read_jsonl(spec)
     if Path(spec).exists():

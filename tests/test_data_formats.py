@@ -5,6 +5,7 @@ a generic prompt/chosen/rejected file."""
 import copy
 import gzip
 import json
+import os
 
 import pytest
 
@@ -349,3 +350,16 @@ def test_a_file_of_columns_is_named_as_such():
                                             r"values\); expected one object a row"):
         sft.normalise([columns], "c.json")
     assert len(sft.normalise([{k: v[0] for k, v in columns.items()}], "c.json")) == 1   # one row: read
+
+
+def test_a_named_pipe_is_read_as_a_file(tmp_path):
+    """`mkfifo pairs.jsonl` (or a pipe a program writes to) had been refused as 'file not found'."""
+    import threading
+    pipe = tmp_path / "pairs.jsonl"
+    os.mkfifo(pipe)
+    writer = threading.Thread(target=lambda: pipe.write_text('{"prompt": "Add 2 and 3.", "chosen": "5", "rejected": "6"}\n'))
+    writer.start()
+    assert sft.load_rows(str(pipe), "--dataset") == [{"prompt": "Add 2 and 3.", "chosen": "5", "rejected": "6"}]
+    writer.join()
+    with pytest.raises(sft.UserError, match="--dataset .*nothing.jsonl: file not found"):
+        sft.load_rows(str(tmp_path / "nothing.jsonl"), "--dataset")
