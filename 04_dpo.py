@@ -344,7 +344,8 @@ def finish(args, out, policy, tok, model, sft_stage, rows, source, metrics, befo
         write_stage(tmp, "04_dpo", args, started, device, precision, metrics, final=final, data=source,
                     sft=path_or_hub_id(model), marks=stage_marks([model]),
                     dataset={"name": args.data} if args.data else (sft_stage or {}).get("dataset"))
-    print(f"04_dpo: {args.loss}{' online' if args.online else ''} on {source['split']} ({len(rows)} "
+    print(f"04_dpo: {args.loss}{' online' if args.online else ''}"
+          f"{f' from the mixture B = {args.mixture_beta}' if args.mixture_beta else ''} on {source['split']} ({len(rows)} "
           f"{'prompts' if args.online else 'pairs'}), {steps} steps, "
           + (f"held-out implicit-reward accuracy {before['eval/implicit_accuracy']:.3f} -> "
              f"{after['eval/implicit_accuracy']:.3f}, " if after else "")
@@ -398,7 +399,9 @@ def parse_args(argv=None):
                         "instead of shuffling each epoch")
     g.add_argument("--max-prompt-len", type=int, default=None,
                    help="prompt tokens kept (from the left); default: stage 01's, else 256")
-    g.add_argument("--max-response-len", type=int, default=None, help="response tokens kept; default: stage 01's, else 128")
+    g.add_argument("--max-response-len", type=int, default=None,
+                   help="offline, train pairs with a response of this many tokens or more (EOS added) are dropped, "
+                        "held-out ones cut; online, the samples' limit is --max-new-tokens; default: stage 01's, else 128")
     add_system_args(p, seed_help="seeds data order and sampling", training=True)
     args = check_ranges(p.parse_args(argv), {
         "beta": POSITIVE, "label_smoothing": (lambda x: 0 <= x < 0.5, "a number in [0, 0.5)"), "tau": POSITIVE,

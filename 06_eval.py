@@ -375,7 +375,8 @@ def budget_of(pdir, seen=()):
         if st.get("stage") == "01_sft":
             return f"{f.get('steps', '?')} SFT steps"
         if st.get("stage") == "04_dpo" and a.get("online"):
-            return f"{f.get('steps')} steps x {a['batch_size'] * a['grad_accum']} prompts x 2 samples (online)"
+            mixture = f", mixture B = {a['mixture_beta']}" if a.get("mixture_beta") else ""   # IPO-MD, Nash-MD-PG
+            return f"{f.get('steps')} steps x {a['batch_size'] * a['grad_accum']} prompts x 2 samples (online{mixture})"
         if st.get("stage") == "04_dpo" and "n_pairs" in f:
             return (f"{f['steps']} steps x {f['pairs_per_step']} pairs = {f['steps'] * f['pairs_per_step']} pairs, "
                     f"{f['epochs_seen']:.2f} epochs of {f['n_pairs']} {st['data']['split']} pairs")
@@ -1056,6 +1057,11 @@ def combine(args):
                            "mean": mean(per_seed), "std": std(per_seed), "lo": lo, "hi": hi, "requests": n,
                            "kind": kind, "verdict": verdict(lo, hi, kind, n),
                            "seeds_in_favour": sum(d > 0 or (kind == "at least" and d == 0) for d in per_seed)})
+
+    missing = [c[2] for c in CLAIMS if (c[0] in names) != (c[1] in names)]   # a claim's policy without its baseline
+    if missing:
+        notes.append(f"{len(missing)} of the paper's claims not tested ({'; '.join(missing)}): a policy is evaluated "
+                     f"without its baseline in every run; run.sh --compare (--ipo) makes and evaluates them")
 
     # 3. the threshold sweep, where every run has one: each point's numbers over the runs (mean ± std)
     sweep = combined_sweep(runs)

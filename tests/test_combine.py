@@ -52,7 +52,10 @@ def test_combine_two_runs(tmp_path):
     assert (mpo["lo"], mpo["hi"]) == (pytest.approx(mpo["mean"] - half), pytest.approx(mpo["mean"] + half))
     report = (tmp_path / "both/report.md").read_text()
     assert "| 05_ppo | " in report and "MPO beats vanilla DPO" in report and "+0.083" in report
-    assert "Student t interval over the runs" in report and "Note:" not in report
+    # the claims whose baseline no run evaluated are named, not left out in silence
+    assert ("2 of the paper's claims not tested (MPO beats vanilla PPO; the DPO reference beats the SFT reference): "
+            "a policy is evaluated without its baseline in every run; run.sh --compare") in report
+    assert "Student t interval over the runs" in report and report.count("Note:") == 1   # that one alone
 
 
 def test_a_tie_is_in_favour_of_an_at_least_claim_only(tmp_path):
