@@ -812,9 +812,9 @@ def normalise(rows, source, pairs=True, repeats_used=True):
     if name is None and pairs and "prompt" in rows[0]:
         raise UserError(f"{source}: prompts without chosen/rejected responses; this stage needs preference pairs")
     if name is None:
-        raise UserError(f"{source}: columns {sorted(rows[0])} fit no known format; expected "
-                        + ", ".join(n for n in forms if n != "prompts" or not pairs)
-                        + " (hh-rlhf's chosen/rejected may also be chat messages)")
+        raise UserError(f"{source}: columns {sorted(rows[0])} fit no known format; expected the columns of "
+                        + ", ".join(f"{n} ({', '.join(sorted(forms[n]))})" for n in forms if n != "prompts" or not pairs)
+                        + "; hh-rlhf's chosen and rejected are dialogue texts, or chat messages (conversational)")
     out, skipped, gold, seen = [], {}, ("gold_chosen", "gold_rejected"), set()   # gold: the built-in task's, or yours
     has_gold = not rows[0].keys().isdisjoint(gold)
     for i, row in enumerate(rows, 1):
