@@ -375,8 +375,7 @@ def budget_of(pdir, seen=()):
         if st.get("stage") == "01_sft":
             return f"{f.get('steps', '?')} SFT steps"
         if st.get("stage") == "04_dpo" and a.get("online"):
-            mixture = f", mixture B = {a['mixture_beta']}" if a.get("mixture_beta") else ""   # IPO-MD, Nash-MD-PG
-            return f"{f.get('steps')} steps x {a['batch_size'] * a['grad_accum']} prompts x 2 samples (online{mixture})"
+            return f"{f.get('steps')} steps x {a['batch_size'] * a['grad_accum']} prompts x 2 samples (online)"
         if st.get("stage") == "04_dpo" and "n_pairs" in f:
             return (f"{f['steps']} steps x {f['pairs_per_step']} pairs = {f['steps'] * f['pairs_per_step']} pairs, "
                     f"{f['epochs_seen']:.2f} epochs of {f['n_pairs']} {st['data']['split']} pairs")
