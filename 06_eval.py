@@ -1057,10 +1057,10 @@ def combine(args):
                            "kind": kind, "verdict": verdict(lo, hi, kind, n),
                            "seeds_in_favour": sum(d > 0 or (kind == "at least" and d == 0) for d in per_seed)})
 
-    missing = [c[2] for c in CLAIMS if (c[0] in names) != (c[1] in names)]   # a claim's policy without its baseline
+    missing = [c[2] for c in CLAIMS if (c[0] in names) != (c[1] in names)]   # one of a claim's two policies alone
     if missing:
-        notes.append(f"{len(missing)} of the paper's claims not tested ({'; '.join(missing)}): a policy is evaluated "
-                     f"without its baseline in every run; run.sh --compare (--ipo) makes and evaluates them")
+        notes.append(f"{len(missing)} of the paper's claims not tested ({'; '.join(missing)}): the runs evaluate only "
+                     f"one of its two policies; run.sh --compare (--ipo) makes and evaluates both")
 
     # 3. the threshold sweep, where every run has one: each point's numbers over the runs (mean ± std)
     sweep = combined_sweep(runs)

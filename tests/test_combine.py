@@ -54,7 +54,7 @@ def test_combine_two_runs(tmp_path):
     assert "| 05_ppo | " in report and "MPO beats vanilla DPO" in report and "+0.083" in report
     # the claims whose baseline no run evaluated are named, not left out in silence
     assert ("2 of the paper's claims not tested (MPO beats vanilla PPO; the DPO reference beats the SFT reference): "
-            "a policy is evaluated without its baseline in every run; run.sh --compare") in report
+            "the runs evaluate only one of its two policies; run.sh --compare") in report
     assert "Student t interval over the runs" in report and report.count("Note:") == 1   # that one alone
 
 
