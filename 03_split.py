@@ -1767,8 +1767,9 @@ def output_dir(out, overwrite, stage):
         if out.exists() and not overwrite:
             raise UserError(f"{out} was made by another run while this one ran; not replaced without "
                             f"--overwrite: this run's output is in {keep_aside()}")
-        if out.exists() and output_of(out, stage) != stage:
-            raise UserError(f"{out} was made by {output_of(out, stage)} while this {stage} ran; --overwrite "
+        made_by = output_of(out, stage) if out.exists() else stage
+        if made_by != stage:
+            raise UserError(f"{out} was made by {made_by} while this {stage} ran; --overwrite "
                             f"replaces only {stage}'s output: this run's output is in {keep_aside()}")
         if out.exists():
             out.rename(old)

@@ -274,9 +274,9 @@ def check_weights(pdir, flag):
     for f in files:
         try:
             with safe_open(f, "pt") as weights:
-                wrong = [f"{k} {tuple(weights.get_slice(k).get_shape())} in the weights, {tuple(made[k].shape)} by "
-                         f"config.json" for k in weights.keys()
-                         if k in made and tuple(weights.get_slice(k).get_shape()) != tuple(made[k].shape)]
+                shapes = {k: tuple(weights.get_slice(k).get_shape()) for k in weights.keys() if k in made}
+                wrong = [f"{k} {shape} in the weights, {tuple(made[k].shape)} by config.json"
+                         for k, shape in shapes.items() if shape != tuple(made[k].shape)]
                 bad = None if wrong else next((k for k in weights.keys()
                                                if not torch.isfinite(weights.get_tensor(k)).all()), None)
         except (SafetensorError, OSError) as e:   # cut short, or not safetensors at all
@@ -408,6 +408,20 @@ def lineage(pdir, seen=frozenset()):
         elif isinstance(recorded, str) and recorded:   # a hub id, or a model directory with no stage record
             seen = seen | {path_or_hub_id(recorded)}
     return seen
+
+
+def note_lineage(policies, base_dir):
+    """Say where a policy's KL to the baseline, or its budget, is not what it trained with: the baseline is
+    not among the models it came from, or one of those was remade since (remade_inputs)."""
+    strangers = [str(p) for p in policies if stage_of(p) and path_or_hub_id(base_dir) not in lineage(p)]
+    if strangers:
+        print(f"06_eval: note: {', '.join(strangers)} neither started from the baseline {base_dir} nor took it as "
+              f"reference: its KL is to a model it was not trained from")
+    for p in policies:
+        remade = remade_inputs(p)
+        if remade:
+            print(f"06_eval: note: {p} was trained from {', '.join(remade)} as it was then, remade since (its "
+                  f"stage.json differs): the budget and KL reference read there are not those {p} had")
 
 
 def remade_inputs(pdir):
@@ -672,15 +686,7 @@ def main(args):
               f"each policy is evaluated once")
     policies = list(named.values()) or default_policies(run_dir)
     base_dir = find_baseline(args, policies, sft_dir)
-    strangers = [str(p) for p in policies if stage_of(p) and path_or_hub_id(base_dir) not in lineage(p)]
-    if strangers:
-        print(f"06_eval: note: {', '.join(strangers)} neither started from the baseline {base_dir} nor took it as "
-              f"reference: its KL is to a model it was not trained from")
-    for p in policies:
-        remade = remade_inputs(p)
-        if remade:
-            print(f"06_eval: note: {p} was trained from {', '.join(remade)} as it was then, remade since (its "
-                  f"stage.json differs): the budget and KL reference read there are not those {p} had")
+    note_lineage(policies, base_dir)
     policies = [base_dir] + [p for p in policies if p.resolve() != base_dir.resolve()]    # the baseline first
     for p in policies:
         flag = "--baseline" if p is base_dir and args.baseline else "policy"
@@ -2548,8 +2554,9 @@ def output_dir(out, overwrite, stage):
         if out.exists() and not overwrite:
             raise UserError(f"{out} was made by another run while this one ran; not replaced without "
                             f"--overwrite: this run's output is in {keep_aside()}")
-        if out.exists() and output_of(out, stage) != stage:
-            raise UserError(f"{out} was made by {output_of(out, stage)} while this {stage} ran; --overwrite "
+        made_by = output_of(out, stage) if out.exists() else stage
+        if made_by != stage:
+            raise UserError(f"{out} was made by {made_by} while this {stage} ran; --overwrite "
                             f"replaces only {stage}'s output: this run's output is in {keep_aside()}")
         if out.exists():
             out.rename(old)

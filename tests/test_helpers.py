@@ -44,6 +44,13 @@ def test_one_plumbing_block_identical_in_every_stage_and_last():
         assert src.count(MAIN_GUARD) == 2 and len(src.splitlines()) < 3000, p.name   # no stage copied into itself
 
 
+def test_the_start_up_ctrl_c_handler_is_the_same_before_torch_in_every_stage():
+    """The one piece repeated above the plumbing: it must run before `import torch`, so it cannot live there."""
+    heads = {p.name: p.read_text().split("\nimport torch\n")[0] for p in SCRIPTS}
+    guards = {name: head[head.rindex(MAIN_GUARD):] for name, head in heads.items()}
+    assert len(set(guards.values())) == 1 and "signal.SIGINT" in guards["01_sft.py"], guards
+
+
 def test_no_code_is_repeated_outside_the_plumbing_block():
     own = {p.name: top_level_names(split_script(p)[0]) - {"parse_args", "main"} for p in SCRIPTS}
     plumbing = top_level_names(split_script(SCRIPTS[0])[1])
