@@ -198,7 +198,7 @@ def load_base_model(name):
 # --- arguments -----------------------------------------------------------------------------------
 
 def parse_args(argv=None):
-    p = ArgParser(description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = ArgParser(description=__doc__.split("\n")[0], formatter_class=HelpWithDefaults)
     g = p.add_argument_group("inputs and outputs")
     g.add_argument("--model", default=DEFAULT_MODEL,
                    help="hub id or local directory of a causal LM; the default loads offline from the "
@@ -234,8 +234,7 @@ def parse_args(argv=None):
     if unread:
         raise UserError(f"{', '.join(unread)}: the built-in task's settings do nothing with --dataset {args.dataset}; "
                         f"--max-train-pairs and --max-test-prompts cut a file")
-    if args.out and "run" in p.given:   # the run names the default output folder, nothing else here
-        raise UserError("--run with --out: the run only names the default output, runs/<run>/01_sft; pass one")
+    refuse_idle_run(args, p.given, ["out"])
     return args
 
 
@@ -340,6 +339,15 @@ class UserError(Exception):
     """Bad input: reported by run_main as one line on stderr with exit code 2; nothing is written."""
 
 
+class HelpWithDefaults(argparse.ArgumentDefaultsHelpFormatter):
+    """--help adds a flag's default, but not where there is none to show (None, an on/off flag's False) or
+    where the help text already says it: "(default: None)" after "default runs/<run>/..." only confuses."""
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 class ArgParser(argparse.ArgumentParser):
     def error(self, message):  # one line like every other error, not argparse's usage block
         raise UserError(f"{message} (see --help)")
@@ -375,6 +383,15 @@ class ArgParser(argparse.ArgumentParser):
                 a.default = default
 
 
+def refuse_idle_run(args, given, reads):
+    """--run names the default folders of the flags in `reads` (dests); written where each of them is given
+    too, it would do nothing: refused, as every such flag."""
+    if "run" in given and all(getattr(args, d) is not None for d in reads):
+        flags = ", ".join(f"--{d.replace('_', '-')}" for d in reads)
+        raise UserError(f"--run with {flags}: the run names only their default folders (runs/<run>/...), all "
+                        f"given here; leave it out")
+
+
 def run_main(main, argv=None):
     import signal
 
@@ -402,7 +419,7 @@ def add_run_args(g, stage):
     g.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
 
 
-def add_optimiser_args(p, lr, batch_help):
+def add_optimiser_args(p, lr, batch_help, eval_help="sequences or pairs per held-out batch"):
     """The AdamW schedule of the stages that train one model (01, 02, 04); checked by OPTIMISER_RANGES."""
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=float, default=1.0, help="passes over the train pairs (with --max-steps -1)")
@@ -414,7 +431,7 @@ def add_optimiser_args(p, lr, batch_help):
     g.add_argument("--warmup-ratio", type=float, default=0.1, help="share of steps of linear warm-up")
     g.add_argument("--min-lr-ratio", type=float, default=0.1, help="cosine decay ends at lr * this")
     g.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping (global L2 norm)")
-    g.add_argument("--eval-batch-size", type=int, default=16, help="sequences or pairs per held-out batch")
+    g.add_argument("--eval-batch-size", type=int, default=16, help=eval_help)
     return g
 
 

@@ -124,7 +124,7 @@ def evaluate(rm, examples, rows, pad_id, batch_size, device, dtype):
 # --- arguments -----------------------------------------------------------------------------------------
 
 def parse_args(argv=None):
-    p = ArgParser(description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = ArgParser(description=__doc__.split("\n")[0], formatter_class=HelpWithDefaults)
     g = p.add_argument_group("inputs and outputs")
     add_run_args(g, "02_reward")
     g.add_argument("--model", default=None,
@@ -151,6 +151,7 @@ def parse_args(argv=None):
     if args.data and not args.test_data and "eval_batch_size" in p.given:   # 01's held-out pairs are another set's
         raise UserError("--eval-batch-size with --data and no --test-data: no held-out pairs to evaluate; pass "
                         "--test-data FILE, or leave it out")
+    refuse_idle_run(args, p.given, ["model", "out"])
     return args
 
 
@@ -275,6 +276,15 @@ class UserError(Exception):
     """Bad input: reported by run_main as one line on stderr with exit code 2; nothing is written."""
 
 
+class HelpWithDefaults(argparse.ArgumentDefaultsHelpFormatter):
+    """--help adds a flag's default, but not where there is none to show (None, an on/off flag's False) or
+    where the help text already says it: "(default: None)" after "default runs/<run>/..." only confuses."""
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 class ArgParser(argparse.ArgumentParser):
     def error(self, message):  # one line like every other error, not argparse's usage block
         raise UserError(f"{message} (see --help)")
@@ -310,6 +320,15 @@ class ArgParser(argparse.ArgumentParser):
                 a.default = default
 
 
+def refuse_idle_run(args, given, reads):
+    """--run names the default folders of the flags in `reads` (dests); written where each of them is given
+    too, it would do nothing: refused, as every such flag."""
+    if "run" in given and all(getattr(args, d) is not None for d in reads):
+        flags = ", ".join(f"--{d.replace('_', '-')}" for d in reads)
+        raise UserError(f"--run with {flags}: the run names only their default folders (runs/<run>/...), all "
+                        f"given here; leave it out")
+
+
 def run_main(main, argv=None):
     import signal
 
@@ -337,7 +356,7 @@ def add_run_args(g, stage):
     g.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
 
 
-def add_optimiser_args(p, lr, batch_help):
+def add_optimiser_args(p, lr, batch_help, eval_help="sequences or pairs per held-out batch"):
     """The AdamW schedule of the stages that train one model (01, 02, 04); checked by OPTIMISER_RANGES."""
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=float, default=1.0, help="passes over the train pairs (with --max-steps -1)")
@@ -349,7 +368,7 @@ def add_optimiser_args(p, lr, batch_help):
     g.add_argument("--warmup-ratio", type=float, default=0.1, help="share of steps of linear warm-up")
     g.add_argument("--min-lr-ratio", type=float, default=0.1, help="cosine decay ends at lr * this")
     g.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping (global L2 norm)")
-    g.add_argument("--eval-batch-size", type=int, default=16, help="sequences or pairs per held-out batch")
+    g.add_argument("--eval-batch-size", type=int, default=16, help=eval_help)
     return g
 
 

@@ -234,7 +234,7 @@ def show(stats, gaps, wrong_way):
 # --- arguments ------------------------------------------------------------------------------------------
 
 def parse_args(argv=None):
-    p = ArgParser(description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = ArgParser(description=__doc__.split("\n")[0], formatter_class=HelpWithDefaults)
     g = p.add_argument_group("inputs and outputs")
     add_run_args(g, "03_split")
     g.add_argument("--reward", default=None,
@@ -250,7 +250,8 @@ def parse_args(argv=None):
                         "2 for TL;DR named by its hub id, as in the MPO author's fork; 1 otherwise, a local "
                         "TL;DR file too)")
     g.add_argument("--easy-fraction", type=float, default=None,
-                   help="instead of --threshold: the share of pairs, largest |d| first, that is easy")
+                   help="instead of --threshold: the share of pairs, largest |d| first, that is easy "
+                        "(default: none, --threshold decides)")
     g.add_argument("--wrong-way", default="relabel", choices=["relabel", "hard", "drop"],
                    help="pairs with d < 0: swap y_w and y_l (the fork), send them to the hard set "
                         "unchanged, or drop them")
@@ -260,10 +261,12 @@ def parse_args(argv=None):
     g.add_argument("--max-response-len", type=int, default=None,
                    help="response tokens of y kept; default: stage 01's, else 128")
     add_system_args(p)  # no --seed: scoring and splitting draw nothing random
-    return check_ranges(p.parse_args(argv), {
+    args = check_ranges(p.parse_args(argv), {
         "threshold": NON_NEGATIVE, "easy_fraction": (lambda x: 0 < x < 1, "a number in (0, 1)"),
         "batch_size": AT_LEAST_1, "max_prompt_len": AT_LEAST_1,
         "max_response_len": (lambda x: x >= 2, "an integer >= 2 (room for EOS)")}, p.given)
+    refuse_idle_run(args, p.given, ["reward", "out"])
+    return args
 
 
 # --- the algorithm box ----------------------------------------------------------------------------------
@@ -374,6 +377,15 @@ class UserError(Exception):
     """Bad input: reported by run_main as one line on stderr with exit code 2; nothing is written."""
 
 
+class HelpWithDefaults(argparse.ArgumentDefaultsHelpFormatter):
+    """--help adds a flag's default, but not where there is none to show (None, an on/off flag's False) or
+    where the help text already says it: "(default: None)" after "default runs/<run>/..." only confuses."""
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 class ArgParser(argparse.ArgumentParser):
     def error(self, message):  # one line like every other error, not argparse's usage block
         raise UserError(f"{message} (see --help)")
@@ -409,6 +421,15 @@ class ArgParser(argparse.ArgumentParser):
                 a.default = default
 
 
+def refuse_idle_run(args, given, reads):
+    """--run names the default folders of the flags in `reads` (dests); written where each of them is given
+    too, it would do nothing: refused, as every such flag."""
+    if "run" in given and all(getattr(args, d) is not None for d in reads):
+        flags = ", ".join(f"--{d.replace('_', '-')}" for d in reads)
+        raise UserError(f"--run with {flags}: the run names only their default folders (runs/<run>/...), all "
+                        f"given here; leave it out")
+
+
 def run_main(main, argv=None):
     import signal
 
@@ -436,7 +457,7 @@ def add_run_args(g, stage):
     g.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
 
 
-def add_optimiser_args(p, lr, batch_help):
+def add_optimiser_args(p, lr, batch_help, eval_help="sequences or pairs per held-out batch"):
     """The AdamW schedule of the stages that train one model (01, 02, 04); checked by OPTIMISER_RANGES."""
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=float, default=1.0, help="passes over the train pairs (with --max-steps -1)")
@@ -448,7 +469,7 @@ def add_optimiser_args(p, lr, batch_help):
     g.add_argument("--warmup-ratio", type=float, default=0.1, help="share of steps of linear warm-up")
     g.add_argument("--min-lr-ratio", type=float, default=0.1, help="cosine decay ends at lr * this")
     g.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping (global L2 norm)")
-    g.add_argument("--eval-batch-size", type=int, default=16, help="sequences or pairs per held-out batch")
+    g.add_argument("--eval-batch-size", type=int, default=16, help=eval_help)
     return g
 
 

@@ -242,10 +242,8 @@ def load_inputs(args):
         print(f"inherited dataset {sft_stage['dataset']['name']!r} from {model}")
     tok = load_tokenizer(model, "--model")
     rows, source = load_pairs(args, model, args.split_dir or f"runs/{args.run}/03_split")
-    held_out = Path(model) / "data_test.jsonl"
-    # held-out pairs only from stage 01's own data: another dataset's would measure the wrong thing
-    use_01 = sft_stage and held_out.is_file() and not args.data
-    test_rows = [r for r in read_stage_rows(held_out, pairs=False, empty_ok=True) if r.get("chosen")] if use_01 else []
+    held_out = held_out_file(args) if sft_stage else None
+    test_rows = [r for r in read_stage_rows(held_out, pairs=False, empty_ok=True) if r.get("chosen")] if held_out else []
     if not test_rows:
         print("no held-out pairs (they come from a 01_sft directory's data_test.jsonl, and not with --data): "
               "eval/ metrics skipped")
@@ -254,6 +252,14 @@ def load_inputs(args):
     if not args.curriculum:  # the seed shuffles an order of the text alone: 03 writes its sets in gap order, and
         rows = sorted(rows, key=text_key)  # bf16 gaps may differ in their last bits between two processes
     return model, tok, sft_stage, rows, source, test_rows
+
+
+def held_out_file(args):
+    """The held-out pairs: stage 01's data_test.jsonl where --model is a 01_sft directory and --data is not
+    given (another dataset's pairs would measure the wrong thing), else None."""
+    model = Path(args.model or f"runs/{args.run}/01_sft")
+    made_by_01 = (model / "stage.json").is_file() and read_json(model / "stage.json").get("stage") == "01_sft"
+    return model / "data_test.jsonl" if made_by_01 and not args.data and (model / "data_test.jsonl").is_file() else None
 
 
 def text_key(row):
@@ -355,14 +361,15 @@ def finish(args, out, policy, tok, model, sft_stage, rows, source, metrics, befo
 # --- arguments -----------------------------------------------------------------------------------
 
 def parse_args(argv=None):
-    p = ArgParser(description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = ArgParser(description=__doc__.split("\n")[0], formatter_class=HelpWithDefaults)
     g = p.add_argument_group("inputs and outputs")
     add_run_args(g, "04_dpo")
     g.add_argument("--model", default=None,
                    help="policy start and reference pi_ref: a causal LM directory or hub id (default runs/<run>/01_sft)")
     g.add_argument("--data", default=None,
                    help="pairs to train on as they are (.jsonl/.jsonl.gz: prompt/chosen/rejected, HH-RLHF or "
-                        "summarize_from_feedback form, or a hub id); online, their prompts (a prompt file will do)")
+                        "summarize_from_feedback form, or a hub id); online, their prompts (a prompt file will do); "
+                        "default: stage 03's set of --split")
     g.add_argument("--split-dir", default=None, help="stage 03 directory (default runs/<run>/03_split)")
     g.add_argument("--split", default=None, choices=["easy", "all", "hard"],
                    help="without --data: easy (the default): MPO; all: vanilla DPO on every train pair of 01 "
@@ -393,7 +400,8 @@ def parse_args(argv=None):
     g.add_argument("--max-new-tokens", type=int, default=48, help="online: tokens sampled per response")
     g.add_argument("--eval-every", type=int, default=10,
                    help="online: every N steps, RM win rate of policy against reference samples")
-    g = add_optimiser_args(p, lr=5e-6, batch_help="pairs per micro-batch (online: prompts per step)")
+    g = add_optimiser_args(p, lr=5e-6, batch_help="pairs per micro-batch (online: prompts per step)",
+                           eval_help="pairs per batch of the held-out eval and (offline) of the reference pass")
     g.add_argument("--curriculum", action="store_true",
                    help="read the pairs in stage 03's order (descending reward gap; --data: the file's) "
                         "instead of shuffling each epoch")
@@ -408,12 +416,14 @@ def parse_args(argv=None):
         "mixture_beta": FRACTION, "max_new_tokens": AT_LEAST_1, "eval_every": AT_LEAST_1, **OPTIMISER_RANGES,
         "max_prompt_len": AT_LEAST_1, "max_response_len": (lambda x: x >= 2, "an integer >= 2 (room for EOS)")},
         p.given)
-    if args.data and "eval_batch_size" in p.given:
-        raise UserError("--eval-batch-size with --data: the held-out pairs come from a 01_sft directory's data, none "
-                        "here; leave it out")
+    if args.online and "eval_batch_size" in p.given and not held_out_file(args):   # offline it batches the reference pass
+        raise UserError("--eval-batch-size --online: it batches the held-out pairs of a 01_sft --model (its "
+                        "data_test.jsonl, not with --data), none here; leave it out")
     if args.data and (args.split or args.split_dir):
         raise UserError("--data is trained on as it is; --split and --split-dir pick stage 03's pairs instead: pass one")
     args.split = None if args.data else args.split or "easy"
+    refuse_idle_run(args, p.given, ["model", "out"] + ["split_dir"] * (args.split in ("easy", "hard"))
+                    + ["reward"] * args.online)
     if args.split == "all" and args.split_dir:
         raise UserError("--split all trains on 01_sft's train pairs, no split's: --split-dir would do nothing")
     if args.hard_labels and args.split != "hard":
@@ -722,6 +732,15 @@ class UserError(Exception):
     """Bad input: reported by run_main as one line on stderr with exit code 2; nothing is written."""
 
 
+class HelpWithDefaults(argparse.ArgumentDefaultsHelpFormatter):
+    """--help adds a flag's default, but not where there is none to show (None, an on/off flag's False) or
+    where the help text already says it: "(default: None)" after "default runs/<run>/..." only confuses."""
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 class ArgParser(argparse.ArgumentParser):
     def error(self, message):  # one line like every other error, not argparse's usage block
         raise UserError(f"{message} (see --help)")
@@ -757,6 +776,15 @@ class ArgParser(argparse.ArgumentParser):
                 a.default = default
 
 
+def refuse_idle_run(args, given, reads):
+    """--run names the default folders of the flags in `reads` (dests); written where each of them is given
+    too, it would do nothing: refused, as every such flag."""
+    if "run" in given and all(getattr(args, d) is not None for d in reads):
+        flags = ", ".join(f"--{d.replace('_', '-')}" for d in reads)
+        raise UserError(f"--run with {flags}: the run names only their default folders (runs/<run>/...), all "
+                        f"given here; leave it out")
+
+
 def run_main(main, argv=None):
     import signal
 
@@ -784,7 +812,7 @@ def add_run_args(g, stage):
     g.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
 
 
-def add_optimiser_args(p, lr, batch_help):
+def add_optimiser_args(p, lr, batch_help, eval_help="sequences or pairs per held-out batch"):
     """The AdamW schedule of the stages that train one model (01, 02, 04); checked by OPTIMISER_RANGES."""
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=float, default=1.0, help="passes over the train pairs (with --max-steps -1)")
@@ -796,7 +824,7 @@ def add_optimiser_args(p, lr, batch_help):
     g.add_argument("--warmup-ratio", type=float, default=0.1, help="share of steps of linear warm-up")
     g.add_argument("--min-lr-ratio", type=float, default=0.1, help="cosine decay ends at lr * this")
     g.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping (global L2 norm)")
-    g.add_argument("--eval-batch-size", type=int, default=16, help="sequences or pairs per held-out batch")
+    g.add_argument("--eval-batch-size", type=int, default=16, help=eval_help)
     return g
 
 

@@ -346,7 +346,7 @@ def ppo_update(policy, value, optimizers, scaler, batch, args, device, dtype, wh
 # --- arguments -----------------------------------------------------------------------------------
 
 def parse_args(argv=None):
-    p = ArgParser(description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = ArgParser(description=__doc__.split("\n")[0], formatter_class=HelpWithDefaults)
     g = p.add_argument_group("inputs and outputs")
     add_run_args(g, "05_ppo")
     g.add_argument("--policy", default=None, help="pi's start, a directory or hub id (default runs/<run>/04_dpo)")
@@ -370,9 +370,10 @@ def parse_args(argv=None):
                    help="adapt kl_coef towards --target-kl (Ziegler et al., 2019, Sec. 2.2)")
     g.add_argument("--target-kl", type=float, default=6.0, help="adaptive KL: target KL per sequence")
     g.add_argument("--kl-horizon", type=int, default=10000, help="adaptive KL: horizon in samples")
-    g.add_argument("--reward-clip", type=float, default=None, help="clip r(x, y) to +-this (the fork: 5)")
+    g.add_argument("--reward-clip", type=float, default=None, help="clip r(x, y) to +-this (default: no clip; the fork: 5)")
     g.add_argument("--missing-eos-penalty", type=float, default=None,
-                   help="subtract this from r(x, y) of responses that hit the limit without EOS")
+                   help="subtract this from r(x, y) of responses that hit the limit without EOS "
+                        "(default: none)")
     g = p.add_argument_group("GAE and PPO (steps 4 and 5)")
     g.add_argument("--gamma", type=float, default=1.0, help="discount gamma (1: episodic, TRL)")
     g.add_argument("--lam", type=float, default=0.95, help="GAE lambda (TRL 0.95)")
@@ -384,7 +385,8 @@ def parse_args(argv=None):
     g.add_argument("--vf-coef", type=float, default=0.1, help="weight of the value loss (TRL 0.1)")
     g.add_argument("--no-whiten", action="store_true", help="do not whiten advantages")
     g.add_argument("--target-approx-kl", type=float, default=None,
-                   help="stop a rollout's PPO epochs early once approx KL(pi_old || pi) passes this")
+                   help="stop a rollout's PPO epochs early once approx KL(pi_old || pi) passes this "
+                        "(default: never)")
     g.add_argument("--lr", type=float, default=1e-6, help="policy learning rate (AdamW, constant)")
     g.add_argument("--value-lr", type=float, default=1e-5, help="value model learning rate")
     g.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping, each model")
@@ -408,6 +410,7 @@ def parse_args(argv=None):
     args.prompts = None if args.data else args.prompts or "hard"
     if args.prompts == "all" and args.split_dir:
         raise UserError("--split-dir with --prompts all: all takes 01_sft's train prompts, no split's")
+    refuse_idle_run(args, p.given, ["policy", "reward", "out"] + ["split_dir"] * (args.prompts in ("hard", "easy")))
     if args.adaptive_kl and args.kl_coef == 0:
         raise UserError("--adaptive-kl with --kl-coef 0: the controller multiplies kl_coef, which would stay 0")
     if args.adaptive_kl and 5 * args.kl_horizon <= args.rollout_batch:   # 1 + e n/h with e down to -0.2
@@ -558,6 +561,15 @@ class UserError(Exception):
     """Bad input: reported by run_main as one line on stderr with exit code 2; nothing is written."""
 
 
+class HelpWithDefaults(argparse.ArgumentDefaultsHelpFormatter):
+    """--help adds a flag's default, but not where there is none to show (None, an on/off flag's False) or
+    where the help text already says it: "(default: None)" after "default runs/<run>/..." only confuses."""
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 class ArgParser(argparse.ArgumentParser):
     def error(self, message):  # one line like every other error, not argparse's usage block
         raise UserError(f"{message} (see --help)")
@@ -593,6 +605,15 @@ class ArgParser(argparse.ArgumentParser):
                 a.default = default
 
 
+def refuse_idle_run(args, given, reads):
+    """--run names the default folders of the flags in `reads` (dests); written where each of them is given
+    too, it would do nothing: refused, as every such flag."""
+    if "run" in given and all(getattr(args, d) is not None for d in reads):
+        flags = ", ".join(f"--{d.replace('_', '-')}" for d in reads)
+        raise UserError(f"--run with {flags}: the run names only their default folders (runs/<run>/...), all "
+                        f"given here; leave it out")
+
+
 def run_main(main, argv=None):
     import signal
 
@@ -620,7 +641,7 @@ def add_run_args(g, stage):
     g.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
 
 
-def add_optimiser_args(p, lr, batch_help):
+def add_optimiser_args(p, lr, batch_help, eval_help="sequences or pairs per held-out batch"):
     """The AdamW schedule of the stages that train one model (01, 02, 04); checked by OPTIMISER_RANGES."""
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=float, default=1.0, help="passes over the train pairs (with --max-steps -1)")
@@ -632,7 +653,7 @@ def add_optimiser_args(p, lr, batch_help):
     g.add_argument("--warmup-ratio", type=float, default=0.1, help="share of steps of linear warm-up")
     g.add_argument("--min-lr-ratio", type=float, default=0.1, help="cosine decay ends at lr * this")
     g.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping (global L2 norm)")
-    g.add_argument("--eval-batch-size", type=int, default=16, help="sequences or pairs per held-out batch")
+    g.add_argument("--eval-batch-size", type=int, default=16, help=eval_help)
     return g
 
 

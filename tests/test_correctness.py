@@ -9,6 +9,7 @@ import math
 import os
 import random
 import time
+import re
 from pathlib import Path
 
 import pytest
@@ -158,21 +159,38 @@ def test_01_refuses_the_builtin_task_settings_with_a_file():
     sft.parse_args(["--builtin-train-pairs", "5"])
 
 
-def test_flags_a_setting_leaves_unread_are_refused_when_written():
+def test_flags_a_setting_leaves_unread_are_refused_when_written(tmp_path):
     """Kin of 04's idle flags: each parsed without error and changed nothing."""
     ppo, rm = STAGES["05_ppo"], STAGES["02_reward"]
     for stage, argv, needle in (
             (ppo, ["--ppo-epochs", "1", "--target-approx-kl", "0.1"], "--target-approx-kl with --ppo-epochs 1"),
             (ppo, ["--vf-coef", "0", "--value-lr", "1e-5"], "--value-lr with --vf-coef 0"),   # its default value
             (rm, ["--data", "p.jsonl", "--eval-batch-size", "16"], "--eval-batch-size with --data and no --test-data"),
-            (dpo, ["--data", "p.jsonl", "--eval-batch-size", "8"], "--eval-batch-size with --data"),
-            (sft, ["--run", "r", "--out", "o"], "--run with --out")):
+            (dpo, ["--online", "--data", "p.jsonl", "--eval-batch-size", "8"], "--eval-batch-size --online"),
+            (dpo, ["--online", "--model", "no_01_dir", "--eval-batch-size", "8"], "--eval-batch-size --online"),
+            (sft, ["--run", "r", "--out", "o"], "--run with --out"),
+            # --run names default folders only: with every folder the stage reads given, it names none
+            (rm, ["--run", "r", "--model", "m", "--out", "o"], "--run with --model, --out"),
+            (STAGES["03_split"], ["--run", "r", "--reward", "x", "--out", "o"], "--run with --reward, --out"),
+            (dpo, ["--run", "r", "--model", "m", "--data", "p.jsonl", "--out", "o"], "--run with --model, --out"),
+            (dpo, ["--run", "r", "--model", "m", "--split-dir", "s", "--out", "o"], "--run with --model, --out, --split"),
+            (dpo, ["--run", "r", "--online", "--model", "m", "--data", "p", "--reward", "x", "--out", "o"], "--reward"),
+            (ppo, ["--run", "r", "--policy", "p", "--reward", "x", "--prompts", "all", "--out", "o"], "--run with"),
+            (ppo, ["--run", "r", "--policy", "p", "--reward", "x", "--split-dir", "s", "--out", "o"], "--run with")):
         with pytest.raises(stage.UserError, match=needle):
             stage.parse_args(argv)
     ppo.parse_args(["--ppo-epochs", "2", "--target-approx-kl", "0.1"])
     ppo.parse_args(["--vf-coef", "0"])
     rm.parse_args(["--data", "p.jsonl", "--test-data", "t.jsonl", "--eval-batch-size", "16"])
     sft.parse_args(["--out", "o"])
+    dpo.parse_args(["--data", "p.jsonl", "--eval-batch-size", "8"])   # offline it batches the reference pass too
+    dpo.parse_args(["--run", "r", "--model", "m", "--out", "o"])                    # the run's 03_split
+    dpo.parse_args(["--run", "r", "--online", "--model", "m", "--data", "p", "--out", "o"])   # its 02_reward
+    ppo.parse_args(["--run", "r", "--policy", "p", "--reward", "x", "--out", "o"])   # its 03_split
+    rm.parse_args(["--run", "r", "--out", "o"])
+    (tmp_path / "stage.json").write_text('{"stage": "01_sft"}')
+    (tmp_path / "data_test.jsonl").write_text("")
+    dpo.parse_args(["--online", "--model", str(tmp_path), "--eval-batch-size", "8"])   # 01's held-out pairs
     # what was written, not what differs from a default: an abbreviation, --flag=value, a repeat
     with pytest.raises(ppo.UserError, match="--kl-horizon is for --adaptive-kl"):
         ppo.parse_args(["--kl-h", "10000"])
@@ -259,6 +277,21 @@ def test_a_bad_flag_is_one_line_and_writes_nothing(tmp_path):
     proc = run_stage("01_sft.py", "--lr", "nan", "--run", "x", cwd=tmp_path, check=False)
     assert proc.returncode == 2 and proc.stderr.strip().startswith("01_sft.py: error: --lr nan: expected a learning rate in (0, 1)")
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("name", sorted(STAGES))
+def test_help_names_each_default_once(name, capsys):
+    """argparse's formatter added "(default: None)" after help texts that say what happens without the flag
+    ("(default runs/<run>/01_sft) (default: None)"), and "(default: False)" to on/off flags."""
+    with pytest.raises(SystemExit):
+        STAGES[name].parse_args(["--help"])
+    entries = re.split(r"\n  (?=-)", capsys.readouterr().out)        # one entry a flag
+    for entry in entries:
+        entry = " ".join(entry.split())
+        assert "(default: None)" not in entry and "(default: False)" not in entry, entry
+        said, _, shown = entry.rpartition("(default: ")
+        assert not shown or "default" not in said, entry               # not said twice
+    assert re.search(r"\(default: [\d.]+\)", " ".join(" ".join(entries).split()))   # a number still shown
 
 
 def test_a_corrupt_gzip_file_is_one_line(tmp_path):
