@@ -705,10 +705,15 @@ def file_marks(folder, names):
 
 
 def stage_marks(names):
-    """{name: crc32 of its stage.json} of the stage directories a model was trained from, read as it is saved,
-    for its record: 06 notes one remade since (its budget and lineage would describe the new one)."""
-    return {path_or_hub_id(n): zlib.crc32((Path(n) / "stage.json").read_bytes()) for n in names
-            if n and (Path(n) / "stage.json").is_file()}
+    """{name: crc32 of its record} of the stage directories a model was trained from (stage.json, 03's stats.json),
+    read as it is saved, for its record: 06 notes one remade since (its budget and lineage would describe the new
+    one), and run.sh --resume redoes the stage."""
+    return {path_or_hub_id(n): zlib.crc32(record_file(n).read_bytes()) for n in names if n and record_file(n)}
+
+
+def record_file(folder):
+    """A stage output's record (the first of RECORDS there), or None."""
+    return next((Path(folder) / r for r in RECORDS if (Path(folder) / r).is_file()), None)
 
 
 class Record(dict):
@@ -755,6 +760,8 @@ def load_rows(spec, flag, split="train"):
         raise UserError(f"{flag} {spec}: expected a .jsonl, .jsonl.gz or .json file")
     if spec.startswith(("/", "./", "../", "~")) or spec.partition(":")[0].count("/") > 1:   # no hub id's shape
         raise UserError(f"{flag} {spec}: file not found (a hub dataset is 'name' or 'org/name', with ':subset')")
+    if re.search(r"\.(csv|tsv|parquet|arrow|txt|gz|bz2|xz|zip)$", spec, re.I):   # a file's name, not a hub id's
+        raise UserError(f"{flag} {spec}: file not found (and the files taken are .jsonl, .jsonl.gz or .json)")
     name, _, subset = spec.partition(":")  # HH-RLHF's subsets are data folders; other datasets' are configs
     where = {"data_dir": subset or None} if name == "Anthropic/hh-rlhf" else {"name": subset or None}
     offline_unless_hub_reachable()
@@ -774,6 +781,7 @@ def load_rows(spec, flag, split="train"):
 
 def hh_dialogue(text):
     """'\\n\\nHuman: ...\\n\\nAssistant: ...' -> chat messages, or None if the text is not in that form."""
+    text = text.replace("\r\n", "\n")   # a file written on Windows
     parts = re.split(r"\n\n(Human|Assistant): ?", "\n\n" + text.lstrip("\n"))
     msgs = [{"role": "user" if who == "Human" else "assistant", "content": text.strip()}
             for who, text in zip(parts[1::2], parts[2::2])]
@@ -793,7 +801,7 @@ def normalise_row(row, pairs):
     'TL;DR:' is stripped), HH-RLHF chosen/rejected dialogues, summarize_from_feedback info/summaries/choice,
     and, where only prompts are needed (pairs=False), a prompt alone; in the pair forms, chosen and rejected
     may be chat messages that end with the two replies (UltraFeedback, TRL's conversational datasets)."""
-    if "info" in row and "summaries" in row and "prompt" not in row:
+    if "info" in row and "summaries" in row and not {"prompt", "chosen", "rejected"} <= row.keys():  # as normalise
         info, summaries, c = row["info"], row["summaries"], row["choice"]
         if not (isinstance(info, dict) and isinstance(summaries, list) and len(summaries) == 2
                 and all(isinstance(x, dict) and isinstance(x.get("text"), str) for x in summaries)):
@@ -1512,6 +1520,12 @@ def load_tokenizer(name, flag):
                         f"{(str(e).splitlines() or [''])[0][:200]})") from None
     if tok.eos_token_id is None:
         raise UserError(f"{flag} {name}: the tokenizer has no EOS token (every response ends with it)")
+    if tok.chat_template:   # one that fails on a lone user turn fails on every prompt: the model's, not the data's
+        try:
+            tok.apply_chat_template(TEMPLATE_PROBES[0], tokenize=False, add_generation_prompt=True)
+        except Exception as e:
+            raise UserError(f"{flag} {name}: its chat template fails on a one-turn prompt ({type(e).__name__}: "
+                            f"{(str(e).splitlines() or [''])[0][:160]}); fix chat_template in its tokenizer files") from None
     config = Path(name) / "config.json"
     rows = read_json(config).get("vocab_size") if config.is_file() else None
     if isinstance(rows, int) and len(tok) > rows:   # ids past the embedding: an index error deep in torch
@@ -1702,9 +1716,13 @@ def check_output(out, overwrite, stage, inputs=()):
                 shutil.rmtree(stale, ignore_errors=True)
         if out.exists() and not overwrite:
             raise UserError(f"{out} exists; pass --overwrite to replace it")
-        for given in inputs:
-            if given and out.exists() and Path(given).exists() and Path(given).resolve() == out.resolve():
-                raise UserError(f"{out}: also an input of this stage ({given}); pick a new output folder")
+        for given in inputs:   # replacing `out` would delete an input in it
+            if given and out.exists() and Path(given).exists() and Path(given).resolve().is_relative_to(out.resolve()):
+                raise UserError(f"{out}: also an input of this stage, or holds one ({given}); pick a new output folder")
+        holder = next((p for p in out.absolute().parents if any((p / r).is_file() for r in RECORDS)), None)
+        if holder:   # that stage's next --overwrite would delete this output with its own
+            raise UserError(f"{out}: inside {holder}, the output of {output_of(holder, 'a stage')}, which replacing "
+                            f"it would delete; pick a folder outside it")
         if out.exists() and not (out.is_dir() and (not any(out.iterdir()) or any((out / r).is_file() for r in RECORDS))):
             raise UserError(f"{out}: not the output of a stage (no {', '.join(RECORDS)}); --overwrite replaces only "
                             f"those: pick a new output folder")
@@ -1734,7 +1752,7 @@ RECORDS = ("stage.json", "stats.json", "results.json")   # a stage's output hold
 def output_of(out, default):
     """The stage whose output the folder `out` is, by its record; `default` where it has none, or a damaged
     one (whose output it was is unknown, and it can be replaced)."""
-    record = next((out / r for r in RECORDS if (out / r).is_file()), None) if out.is_dir() else None
+    record = record_file(out) if out.is_dir() else None
     try:
         made_by = read_json(record).get("stage") if record else default
     except UserError:

@@ -352,7 +352,8 @@ def policy_records(policies, run_dir, rm_dir, run):
     records = {}
     for p in policies:
         try:
-            records[p] = {"role": policy_role(p), "budget": budget_of(p)}
+            records[p] = {"role": policy_role(p), "budget": budget_of(p), "train_seed": stage_of(p).get("seed"),
+                          "trained_in": path_or_hub_id(p)}   # as "dir", but absolute: --combine compares them
         except (TypeError, ValueError, AttributeError) as e:
             raise UserError(f"{p}/stage.json: not as the stages write it ({type(e).__name__}: {str(e)[:80]}); "
                             f"rerun that stage") from None
@@ -411,28 +412,49 @@ def lineage(pdir, seen=frozenset()):
 
 
 def note_lineage(policies, base_dir):
-    """Say where a policy's KL to the baseline, or its budget, is not what it trained with: the baseline is
-    not among the models it came from, or one of those was remade since (remade_inputs)."""
+    """Notes (for report.md, and printed) where a policy's KL to the baseline, or its budget, is not what it
+    trained with: the baseline is not among the models it came from, or one of those was remade since
+    (remade_inputs)."""
     strangers = [str(p) for p in policies if stage_of(p) and path_or_hub_id(base_dir) not in lineage(p)]
-    if strangers:
-        print(f"06_eval: note: {', '.join(strangers)} neither started from the baseline {base_dir} nor took it as "
-              f"reference: its KL is to a model it was not trained from")
+    notes = [f"{', '.join(strangers)} neither started from the baseline {base_dir} nor took it as reference: "
+             f"its KL is to a model it was not trained from"] if strangers else []
     for p in policies:
         remade = remade_inputs(p)
         if remade:
-            print(f"06_eval: note: {p} was trained from {', '.join(remade)} as it was then, remade since (its "
-                  f"stage.json differs): the budget and KL reference read there are not those {p} had")
+            notes.append(f"{p} was trained from {', '.join(remade)} as it was then, remade since (its stage.json "
+                         f"differs): the budget, split and KL reference read there are not those {p} had")
+    for note in notes:
+        print(f"06_eval: note: {note}")
+    return notes
+
+
+def trained_on(test_rows, sft_dir, source):
+    """A note where test prompts (of a --data file) are training prompts of the SFT model: scores there would
+    say what it was shown, not what it learnt."""
+    train = sft_dir and Path(sft_dir) / "data_train.jsonl"
+    if not (train and train.is_file()):
+        return []
+    key = lambda r: json.dumps(r.get("prompt"), ensure_ascii=False) if isinstance(r, dict) else None
+    seen = {key(r) for r in read_jsonl(train)}
+    n = sum(key(r) in seen for r in test_rows)
+    note = (f"{n} of the {len(test_rows)} test prompts of {source} are training prompts of {sft_dir} (its "
+            f"data_train.jsonl): there the scores say what the policies were shown, not what they learnt")
+    if n:
+        print(f"06_eval: note: {note}")
+    return [note] if n else []
 
 
 def remade_inputs(pdir):
-    """The stage directories a policy was trained from (its start, reference, SFT) whose stage.json differs from
-    the one its record marks (stage_marks): remade since, so that what 06 reads there is not what it learnt from."""
+    """The stage directories a policy was trained from (its start, reference, SFT, 03 split) whose record
+    (stage.json; 03's stats.json) differs from the one its own record marks (stage_marks): remade since, so that
+    what 06 reads there is not what it learnt from."""
     st = stage_of(pdir)
     marks = st.get("marks") if isinstance(st.get("marks"), dict) else {}
     remade = []
-    for recorded in dict.fromkeys(st.get(k) for k in ("sft", "policy_init", "ref")):
-        d = recorded_dir(recorded, pdir, "stage.json") if isinstance(recorded, str) and recorded in marks else None
-        if d and zlib.crc32((d / "stage.json").read_bytes()) != marks[recorded]:
+    inputs = [st.get(k) for k in ("sft", "policy_init", "ref", "split")] + [st.get("data", {}).get("from")]  # 04's split
+    for recorded in dict.fromkeys(x for x in inputs if isinstance(x, str) and x in marks):
+        d = recorded_dir(recorded, pdir, "stage.json") or recorded_dir(recorded, pdir, "stats.json")
+        if d and record_file(d) and zlib.crc32(record_file(d).read_bytes()) != marks[recorded]:
             remade.append(str(d))
     return remade
 
@@ -569,7 +591,7 @@ def check_eval_record(res, path):
             not all(isinstance(v, dict) for v in res["results"].values()):
         raise UserError(f"{path}: not as 06_eval.py writes it (args, dataset, results and each policy's results "
                         f"are objects); rerun 06_eval.py for that run")
-    listed = ("dir", "role", "budget", "time_s")   # a policy's entries that are no metric
+    listed = ("dir", "role", "budget", "time_s", "train_seed", "trained_in")   # a policy's entries that are no metric
     bad = [f"{n}'s {m}" for n, v in res["results"].items() for m, s in v.items()
            if m not in listed and not (isinstance(s, dict) and finite_number(s.get("mean")))]
     if bad:
@@ -686,7 +708,7 @@ def main(args):
               f"each policy is evaluated once")
     policies = list(named.values()) or default_policies(run_dir)
     base_dir = find_baseline(args, policies, sft_dir)
-    note_lineage(policies, base_dir)
+    notes = note_lineage(policies, base_dir)
     policies = [base_dir] + [p for p in policies if p.resolve() != base_dir.resolve()]    # the baseline first
     for p in policies:
         flag = "--baseline" if p is base_dir and args.baseline else "policy"
@@ -707,6 +729,7 @@ def main(args):
     test_rows = test_rows[:args.max_prompts or None]
     if not test_rows:
         raise UserError(f"{source}: no test prompts; expected at least one")
+    notes += trained_on(test_rows, sft_dir, source) if args.data else []   # 01 keeps its own test rows apart
     requests = [request_of(r) for r in test_rows]
     judge = gold_judge(test_rows, source)          # the built-in task's gold judge, else None; and its version
     judge_version = judge and f"builtin_task.py crc32 {zlib.crc32(Path(judge.__file__).read_bytes()):08x}"
@@ -767,7 +790,7 @@ def main(args):
     families = sorted({r["family"] for r in test_rows}) if judge else []
     with output_dir(out, args.overwrite, "06_eval") as tmp:
         report = write_report(results, tmp, args, dataset, rm_dir, base_dir, len(test_rows), len(set(requests)),
-                              families, sweep)
+                              families, sweep, notes)
         write_jsonl(tmp / "samples.jsonl", samples)
         write_stage(tmp, "06_eval", args, started, device, precision, None, record_name="results.json",
                     dataset=dataset, sft=sft_dir and path_or_hub_id(sft_dir), baseline=path_or_hub_id(base_dir),
@@ -779,7 +802,7 @@ def main(args):
     print(f"06_eval: {len(policies)} policies in {time.time() - started:.0f}s -> {out}")
 
 
-def write_report(results, tmp, args, dataset, rm_dir, base_dir, n_prompts, n_requests, families, sweep):
+def write_report(results, tmp, args, dataset, rm_dir, base_dir, n_prompts, n_requests, families, sweep, notes=()):
     """report.md: the metrics table with each policy's budget, the gold score per family, the plot, and
     the threshold sweep where there is one."""
     first = next(iter(results.values()))
@@ -789,7 +812,7 @@ def write_report(results, tmp, args, dataset, rm_dir, base_dir, n_prompts, n_req
              f"Dataset `{dataset['name']}`; RM `{rm_dir}`; baseline `{base_dir.name}`; sampling at "
              f"temperature 1, at most {args.max_new_tokens} new tokens; a response without EOS by then is scored "
              f"as it stands (the RM at its last token). [95% bootstrap interval over requests; {SMALL_N_NOTE}.] "
-             f"{TIES_NOTE}", "",
+             f"{TIES_NOTE}" + "".join(f" Note: {n}." for n in notes), "",
              "| policy | " + " | ".join(h for _, h in cols) + " | budget |", "|---" * (len(cols) + 2) + "|"]
     for name, res in results.items():
         cells = [with_ties(interval_cell(res[c]), res, c) if c != "length" else f"{res[c]['mean']:.1f}"
@@ -801,7 +824,7 @@ def write_report(results, tmp, args, dataset, rm_dir, base_dir, n_prompts, n_req
                   + " |", "|---" * (len(families) + 1) + "|"]
         lines += [f"| {name} | " + " | ".join(interval_cell(res[f"gold_{f}"]) for f in families) + " |"
                   for name, res in results.items()]
-    lines += ["", draw_plot(results, tmp / "reward_vs_kl.png", "gold" if families else "rm")]
+    lines += ["", draw_plot(results, tmp / "reward_vs_kl.png", "gold" if families else "rm", base_dir.name)]
     if sweep:
         cells = lambda row, role: {"name": row[role], **{m: results[row[role]][m] for m in ("gold", "rm", "kl")
                                                          if m in results[row[role]]}} if row.get(role) else {}
@@ -850,7 +873,7 @@ def with_ties(text, res, key):
     return f"{text} (ties {tie['mean']:.0%})" if tie else text
 
 
-def draw_plot(results, path, metric):
+def draw_plot(results, path, metric, base):
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -865,12 +888,12 @@ def draw_plot(results, path, metric):
                     fmt="o", capsize=3)
         ax.annotate(name, (res["kl"]["mean"], res[metric]["mean"]), fontsize=8, xytext=(4, 4),
                     textcoords="offset points")
-    ax.set_xlabel("KL(pi || SFT), nats per response")
+    ax.set_xlabel(f"KL(pi || {base}), nats per response")   # the baseline: SFT unless --baseline
     ax.set_ylabel(f"mean {metric} score")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
-    return f"![{metric} score against KL to SFT](reward_vs_kl.png)"
+    return f"![{metric} score against KL to {base}](reward_vs_kl.png)"
 
 
 def sweep_report(points, cell, interval):
@@ -896,7 +919,7 @@ def sweep_report(points, cell, interval):
 
 
 def draw_sweep(points, path, lo, hi, bars):
-    """threshold_sweep.png: gold score, RM score and KL to SFT of DPO-on-easy and MPO against the threshold;
+    """threshold_sweep.png: gold score, RM score and KL to the baseline of DPO-on-easy and MPO against the threshold;
     a fourth panel with the easy set's size and (second axis) the label noise of both sets. lo, hi: the keys
     of each summary's error bar ends; bars: what they are, for the figure's caption."""
     try:
@@ -915,7 +938,7 @@ def draw_sweep(points, path, lo, hi, bars):
                 ax.errorbar([x for x, _ in got], [c["mean"] for _, c in got], fmt="o-", capsize=3, label=label,
                             yerr=[[max(0, c["mean"] - c[lo]) for _, c in got], [max(0, c[hi] - c["mean"]) for _, c in got]])
         ax.set_xlabel("reward-gap threshold")
-        ax.set_title({"gold": "gold score", "rm": "RM score", "kl": "KL to SFT (nats per response)"}[m])
+        ax.set_title({"gold": "gold score", "rm": "RM score", "kl": "KL to the baseline (nats per response)"}[m])
         ax.legend(fontsize=7)
     ax = axes[-1]
     ax.plot(xs, [p["easy"] for p in points], "ks-", label="easy pairs")
@@ -999,7 +1022,8 @@ def combine(args):
         if short:
             raise UserError(f"{d / 'samples.jsonl'}: {len(by_policy.get(short, []))} samples of {short}, not the "
                             f"{n} results.json counts; rerun 06_eval.py for that run")
-        runs.append({"dir": d, "seed": res["args"]["seed"], "k": res["args"]["samples_per_prompt"],
+        check_means(res, by_policy, d)
+        runs.append({"dir": d, "seed": trained_seed(res), "k": res["args"]["samples_per_prompt"],
                      "n_prompts": res["n_prompts"], "dataset": res["dataset"]["name"], "protocol": protocol(res),
                      "results": res["results"], "sweep": res.get("sweep") or [], "samples": by_policy,
                      "judge": res.get("judge")})
@@ -1027,8 +1051,20 @@ def combine(args):
         if copy:
             raise UserError(f"--combine: {r['dir']} holds the same responses and results as {copy['dir']}: a copy of one run, "
                             f"which is no spread; combine runs of different seeds")
+        same = next((o for o in runs[:i] if trained_dirs(o) & trained_dirs(r)), None)
+        if same:   # one training evaluated twice (another --seed of 06): its spread is sampling noise alone
+            raise UserError(f"--combine: {r['dir']} and {same['dir']} evaluate the same trained policy "
+                            f"({sorted(trained_dirs(r) & trained_dirs(same))[0]}), which is no spread over training "
+                            f"seeds; combine runs trained with different seeds")
     if len(set(seeds)) < len(seeds):
-        print(f"06_eval: note: the runs share seeds ({seeds}); their spread is not a spread over seeds")
+        notes.append(f"the runs' policies were trained with the same seeds ({', '.join(map(str, seeds))}), so their "
+                     f"spread is not one over training seeds")
+    differ = {n: [r["results"][n].get("budget", "?") for r in runs] for n in names}
+    differ = {n: b for n, b in differ.items() if len({s.split(",")[0] for s in b}) > 1}   # steps x batch
+    if differ:   # the same name trained longer in one run: the spread, and the claims on it, are partly budgets'
+        notes.append("budgets differ between the runs for " + "; ".join(
+            f"{n} ({' / '.join(s.split(',')[0] for s in b)})" for n, b in differ.items())
+            + ": their spread, and the claims on them, are partly the budgets'")
     absent = sorted({n for r in runs for n in r["results"]} - set(names))
     if absent:   # and so are the claims that compare them
         print(f"06_eval: note: policies not in every run are left out, with the claims on them: {', '.join(absent)}")
@@ -1090,6 +1126,34 @@ def combine(args):
                                  "transformers": transformers.__version__}}, tmp / "results.json")
     print("\n" + report)
     print(f"06_eval: combined {len(runs)} runs -> {out}")
+
+
+def trained_seed(res):
+    """The seed a run's policies were trained with (results.json records each one's; older records name
+    only 06's own sampling seed, taken then), or their seeds joined where they differ."""
+    seeds = sorted({str(v["train_seed"]) for v in res["results"].values() if v.get("train_seed") is not None})
+    return res["args"]["seed"] if not seeds else int(seeds[0]) if len(seeds) == 1 else "/".join(seeds)
+
+
+def trained_dirs(run):
+    """The folders of the trained policies a run evaluated, absolute (older records: as 06 was given them), but
+    for the SFT baseline, which runs may share by design."""
+    return {str(v.get("trained_in") or v.get("dir")) for v in run["results"].values() if v.get("role") != "sft"
+            and isinstance(v.get("trained_in") or v.get("dir"), str)}
+
+
+def check_means(res, by_policy, d):
+    """results.json's means must be those of samples.jsonl, which the claims are computed from: a file edited
+    or put beside another evaluation's would give a report that disagrees with itself."""
+    for name, v in res["results"].items():
+        for m in ("rm", "gold", "kl"):
+            rows = by_policy.get(name, [])
+            if m in v and rows and all(finite_number(r.get(m)) for r in rows):
+                from_samples = sum(r[m] for r in rows) / len(rows)
+                if abs(v[m]["mean"] - from_samples) > 1e-6 * max(1.0, abs(from_samples)):
+                    raise UserError(f"{d / 'results.json'}: {name}'s {m} mean {v[m]['mean']:.6g} is not that of its "
+                                    f"samples.jsonl ({from_samples:.6g}): one was edited, or comes from another "
+                                    f"evaluation; rerun 06_eval.py for that run")
 
 
 def combined_sweep(runs):
@@ -1489,10 +1553,15 @@ def file_marks(folder, names):
 
 
 def stage_marks(names):
-    """{name: crc32 of its stage.json} of the stage directories a model was trained from, read as it is saved,
-    for its record: 06 notes one remade since (its budget and lineage would describe the new one)."""
-    return {path_or_hub_id(n): zlib.crc32((Path(n) / "stage.json").read_bytes()) for n in names
-            if n and (Path(n) / "stage.json").is_file()}
+    """{name: crc32 of its record} of the stage directories a model was trained from (stage.json, 03's stats.json),
+    read as it is saved, for its record: 06 notes one remade since (its budget and lineage would describe the new
+    one), and run.sh --resume redoes the stage."""
+    return {path_or_hub_id(n): zlib.crc32(record_file(n).read_bytes()) for n in names if n and record_file(n)}
+
+
+def record_file(folder):
+    """A stage output's record (the first of RECORDS there), or None."""
+    return next((Path(folder) / r for r in RECORDS if (Path(folder) / r).is_file()), None)
 
 
 class Record(dict):
@@ -1539,6 +1608,8 @@ def load_rows(spec, flag, split="train"):
         raise UserError(f"{flag} {spec}: expected a .jsonl, .jsonl.gz or .json file")
     if spec.startswith(("/", "./", "../", "~")) or spec.partition(":")[0].count("/") > 1:   # no hub id's shape
         raise UserError(f"{flag} {spec}: file not found (a hub dataset is 'name' or 'org/name', with ':subset')")
+    if re.search(r"\.(csv|tsv|parquet|arrow|txt|gz|bz2|xz|zip)$", spec, re.I):   # a file's name, not a hub id's
+        raise UserError(f"{flag} {spec}: file not found (and the files taken are .jsonl, .jsonl.gz or .json)")
     name, _, subset = spec.partition(":")  # HH-RLHF's subsets are data folders; other datasets' are configs
     where = {"data_dir": subset or None} if name == "Anthropic/hh-rlhf" else {"name": subset or None}
     offline_unless_hub_reachable()
@@ -1558,6 +1629,7 @@ def load_rows(spec, flag, split="train"):
 
 def hh_dialogue(text):
     """'\\n\\nHuman: ...\\n\\nAssistant: ...' -> chat messages, or None if the text is not in that form."""
+    text = text.replace("\r\n", "\n")   # a file written on Windows
     parts = re.split(r"\n\n(Human|Assistant): ?", "\n\n" + text.lstrip("\n"))
     msgs = [{"role": "user" if who == "Human" else "assistant", "content": text.strip()}
             for who, text in zip(parts[1::2], parts[2::2])]
@@ -1577,7 +1649,7 @@ def normalise_row(row, pairs):
     'TL;DR:' is stripped), HH-RLHF chosen/rejected dialogues, summarize_from_feedback info/summaries/choice,
     and, where only prompts are needed (pairs=False), a prompt alone; in the pair forms, chosen and rejected
     may be chat messages that end with the two replies (UltraFeedback, TRL's conversational datasets)."""
-    if "info" in row and "summaries" in row and "prompt" not in row:
+    if "info" in row and "summaries" in row and not {"prompt", "chosen", "rejected"} <= row.keys():  # as normalise
         info, summaries, c = row["info"], row["summaries"], row["choice"]
         if not (isinstance(info, dict) and isinstance(summaries, list) and len(summaries) == 2
                 and all(isinstance(x, dict) and isinstance(x.get("text"), str) for x in summaries)):
@@ -2296,6 +2368,12 @@ def load_tokenizer(name, flag):
                         f"{(str(e).splitlines() or [''])[0][:200]})") from None
     if tok.eos_token_id is None:
         raise UserError(f"{flag} {name}: the tokenizer has no EOS token (every response ends with it)")
+    if tok.chat_template:   # one that fails on a lone user turn fails on every prompt: the model's, not the data's
+        try:
+            tok.apply_chat_template(TEMPLATE_PROBES[0], tokenize=False, add_generation_prompt=True)
+        except Exception as e:
+            raise UserError(f"{flag} {name}: its chat template fails on a one-turn prompt ({type(e).__name__}: "
+                            f"{(str(e).splitlines() or [''])[0][:160]}); fix chat_template in its tokenizer files") from None
     config = Path(name) / "config.json"
     rows = read_json(config).get("vocab_size") if config.is_file() else None
     if isinstance(rows, int) and len(tok) > rows:   # ids past the embedding: an index error deep in torch
@@ -2486,9 +2564,13 @@ def check_output(out, overwrite, stage, inputs=()):
                 shutil.rmtree(stale, ignore_errors=True)
         if out.exists() and not overwrite:
             raise UserError(f"{out} exists; pass --overwrite to replace it")
-        for given in inputs:
-            if given and out.exists() and Path(given).exists() and Path(given).resolve() == out.resolve():
-                raise UserError(f"{out}: also an input of this stage ({given}); pick a new output folder")
+        for given in inputs:   # replacing `out` would delete an input in it
+            if given and out.exists() and Path(given).exists() and Path(given).resolve().is_relative_to(out.resolve()):
+                raise UserError(f"{out}: also an input of this stage, or holds one ({given}); pick a new output folder")
+        holder = next((p for p in out.absolute().parents if any((p / r).is_file() for r in RECORDS)), None)
+        if holder:   # that stage's next --overwrite would delete this output with its own
+            raise UserError(f"{out}: inside {holder}, the output of {output_of(holder, 'a stage')}, which replacing "
+                            f"it would delete; pick a folder outside it")
         if out.exists() and not (out.is_dir() and (not any(out.iterdir()) or any((out / r).is_file() for r in RECORDS))):
             raise UserError(f"{out}: not the output of a stage (no {', '.join(RECORDS)}); --overwrite replaces only "
                             f"those: pick a new output folder")
@@ -2518,7 +2600,7 @@ RECORDS = ("stage.json", "stats.json", "results.json")   # a stage's output hold
 def output_of(out, default):
     """The stage whose output the folder `out` is, by its record; `default` where it has none, or a damaged
     one (whose output it was is unknown, and it can be replaced)."""
-    record = next((out / r for r in RECORDS if (out / r).is_file()), None) if out.is_dir() else None
+    record = record_file(out) if out.is_dir() else None
     try:
         made_by = read_json(record).get("stage") if record else default
     except UserError:

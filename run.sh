@@ -201,12 +201,47 @@ except (OSError, ValueError, KeyError, TypeError):
 sys.exit(0 if same else 1)
 EOF
 }
-finished() {   # $1 holds a stage's record that reads as JSON (one cut short is no finished stage)
-  local f
-  for f in "$1/stage.json" "$1/stats.json"; do
-    [ -f "$f" ] && "$PY" -c "import json, sys; json.load(open(sys.argv[1], encoding='utf-8'))" "$f" 2>/dev/null && return 0
-  done
-  return 1
+finished() {   # $1 holds a stage's record that reads as JSON (one cut short is no finished stage), made from
+  # its inputs as they are now: an input whose stage.json differs from the crc32 the record marks was remade
+  # since (a 03_split rerun by hand, say), and the stage is redone on it
+  "$PY" - "$1" <<'EOF'
+import json, sys, zlib
+from pathlib import Path
+for name in ("stage.json", "stats.json"):
+    try:
+        record = json.load(open(Path(sys.argv[1]) / name, encoding="utf-8"))
+        break
+    except (OSError, ValueError):
+        continue
+else:
+    sys.exit(1)
+marks = record.get("marks") if isinstance(record, dict) and isinstance(record.get("marks"), dict) else {}
+for path, crc in marks.items():   # (03's record is its stats.json)
+    f = next((Path(path) / r for r in ("stage.json", "stats.json") if (Path(path) / r).is_file()), None)
+    if f and zlib.crc32(f.read_bytes()) != crc:
+        print(f"run.sh: {sys.argv[1]} was made from {path} as it was then, remade since: redone (--resume)")
+        sys.exit(1)
+EOF
+}
+same_flags() {   # --resume: the finished 01's record ($1) against the flags this command gives 01 (the rest)
+  "$PY" - "$@" <<'EOF'
+import json, sys
+recorded, argv, differ, i = json.load(open(sys.argv[1], encoding="utf-8")).get("args") or {}, sys.argv[2:], [], 0
+def same(mine, theirs):
+    try:
+        return float(mine) == float(theirs)
+    except (TypeError, ValueError):
+        return str(mine) == str(theirs)
+while i < len(argv):
+    flag, value = argv[i], argv[i + 1] if i + 1 < len(argv) and not argv[i + 1].startswith("--") else True
+    i += 1 if value is True else 2
+    dest = flag[2:].replace("-", "_")
+    if dest in recorded and not (recorded[dest] is True if value is True else same(value, recorded[dest])):
+        differ.append(f"{flag}{'' if value is True else ' ' + value} (its 01_sft ran with {recorded[dest]})")
+if differ:
+    print("; ".join(differ))
+    sys.exit(1)
+EOF
 }
 stage() {
   local out="$R/${1%.py}" prev="" a t
@@ -218,6 +253,10 @@ stage() {
   echo; echo "=== $* ==="; t=$(date +%s); "$PY" "$@" || return; echo "--- $(( $(date +%s) - t ))s"
 }
 
+if [ "$RESUME" = 1 ] && [ -f "$R/01_sft/stage.json" ]; then   # the stages to come take this command's seed and budget
+  DIFFER=$(same_flags "$R/01_sft/stage.json" --seed "$SEED" --dataset "$DATASET" "${SFT[@]}" "${EXTRA[@]}" 2>/dev/null) || {
+    echo "run.sh: --resume: $R was made with other flags than this command's: ${DIFFER:-its 01_sft/stage.json is unreadable}; resume with the flags of the run you continue, or pass --run NAME for a new run" >&2; exit 2; }
+fi
 stage 01_sft.py "${COMMON[@]}" --dataset "$DATASET" "${SFT[@]}" "${EXTRA[@]}"
 [ "$OVERWRITE" = 1 ] && touch "$MIXED"
 stage 02_reward.py "${COMMON[@]}" "${RM[@]}"
@@ -280,6 +319,13 @@ if [ "$OVERWRITE" = 1 ]; then
     fi
   done
   rm -f "$MIXED"
+fi
+if [ "$RESUME" = 1 ] && [ -f "$R/06_eval/results.json" ]; then   # 06 replaces its output: not a larger evaluation
+  MORE=$("$PY" -c "import json, sys; print(', '.join(sorted(set(json.load(open(sys.argv[1]))['results']) - set(sys.argv[2:]))))" \
+         "$R/06_eval/results.json" "${POLICIES[@]##*/}" 2>/dev/null) || MORE=""
+  if [ -n "$MORE" ]; then
+    echo "run.sh: $R/06_eval also evaluated $MORE, which this command does not (made with --compare, --ipo or a sweep?); resume with the flags that made them, or move $R/06_eval away first" >&2; exit 2
+  fi
 fi
 stage 06_eval.py "${POLICIES[@]}" --run "$RUN" --seed "$SEED" --device "$DEVICE" --precision "$PRECISION" --overwrite "${EVAL[@]}"
 echo; echo "run.sh: done in $(( $(date +%s) - START ))s; report: $R/06_eval/report.md"

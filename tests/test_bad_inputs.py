@@ -344,8 +344,8 @@ def test_a_gzip_file_named_jsonl_and_a_missing_path_are_named_as_such(tmp_path):
     (tmp_path / "rows.jsonl").write_text('[{"prompt": "p"}]\n')
     with pytest.raises(dpo.UserError, match="rows.jsonl: line 1 is a JSON array; expected one JSON object a line"):
         dpo.load_rows(str(tmp_path / "rows.jsonl"), "--data")   # not "row 1 is not a JSON object"
-    for spec in (str(tmp_path / "no/such"), "./data", "a/b/c:train"):   # no hub id's shape: not "from the hub"
-        with pytest.raises(dpo.UserError, match=f"--data {re.escape(spec)}: file not found"):
+    for spec in (str(tmp_path / "no/such"), "./data", "a/b/c:train", "mydata.csv", "data/pairs.parquet"):
+        with pytest.raises(dpo.UserError, match=f"--data {re.escape(spec)}: file not found"):   # not "from the hub"
             dpo.load_rows(spec, "--data")
 
 
@@ -406,6 +406,38 @@ def test_06_notes_a_policy_whose_start_was_remade_since_it_was_trained(tmp_path)
     assert ev.remade_inputs(ppo_dir) == [str(dpo_dir.resolve())]
     (ppo_dir / "stage.json").write_text(json.dumps({"stage": "05_ppo", "policy_init": dpo_name}))  # an older record
     assert ev.remade_inputs(ppo_dir) == []
+
+
+def test_an_output_inside_another_stage_s_output_or_holding_an_input_is_refused(tmp_path):
+    """05 --out runs/t/04_dpo/ppo was saved, and 04's next --overwrite deleted it with its own output; an
+    --out that holds an input would delete the input when replaced."""
+    run = tmp_path / "runs/t"
+    for d in ("04_dpo", "02_reward"):
+        (run / d).mkdir(parents=True)
+        (run / d / "stage.json").write_text(json.dumps({"stage": d}))
+    for out, holder in ((run / "04_dpo/ppo", "04_dpo"), (run / "02_reward/a/b", "02_reward")):
+        with pytest.raises(dpo.UserError, match=f"{out}: inside .*{holder}, the output of {holder}, which replacing "
+                                                f"it would delete; pick a folder outside it"):
+            dpo.check_output(out, False, "05_ppo")
+    (run / "05_ppo").mkdir()
+    (run / "05_ppo/stage.json").write_text(json.dumps({"stage": "05_ppo"}))
+    (run / "05_ppo/sub").mkdir()
+    with pytest.raises(dpo.UserError, match="05_ppo: also an input of this stage, or holds one"):
+        dpo.check_output(run / "05_ppo", True, "05_ppo", inputs=[str(run / "05_ppo/sub")])
+    dpo.check_output(run / "05_ppo", True, "05_ppo", inputs=[str(run / "04_dpo")])
+    dpo.check_output(run / "05_ppo_b", False, "05_ppo")
+
+
+def test_a_chat_template_that_does_not_parse_names_the_model_not_the_data(tmp_path, tiny_model_dir):
+    import shutil
+    model = tmp_path / "m"
+    shutil.copytree(tiny_model_dir, model)
+    config = json.loads((model / "tokenizer_config.json").read_text())
+    (model / "tokenizer_config.json").write_text(json.dumps({**config, "chat_template": "{% if %}"}))
+    (model / "chat_template.jinja").unlink(missing_ok=True)
+    with pytest.raises(dpo.UserError, match=f"--model {model}: its chat template fails on a one-turn prompt "
+                                            f"\\(TemplateSyntaxError"):
+        dpo.load_tokenizer(str(model), "--model")
 
 
 def test_ctrl_c_while_torch_loads_is_one_line(tmp_path):

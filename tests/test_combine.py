@@ -95,15 +95,16 @@ def test_combine_errors(tmp_path):
     (tmp_path / "b").mkdir()
     rows = [{"policy": "05_ppo", "prompt": "x", "gold": 1, "rm": 0}, {"policy": "04_dpo_all", "prompt": "z", "gold": 0, "rm": 0}]
     res = {"args": {"seed": 1, "samples_per_prompt": 1}, "n_prompts": 1, "dataset": {"name": "builtin"},
-           "results": {n: {"gold": {"mean": 0}, "rm": {"mean": 0}} for n in ("05_ppo", "04_dpo_all")}}
+           "results": {n: {"gold": {"mean": g}, "rm": {"mean": 0}} for n, g in (("05_ppo", 1), ("04_dpo_all", 0))}}
     json.dump(res, open(tmp_path / "b/results.json", "w"))
     (tmp_path / "b/samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     shutil.copytree(tmp_path / "b", tmp_path / "b_copy")
     proc = run_stage("06_eval.py", "--combine", "b", "b_copy", cwd=tmp_path, check=False)   # a copy is no seed
     assert proc.returncode == 2 and "b_copy holds the same responses and results as b: a copy" in proc.stderr
-    res["args"]["seed"], res["results"]["05_ppo"]["gold"]["mean"] = 2, 0.5
+    res["args"]["seed"], res["results"]["05_ppo"]["gold"]["mean"], rows[0]["gold"] = 2, 0, 0
     shutil.copytree(tmp_path / "b", tmp_path / "b2")
     json.dump(res, open(tmp_path / "b2/results.json", "w"))
+    (tmp_path / "b2/samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     proc = run_stage("06_eval.py", "--combine", "b", "b2", cwd=tmp_path, check=False)
     assert proc.returncode == 2 and "not sampled on the same prompts" in proc.stderr
     assert not (tmp_path / "runs/combined").exists()
@@ -159,6 +160,37 @@ def test_combine_refuses_runs_evaluated_differently_one_run_flags_it_ignores_and
     with pytest.raises(ev.UserError, match="also an input of this stage"):   # its own input replaced
         ev.main(ev.parse_args(["--combine", str(tmp_path / "a"), str(tmp_path / "b"), "--out",
                                str(tmp_path / "a"), "--overwrite"]))
+
+
+def test_combine_reads_training_seeds_budgets_and_means_that_agree_with_the_samples(tmp_path, capsys):
+    """Three ways a combined report said what was not so: 06's own --seed taken for the training seed (one
+    training evaluated twice passed for two seeds, two trainings of seeds 0 and 1 evaluated with one 06 seed
+    were said to share it); budgets that differ between the runs; a results.json whose means are not those of
+    the samples.jsonl beside it, which the claims are computed from."""
+    ev = load_script("06_eval")
+    names = ("01_sft", "04_dpo", "04_dpo_all", "05_ppo")
+    for run, train_seed, steps in (("a", 0, 3), ("b", 1, 12)):
+        fake_eval(tmp_path / run, 0, {n: [0, 1, train_seed] for n in names}, {n: [0.0, 1.0, 2.0] for n in names},
+                  ["x", "y", "z"])
+        res = json.load(open(tmp_path / run / "results.json"))
+        for n in names:   # as 06 records them: each policy's training seed and budget
+            res["results"][n].update(train_seed=train_seed, budget="4 SFT steps" if n == "01_sft" else
+                                     f"{(k := steps if n == '04_dpo_all' else 3)} steps x 8 pairs = {8 * k} pairs, 0.4 epochs")
+        json.dump(res, open(tmp_path / run / "results.json", "w"))
+    combine = lambda *dirs: ev.main(ev.parse_args(["--combine", *map(str, dirs), "--out", str(tmp_path / "c"),
+                                                   "--overwrite"]))
+    combine(tmp_path / "a", tmp_path / "b")
+    out, report = capsys.readouterr().out, (tmp_path / "c/report.md").read_text()
+    assert json.load(open(tmp_path / "c/results.json"))["seeds"] == [0, 1] and "seeds 0, 1" in report
+    assert "same seeds" not in out
+    assert ("budgets differ between the runs for 04_dpo_all (3 steps x 8 pairs = 24 pairs / 12 steps x 8 pairs = 96 pairs): their "
+            "spread, and the claims on them, are partly the budgets'") in report
+    res = json.load(open(tmp_path / "b/results.json"))
+    res["results"]["05_ppo"]["rm"]["mean"] = 9.99                       # edited by hand
+    json.dump(res, open(tmp_path / "b/results.json", "w"))
+    with pytest.raises(ev.UserError, match=r"b/results.json: 05_ppo's rm mean 9.99 is not that of its samples.jsonl "
+                                           r"\(1\): one was edited, or comes from another evaluation"):
+        combine(tmp_path / "a", tmp_path / "b")
 
 
 def test_bootstrap_resamples_whole_requests():

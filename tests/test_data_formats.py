@@ -352,6 +352,17 @@ def test_a_file_of_columns_is_named_as_such():
     assert len(sft.normalise([{k: v[0] for k, v in columns.items()}], "c.json")) == 1   # one row: read
 
 
+def test_windows_line_ends_and_a_summarize_from_feedback_row_with_a_prompt_column(capsys):
+    """HH-RLHF text with CRLF read as one Human turn ("ends on a Human turn"); a summarize_from_feedback row that
+    also carries a prompt column was skipped as "malformed: KeyError"."""
+    row = {"chosen": "\r\n\r\nHuman: q?\r\n\r\nAssistant: yes", "rejected": "\r\n\r\nHuman: q?\r\n\r\nAssistant: no"}
+    assert sft.normalise([row], "crlf.jsonl") == [{"prompt": [{"role": "user", "content": "q?"}], "chosen": "yes",
+                                                   "rejected": "no"}]
+    row = {"info": {"post": "p", "title": "t", "subreddit": "s"}, "summaries": [{"text": "a"}, {"text": "b"}],
+           "choice": 1, "prompt": "x"}
+    assert sft.normalise([row], "sff.jsonl")[0]["chosen"] == "b"
+
+
 def test_a_named_pipe_is_read_as_a_file(tmp_path):
     """`mkfifo pairs.jsonl` (or a pipe a program writes to) had been refused as 'file not found'."""
     import threading

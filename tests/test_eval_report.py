@@ -17,9 +17,10 @@ def summaries(gold, base_gold, families, requests=None):
     return ev.policy_summary(values(gold), values(base_gold), rows, requests, 1, 200, 0)
 
 
-def report(results, tmp_path, families):
+def report(results, tmp_path, families, notes=()):
     args = argparse.Namespace(samples_per_prompt=1, seed=0, max_new_tokens=8)
-    return ev.write_report(results, tmp_path, args, {"name": "builtin"}, "rm", Path("01_sft"), 4, 4, families, [])
+    return ev.write_report(results, tmp_path, args, {"name": "builtin"}, "rm", Path("01_sft"), 4, 4, families, [],
+                           notes)
 
 
 def test_tie_share_beside_each_win_rate(tmp_path):
@@ -127,3 +128,22 @@ def test_responses_are_judged_as_sampled_without_the_tokenizers_clean_up():
     ids = [vocab[w] for w in ["The", "answer", "is", "42", ".", "it", "'s", "!", "<|im_end|>"]]
     assert tok.decode(ids, skip_special_tokens=True) == "The answer is 42. it's!"   # what the config would do
     assert ev.response_texts(tok, [ids]) == ["The answer is 42 . it 's !"]
+
+
+def test_06_s_notes_reach_report_md_and_test_prompts_that_are_training_prompts_are_noted(tmp_path, capsys):
+    """The notes 06 printed (a policy not trained from the baseline, an input remade since) were not in
+    report.md; a --data file of the SFT model's own training prompts was reported as test prompts in silence."""
+    res = summaries([1.0, 0.0], [0.0, 0.0], ["a"] * 2)
+    res["budget"] = "?"
+    assert "Note: x was trained from y as it was then." in report({"05_ppo": res}, tmp_path, [],
+                                                                  ["x was trained from y as it was then"])
+    sft_dir = tmp_path / "01_sft"
+    sft_dir.mkdir()
+    train = [{"prompt": [{"role": "user", "content": p}], "chosen": "a", "rejected": "b"} for p in ("p1", "p2")]
+    ev.write_jsonl(sft_dir / "data_train.jsonl", train)
+    test = [{"prompt": [{"role": "user", "content": p}]} for p in ("p2", "p3", "p4")]
+    assert ev.trained_on(test, sft_dir, "mine.jsonl") == [
+        f"1 of the 3 test prompts of mine.jsonl are training prompts of {sft_dir} (its data_train.jsonl): there the "
+        f"scores say what the policies were shown, not what they learnt"]
+    assert "06_eval: note: 1 of the 3 test prompts" in capsys.readouterr().out
+    assert ev.trained_on(test[1:], sft_dir, "mine.jsonl") == [] and ev.trained_on(test, None, "mine.jsonl") == []

@@ -288,6 +288,41 @@ def test_online_ipo_logs(pipeline):
     assert stage["args"]["loss"] == "nash-md-pg" and stage["args"]["tau"] == 0.008   # the papers' tau, not IPO's
 
 
+def test_resume_redoes_a_stage_whose_input_was_remade_and_refuses_other_flags(pipeline, tmp_path, tiny_model_dir):
+    """run.sh --resume skipped a finished 04 and 05 after 03_split was rerun by hand (06's sweep table then
+    called them MPO at the new split); and it took another --seed or budget for the stages still to come."""
+    import re
+    work, run, _ = pipeline
+    body = re.search(r"^finished\(\) \{.*?^\}$", (ROOT / "run.sh").read_text(), re.S | re.M).group(0)
+
+    def finished(d):
+        proc = subprocess.run(["bash", "-c", body + '\nPY=$0 finished "$@"', sys.executable, str(d)], cwd=ROOT,
+                              capture_output=True, text=True)
+        return proc.returncode == 0, proc.stdout
+    assert finished(run / "04_dpo") == (True, "") and finished(run / "05_ppo") == (True, "")
+    split, dpo = tmp_path / "03_split", tmp_path / "04_dpo"   # 04 made from a split that is then remade
+    shutil.copytree(run / "03_split", split)
+    shutil.copytree(run / "04_dpo", dpo, ignore=lambda d, names: [n for n in names if n.endswith(".safetensors")])
+    st = json.load(open(dpo / "stage.json"))
+    assert str(run.resolve() / "03_split") in st["marks"] and str(run.resolve() / "01_sft") in st["marks"]
+    st["marks"] = {str(split.resolve()): st["marks"][str(run.resolve() / "03_split")]}
+    (dpo / "stage.json").write_text(json.dumps(st))
+    assert finished(dpo) == (True, "")
+    (split / "stats.json").write_text((split / "stats.json").read_text() + " ")   # remade
+    done, said = finished(dpo)
+    assert not done and said.strip() == f"run.sh: {dpo} was made from {split.resolve()} as it was then, remade since: redone (--resume)"
+    assert not finished(tmp_path / "none")[0]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TQDM_DISABLE="1", PYTHON=sys.executable)
+    for flags, said in ((["--seed", "7"], "--seed 7 (its 01_sft ran with 0)"),
+                        (["--budget", "cpu"], "--max-steps 30 (its 01_sft ran with 4)")):
+        proc = subprocess.run(["bash", "run.sh", "--budget", "tiny", "--run", "t", "--model", str(tiny_model_dir),
+                               "--resume", "--compare", "--ipo", *flags], cwd=work, env=env, capture_output=True,
+                              text=True, timeout=120)
+        assert proc.returncode == 2 and proc.stderr.startswith(f"run.sh: --resume: runs/t was made with other flags "
+                                                               f"than this command's: {said}"), proc.stderr[-2000:]
+        assert "===" not in proc.stdout                                   # before any stage
+
+
 def test_a_sweep_point_is_mpo_s_own_by_its_setting_or_its_pairs(pipeline, tmp_path):
     """run.sh's same_split: a point is 03_split's where 03 ran with its setting, or where the split made for it
     holds the same pairs in each set, whatever the order and the last digits of the gaps (bf16 on a loaded
@@ -344,10 +379,17 @@ def test_threshold_sweep_and_resume(pipeline, tmp_path, tiny_model_dir):
     shutil.copytree(work, copy)
     env = dict(os.environ, HF_HUB_OFFLINE="1", TQDM_DISABLE="1", PYTHON=sys.executable)
     precision = json.load(open(copy / "runs/t/03_split/stats.json"))["precision"]   # the split it must match
-    proc = subprocess.run(["bash", "run.sh", "--budget", "tiny", "--run", "t", "--model", str(tiny_model_dir), "--resume",
-                           "--sweep-easy-fraction", "0.3,0.5", "--precision", precision], cwd=copy, env=env,
-                          capture_output=True, text=True, timeout=600)
+    command = ["bash", "run.sh", "--budget", "tiny", "--run", "t", "--model", str(tiny_model_dir), "--resume",
+               "--sweep-easy-fraction", "0.3,0.5", "--precision", precision]
+    # without the --compare --ipo that made the run, 06 would replace an evaluation of more policies: refused
+    proc = subprocess.run(command, cwd=copy, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 2 and proc.stderr.strip().startswith(
+        "run.sh: runs/t/06_eval also evaluated 04_dpo_all, 04_dpo_hard, 04_ipo,"), proc.stderr[-2000:]
+    assert "which this command does not" in proc.stderr and (copy / "runs/t/05_ppo_e0.3/stage.json").is_file()
+    proc = subprocess.run(command + ["--compare", "--ipo"], cwd=copy, env=env, capture_output=True, text=True,
+                          timeout=600)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert "remade since" not in proc.stdout and "=== 04_dpo.py --" not in proc.stdout   # nothing redone
     for d in ("01_sft", "02_reward", "03_split", "04_dpo", "05_ppo"):
         assert f"runs/t/{d} is finished; skipped (--resume)" in proc.stdout
     assert "--easy-fraction 0.5 splits as 03_split did" in proc.stdout and not (copy / "runs/t/04_dpo_e0.5").exists()
@@ -378,15 +420,21 @@ def test_threshold_sweep_and_resume(pipeline, tmp_path, tiny_model_dir):
         ("04_dpo", "05_ppo", moved), ("04_dpo_e0.3", "05_ppo_e0.3", moved)]
     assert ev.threshold_sweep(results, tmp_path / "another_rm") == []   # splits of another RM are no sweep
     (moved).rename(copy / "runs/t")
-    # --combine keeps the points every run has: two evaluations of one run (a note says they share the seed;
-    # only the timing differs, as in a rerun); one run named twice is refused
+    # --combine keeps the points every run has; one run named twice is refused, and so is one training
+    # evaluated twice (another 06 --seed: sampling noise, no spread over training seeds)
     shutil.copytree(copy / "runs/t/06_eval", tmp_path / "t2/06_eval")
     rerun = json.load(open(tmp_path / "t2/06_eval/results.json"))
     rerun["results"]["01_sft"]["time_s"] += 1
     json.dump(rerun, open(tmp_path / "t2/06_eval/results.json", "w"))
     with pytest.raises(ev.UserError, match="is named twice"):
         ev.main(ev.parse_args(["--combine", str(copy / "runs/t"), str(copy / "runs/t/06_eval"), "--out", str(tmp_path / "c")]))
+    with pytest.raises(ev.UserError, match=r"evaluate the same trained policy \(.*/runs/t/04_dpo\)"):
+        ev.main(ev.parse_args(["--combine", str(copy / "runs/t"), str(tmp_path / "t2"), "--out", str(tmp_path / "c")]))
+    for v in rerun["results"].values():   # as if trained elsewhere with the same seed: a note says so
+        v["trained_in"] = str(tmp_path / "elsewhere" / Path(v["dir"]).name)
+    json.dump(rerun, open(tmp_path / "t2/06_eval/results.json", "w"))
     ev.main(ev.parse_args(["--combine", str(copy / "runs/t"), str(tmp_path / "t2"), "--out", str(tmp_path / "c")]))
+    assert "trained with the same seeds (0, 0)" in (tmp_path / "c/report.md").read_text()
     combined = json.load(open(tmp_path / "c/results.json"))["sweep"]
     assert [p["point"] for p in combined] == ["easy fraction 0.5", "easy fraction 0.3"]
     assert combined[1]["mpo"]["gold"]["std"] == 0.0 and combined[1]["mpo"]["name"] == "05_ppo_e0.3"
