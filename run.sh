@@ -11,8 +11,9 @@
 #   bash run.sh --sweep-threshold 0.5,1,1.5,2,2.5   # + MPO (03 -> 04 -> 05) again at each reward-gap
 #                                    #   threshold, on the same SFT and RM; 06 tabulates and plots the sweep
 #   bash run.sh --sweep-easy-fraction 0.2,0.4,0.6   # the same with quantile thresholds (03 --easy-fraction)
-#   bash run.sh ... --resume         # skip every stage whose output directory is finished (whatever flags
-#                                    #   made it: resume with the flags of the interrupted run); 06 always runs;
+#   bash run.sh ... --resume         # skip every stage whose output directory is finished, redo one whose
+#                                    #   input was remade since; resume with the flags of the interrupted run
+#                                    #   (another seed, budget, model or dataset is refused); 06 always runs;
 #                                    #   the precision is the run's 01's unless --precision says otherwise
 #   bash run.sh ... --overwrite      # redo an existing run in place (without it, or --resume, an existing
 #                                    #   run is refused); before 06, the stage outputs of the earlier run that
