@@ -243,7 +243,8 @@ def load_inputs(args):
     tok = load_tokenizer(model, "--model")
     rows, source = load_pairs(args, model, args.split_dir or f"runs/{args.run}/03_split")
     held_out = held_out_file(args) if sft_stage else None
-    test_rows = [r for r in read_stage_rows(held_out, pairs=False, empty_ok=True) if r.get("chosen")] if held_out else []
+    test_rows = [r for r in read_stage_rows(held_out, pairs=False, empty_ok=True) if r.get("chosen")] \
+        if held_out else []
     if not test_rows:
         print("no held-out pairs (they come from a 01_sft directory's data_test.jsonl, and not with --data): "
               "eval/ metrics skipped")
@@ -259,7 +260,8 @@ def held_out_file(args):
     given (another dataset's pairs would measure the wrong thing), else None."""
     model = Path(args.model or f"runs/{args.run}/01_sft")
     made_by_01 = (model / "stage.json").is_file() and read_json(model / "stage.json").get("stage") == "01_sft"
-    return model / "data_test.jsonl" if made_by_01 and not args.data and (model / "data_test.jsonl").is_file() else None
+    held_out = model / "data_test.jsonl"
+    return held_out if made_by_01 and not args.data and held_out.is_file() and held_out.stat().st_size else None
 
 
 def text_key(row):
@@ -314,7 +316,7 @@ def start(args):
     device = pick_device(args.device)
     keep_freed_memory(device)   # on a CPU, no page faults for memory a step freed
     precision = pick_precision(args.precision, device)
-    check_output(out, args.overwrite, "04_dpo", inputs=[args.model])  # fail before the slow parts
+    check_output(out, args.overwrite, "04_dpo", inputs=[args.model, args.data, args.split_dir, args.reward])
     random.seed(args.seed)
     torch.manual_seed(args.seed)
     return out, device, precision, time.time()
@@ -343,7 +345,8 @@ def finish(args, out, policy, tok, model, sft_stage, rows, source, metrics, befo
     policy.config.use_cache = True
     check_finite(policy, "04_dpo")
     stop_at_eos(policy, tok, "04_dpo")
-    inputs = [model] + [source["from"]] * (source["split"] in ("easy", "hard"))   # 01_sft, and 03's split
+    inputs = [model] + [source["from"]] * (source["split"] in ("easy", "hard")) \
+        + [args.reward or f"runs/{args.run}/02_reward"] * args.online          # 01_sft, 03's split, online the RM
     with output_dir(out, args.overwrite, "04_dpo") as tmp:
         policy.save_pretrained(tmp)
         tok.save_pretrained(tmp)
@@ -417,9 +420,10 @@ def parse_args(argv=None):
         "mixture_beta": FRACTION, "max_new_tokens": AT_LEAST_1, "eval_every": AT_LEAST_1, **OPTIMISER_RANGES,
         "max_prompt_len": AT_LEAST_1, "max_response_len": (lambda x: x >= 2, "an integer >= 2 (room for EOS)")},
         p.given)
-    if args.online and "eval_batch_size" in p.given and not held_out_file(args):   # offline it batches the reference pass
-        raise UserError("--eval-batch-size --online: it batches the held-out pairs of a 01_sft --model (its "
-                        "data_test.jsonl, not with --data), none here; leave it out")
+    for name in ("eval_batch_size", "max_response_len"):   # offline, they serve the train pairs too
+        if args.online and name in p.given and not held_out_file(args):
+            raise UserError(f"--{name.replace('_', '-')} --online: it is for the held-out pairs of a 01_sft --model "
+                            f"(its data_test.jsonl, not with --data), none here; leave it out")
     if args.data and (args.split or args.split_dir):
         raise UserError("--data is trained on as it is; --split and --split-dir pick stage 03's pairs instead: pass one")
     args.split = None if args.data else args.split or "easy"
@@ -737,7 +741,7 @@ class HelpWithDefaults(argparse.ArgumentDefaultsHelpFormatter):
     """--help adds a flag's default, but not where there is none to show (None, an on/off flag's False) or
     where the help text already says it: "(default: None)" after "default runs/<run>/..." only confuses."""
     def _get_help_string(self, action):
-        if action.default is None or action.default is False or "default" in (action.help or ""):
+        if action.default is None or action.default is False or re.search(r"\(default|default:", action.help or ""):
             return action.help
         return super()._get_help_string(action)
 
@@ -779,7 +783,7 @@ class ArgParser(argparse.ArgumentParser):
 
 def refuse_idle_run(args, given, reads):
     """--run names the default folders of the flags in `reads` (dests); written where each of them is given
-    too, it would do nothing: refused, as every such flag."""
+    too, it would do nothing, and is refused like every flag that would."""
     if "run" in given and all(getattr(args, d) is not None for d in reads):
         flags = ", ".join(f"--{d.replace('_', '-')}" for d in reads)
         raise UserError(f"--run with {flags}: the run names only their default folders (runs/<run>/...), all "
@@ -1061,10 +1065,23 @@ def file_marks(folder, names):
 
 
 def stage_marks(names):
-    """{name: crc32 of its record} of the stage directories a model was trained from (stage.json, 03's stats.json),
-    read as it is saved, for its record: 06 notes one remade since (its budget and lineage would describe the new
-    one), and run.sh --resume redoes the stage."""
-    return {path_or_hub_id(n): zlib.crc32(record_file(n).read_bytes()) for n in names if n and record_file(n)}
+    """{name: record_mark} of the stage directories a model was trained from, read as it is saved, for its
+    record: 06 notes one remade since (its budget and lineage would describe the new one), and run.sh --resume
+    redoes the stage."""
+    return {path_or_hub_id(n): record_mark(n) for n in names if n and record_file(n)}
+
+
+def record_mark(folder):
+    """crc32 of a stage output's record (stage.json; 03's stats.json) without what two runs of the same work
+    write differently (times, speeds, versions, the precision probe's reading): the same work rerun is no
+    new input. run.sh's finished() computes the same."""
+    volatile = lambda k: k in ("wall_time_s", "versions", "precision_reason") or k.startswith(("perf/", "time/"))
+    kept = lambda x: {k: kept(v) for k, v in x.items() if not volatile(k)} if isinstance(x, dict) else x
+    try:
+        record = json.loads(record_file(folder).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return zlib.crc32(json.dumps(kept(record), sort_keys=True).encode())
 
 
 def record_file(folder):
@@ -1117,7 +1134,8 @@ def load_rows(spec, flag, split="train"):
     if spec.startswith(("/", "./", "../", "~")) or spec.partition(":")[0].count("/") > 1:   # no hub id's shape
         raise UserError(f"{flag} {spec}: file not found (a hub dataset is 'name' or 'org/name', with ':subset')")
     if re.search(r"\.(csv|tsv|parquet|arrow|txt|gz|bz2|xz|zip)$", spec, re.I):   # a file's name, not a hub id's
-        raise UserError(f"{flag} {spec}: file not found (and the files taken are .jsonl, .jsonl.gz or .json)")
+        raise UserError(f"{flag} {spec}: file not found (a file's name, not a hub id's; the files taken are .jsonl, "
+                        f".jsonl.gz or .json)")
     name, _, subset = spec.partition(":")  # HH-RLHF's subsets are data folders; other datasets' are configs
     where = {"data_dir": subset or None} if name == "Anthropic/hh-rlhf" else {"name": subset or None}
     offline_unless_hub_reachable()
@@ -1157,7 +1175,7 @@ def normalise_row(row, pairs):
     'TL;DR:' is stripped), HH-RLHF chosen/rejected dialogues, summarize_from_feedback info/summaries/choice,
     and, where only prompts are needed (pairs=False), a prompt alone; in the pair forms, chosen and rejected
     may be chat messages that end with the two replies (UltraFeedback, TRL's conversational datasets)."""
-    if "info" in row and "summaries" in row and not {"prompt", "chosen", "rejected"} <= row.keys():  # as normalise
+    if {"info", "summaries", "choice"} <= row.keys() and not {"prompt", "chosen", "rejected"} <= row.keys():
         info, summaries, c = row["info"], row["summaries"], row["choice"]
         if not (isinstance(info, dict) and isinstance(summaries, list) and len(summaries) == 2
                 and all(isinstance(x, dict) and isinstance(x.get("text"), str) for x in summaries)):
@@ -1881,7 +1899,8 @@ def load_tokenizer(name, flag):
             tok.apply_chat_template(TEMPLATE_PROBES[0], tokenize=False, add_generation_prompt=True)
         except Exception as e:
             raise UserError(f"{flag} {name}: its chat template fails on a one-turn prompt ({type(e).__name__}: "
-                            f"{(str(e).splitlines() or [''])[0][:160]}); fix chat_template in its tokenizer files") from None
+                            f"{(str(e).splitlines() or [''])[0][:160]}); fix chat_template in its tokenizer "
+                            f"files") from None
     config = Path(name) / "config.json"
     rows = read_json(config).get("vocab_size") if config.is_file() else None
     if isinstance(rows, int) and len(tok) > rows:   # ids past the embedding: an index error deep in torch
@@ -2075,9 +2094,9 @@ def check_output(out, overwrite, stage, inputs=()):
         for given in inputs:   # replacing `out` would delete an input in it
             if given and out.exists() and Path(given).exists() and Path(given).resolve().is_relative_to(out.resolve()):
                 raise UserError(f"{out}: also an input of this stage, or holds one ({given}); pick a new output folder")
-        holder = next((p for p in out.absolute().parents if any((p / r).is_file() for r in RECORDS)), None)
+        holder = next((p for p in out.absolute().parents if output_of(p, None) in STAGE_NAMES), None)
         if holder:   # that stage's next --overwrite would delete this output with its own
-            raise UserError(f"{out}: inside {holder}, the output of {output_of(holder, 'a stage')}, which replacing "
+            raise UserError(f"{out}: inside {holder}, the output of {output_of(holder, None)}, which replacing "
                             f"it would delete; pick a folder outside it")
         if out.exists() and not (out.is_dir() and (not any(out.iterdir()) or any((out / r).is_file() for r in RECORDS))):
             raise UserError(f"{out}: not the output of a stage (no {', '.join(RECORDS)}); --overwrite replaces only "
@@ -2103,6 +2122,7 @@ def check_output(out, overwrite, stage, inputs=()):
 
 
 RECORDS = ("stage.json", "stats.json", "results.json")   # a stage's output holds one
+STAGE_NAMES = ("01_sft", "02_reward", "03_split", "04_dpo", "05_ppo", "06_eval")   # what a record's "stage" names
 
 
 def output_of(out, default):

@@ -370,7 +370,8 @@ def parse_args(argv=None):
                    help="adapt kl_coef towards --target-kl (Ziegler et al., 2019, Sec. 2.2)")
     g.add_argument("--target-kl", type=float, default=6.0, help="adaptive KL: target KL per sequence")
     g.add_argument("--kl-horizon", type=int, default=10000, help="adaptive KL: horizon in samples")
-    g.add_argument("--reward-clip", type=float, default=None, help="clip r(x, y) to +-this (default: no clip; the fork: 5)")
+    g.add_argument("--reward-clip", type=float, default=None,
+                   help="clip r(x, y) to +-this (default: no clip; the fork: 5)")
     g.add_argument("--missing-eos-penalty", type=float, default=None,
                    help="subtract this from r(x, y) of responses that hit the limit without EOS "
                         "(default: none)")
@@ -432,7 +433,7 @@ def parse_args(argv=None):
 
 def main(args):
     policy_name, ref_name, rm_name, value_name, split_dir, out = input_names(args)
-    check_output(out, args.overwrite, "05_ppo", inputs=[policy_name, ref_name, value_name])
+    check_output(out, args.overwrite, "05_ppo", inputs=[policy_name, ref_name, value_name, rm_name, args.data, split_dir])
     device = pick_device(args.device)
     keep_freed_memory(device)   # on a CPU, no page faults for memory a step freed
     precision = pick_precision(args.precision, device)
@@ -546,7 +547,7 @@ def main(args):
         write_stage(tmp, "05_ppo", args, started, device, precision, metrics, policy_init=path_or_hub_id(policy_name),
                     ref=path_or_hub_id(ref_name), reward=path_or_hub_id(rm_name), sft=sft_dir and path_or_hub_id(sft_dir),
                     dataset=dataset, prompts=source, n_prompts=len(prompts), final=final,
-                    marks=stage_marks([policy_name, ref_name, sft_dir]
+                    marks=stage_marks([policy_name, ref_name, rm_name, value_name, sft_dir]
                                       + [split_dir] * (args.prompts in ("hard", "easy"))),
                     split=None if args.data or args.prompts == "all" else path_or_hub_id(split_dir))
     print(f"05_ppo: {args.steps} steps on {len(prompts)} {source} prompts; RM score "
@@ -566,7 +567,7 @@ class HelpWithDefaults(argparse.ArgumentDefaultsHelpFormatter):
     """--help adds a flag's default, but not where there is none to show (None, an on/off flag's False) or
     where the help text already says it: "(default: None)" after "default runs/<run>/..." only confuses."""
     def _get_help_string(self, action):
-        if action.default is None or action.default is False or "default" in (action.help or ""):
+        if action.default is None or action.default is False or re.search(r"\(default|default:", action.help or ""):
             return action.help
         return super()._get_help_string(action)
 
@@ -608,7 +609,7 @@ class ArgParser(argparse.ArgumentParser):
 
 def refuse_idle_run(args, given, reads):
     """--run names the default folders of the flags in `reads` (dests); written where each of them is given
-    too, it would do nothing: refused, as every such flag."""
+    too, it would do nothing, and is refused like every flag that would."""
     if "run" in given and all(getattr(args, d) is not None for d in reads):
         flags = ", ".join(f"--{d.replace('_', '-')}" for d in reads)
         raise UserError(f"--run with {flags}: the run names only their default folders (runs/<run>/...), all "
@@ -890,10 +891,23 @@ def file_marks(folder, names):
 
 
 def stage_marks(names):
-    """{name: crc32 of its record} of the stage directories a model was trained from (stage.json, 03's stats.json),
-    read as it is saved, for its record: 06 notes one remade since (its budget and lineage would describe the new
-    one), and run.sh --resume redoes the stage."""
-    return {path_or_hub_id(n): zlib.crc32(record_file(n).read_bytes()) for n in names if n and record_file(n)}
+    """{name: record_mark} of the stage directories a model was trained from, read as it is saved, for its
+    record: 06 notes one remade since (its budget and lineage would describe the new one), and run.sh --resume
+    redoes the stage."""
+    return {path_or_hub_id(n): record_mark(n) for n in names if n and record_file(n)}
+
+
+def record_mark(folder):
+    """crc32 of a stage output's record (stage.json; 03's stats.json) without what two runs of the same work
+    write differently (times, speeds, versions, the precision probe's reading): the same work rerun is no
+    new input. run.sh's finished() computes the same."""
+    volatile = lambda k: k in ("wall_time_s", "versions", "precision_reason") or k.startswith(("perf/", "time/"))
+    kept = lambda x: {k: kept(v) for k, v in x.items() if not volatile(k)} if isinstance(x, dict) else x
+    try:
+        record = json.loads(record_file(folder).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return zlib.crc32(json.dumps(kept(record), sort_keys=True).encode())
 
 
 def record_file(folder):
@@ -946,7 +960,8 @@ def load_rows(spec, flag, split="train"):
     if spec.startswith(("/", "./", "../", "~")) or spec.partition(":")[0].count("/") > 1:   # no hub id's shape
         raise UserError(f"{flag} {spec}: file not found (a hub dataset is 'name' or 'org/name', with ':subset')")
     if re.search(r"\.(csv|tsv|parquet|arrow|txt|gz|bz2|xz|zip)$", spec, re.I):   # a file's name, not a hub id's
-        raise UserError(f"{flag} {spec}: file not found (and the files taken are .jsonl, .jsonl.gz or .json)")
+        raise UserError(f"{flag} {spec}: file not found (a file's name, not a hub id's; the files taken are .jsonl, "
+                        f".jsonl.gz or .json)")
     name, _, subset = spec.partition(":")  # HH-RLHF's subsets are data folders; other datasets' are configs
     where = {"data_dir": subset or None} if name == "Anthropic/hh-rlhf" else {"name": subset or None}
     offline_unless_hub_reachable()
@@ -986,7 +1001,7 @@ def normalise_row(row, pairs):
     'TL;DR:' is stripped), HH-RLHF chosen/rejected dialogues, summarize_from_feedback info/summaries/choice,
     and, where only prompts are needed (pairs=False), a prompt alone; in the pair forms, chosen and rejected
     may be chat messages that end with the two replies (UltraFeedback, TRL's conversational datasets)."""
-    if "info" in row and "summaries" in row and not {"prompt", "chosen", "rejected"} <= row.keys():  # as normalise
+    if {"info", "summaries", "choice"} <= row.keys() and not {"prompt", "chosen", "rejected"} <= row.keys():
         info, summaries, c = row["info"], row["summaries"], row["choice"]
         if not (isinstance(info, dict) and isinstance(summaries, list) and len(summaries) == 2
                 and all(isinstance(x, dict) and isinstance(x.get("text"), str) for x in summaries)):
@@ -1710,7 +1725,8 @@ def load_tokenizer(name, flag):
             tok.apply_chat_template(TEMPLATE_PROBES[0], tokenize=False, add_generation_prompt=True)
         except Exception as e:
             raise UserError(f"{flag} {name}: its chat template fails on a one-turn prompt ({type(e).__name__}: "
-                            f"{(str(e).splitlines() or [''])[0][:160]}); fix chat_template in its tokenizer files") from None
+                            f"{(str(e).splitlines() or [''])[0][:160]}); fix chat_template in its tokenizer "
+                            f"files") from None
     config = Path(name) / "config.json"
     rows = read_json(config).get("vocab_size") if config.is_file() else None
     if isinstance(rows, int) and len(tok) > rows:   # ids past the embedding: an index error deep in torch
@@ -1904,9 +1920,9 @@ def check_output(out, overwrite, stage, inputs=()):
         for given in inputs:   # replacing `out` would delete an input in it
             if given and out.exists() and Path(given).exists() and Path(given).resolve().is_relative_to(out.resolve()):
                 raise UserError(f"{out}: also an input of this stage, or holds one ({given}); pick a new output folder")
-        holder = next((p for p in out.absolute().parents if any((p / r).is_file() for r in RECORDS)), None)
+        holder = next((p for p in out.absolute().parents if output_of(p, None) in STAGE_NAMES), None)
         if holder:   # that stage's next --overwrite would delete this output with its own
-            raise UserError(f"{out}: inside {holder}, the output of {output_of(holder, 'a stage')}, which replacing "
+            raise UserError(f"{out}: inside {holder}, the output of {output_of(holder, None)}, which replacing "
                             f"it would delete; pick a folder outside it")
         if out.exists() and not (out.is_dir() and (not any(out.iterdir()) or any((out / r).is_file() for r in RECORDS))):
             raise UserError(f"{out}: not the output of a stage (no {', '.join(RECORDS)}); --overwrite replaces only "
@@ -1932,6 +1948,7 @@ def check_output(out, overwrite, stage, inputs=()):
 
 
 RECORDS = ("stage.json", "stats.json", "results.json")   # a stage's output holds one
+STAGE_NAMES = ("01_sft", "02_reward", "03_split", "04_dpo", "05_ppo", "06_eval")   # what a record's "stage" names
 
 
 def output_of(out, default):

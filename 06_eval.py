@@ -352,8 +352,9 @@ def policy_records(policies, run_dir, rm_dir, run):
     records = {}
     for p in policies:
         try:
-            records[p] = {"role": policy_role(p), "budget": budget_of(p), "train_seed": stage_of(p).get("seed"),
-                          "trained_in": path_or_hub_id(p)}   # as "dir", but absolute: --combine compares them
+            st = stage_of(p)   # a trained policy's seed and folder (absolute), which --combine compares
+            records[p] = {"role": policy_role(p), "budget": budget_of(p), "train_seed": st.get("seed"),
+                          "trained_in": path_or_hub_id(p) if st else None}
         except (TypeError, ValueError, AttributeError) as e:
             raise UserError(f"{p}/stage.json: not as the stages write it ({type(e).__name__}: {str(e)[:80]}); "
                             f"rerun that stage") from None
@@ -421,7 +422,7 @@ def note_lineage(policies, base_dir):
     for p in policies:
         remade = remade_inputs(p)
         if remade:
-            notes.append(f"{p} was trained from {', '.join(remade)} as it was then, remade since (its stage.json "
+            notes.append(f"{p} was trained from {', '.join(remade)} as it was then, remade since (its record "
                          f"differs): the budget, split and KL reference read there are not those {p} had")
     for note in notes:
         print(f"06_eval: note: {note}")
@@ -451,10 +452,10 @@ def remade_inputs(pdir):
     st = stage_of(pdir)
     marks = st.get("marks") if isinstance(st.get("marks"), dict) else {}
     remade = []
-    inputs = [st.get(k) for k in ("sft", "policy_init", "ref", "split")] + [st.get("data", {}).get("from")]  # 04's split
+    inputs = [st.get(k) for k in ("sft", "policy_init", "ref", "split")] + [st.get("data", {}).get("from")]  # 04's
     for recorded in dict.fromkeys(x for x in inputs if isinstance(x, str) and x in marks):
         d = recorded_dir(recorded, pdir, "stage.json") or recorded_dir(recorded, pdir, "stats.json")
-        if d and record_file(d) and zlib.crc32(record_file(d).read_bytes()) != marks[recorded]:
+        if d and record_file(d) and record_mark(d) != marks[recorded]:
             remade.append(str(d))
     return remade
 
@@ -591,11 +592,17 @@ def check_eval_record(res, path):
             not all(isinstance(v, dict) for v in res["results"].values()):
         raise UserError(f"{path}: not as 06_eval.py writes it (args, dataset, results and each policy's results "
                         f"are objects); rerun 06_eval.py for that run")
-    listed = ("dir", "role", "budget", "time_s", "train_seed", "trained_in")   # a policy's entries that are no metric
+    listed = ("dir", "role", "budget", "time_s", "train_seed", "trained_in")   # a policy's entries, no metric
     bad = [f"{n}'s {m}" for n, v in res["results"].items() for m, s in v.items()
            if m not in listed and not (isinstance(s, dict) and finite_number(s.get("mean")))]
     if bad:
         raise UserError(f"{path}: {bad[0]} has no finite mean; rerun 06_eval.py for that run")
+    wrong = next((f"{n}'s {k}" for n, v in res["results"].items() for k, kinds in (
+        ("dir", str), ("role", str), ("budget", str), ("trained_in", str), ("train_seed", int))
+        if v.get(k) is not None and (not isinstance(v[k], kinds) or isinstance(v[k], bool))), None)
+    if wrong:
+        raise UserError(f"{path}: {wrong} is not as 06_eval.py writes it (a text; a seed: an integer); rerun "
+                        f"06_eval.py for that run")
     counts = (res.get("n_prompts"), res["args"].get("seed"), res["args"].get("samples_per_prompt"))
     texts = (res.get("baseline"), res.get("sft"), res.get("judge"))
     if not all(isinstance(c, int) and not isinstance(c, bool) for c in counts) or \
@@ -717,7 +724,7 @@ def main(args):
     device = pick_device(args.device)
     keep_freed_memory(device)   # on a CPU, no page faults for memory a step freed
     precision = dtype, _ = pick_precision(args.precision, device)
-    check_output(out, args.overwrite, "06_eval")  # fail before the slow parts
+    check_output(out, args.overwrite, "06_eval", inputs=[*policies, rm_dir, args.data])  # before the slow parts
     started = time.time()
 
     # 1. the held-out prompts x, each with its request (the bootstrap's cluster), and the judges
@@ -1024,6 +1031,7 @@ def combine(args):
                             f"{n} results.json counts; rerun 06_eval.py for that run")
         check_means(res, by_policy, d)
         runs.append({"dir": d, "seed": trained_seed(res), "k": res["args"]["samples_per_prompt"],
+                     "recorded": any("train_seed" in v for v in res["results"].values()),
                      "n_prompts": res["n_prompts"], "dataset": res["dataset"]["name"], "protocol": protocol(res),
                      "results": res["results"], "sweep": res.get("sweep") or [], "samples": by_policy,
                      "judge": res.get("judge")})
@@ -1053,13 +1061,16 @@ def combine(args):
                             f"which is no spread; combine runs of different seeds")
         same = next((o for o in runs[:i] if trained_dirs(o) & trained_dirs(r)), None)
         if same:   # one training evaluated twice (another --seed of 06): its spread is sampling noise alone
-            raise UserError(f"--combine: {r['dir']} and {same['dir']} evaluate the same trained policy "
-                            f"({sorted(trained_dirs(r) & trained_dirs(same))[0]}), which is no spread over training "
-                            f"seeds; combine runs trained with different seeds")
-    if len(set(seeds)) < len(seeds):
+            folder, seed = sorted(trained_dirs(r) & trained_dirs(same), key=str)[0]
+            raise UserError(f"--combine: {r['dir']} and {same['dir']} evaluate the same trained policy ({folder}, "
+                            f"trained with seed {seed}), which is no spread over training seeds; combine runs "
+                            f"trained with different seeds")
+    if len(set(seeds)) < len(seeds):   # (results.json of older code name only 06's sampling seed)
         notes.append(f"the runs' policies were trained with the same seeds ({', '.join(map(str, seeds))}), so their "
-                     f"spread is not one over training seeds")
-    differ = {n: [r["results"][n].get("budget", "?") for r in runs] for n in names}
+                     f"spread is not one over training seeds" if all(r["recorded"] for r in runs) else
+                     f"the runs share seeds ({', '.join(map(str, seeds))}: 06's sampling seed where results.json "
+                     f"records no training seed), so their spread may not be one over training seeds")
+    differ = {n: [r["results"][n].get("budget") or "?" for r in runs] for n in names}
     differ = {n: b for n, b in differ.items() if len({s.split(",")[0] for s in b}) > 1}   # steps x batch
     if differ:   # the same name trained longer in one run: the spread, and the claims on it, are partly budgets'
         notes.append("budgets differ between the runs for " + "; ".join(
@@ -1129,17 +1140,21 @@ def combine(args):
 
 
 def trained_seed(res):
-    """The seed a run's policies were trained with (results.json records each one's; older records name
-    only 06's own sampling seed, taken then), or their seeds joined where they differ."""
-    seeds = sorted({str(v["train_seed"]) for v in res["results"].values() if v.get("train_seed") is not None})
+    """The seed a run's policies were trained with, the SFT baseline's aside (runs may share one by design):
+    results.json records each one's; older records name only 06's own sampling seed, taken then. Seeds joined
+    where they differ."""
+    seeds = sorted({str(v["train_seed"]) for v in res["results"].values()
+                    if v.get("train_seed") is not None and v.get("role") != "sft"})
     return res["args"]["seed"] if not seeds else int(seeds[0]) if len(seeds) == 1 else "/".join(seeds)
 
 
 def trained_dirs(run):
-    """The folders of the trained policies a run evaluated, absolute (older records: as 06 was given them), but
-    for the SFT baseline, which runs may share by design."""
-    return {str(v.get("trained_in") or v.get("dir")) for v in run["results"].values() if v.get("role") != "sft"
-            and isinstance(v.get("trained_in") or v.get("dir"), str)}
+    """The trained policies a run evaluated, as (absolute folder, training seed): those with a stage record
+    (older results.json: the folder as 06 was given it, where a budget was read), but for the SFT baseline,
+    which runs may share by design. The seed tells apart a folder trained again since."""
+    return {(v.get("trained_in") or v.get("dir"), v.get("train_seed")) for v in run["results"].values()
+            if v.get("role") != "sft" and (v.get("trained_in") if "trained_in" in v else
+                                            v.get("dir") and v.get("budget", "?") != "?")}
 
 
 def check_means(res, by_policy, d):
@@ -1186,7 +1201,9 @@ def combined_sweep(runs):
 
 def combined_report(runs, names, absent, metrics, families, table, claims, notes=()):
     cell = lambda c, digits=3: f"{c['mean']:.{digits}f} ± {c['std']:.{digits}f}"
-    lines = [f"# 06_eval --combine: {len(runs)} runs, seeds {', '.join(str(r['seed']) for r in runs)}", "",
+    seeds = "training seeds" if all(r["recorded"] for r in runs) else "seeds (06's sampling seed where results.json " \
+        "records no training seed)"
+    lines = [f"# 06_eval --combine: {len(runs)} runs, {seeds} {', '.join(str(r['seed']) for r in runs)}", "",
              "Runs: " + ", ".join(f"`{r['dir']}` ({r['n_prompts']} test prompts)" for r in runs) + ". "
              "Cells: mean over the runs ± standard deviation over the runs (of each run's mean over its "
              f"test prompts). {TIES_NOTE}" + (f" Left out, not in every run: {', '.join(absent)}." if absent else "")
@@ -1229,7 +1246,7 @@ class HelpWithDefaults(argparse.ArgumentDefaultsHelpFormatter):
     """--help adds a flag's default, but not where there is none to show (None, an on/off flag's False) or
     where the help text already says it: "(default: None)" after "default runs/<run>/..." only confuses."""
     def _get_help_string(self, action):
-        if action.default is None or action.default is False or "default" in (action.help or ""):
+        if action.default is None or action.default is False or re.search(r"\(default|default:", action.help or ""):
             return action.help
         return super()._get_help_string(action)
 
@@ -1271,7 +1288,7 @@ class ArgParser(argparse.ArgumentParser):
 
 def refuse_idle_run(args, given, reads):
     """--run names the default folders of the flags in `reads` (dests); written where each of them is given
-    too, it would do nothing: refused, as every such flag."""
+    too, it would do nothing, and is refused like every flag that would."""
     if "run" in given and all(getattr(args, d) is not None for d in reads):
         flags = ", ".join(f"--{d.replace('_', '-')}" for d in reads)
         raise UserError(f"--run with {flags}: the run names only their default folders (runs/<run>/...), all "
@@ -1553,10 +1570,23 @@ def file_marks(folder, names):
 
 
 def stage_marks(names):
-    """{name: crc32 of its record} of the stage directories a model was trained from (stage.json, 03's stats.json),
-    read as it is saved, for its record: 06 notes one remade since (its budget and lineage would describe the new
-    one), and run.sh --resume redoes the stage."""
-    return {path_or_hub_id(n): zlib.crc32(record_file(n).read_bytes()) for n in names if n and record_file(n)}
+    """{name: record_mark} of the stage directories a model was trained from, read as it is saved, for its
+    record: 06 notes one remade since (its budget and lineage would describe the new one), and run.sh --resume
+    redoes the stage."""
+    return {path_or_hub_id(n): record_mark(n) for n in names if n and record_file(n)}
+
+
+def record_mark(folder):
+    """crc32 of a stage output's record (stage.json; 03's stats.json) without what two runs of the same work
+    write differently (times, speeds, versions, the precision probe's reading): the same work rerun is no
+    new input. run.sh's finished() computes the same."""
+    volatile = lambda k: k in ("wall_time_s", "versions", "precision_reason") or k.startswith(("perf/", "time/"))
+    kept = lambda x: {k: kept(v) for k, v in x.items() if not volatile(k)} if isinstance(x, dict) else x
+    try:
+        record = json.loads(record_file(folder).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return zlib.crc32(json.dumps(kept(record), sort_keys=True).encode())
 
 
 def record_file(folder):
@@ -1609,7 +1639,8 @@ def load_rows(spec, flag, split="train"):
     if spec.startswith(("/", "./", "../", "~")) or spec.partition(":")[0].count("/") > 1:   # no hub id's shape
         raise UserError(f"{flag} {spec}: file not found (a hub dataset is 'name' or 'org/name', with ':subset')")
     if re.search(r"\.(csv|tsv|parquet|arrow|txt|gz|bz2|xz|zip)$", spec, re.I):   # a file's name, not a hub id's
-        raise UserError(f"{flag} {spec}: file not found (and the files taken are .jsonl, .jsonl.gz or .json)")
+        raise UserError(f"{flag} {spec}: file not found (a file's name, not a hub id's; the files taken are .jsonl, "
+                        f".jsonl.gz or .json)")
     name, _, subset = spec.partition(":")  # HH-RLHF's subsets are data folders; other datasets' are configs
     where = {"data_dir": subset or None} if name == "Anthropic/hh-rlhf" else {"name": subset or None}
     offline_unless_hub_reachable()
@@ -1649,7 +1680,7 @@ def normalise_row(row, pairs):
     'TL;DR:' is stripped), HH-RLHF chosen/rejected dialogues, summarize_from_feedback info/summaries/choice,
     and, where only prompts are needed (pairs=False), a prompt alone; in the pair forms, chosen and rejected
     may be chat messages that end with the two replies (UltraFeedback, TRL's conversational datasets)."""
-    if "info" in row and "summaries" in row and not {"prompt", "chosen", "rejected"} <= row.keys():  # as normalise
+    if {"info", "summaries", "choice"} <= row.keys() and not {"prompt", "chosen", "rejected"} <= row.keys():
         info, summaries, c = row["info"], row["summaries"], row["choice"]
         if not (isinstance(info, dict) and isinstance(summaries, list) and len(summaries) == 2
                 and all(isinstance(x, dict) and isinstance(x.get("text"), str) for x in summaries)):
@@ -2373,7 +2404,8 @@ def load_tokenizer(name, flag):
             tok.apply_chat_template(TEMPLATE_PROBES[0], tokenize=False, add_generation_prompt=True)
         except Exception as e:
             raise UserError(f"{flag} {name}: its chat template fails on a one-turn prompt ({type(e).__name__}: "
-                            f"{(str(e).splitlines() or [''])[0][:160]}); fix chat_template in its tokenizer files") from None
+                            f"{(str(e).splitlines() or [''])[0][:160]}); fix chat_template in its tokenizer "
+                            f"files") from None
     config = Path(name) / "config.json"
     rows = read_json(config).get("vocab_size") if config.is_file() else None
     if isinstance(rows, int) and len(tok) > rows:   # ids past the embedding: an index error deep in torch
@@ -2567,9 +2599,9 @@ def check_output(out, overwrite, stage, inputs=()):
         for given in inputs:   # replacing `out` would delete an input in it
             if given and out.exists() and Path(given).exists() and Path(given).resolve().is_relative_to(out.resolve()):
                 raise UserError(f"{out}: also an input of this stage, or holds one ({given}); pick a new output folder")
-        holder = next((p for p in out.absolute().parents if any((p / r).is_file() for r in RECORDS)), None)
+        holder = next((p for p in out.absolute().parents if output_of(p, None) in STAGE_NAMES), None)
         if holder:   # that stage's next --overwrite would delete this output with its own
-            raise UserError(f"{out}: inside {holder}, the output of {output_of(holder, 'a stage')}, which replacing "
+            raise UserError(f"{out}: inside {holder}, the output of {output_of(holder, None)}, which replacing "
                             f"it would delete; pick a folder outside it")
         if out.exists() and not (out.is_dir() and (not any(out.iterdir()) or any((out / r).is_file() for r in RECORDS))):
             raise UserError(f"{out}: not the output of a stage (no {', '.join(RECORDS)}); --overwrite replaces only "
@@ -2595,6 +2627,7 @@ def check_output(out, overwrite, stage, inputs=()):
 
 
 RECORDS = ("stage.json", "stats.json", "results.json")   # a stage's output holds one
+STAGE_NAMES = ("01_sft", "02_reward", "03_split", "04_dpo", "05_ppo", "06_eval")   # what a record's "stage" names
 
 
 def output_of(out, default):

@@ -153,6 +153,54 @@ esac
 SPLIT=()
 [ "$BUDGET" = tiny ] && SPLIT=(--easy-fraction 0.5)
 
+TAG=${SWEEP_FLAG#--}; TAG=${TAG:0:1}     # t (threshold) or e (easy fraction): 03_split_t1.5, 05_ppo_e0.4
+if [ "$RESUME" = 1 ]; then   # before any stage: a run is continued with the flags that made it
+  NAMES=(01_sft 04_dpo 05_ppo)   # the policies this command evaluates (06 replaces its evaluation)
+  [ "$COMPARE" = 1 ] && NAMES+=(04_dpo_all 04_dpo_hard 05_ppo_vanilla 05_ppo_sftref)
+  [ "$IPO" = 1 ] && NAMES+=(04_ipo 04_ipo_online 04_ipo_md 04_nash_md_pg)
+  for T in ${SWEEP//,/ }; do NAMES+=("04_dpo_$TAG$T" "05_ppo_$TAG$T"); done
+  WHY=$("$PY" - "$R" "${NAMES[*]}" --seed "$SEED" --dataset "$DATASET" "${SFT[@]}" "${EXTRA[@]}" 2>&1 <<'EOF'
+import json, os, sys
+from importlib import util
+run, names, argv = sys.argv[1], set(sys.argv[2].split()), sys.argv[3:]
+def record(path):   # None where there is none, or one that does not read (its stage is not finished)
+    try:
+        with open(path, encoding="utf-8") as f:
+            r = json.load(f)
+        return r if isinstance(r, dict) else None
+    except (OSError, ValueError):
+        return None
+sft = record(f"{run}/01_sft/stage.json")
+if sft and isinstance(sft.get("args"), dict):   # 01's flags as 01 reads them (defaults, --flag=value), and its record's
+    spec = util.spec_from_file_location("sft", "01_sft.py")
+    m = util.module_from_spec(spec)
+    spec.loader.exec_module(m)
+    try:
+        mine = vars(m.parse_args(argv))
+    except m.UserError as e:
+        sys.exit(f"01_sft.py refuses the flags this command gives it: {e}")
+    differ = []
+    for k, v in mine.items():
+        old = sft["args"].get(k)
+        if k in ("run", "out", "overwrite", "device", "precision") or v is None or old is None:
+            continue   # (None: a length 01 fills in itself)
+        if k in ("model", "dataset", "test_dataset") and os.path.exists(str(v)) and os.path.exists(str(old)):
+            v, old = os.path.realpath(v), os.path.realpath(old)
+        if v != old:
+            differ.append(f"--{k.replace('_', '-')} {v} (its 01_sft ran with {old})")
+    if differ:
+        sys.exit(f"{run} was made with other settings than this command's: {'; '.join(differ)}; resume with the "
+                 f"flags of the run you continue (its --seed, --budget, --model, --dataset and flags after --), "
+                 f"or pass --run NAME for a new run")
+evaluated = record(f"{run}/06_eval/results.json") or {}
+more = sorted(set(evaluated.get("results") or {}) - names) if isinstance(evaluated.get("results"), dict) else []
+if more:
+    sys.exit(f"{run}/06_eval also evaluated {', '.join(more)}, which this command would not (made with --compare, "
+             f"--ipo or a sweep?); resume with the flags that made them, or move {run}/06_eval away first")
+EOF
+) || { echo "run.sh: --resume: ${WHY##*$'\n'}" >&2; exit 2; }
+fi
+
 echo "run.sh: run $R, seed $SEED, budget $BUDGET, device $DEVICE, precision $PRECISION, dataset $DATASET"
 [ -n "$PICKED" ] && echo "run.sh: $PICKED; every stage computes in it"
 echo "run.sh: expected wall time per stage ($BUDGET): $TIMES"
@@ -203,11 +251,16 @@ sys.exit(0 if same else 1)
 EOF
 }
 finished() {   # $1 holds a stage's record that reads as JSON (one cut short is no finished stage), made from
-  # its inputs as they are now: an input whose stage.json differs from the crc32 the record marks was remade
-  # since (a 03_split rerun by hand, say), and the stage is redone on it
+  # its inputs as they are now: an input whose record differs from the crc32 its own marks was remade since
+  # (a 03_split rerun by hand, say), and the stage is redone on it. run.sh's stages read their own run's
+  # folders: in a moved or copied run, the folder of the marked one's name beside it
   "$PY" - "$1" <<'EOF'
 import json, sys, zlib
 from pathlib import Path
+def mark(record):   # the stages' record_mark: the record without times, speeds, versions and the probe's reading
+    volatile = lambda k: k in ("wall_time_s", "versions", "precision_reason") or k.startswith(("perf/", "time/"))
+    kept = lambda x: {k: kept(v) for k, v in x.items() if not volatile(k)} if isinstance(x, dict) else x
+    return zlib.crc32(json.dumps(kept(json.loads(record.read_text(encoding="utf-8"))), sort_keys=True).encode())
 for name in ("stage.json", "stats.json"):
     try:
         record = json.load(open(Path(sys.argv[1]) / name, encoding="utf-8"))
@@ -218,30 +271,16 @@ else:
     sys.exit(1)
 marks = record.get("marks") if isinstance(record, dict) and isinstance(record.get("marks"), dict) else {}
 for path, crc in marks.items():   # (03's record is its stats.json)
-    f = next((Path(path) / r for r in ("stage.json", "stats.json") if (Path(path) / r).is_file()), None)
-    if f and zlib.crc32(f.read_bytes()) != crc:
-        print(f"run.sh: {sys.argv[1]} was made from {path} as it was then, remade since: redone (--resume)")
-        sys.exit(1)
-EOF
-}
-same_flags() {   # --resume: the finished 01's record ($1) against the flags this command gives 01 (the rest)
-  "$PY" - "$@" <<'EOF'
-import json, sys
-recorded, argv, differ, i = json.load(open(sys.argv[1], encoding="utf-8")).get("args") or {}, sys.argv[2:], [], 0
-def same(mine, theirs):
+    here = Path(sys.argv[1]).parent / Path(path).name
+    folder = here if here.is_dir() else Path(path)
+    f = next((folder / r for r in ("stage.json", "stats.json") if (folder / r).is_file()), None)
     try:
-        return float(mine) == float(theirs)
-    except (TypeError, ValueError):
-        return str(mine) == str(theirs)
-while i < len(argv):
-    flag, value = argv[i], argv[i + 1] if i + 1 < len(argv) and not argv[i + 1].startswith("--") else True
-    i += 1 if value is True else 2
-    dest = flag[2:].replace("-", "_")
-    if dest in recorded and not (recorded[dest] is True if value is True else same(value, recorded[dest])):
-        differ.append(f"{flag}{'' if value is True else ' ' + value} (its 01_sft ran with {recorded[dest]})")
-if differ:
-    print("; ".join(differ))
-    sys.exit(1)
+        changed = f and mark(f) != crc
+    except (OSError, ValueError):   # an input cut short: its own stage is redone first
+        changed = True
+    if changed:
+        print(f"run.sh: {sys.argv[1]} was made from {folder} as it was then, remade since: redone (--resume)")
+        sys.exit(1)
 EOF
 }
 stage() {
@@ -254,10 +293,6 @@ stage() {
   echo; echo "=== $* ==="; t=$(date +%s); "$PY" "$@" || return; echo "--- $(( $(date +%s) - t ))s"
 }
 
-if [ "$RESUME" = 1 ] && [ -f "$R/01_sft/stage.json" ]; then   # the stages to come take this command's seed and budget
-  DIFFER=$(same_flags "$R/01_sft/stage.json" --seed "$SEED" --dataset "$DATASET" "${SFT[@]}" "${EXTRA[@]}" 2>/dev/null) || {
-    echo "run.sh: --resume: $R was made with other flags than this command's: ${DIFFER:-its 01_sft/stage.json is unreadable}; resume with the flags of the run you continue, or pass --run NAME for a new run" >&2; exit 2; }
-fi
 stage 01_sft.py "${COMMON[@]}" --dataset "$DATASET" "${SFT[@]}" "${EXTRA[@]}"
 [ "$OVERWRITE" = 1 ] && touch "$MIXED"
 stage 02_reward.py "${COMMON[@]}" "${RM[@]}"
@@ -291,7 +326,6 @@ if [ -n "$SWEEP" ]; then
   # MPO again at every threshold, on the same SFT model and reward model (the paper fixes one per dataset
   # and does not say how to choose it). A point of 03_split's own setting, or whose split holds the same
   # pairs, is MPO's own run.
-  TAG=${SWEEP_FLAG#--}; TAG=${TAG:0:1}     # t (threshold) or e (easy fraction): 03_split_t1.5, 05_ppo_e0.4
   for T in ${SWEEP//,/ }; do
     S="$R/03_split_$TAG$T"
     if same_split "$R/03_split" "$SWEEP_FLAG" "$T"; then
@@ -320,13 +354,6 @@ if [ "$OVERWRITE" = 1 ]; then
     fi
   done
   rm -f "$MIXED"
-fi
-if [ "$RESUME" = 1 ] && [ -f "$R/06_eval/results.json" ]; then   # 06 replaces its output: not a larger evaluation
-  MORE=$("$PY" -c "import json, sys; print(', '.join(sorted(set(json.load(open(sys.argv[1]))['results']) - set(sys.argv[2:]))))" \
-         "$R/06_eval/results.json" "${POLICIES[@]##*/}" 2>/dev/null) || MORE=""
-  if [ -n "$MORE" ]; then
-    echo "run.sh: $R/06_eval also evaluated $MORE, which this command does not (made with --compare, --ipo or a sweep?); resume with the flags that made them, or move $R/06_eval away first" >&2; exit 2
-  fi
 fi
 stage 06_eval.py "${POLICIES[@]}" --run "$RUN" --seed "$SEED" --device "$DEVICE" --precision "$PRECISION" --overwrite "${EVAL[@]}"
 echo; echo "run.sh: done in $(( $(date +%s) - START ))s; report: $R/06_eval/report.md"

@@ -426,6 +426,8 @@ def test_an_output_inside_another_stage_s_output_or_holding_an_input_is_refused(
         dpo.check_output(run / "05_ppo", True, "05_ppo", inputs=[str(run / "05_ppo/sub")])
     dpo.check_output(run / "05_ppo", True, "05_ppo", inputs=[str(run / "04_dpo")])
     dpo.check_output(run / "05_ppo_b", False, "05_ppo")
+    (tmp_path / "results.json").write_text('{"accuracy": 1}')   # a file of yours of that name: no stage's output
+    dpo.check_output(run / "05_ppo_c", False, "05_ppo")
 
 
 def test_a_chat_template_that_does_not_parse_names_the_model_not_the_data(tmp_path, tiny_model_dir):

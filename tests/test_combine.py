@@ -186,6 +186,26 @@ def test_combine_reads_training_seeds_budgets_and_means_that_agree_with_the_samp
     assert ("budgets differ between the runs for 04_dpo_all (3 steps x 8 pairs = 24 pairs / 12 steps x 8 pairs = 96 pairs): their "
             "spread, and the claims on them, are partly the budgets'") in report
     res = json.load(open(tmp_path / "b/results.json"))
+    for n, v in (("train_seed", 1.5), ("budget", None), ("trained_in", 3)):   # damaged: one line, no traceback
+        bad = json.loads(json.dumps(res))
+        bad["results"]["05_ppo"][n] = v
+        json.dump(bad, open(tmp_path / "b/results.json", "w"))
+        if v is None:
+            combine(tmp_path / "a", tmp_path / "b")
+        else:
+            with pytest.raises(ev.UserError, match=f"b/results.json: 05_ppo's {n} is not as 06_eval.py writes it"):
+                combine(tmp_path / "a", tmp_path / "b")
+    for run in ("a", "b"):   # one folder evaluated in both: the same training if trained with the same seed
+        r = json.load(open(tmp_path / run / "results.json"))
+        r["results"]["04_dpo"].update(trained_in="/runs/x/04_dpo", train_seed=0)
+        r["results"]["05_ppo"].update(trained_in=None)             # a hub model: no training of ours
+        json.dump(r, open(tmp_path / run / "results.json", "w"))
+    with pytest.raises(ev.UserError, match=r"evaluate the same trained policy \(/runs/x/04_dpo, trained with seed 0\)"):
+        combine(tmp_path / "a", tmp_path / "b")
+    r["results"]["04_dpo"]["train_seed"] = 1                       # the folder trained again since, another seed
+    json.dump(r, open(tmp_path / "b/results.json", "w"))
+    combine(tmp_path / "a", tmp_path / "b")
+    res = json.load(open(tmp_path / "b/results.json"))
     res["results"]["05_ppo"]["rm"]["mean"] = 9.99                       # edited by hand
     json.dump(res, open(tmp_path / "b/results.json", "w"))
     with pytest.raises(ev.UserError, match=r"b/results.json: 05_ppo's rm mean 9.99 is not that of its samples.jsonl "

@@ -361,6 +361,8 @@ def test_windows_line_ends_and_a_summarize_from_feedback_row_with_a_prompt_colum
     row = {"info": {"post": "p", "title": "t", "subreddit": "s"}, "summaries": [{"text": "a"}, {"text": "b"}],
            "choice": 1, "prompt": "x"}
     assert sft.normalise([row], "sff.jsonl")[0]["chosen"] == "b"
+    row = {"prompt": "x", "info": {"post": "p"}, "summaries": [{"text": "a"}]}   # prompts, with other columns
+    assert sft.normalise([row], "prompts.jsonl", pairs=False)[0]["prompt"] == [{"role": "user", "content": "x"}]
 
 
 def test_a_named_pipe_is_read_as_a_file(tmp_path):

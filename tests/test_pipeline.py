@@ -308,19 +308,27 @@ def test_resume_redoes_a_stage_whose_input_was_remade_and_refuses_other_flags(pi
     st["marks"] = {str(split.resolve()): st["marks"][str(run.resolve() / "03_split")]}
     (dpo / "stage.json").write_text(json.dumps(st))
     assert finished(dpo) == (True, "")
-    (split / "stats.json").write_text((split / "stats.json").read_text() + " ")   # remade
+    record = json.load(open(split / "stats.json"))
+    (split / "stats.json").write_text(json.dumps({**record, "wall_time_s": 1.0, "perf/pairs_per_s": 2.0}))
+    assert finished(dpo) == (True, "")                                   # the same work again: no new input
+    (split / "stats.json").write_text(json.dumps({**record, "easy": record["easy"] + 1}))   # remade
     done, said = finished(dpo)
     assert not done and said.strip() == f"run.sh: {dpo} was made from {split.resolve()} as it was then, remade since: redone (--resume)"
     assert not finished(tmp_path / "none")[0]
+    st["marks"] = {"/elsewhere/03_split": st["marks"][str(split.resolve())]}   # a moved run: its own split, beside
+    (dpo / "stage.json").write_text(json.dumps(st))
+    assert finished(dpo) == (False, f"run.sh: {dpo} was made from {split} as it was then, remade since: redone "
+                                    f"(--resume)\n")
     env = dict(os.environ, HF_HUB_OFFLINE="1", TQDM_DISABLE="1", PYTHON=sys.executable)
-    for flags, said in ((["--seed", "7"], "--seed 7 (its 01_sft ran with 0)"),
-                        (["--budget", "cpu"], "--max-steps 30 (its 01_sft ran with 4)")):
-        proc = subprocess.run(["bash", "run.sh", "--budget", "tiny", "--run", "t", "--model", str(tiny_model_dir),
-                               "--resume", "--compare", "--ipo", *flags], cwd=work, env=env, capture_output=True,
-                              text=True, timeout=120)
-        assert proc.returncode == 2 and proc.stderr.startswith(f"run.sh: --resume: runs/t was made with other flags "
-                                                               f"than this command's: {said}"), proc.stderr[-2000:]
-        assert "===" not in proc.stdout                                   # before any stage
+    model = ["--model", str(tiny_model_dir)]
+    for flags, said in ((model + ["--seed", "7"], "--seed 7 (its 01_sft ran with 0)"),
+                        (model + ["--budget", "cpu"], "--max-steps 30 (its 01_sft ran with 4)"),
+                        ([], f"--model HuggingFaceTB/SmolLM2-135M-Instruct (its 01_sft ran with {tiny_model_dir})")):
+        proc = subprocess.run(["bash", "run.sh", "--budget", "tiny", "--run", "t", "--resume", "--compare", "--ipo",
+                               *flags], cwd=work, env=env, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2 and proc.stderr.startswith("run.sh: --resume: runs/t was made with other "
+                                                               "settings than this command's: ") and said in proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1 and "===" not in proc.stdout   # before any stage
 
 
 def test_a_sweep_point_is_mpo_s_own_by_its_setting_or_its_pairs(pipeline, tmp_path):
@@ -384,12 +392,13 @@ def test_threshold_sweep_and_resume(pipeline, tmp_path, tiny_model_dir):
     # without the --compare --ipo that made the run, 06 would replace an evaluation of more policies: refused
     proc = subprocess.run(command, cwd=copy, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 2 and proc.stderr.strip().startswith(
-        "run.sh: runs/t/06_eval also evaluated 04_dpo_all, 04_dpo_hard, 04_ipo,"), proc.stderr[-2000:]
-    assert "which this command does not" in proc.stderr and (copy / "runs/t/05_ppo_e0.3/stage.json").is_file()
+        "run.sh: --resume: runs/t/06_eval also evaluated 04_dpo_all, 04_dpo_hard, 04_ipo,"), proc.stderr[-2000:]
+    assert len(proc.stderr.strip().splitlines()) == 1 and "which this command would not" in proc.stderr
+    assert "===" not in proc.stdout and not (copy / "runs/t/03_split_e0.3").exists()   # refused before any stage
     proc = subprocess.run(command + ["--compare", "--ipo"], cwd=copy, env=env, capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-    assert "remade since" not in proc.stdout and "=== 04_dpo.py --" not in proc.stdout   # nothing redone
+    assert "remade since" not in proc.stdout, [l for l in proc.stdout.splitlines() if "remade" in l]   # none redone
     for d in ("01_sft", "02_reward", "03_split", "04_dpo", "05_ppo"):
         assert f"runs/t/{d} is finished; skipped (--resume)" in proc.stdout
     assert "--easy-fraction 0.5 splits as 03_split did" in proc.stdout and not (copy / "runs/t/04_dpo_e0.5").exists()
@@ -428,7 +437,7 @@ def test_threshold_sweep_and_resume(pipeline, tmp_path, tiny_model_dir):
     json.dump(rerun, open(tmp_path / "t2/06_eval/results.json", "w"))
     with pytest.raises(ev.UserError, match="is named twice"):
         ev.main(ev.parse_args(["--combine", str(copy / "runs/t"), str(copy / "runs/t/06_eval"), "--out", str(tmp_path / "c")]))
-    with pytest.raises(ev.UserError, match=r"evaluate the same trained policy \(.*/runs/t/04_dpo\)"):
+    with pytest.raises(ev.UserError, match=r"evaluate the same trained policy \(.*/runs/t/04_dpo, trained with seed 0\)"):
         ev.main(ev.parse_args(["--combine", str(copy / "runs/t"), str(tmp_path / "t2"), "--out", str(tmp_path / "c")]))
     for v in rerun["results"].values():   # as if trained elsewhere with the same seed: a note says so
         v["trained_in"] = str(tmp_path / "elsewhere" / Path(v["dir"]).name)
