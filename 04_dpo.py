@@ -242,7 +242,7 @@ def load_inputs(args):
         print(f"inherited dataset {sft_stage['dataset']['name']!r} from {model}")
     tok = load_tokenizer(model, "--model")
     rows, source = load_pairs(args, model, args.split_dir or f"runs/{args.run}/03_split")
-    held_out = held_out_file(args) if sft_stage else None
+    held_out = held_out_file(args)   # None unless --model is a 01_sft folder (as sft_stage) and no --data
     test_rows = [r for r in read_stage_rows(held_out, pairs=False, empty_ok=True) if r.get("chosen")] \
         if held_out else []
     if not test_rows:
