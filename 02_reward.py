@@ -169,6 +169,7 @@ def main(args):
     if args.data is None and sft_stage is None:
         raise UserError(f"--model {model_name} is not a 01_sft directory, so it names no pairs; pass --data FILE")
     check_output(out, args.overwrite, "02_reward", inputs=[model_name, args.data, args.test_data])
+    marks = stage_marks([model_name])   # its record as read now, for 02's own (run.sh --resume, 06)
     inherit_lengths(args, sft_stage)
     if args.data is None:
         train_rows, dataset = read_stage_rows(Path(model_name) / "data_train.jsonl"), sft_stage["dataset"]
@@ -261,7 +262,7 @@ def main(args):
         tok.save_pretrained(tmp)
         write_stage(tmp, "02_reward", args, started, device, precision, metrics, model=model_name,
                     sft=str(Path(model_name).resolve()) if sft_stage else None, dataset=dataset, final=final,
-                    marks=stage_marks([model_name]))
+                    marks=marks)
     held = (f"held-out accuracy {before['eval/accuracy']:.3f} -> {after['eval/accuracy']:.3f}, margin "
             f"{after['eval/margin']:.2f}" if after else "held-out accuracy not measured")
     gold = f", gold agreement {after['eval/gold_agreement']:.3f} (labels agree with gold " \
@@ -605,9 +606,9 @@ def file_marks(folder, names):
 
 
 def stage_marks(names):
-    """{name: record_mark} of the stage directories a model was trained from, read as it is saved, for its
-    record: 06 notes one remade since (its budget and lineage would describe the new one), and run.sh --resume
-    redoes the stage."""
+    """{name: record_mark} of the stage directories a model is trained from, taken as the stage reads them (one
+    remade while it trains is then seen as remade), for its record: 06 notes one remade since (its budget and
+    lineage would describe the new one), and run.sh --resume redoes the stage."""
     return {path_or_hub_id(n): record_mark(n) for n in names if n and record_file(n)}
 
 

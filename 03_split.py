@@ -284,6 +284,7 @@ def main(args):
     if args.reward is None or args.data is None:  # the run's RM, or a 02 directory whose 01 data is split
         need_stage(rm_name, "02_reward", "--reward")
     check_output(out, args.overwrite, "03_split", inputs=[rm_name, args.data])
+    marks = stage_marks([rm_name])   # its record as read now, for 03's own (run.sh --resume, 06)
     device = pick_device(args.device)
     keep_freed_memory(device)   # on a CPU, no page faults for memory a step freed
     precision = pick_precision(args.precision, device)
@@ -365,7 +366,7 @@ def main(args):
         write_jsonl(tmp / "hard.jsonl", hard)
         # 03's record is stats.json (04 and 05 read it); no steps, so no metrics.jsonl
         write_stage(tmp, "03_split", args, started, device, precision, None, record_name="stats.json", **stats,
-                    files=file_marks(tmp, ["easy.jsonl", "hard.jsonl"]), marks=stage_marks([rm_name]))
+                    files=file_marks(tmp, ["easy.jsonl", "hard.jsonl"]), marks=marks)
     show(stats, gaps, args.wrong_way)
     print(f"\n03_split: {stats['perf/pairs_per_s']:.1f} pairs/s, {time.time() - started:.0f}s wall -> {out}")
 
@@ -705,9 +706,9 @@ def file_marks(folder, names):
 
 
 def stage_marks(names):
-    """{name: record_mark} of the stage directories a model was trained from, read as it is saved, for its
-    record: 06 notes one remade since (its budget and lineage would describe the new one), and run.sh --resume
-    redoes the stage."""
+    """{name: record_mark} of the stage directories a model is trained from, taken as the stage reads them (one
+    remade while it trains is then seen as remade), for its record: 06 notes one remade since (its budget and
+    lineage would describe the new one), and run.sh --resume redoes the stage."""
     return {path_or_hub_id(n): record_mark(n) for n in names if n and record_file(n)}
 
 

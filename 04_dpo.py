@@ -227,9 +227,10 @@ def preference_metrics(micro):
 
 
 def load_inputs(args):
-    """(model, tokenizer, stage 01's stage.json or None, rows, source, held-out rows): the policy start and
-    reference (--model, default runs/<run>/01_sft), the pairs to train on (online: whose prompts are sampled)
-    and, where the model is a 01_sft directory, its held-out pairs. What is inherited is printed."""
+    """(model, tokenizer, stage 01's stage.json or None, rows, source, held-out rows, marks): the policy start
+    and reference (--model, default runs/<run>/01_sft), the pairs to train on (online: whose prompts are
+    sampled), where the model is a 01_sft directory its held-out pairs, and the stage_marks of the stage
+    folders read. What is inherited is printed."""
     model = args.model or f"runs/{args.run}/01_sft"
     record = Path(model) / "stage.json"
     if args.model is None:
@@ -242,6 +243,8 @@ def load_inputs(args):
         print(f"inherited dataset {sft_stage['dataset']['name']!r} from {model}")
     tok = load_tokenizer(model, "--model")
     rows, source = load_pairs(args, model, args.split_dir or f"runs/{args.run}/03_split")
+    marks = stage_marks([model] + [source["from"]] * (source["split"] in ("easy", "hard"))   # 01_sft, 03's split,
+                        + [args.reward or f"runs/{args.run}/02_reward"] * args.online)      # online the RM
     held_out = held_out_file(args)   # None unless --model is a 01_sft folder (as sft_stage) and no --data
     test_rows = [r for r in read_stage_rows(held_out, pairs=False, empty_ok=True) if r.get("chosen")] \
         if held_out else []
@@ -252,7 +255,7 @@ def load_inputs(args):
         rows = drop_long_pairs(rows, tok, args.max_response_len, source["file"])
     if not args.curriculum:  # the seed shuffles an order of the text alone: 03 writes its sets in gap order, and
         rows = sorted(rows, key=text_key)  # bf16 gaps may differ in their last bits between two processes
-    return model, tok, sft_stage, rows, source, test_rows
+    return model, tok, sft_stage, rows, source, test_rows, marks
 
 
 def held_out_file(args):
@@ -332,7 +335,7 @@ def trainable(policy, args, device, dtype):
             torch.amp.GradScaler(enabled=dtype == torch.float16))
 
 
-def finish(args, out, policy, tok, model, sft_stage, rows, source, metrics, before, after, tokens, loop_start,
+def finish(args, out, policy, tok, model, sft_stage, rows, source, marks, metrics, before, after, tokens, loop_start,
            reference, started, device, precision):
     """Save the policy as a plain Hugging Face directory with its reference log-probs, stage.json (its final
     record: the held-out accuracy, the budget; online, the last evaluation) and metrics.jsonl; print a summary."""
@@ -345,14 +348,12 @@ def finish(args, out, policy, tok, model, sft_stage, rows, source, metrics, befo
     policy.config.use_cache = True
     check_finite(policy, "04_dpo")
     stop_at_eos(policy, tok, "04_dpo")
-    inputs = [model] + [source["from"]] * (source["split"] in ("easy", "hard")) \
-        + [args.reward or f"runs/{args.run}/02_reward"] * args.online          # 01_sft, 03's split, online the RM
     with output_dir(out, args.overwrite, "04_dpo") as tmp:
         policy.save_pretrained(tmp)
         tok.save_pretrained(tmp)
         write_json(reference, tmp / "ref_logps.json")
         write_stage(tmp, "04_dpo", args, started, device, precision, metrics, final=final, data=source,
-                    sft=path_or_hub_id(model), marks=stage_marks(inputs),
+                    sft=path_or_hub_id(model), marks=marks,
                     dataset={"name": args.data} if args.data else (sft_stage or {}).get("dataset"))
     print(f"04_dpo: {args.loss}{' online' if args.online else ''}"
           f"{f' from the mixture B = {args.mixture_beta}' if args.mixture_beta else ''} on {source['split']} ({len(rows)} "
@@ -465,7 +466,7 @@ def main(args):
     average = args.loss == "ipo" and args.ipo_aggregate == "mean"   # DPO always sums (Eq. 7)
 
     # 0. the SFT model (policy start and reference) and the pairs, tokenised once
-    model, tok, sft_stage, rows, source, test_rows = load_inputs(args)
+    model, tok, sft_stage, rows, source, test_rows, marks = load_inputs(args)
     policy = load_model(model, "policy", "--model", device)
     check_context(policy, args.max_prompt_len + args.max_response_len, "--model", "--max-prompt-len plus --max-response-len")
     check_room(out, policy)
@@ -523,7 +524,7 @@ def main(args):
     # 3. save: the held-out implicit-reward accuracy, the policy, the cached reference log-probs
     after = implicit_reward_accuracy(policy, test_ex, test_rows, test_reference, args.eval_batch_size,
                                      tok.pad_token_id, device, dtype, average)
-    finish(args, out, policy, tok, model, sft_stage, rows, source, metrics, before, after, tokens, loop_start,
+    finish(args, out, policy, tok, model, sft_stage, rows, source, marks, metrics, before, after, tokens, loop_start,
            {"aggregate": "mean" if average else "sum", "train": train_reference, "test": test_reference,
             "train_order": "as read" if args.curriculum else "sorted by text_key"}, started, device, precision)
 
@@ -660,7 +661,7 @@ def online_main(args):
     average = args.loss == "ipo" and args.ipo_aggregate == "mean"
 
     # 0. policy, reference (a second copy of the start: it scores fresh samples), RM, prompts
-    model, tok, sft_stage, rows, source, test_rows = load_inputs(args)
+    model, tok, sft_stage, rows, source, test_rows, marks = load_inputs(args)
     rm_dir = args.reward or f"runs/{args.run}/02_reward"
     if args.reward is None:
         need_stage(rm_dir, "02_reward", "--reward")
@@ -725,7 +726,7 @@ def online_main(args):
     # 2. save, as main does; the last online evaluation goes into stage.json's final record
     after = implicit_reward_accuracy(policy, test_ex, test_rows, test_reference, args.eval_batch_size,
                                      tok.pad_token_id, device, dtype, average)
-    finish(args, out, policy, tok, model, sft_stage, rows, source, metrics, before, after, tokens, loop_start,
+    finish(args, out, policy, tok, model, sft_stage, rows, source, marks, metrics, before, after, tokens, loop_start,
            {"aggregate": "mean" if average else "sum", "train": [], "test": test_reference},
            started, device, precision)
 
@@ -1065,9 +1066,9 @@ def file_marks(folder, names):
 
 
 def stage_marks(names):
-    """{name: record_mark} of the stage directories a model was trained from, read as it is saved, for its
-    record: 06 notes one remade since (its budget and lineage would describe the new one), and run.sh --resume
-    redoes the stage."""
+    """{name: record_mark} of the stage directories a model is trained from, taken as the stage reads them (one
+    remade while it trains is then seen as remade), for its record: 06 notes one remade since (its budget and
+    lineage would describe the new one), and run.sh --resume redoes the stage."""
     return {path_or_hub_id(n): record_mark(n) for n in names if n and record_file(n)}
 
 

@@ -443,6 +443,8 @@ def main(args):
     started = time.time()
 
     sft_dir, sft_stage = sft_through_rm(rm_name, required=not args.data)
+    marks = stage_marks([policy_name, ref_name, rm_name, value_name, sft_dir]   # the inputs' records as read now
+                        + [split_dir] * (not args.data and args.prompts in ("hard", "easy")))
     inherit_lengths(args, sft_stage)
     policy, ref, rm, value, tok = load_ppo_models(policy_name, ref_name, rm_name, value_name, args.grad_checkpointing,
                                                   device, args.max_prompt_len + args.max_new_tokens)
@@ -547,8 +549,7 @@ def main(args):
         write_stage(tmp, "05_ppo", args, started, device, precision, metrics, policy_init=path_or_hub_id(policy_name),
                     ref=path_or_hub_id(ref_name), reward=path_or_hub_id(rm_name), sft=sft_dir and path_or_hub_id(sft_dir),
                     dataset=dataset, prompts=source, n_prompts=len(prompts), final=final,
-                    marks=stage_marks([policy_name, ref_name, rm_name, value_name, sft_dir]
-                                      + [split_dir] * (args.prompts in ("hard", "easy"))),
+                    marks=marks,
                     split=None if args.data or args.prompts == "all" else path_or_hub_id(split_dir))
     print(f"05_ppo: {args.steps} steps on {len(prompts)} {source} prompts; RM score "
           f"{final['scores_first_quarter']:.3f} -> {final['scores_last_quarter']:.3f}, KL "
@@ -891,9 +892,9 @@ def file_marks(folder, names):
 
 
 def stage_marks(names):
-    """{name: record_mark} of the stage directories a model was trained from, read as it is saved, for its
-    record: 06 notes one remade since (its budget and lineage would describe the new one), and run.sh --resume
-    redoes the stage."""
+    """{name: record_mark} of the stage directories a model is trained from, taken as the stage reads them (one
+    remade while it trains is then seen as remade), for its record: 06 notes one remade since (its budget and
+    lineage would describe the new one), and run.sh --resume redoes the stage."""
     return {path_or_hub_id(n): record_mark(n) for n in names if n and record_file(n)}
 
 

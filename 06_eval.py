@@ -1570,9 +1570,9 @@ def file_marks(folder, names):
 
 
 def stage_marks(names):
-    """{name: record_mark} of the stage directories a model was trained from, read as it is saved, for its
-    record: 06 notes one remade since (its budget and lineage would describe the new one), and run.sh --resume
-    redoes the stage."""
+    """{name: record_mark} of the stage directories a model is trained from, taken as the stage reads them (one
+    remade while it trains is then seen as remade), for its record: 06 notes one remade since (its budget and
+    lineage would describe the new one), and run.sh --resume redoes the stage."""
     return {path_or_hub_id(n): record_mark(n) for n in names if n and record_file(n)}
 
 

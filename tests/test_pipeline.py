@@ -331,6 +331,37 @@ def test_resume_redoes_a_stage_whose_input_was_remade_and_refuses_other_flags(pi
         assert len(proc.stderr.strip().splitlines()) == 1 and "===" not in proc.stdout   # before any stage
 
 
+def test_a_stage_marks_its_inputs_as_it_read_them(pipeline, tmp_path, monkeypatch):
+    """Each trained stage marked its inputs' records as it saved its model: an input remade while the stage
+    trained was taken for the one it trained on (06 said nothing, run.sh --resume skipped the stage). The
+    marks are taken as the inputs are read; here each stage's input is remade during its training."""
+    _, run, _ = pipeline
+    for d in ("01_sft", "02_reward", "03_split", "04_dpo"):
+        shutil.copytree(run / d, tmp_path / d)
+    for stage, during, remade, argv in (
+            ("02_reward", "bradley_terry_loss", "01_sft", ["--model", "01_sft", "--max-steps", "1"]),
+            ("03_split", "score_pairs", "02_reward", ["--reward", "02_reward", "--easy-fraction", "0.5"]),
+            ("04_dpo", "preference_loss", "03_split", ["--model", "01_sft", "--split-dir", "03_split", "--max-steps", "1"]),
+            ("05_ppo", "gae", "04_dpo", ["--policy", "04_dpo", "--reward", "02_reward", "--split-dir", "03_split",
+                                         "--steps", "1", "--rollout-batch", "2", "--max-new-tokens", "4"])):
+        mod = load_script(stage)
+        folder = tmp_path / remade
+        record = mod.record_file(folder)
+        text, before = record.read_text(), mod.record_mark(folder)
+        real = getattr(mod, during)
+
+        def remake(*args, real=real, record=record, **kwargs):   # the input is rerun while this stage trains
+            record.write_text(json.dumps({**json.loads(record.read_text()), "seed": 123}))
+            return real(*args, **kwargs)
+        monkeypatch.setattr(mod, during, remake)
+        monkeypatch.chdir(tmp_path)
+        out = tmp_path / f"out_{stage}"
+        mod.run_main(mod.main, argv + ["--out", str(out)])
+        marks = json.loads(mod.record_file(out).read_text())["marks"]
+        assert marks[str(folder.resolve())] == before != mod.record_mark(folder), stage
+        record.write_text(text)   # as it was, for the stages after
+
+
 def test_a_sweep_point_is_mpo_s_own_by_its_setting_or_its_pairs(pipeline, tmp_path):
     """run.sh's same_split: a point is 03_split's where 03 ran with its setting, or where the split made for it
     holds the same pairs in each set, whatever the order and the last digits of the gaps (bf16 on a loaded
