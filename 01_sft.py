@@ -116,10 +116,13 @@ def load_dataset_rows(args):
         held = [zlib.crc32(prompt_key(r).encode()) % 100 < 5 for r in train]
         test = [r for r, h in zip(train, held) if h]
         train = [r for r, h in zip(train, held) if not h]
-        if not test:
-            raise UserError(f"--dataset {args.dataset}: too small to hold out 5% of its prompts as a test "
-                            f"split; pass --test-dataset FILE")
-        print(f"{args.dataset}: held out {len(test)} rows (5% of prompts) as the test split")
+        prompts = {prompt_key(r) for r in train + test}
+        if not test or not train:   # few distinct prompts: the hash may hold out none of them, or all
+            raise UserError(f"--dataset {args.dataset}: its {len(prompts)} distinct prompt(s) fell "
+                            f"{'none' if not test else 'all'} in the held-out 5%, so there is no "
+                            f"{'test' if not test else 'train'} split; pass --test-dataset FILE")
+        print(f"{args.dataset}: held out {len(test)} rows ({len({prompt_key(r) for r in test})} of {len(prompts)} "
+              f"distinct prompts, about 5% by a hash of each) as the test split")
     else:
         test = normalise(load_rows(args.dataset, "--dataset", "test"), args.dataset + " (test)")
     if not local or args.test_dataset:  # a test prompt seen in training would flatter every policy
@@ -909,6 +912,8 @@ def texts_of(row, field):
 
 def drop_special_text(rows, tokenizer, source):
     """Rows whose text holds a special token (special_text), dropped and counted as malformed data."""
+    if not rows:   # none at all is the caller's to name (it knows why there are none)
+        return rows
     specials = special_tokens(tokenizer)
     found = [special_text(specials, r) for r in rows]
     keep = [r for r, f in zip(rows, found) if f is None]
@@ -931,7 +936,7 @@ def drop_long_pairs(rows, tokenizer, max_response_len, source):
     if len(keep) < len(rows):
         print(f"{source}: dropped {len(rows) - len(keep)} of {len(rows)} pairs with a response of "
               f"{max_response_len} tokens or more (--max-response-len)")
-    if not keep:
+    if rows and not keep:
         raise UserError(f"{source}: every pair has a response of {max_response_len} tokens or more; "
                         f"raise --max-response-len")
     return keep

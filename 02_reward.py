@@ -848,6 +848,8 @@ def texts_of(row, field):
 
 def drop_special_text(rows, tokenizer, source):
     """Rows whose text holds a special token (special_text), dropped and counted as malformed data."""
+    if not rows:   # none at all is the caller's to name (it knows why there are none)
+        return rows
     specials = special_tokens(tokenizer)
     found = [special_text(specials, r) for r in rows]
     keep = [r for r, f in zip(rows, found) if f is None]
@@ -870,7 +872,7 @@ def drop_long_pairs(rows, tokenizer, max_response_len, source):
     if len(keep) < len(rows):
         print(f"{source}: dropped {len(rows) - len(keep)} of {len(rows)} pairs with a response of "
               f"{max_response_len} tokens or more (--max-response-len)")
-    if not keep:
+    if rows and not keep:
         raise UserError(f"{source}: every pair has a response of {max_response_len} tokens or more; "
                         f"raise --max-response-len")
     return keep

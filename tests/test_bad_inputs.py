@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+import zlib
 
 import pytest
 import torch
@@ -52,6 +53,29 @@ def test_json_numbers_past_python_s_limits_are_one_line(tmp_path):
             {"prompt": "q", "chosen": "a", "rejected": "b", "gold_chosen": 10 ** 400, "gold_rejected": 0.1}]
     with pytest.raises(sft.UserError, match="row 2: gold_chosen and gold_rejected"):
         sft.normalise(rows, "f.jsonl")
+
+
+def test_a_local_file_held_out_whole_or_not_at_all_is_named_as_such(tmp_path, capsys):
+    """01 holds out ~5% of a local file's prompts by a hash: a file of one prompt fell whole in the test split,
+    and 01 said '(5% of prompts)' then blamed special tokens for the empty train split."""
+    def rows(name, prompts):
+        path = tmp_path / name
+        path.write_text("".join(json.dumps({"prompt": p, "chosen": f"A{j}", "rejected": f"B{j}"}) + "\n"
+                                for j, p in enumerate(prompts)))
+        return sft.parse_args(["--dataset", str(path)])
+    row = lambda p: sft.normalise([{"prompt": p, "chosen": "a", "rejected": "b"}], "f")[0]
+    held = [p for p in (f"Hello {i}" for i in range(100)) if zlib.crc32(sft.prompt_key(row(p)).encode()) % 100 < 5]
+    kept = [p for p in (f"Hello {i}" for i in range(100)) if p not in held]
+    with pytest.raises(sft.UserError, match=r"a.jsonl: its 1 distinct prompt\(s\) fell all in the held-out 5%, so "
+                                            r"there is no train split; pass --test-dataset FILE$"):
+        sft.load_dataset_rows(rows("a.jsonl", held[:1] * 20))
+    with pytest.raises(sft.UserError, match=r"b.jsonl: its 3 distinct prompt\(s\) fell none in the held-out 5%, so "
+                                            r"there is no test split"):
+        sft.load_dataset_rows(rows("b.jsonl", kept[:3]))
+    train, test, _ = sft.load_dataset_rows(rows("c.jsonl", held[:1] * 2 + kept[:3]))
+    assert len(train) == 3 and len(test) == 2
+    assert "held out 2 rows (1 of 4 distinct prompts, about 5% by a hash of each)" in capsys.readouterr().out
+    assert dpo.drop_special_text([], None, "f") == [] == dpo.drop_long_pairs([], None, 8, "f")   # no rows: the caller names why
 
 
 def test_a_stage_s_rows_are_checked_as_they_are_read(tmp_path):
