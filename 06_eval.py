@@ -610,11 +610,14 @@ def check_eval_record(res, path):
         raise UserError(f"{path}: not as 06_eval.py writes it (n_prompts, the seed and samples per prompt are "
                         f"integers; baseline, sft and judge texts); rerun 06_eval.py for that run")
     sweep = res.get("sweep") or []
-    if not isinstance(res["dataset"].get("name"), str) or not isinstance(sweep, list) or not all(
-            isinstance(p, dict) and isinstance(p.get("point"), str) and all(finite_number(p.get(k)) for k in ("threshold", "easy", "hard"))
-            for p in sweep):
-        raise UserError(f"{path}: not as 06_eval.py writes it (a dataset name; sweep points with a name, a threshold "
-                        f"and set sizes); rerun 06_eval.py for that run")
+    point_ok = lambda p: isinstance(p, dict) and isinstance(p.get("point"), str) and all(
+        finite_number(p.get(k)) for k in ("threshold", "easy", "hard")) and all(
+        p.get(k) is None or finite_number(p[k]) for k in ("easy_label_noise", "hard_label_noise")) and all(
+        p.get(k) is None or isinstance(p[k], str) and p[k] in res["results"] for k in ("dpo", "mpo"))
+    if not isinstance(res["dataset"].get("name"), str) or not isinstance(sweep, list) or not all(map(point_ok, sweep)):
+        raise UserError(f"{path}: not as 06_eval.py writes it (a dataset name; sweep points with a name, a threshold, "
+                        f"set sizes, label noise or null, and their DPO and MPO among the policies evaluated); rerun "
+                        f"06_eval.py for that run")
 
 
 def protocol(res):
@@ -1159,16 +1162,41 @@ def trained_dirs(run):
 
 def check_means(res, by_policy, d):
     """results.json's means must be those of samples.jsonl, which the claims are computed from: a file edited
-    or put beside another evaluation's would give a report that disagrees with itself."""
+    or put beside another evaluation's would give a report that disagrees with itself. The means samples.jsonl
+    gives again: rm, gold, kl, gold per family, the win and tie rates against the baseline (evaluated first;
+    an RM tie of a response the same as the baseline's was told by its tokens, which samples.jsonl has not,
+    so each such text may move the RM's by half a sample); the others must be rates in [0, 1], or lengths."""
+    fail = lambda name, m, got, want: UserError(
+        f"{d / 'results.json'}: {name}'s {m} mean {got:.6g} is not {want}: one was edited, or comes from another "
+        f"evaluation; rerun 06_eval.py for that run")
+    base = by_policy.get(next(iter(res["results"]), None), [])
     for name, v in res["results"].items():
-        for m in ("rm", "gold", "kl"):
-            rows = by_policy.get(name, [])
-            if m in v and rows and all(finite_number(r.get(m)) for r in rows):
-                from_samples = sum(r[m] for r in rows) / len(rows)
-                if abs(v[m]["mean"] - from_samples) > 1e-6 * max(1.0, abs(from_samples)):
-                    raise UserError(f"{d / 'results.json'}: {name}'s {m} mean {v[m]['mean']:.6g} is not that of its "
-                                    f"samples.jsonl ({from_samples:.6g}): one was edited, or comes from another "
-                                    f"evaluation; rerun 06_eval.py for that run")
+        rows = by_policy.get(name, [])
+        if not rows:
+            continue
+        same_prompts = len(base) == len(rows) and all(a["prompt"] == b["prompt"] for a, b in zip(rows, base))
+        n, pairs = len(rows), list(zip(rows, base)) if same_prompts else []   # (else paired_differences says so)
+        same = sum(a["response"] == b["response"] for a, b in pairs if "response" in a and "response" in b)
+        expected = {m: ([r[m] for r in rows], 0.0) for m in ("rm", "gold", "kl")
+                    if all(finite_number(r.get(m)) for r in rows)}
+        for family in {r.get("family") for r in rows if isinstance(r.get("family"), str)} if "gold" in expected else ():
+            expected[f"gold_{family}"] = ([r["gold"] for r in rows if r.get("family") == family], 0.0)
+        for m in ("rm", "gold") if pairs else ():
+            if m in expected and all(finite_number(b.get(m)) for b in base):
+                told = [a.get("response") == b.get("response") and m == "rm" for a, b in pairs]
+                expected[f"win_{m}"] = (win_rate([a[m] for a, _ in pairs], [b[m] for _, b in pairs], told),
+                                        0.5 * same / n if m == "rm" else 0.0)
+                expected[f"tie_{m}"] = (ties([a[m] for a, _ in pairs], [b[m] for _, b in pairs], told),
+                                        same / n if m == "rm" else 0.0)
+        for m, (values, slack) in expected.items():
+            if m in v and values:
+                want = sum(values) / len(values)
+                if abs(v[m]["mean"] - want) > slack + 1e-6 * max(1.0, abs(want)):
+                    raise fail(name, m, v[m]["mean"], f"that of its samples.jsonl ({want:.6g})")
+        for m, s in v.items():
+            rate = m.startswith(("eos", "refusal_", "win_", "tie_"))
+            if isinstance(s, dict) and (rate and not 0 <= s["mean"] <= 1 or m == "length" and s["mean"] < 0):
+                raise fail(name, m, s["mean"], "a rate in [0, 1]" if rate else "a length")
 
 
 def combined_sweep(runs):
@@ -1181,7 +1209,7 @@ def combined_sweep(runs):
         print(f"06_eval: note: sweep points not in every run are left out: {', '.join(left_out)}")
     spread = lambda xs: {"mean": mean(xs), "std": std(xs), "lo": mean(xs) - std(xs), "hi": mean(xs) + std(xs),
                          "per_seed": xs}
-    noise = lambda p, key: None if any(b[p][key] is None for b in by_point) else mean([b[p][key] for b in by_point])
+    noise = lambda p, key: None if any(b[p].get(key) is None for b in by_point) else mean([b[p][key] for b in by_point])
     points = []
     for p in common:
         roles = {}

@@ -211,6 +211,28 @@ def test_combine_reads_training_seeds_budgets_and_means_that_agree_with_the_samp
     with pytest.raises(ev.UserError, match=r"b/results.json: 05_ppo's rm mean 9.99 is not that of its samples.jsonl "
                                            r"\(1\): one was edited, or comes from another evaluation"):
         combine(tmp_path / "a", tmp_path / "b")
+    res["results"]["05_ppo"]["rm"]["mean"] = 1.0
+    for n in names:   # the win and tie rates samples.jsonl gives (the same gold as the baseline's: all ties)
+        res["results"][n].update(win_gold={"mean": 0.5}, tie_gold={"mean": 1.0}, eos={"mean": 1.0})
+    json.dump(res, open(tmp_path / "b/results.json", "w"))
+    combine(tmp_path / "a", tmp_path / "b")
+    for m, v, said in (("win_gold", 0.99, "05_ppo's win_gold mean 0.99 is not that of its samples.jsonl \\(0.5\\)"),
+                       ("tie_gold", 0.0, "05_ppo's tie_gold mean 0 is not that of its samples.jsonl \\(1\\)"),
+                       ("eos", 1.5, "05_ppo's eos mean 1.5 is not a rate in \\[0, 1\\]"),
+                       ("length", -2, "05_ppo's length mean -2 is not a length")):
+        bad = json.loads(json.dumps(res))
+        bad["results"]["05_ppo"][m] = {"mean": v}          # a win of 0.99 beside 100% ties was printed as it was
+        json.dump(bad, open(tmp_path / "b/results.json", "w"))
+        with pytest.raises(ev.UserError, match="b/results.json: " + said + ": one was edited"):
+            combine(tmp_path / "a", tmp_path / "b")
+    point = {"point": "threshold 1", "threshold": 1, "easy": 5, "hard": 5, "easy_label_noise": 0.1,
+             "hard_label_noise": None, "dpo": "04_dpo", "mpo": "05_ppo"}
+    for change in ({"easy_label_noise": "x"}, {"dpo": "04_nope"}, {"mpo": 3}):   # a TypeError in the sweep's means
+        json.dump({**res, "sweep": [point, {**point, "point": "threshold 2", **change}]},
+                  open(tmp_path / "b/results.json", "w"))
+        with pytest.raises(ev.UserError, match="b/results.json: not as 06_eval.py writes it .* sweep points with a "
+                                               "name, a threshold, set sizes, label noise or null, and their DPO"):
+            combine(tmp_path / "a", tmp_path / "b")
 
 
 def test_bootstrap_resamples_whole_requests():
