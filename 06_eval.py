@@ -223,8 +223,15 @@ def request_of(row):
 
 def gold_judge(rows, source):
     """builtin_task (its gold_score and refuses) where every row is one of the built-in task's (a
-    `family` and a `meta` dict, which the judge reads), else None: other rows have no gold judge."""
-    if not all("family" in r and isinstance(r.get("meta"), dict) for r in rows):
+    `family` and a `meta` dict, which the judge reads), else None: other rows have no gold judge. Rows of
+    both kinds are refused: the gold columns would be left out for all of them, without a word."""
+    builtin = ["family" in r and isinstance(r.get("meta"), dict) for r in rows]
+    if not all(builtin):
+        if any(builtin):
+            i = builtin.index(False)
+            raise UserError(f"{source}: row {i + 1} (prompt {str(rows[i]['prompt'][-1]['content'])[:40]!r}) has no "
+                            f"family and meta, but {sum(builtin)} of the {len(rows)} rows are the built-in task's, "
+                            f"which the gold judge scores; expected rows of one kind, all or none of them the task's")
         return None
     try:
         import builtin_task
@@ -742,6 +749,8 @@ def main(args):
     notes += trained_on(test_rows, sft_dir, source) if args.data else []   # 01 keeps its own test rows apart
     requests = [request_of(r) for r in test_rows]
     judge = gold_judge(test_rows, source)          # the built-in task's gold judge, else None; and its version
+    notes += [] if judge else ["no gold judge: the test rows are not the built-in task's, so the RM alone judges "
+                               "(the RM that PPO optimised)"]
     judge_version = judge and f"builtin_task.py crc32 {zlib.crc32(Path(judge.__file__).read_bytes()):08x}"
     rm = load_model(str(rm_dir), "reward", "--reward", device)
     base = load_model(str(base_dir), "policy", "--baseline" if args.baseline else "policy", device)

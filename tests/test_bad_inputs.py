@@ -142,6 +142,11 @@ def test_rows_the_gold_judge_cannot_score_are_refused_before_any_sampling():
     import builtin_task
     train, test = builtin_task.make_dataset(20, 10, seed=0)
     assert ev.gold_judge(test, "t.jsonl") is builtin_task
+    plain = {"prompt": [{"role": "user", "content": "Tell me a joke."}]}   # no family, no meta
+    assert ev.gold_judge([plain], "t.jsonl") is None
+    with pytest.raises(ev.UserError, match=r"^t.jsonl: row 3 \(prompt 'Tell me a joke.'\) has no family and meta, "
+                                           r"but 3 of the 4 rows are the built-in task's"):
+        ev.gold_judge(test[:2] + [plain] + test[2:3], "t.jsonl")   # all four scored by the RM alone, in silence
     for bad in ({"family": "poetry", "meta": {}}, {"family": "arithmetic", "meta": {}},
                 {"family": "constraints", "meta": {**next(r for r in test if r["family"] == "constraints")["meta"], "n": 0}}):
         rows = test[:3] + [{**test[3], **bad}]

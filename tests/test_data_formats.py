@@ -147,6 +147,7 @@ def test_pipeline_on_a_local_file_with_the_dataset_named_once(tmp_path, tiny_mod
     results = json.load(open(tmp_path / "runs/r/06_eval/results.json"))
     assert set(results["results"]) == {"01_sft", "04_dpo", "05_ppo"}
     assert "gold" not in results["results"]["04_dpo"]            # no gold judge outside the built-in task
+    assert "Note: no gold judge: the test rows are not the built-in task's" in (tmp_path / "runs/r/06_eval/report.md").read_text()
 
 
 def test_hub_dataset_offline_is_a_one_line_error(tmp_path, tiny_model_dir):
