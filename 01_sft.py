@@ -635,8 +635,11 @@ def read_stage_rows(path, pairs=True, empty_ok=False):
     neighbour, copied from another run or edited would be trained on in silence."""
     path = Path(path)
     record = next((path.parent / r for r in RECORDS if (path.parent / r).is_file()), None)
-    marks = read_json(record).get("files") if record else None
-    if isinstance(marks, dict) and path.name in marks and marks[path.name] != zlib.crc32(path.read_bytes()):
+    marks = read_json(record).get("files") if record else None   # (None: an older record, which has none)
+    if marks is not None and not (isinstance(marks, dict) and isinstance(marks.get(path.name), int)):
+        raise UserError(f"{record}: its 'files' entry holds no crc32 of {path.name} (an integer), which the stage "
+                        f"that wrote them records; rerun {output_of(path.parent, 'that stage')}")
+    if marks is not None and marks[path.name] != zlib.crc32(path.read_bytes()):
         stage = output_of(path.parent, "its stage")
         raise UserError(f"{path}: not the file {stage} wrote there (its crc32 differs from the one {record.name} "
                         f"records: swapped, replaced or edited since); rerun {stage}, or pass your rows with --data")

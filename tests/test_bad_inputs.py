@@ -414,6 +414,11 @@ def test_a_stage_file_swapped_replaced_or_edited_since_its_stage_wrote_it_is_ref
         with pytest.raises(dpo.UserError, match=rf"03_split/{name}.jsonl: not the file 03_split wrote there \(its crc32 "
                                                 rf"differs from the one stats.json records"):
             dpo.read_stage_rows(split / f"{name}.jsonl")
+    for files in ({}, "x", {"easy.jsonl": "123"}, {"easy.jsonl": None}):   # the guard switched off by an edited record
+        (split / "stats.json").write_text(json.dumps({"stage": "03_split", "files": files}))
+        with pytest.raises(dpo.UserError, match=r"03_split/stats.json: its 'files' entry holds no crc32 of easy.jsonl "
+                                                r"\(an integer\), which the stage that wrote them records; rerun 03_split$"):
+            dpo.read_stage_rows(split / "easy.jsonl")
     (split / "stats.json").write_text(json.dumps({"stage": "03_split"}))   # an older 03's record: no marks, read
     assert len(dpo.read_stage_rows(split / "easy.jsonl")) == 2
 
