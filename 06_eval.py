@@ -1731,6 +1731,8 @@ def normalise_row(row, pairs):
         subreddit, title = info.get("subreddit") or "", info.get("title") or ""   # null in some rows: empty
         if not all(isinstance(x, str) for x in (post, subreddit, title)):
             return None, "info's post (or article), subreddit or title is not text"
+        if not post.strip():   # a title alone is no text to summarise
+            return None, "empty post (info's post or article)"
         row = {"prompt": f"SUBREDDIT: r/{subreddit}\nTITLE: {title}\nPOST: "
                          f"{post}\nTL;DR:", "chosen": summaries[c]["text"], "rejected": summaries[1 - c]["text"]}
     if isinstance(row.get("chosen"), list) and isinstance(row.get("rejected"), list):   # conversational
@@ -1753,7 +1755,9 @@ def normalise_row(row, pairs):
             return None, "chosen and rejected do not share the dialogue before the last reply"
         row = {"prompt": chosen[:-1], "chosen": chosen[-1]["content"], "rejected": rejected[-1]["content"]}
     prompt = row["prompt"]
-    if isinstance(prompt, str):
+    if isinstance(prompt, str) and re.match(r"\s*Human:", prompt) and (turns := hh_dialogue(prompt)):
+        prompt = turns[:-1] if turns[-1] == {"role": "assistant", "content": ""} else turns   # HH text in a prompt
+    if isinstance(prompt, str):                                                   # column (Dahoas/full-hh-rlhf)
         prompt = [{"role": "user", "content": prompt.strip()}]
     if not (isinstance(prompt, list) and all(isinstance(m, dict) and isinstance(m.get("role"), str)
                                              and isinstance(m.get("content"), str) for m in prompt)):
@@ -1787,17 +1791,21 @@ def normalise(rows, source, pairs=True, repeats_used=True):
         raise UserError(f"{source}: one object of columns ({', '.join(map(str, rows[0]))[:80]}: lists of "
                         f"{len(next(iter(columns)))} values); expected one object a row (pandas: "
                         f"to_json(orient='records', lines=True))")
-    name = next((n for n, cols in forms.items() if cols <= rows[0].keys() and (n != "prompts" or not pairs)), None)
-    if name in ("prompt/chosen/rejected", "hh-rlhf") and all(isinstance(rows[0][k], list) for k in ("chosen", "rejected")):
-        name = "conversational (chosen/rejected chat messages)"
-        forms[name] = {"chosen", "rejected"}
+    def form_of(row):   # told apart by the columns, as normalise_row tells them
+        name = next((n for n, cols in forms.items() if cols <= row.keys() and (n != "prompts" or not pairs)), None)
+        lists = name in ("prompt/chosen/rejected", "hh-rlhf") and all(isinstance(row[k], list)
+                                                                     for k in ("chosen", "rejected"))
+        return "conversational (chosen/rejected chat messages)" if lists else name
+    name = form_of(rows[0])
     if name is None and pairs and "prompt" in rows[0]:
         raise UserError(f"{source}: prompts without chosen/rejected responses; this stage needs preference pairs")
     if name is None:
         raise UserError(f"{source}: columns {sorted(rows[0])} fit no known format; expected the columns of "
                         + ", ".join(f"{n} ({', '.join(sorted(forms[n]))})" for n in forms if n != "prompts" or not pairs)
                         + "; hh-rlhf's chosen and rejected are dialogue texts, or chat messages (conversational)")
+    forms["conversational (chosen/rejected chat messages)"] = {"chosen", "rejected"}
     out, skipped, gold, seen = [], {}, ("gold_chosen", "gold_rejected"), set()   # gold: the built-in task's, or yours
+    kept = {}   # rows kept per format: a file may mix them (each row is read by its own columns)
     has_gold = not rows[0].keys().isdisjoint(gold)
     for i, row in enumerate(rows, 1):
         if not isinstance(row, dict):
@@ -1816,12 +1824,14 @@ def normalise(rows, source, pairs=True, repeats_used=True):
             skipped.setdefault(why, [0, i])[0] += 1                               # [rows, the first one]
         else:
             out.append(new)
+            kept[form_of(row)] = kept.get(form_of(row), 0) + 1
             seen.add(json.dumps([new["prompt"]] + ([new["chosen"], new["rejected"]] if pairs else []), default=str))
     reasons = "".join(f"; skipped {n} ({why}; first: row {first})" for why, (n, first) in sorted(skipped.items()))
     repeats = len(out) - len(seen)   # kept, as a file may weigh a row so; said, as it may be a mistake
     reasons += f"; {repeats} with the {'pair' if pairs else 'prompt'} of an earlier row" \
         + (" (each used as often as it appears)" if repeats_used else "") if repeats else ""
-    print(f"{source}: {name} format, {len(out)} rows kept{reasons}")
+    formats = f"{name} format" if len(kept) <= 1 else "formats " + ", ".join(f"{n} ({c})" for n, c in kept.items())
+    print(f"{source}: {formats}, {len(out)} rows kept{reasons}")
     if not out:   # the reasons on stderr too: a user who redirects stdout still learns why
         raise UserError(f"{source}: every row was skipped{reasons}")
     return out

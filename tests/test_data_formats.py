@@ -366,6 +366,23 @@ def test_windows_line_ends_and_a_summarize_from_feedback_row_with_a_prompt_colum
     assert sft.normalise([row], "prompts.jsonl", pairs=False)[0]["prompt"] == [{"role": "user", "content": "x"}]
 
 
+def test_hh_text_in_a_prompt_column_a_post_less_summary_row_and_a_file_of_mixed_formats(capsys):
+    """Three probes: a prompt column in HH's Human/Assistant text (Dahoas/full-hh-rlhf) was kept as one user
+    turn reading 'Human: ...Assistant:'; a summarize_from_feedback row with no post was kept as an empty post;
+    a file whose rows are in different formats was named by its first row's alone."""
+    row = {"prompt": "\n\nHuman: Hi\n\nAssistant: Hello!\n\nHuman: What is 2+2?\n\nAssistant:",
+           "chosen": " It is 4.", "rejected": " 5."}
+    assert sft.normalise([row], "dahoas.jsonl") == [{"prompt": [
+        {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"},
+        {"role": "user", "content": "What is 2+2?"}], "chosen": "It is 4.", "rejected": "5."}]
+    sff = {"info": {"post": "p", "title": "t", "subreddit": "s"}, "summaries": [{"text": "a"}, {"text": "b"}], "choice": 1}
+    assert len(sft.normalise([sff, {**sff, "info": {}}, {**sff, "info": {"title": "t", "post": " "}}], "sff")) == 1
+    assert "skipped 2 (empty post (info's post or article); first: row 2)" in capsys.readouterr().out
+    pair = {"prompt": "Add 2 and 3.", "chosen": "5", "rejected": "6"}
+    assert len(sft.normalise([HH_ROWS[0], pair, {**pair, "chosen": "five"}], "mixed.jsonl")) == 3
+    assert "mixed.jsonl: formats hh-rlhf (1), prompt/chosen/rejected (2), 3 rows kept" in capsys.readouterr().out
+
+
 def test_a_named_pipe_is_read_as_a_file(tmp_path):
     """`mkfifo pairs.jsonl` (or a pipe a program writes to) had been refused as 'file not found'."""
     import threading
