@@ -238,6 +238,7 @@ def load_inputs(args):
     else:  # any causal LM: stage 01's record only where it is one
         is_sft = record.is_file() and read_json(record).get("stage") == "01_sft"
         sft_stage = need_stage(model, "01_sft", "--model") if is_sft else None
+        check_model(model, "policy", "--model")   # a model of another kind, before any note on the data
     inherit_lengths(args, sft_stage)
     if sft_stage and not args.data:
         print(f"inherited dataset {sft_stage['dataset']['name']!r} from {model}")
@@ -1771,6 +1772,12 @@ def check_model(name, kind, flag, config=None):
             raise UserError(f"{flag} {name}: no config.json there; expected a Hugging Face model directory")
         else:
             config = read_json(Path(name) / "config.json")
+            generation = Path(name) / "generation_config.json"   # transformers would put its defaults in silence
+            try:
+                json.loads(generation.read_text(encoding="utf-8")) if generation.is_file() else None
+            except (OSError, ValueError, RecursionError) as e:
+                raise UserError(f"{flag} {name}: its generation_config.json is not readable JSON ({type(e).__name__}: "
+                                f"{str(e)[:80]}); fix it, or remove it (our samplers stop at the tokenizer's EOS)") from None
     archs, labels = config.get("architectures") or [], config.get("id2label", {0: 0})
     if not (isinstance(archs, list) and all(isinstance(a, str) for a in archs) and isinstance(labels, dict)):
         raise UserError(f"{flag} {name}: its config.json has architectures {archs!r:.60} and id2label {labels!r:.60}; "

@@ -1597,6 +1597,12 @@ def check_model(name, kind, flag, config=None):
             raise UserError(f"{flag} {name}: no config.json there; expected a Hugging Face model directory")
         else:
             config = read_json(Path(name) / "config.json")
+            generation = Path(name) / "generation_config.json"   # transformers would put its defaults in silence
+            try:
+                json.loads(generation.read_text(encoding="utf-8")) if generation.is_file() else None
+            except (OSError, ValueError, RecursionError) as e:
+                raise UserError(f"{flag} {name}: its generation_config.json is not readable JSON ({type(e).__name__}: "
+                                f"{str(e)[:80]}); fix it, or remove it (our samplers stop at the tokenizer's EOS)") from None
     archs, labels = config.get("architectures") or [], config.get("id2label", {0: 0})
     if not (isinstance(archs, list) and all(isinstance(a, str) for a in archs) and isinstance(labels, dict)):
         raise UserError(f"{flag} {name}: its config.json has architectures {archs!r:.60} and id2label {labels!r:.60}; "

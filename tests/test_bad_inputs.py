@@ -378,6 +378,21 @@ def test_a_gzip_file_named_jsonl_and_a_missing_path_are_named_as_such(tmp_path):
             dpo.load_rows(spec, "--data")
 
 
+def test_a_generation_config_that_is_no_json_is_one_line(tiny_model_dir, tmp_path):
+    """transformers replaced an unreadable generation_config.json with its defaults in silence (02, 04 and 06 ran;
+    04's output got a new one): the file is named before any work."""
+    import shutil
+    model = tmp_path / "m"
+    shutil.copytree(tiny_model_dir, model)
+    (model / "generation_config.json").write_text('{"bos_token_id": 1, "eos_token_id": ')
+    for stage in (dpo, ev, sft):
+        with pytest.raises(stage.UserError, match=r"^--model .*/m: its generation_config.json is not readable JSON "
+                                                  r"\(JSONDecodeError: .*\); fix it, or remove it"):
+            stage.check_model(str(model), "policy", "--model")
+    (model / "generation_config.json").write_text('{"eos_token_id": 2}')
+    dpo.check_model(str(model), "policy", "--model")
+
+
 def test_a_saved_policy_stops_generating_at_the_eos_its_responses_end_with(tiny_model_dir, capsys):
     """Our samplers stop at the tokenizer's EOS; generate() on a saved model reads its generation_config, which a
     base model may point at another id: the policy stages add the tokenizer's EOS before saving."""
