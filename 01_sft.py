@@ -121,7 +121,7 @@ def load_dataset_rows(args):
             raise UserError(f"--dataset {args.dataset}: its {len(prompts)} distinct prompt(s) fell "
                             f"{'none' if not test else 'all'} in the held-out 5%, so there is no "
                             f"{'test' if not test else 'train'} split; pass --test-dataset FILE")
-        print(f"{args.dataset}: held out {len(test)} rows ({len({prompt_key(r) for r in test})} of {len(prompts)} "
+        print(f"{args.dataset}: held out {counted(len(test), 'rows')} ({len({prompt_key(r) for r in test})} of {len(prompts)} "
               f"distinct prompts, about 5% by a hash of each) as the test split")
     else:
         test = normalise(load_rows(args.dataset, "--dataset", "test"), args.dataset + " (test)")
@@ -331,7 +331,7 @@ def main(args):
         write_stage(tmp, "01_sft", args, started, device, precision, metrics, model_source=source, dataset=spec,
                     n_train=len(train_rows), n_test=len(test_rows), final=final,
                     files=file_marks(tmp, ["data_train.jsonl", "data_test.jsonl"]))
-    print(f"01_sft: {total_steps} steps, held-out loss {loss_before:.4f} -> {loss_after:.4f}, "
+    print(f"01_sft: {counted(total_steps, 'steps')}, held-out loss {loss_before:.4f} -> {loss_after:.4f}, "
           f"{final['perf/tokens_per_s']:.0f} tokens/s, {time.time() - started:.0f}s wall -> {out}")
 
 
@@ -621,6 +621,11 @@ def read_jsonl(path):
     return rows
 
 
+def counted(n, noun):
+    """'1 step', '2 steps', '1 policy', '3 policies': a count with its plural noun, made singular for one."""
+    return f"{n} {noun if n != 1 else noun[:-3] + 'y' if noun.endswith('ies') else noun[:-1]}"
+
+
 def finite_number(v):
     """A JSON number a float holds: not a bool, not NaN or inf, and no integer past 1e300 (math.isfinite of
     one overflows)."""
@@ -894,7 +899,7 @@ def normalise(rows, source, pairs=True, repeats_used=True):
     reasons += f"; {repeats} with the {'pair' if pairs else 'prompt'} of an earlier row" \
         + (" (each used as often as it appears)" if repeats_used else "") if repeats else ""
     formats = f"{name} format" if len(kept) <= 1 else "formats " + ", ".join(f"{n} ({c})" for n, c in kept.items())
-    print(f"{source}: {formats}, {len(out)} rows kept{reasons}")
+    print(f"{source}: {formats}, {counted(len(out), 'rows')} kept{reasons}")
     if not out:   # the reasons on stderr too: a user who redirects stdout still learns why
         raise UserError(f"{source}: every row was skipped{reasons}")
     return out

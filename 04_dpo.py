@@ -358,7 +358,7 @@ def finish(args, out, policy, tok, model, sft_stage, rows, source, marks, metric
                     dataset={"name": args.data} if args.data else (sft_stage or {}).get("dataset"))
     print(f"04_dpo: {args.loss}{' online' if args.online else ''}"
           f"{f' from the mixture B = {args.mixture_beta}' if args.mixture_beta else ''} on {source['split']} ({len(rows)} "
-          f"{'prompts' if args.online else 'pairs'}), {steps} steps, "
+          f"{'prompts' if args.online else 'pairs'}), {counted(steps, 'steps')}, "
           + (f"held-out implicit-reward accuracy {before['eval/implicit_accuracy']:.3f} -> "
              f"{after['eval/implicit_accuracy']:.3f}, " if after else "")
           + f"{final['perf/tokens_per_s']:.0f} tokens/s, {time.time() - started:.0f}s wall -> {out}")
@@ -1018,6 +1018,11 @@ def read_jsonl(path):
     return rows
 
 
+def counted(n, noun):
+    """'1 step', '2 steps', '1 policy', '3 policies': a count with its plural noun, made singular for one."""
+    return f"{n} {noun if n != 1 else noun[:-3] + 'y' if noun.endswith('ies') else noun[:-1]}"
+
+
 def finite_number(v):
     """A JSON number a float holds: not a bool, not NaN or inf, and no integer past 1e300 (math.isfinite of
     one overflows)."""
@@ -1291,7 +1296,7 @@ def normalise(rows, source, pairs=True, repeats_used=True):
     reasons += f"; {repeats} with the {'pair' if pairs else 'prompt'} of an earlier row" \
         + (" (each used as often as it appears)" if repeats_used else "") if repeats else ""
     formats = f"{name} format" if len(kept) <= 1 else "formats " + ", ".join(f"{n} ({c})" for n, c in kept.items())
-    print(f"{source}: {formats}, {len(out)} rows kept{reasons}")
+    print(f"{source}: {formats}, {counted(len(out), 'rows')} kept{reasons}")
     if not out:   # the reasons on stderr too: a user who redirects stdout still learns why
         raise UserError(f"{source}: every row was skipped{reasons}")
     return out

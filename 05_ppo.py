@@ -551,7 +551,7 @@ def main(args):
                     dataset=dataset, prompts=source, n_prompts=len(prompts), final=final,
                     marks=marks,
                     split=None if args.data or args.prompts == "all" else path_or_hub_id(split_dir))
-    print(f"05_ppo: {args.steps} steps on {len(prompts)} {source} prompts; RM score "
+    print(f"05_ppo: {counted(args.steps, 'steps')} on {len(prompts)} {source} prompts; RM score "
           f"{final['scores_first_quarter']:.3f} -> {final['scores_last_quarter']:.3f}, KL "
           f"{final['kl_first_quarter']:.3f} -> {final['kl_last_quarter']:.3f} (first and last quarter), generation "
           f"{final['perf/generation_share']:.0%} of {loop_s:.0f}s, {time.time() - started:.0f}s wall -> {out}")
@@ -843,6 +843,11 @@ def read_jsonl(path):
     return rows
 
 
+def counted(n, noun):
+    """'1 step', '2 steps', '1 policy', '3 policies': a count with its plural noun, made singular for one."""
+    return f"{n} {noun if n != 1 else noun[:-3] + 'y' if noun.endswith('ies') else noun[:-1]}"
+
+
 def finite_number(v):
     """A JSON number a float holds: not a bool, not NaN or inf, and no integer past 1e300 (math.isfinite of
     one overflows)."""
@@ -1116,7 +1121,7 @@ def normalise(rows, source, pairs=True, repeats_used=True):
     reasons += f"; {repeats} with the {'pair' if pairs else 'prompt'} of an earlier row" \
         + (" (each used as often as it appears)" if repeats_used else "") if repeats else ""
     formats = f"{name} format" if len(kept) <= 1 else "formats " + ", ".join(f"{n} ({c})" for n, c in kept.items())
-    print(f"{source}: {formats}, {len(out)} rows kept{reasons}")
+    print(f"{source}: {formats}, {counted(len(out), 'rows')} kept{reasons}")
     if not out:   # the reasons on stderr too: a user who redirects stdout still learns why
         raise UserError(f"{source}: every row was skipped{reasons}")
     return out

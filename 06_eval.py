@@ -382,17 +382,17 @@ def budget_of(pdir, seen=()):
     try:
         a, f = st.get("args", {}), st.get("final", {})
         if st.get("stage") == "01_sft":
-            return f"{f.get('steps', '?')} SFT steps"
+            return f"{counted(f.get('steps', '?'), 'SFT steps')}"
         if st.get("stage") == "04_dpo" and a.get("online"):
-            return f"{f.get('steps')} steps x {a['batch_size'] * a['grad_accum']} prompts x 2 samples (online)"
+            return f"{counted(f.get('steps'), 'steps')} x {a['batch_size'] * a['grad_accum']} prompts x 2 samples (online)"
         if st.get("stage") == "04_dpo" and "n_pairs" in f:
-            return (f"{f['steps']} steps x {f['pairs_per_step']} pairs = {f['steps'] * f['pairs_per_step']} pairs, "
+            return (f"{counted(f['steps'], 'steps')} x {f['pairs_per_step']} pairs = {f['steps'] * f['pairs_per_step']} pairs, "
                     f"{f['epochs_seen']:.2f} epochs of {f['n_pairs']} {st['data']['split']} pairs")
         if st.get("stage") == "05_ppo":  # PPO continues from another policy: its budget comes on top
             named, rollouts = st.get("policy_init", "?"), a["steps"] * a["rollout_batch"]
             init = recorded_dir(named, pdir, "stage.json")
             before = budget_of(init, (*seen, Path(pdir).resolve())) if init else "?"
-            return (f"{a['steps']} iterations x {a['rollout_batch']} rollouts = {rollouts} rollouts, "
+            return (f"{counted(a['steps'], 'iterations')} x {a['rollout_batch']} rollouts = {rollouts} rollouts, "
                     f"{rollouts / max(1, st.get('n_prompts', 0)):.2f} epochs of {st.get('n_prompts')} {st.get('prompts')} "
                     f"prompts; after {Path(str(named)).name} ({before})")
         return "?"
@@ -764,8 +764,8 @@ def main(args):
         check_context(m, args.max_prompt_len + args.max_new_tokens, flag, "--max-prompt-len plus --max-new-tokens")
     prompt_ids = [p for p, in encode_rows(tok, test_rows, args.max_prompt_len, None, source, responses=())]
     k, rows = args.samples_per_prompt, [r for r in test_rows for _ in range(args.samples_per_prompt)]
-    print(f"evaluating {len(policies)} policies on {len(test_rows)} test prompts ({len(set(requests))} requests) "
-          f"x {k} samples (dataset {dataset['name']!r}, prompts {source}, RM {rm_dir}, baseline {base_dir})")
+    print(f"evaluating {counted(len(policies), 'policies')} on {len(test_rows)} test prompts ({len(set(requests))} requests) "
+          f"x {counted(k, 'samples')} (dataset {dataset['name']!r}, prompts {source}, RM {rm_dir}, baseline {base_dir})")
 
     # 2. every policy, the baseline first: sample y ~ pi(.|x) with the same seed, score it, summarise
     results, samples, tokens, baseline_values, baseline_responses = {}, [], 0, None, None
@@ -818,7 +818,7 @@ def main(args):
                     judge=judge_version,
                     **perf(tokens, started, device))
     print("\n" + report)
-    print(f"06_eval: {len(policies)} policies in {time.time() - started:.0f}s -> {out}")
+    print(f"06_eval: {counted(len(policies), 'policies')} in {time.time() - started:.0f}s -> {out}")
 
 
 def write_report(results, tmp, args, dataset, rm_dir, base_dir, n_prompts, n_requests, families, sweep, notes=()):
@@ -826,7 +826,7 @@ def write_report(results, tmp, args, dataset, rm_dir, base_dir, n_prompts, n_req
     the threshold sweep where there is one."""
     first = next(iter(results.values()))
     cols = [(c, h) for c, h in METRICS if c in first]
-    lines = [f"# 06_eval: {n_prompts} test prompts ({n_requests} requests) x {args.samples_per_prompt} samples, "
+    lines = [f"# 06_eval: {n_prompts} test prompts ({n_requests} requests) x {counted(args.samples_per_prompt, 'samples')}, "
              f"seed {args.seed}", "",
              f"Dataset `{dataset['name']}`; RM `{rm_dir}`; baseline `{base_dir.name}`; sampling at "
              f"temperature 1, at most {args.max_new_tokens} new tokens; a response without EOS by then is scored "
@@ -1558,6 +1558,11 @@ def read_jsonl(path):
     return rows
 
 
+def counted(n, noun):
+    """'1 step', '2 steps', '1 policy', '3 policies': a count with its plural noun, made singular for one."""
+    return f"{n} {noun if n != 1 else noun[:-3] + 'y' if noun.endswith('ies') else noun[:-1]}"
+
+
 def finite_number(v):
     """A JSON number a float holds: not a bool, not NaN or inf, and no integer past 1e300 (math.isfinite of
     one overflows)."""
@@ -1831,7 +1836,7 @@ def normalise(rows, source, pairs=True, repeats_used=True):
     reasons += f"; {repeats} with the {'pair' if pairs else 'prompt'} of an earlier row" \
         + (" (each used as often as it appears)" if repeats_used else "") if repeats else ""
     formats = f"{name} format" if len(kept) <= 1 else "formats " + ", ".join(f"{n} ({c})" for n, c in kept.items())
-    print(f"{source}: {formats}, {len(out)} rows kept{reasons}")
+    print(f"{source}: {formats}, {counted(len(out), 'rows')} kept{reasons}")
     if not out:   # the reasons on stderr too: a user who redirects stdout still learns why
         raise UserError(f"{source}: every row was skipped{reasons}")
     return out

@@ -40,12 +40,12 @@ def test_tie_share_beside_each_win_rate(tmp_path):
 
 def test_combined_report_shows_tie_shares(tmp_path):
     from test_combine import fake_eval
-    for run, seed, tie in (("a", 0, 0.7), ("b", 1, 0.8)):
-        fake_eval(tmp_path / run, seed, {"01_sft": [0, 1], "05_ppo": [1, 1]}, {"01_sft": [0, 0], "05_ppo": [0, 1]},
-                  ["x", "y"])
-        res = ev.json.load(open(tmp_path / run / "results.json"))
-        for r in res["results"].values():
-            r.update(win_gold={"mean": 0.5}, tie_gold={"mean": tie})
+    for run, seed, gold, tie in (("a", 0, [0, 1, 1, 0], 0.5), ("b", 1, [0, 1, 0, 1], 1.0)):   # wins 0.5 both
+        fake_eval(tmp_path / run, seed, {"01_sft": [0, 1, 0, 1], "05_ppo": gold},
+                  {"01_sft": [0, 0, 0, 0], "05_ppo": [0, 1, 0, 1]}, ["w", "x", "y", "z"])
+        res = ev.json.load(open(tmp_path / run / "results.json"))   # the rates its samples give (check_means)
+        res["results"]["01_sft"].update(win_gold={"mean": 0.5}, tie_gold={"mean": 1.0})
+        res["results"]["05_ppo"].update(win_gold={"mean": 0.5}, tie_gold={"mean": tie})
         ev.json.dump(res, open(tmp_path / run / "results.json", "w"))
     run_stage("06_eval.py", "--combine", "a", "b", "--out", "both", cwd=tmp_path)
     assert "| 0.500 ± 0.000 (ties 75%) |" in (tmp_path / "both/report.md").read_text()

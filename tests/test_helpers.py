@@ -115,3 +115,12 @@ def test_the_undefined_name_check_finds_one(tmp_path):
     bad = tmp_path / "bad.py"
     bad.write_text("import os\n\ndef f(x):\n    y = os.sep + x\n    return mixture_logps(y)\n")
     assert undefined_globals(bad) == {"mixture_logps"}
+
+
+def test_a_count_of_one_is_singular():
+    """'01_sft: 1 steps', '06_eval: 1 policies', 'x 1 samples' in every report.md at the default setting."""
+    from conftest import load_script
+    counted = load_script("04_dpo").counted
+    assert [counted(n, w) for n, w in ((1, "steps"), (2, "steps"), (0, "rows"), (1, "policies"), (3, "policies"),
+                                       (1, "SFT steps"), ("?", "steps"))] == [
+        "1 step", "2 steps", "0 rows", "1 policy", "3 policies", "1 SFT step", "? steps"]
