@@ -808,7 +808,7 @@ def main(args):
     # 3. report.md, samples.jsonl and results.json (this stage's record: stage.json's fields and the results)
     families = sorted({r["family"] for r in test_rows}) if judge else []
     with output_dir(out, args.overwrite, "06_eval") as tmp:
-        report = write_report(results, tmp, args, dataset, rm_dir, base_dir, len(test_rows), len(set(requests)),
+        report = write_report(results, tmp, args, dataset, rm_dir, len(test_rows), len(set(requests)),
                               families, sweep, notes)
         write_jsonl(tmp / "samples.jsonl", samples)
         write_stage(tmp, "06_eval", args, started, device, precision, None, record_name="results.json",
@@ -821,14 +821,14 @@ def main(args):
     print(f"06_eval: {counted(len(policies), 'policies')} in {time.time() - started:.0f}s -> {out}")
 
 
-def write_report(results, tmp, args, dataset, rm_dir, base_dir, n_prompts, n_requests, families, sweep, notes=()):
+def write_report(results, tmp, args, dataset, rm_dir, n_prompts, n_requests, families, sweep, notes=()):
     """report.md: the metrics table with each policy's budget, the gold score per family, the plot, and
-    the threshold sweep where there is one."""
-    first = next(iter(results.values()))
+    the threshold sweep where there is one. The baseline is the first policy, named as in the table."""
+    baseline, first = next(iter(results.items()))
     cols = [(c, h) for c, h in METRICS if c in first]
     lines = [f"# 06_eval: {n_prompts} test prompts ({n_requests} requests) x {counted(args.samples_per_prompt, 'samples')}, "
              f"seed {args.seed}", "",
-             f"Dataset `{dataset['name']}`; RM `{rm_dir}`; baseline `{base_dir.name}`; sampling at "
+             f"Dataset `{dataset['name']}`; RM `{rm_dir}`; baseline `{baseline}`; sampling at "
              f"temperature 1, at most {args.max_new_tokens} new tokens; a response without EOS by then is scored "
              f"as it stands (the RM at its last token). [95% bootstrap interval over requests; {SMALL_N_NOTE}.] "
              f"{TIES_NOTE}" + "".join(f" Note: {n}." for n in notes), "",
@@ -843,7 +843,7 @@ def write_report(results, tmp, args, dataset, rm_dir, base_dir, n_prompts, n_req
                   + " |", "|---" * (len(families) + 1) + "|"]
         lines += [f"| {name} | " + " | ".join(interval_cell(res[f"gold_{f}"]) for f in families) + " |"
                   for name, res in results.items()]
-    lines += ["", draw_plot(results, tmp / "reward_vs_kl.png", "gold" if families else "rm", base_dir.name)]
+    lines += ["", draw_plot(results, tmp / "reward_vs_kl.png", "gold" if families else "rm", baseline)]
     if sweep:
         cells = lambda row, role: {"name": row[role], **{m: results[row[role]][m] for m in ("gold", "rm", "kl")
                                                          if m in results[row[role]]}} if row.get(role) else {}

@@ -1,7 +1,6 @@
 """06_eval.py's report on constructed results: tie shares beside win rates, no interval from too few
 requests, and each claim's verdict computed from its interval."""
 import argparse
-from pathlib import Path
 
 from conftest import load_script, run_stage
 
@@ -19,7 +18,7 @@ def summaries(gold, base_gold, families, requests=None):
 
 def report(results, tmp_path, families, notes=()):
     args = argparse.Namespace(samples_per_prompt=1, seed=0, max_new_tokens=8)
-    return ev.write_report(results, tmp_path, args, {"name": "builtin"}, "rm", Path("01_sft"), 4, 4, families, [],
+    return ev.write_report(results, tmp_path, args, {"name": "builtin"}, "rm", 4, 4, families, [],
                            notes)
 
 
@@ -33,6 +32,8 @@ def test_tie_share_beside_each_win_rate(tmp_path):
     row = next(l for l in text.splitlines() if l.startswith("| 05_ppo |"))
     assert row.count("(ties 75%)") == 2                          # gold and RM win rates, not the other cells
     assert "share of its comparisons that tied" in text
+    assert "baseline `05_ppo`" in text   # the table's name for it (the header had the folder's last part)
+    assert "baseline `/tmp/m1`" in report({"/tmp/m1": res}, tmp_path, [])
     # results.json written before ties were recorded: the win rate alone
     assert ev.with_ties("0.500", {"win_rm": {"mean": 0.5}}, "win_rm") == "0.500"
     assert ev.with_ties("0.100", res, "gold") == "0.100"
