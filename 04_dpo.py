@@ -1221,8 +1221,9 @@ def normalise_row(row, pairs):
         row = {"prompt": chosen[:-1], "chosen": chosen[-1]["content"], "rejected": rejected[-1]["content"]}
     prompt = row["prompt"]
     if isinstance(prompt, str) and re.match(r"\s*Human:", prompt) and (turns := hh_dialogue(prompt)):
-        prompt = turns[:-1] if turns[-1] == {"role": "assistant", "content": ""} else turns   # HH text in a prompt
-    if isinstance(prompt, str):                                                   # column (Dahoas/full-hh-rlhf)
+        # HH's dialogue text in a prompt column (Dahoas/full-hh-rlhf), without its empty last Assistant turn
+        prompt = turns[:-1] if turns[-1] == {"role": "assistant", "content": ""} else turns
+    if isinstance(prompt, str):
         prompt = [{"role": "user", "content": prompt.strip()}]
     if not (isinstance(prompt, list) and all(isinstance(m, dict) and isinstance(m.get("role"), str)
                                              and isinstance(m.get("content"), str) for m in prompt)):
