@@ -749,6 +749,9 @@ class HelpWithDefaults(argparse.ArgumentDefaultsHelpFormatter):
 
 
 class ArgParser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs):   # whole flag names only: '--see 5' read as --seed 5 passed run.sh's check
+        super().__init__(*args, allow_abbrev=False, **kwargs)   # of the run's own flags after `--`
+
     def error(self, message):  # one line like every other error, not argparse's usage block
         raise UserError(f"{message} (see --help)")
 

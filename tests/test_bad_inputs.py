@@ -42,6 +42,15 @@ def test_numbers_too_large_to_be_settings_are_refused():
     assert sft.parse_args(["--builtin-temperature", "0.0015"]).builtin_temperature == 0.0015
 
 
+def test_a_flag_is_read_by_its_whole_name_only():
+    """argparse took '--see 5' for --seed 5: `run.sh ... -- --see 5` trained 01 with seed 5 beside a run and
+    a report that said seed 0 (run.sh refuses the run's own flags after `--` by their whole names)."""
+    for name, flag in (("01_sft", "--see"), ("02_reward", "--mod"), ("04_dpo", "--prec"), ("05_ppo", "--dev"),
+                       ("06_eval", "--bas")):
+        with pytest.raises(STAGES[name].UserError, match=f"^unrecognized arguments: {flag}=x \\(see --help\\)$"):
+            STAGES[name].parse_args([f"{flag}=x"])
+
+
 def test_json_numbers_past_python_s_limits_are_one_line(tmp_path):
     (tmp_path / "big.jsonl").write_text('{"prompt": "p"}\n{"prompt": "q", "extra": ' + "9" * 5000 + "}\n")
     with pytest.raises(sft.UserError, match=r"big.jsonl:2: not readable as JSON"):
