@@ -417,12 +417,24 @@ def parse_args(argv=None):
     if args.adaptive_kl and 5 * args.kl_horizon <= args.rollout_batch:   # 1 + e n/h with e down to -0.2
         raise UserError(f"--kl-horizon {args.kl_horizon} with --rollout-batch {args.rollout_batch}: one update "
                         f"of --adaptive-kl could take kl_coef to zero or below; pass more than --rollout-batch / 5")
-    if args.ppo_epochs == 1 and "target_approx_kl" in p.given:   # checked after an epoch, before the next
-        raise UserError("--target-approx-kl with --ppo-epochs 1: it stops the epochs after the first, of which there "
-                        "is one; leave it out")
-    if args.vf_coef == 0 and "value_lr" in p.given:
-        raise UserError("--value-lr with --vf-coef 0: the value loss is not trained, so V stays as it starts; "
-                        "leave one out")
+    # checked after an epoch, before the next; with one minibatch the first epoch's approx KL is that of step 2's
+    # pass, before any update (0), so the first check that can stop an epoch is the second's, before the third
+    least = 2 if args.minibatch_size < args.rollout_batch else 3
+    if args.ppo_epochs < least and "target_approx_kl" in p.given:
+        raise UserError(f"--target-approx-kl with --ppo-epochs {args.ppo_epochs}"
+                        + (" and one minibatch a rollout" if least == 3 else "") + ": no epoch is left for it to stop "
+                        f"(the first check that can fire is after epoch {least - 1}); pass --ppo-epochs {least} or "
+                        f"more, or leave it out")
+    for name in ("value_lr", "cliprange_value"):
+        if args.vf_coef == 0 and name in p.given:
+            raise UserError(f"--{name.replace('_', '-')} with --vf-coef 0: the value loss is not trained, so V "
+                            f"stays as it starts; leave one out")
+    if args.gamma == 0 and "lam" in p.given:   # A_t = sum_l (gamma lam)^l delta_{t+l}
+        raise UserError("--lam with --gamma 0: GAE multiplies lambda by gamma, so the advantage is delta_t whatever "
+                        "lambda is; leave one out")
+    if args.adaptive_kl and args.steps == 1:
+        raise UserError("--adaptive-kl with --steps 1: kl_coef is adapted after an iteration, for the next, and "
+                        "there is none; leave it out or pass more --steps")
     for name in ("target_kl", "kl_horizon"):   # read by the adaptive controller only: alone they would do nothing
         if not args.adaptive_kl and name in p.given:
             raise UserError(f"--{name.replace('_', '-')} is for --adaptive-kl; pass that too, or leave it out")
@@ -512,7 +524,8 @@ def main(args):
             # once pi has left pi_old by more than the target (this epoch's mean approx KL), more epochs on this
             # rollout would optimise a surrogate that no longer holds (cleanrl's target_kl)
             approx_kl = sum(stats["ppo/approx_kl"][-n_minibatches:]) / n_minibatches
-            stop_early = args.target_approx_kl is not None and approx_kl > args.target_approx_kl
+            stop_early = args.target_approx_kl is not None and approx_kl > args.target_approx_kl \
+                and epoch + 1 < args.ppo_epochs   # (after the last, there is no epoch left to stop)
             if stop_early:
                 break
         tokens += int(attn.sum())  # prompt + response tokens of the rollout

@@ -164,6 +164,13 @@ def test_flags_a_setting_leaves_unread_are_refused_when_written(tmp_path):
     ppo, rm = STAGES["05_ppo"], STAGES["02_reward"]
     for stage, argv, needle in (
             (ppo, ["--ppo-epochs", "1", "--target-approx-kl", "0.1"], "--target-approx-kl with --ppo-epochs 1"),
+            # one minibatch: epoch 1's approx KL is that of the scoring pass (0), so after epoch 2 nothing is left
+            (ppo, ["--ppo-epochs", "2", "--target-approx-kl", "0.1"], "--target-approx-kl with --ppo-epochs 2 and one "
+                                                                      "minibatch a rollout: no epoch is left"),
+            (ppo, ["--vf-coef", "0", "--cliprange-value", "0.5"], "--cliprange-value with --vf-coef 0"),
+            (ppo, ["--gamma", "0", "--lam", "0.5"], "--lam with --gamma 0: GAE multiplies lambda by gamma"),
+            (ppo, ["--adaptive-kl", "--steps", "1"], "--adaptive-kl with --steps 1: kl_coef is adapted after an "
+                                                     "iteration, for the next, and there is none"),
             (ppo, ["--vf-coef", "0", "--value-lr", "1e-5"], "--value-lr with --vf-coef 0"),   # its default value
             (rm, ["--data", "p.jsonl", "--eval-batch-size", "16"], "--eval-batch-size with --data and no --test-data"),
             (dpo, ["--online", "--data", "p.jsonl", "--eval-batch-size", "8"], "--eval-batch-size --online"),
@@ -182,7 +189,9 @@ def test_flags_a_setting_leaves_unread_are_refused_when_written(tmp_path):
             (ppo, ["--run", "r", "--policy", "p", "--reward", "x", "--split-dir", "s", "--out", "o"], "--run with")):
         with pytest.raises(stage.UserError, match=needle):
             stage.parse_args(argv)
-    ppo.parse_args(["--ppo-epochs", "2", "--target-approx-kl", "0.1"])
+    ppo.parse_args(["--ppo-epochs", "3", "--target-approx-kl", "0.1"])
+    ppo.parse_args(["--ppo-epochs", "2", "--minibatch-size", "4", "--target-approx-kl", "0.1"])
+    ppo.parse_args(["--gamma", "0"])
     ppo.parse_args(["--vf-coef", "0"])
     rm.parse_args(["--data", "p.jsonl", "--test-data", "t.jsonl", "--eval-batch-size", "16"])
     sft.parse_args(["--out", "o"])
@@ -194,16 +203,16 @@ def test_flags_a_setting_leaves_unread_are_refused_when_written(tmp_path):
     (tmp_path / "stage.json").write_text('{"stage": "01_sft"}')
     (tmp_path / "data_test.jsonl").write_text('{"prompt": "p", "chosen": "a", "rejected": "b"}\n')
     dpo.parse_args(["--online", "--model", str(tmp_path), "--eval-batch-size", "8"])   # 01's held-out pairs
-    # what was written, not what differs from a default: an abbreviation, --flag=value, a repeat
+    # what was written, not what differs from a default: --flag=value, a repeat
     with pytest.raises(ppo.UserError, match="--kl-horizon is for --adaptive-kl"):
-        ppo.parse_args(["--kl-h", "10000"])
+        ppo.parse_args(["--kl-horizon=10000"])
     p = ppo.ArgParser()
     p.add_argument("--kl-horizon", type=int, default=5)
     p.add_argument("--adaptive", action="store_true")
     p.add_argument("--tags", action="append")
     p.add_argument("-v", action="count")
     p.add_argument("names", nargs="*")
-    p.parse_args(iter(["--kl-h=5", "--tags", "a", "-vv", "x"]))               # an iterator, parsed twice
+    p.parse_args(iter(["--kl-horizon=5", "--tags", "a", "-vv", "x"]))         # an iterator, parsed twice
     assert p.given == {"kl_horizon", "tags", "v"} and p.get_default("kl_horizon") == 5
     p.parse_args(["x", "y"])
     assert p.given == set()

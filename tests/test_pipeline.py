@@ -261,6 +261,29 @@ def test_ppo_logs_and_first_ratio(pipeline):
     assert json.load(open(run / "05_ppo/stage.json"))["ref"].endswith("04_dpo")
 
 
+def test_ppo_stops_its_epochs_early_only_where_one_is_left(pipeline, tmp_path, monkeypatch):
+    """--target-approx-kl is checked after each epoch: 'ppo/early_stop' was true where it fired after the last
+    one (nothing stopped). With one minibatch the first epoch's approx KL is 0 (the scoring pass), so a tiny
+    target stops after the second epoch, and a third epoch is what is left to stop."""
+    _, run, _ = pipeline
+    ppo = load_script("05_ppo")
+    updates, real = [], ppo.ppo_update
+
+    def counted(*args, **kwargs):
+        stats = real(*args, **kwargs)
+        updates.append(1)
+        return {**stats, "ppo/approx_kl": kl_of(len(updates))}
+    monkeypatch.setattr(ppo, "ppo_update", counted)
+    common = ["--policy", run / "04_dpo", "--reward", run / "02_reward", "--split-dir", run / "03_split", "--steps", 1,
+              "--rollout-batch", 2, "--max-new-tokens", 4, "--ppo-epochs", 3, "--target-approx-kl", "0.5"]
+    for name, kl_of, done, stopped in (("a", lambda i: [0.0, 1.0, 1.0][i - 1], 2, True),   # after the second
+                                       ("b", lambda i: [0.0, 0.0, 1.0][i - 1], 3, False)):  # after the last: none
+        updates.clear()
+        ppo.run_main(ppo.main, [str(a) for a in common + ["--out", tmp_path / name]])
+        record = json.loads((tmp_path / name / "metrics.jsonl").read_text().splitlines()[-1])
+        assert (len(updates), record["ppo/early_stop"]) == (done, stopped)
+
+
 def test_ipo_with_summed_log_probs_as_in_the_papers(tmp_path, pipeline):
     _, run, _ = pipeline
     run_in_process("04_dpo.py", "--model", run / "01_sft", "--split-dir", run / "03_split", "--loss", "ipo",
