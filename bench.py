@@ -45,6 +45,7 @@ import importlib.util
 import json
 import os
 import random
+import sys
 import time
 from pathlib import Path
 
@@ -226,7 +227,7 @@ def bench_train(what, args, mods, device, dtype):
             tokens.append(n_tok)
             flop_tokens.append(n_tok - sum(len(p) for p, _, _ in batch) if packed else n_tok)
             head_tokens.append(n_head)
-    result = {"params_m": round((body + (head if what != "rm" else 0)) / 1e6, 1),
+    result = {"params_m": float(f"{(body + (head if what != 'rm' else 0)) / 1e6:.3g}"),
               "tokens_per_step": sum(tokens) / len(tokens), "s_per_step": sum(times) / len(times),
               "tokens_per_s": sum(tokens) / sum(times)}
     return result, 6 * (body * sum(flop_tokens) + head * sum(head_tokens)) / sum(times)   # forward and backward
@@ -281,7 +282,7 @@ def bench_trl_pairs(what, args, sft, device, dtype):
     trainer.train()
     tokens, head_tokens = step_work(what, pairs[2 * args.batch:])
     timed = sum(times[2:])
-    return {"baseline": "trl " + trl.__version__, "params_m": round((body + head) / 1e6, 1),
+    return {"baseline": "trl " + trl.__version__, "params_m": float(f"{(body + head) / 1e6:.3g}"),
             "tokens_per_step": tokens / args.steps, "s_per_step": timed / args.steps,
             "tokens_per_s": tokens / timed}, 6 * (body * tokens + head * head_tokens) / timed   # our FLOP count
 
@@ -382,7 +383,7 @@ def bench_ppo(args, mods, device, dtype):
     result = {"iteration_s": sum(r["iteration_s"] for r in timed) / len(timed), "generation_s": gen_s,
               "new_tokens_per_response": timed[0]["new_tokens"],
               "sampling_ms_per_token_step": 1000 * gen_s / timed[0]["new_tokens"]}
-    result["params_m"] = round((body + head) / 1e6, 1)
+    result["params_m"] = float(f"{(body + head) / 1e6:.3g}")
     # per iteration: the rollout (prefill, then a forward per sampled token); scoring forwards of the reference
     # (with LM head on response positions) and RM (without), and of policy and value where the rollout is more
     # than one minibatch (else the first epoch's is theirs); epochs x policy and value trained
@@ -414,9 +415,32 @@ def main():
     p.add_argument("--baseline", default=None, choices=["trl"],
                    help="the same work through TRL's SFT, Reward, DPO (trl 1.16) or PPO (0.24) trainer")
     args = p.parse_args()
+    refuse = lambda message: sys.exit(print(f"bench.py: error: {message}", file=sys.stderr) or 2)   # one line
+    for flag in ("steps", "batch", "prompt_len", "response_len", "new_tokens", "minibatch", "ppo_epochs"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:   # (a range() of step 0, a division by 0)
+            refuse(f"--{flag.replace('_', '-')} {getattr(args, flag)}: expected an integer >= 1")
+    if args.minibatch and args.minibatch > args.batch:
+        refuse(f"--minibatch {args.minibatch} is more than --batch {args.batch}, the prompts a PPO step splits")
+    ppo_only = [f for f, on in (("--minibatch", args.minibatch is not None), ("--eager-sampling", args.eager_sampling),
+                                ("--ppo-epochs", args.ppo_epochs != 4), ("--new-tokens", args.new_tokens != 48)) if on]
+    if ppo_only and "ppo" not in args.what:
+        refuse(f"{', '.join(ppo_only)}: read by the ppo bench only, not by {' '.join(args.what)}")
+    if args.model and args.shape:
+        refuse("--model and --shape both name the model; pass one")
+    if args.model and not Path(args.model).is_dir():
+        refuse(f"--model {args.model}: no such directory (a local model folder; the default loads SmolLM2 offline)")
     if args.baseline and importlib.util.find_spec("trl") is None:
         raise SystemExit("--baseline trl: pip install trl==1.16.0 (sft, rm, dpo) or trl==0.24.0 (ppo), best in a venv")
     mods = load("01_sft"), load("04_dpo"), load("02_reward")
+    sft = mods[0]
+    try:
+        run(args, mods)
+    except sft.UserError as e:   # a device or precision this machine lacks, a model it cannot load: one line
+        refuse(str(e))
+
+
+def run(args, mods):
+    """Each bench of args.what: one JSON line."""
     sft = mods[0]
     device = sft.pick_device(args.device)
     if args.baseline:   # TRL keeps the C library's default unless the environment sets what the stages set

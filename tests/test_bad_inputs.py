@@ -510,3 +510,21 @@ def test_ctrl_c_while_torch_loads_is_one_line(tmp_path):
         proc = subprocess.run([sys.executable, str(ROOT / f"{name}.py"), "--help"], cwd=tmp_path, capture_output=True,
                               text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(tmp_path)})
         assert (proc.returncode, proc.stderr) == (130, f"{name}.py: interrupted while starting; nothing was written\n")
+
+
+def test_bench_flags_are_checked_as_one_line_before_any_work(monkeypatch, capsys):
+    """bench.py met bad flags with tracebacks (a ZeroDivisionError for --steps 0, transformers' OSError for a
+    missing --model, a UserError for --device bogus) and ran with PPO's flags on other benches, ignoring them."""
+    bench = load_script("bench")
+    for argv, said in ((["dpo", "--steps", "0"], "--steps 0: expected an integer >= 1"),
+                       (["dpo", "--minibatch", "2", "--eager-sampling"], "--minibatch, --eager-sampling: read by the "
+                                                                          "ppo bench only, not by dpo"),
+                       (["ppo", "--minibatch", "9"], "--minibatch 9 is more than --batch 8"),
+                       (["sft", "--model", "m", "--shape", "smollm2-135m"], "--model and --shape both name the model"),
+                       (["rm", "--model", "/no/such/model"], "--model /no/such/model: no such directory"),
+                       (["dpo", "--device", "bogus"], "--device 'bogus': expected auto, cpu, cuda or cuda:N")):
+        monkeypatch.setattr(sys, "argv", ["bench.py", *argv])
+        with pytest.raises(SystemExit) as e:
+            bench.main()
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and err.startswith("bench.py: error: " + said) and err.count("\n") == 1, err
