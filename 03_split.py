@@ -177,17 +177,22 @@ def find_data(args, rm_name):
 def score_pairs(rm, tok, rows, batch_size, max_prompt_len, max_response_len, device, dtype, desc):
     """Reward gaps d = r(x, y_w) - r(x, y_l) of every row, (N,), each pair one row [prompt | chosen |
     rejected] as 02 trains on it (`pair_rewards`: the prompt computed once). Pairs are batched in order
-    of length, so a batch pads little, and the gaps are returned in the order of `rows`."""
+    of length, so a batch pads little, and the gaps are returned in the order of `rows`. A pair repeated is
+    scored once: two rows of one pair get one gap (scored in two places of a batch, they could differ in
+    their last bits, and fall on both sides of a threshold)."""
     pairs = encode_rows(tok, rows, max_prompt_len, max_response_len, desc)
-    order = sorted(range(len(rows)), key=lambda i: sum(map(len, pairs[i])))
+    first = {}   # each pair's first row
+    same_as = [first.setdefault(tuple(map(tuple, pair)), i) for i, pair in enumerate(pairs)]
+    order = sorted(first.values(), key=lambda i: sum(map(len, pairs[i])))
     gaps = [0.0] * len(rows)
-    for start in tqdm(range(0, len(rows), batch_size), desc=desc, dynamic_ncols=True):
+    for start in tqdm(range(0, len(order), batch_size), desc=desc, dynamic_ncols=True):
         idx = order[start:start + batch_size]
         with autocast(device, dtype):
             chosen_rewards, rejected_rewards = pair_rewards(rm, [pairs[i] for i in idx], tok.pad_token_id,
                                                             device)                   # (B,), (B,)
         for i, d in zip(idx, (chosen_rewards - rejected_rewards).tolist()):
             gaps[i] = d
+    gaps = [gaps[j] for j in same_as]
     bad = [i for i, d in enumerate(gaps) if not math.isfinite(d)]
     if bad:   # a diverged RM: no threshold can split its gaps
         raise UserError(f"{desc}: the reward model gives {len(bad)} of {len(gaps)} pairs a gap that is not finite "
@@ -1637,10 +1642,12 @@ def need_stage(path, stage, flag=None):
 
 
 def command_for(stage, path):
-    """The command that makes `path`: `python <stage>.py`, with its --run where `path` is runs/<run>/<stage>."""
+    """The command that makes `path`: `python <stage>.py`, with its --run where `path` is runs/<run>/<stage>,
+    else with --out `path` (its inputs' flags are the user's to add)."""
     path = Path(path)
-    run = path.parent.name if path.name == stage and path.parent.parent.name == "runs" else "default"
-    return f"python {stage}.py" + (f" --run {run}" if run != "default" else "")
+    if path.name != stage or path.parent.parent.name != "runs":
+        return f"python {stage}.py --out {path} ..."
+    return f"python {stage}.py" + (f" --run {path.parent.name}" if path.parent.name != "default" else "")
 
 
 def where_now(recorded, stage_dir, marker="stage.json"):

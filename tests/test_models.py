@@ -331,6 +331,17 @@ def test_split_scores_pairs_in_the_order_of_the_rows(tiny_model_dir):
         alone = rm(input_ids=torch.tensor([p + yc])).logits[0, 0] - rm(input_ids=torch.tensor([p + yr])).logits[0, 0]
         assert abs(gap - alone.item()) < 1e-4
     assert len(set(round(g, 4) for g in gaps)) == len(rows)   # distinct, so a mix-up would show
+    # a pair repeated gets its first row's gap exactly (two places of a batch could differ in the last bits,
+    # and 12 copies of one pair had been split 6 easy and 6 hard by --easy-fraction 0.5)
+    real = split.pair_rewards   # each place of a batch a little apart, as kernels may make them
+    jitter = lambda *a, **k: (lambda c, r: (c + 1e-6 * torch.arange(len(c)), r))(*real(*a, **k))
+    try:
+        split.pair_rewards = jitter
+        again = split.score_pairs(rm, tok, rows + [rows[4], rows[1], rows[4]], batch_size=4, **kw)
+    finally:
+        split.pair_rewards = real
+    assert again[6] == again[4] == again[8] and again[7] == again[1]
+    assert again[:6] == pytest.approx(gaps, abs=1e-5)
 
 
 @torch.no_grad()
