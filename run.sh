@@ -212,10 +212,13 @@ stopped() {   # a stage failed or was interrupted: say how to go on
   [ "$code" = 2 ] && how="$how, once what the stage above names is mended"   # a refused input or flag
   [ "$code" = 2 ] && [ "${#MADE[@]}" -le 1 ] && [ ! -e "$MIXED" ] && [ "$RESUME" = 0 ] &&
     how="the same command once what the stage above names is mended (no stage had finished)"
-  [ "$code" = 0 ] || echo "run.sh: stopped (exit $code; the stage above says why): rerun with $how" >&2
+  local why="the stage above says why"   # run.sh itself interrupted: bash waits for the stage, which may finish
+  [ -n "$SIGNAL" ] && why="run.sh was interrupted ($SIGNAL); a stage stopped with it says so above, the ones that finished are kept"
+  [ "$code" = 0 ] || echo "run.sh: stopped (exit $code; $why): rerun with $how" >&2
 }
+SIGNAL=""
 trap stopped EXIT
-trap 'exit 130' INT; trap 'exit 143' TERM   # so that Ctrl-C and a kill end through `stopped` too
+trap 'SIGNAL=Ctrl-C; exit 130' INT; trap 'SIGNAL="a kill"; exit 143' TERM   # Ctrl-C and a kill end through `stopped` too
 same_split() {
   # 0 where split $1 is this sweep point's: made by 03 with this setting ($2 $3) from the run's own RM and
   # data, or (a split made for the point, $2) holding the same pairs in each set. Not the files' bytes: under
