@@ -314,12 +314,13 @@ def main(args):
         metrics.append({"step": step + 1, "loss/train": step_loss, "lr": opt.param_groups[0]["lr"],
                         "grad_norm": float(grad_norm), **perf(tokens, loop_start, device)})
         bar.set_postfix(loss=f"{step_loss:.3f}", tok_s=f"{metrics[-1]['perf/tokens_per_s']:.0f}")
+    speed = perf(tokens, loop_start, device)   # of the training loop alone, as in 02 (not the held-out pass)
     loss_after = heldout_loss(model, test_ex, tok.pad_token_id, args.eval_batch_size, device, dtype)
     metrics.append({"step": total_steps, "loss/heldout": loss_after})
 
     # 4. save: a plain Hugging Face directory, the run's data for the later stages, and stage.json
     final = {"loss/heldout_before": loss_before, "loss/heldout_after": loss_after, "loss/train_last": step_loss,
-             "steps": total_steps, **perf(tokens, loop_start, device)}
+             "steps": total_steps, **speed}
     model.config.use_cache = True
     check_finite(model, "01_sft")
     stop_at_eos(model, tok, "01_sft")
@@ -1601,10 +1602,12 @@ def need_stage(path, stage, flag=None):
 
 
 def command_for(stage, path):
-    """The command that makes `path`: `python <stage>.py`, with its --run where `path` is runs/<run>/<stage>."""
+    """The command that makes `path`: `python <stage>.py`, with its --run where `path` is runs/<run>/<stage>,
+    else with --out `path` (its inputs' flags are the user's to add)."""
     path = Path(path)
-    run = path.parent.name if path.name == stage and path.parent.parent.name == "runs" else "default"
-    return f"python {stage}.py" + (f" --run {run}" if run != "default" else "")
+    if path.name != stage or path.parent.parent.name != "runs":
+        return f"python {stage}.py --out {path} ..."
+    return f"python {stage}.py" + (f" --run {path.parent.name}" if path.parent.name != "default" else "")
 
 
 def where_now(recorded, stage_dir, marker="stage.json"):

@@ -256,6 +256,12 @@ def load_inputs(args):
         rows = drop_long_pairs(rows, tok, args.max_response_len, source["file"])
     if not args.curriculum:  # the seed shuffles an order of the text alone: 03 writes its sets in gap order, and
         rows = sorted(rows, key=text_key)  # bf16 gaps may differ in their last bits between two processes
+    if args.online:   # only the prompts are read, each distinct one once an epoch (as 05 samples them); no labels
+        distinct = list({json.dumps(r["prompt"], ensure_ascii=False): r for r in rows}.values())
+        if len(distinct) < len(rows):
+            print(f"{len(rows)} rows of {source['file']} hold {len(distinct)} distinct prompts: each is sampled once "
+                  f"an epoch")
+        rows, source["labels"] = distinct, None
     return model, tok, sft_stage, rows, source, test_rows, marks
 
 
@@ -336,14 +342,14 @@ def trainable(policy, args, device, dtype):
             torch.amp.GradScaler(enabled=dtype == torch.float16))
 
 
-def finish(args, out, policy, tok, model, sft_stage, rows, source, marks, metrics, before, after, tokens, loop_start,
+def finish(args, out, policy, tok, model, sft_stage, rows, source, marks, metrics, before, after, speed,
            reference, started, device, precision):
     """Save the policy as a plain Hugging Face directory with its reference log-probs, stage.json (its final
     record: the held-out accuracy, the budget; online, the last evaluation) and metrics.jsonl; print a summary."""
     steps, per_step = metrics[-1]["step"], args.batch_size * args.grad_accum
     final = {**after, "eval/implicit_accuracy_before": before.get("eval/implicit_accuracy"), "steps": steps,
              "pairs_per_step": per_step, "n_pairs": len(rows), "epochs_seen": steps * per_step / len(rows),
-             "loss/train_last": metrics[-1]["loss/train"], **perf(tokens, loop_start, device),
+             "loss/train_last": metrics[-1]["loss/train"], **speed,
              **{k: v for k, v in metrics[-1].items() if k.startswith(("online/", "objective/"))}}
     metrics.append({"step": steps, **after})
     policy.config.use_cache = True
@@ -523,9 +529,10 @@ def main(args):
                         tok_s=f"{metrics[-1]['perf/tokens_per_s']:.0f}")
 
     # 3. save: the held-out implicit-reward accuracy, the policy, the cached reference log-probs
+    speed = perf(tokens, loop_start, device)   # of the training loop alone, as in 02 (not the held-out pass)
     after = implicit_reward_accuracy(policy, test_ex, test_rows, test_reference, args.eval_batch_size,
                                      tok.pad_token_id, device, dtype, average)
-    finish(args, out, policy, tok, model, sft_stage, rows, source, marks, metrics, before, after, tokens, loop_start,
+    finish(args, out, policy, tok, model, sft_stage, rows, source, marks, metrics, before, after, speed,
            {"aggregate": "mean" if average else "sum", "train": train_reference, "test": test_reference,
             "train_order": "as read" if args.curriculum else "sorted by text_key"}, started, device, precision)
 
@@ -695,7 +702,7 @@ def online_main(args):
 
     # 1. the loop: fresh samples labelled by the RM, the reference's and the policy's log-probs, the loss
     terms = nash_md_pg_terms if args.loss == "nash-md-pg" else contrastive_terms
-    tokens, generation_s, loop_start = 0, 0.0, time.time()
+    tokens, generation_s, eval_s, loop_start = 0, 0.0, 0.0, time.time()   # eval_s: the online evaluations' time
     bar = tqdm(range(total_steps), desc="04_dpo_online", dynamic_ncols=True)
     for step in bar:
         for g in opt.param_groups:
@@ -716,18 +723,21 @@ def online_main(args):
         grad_norm = optimiser_step(policy, opt, scaler, args.max_grad_norm)
         metrics.append({"step": step + 1, **{k: sum(m[k] for m in micro) / len(micro) for k in micro[0]},
                         "lr": opt.param_groups[0]["lr"],
-                        "grad_norm": float(grad_norm), **perf(tokens, loop_start, device),
+                        "grad_norm": float(grad_norm), **perf(tokens, loop_start + eval_s, device),
                         "online/pairs": float(per_step),
-                        "perf/generation_share": generation_s / max(time.time() - loop_start, 1e-9)})
+                        "perf/generation_share": generation_s / max(time.time() - loop_start - eval_s, 1e-9)})
         if (step + 1) % args.eval_every == 0 or step + 1 == total_steps:  # on the last micro-batch's prompts
+            since = time.time()
             metrics[-1].update(online_eval(policy, reference, rm, rm_pad, tok, [prompts[j] for j in idx],
                                            args.max_new_tokens, device, dtype, generator))
+            eval_s += time.time() - since
         bar.set_postfix(loss=f"{metrics[-1]['loss/train']:.3f}", tok_s=f"{metrics[-1]['perf/tokens_per_s']:.0f}")
 
     # 2. save, as main does; the last online evaluation goes into stage.json's final record
+    speed = perf(tokens, loop_start + eval_s, device)   # of training alone, the evaluations' time left out
     after = implicit_reward_accuracy(policy, test_ex, test_rows, test_reference, args.eval_batch_size,
                                      tok.pad_token_id, device, dtype, average)
-    finish(args, out, policy, tok, model, sft_stage, rows, source, marks, metrics, before, after, tokens, loop_start,
+    finish(args, out, policy, tok, model, sft_stage, rows, source, marks, metrics, before, after, speed,
            {"aggregate": "mean" if average else "sum", "train": [], "test": test_reference},
            started, device, precision)
 
@@ -1998,10 +2008,12 @@ def need_stage(path, stage, flag=None):
 
 
 def command_for(stage, path):
-    """The command that makes `path`: `python <stage>.py`, with its --run where `path` is runs/<run>/<stage>."""
+    """The command that makes `path`: `python <stage>.py`, with its --run where `path` is runs/<run>/<stage>,
+    else with --out `path` (its inputs' flags are the user's to add)."""
     path = Path(path)
-    run = path.parent.name if path.name == stage and path.parent.parent.name == "runs" else "default"
-    return f"python {stage}.py" + (f" --run {run}" if run != "default" else "")
+    if path.name != stage or path.parent.parent.name != "runs":
+        return f"python {stage}.py --out {path} ..."
+    return f"python {stage}.py" + (f" --run {path.parent.name}" if path.parent.name != "default" else "")
 
 
 def where_now(recorded, stage_dir, marker="stage.json"):

@@ -1836,10 +1836,12 @@ def need_stage(path, stage, flag=None):
 
 
 def command_for(stage, path):
-    """The command that makes `path`: `python <stage>.py`, with its --run where `path` is runs/<run>/<stage>."""
+    """The command that makes `path`: `python <stage>.py`, with its --run where `path` is runs/<run>/<stage>,
+    else with --out `path` (its inputs' flags are the user's to add)."""
     path = Path(path)
-    run = path.parent.name if path.name == stage and path.parent.parent.name == "runs" else "default"
-    return f"python {stage}.py" + (f" --run {run}" if run != "default" else "")
+    if path.name != stage or path.parent.parent.name != "runs":
+        return f"python {stage}.py --out {path} ..."
+    return f"python {stage}.py" + (f" --run {path.parent.name}" if path.parent.name != "default" else "")
 
 
 def where_now(recorded, stage_dir, marker="stage.json"):

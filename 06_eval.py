@@ -175,8 +175,10 @@ def t_interval(per_run):
 
 
 def summarise(values, requests, n_resamples, seed):
-    """Mean of per-prompt values and its interval, resampling requests (the cluster of each value)."""
-    lo, hi = bootstrap_ci(clusters_of(values, requests), n_resamples, seed)
+    """Mean of per-prompt values and its interval, resampling requests (the cluster of each value); no interval
+    (None) from fewer than MIN_REQUESTS requests, in results.json as in the report."""
+    few = len(set(requests)) < MIN_REQUESTS
+    lo, hi = (None, None) if few else bootstrap_ci(clusters_of(values, requests), n_resamples, seed)
     return {"mean": mean(values), "lo": lo, "hi": hi, "n": len(values), "requests": len(set(requests))}
 
 
@@ -861,9 +863,10 @@ SMALL_N_NOTE = f"none from fewer than {MIN_REQUESTS} requests, too few to resamp
 def interval_cell(s):
     """A summary as 'mean [lo, hi]', or as its mean and n where fewer than MIN_REQUESTS requests back it
     (summaries without a request count, as written by older versions, keep their interval)."""
-    if s.get("requests", MIN_REQUESTS) < MIN_REQUESTS:
-        return f"{s['mean']:.3f} (n={s['requests']}, no interval)"
-    return f"{s['mean']:.3f} [{s['lo']:.3f}, {s['hi']:.3f}]"
+    f = lambda x: f"{x:.3f}".replace("-0.000", "0.000")   # a KL of -1e-9 (rounding) is no negative KL
+    if s.get("requests", MIN_REQUESTS) < MIN_REQUESTS or s.get("lo") is None:
+        return f"{f(s['mean'])} (n={s.get('requests')}, no interval)"
+    return f"{f(s['mean'])} [{f(s['lo'])}, {f(s['hi'])}]"
 
 
 def claim_interval(c):
@@ -903,7 +906,8 @@ def draw_plot(results, path, metric, base):
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, res in results.items():
         m = res[metric]   # a percentile interval can miss its own mean (few requests): no negative error bars
-        ax.errorbar(res["kl"]["mean"], m["mean"], yerr=[[max(0, m["mean"] - m["lo"])], [max(0, m["hi"] - m["mean"])]],
+        lo, hi = (m["mean"], m["mean"]) if m["lo"] is None else (m["lo"], m["hi"])   # (no interval: no bar)
+        ax.errorbar(res["kl"]["mean"], m["mean"], yerr=[[max(0, m["mean"] - lo)], [max(0, hi - m["mean"])]],
                     fmt="o", capsize=3)
         ax.annotate(name, (res["kl"]["mean"], res[metric]["mean"]), fontsize=8, xytext=(4, 4),
                     textcoords="offset points")
@@ -955,7 +959,8 @@ def draw_sweep(points, path, lo, hi, bars):
             got = [(x, p[role][m]) for x, p in zip(xs, points) if m in p[role]]
             if got:
                 ax.errorbar([x for x, _ in got], [c["mean"] for _, c in got], fmt="o-", capsize=3, label=label,
-                            yerr=[[max(0, c["mean"] - c[lo]) for _, c in got], [max(0, c[hi] - c["mean"]) for _, c in got]])
+                            yerr=[[max(0, c["mean"] - (c[lo] if c[lo] is not None else c["mean"])) for _, c in got],
+                                  [max(0, (c[hi] if c[hi] is not None else c["mean"]) - c["mean"]) for _, c in got]])
         ax.set_xlabel("reward-gap threshold")
         ax.set_title({"gold": "gold score", "rm": "RM score", "kl": "KL to the baseline (nats per response)"}[m])
         ax.legend(fontsize=7)
@@ -2538,10 +2543,12 @@ def need_stage(path, stage, flag=None):
 
 
 def command_for(stage, path):
-    """The command that makes `path`: `python <stage>.py`, with its --run where `path` is runs/<run>/<stage>."""
+    """The command that makes `path`: `python <stage>.py`, with its --run where `path` is runs/<run>/<stage>,
+    else with --out `path` (its inputs' flags are the user's to add)."""
     path = Path(path)
-    run = path.parent.name if path.name == stage and path.parent.parent.name == "runs" else "default"
-    return f"python {stage}.py" + (f" --run {run}" if run != "default" else "")
+    if path.name != stage or path.parent.parent.name != "runs":
+        return f"python {stage}.py --out {path} ..."
+    return f"python {stage}.py" + (f" --run {path.parent.name}" if path.parent.name != "default" else "")
 
 
 def where_now(recorded, stage_dir, marker="stage.json"):

@@ -514,6 +514,9 @@ def test_model_paths_records_and_batches_are_one_line_errors(tmp_path):
     with pytest.raises(dpo.UserError, match="stage.json names 5 as a directory; expected a path"):
         dpo.inherited_dir(5, tmp_path)
     with pytest.raises(dpo.UserError, match="run `python 02_reward.py` first, or pass --reward DIR"):
+        dpo.need_stage("runs/default/02_reward", "02_reward", "--reward")
+    with pytest.raises(dpo.UserError, match=r"none is not a finished 02_reward directory; run `python 02_reward.py "
+                                            r"--out .*/none \.\.\.` first"):   # the folder named, not runs/default's
         dpo.need_stage(tmp_path / "none", "02_reward", "--reward")
     with pytest.raises(dpo.UserError, match="run `python 02_reward.py --run s1` first, or pass --reward DIR"):
         dpo.need_stage(tmp_path / "runs/s1/02_reward", "02_reward", "--reward")    # the run named too

@@ -57,13 +57,15 @@ def test_few_requests_give_no_interval_and_each_family_its_n(tmp_path):
     big = ev.MIN_REQUESTS
     families, requests = ["big"] * big + ["one"] * 2, [str(i) for i in range(big)] + ["r", "r"]
     res = summaries([1.0] * (big + 2), [0.0] * (big + 2), families, requests)
-    assert (res["gold_one"]["lo"], res["gold_one"]["hi"], res["gold_one"]["requests"]) == (1.0, 1.0, 1)
+    assert (res["gold_one"]["lo"], res["gold_one"]["hi"], res["gold_one"]["requests"]) == (None, None, 1)   # as in
+    assert res["gold_big"]["lo"] == res["gold_big"]["hi"] == 1.0                                   # the report
     res["budget"] = "?"
     text = report({"05_ppo": res}, tmp_path, ["big", "one"])
     assert f"| policy | big (n={big}) | one (n=1) |" in text
     assert "| 05_ppo | 1.000 [1.000, 1.000] | 1.000 (n=1, no interval) |" in text
     assert f"none from fewer than {big} requests" in text
     assert ev.interval_cell({"mean": 0.5, "lo": 0.4, "hi": 0.6}) == "0.500 [0.400, 0.600]"   # older results
+    assert ev.interval_cell({"mean": -1e-9, "lo": -0.0, "hi": 0.1}) == "0.000 [0.000, 0.100]"   # a KL's rounding
     assert ev.n_label([3, 5]) == " (n=3-5)" and ev.n_label([None]) == ""
 
 
