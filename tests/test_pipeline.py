@@ -852,9 +852,12 @@ def test_run_sh_interrupted_itself_says_so(tmp_path):
                     'for a; do [ "$prev" = --run ] && run=$a; prev=$a; done\n'
                     'mkdir -p "runs/$run/${s%.py}"; echo "{}" > "runs/$run/${s%.py}/stage.json"; echo "$s: saved"\n')
     fake.chmod(0o755)
+    # Ctrl-C as a terminal's shell gives it: a job started in the background (as CI may run the suite) inherits
+    # SIGINT ignored, and bash can then not trap it
     proc = subprocess.Popen(["bash", "run.sh", "--budget", "tiny", "--device", "cpu", "--run", "t"], cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHON": str(fake)})
+                            env={**os.environ, "PYTHON": str(fake)},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     for _ in range(600):   # once the first stage runs
         if (tmp_path / "started").exists():
             break
