@@ -937,7 +937,8 @@ def normalise(rows, source, pairs=True, repeats_used=True):
             skipped.setdefault(why, [0, i])[0] += 1                               # [rows, the first one]
         else:
             out.append(new)
-            kept[form_of(row)] = kept.get(form_of(row), 0) + 1
+            form = form_of(row)
+            kept[form] = kept.get(form, 0) + 1
             seen.add(json.dumps([new["prompt"]] + ([new["chosen"], new["rejected"]] if pairs else []), default=str))
     reasons = "".join(f"; skipped {n} ({why}; first: row {first})" for why, (n, first) in sorted(skipped.items()))
     repeats = len(out) - len(seen)   # kept, as a file may weigh a row so; said, as it may be a mistake
@@ -971,6 +972,17 @@ def texts_of(row, field):
     if field == "prompt" and isinstance(value, list):
         return [m["content"] for m in value]
     return [value] if isinstance(value, str) else []
+
+
+def distinct_prompts(rows, where):
+    """The first row of each distinct prompt, in their order: 04 online and 05 sample each prompt once an epoch,
+    where a pair set repeats its prompts (said where it does)."""
+    first = {}
+    for r in rows:
+        first.setdefault(json.dumps(r["prompt"], ensure_ascii=False), r)
+    if len(first) < len(rows):
+        print(f"{len(rows)} rows of {where} hold {len(first)} distinct prompts: each is sampled once an epoch")
+    return list(first.values())
 
 
 def drop_special_text(rows, tokenizer, source):

@@ -257,11 +257,7 @@ def load_inputs(args):
     if not args.curriculum:  # the seed shuffles an order of the text alone: 03 writes its sets in gap order, and
         rows = sorted(rows, key=text_key)  # bf16 gaps may differ in their last bits between two processes
     if args.online:   # only the prompts are read, each distinct one once an epoch (as 05 samples them); no labels
-        distinct = list({json.dumps(r["prompt"], ensure_ascii=False): r for r in rows}.values())
-        if len(distinct) < len(rows):
-            print(f"{len(rows)} rows of {source['file']} hold {len(distinct)} distinct prompts: each is sampled once "
-                  f"an epoch")
-        rows, source["labels"] = distinct, None
+        rows, source["labels"] = distinct_prompts(rows, source["file"]), None
     return model, tok, sft_stage, rows, source, test_rows, marks
 
 
@@ -1303,7 +1299,8 @@ def normalise(rows, source, pairs=True, repeats_used=True):
             skipped.setdefault(why, [0, i])[0] += 1                               # [rows, the first one]
         else:
             out.append(new)
-            kept[form_of(row)] = kept.get(form_of(row), 0) + 1
+            form = form_of(row)
+            kept[form] = kept.get(form, 0) + 1
             seen.add(json.dumps([new["prompt"]] + ([new["chosen"], new["rejected"]] if pairs else []), default=str))
     reasons = "".join(f"; skipped {n} ({why}; first: row {first})" for why, (n, first) in sorted(skipped.items()))
     repeats = len(out) - len(seen)   # kept, as a file may weigh a row so; said, as it may be a mistake
@@ -1337,6 +1334,17 @@ def texts_of(row, field):
     if field == "prompt" and isinstance(value, list):
         return [m["content"] for m in value]
     return [value] if isinstance(value, str) else []
+
+
+def distinct_prompts(rows, where):
+    """The first row of each distinct prompt, in their order: 04 online and 05 sample each prompt once an epoch,
+    where a pair set repeats its prompts (said where it does)."""
+    first = {}
+    for r in rows:
+        first.setdefault(json.dumps(r["prompt"], ensure_ascii=False), r)
+    if len(first) < len(rows):
+        print(f"{len(rows)} rows of {where} hold {len(first)} distinct prompts: each is sampled once an epoch")
+    return list(first.values())
 
 
 def drop_special_text(rows, tokenizer, source):

@@ -259,16 +259,12 @@ def ppo_prompts(data, which, split_dir, sft_dir, rm_name):
     else:
         raise UserError(f"{split_dir} is not a finished 03_split directory; run `{command_for('03_split', split_dir)}` "
                         f"first (or pass --prompts all, or --data)")
-    prompts = {}
-    for r in rows:  # one entry per distinct prompt: a pair set repeats its prompts
-        prompts.setdefault(json.dumps(r["prompt"], ensure_ascii=False), r["prompt"])
-    if not prompts:
+    rows = distinct_prompts(rows, data or which + " set")   # a pair set repeats its prompts
+    if not rows:
         raise UserError(f"no prompts in the {which} set")
-    if len(prompts) < len(rows):
-        print(f"{len(rows)} rows of {data or which + ' set'} hold {len(prompts)} distinct prompts: each is sampled once "
-              f"an epoch of rollouts")
     # in an order of their text alone, for the seed to shuffle: 03 writes its sets in gap order, and bf16 gaps
-    return [prompts[k] for k in sorted(prompts)], str(file)   # may differ in their last bits between two processes
+    # may differ in their last bits between two processes
+    return sorted((r["prompt"] for r in rows), key=lambda p: json.dumps(p, ensure_ascii=False)), str(file)
 
 
 def policy_and_values(policy, value, ids, attn, resp, device, dtype, with_entropy=True):
@@ -1131,7 +1127,8 @@ def normalise(rows, source, pairs=True, repeats_used=True):
             skipped.setdefault(why, [0, i])[0] += 1                               # [rows, the first one]
         else:
             out.append(new)
-            kept[form_of(row)] = kept.get(form_of(row), 0) + 1
+            form = form_of(row)
+            kept[form] = kept.get(form, 0) + 1
             seen.add(json.dumps([new["prompt"]] + ([new["chosen"], new["rejected"]] if pairs else []), default=str))
     reasons = "".join(f"; skipped {n} ({why}; first: row {first})" for why, (n, first) in sorted(skipped.items()))
     repeats = len(out) - len(seen)   # kept, as a file may weigh a row so; said, as it may be a mistake
@@ -1165,6 +1162,17 @@ def texts_of(row, field):
     if field == "prompt" and isinstance(value, list):
         return [m["content"] for m in value]
     return [value] if isinstance(value, str) else []
+
+
+def distinct_prompts(rows, where):
+    """The first row of each distinct prompt, in their order: 04 online and 05 sample each prompt once an epoch,
+    where a pair set repeats its prompts (said where it does)."""
+    first = {}
+    for r in rows:
+        first.setdefault(json.dumps(r["prompt"], ensure_ascii=False), r)
+    if len(first) < len(rows):
+        print(f"{len(rows)} rows of {where} hold {len(first)} distinct prompts: each is sampled once an epoch")
+    return list(first.values())
 
 
 def drop_special_text(rows, tokenizer, source):

@@ -895,6 +895,13 @@ def with_ties(text, res, key):
     return f"{text} (ties {tie['mean']:.0%})" if tie else text
 
 
+def error_bars(cells, lo="lo", hi="hi"):
+    """matplotlib's yerr for cells {mean, lo, hi}: no bar where a cell has no interval (None: too few requests),
+    and none below zero (a percentile interval can miss its own mean)."""
+    bound = lambda c, k: c["mean"] if c[k] is None else c[k]
+    return [[max(0, c["mean"] - bound(c, lo)) for c in cells], [max(0, bound(c, hi) - c["mean"]) for c in cells]]
+
+
 def draw_plot(results, path, metric, base):
     try:
         import matplotlib
@@ -905,10 +912,7 @@ def draw_plot(results, path, metric, base):
                "reward_vs_kl.png.)"
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, res in results.items():
-        m = res[metric]   # a percentile interval can miss its own mean (few requests): no negative error bars
-        lo, hi = (m["mean"], m["mean"]) if m["lo"] is None else (m["lo"], m["hi"])   # (no interval: no bar)
-        ax.errorbar(res["kl"]["mean"], m["mean"], yerr=[[max(0, m["mean"] - lo)], [max(0, hi - m["mean"])]],
-                    fmt="o", capsize=3)
+        ax.errorbar(res["kl"]["mean"], res[metric]["mean"], yerr=error_bars([res[metric]]), fmt="o", capsize=3)
         ax.annotate(name, (res["kl"]["mean"], res[metric]["mean"]), fontsize=8, xytext=(4, 4),
                     textcoords="offset points")
     ax.set_xlabel(f"KL(pi || {base}), nats per response")   # the baseline: SFT unless --baseline
@@ -959,8 +963,7 @@ def draw_sweep(points, path, lo, hi, bars):
             got = [(x, p[role][m]) for x, p in zip(xs, points) if m in p[role]]
             if got:
                 ax.errorbar([x for x, _ in got], [c["mean"] for _, c in got], fmt="o-", capsize=3, label=label,
-                            yerr=[[max(0, c["mean"] - (c[lo] if c[lo] is not None else c["mean"])) for _, c in got],
-                                  [max(0, (c[hi] if c[hi] is not None else c["mean"]) - c["mean"]) for _, c in got]])
+                            yerr=error_bars([c for _, c in got], lo, hi))
         ax.set_xlabel("reward-gap threshold")
         ax.set_title({"gold": "gold score", "rm": "RM score", "kl": "KL to the baseline (nats per response)"}[m])
         ax.legend(fontsize=7)
@@ -1838,7 +1841,8 @@ def normalise(rows, source, pairs=True, repeats_used=True):
             skipped.setdefault(why, [0, i])[0] += 1                               # [rows, the first one]
         else:
             out.append(new)
-            kept[form_of(row)] = kept.get(form_of(row), 0) + 1
+            form = form_of(row)
+            kept[form] = kept.get(form, 0) + 1
             seen.add(json.dumps([new["prompt"]] + ([new["chosen"], new["rejected"]] if pairs else []), default=str))
     reasons = "".join(f"; skipped {n} ({why}; first: row {first})" for why, (n, first) in sorted(skipped.items()))
     repeats = len(out) - len(seen)   # kept, as a file may weigh a row so; said, as it may be a mistake
@@ -1872,6 +1876,17 @@ def texts_of(row, field):
     if field == "prompt" and isinstance(value, list):
         return [m["content"] for m in value]
     return [value] if isinstance(value, str) else []
+
+
+def distinct_prompts(rows, where):
+    """The first row of each distinct prompt, in their order: 04 online and 05 sample each prompt once an epoch,
+    where a pair set repeats its prompts (said where it does)."""
+    first = {}
+    for r in rows:
+        first.setdefault(json.dumps(r["prompt"], ensure_ascii=False), r)
+    if len(first) < len(rows):
+        print(f"{len(rows)} rows of {where} hold {len(first)} distinct prompts: each is sampled once an epoch")
+    return list(first.values())
 
 
 def drop_special_text(rows, tokenizer, source):
