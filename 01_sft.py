@@ -113,16 +113,16 @@ def load_dataset_rows(args):
     if args.test_dataset:
         test = normalise(load_rows(args.test_dataset, "--test-dataset", "test"), args.test_dataset)
     elif local:  # hold out 5% of the prompts, by a hash of the prompt, so no prompt is in both
-        held = [zlib.crc32(prompt_key(r).encode()) % 100 < 5 for r in train]
-        test = [r for r, h in zip(train, held) if h]
-        train = [r for r, h in zip(train, held) if not h]
-        prompts = {prompt_key(r) for r in train + test}
+        keys = [prompt_key(r) for r in train]
+        held = {k for k in keys if zlib.crc32(k.encode()) % 100 < 5}   # the held-out prompts
+        test = [r for r, k in zip(train, keys) if k in held]
+        train = [r for r, k in zip(train, keys) if k not in held]
         if not test or not train:   # few distinct prompts: the hash may hold out none of them, or all
-            raise UserError(f"--dataset {args.dataset}: its {len(prompts)} distinct prompt(s) fell "
+            raise UserError(f"--dataset {args.dataset}: its {len(set(keys))} distinct prompt(s) fell "
                             f"{'none' if not test else 'all'} in the held-out 5%, so there is no "
                             f"{'test' if not test else 'train'} split; pass --test-dataset FILE")
-        print(f"{args.dataset}: held out {counted(len(test), 'rows')} ({len({prompt_key(r) for r in test})} of {len(prompts)} "
-              f"distinct prompts, about 5% by a hash of each) as the test split")
+        print(f"{args.dataset}: held out {counted(len(test), 'rows')} ({len(held)} of {len(set(keys))} distinct "
+              f"prompts, about 5% by a hash of each) as the test split")
     else:
         test = normalise(load_rows(args.dataset, "--dataset", "test"), args.dataset + " (test)")
     if not local or args.test_dataset:  # a test prompt seen in training would flatter every policy
