@@ -418,6 +418,16 @@ def check_ranges(args, rules, given):
     if getattr(args, "max_steps", -1) > 0 and "epochs" in given:  # 01, 02, 04
         raise UserError(f"--epochs {args.epochs} does nothing with --max-steps {args.max_steps}, which sets the "
                         f"length of training; pass one")
+    if getattr(args, "max_steps", -1) > 0:   # lr_at: step 0 is at lr / warm; the decay's first step at the peak
+        warm = max(1, int(args.max_steps * args.warmup_ratio))
+        if "warmup_ratio" in given and args.warmup_ratio > 0 and warm < 2:
+            least = f"pass {2 / args.max_steps:.3g} or more" if args.max_steps > 1 else "a warm-up needs 2 steps"
+            raise UserError(f"--warmup-ratio {args.warmup_ratio} of --max-steps {args.max_steps} is under 2 steps: "
+                            f"the first step would be at the peak lr, no warm-up; {least}, or leave it out")
+        if "min_lr_ratio" in given and args.max_steps - warm < 2:
+            raise UserError(f"--min-lr-ratio with --max-steps {args.max_steps}: no step is left for the cosine "
+                            f"decay after {counted(warm, 'warm-up steps')} (the decay's first step is at the peak "
+                            f"lr); pass more steps, or leave it out")
     return args
 
 
@@ -1549,10 +1559,10 @@ def need_stage(path, stage, flag=None):
 
 
 def command_for(stage, path):
-    """The command that makes `path`: `python <stage>.py`, with its --run where `path` is runs/<run>/<stage>,
-    else with --out `path` (its inputs' flags are the user's to add)."""
+    """The command that makes `path`: `python <stage>.py`, with its --run where `path` is runs/<run>/<stage>
+    of this folder (where --run writes), else with --out `path` (its inputs' flags are the user's to add)."""
     path = Path(path)
-    if path.name != stage or path.parent.parent.name != "runs":
+    if path.name != stage or path.resolve() != (Path("runs") / path.parent.name / stage).resolve():
         return f"python {stage}.py --out {path} ..."
     return f"python {stage}.py" + (f" --run {path.parent.name}" if path.parent.name != "default" else "")
 

@@ -113,12 +113,25 @@ def test_a_bf16_checkpoint_with_dropout_trains_in_fp32_without_dropout_and_lengt
     ("05_ppo", ["--minibatch-size", "16"], "--minibatch-size 16 is more than --rollout-batch 8"),
     ("05_ppo", ["--lam", "nan"], "--lam nan"),
     ("06_eval", ["--bootstrap", "1"], "--bootstrap 1: expected an integer >= 100"),
+    # a schedule too short for the ratio written: the first step at the peak lr, or no step of decay (lr_at)
+    ("04_dpo", ["--max-steps", "15", "--warmup-ratio", "0.1"], "--warmup-ratio 0.1 of --max-steps 15 is under 2 "
+                                                               "steps: .* pass 0.133 or more"),
+    ("01_sft", ["--max-steps", "1", "--warmup-ratio", "1"], "a warm-up needs 2 steps"),
+    ("02_reward", ["--max-steps", "2", "--min-lr-ratio", "0.5"], "--min-lr-ratio with --max-steps 2: no step is "
+                                                                 "left for the cosine decay after 1 warm-up step "),
 ])
 def test_numeric_flags_out_of_range_are_refused_before_anything_runs(stage, argv, needle):
     with pytest.raises(STAGES[stage].UserError, match=needle.replace("[", r"\[").replace("(", r"\(")
                        .replace(")", r"\)").replace("+", r"\+")):
         STAGES[stage].parse_args(argv)
     STAGES[stage].parse_args([])                                           # the defaults are in range
+
+
+def test_a_schedule_long_enough_for_its_ratios_is_taken():
+    for stage in ("01_sft", "02_reward", "04_dpo"):   # 2 warm-up steps, then a decay of 2 (the second below the peak)
+        args = STAGES[stage].parse_args(["--max-steps", "4", "--warmup-ratio", "0.5", "--min-lr-ratio", "0.5"])
+        lrs = [STAGES[stage].lr_at(s, 4, args.warmup_ratio, args.min_lr_ratio) for s in range(4)]
+        assert lrs == [0.5, 1.0, 1.0, 0.75]
 
 
 @pytest.mark.parametrize("argv,needle", [
@@ -485,7 +498,7 @@ def test_a_tokenizer_larger_than_the_embedding_is_refused(tmp_path, tiny_model_d
         dpo.load_tokenizer(str(small), "--model")
 
 
-def test_model_paths_records_and_batches_are_one_line_errors(tmp_path):
+def test_model_paths_records_and_batches_are_one_line_errors(tmp_path, monkeypatch):
     with pytest.raises(dpo.UserError, match="--model runs/s0/04_dpo: no such directory"):
         dpo.load_model("runs/s0/04_dpo", "policy", "--model", CPU)
     with pytest.raises(dpo.UserError, match="--model ./nope: no such directory"):
@@ -518,6 +531,9 @@ def test_model_paths_records_and_batches_are_one_line_errors(tmp_path):
     with pytest.raises(dpo.UserError, match=r"none is not a finished 02_reward directory; run `python 02_reward.py "
                                             r"--out .*/none \.\.\.` first"):   # the folder named, not runs/default's
         dpo.need_stage(tmp_path / "none", "02_reward", "--reward")
+    with pytest.raises(dpo.UserError, match=r"run `python 02_reward.py --out .*/runs/s1/02_reward \.\.\.` first"):
+        dpo.need_stage(tmp_path / "runs/s1/02_reward", "02_reward", "--reward")    # not this folder's runs/
+    monkeypatch.chdir(tmp_path)
     with pytest.raises(dpo.UserError, match="run `python 02_reward.py --run s1` first, or pass --reward DIR"):
         dpo.need_stage(tmp_path / "runs/s1/02_reward", "02_reward", "--reward")    # the run named too
     (tmp_path / "runs/s1/04_dpo").mkdir(parents=True)
