@@ -80,6 +80,7 @@ import re
 import shutil
 import sys
 import time
+import unicodedata
 import warnings
 import zlib
 from pathlib import Path
@@ -991,7 +992,7 @@ def autocast(device, dtype):
 def read_jsonl(path):
     """Rows of a .jsonl or .jsonl.gz file (or a .json file: JSON lines, or one JSON array of rows); a bad
     line or a corrupt file is a one-line error naming it."""
-    path, rows, i = Path(path), [], 0
+    path, rows, i, line = Path(path), [], 0, ""
     data = path.read_bytes() if path.suffix == ".json" else None   # read once: an array or JSON lines
     if data is not None and data.lstrip(b"\xef\xbb\xbf \t\r\n")[:1] == b"[":   # one JSON array
         try:
@@ -1022,7 +1023,8 @@ def read_jsonl(path):
             if data is not None and isinstance(json.loads(data.decode("utf-8-sig")), dict):
                 raise UserError(f"{path}: one JSON object; expected rows: one JSON object a line, or an array "
                                 f"of them") from None
-        raise UserError(f"{path}:{i}: not valid JSON ({e.msg})") from None
+        ends = " (its lines end in a carriage return alone; expected \\n or \\r\\n)" if "\r" in line.rstrip("\r\n") else ""
+        raise UserError(f"{path}:{i}: not valid JSON ({e.msg}){ends}") from None
     except UnicodeDecodeError as e:
         raise UserError(f"{path}:{i}: not UTF-8 (byte {e.object[e.start]:#04x} at column {e.start + 1})") from None
     except UnicodeEncodeError:
@@ -1055,7 +1057,9 @@ def read_stage_rows(path, pairs=True, empty_ok=False):
     A file whose stage recorded its crc32 (file_marks) must still be that file: one swapped with its
     neighbour, copied from another run or edited would be trained on in silence."""
     path = Path(path)
-    record = next((path.parent / r for r in RECORDS if (path.parent / r).is_file()), None)
+    if not path.is_file():   # deleted since, its record left
+        raise UserError(f"{path}: missing; rerun {output_of(path.parent, 'the stage that wrote it')}")
+    record = record_file(path.parent)
     marks = read_json(record).get("files") if record else None   # (None: an older record, which has none)
     if marks is not None and not (isinstance(marks, dict) and isinstance(marks.get(path.name), int)):
         raise UserError(f"{record}: its 'files' entry holds no crc32 of {path.name} (an integer), which the stage "
@@ -1198,6 +1202,12 @@ def chat_prompt(messages):
     return all(m["role"] in ("system", "user", "assistant") for m in messages) and messages[-1]["role"] == "user"
 
 
+def blank(text):
+    """Whether a text shows nothing: only white space, control characters (a NUL) and format characters
+    (a zero-width space or joiner, a BOM); an emoji or a combining mark is text."""
+    return all(c.isspace() or unicodedata.category(c) in ("Cc", "Cf") for c in text)
+
+
 def normalise_row(row, pairs):
     """(row as {"prompt": [messages], "chosen", "rejected", ...its other columns}, None) or (None, why it
     is skipped). Forms, told apart by their columns: prompt/chosen/rejected (TL;DR comparison sets:
@@ -1215,7 +1225,7 @@ def normalise_row(row, pairs):
         subreddit, title = info.get("subreddit") or "", info.get("title") or ""   # null in some rows: empty
         if not all(isinstance(x, str) for x in (post, subreddit, title)):
             return None, "info's post (or article), subreddit or title is not text"
-        if not post.strip():   # a title alone is no text to summarise
+        if blank(post):   # a title alone is no text to summarise
             return None, "empty post (info's post or article)"
         row = {"prompt": f"SUBREDDIT: r/{subreddit}\nTITLE: {title}\nPOST: "
                          f"{post}\nTL;DR:", "chosen": summaries[c]["text"], "rejected": summaries[1 - c]["text"]}
@@ -1247,7 +1257,7 @@ def normalise_row(row, pairs):
     if not (isinstance(prompt, list) and all(isinstance(m, dict) and isinstance(m.get("role"), str)
                                              and isinstance(m.get("content"), str) for m in prompt)):
         return None, "prompt is neither text nor a list of chat messages with role and content"
-    if not prompt or not prompt[-1]["content"].strip():   # the last user turn: what the response answers
+    if not prompt or blank(prompt[-1]["content"]):   # the last user turn: what the response answers
         return None, "empty prompt"
     if not chat_prompt(prompt):
         return None, "prompt does not end on a user turn, or has a role other than system/user/assistant"
@@ -1256,7 +1266,7 @@ def normalise_row(row, pairs):
     if not all(isinstance(row[k], str) for k in ("chosen", "rejected")):
         return None, "chosen or rejected is not text"
     chosen, rejected = (re.sub(r"^\s*TL;DR:\s*", "", row[k]).strip() for k in ("chosen", "rejected"))
-    if not chosen or not rejected:
+    if blank(chosen) or blank(rejected):
         return None, "empty response"
     if chosen == rejected:
         return None, "chosen and rejected are identical"
@@ -1808,6 +1818,7 @@ def check_model(name, kind, flag, config=None):
         elif not (Path(name) / "config.json").is_file():
             raise UserError(f"{flag} {name}: no config.json there; expected a Hugging Face model directory")
         else:
+            check_configs(Path(name), flag)
             config = read_json(Path(name) / "config.json")
             generation = Path(name) / "generation_config.json"   # transformers would put its defaults in silence
             try:
@@ -1872,6 +1883,20 @@ def offline_unless_hub_reachable():
     for module in ("huggingface_hub.constants", "datasets.config"):
         if module in sys.modules:
             sys.modules[module].HF_HUB_OFFLINE = True
+
+
+def check_configs(folder, flag):
+    """A stage's model folder: its config.json and generation_config.json as the stage saved them (the crc32s
+    its record keeps, write_stage): one edited since (another activation or rope_theta: the same shapes) would
+    load, and give other numbers, in silence. Folders without a record, or an older one, are not checked."""
+    record = record_file(folder)
+    marks = read_json(record).get("files") if record else None
+    for name in ("config.json", "generation_config.json"):
+        if isinstance(marks, dict) and isinstance(marks.get(name), int) and not (
+                (folder / name).is_file() and zlib.crc32((folder / name).read_bytes()) == marks[name]):
+            stage, how = output_of(folder, "its stage"), "edited" if (folder / name).exists() else "deleted"
+            raise UserError(f"{flag} {folder}: its {name} is not the one {stage} saved ({how} since: {record.name} "
+                            f"records another crc32); put it back, or rerun {stage}")
 
 
 def load_model(name, kind, flag, device):
@@ -2192,10 +2217,10 @@ def output_of(out, default):
     one (whose output it was is unknown, and it can be replaced)."""
     record = record_file(out) if out.is_dir() else None
     try:
-        made_by = read_json(record).get("stage") if record else default
+        made_by = read_json(record).get("stage") if record else None
     except UserError:
-        made_by = default
-    return made_by.split(" ")[0] if isinstance(made_by, str) else default
+        made_by = None
+    return made_by.split(" ")[0] if isinstance(made_by, str) and made_by.strip() else default   # '06_eval --combine'
 
 
 def check_room(out, model, extra=0):
@@ -2278,6 +2303,9 @@ def write_stage(tmp, stage, args, started, device, precision, metrics, record_na
     """stage.json (what this output was made from: read by later stages, and by you) and metrics.jsonl."""
     import transformers
     versions = {"python": sys.version.split()[0], "torch": torch.__version__, "transformers": transformers.__version__}
+    configs = [n for n in ("config.json", "generation_config.json") if (tmp / n).is_file()]   # check_model checks
+    if configs:
+        record["files"] = {**record.get("files", {}), **file_marks(tmp, configs)}
     write_json({"stage": stage, "args": vars(args), "seed": getattr(args, "seed", None), "device": str(device),
                 "precision": precision_name(precision[0]), "precision_reason": precision[1], "versions": versions,
                 "wall_time_s": time.time() - started, **record}, tmp / record_name)

@@ -63,6 +63,7 @@ import re
 import shutil
 import sys
 import time
+import unicodedata
 import warnings
 import zlib
 from pathlib import Path
@@ -275,6 +276,9 @@ def check_weights(pdir, flag):
     from safetensors import SafetensorError, safe_open
     from transformers import AutoModelForCausalLM
     files = sorted(Path(pdir).glob("*.safetensors"))
+    if Path(pdir).is_dir() and not files and not any(Path(pdir).glob("*.bin")):   # deleted since it was saved
+        raise UserError(f"{flag} {pdir}: no weights there (model.safetensors); rerun "
+                        f"{output_of(Path(pdir), 'the stage that saved it')}")
     try:
         with torch.device("meta"):   # the shapes its config makes, without memory
             made = AutoModelForCausalLM.from_config(policy_config(pdir)).state_dict() if files else {}
@@ -316,9 +320,15 @@ def sft_of(rm_dir):
 
 
 def default_policies(run_dir):
+    """The run's policy folders (01_sft, 04_*, 05_*) when none are named; one that lacks its config or record
+    (deleted since) is refused, not left out of the report in silence."""
     found = [d for d in sorted(Path(run_dir).iterdir()) if d.is_dir() and d.name.startswith(POLICY_PREFIXES)
-             and ".unsaved-" not in d.name   # an output kept aside because another run's took its place
-             and (d / "config.json").exists() and (d / "stage.json").exists()] if Path(run_dir).is_dir() else []
+             and ".unsaved-" not in d.name] if Path(run_dir).is_dir() else []   # (kept aside: another run's took its place)
+    for d in found:
+        lacks = [n for n in ("config.json", "stage.json") if not (d / n).is_file()]
+        if lacks:
+            raise UserError(f"{d}: no {' or '.join(lacks)} there, so no finished policy; rerun "
+                            f"{output_of(d, 'the stage that saved it')}, or name the policies to evaluate")
     if not found:
         raise UserError(f"no policy directories in {run_dir}; run the earlier stages or name the policies")
     return found
@@ -432,10 +442,22 @@ def note_lineage(policies, base_dir):
         remade = remade_inputs(p)
         if remade:
             notes.append(f"{p} was trained from {', '.join(remade)} as it was then, remade since (its record "
-                         f"differs): the budget, split and KL reference read there are not those {p} had")
+                         f"differs): the budget, split, KL reference or reward model read there are not those {p} had")
     for note in notes:
         print(f"06_eval: note: {note}")
     return notes
+
+
+def encode_prompts(tok, rows, max_prompt_len, source, notes):
+    """The test prompts' ids, cut from the left to max_prompt_len; where any was cut, a note (printed, and
+    added to `notes` for report.md): the policies were shown the end of those prompts only."""
+    full = [p for p, in encode_rows(tok, rows, 10**9, None, source, responses=())]
+    cut = sum(len(p) > max_prompt_len for p in full)
+    if cut:
+        notes.append(f"{cut} of {len(rows)} test prompts are longer than {max_prompt_len} tokens and were cut from "
+                     f"the left (--max-prompt-len): the policies answered the end of them")
+        print(f"06_eval: note: {notes[-1]}")
+    return [p[-max_prompt_len:] for p in full]
 
 
 def trained_on(test_rows, sft_dir, source):
@@ -455,14 +477,13 @@ def trained_on(test_rows, sft_dir, source):
 
 
 def remade_inputs(pdir):
-    """The stage directories a policy was trained from (its start, reference, SFT, 03 split) whose record
-    (stage.json; 03's stats.json) differs from the one its own record marks (stage_marks): remade since, so that
-    what 06 reads there is not what it learnt from."""
+    """The stage directories a policy was trained from (every one its record marks: its start, reference,
+    reward model, SFT, 03 split) whose record (stage.json; 03's stats.json) differs from the mark (stage_marks):
+    remade since, so that what 06 reads there is not what it learnt from."""
     st = stage_of(pdir)
     marks = st.get("marks") if isinstance(st.get("marks"), dict) else {}
     remade = []
-    inputs = [st.get(k) for k in ("sft", "policy_init", "ref", "split")] + [st.get("data", {}).get("from")]  # 04's
-    for recorded in dict.fromkeys(x for x in inputs if isinstance(x, str) and x in marks):
+    for recorded in marks:
         d = recorded_dir(recorded, pdir, "stage.json") or recorded_dir(recorded, pdir, "stats.json")
         if d and record_file(d) and record_mark(d) != marks[recorded]:
             remade.append(str(d))
@@ -487,20 +508,26 @@ def sweep_role(pdir, seen=()):
         split = recorded_dir(data.get("from"), pdir, "stats.json")
         return ("dpo", split) if split else None
     if st.get("stage") == "05_ppo" and st.get("prompts") == "hard":
-        # 05 records its split since the sweep; before, it was --split-dir or the run's 03_split
-        split = recorded_dir(st.get("split") or a.get("split_dir") or f"runs/{a.get('run')}/03_split", pdir, "stats.json")
+        split = ppo_split(st, pdir)
         init, ref = (recorded_dir(st.get(k), pdir, "stage.json") for k in ("policy_init", "ref"))
         if split and init and init == ref and sweep_role(init, (*seen, Path(pdir).resolve())) == ("dpo", split):
             return "mpo", split
     return None
 
 
+def ppo_split(st, pdir):
+    """The 03_split directory whose hard prompts a 05_ppo (its record `st`) trained on, or None. 05 records it
+    since the sweep; before, it was --split-dir or the run's 03_split."""
+    a = st.get("args", {})
+    return recorded_dir(st.get("split") or a.get("split_dir") or f"runs/{a.get('run')}/03_split", pdir, "stats.json")
+
+
 def policy_role(pdir, seen=()):
     """What a policy is by its stage.json, for the paper's claims (which --combine finds by directory name
     and checks against this): 'sft'; 'dpo' or 'dpo_all', offline DPO on 03's easy set or on every pair;
-    'mpo', PPO on the hard prompts from and towards DPO on the easy set; 'mpo_sftref', the same with the SFT
-    reference; 'ppo', PPO on all prompts from and towards SFT; 'ipo_online', 'ipo_md', 'nash_md_pg'; else
-    None."""
+    'mpo', PPO on the hard prompts from and towards DPO on the easy set of the same split; 'mpo_sftref', the
+    same with the SFT reference; 'ppo', PPO on all prompts from and towards SFT (each with a KL term);
+    'ipo_online', 'ipo_md', 'nash_md_pg'; else None."""
     st = stage_of(pdir)
     a, stage = st.get("args", {}), st.get("stage")
     if Path(pdir).resolve() in seen:   # a record that names itself (or a loop): no role
@@ -513,12 +540,14 @@ def policy_role(pdir, seen=()):
         return "nash_md_pg" if a.get("loss") == "nash-md-pg" else None
     if stage == "04_dpo" and a.get("loss") == "dpo":
         return {"easy": "dpo", "all": "dpo_all"}.get(st.get("data", {}).get("split"))
-    if stage == "05_ppo":
+    if stage == "05_ppo" and a.get("kl_coef") != 0:   # with kl_coef 0 there is no reference to compare
         init, ref = (recorded_dir(st.get(k), pdir, "stage.json") for k in ("policy_init", "ref"))
         roles = tuple(d and policy_role(d, (*seen, Path(pdir).resolve())) for d in (init, ref))
-        if st.get("prompts") == "hard" and roles == ("dpo", "dpo") and init == ref:
+        # MPO's two halves split one set: the hard prompts of the split whose easy pairs trained the DPO start
+        halves = init and sweep_role(init, (*seen, Path(pdir).resolve())) == ("dpo", ppo_split(st, pdir))
+        if st.get("prompts") == "hard" and roles == ("dpo", "dpo") and init == ref and halves:
             return "mpo"
-        if st.get("prompts") == "hard" and roles == ("dpo", "sft"):
+        if st.get("prompts") == "hard" and roles == ("dpo", "sft") and halves:
             return "mpo_sftref"
         if st.get("prompts") == "all" and roles == ("sft", "sft") and init == ref:
             return "ppo"
@@ -745,9 +774,12 @@ def main(args):
     else:
         test_rows, source = read_stage_rows(sft_dir / "data_test.jsonl", pairs=False), str(sft_dir / "data_test.jsonl")
     dataset = {"name": args.data} if args.data else sft_stage["dataset"]
-    test_rows = test_rows[:args.max_prompts or None]
     if not test_rows:
         raise UserError(f"{source}: no test prompts; expected at least one")
+    if args.max_prompts >= len(test_rows):   # recorded as a cap, --combine would take the run for another protocol
+        raise UserError(f"--max-prompts {args.max_prompts}: {source} has {counted(len(test_rows), 'test prompts')}, "
+                        f"so it would cut none; leave it out")
+    test_rows = test_rows[:args.max_prompts or None]
     notes += trained_on(test_rows, sft_dir, source) if args.data else []   # 01 keeps its own test rows apart
     requests = [request_of(r) for r in test_rows]
     judge = gold_judge(test_rows, source)          # the built-in task's gold judge, else None; and its version
@@ -764,7 +796,7 @@ def main(args):
         check_same_tokenizer(tok, rm_tok, "--reward", rm_dir)
     for flag, m in (("--reward", rm), ("--baseline", base)):
         check_context(m, args.max_prompt_len + args.max_new_tokens, flag, "--max-prompt-len plus --max-new-tokens")
-    prompt_ids = [p for p, in encode_rows(tok, test_rows, args.max_prompt_len, None, source, responses=())]
+    prompt_ids = encode_prompts(tok, test_rows, args.max_prompt_len, source, notes)
     k, rows = args.samples_per_prompt, [r for r in test_rows for _ in range(args.samples_per_prompt)]
     print(f"evaluating {counted(len(policies), 'policies')} on {len(test_rows)} test prompts ({len(set(requests))} requests) "
           f"x {counted(k, 'samples')} (dataset {dataset['name']!r}, prompts {source}, RM {rm_dir}, baseline {base_dir})")
@@ -1533,7 +1565,7 @@ def autocast(device, dtype):
 def read_jsonl(path):
     """Rows of a .jsonl or .jsonl.gz file (or a .json file: JSON lines, or one JSON array of rows); a bad
     line or a corrupt file is a one-line error naming it."""
-    path, rows, i = Path(path), [], 0
+    path, rows, i, line = Path(path), [], 0, ""
     data = path.read_bytes() if path.suffix == ".json" else None   # read once: an array or JSON lines
     if data is not None and data.lstrip(b"\xef\xbb\xbf \t\r\n")[:1] == b"[":   # one JSON array
         try:
@@ -1564,7 +1596,8 @@ def read_jsonl(path):
             if data is not None and isinstance(json.loads(data.decode("utf-8-sig")), dict):
                 raise UserError(f"{path}: one JSON object; expected rows: one JSON object a line, or an array "
                                 f"of them") from None
-        raise UserError(f"{path}:{i}: not valid JSON ({e.msg})") from None
+        ends = " (its lines end in a carriage return alone; expected \\n or \\r\\n)" if "\r" in line.rstrip("\r\n") else ""
+        raise UserError(f"{path}:{i}: not valid JSON ({e.msg}){ends}") from None
     except UnicodeDecodeError as e:
         raise UserError(f"{path}:{i}: not UTF-8 (byte {e.object[e.start]:#04x} at column {e.start + 1})") from None
     except UnicodeEncodeError:
@@ -1597,7 +1630,9 @@ def read_stage_rows(path, pairs=True, empty_ok=False):
     A file whose stage recorded its crc32 (file_marks) must still be that file: one swapped with its
     neighbour, copied from another run or edited would be trained on in silence."""
     path = Path(path)
-    record = next((path.parent / r for r in RECORDS if (path.parent / r).is_file()), None)
+    if not path.is_file():   # deleted since, its record left
+        raise UserError(f"{path}: missing; rerun {output_of(path.parent, 'the stage that wrote it')}")
+    record = record_file(path.parent)
     marks = read_json(record).get("files") if record else None   # (None: an older record, which has none)
     if marks is not None and not (isinstance(marks, dict) and isinstance(marks.get(path.name), int)):
         raise UserError(f"{record}: its 'files' entry holds no crc32 of {path.name} (an integer), which the stage "
@@ -1740,6 +1775,12 @@ def chat_prompt(messages):
     return all(m["role"] in ("system", "user", "assistant") for m in messages) and messages[-1]["role"] == "user"
 
 
+def blank(text):
+    """Whether a text shows nothing: only white space, control characters (a NUL) and format characters
+    (a zero-width space or joiner, a BOM); an emoji or a combining mark is text."""
+    return all(c.isspace() or unicodedata.category(c) in ("Cc", "Cf") for c in text)
+
+
 def normalise_row(row, pairs):
     """(row as {"prompt": [messages], "chosen", "rejected", ...its other columns}, None) or (None, why it
     is skipped). Forms, told apart by their columns: prompt/chosen/rejected (TL;DR comparison sets:
@@ -1757,7 +1798,7 @@ def normalise_row(row, pairs):
         subreddit, title = info.get("subreddit") or "", info.get("title") or ""   # null in some rows: empty
         if not all(isinstance(x, str) for x in (post, subreddit, title)):
             return None, "info's post (or article), subreddit or title is not text"
-        if not post.strip():   # a title alone is no text to summarise
+        if blank(post):   # a title alone is no text to summarise
             return None, "empty post (info's post or article)"
         row = {"prompt": f"SUBREDDIT: r/{subreddit}\nTITLE: {title}\nPOST: "
                          f"{post}\nTL;DR:", "chosen": summaries[c]["text"], "rejected": summaries[1 - c]["text"]}
@@ -1789,7 +1830,7 @@ def normalise_row(row, pairs):
     if not (isinstance(prompt, list) and all(isinstance(m, dict) and isinstance(m.get("role"), str)
                                              and isinstance(m.get("content"), str) for m in prompt)):
         return None, "prompt is neither text nor a list of chat messages with role and content"
-    if not prompt or not prompt[-1]["content"].strip():   # the last user turn: what the response answers
+    if not prompt or blank(prompt[-1]["content"]):   # the last user turn: what the response answers
         return None, "empty prompt"
     if not chat_prompt(prompt):
         return None, "prompt does not end on a user turn, or has a role other than system/user/assistant"
@@ -1798,7 +1839,7 @@ def normalise_row(row, pairs):
     if not all(isinstance(row[k], str) for k in ("chosen", "rejected")):
         return None, "chosen or rejected is not text"
     chosen, rejected = (re.sub(r"^\s*TL;DR:\s*", "", row[k]).strip() for k in ("chosen", "rejected"))
-    if not chosen or not rejected:
+    if blank(chosen) or blank(rejected):
         return None, "empty response"
     if chosen == rejected:
         return None, "chosen and rejected are identical"
@@ -2350,6 +2391,7 @@ def check_model(name, kind, flag, config=None):
         elif not (Path(name) / "config.json").is_file():
             raise UserError(f"{flag} {name}: no config.json there; expected a Hugging Face model directory")
         else:
+            check_configs(Path(name), flag)
             config = read_json(Path(name) / "config.json")
             generation = Path(name) / "generation_config.json"   # transformers would put its defaults in silence
             try:
@@ -2414,6 +2456,20 @@ def offline_unless_hub_reachable():
     for module in ("huggingface_hub.constants", "datasets.config"):
         if module in sys.modules:
             sys.modules[module].HF_HUB_OFFLINE = True
+
+
+def check_configs(folder, flag):
+    """A stage's model folder: its config.json and generation_config.json as the stage saved them (the crc32s
+    its record keeps, write_stage): one edited since (another activation or rope_theta: the same shapes) would
+    load, and give other numbers, in silence. Folders without a record, or an older one, are not checked."""
+    record = record_file(folder)
+    marks = read_json(record).get("files") if record else None
+    for name in ("config.json", "generation_config.json"):
+        if isinstance(marks, dict) and isinstance(marks.get(name), int) and not (
+                (folder / name).is_file() and zlib.crc32((folder / name).read_bytes()) == marks[name]):
+            stage, how = output_of(folder, "its stage"), "edited" if (folder / name).exists() else "deleted"
+            raise UserError(f"{flag} {folder}: its {name} is not the one {stage} saved ({how} since: {record.name} "
+                            f"records another crc32); put it back, or rerun {stage}")
 
 
 def load_model(name, kind, flag, device):
@@ -2734,10 +2790,10 @@ def output_of(out, default):
     one (whose output it was is unknown, and it can be replaced)."""
     record = record_file(out) if out.is_dir() else None
     try:
-        made_by = read_json(record).get("stage") if record else default
+        made_by = read_json(record).get("stage") if record else None
     except UserError:
-        made_by = default
-    return made_by.split(" ")[0] if isinstance(made_by, str) else default
+        made_by = None
+    return made_by.split(" ")[0] if isinstance(made_by, str) and made_by.strip() else default   # '06_eval --combine'
 
 
 def check_room(out, model, extra=0):
@@ -2820,6 +2876,9 @@ def write_stage(tmp, stage, args, started, device, precision, metrics, record_na
     """stage.json (what this output was made from: read by later stages, and by you) and metrics.jsonl."""
     import transformers
     versions = {"python": sys.version.split()[0], "torch": torch.__version__, "transformers": transformers.__version__}
+    configs = [n for n in ("config.json", "generation_config.json") if (tmp / n).is_file()]   # check_model checks
+    if configs:
+        record["files"] = {**record.get("files", {}), **file_marks(tmp, configs)}
     write_json({"stage": stage, "args": vars(args), "seed": getattr(args, "seed", None), "device": str(device),
                 "precision": precision_name(precision[0]), "precision_reason": precision[1], "versions": versions,
                 "wall_time_s": time.time() - started, **record}, tmp / record_name)

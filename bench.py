@@ -396,7 +396,9 @@ def bench_ppo(args, mods, device, dtype):
 
 
 def main():
+    refuse = lambda message: sys.exit(print(f"bench.py: error: {message}", file=sys.stderr) or 2)   # one line
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.error = lambda message: refuse(f"{message} (see --help)")   # not argparse's usage block
     p.add_argument("what", nargs="+", choices=["dpo", "sft", "rm", "ppo"], help="one JSON line each")
     p.add_argument("--model", default=None, help="a model directory (default: SmolLM2-135M-Instruct offline)")
     p.add_argument("--shape", default=None, choices=sorted(SHAPES), help="a random model of this shape instead")
@@ -406,25 +408,25 @@ def main():
     p.add_argument("--batch", type=int, default=8, help="sequences (SFT), pairs (RM, DPO), prompts (PPO) a step")
     p.add_argument("--prompt-len", type=int, default=50)
     p.add_argument("--response-len", type=int, default=50)
-    p.add_argument("--new-tokens", type=int, default=48, help="PPO: tokens sampled per prompt")
+    p.add_argument("--new-tokens", type=int, default=None, help="PPO: tokens sampled per prompt (default 48)")
     p.add_argument("--minibatch", type=int, default=None, help="PPO: minibatch (default: --batch)")
-    p.add_argument("--ppo-epochs", type=int, default=4)
+    p.add_argument("--ppo-epochs", type=int, default=None, help="PPO: epochs a rollout (default 4)")
     p.add_argument("--grad-checkpointing", action="store_true")
     p.add_argument("--compile", action="store_true", help="torch.compile the transformer body for training")
     p.add_argument("--eager-sampling", action="store_true", help="PPO: the plain-cache sampler, no CUDA graph")
     p.add_argument("--baseline", default=None, choices=["trl"],
                    help="the same work through TRL's SFT, Reward, DPO (trl 1.16) or PPO (0.24) trainer")
     args = p.parse_args()
-    refuse = lambda message: sys.exit(print(f"bench.py: error: {message}", file=sys.stderr) or 2)   # one line
     for flag in ("steps", "batch", "prompt_len", "response_len", "new_tokens", "minibatch", "ppo_epochs"):
         if getattr(args, flag) is not None and getattr(args, flag) < 1:   # (a range() of step 0, a division by 0)
             refuse(f"--{flag.replace('_', '-')} {getattr(args, flag)}: expected an integer >= 1")
     if args.minibatch and args.minibatch > args.batch:
         refuse(f"--minibatch {args.minibatch} is more than --batch {args.batch}, the prompts a PPO step splits")
-    ppo_only = [f for f, on in (("--minibatch", args.minibatch is not None), ("--eager-sampling", args.eager_sampling),
-                                ("--ppo-epochs", args.ppo_epochs != 4), ("--new-tokens", args.new_tokens != 48)) if on]
+    ppo_only = [f"--{f.replace('_', '-')}" for f in ("minibatch", "eager_sampling", "ppo_epochs", "new_tokens")
+                if getattr(args, f) not in (None, False)]   # written, at their default values too
     if ppo_only and "ppo" not in args.what:
         refuse(f"{', '.join(ppo_only)}: read by the ppo bench only, not by {' '.join(args.what)}")
+    args.ppo_epochs, args.new_tokens = args.ppo_epochs or 4, args.new_tokens or 48
     if args.model and args.shape:
         refuse("--model and --shape both name the model; pass one")
     if args.model and not Path(args.model).is_dir():
@@ -443,6 +445,9 @@ def run(args, mods):
     """Each bench of args.what: one JSON line."""
     sft = mods[0]
     device = sft.pick_device(args.device)
+    if args.eager_sampling and (device.type != "cuda" or args.baseline):   # a flag that would do nothing
+        raise sft.UserError("--eager-sampling with --baseline trl: TRL samples with its own generate" if args.baseline
+                            else f"--eager-sampling on {device}: the CUDA-graph sampler is CUDA's; here every sampler is eager")
     if args.baseline:   # TRL keeps the C library's default unless the environment sets what the stages set
         freed = "kept (MALLOC_MMAP_MAX_=0)" if os.environ.get("MALLOC_MMAP_MAX_") == "0" else "default"
     else:               # as every stage does (on a CPU with glibc)

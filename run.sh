@@ -71,6 +71,7 @@ DUP=$(printf '%s\n' ${SWEEP//,/ } | awk '{ if (seen[$1 + 0]++) { print $1; exit 
 for A in "${EXTRA[@]}"; do  # the run's own settings: given after `--`, 01 alone would take them
   case "$A" in --run|--run=*|--out|--out=*|--seed|--seed=*|--device|--device=*|--overwrite|--dataset|--dataset=*|--model|--model=*|--precision|--precision=*)
     echo "run.sh: ${A%%=*} after -- would reach 01_sft.py alone; pass it to run.sh before --" >&2; exit 2;;
+    -h|--help) echo "run.sh: $A after -- would print 01_sft.py's help and go on to 02 without it; run python 01_sft.py --help" >&2; exit 2;;
   esac
 done
 case "$PRECISION" in auto|fp32|bf16|fp16) ;; *) echo "run.sh: --precision must be auto, fp32, bf16 or fp16" >&2; exit 2;; esac
@@ -271,6 +272,13 @@ for name in ("stage.json", "stats.json"):
     except (OSError, ValueError):
         continue
 else:
+    sys.exit(1)
+folder = Path(sys.argv[1])   # a file its record lists, or the weights beside a config.json, deleted since
+files = record.get("files") if isinstance(record, dict) and isinstance(record.get("files"), dict) else {}
+lost = [n for n in files if not (folder / n).is_file()] + ["model.safetensors"] * (
+    (folder / "config.json").is_file() and not any(folder.glob("*.safetensors")))
+if lost:
+    print(f"run.sh: {folder} has lost {lost[0]} since it was made: redone (--resume)")
     sys.exit(1)
 marks = record.get("marks") if isinstance(record, dict) and isinstance(record.get("marks"), dict) else {}
 for path, crc in marks.items():   # (03's record is its stats.json)

@@ -4,6 +4,7 @@ for: each is now one line naming the flag, file or row (a UserError, exit code 2
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import zlib
@@ -233,6 +234,11 @@ def test_06_refuses_a_policy_with_nan_weights_before_sampling_any(tmp_path, tiny
     with pytest.raises(ev.UserError, match=r"policy .*inf: its weights do not match its config.json: of another "
                                            rf"shape: model.embed_tokens.weight \({config['vocab_size']}, "):
         ev.check_weights(tmp_path / "inf", "policy")
+    # the weights deleted since (run.sh --resume took the folder as finished): before sampling, not after
+    (tmp_path / "inf/model.safetensors").unlink()
+    (tmp_path / "inf/stage.json").write_text('{"stage": "04_dpo"}')
+    with pytest.raises(ev.UserError, match=r"policy .*inf: no weights there \(model.safetensors\); rerun 04_dpo$"):
+        ev.check_weights(tmp_path / "inf", "policy")
 
 
 def test_a_split_row_with_one_gold_score_or_a_relabelled_that_is_no_bool_is_refused(tmp_path):
@@ -445,6 +451,11 @@ def test_a_stage_file_swapped_replaced_or_edited_since_its_stage_wrote_it_is_ref
             dpo.read_stage_rows(split / "easy.jsonl")
     (split / "stats.json").write_text(json.dumps({"stage": "03_split"}))   # an older 03's record: no marks, read
     assert len(dpo.read_stage_rows(split / "easy.jsonl")) == 2
+    (split / "easy.jsonl").unlink()   # deleted, its record left: was a FileNotFoundError traceback in 02-06
+    for record in ({"stage": "03_split"}, {"stage": "03_split", "files": {"easy.jsonl": 5}}):
+        (split / "stats.json").write_text(json.dumps(record))
+        with pytest.raises(dpo.UserError, match=r"03_split/easy.jsonl: missing; rerun 03_split$"):
+            dpo.read_stage_rows(split / "easy.jsonl")
 
 
 def test_06_notes_a_policy_whose_start_was_remade_since_it_was_trained(tmp_path):
@@ -462,6 +473,15 @@ def test_06_notes_a_policy_whose_start_was_remade_since_it_was_trained(tmp_path)
     assert ev.remade_inputs(ppo_dir) == []
     (dpo_dir / "stage.json").write_text(json.dumps({"stage": "04_dpo", "final": {"steps": 5}}))   # 04 rerun
     assert ev.remade_inputs(ppo_dir) == [str(dpo_dir.resolve())]
+    rm_dir = tmp_path / "02_reward"   # the RM it was trained against, remade since (was not noted)
+    rm_dir.mkdir()
+    (rm_dir / "stage.json").write_text(json.dumps({"stage": "02_reward", "final": {"steps": 3}}))
+    (ppo_dir / "stage.json").write_text(json.dumps({"stage": "05_ppo", "policy_init": dpo_name,
+                                                    "reward": dpo.path_or_hub_id(rm_dir),
+                                                    "marks": dpo.stage_marks([dpo_dir, rm_dir])}))
+    assert ev.remade_inputs(ppo_dir) == []
+    (rm_dir / "stage.json").write_text(json.dumps({"stage": "02_reward", "final": {"steps": 4}}))
+    assert ev.remade_inputs(ppo_dir) == [str(rm_dir.resolve())]
     (ppo_dir / "stage.json").write_text(json.dumps({"stage": "05_ppo", "policy_init": dpo_name}))  # an older record
     assert ev.remade_inputs(ppo_dir) == []
 
@@ -522,9 +542,33 @@ def test_bench_flags_are_checked_as_one_line_before_any_work(monkeypatch, capsys
                        (["ppo", "--minibatch", "9"], "--minibatch 9 is more than --batch 8"),
                        (["sft", "--model", "m", "--shape", "smollm2-135m"], "--model and --shape both name the model"),
                        (["rm", "--model", "/no/such/model"], "--model /no/such/model: no such directory"),
-                       (["dpo", "--device", "bogus"], "--device 'bogus': expected auto, cpu, cuda or cuda:N")):
+                       (["dpo", "--device", "bogus"], "--device 'bogus': expected auto, cpu, cuda or cuda:N"),
+                       (["sft", "--ppo-epochs", "4"], "--ppo-epochs: read by the ppo bench only"),   # its default value
+                       (["ppo", "--eager-sampling", "--device", "cpu"], "--eager-sampling on cpu: the CUDA-graph "
+                                                                        "sampler is CUDA's"),
+                       (["dpo", "--stpes", "3"], "unrecognized arguments: --stpes 3 (see --help)"),   # argparse's own
+                       (["ppo", "--batch", "x"], "argument --batch: invalid int value: 'x' (see --help)")):
         monkeypatch.setattr(sys, "argv", ["bench.py", *argv])
         with pytest.raises(SystemExit) as e:
             bench.main()
         err = capsys.readouterr().err
         assert e.value.code == 2 and err.startswith("bench.py: error: " + said) and err.count("\n") == 1, err
+
+
+def test_06_refuses_a_run_folder_whose_policy_lost_its_config_or_record(tmp_path):
+    """06 with no policies named left a 04_dpo without config.json out of the report, in silence."""
+    for name in ("01_sft", "04_dpo", "05_ppo", "04_dpo.unsaved-12"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text("{}")
+        (tmp_path / name / "stage.json").write_text(json.dumps({"stage": name[:6]}))
+    (tmp_path / "05_notes.txt").write_text("a file, no policy")
+    assert [d.name for d in ev.default_policies(tmp_path)] == ["01_sft", "04_dpo", "05_ppo"]
+    (tmp_path / "04_dpo/config.json").unlink()
+    with pytest.raises(ev.UserError, match=r"04_dpo: no config.json there, so no finished policy; rerun 04_dpo, or "
+                                           r"name the policies to evaluate$"):
+        ev.default_policies(tmp_path)
+    shutil.rmtree(tmp_path / "04_dpo")
+    (tmp_path / "05_ppo/stage.json").unlink()
+    with pytest.raises(ev.UserError, match=r"05_ppo: no stage.json there, so no finished policy; rerun the stage "
+                                           r"that saved it"):
+        ev.default_policies(tmp_path)

@@ -2,6 +2,7 @@
 paper's comparisons as paired differences."""
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -291,18 +292,26 @@ def test_claims_check_each_policy_is_what_its_name_says(tmp_path, capsys):
         (tmp_path / name).mkdir()
         json.dump(st, open(tmp_path / name / "stage.json", "w"))
         return str(tmp_path / name)
+    split, other = (Path(stage(n, stage="03_split")) for n in ("03_split", "03_split_x"))
+    for s in (split, other):
+        (s / "stage.json").rename(s / "stats.json")
     sft = stage("01_sft", stage="01_sft")
-    easy = stage("04_dpo", stage="04_dpo", args={"loss": "dpo"}, data={"split": "easy"})
+    easy = stage("04_dpo", stage="04_dpo", args={"loss": "dpo"}, data={"split": "easy", "from": str(split)})
     stage("04_dpo_all", stage="04_dpo", args={"loss": "dpo"}, data={"split": "all"})
     stage("04_ipo", stage="04_dpo", args={"loss": "ipo"}, data={"split": "easy"})
     stage("04_ipo_md", stage="04_dpo", args={"online": True, "loss": "ipo", "mixture_beta": 0.125})
-    stage("05_ppo", stage="05_ppo", prompts="hard", policy_init=easy, ref=easy)
-    stage("05_ppo_sftref", stage="05_ppo", prompts="hard", policy_init=easy, ref=sft)
+    mpo = {"stage": "05_ppo", "prompts": "hard", "split": str(split), "args": {"kl_coef": 0.05}}
+    stage("05_ppo", **mpo, policy_init=easy, ref=easy)
+    stage("05_ppo_sftref", **mpo, policy_init=easy, ref=sft)
     stage("05_ppo_vanilla", stage="05_ppo", prompts="all", policy_init=sft, ref=sft)
     stage("05_ppo_odd", stage="05_ppo", prompts="all", policy_init=easy, ref=easy)
-    roles = {d.name: ev.policy_role(d) for d in tmp_path.iterdir()}
+    # the hard prompts of another split than the DPO start's easy pairs, or no KL term: no MPO (was 'mpo')
+    stage("05_ppo_x", **{**mpo, "split": str(other)}, policy_init=easy, ref=easy)
+    stage("05_ppo_kl0", **{**mpo, "args": {"kl_coef": 0}}, policy_init=easy, ref=sft)
+    roles = {d.name: ev.policy_role(d) for d in tmp_path.iterdir() if not d.name.startswith("03")}
     assert roles == {"01_sft": "sft", "04_dpo": "dpo", "04_dpo_all": "dpo_all", "04_ipo": None, "04_ipo_md": "ipo_md",
-                     "05_ppo": "mpo", "05_ppo_sftref": "mpo_sftref", "05_ppo_vanilla": "ppo", "05_ppo_odd": None}
+                     "05_ppo": "mpo", "05_ppo_sftref": "mpo_sftref", "05_ppo_vanilla": "ppo", "05_ppo_odd": None,
+                     "05_ppo_x": None, "05_ppo_kl0": None}
     # --combine: run b's "04_dpo_all" is offline IPO: the two claims against it are left out, the others stay
     for run, seed in (("a", 0), ("b", 1)):
         names = ("01_sft", "04_dpo", "04_dpo_all", "05_ppo")

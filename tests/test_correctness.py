@@ -86,6 +86,9 @@ def test_a_bf16_checkpoint_with_dropout_trains_in_fp32_without_dropout_and_lengt
     model = AutoModelForCausalLM.from_pretrained(run / "01_sft")
     model.config.attention_dropout = 0.5
     model.to(torch.bfloat16).save_pretrained(run / "01_sft")
+    record = json.load(open(run / "01_sft/stage.json"))   # as if 01 had saved it so (its configs' crc32s)
+    record["files"].update(dpo.file_marks(run / "01_sft", ["config.json", "generation_config.json"]))
+    (run / "01_sft/stage.json").write_text(json.dumps(record))
     proc = run_stage("04_dpo.py", "--run", "d", "--split", "all", "--max-steps", 2, "--batch-size", 4, "--lr", 1e-3,
                      "--precision", "fp32", cwd=tmp_path)
     # the length limits given to 01 only reach every later stage (run.sh passes extra flags to 01 alone)
@@ -185,6 +188,11 @@ def test_flags_a_setting_leaves_unread_are_refused_when_written(tmp_path):
             (ppo, ["--adaptive-kl", "--steps", "1"], "--adaptive-kl with --steps 1: kl_coef is adapted after an "
                                                      "iteration, for the next, and there is none"),
             (ppo, ["--vf-coef", "0", "--value-lr", "1e-5"], "--value-lr with --vf-coef 0"),   # its default value
+            # one epoch of one minibatch: the update is the scoring pass's, ratio 1 and V = V_old, nothing clipped
+            (ppo, ["--ppo-epochs", "1", "--cliprange", "0.01"], "--cliprange with --ppo-epochs 1 and one minibatch"),
+            (ppo, ["--ppo-epochs", "1", "--cliprange-value", "5"], "--cliprange-value with --ppo-epochs 1 and one"),
+            (ppo, ["--rollout-batch", "1", "--max-new-tokens", "1"], "one advantage a rollout, which whitening makes 0"),
+            (ppo, ["--steps", "2", "--sample-every", "3"], "--sample-every with --steps 2: the first and last steps"),
             (rm, ["--data", "p.jsonl", "--eval-batch-size", "16"], "--eval-batch-size with --data and no --test-data"),
             (dpo, ["--online", "--data", "p.jsonl", "--eval-batch-size", "8"], "--eval-batch-size --online"),
             (dpo, ["--online", "--model", "no_01_dir", "--eval-batch-size", "8"], "--eval-batch-size --online"),
@@ -205,6 +213,9 @@ def test_flags_a_setting_leaves_unread_are_refused_when_written(tmp_path):
     ppo.parse_args(["--ppo-epochs", "3", "--target-approx-kl", "0.1"])
     ppo.parse_args(["--ppo-epochs", "2", "--minibatch-size", "4", "--target-approx-kl", "0.1"])
     ppo.parse_args(["--gamma", "0"])
+    ppo.parse_args(["--ppo-epochs", "1", "--minibatch-size", "4", "--cliprange", "0.1"])   # minibatch 2 clips
+    ppo.parse_args(["--rollout-batch", "1", "--max-new-tokens", "1", "--no-whiten"])
+    ppo.parse_args(["--steps", "3", "--sample-every", "3"])
     ppo.parse_args(["--vf-coef", "0"])
     rm.parse_args(["--data", "p.jsonl", "--test-data", "t.jsonl", "--eval-batch-size", "16"])
     sft.parse_args(["--out", "o"])
@@ -704,3 +715,30 @@ def test_06_counts_the_hub_model_a_run_began_from_in_a_policys_lineage(tmp_path,
     assert {"org/base", "org/other"} < ev.lineage(ppo)
     monkeypatch.chdir(tmp_path)
     assert ev.path_or_hub_id(Path("org/base")) in ev.lineage(dpo) and "org/third" not in ev.lineage(ppo)
+
+
+def test_a_stage_model_whose_config_was_edited_since_it_was_saved_is_refused(tmp_path, tiny_model_dir):
+    """05_ppo's config.json with another activation and rope_theta (the same shapes) loaded in 06 and gave
+    other samples, in silence: a stage records its configs' crc32 (write_stage) and check_model compares."""
+    import shutil
+    folder = tmp_path / "04_dpo"
+    shutil.copytree(tiny_model_dir, folder)
+    dpo.write_stage(folder, "04_dpo", argparse.Namespace(), time.time(), CPU, (None, "asked for"), None)
+    assert set(json.load(open(folder / "stage.json"))["files"]) == {"config.json", "generation_config.json"}
+    dpo.check_model(str(folder), "policy", "--model")
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "hidden_act": "relu"}))
+    with pytest.raises(dpo.UserError, match=r"--model .*04_dpo: its config.json is not the one 04_dpo saved \(edited "
+                                            r"since: stage.json records another crc32\); put it back, or rerun 04_dpo$"):
+        dpo.check_model(str(folder), "policy", "--model")
+    (folder / "config.json").write_text(json.dumps(config))        # its text as saved is not its content alone
+    with pytest.raises(dpo.UserError, match="its config.json is not the one 04_dpo saved"):
+        dpo.check_model(str(folder), "policy", "--model")
+    shutil.copy(tiny_model_dir / "config.json", folder / "config.json")
+    (folder / "generation_config.json").unlink()
+    with pytest.raises(dpo.UserError, match=r"its generation_config.json is not the one 04_dpo saved \(deleted since"):
+        dpo.check_model(str(folder), "policy", "--model")
+    record = json.load(open(folder / "stage.json"))
+    del record["files"]                                              # an older record: not checked
+    (folder / "stage.json").write_text(json.dumps(record))
+    dpo.check_model(str(folder), "policy", "--model")

@@ -302,6 +302,10 @@ def test_conversational_pairs_json_arrays_and_typed_summarize_from_feedback_rows
     (tmp_path / "lines.json").write_bytes(b'\xef\xbb\xbf{"prompt": "a"}\r\n\r\n{"prompt": "b"}\n{"prompt":\n')
     with pytest.raises(sft.UserError, match=r"lines.json:4: not valid JSON"):   # JSON lines named .json
         sft.load_rows(str(tmp_path / "lines.json"), "--data")
+    (tmp_path / "mac.jsonl").write_bytes(b'{"prompt": "a"}\r{"prompt": "b"}\r')   # CR alone ends its lines
+    with pytest.raises(sft.UserError, match=r"mac.jsonl:1: not valid JSON \(Extra data\) \(its lines end in a "
+                                            r"carriage return alone; expected \\n or \\r\\n\)$"):
+        sft.load_rows(str(tmp_path / "mac.jsonl"), "--data")
     (tmp_path / "obj.json").write_text(json.dumps({"prompt": "a", "chosen": "b", "rejected": "c"}, indent=2))
     with pytest.raises(sft.UserError, match=r"obj.json: one JSON object; expected rows"):
         sft.load_rows(str(tmp_path / "obj.json"), "--data")
@@ -341,6 +345,12 @@ def test_a_prompt_whose_last_turn_is_blank_is_skipped_as_empty(capsys):
             {"prompt": "   ", "chosen": "5", "rejected": "6"}]
     assert len(sft.normalise(rows, "p.jsonl")) == 1
     assert "skipped 2 (empty prompt; first: row 2)" in capsys.readouterr().out
+    # text that shows nothing: zero-width characters, a NUL, a BOM (were kept as prompts and responses)
+    rows = [{"prompt": p, "chosen": "5", "rejected": "6"} for p in ("\u200b", "\x00 ", "\ufeff\u200d", "🙂", "e\u0301")]
+    rows.append({"prompt": "Add 2 and 3.", "chosen": "\u200b\u2060", "rejected": "6"})
+    assert [r["prompt"][-1]["content"] for r in sft.normalise(rows, "p.jsonl")] == ["🙂", "e\u0301"]
+    printed = capsys.readouterr().out
+    assert "empty prompt; first: row 1" in printed and "empty response" in printed
 
 
 def test_a_file_of_columns_is_named_as_such():

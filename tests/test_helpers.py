@@ -81,7 +81,7 @@ def test_scripts_import_no_other_stage(path):
     imported |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
     allowed = {"argparse", "contextlib", "gzip", "json", "math", "os", "random", "re", "shutil", "signal", "sys", "time",
                "zlib", "pathlib", "torch", "tqdm", "transformers", "datasets", "builtin_task", "importlib",
-               "resource", "ctypes", "socket", "urllib", "matplotlib", "warnings",
+               "resource", "ctypes", "socket", "urllib", "matplotlib", "unicodedata", "warnings",
                "safetensors"}   # (a dependency of transformers: 06 reads stored weights with it)
     assert imported <= allowed, imported - allowed
 

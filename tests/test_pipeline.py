@@ -144,6 +144,11 @@ def test_the_baseline_is_the_sft_policy_whatever_its_place(pipeline, tmp_path, c
     assert res["baseline"] == str((run / "01_sft").resolve()) and list(res["results"])[0] == "01_sft"
     assert res["results"]["01_sft"]["win_gold"]["mean"] == 0.5 and res["results"]["01_sft"]["kl"]["mean"] == 0.0
     assert "baseline `01_sft`" in (tmp_path / "a/report.md").read_text()
+    # a cap over the test set's size cuts none: refused (recorded, --combine took it for another protocol)
+    with pytest.raises(ev.UserError, match=r"--max-prompts 12: .*data_test.jsonl has 12 test prompts, so it would "
+                                           r"cut none; leave it out"):
+        ev.main(ev.parse_args([str(a) for a in [run / "04_dpo", "--run", "t", "--out", tmp_path / "c",
+                                                "--max-prompts", 12]]))
     # --baseline names another; two SFT policies without it are an error
     capsys.readouterr()
     ev.run_main(ev.main, [str(a) for a in [run / "01_sft", run / "04_dpo", "--baseline", run / "04_dpo", "--run", "t",
@@ -368,7 +373,7 @@ def test_resume_redoes_a_stage_whose_input_was_remade_and_refuses_other_flags(pi
     assert finished(run / "04_dpo") == (True, "") and finished(run / "05_ppo") == (True, "")
     split, dpo = tmp_path / "03_split", tmp_path / "04_dpo"   # 04 made from a split that is then remade
     shutil.copytree(run / "03_split", split)
-    shutil.copytree(run / "04_dpo", dpo, ignore=lambda d, names: [n for n in names if n.endswith(".safetensors")])
+    shutil.copytree(run / "04_dpo", dpo)
     st = json.load(open(dpo / "stage.json"))
     assert str(run.resolve() / "03_split") in st["marks"] and str(run.resolve() / "01_sft") in st["marks"]
     st["marks"] = {str(split.resolve()): st["marks"][str(run.resolve() / "03_split")]}
@@ -385,6 +390,11 @@ def test_resume_redoes_a_stage_whose_input_was_remade_and_refuses_other_flags(pi
     (dpo / "stage.json").write_text(json.dumps(st))
     assert finished(dpo) == (False, f"run.sh: {dpo} was made from {split} as it was then, remade since: redone "
                                     f"(--resume)\n")
+    # what its record lists, or the weights, deleted since: 04 was skipped and 06 failed on it, again each --resume
+    (dpo / "model.safetensors").unlink()
+    assert finished(dpo) == (False, f"run.sh: {dpo} has lost model.safetensors since it was made: redone (--resume)\n")
+    (split / "hard.jsonl").unlink()
+    assert finished(split) == (False, f"run.sh: {split} has lost hard.jsonl since it was made: redone (--resume)\n")
     env = dict(os.environ, HF_HUB_OFFLINE="1", TQDM_DISABLE="1", PYTHON=sys.executable)
     model = ["--model", str(tiny_model_dir)]
     for flags, said in ((model + ["--seed", "7"], "--seed 7 (its 01_sft ran with 0)"),
@@ -733,6 +743,7 @@ def test_run_sh_help_and_unknown_option():
                          (["--", "--dataset", "pairs.jsonl"], "--dataset after -- would reach 01_sft.py alone"),
                          (["--precision", "fp8"], "--precision must be auto, fp32, bf16 or fp16"),
                          (["--", "--precision", "fp32"], "--precision after -- would reach 01_sft.py alone"),
+                         (["--", "-h"], "-h after -- would print 01_sft.py's help and go on to 02 without it"),
                          (["--", "--max-train-pairs", "9", "--run=x"], "--run after -- would reach 01_sft.py alone")):
         proc = subprocess.run(["bash", str(ROOT / "run.sh"), *argv], capture_output=True, text=True)
         assert proc.returncode == 2 and needle in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, argv
