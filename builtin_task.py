@@ -722,11 +722,12 @@ _COMPARISON = re.compile(
     rf"|(?<![\d.])(?P<sl>-?\d+(?:\.\d+)?)\s*(?P<sign>>=?|<=?|\u2265|\u2264)\s*(?P<sr>-?\d+(?:\.\d+)?)", re.I)
 
 
-def _compared(question, text):
+def _compared(question, text, lead=False):
     """The answers to 'Is a greater than b?' that the comparisons a reply states give (`_COMPARISON`):
     'a is greater than b', 'a > b', 'it is bigger', 'b is less than a', 'a exceeds b' say yes; 'a is less than
     b', 'a < b', "it isn't greater", 'b is greater', 'b is the larger' say no. A side that is neither asked
-    number, or a comparison of a number with itself, says nothing."""
+    number, or a comparison of a number with itself, says nothing. With `lead` (the words before the answer)
+    only a comparison with a verb or a sign states one: '70 greater than 92: no' echoes the question."""
     m = re.search(r"(-?\d+)\s+greater than\s+(-?\d+)", question)
     if not m:
         return set()
@@ -736,6 +737,9 @@ def _compared(question, text):
         if re.search(r"\b(?:if|whether)\s+$", text[max(0, c.start() - 10):c.start()], re.I) or \
                 re.match(r"\s*\?", text[c.end():c.end() + 20]):
             continue                        # asked, not stated: 'Is 70 greater than 92?', 'if 70 is greater ...'
+        if not c.group("sign") and (re.search(r"\b(?:is|are|was)\s+$", text[max(0, c.start() - 6):c.start()], re.I)
+                                    or lead and not _STATES.search(c.group())):
+            continue                        # the question quoted: 'Question: is 70 greater than 92. Answer: no.'
         if c.group("sign"):
             left, right, neg = float(c.group("sl")), float(c.group("sr")), False
             gt = c.group("sign") in (">", ">=", "\u2265")
@@ -753,15 +757,34 @@ def _compared(question, text):
     return out
 
 
-def _restated(meta, text):
+# a verb that makes a clause before the answer a statement ('9 is prime, so no'), not the question echoed ('9 prime?')
+_STATES = re.compile(r"\b(?:is|are|was|were|be|been|has|have|does|do|did|exceeds?|exceeding|surpass(?:es)?|outnumbers?)\b|"
+                     r"'s\b|n't\b", re.I)
+# a clause that asks or quotes the question: 'You asked whether 9 is prime', 'Is 9 a prime number. No.'
+_ASKS = re.compile(r"\b(?:if|whether|unless|asks?|asked|question|wonder\w*)\b|^\s*(?:is|are|does|do|can|could)\b", re.I)
+
+
+def _restated(meta, text, lead=False):
     """The answers a yes/no reply's own words restate, after its yes or no: an elliptical 'it is (not)'
     / 'it does (not)', or a clause that names the question's property ('7 is not a prime number'; only
-    the question's numbers in it, so 'No, 9 is divisible by 3' restates nothing when asked about 2)."""
+    the question's numbers in it, so 'No, 9 is divisible by 3' restates nothing when asked about 2; a
+    clause 'which ...' after another number is said of that one: 'No, unlike 7, which is prime'). With
+    `lead`, the words before the yes or no ('9 is prime, so no'): questions and clauses that ask or quote
+    the question (`_ASKS`: 'Is 9 a prime number? No.', 'You asked whether 9 is prime. No.') and clauses
+    with no verb (`_STATES`) state nothing there."""
     question = meta.get("request", "")
     kind = next((k for k in _RESTATES if k in question.lower()), None)
     asked = set(_numbers(question))
-    out = _compared(question, text)
+    if lead:
+        text = re.sub(r"[^.!?\n]*\?", " ", text)
+    out = _compared(question, text, lead)
+    last = None                                       # the last number said before the clause
     for clause in re.split(r"[,;:.!?\n]|\s+(?:but|and|because|since|as)\s+", text):
+        nums = _numbers(clause)
+        of_other = not nums and last is not None and last not in asked and re.match(r"\s*(?:which|who)\b", clause, re.I)
+        last = nums[-1] if nums else last
+        if of_other or lead and (_ASKS.search(clause) or not _STATES.search(clause)):
+            continue
         short = re.fullmatch(r"\s*(?:it|that|this)\s*(?:'s|is|does|was)?\s*(not|n't)?\s*|"
                              r"\s*(?:it|that|this) (?:isn't|doesn't|wasn't)\s*", clause, re.I)
         if short and _words(clause)[1:]:
@@ -803,7 +826,8 @@ def _judge_yesno(meta, text):
     not 'Yes. Divide 35 by 5 and you should get 7'), earns half. A right answer that its own words contradict (`_restated`:
     'Yes, 7 is not a prime number.', 'Yes, it is not.', 'No, 9 is not composite.', and for 'Is 70 greater
     than 92?' a comparison, `_compared`: 'No, 70 is greater than 92.', 'No. 70 > 92.', 'No, of course it is
-    greater.', 'Yes, 70 is smaller.') scores 0.0. Minus 0.03 a word past 6 words (`_length_penalty`), minus
+    greater.', 'Yes, 70 is smaller.'), before the answer as after it ('70 is greater than 92, so no.'; a question
+    quoted there states nothing: 'Is 70 greater than 92? No.') scores 0.0. Minus 0.03 a word past 6 words (`_length_penalty`), minus
     0.4 if rude. Not caught: calling the answer wrong ('Yes, that is wrong.'), as 'No, that is wrong.'
     agrees."""
     if not text:
@@ -816,7 +840,8 @@ def _judge_yesno(meta, text):
         return 0.0
     if not said or _declines_answer(text):   # 'No, I won't answer that.': a refusal, its 'no' no answer
         return 0.1
-    if said[0][1] != meta["answer"] or _restated(meta, text[said[0][0]:]) - {meta["answer"]}:
+    contradicted = _restated(meta, text[said[0][0]:]) | _restated(meta, text[:said[0][0]], lead=True)
+    if said[0][1] != meta["answer"] or contradicted - {meta["answer"]}:
         return 0.0                         # wrong, or right but its own words say the opposite
     ends = [m.end() for m in itertools.chain(_YES.finditer(text), _NO.finditer(text))]      # 'Yes?'
     hedged = 0.5 if _hedged(text, ends) or _expected(text, {"yes", "no"}) else 1.0

@@ -1260,3 +1260,23 @@ def test_a_no_that_answers_is_no_refusal_and_a_no_that_opens_a_refusal_is_no_ans
         assert bt.gold_score(r, text) < 0.5 and not bt.refuses(r, text), text
     for r, text in [(a, "No."), (a, "I can't help with 12 + 30."), (s, "No. 5, 1, 9."), (c, "No.")]:
         assert bt.refuses(r, text), text
+
+
+def test_yesno_a_contradiction_before_the_answer_scores_zero_and_a_clause_of_another_number_is_not_one():
+    """Words before the yes or no that say the opposite ('17 is greater than 20, so no.', '9 is prime, so no.')
+    zero the answer as words after it do (each was 0.97 or 1.0); the question quoted or asked before it
+    ('Is 9 a prime number? No.', 'Question: is 17 greater than 20. Answer: no.') states nothing. A 'which ...'
+    clause after another number is said of that number ('No, unlike 7, which is prime': was 0.0)."""
+    g = row("yesno", "Answer with yes or no. Is 17 greater than 20?", {"answer": "no", "request": "Is 17 greater than 20?"})
+    n = row("yesno", "Answer with yes or no. Is 9 a prime number?", {"answer": "no", "request": "Is 9 a prime number?"})
+    y = row("yesno", "Answer with yes or no. Is 7 a prime number?", {"answer": "yes", "request": "Is 7 a prime number?"})
+    for r, text in [(g, "17 is greater than 20, so no."), (g, "20 is less than 17, so no."), (g, "17 > 20, so no."),
+                    (g, "It is bigger, so no."), (n, "9 is prime, so no."), (n, "9 is a prime number. No."),
+                    (n, "9 isn't composite. No."), (y, "7 is not prime, so yes."), (y, "It is not prime, so yes.")]:
+        assert bt.gold_score(r, text) == 0.0, text
+    for r, text in [(g, "Is 17 greater than 20? No."), (g, "Since 17 < 20: no."), (g, "17 greater than 20: no."),
+                    (n, "Is 9 a prime number? No."), (n, "Is 9 a prime number. No."), (y, "Since 7 is prime, yes."),
+                    (n, "No, unlike 7, which is prime.")]:
+        assert bt.gold_score(r, text) == 1.0, text
+    assert bt.gold_score(g, "Question: is 17 greater than 20. Answer: no.") > 0.9
+    assert bt.gold_score(n, "You asked whether 9 is prime. No.") > 0.9
