@@ -1682,36 +1682,73 @@ _UNDONE = re.compile(r"\b(?:closed|shut|shuttered|burn(?:ed|t) down|demolished|s
                      r"tore down|lost|quit|disbanded|vandali[sz]ed|nearly|almost|"
                      r"scrapped|called off|knocked down|bulldozed|dismantled|wrecked|ruined|sabotaged|dissolved|forfeited|"
                      r"gave up(?: on)?|pulled out of|dropped out of|withdrew from|was disqualified from|was stripped of)\b", re.I)
+# ... said of the event, the words between it and the event's key word being the event's own ('closed a bakery',
+# 'closed down her small library'); not of another thing ('sold his old bike and launched a bike repair shop',
+# 'sold bread at the bakery', 'lost weight and ran a marathon')
+_UNDONE_GAP = r"(?:(?:a|an|the|her|his|their|its|this|that|down|up|on|out|off|of|plans? (?:for|to \w+)|{words})\s+){{0,4}}?"
 # ... and said after the event's key word, of it ('opened a bakery, which later closed', '... that went bankrupt',
 # '..., but it shut down a month later', '... bakery closed soon after', '..., which never opened'): a verb that
 # ends it, after 'which', 'that', 'it', 'and', 'but', a comma, or the key word's noun, and the adverbs, helpers and
-# pronouns between ('later', 'had to be', 'she soon'); a verb that takes an object only with none but the event
-# ('... and sold out by noon', '... and lost her keys' undo nothing)
-_ENDS_IT = (r"(?:closed|shut|sold|lost|abandoned|quit|cancell?ed|disbanded|dissolved|scrapped|demolished|destroyed|"
-            r"tore down|gave up(?: on)?|forfeited|wrecked|ruined|bulldozed|dismantled|vandali[sz]ed|called off)"
+# pronouns between ('later', 'had to be', 'she soon', 'the shop'). A verb that takes an object undoes it only with
+# none but the event or a time ('... and sold it', '... and lost it a week later'; not '... and sold out by noon',
+# '... that sold over 500 loaves', '... and lost her keys', '... that lost on price', '... and lost money on it')
+_ENDS_IT = (r"(?:closed|shut|abandoned|cancell?ed|disbanded|dissolved|scrapped|demolished|destroyed|postponed|razed|"
+            r"t(?:o|or)n? down|knocked down|forfeited|wrecked|ruined|bulldozed|dismantled|vandali[sz]ed|called off|"
+            r"disqualified|overturned|revoked|annulled|rescinded)"
             r"(?=\s*(?:[.,;:!?)\n]|$|(?:it|its|them|down|up|for good|again|soon|shortly|later|after|afterwards|within|in|"
-            r"on|by|that|this|when|because|due|over|months|weeks|years|days|a (?:week|month|year|day|few)|the (?:next|following|"
-            r"same|shop|store|business|event|place|venue|doors))\b))|"
-            r"fold(?:ed|s)|collapsed|failed|flopped|went (?:bankrupt|bust|under|broke|out of business)|burn(?:ed|t|s) down|"
-            r"fell (?:through|apart)|ceased to exist|shuttered|(?:was|were) lost|"
+            r"on|by|that|this|when|because|due|over|now|months|weeks|years|days|a (?:week|month|year|day|few)|the (?:next|"
+            r"following|same|shop|store|business|event|place|venue|doors))\b))|"
+            r"(?:sold|lost|quit|gave up(?: on)?|dropped out|pulled out|withdrew)"
+            r"(?=\s*(?:[.,;:!?)\n]|$|(?:it|them|for good|again|soon|shortly|later|after|afterwards|within|now|halfway|"
+            r"midway|partway|months|weeks|years|days|a (?:week|month|year|day|few)|the (?:next|following|same|shop|store|"
+            r"business|event|place|venue))\b))|"
+            # the same after 'to', 'would', 'will': '..., only to close it', 'which had to close', 'was forced to shut'
+            r"(?<=\bto )(?:close|shut|cancel|abandon|scrap|demolish|disband|dissolve|fold|call off|tear down|pull out|"
+            r"drop out|withdraw|quit|sell up)|"
+            r"(?:closing|shutting|folding|collapsing|cancell?ing|disbanding|being (?:closed|shut|cancell?ed|demolished|"
+            r"torn down|scrapped|sold))(?=\s*(?:[.,;:!?)\n]|$|(?:it|down|for good|soon|shortly|later|after|within|a (?:week|"
+            r"month|year|day|few)|the (?:next|following|same))\b))|"
+            r"fold(?:ed|s)|collapsed|failed|flopped|went (?:bankrupt|bust|under|broke|belly[- ]up|out of business)|"
+            r"burn(?:ed|t|s) down|fell (?:through|apart)|ceased to exist|shuttered|ended in failure|"
+            r"stripped of (?:the |her |his |their )?(?:title|win|victory|prize|trophy|crown)|"
             r"(?:never|did not|didn't|no longer|not)\s+(?:actually\s+|really\s+)?(?:open|happen|take place|took place|start|"
             r"launch|exist|run|win|won|finish|go ahead|went ahead|get off the ground|materiali[sz]e|last|survive)\w*")
 _HELPERS = (r"(?:(?:later|soon|quickly|eventually|then|subsequently|promptly|already|since|just|also|had to|has|had|have|"
             r"was|were|is|got|been|be|she|he|they|it|all but|ultimately|sadly|unfortunately|finally|immediately|"
-            r"abruptly|suddenly)\s+){0,4}")
+            r"abruptly|suddenly|now|would|will|forced to|decided to|chose to|went on to|(?:the|her|his|their|this) "
+            r"(?:shop|store|business|venue|event|place|project|win|victory|title|result|race|club|group))\s+){0,4}")
 _UNDONE_AFTER = re.compile(r"(?:\b(?:which|that|it|and|but|then|before|until|only to|though|yet|so|where)\b|,)\s*"
                            + _HELPERS + r"(?:" + _ENDS_IT + r")\b", re.I)
+# the words a relative pronoun ('which', 'that', 'where') may follow to be said of the event: not of another thing
+# ('a bike repair shop for bikes that were lost.', '... drawing 851 people, who lost.')
+_OF_EVENT = {"shop", "store", "business", "venue", "event", "place", "project", "club", "group", "one"} | \
+    {d.lower() for d in _DAYS}
 
 
-def _undone_after(key, text):
+def _undone_before(meta, text):
+    """How many times the reply undoes the event before its key word (`_UNDONE`, `_UNDONE_GAP`)."""
+    gap = _UNDONE_GAP.format(words="|".join(map(re.escape, _words(meta["event"]))))
+    return len(re.findall(rf"{_UNDONE.pattern}\s+{gap}{meta['key']}\b", text, re.I))
+
+
+def _undone_after(meta, text):
     """How many times the reply undoes the event after its key word (`_UNDONE_AFTER`, in the key word's
-    sentence; or right after the key word's noun: 'the bakery closed')."""
+    sentence; a 'which', 'that' or 'where' only right after the event, its city, its day or a word for it,
+    `_OF_EVENT`; or right after the key word's noun: 'the bakery closed', 'the bike repair shop closed')."""
+    key = meta["key"]
     keys = [m.start() for m in re.finditer(rf"\b{key}", text, re.I)]
     if not keys:
         return 0
     stops = [m.start() for m in re.finditer(r"[.!?;\n]", text)]
-    found = len(re.findall(rf"\b{key}\w*(?:\s+[\w-]+){{0,2}}?\s+{_HELPERS}(?:{_ENDS_IT})\b", text, re.I))
+    tail = meta["event"].split(key, 1)[-1].split()            # 'repair shop' of 'launched a bike repair shop'
+    noun = "|".join(map(re.escape, tail + sorted(_OF_EVENT)))
+    found = len(re.findall(rf"\b{key}\b(?:\s+(?:{noun})\b){{0,2}}\s+{_HELPERS}(?:{_ENDS_IT})\b", text, re.I))
+    event = set(_words(meta["event"])) | _OF_EVENT | {meta["city"].lower()}
     for m in _UNDONE_AFTER.finditer(text):
+        if re.match(r"which|that|where", m.group(), re.I):
+            before = _words(text[max(0, m.start() - 40):m.start()])
+            if not before or before[-1] not in event:      # said of another thing: 'bikes that were lost.'
+                continue
         i = bisect.bisect_left(stops, m.start())
         start = stops[i - 1] if i else -1                # the sentence's start
         j = bisect.bisect_left(keys, start)
@@ -1744,8 +1781,9 @@ def _judge_summary(meta, text):
     """Coverage of the four key facts (the name, the city and the event's key word, as whole words, and
     the head count, a number: '593.0' is 593), each +0.25; each wrong fact (another built-in name, city
     or event key word, another number, or a verb that undoes the event: 'closed', 'lost', `_UNDONE`, or
-    after it, said of it: '..., which later closed', '... that went bankrupt', '..., but it shut down',
-    `_undone_after`) -0.25,
+    after it, said of it: '..., which later closed', '... that went bankrupt', '..., but it shut down', '...,
+    only to close it', 'but was disqualified', `_undone_after`; not said of another thing: '... for bikes
+    that were lost', '... and lost money on it', 'sold her old bike and launched a bike repair shop') -0.25,
     so stuffing every name and number gains nothing. Minus
     0.2 if it takes more than one sentence; minus 0.5 for each filler sentence of the passage copied
     (the passage pasted back is not a summary); minus 0.75 if it doubts its facts (`_unsure_facts`: a
@@ -1775,8 +1813,7 @@ def _judge_summary(meta, text):
     wrong = ([x for x in _NAMES + _CITIES if x.lower() in words and x not in (meta["name"], meta["city"])]
              + [k for _, k in _EVENTS if k != meta["key"] and _mentions(words, k)]
              + [x for x in nums if x != meta["count"]]
-             + re.findall(rf"{_UNDONE.pattern}\s+(?:\w+\s+){{0,3}}?{meta['key']}", text, re.I)    # 'closed a bakery'
-             + [meta["key"]] * _undone_after(meta["key"], text))                                 # '..., which closed'
+             + [meta["key"]] * (_undone_before(meta, text) + _undone_after(meta, text)))   # 'closed a bakery', '..., which closed'
     s = (len(right) - len(wrong)) / 4
     sentences = len([x for x in re.split(r"[.!?]+(?:\s|$)|\n+", text) if x.strip()])   # a line is a sentence
     copied = sum(f.lower().rstrip(".") in text.lower() for f in _FILLER)

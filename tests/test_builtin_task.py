@@ -1280,3 +1280,34 @@ def test_yesno_a_contradiction_before_the_answer_scores_zero_and_a_clause_of_ano
         assert bt.gold_score(r, text) == 1.0, text
     assert bt.gold_score(g, "Question: is 17 greater than 20. Answer: no.") > 0.9
     assert bt.gold_score(n, "You asked whether 9 is prime. No.") > 0.9
+
+
+def test_summary_undone_in_other_words_costs_and_lost_or_failed_said_of_another_thing_does_not():
+    """The event undone in other words ('which had to close', 'only to close it', 'was torn down', 'postponed',
+    'but the shop was shut', 'went belly-up', 'disqualified', 'stripped of the title', 'dropped out') costs as
+    'which later closed' does (each was 1.0: 0.75 now). 'lost', 'failed', 'sold' said of another thing ('bikes
+    that were lost', 'bikes whose brakes failed', 'sold her old bike and launched ...') undo nothing (0.5 or 0.75
+    before: 1.0 now)."""
+    meta = {"name": "Grace", "city": "Quito", "event": "launched a bike repair shop", "key": "bike", "count": 851}
+    r = row("summary", "Summarise ...", meta)
+    fact = "Grace from Quito launched a bike repair shop"
+    for text in [fact + ", which had to close, drawing 851 people.", fact + ", only to close it a month later, drawing 851 people.",
+                 fact + ", which is now closed, drawing 851 people.", fact + ", which was torn down, drawing 851 people.",
+                 fact + ", which was postponed, drawing 851 people.", fact + ", drawing 851 people, but the shop was shut.",
+                 fact + ", drawing 851 people, but it went belly-up.", fact + ", drawing 851 people, but was forced to close.",
+                 fact + ", drawing 851 people, before closing a week later.",
+                 fact + ", drawing 851 people, but the shop has since been closed."]:
+        assert bt.gold_score(r, text) == 0.75, text
+    for text in [fact + " for bikes that were lost or stolen, drawing 851 people.",
+                 fact + " for bikes whose brakes failed, drawing 851 people.",
+                 fact + " that fixes bikes people had lost, drawing 851 people.",
+                 fact + " and lost money on it, drawing 851 people.", fact + " that lost on price, drawing 851 people.",
+                 "Grace from Quito sold her old bike and launched a bike repair shop, drawing 851 people."]:
+        assert bt.gold_score(r, text) == 1.0, text
+    chess = row("summary", "Summarise ...", dict(meta, event="won a chess tournament", key="chess"))
+    for text in ["Grace from Quito won a chess tournament, drawing 851 people, but was disqualified.",
+                 "Grace from Quito won a chess tournament, drawing 851 people, but was stripped of the title."]:
+        assert bt.gold_score(chess, text) == 0.75, text
+    assert bt.gold_score(chess, "Grace from Quito lost weight and won a chess tournament, drawing 851 people.") == 1.0
+    race = row("summary", "Summarise ...", dict(meta, event="ran a marathon", key="marathon"))
+    assert bt.gold_score(race, "Grace from Quito ran a marathon, drawing 851 people, but dropped out.") == 0.75
