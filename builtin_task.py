@@ -1612,7 +1612,11 @@ def _cands_summary(meta, rng):
 _HEARSAY = (_HEARSAY_ANY + r"|i believe|(?<!\ba )(?<!\ban )(?<!\bthe )(?<!\bthis )(?<!\bthat )(?:apparently|seemingly)|"
             r"purportedly|rumou?red|rumou?r has it|it seems|(?<!\w )word is|it is said|it's said|i'm told|i am told|"
             r"i hear|i heard|from what i (?:understand|hear|heard)|i gather|i understand|as i understand it|"
-            r"it appears|appears to have|seems to have|is said to have|so they say|they say|people say|i suspect")
+            r"it appears|appears to have|seems to have|is said to have|so they say|they say|people say|i suspect|"
+            r"according to (?:rumou?rs|gossip|hearsay|unconfirmed (?:reports|sources))|rumou?rs? (?:says?|suggests?|claims?)|"
+            # a condition on the passage: '..., if the passage is right', 'if I read it correctly'
+            r"if (?:the (?:passage|text|story|article)|it|this|that) (?:is|was) (?:right|correct|accurate|true)|"
+            r"if i (?:read|understood|got) (?:it|this|that|the passage) (?:right|correctly)")
 # a fact negated or doubted is not stated: 'not', 'never', "didn't", 'no one', 'maybe', 'supposedly', 'Aisha or
 # someone'. Only in a clause that states a fact (`_unsure_facts`): an incidental negation elsewhere ('which is
 # not bad at all', 'and nobody complained', "I can't believe it: ...") doubts no fact
@@ -1628,7 +1632,9 @@ _UNSURE = re.compile(r"\b(?:not|never|no one|nobody|none|nothing|neither|nor|no|
                      r" of )?(?:\w+ )?\d+)\b|n't\b", re.I)
 # ... idioms that only sound negative, in a fact's clause too ("I can't believe Aisha opened a bakery")
 _AFFIRMS = re.compile(r"\b(?:can(?:no|')t|could(?:n't| not)) believe\b|\bnot (?:only|just)\b|\bno doubt\b|\bno wonder\b|"
-                      r"\bnot surprisingly\b|\b(?:no|not) (?:fewer|less) than\b", re.I)
+                      r"\bnot surprisingly\b|\b(?:no|not) (?:fewer|less) than\b|"
+                      # 'people who could not wait', "couldn't be happier"
+                      r"\b(?:can|could)(?:n't| not) (?:wait|be (?:happier|prouder|better)|have been (?:better|happier))\b", re.I)
 # ... a hedge that is a clause of its own hedges the whole reply ('Aisha, I think, opened ...', '..., or so
 # they claim')
 _BARE_HEDGE = re.compile(r"\s*(?:(?:and|but)\s+)?(?:or so\s+)?(?:i think|i guess|maybe|perhaps|probably|possibly|supposedly|allegedly|"
@@ -1661,12 +1667,37 @@ _NO_CROWD = re.compile(
 _COUNT_DENIED = r"\b(?:instead of|rather than|in place of|as opposed to|other than)\s+(?:the\s+)?(?:\w+\s+){{0,2}}?{count}\b"
 
 
+# ... as does calling it fiction or a dream, or a bare 'Or not.' or 'Not really.' after it ('..., drawing 851 people. I
+# made that up.', 'In my imagination, ...', '..., said no one'); not 'a fiction writer', 'believe it or not'
+_FICTION = re.compile(r"\b(?:this|that|it|all|the (?:story|passage|summary|above))(?: is|'s| was)? (?:(?!not\b|never\b)\w+ )?(?:fiction|"
+                      r"fictional|made[- ]up|imaginary|invented|fabricated|a fabrication|a fantasy|a dream|a joke)\b|"
+                      r"\bmade (?:it|that|this|(?:all )?(?:of )?(?:it|that|this|them)) up\b|"
+                      r"\bin (?:my|a|her|his|their) (?:imagination|dreams?|fantasy|fantasies|head)\b|"
+                      r"\bin an? (?:fictional|made[- ]up|imaginary|hypothetical|alternate|parallel) \w+|\bhypothetically\b|"
+                      r"\bsaid no(?: one|body)\b|(?:^|[.!?;,]\s*)(?:or (?:maybe |perhaps )?not|not really|not)\s*(?=[.!?;]|$)",
+                      re.I)
+
+
+def _irrealis(meta, text):
+    """Does the reply put the event in a wish, a condition or a modal ('Grace will launch ...', 'could have
+    launched', 'wants to launch', 'dreamed of launching', 'If Grace launched ...')? Then it did not happen."""
+    verb = meta["event"].split()[0]
+    base = {"won": "win", "ran": "run", "built": "build"}.get(verb, re.sub(r"e?d$", "", verb)).replace("is", "i[sz]")
+    return bool(re.search(r"\b(?:will|would|could|should|must|might|(?<!\bin )(?<!\bof )may|going to|"
+                          r"wants? to|wanting to|hopes? to|dream(?:s|ed|t)? (?:of|about)|imagin(?:es?|ed|ing)|"
+                          r"pretend(?:s|ed|ing)?|if|whether|unless)\b(?:\s+[\w'-]+){0,4}?\s+"
+                          rf"(?:(?:have|has|had|be|been)\s+)?(?:{base}|{verb})\w*", text, re.I))
+
+
 def _unsure_facts(meta, text):
-    """Does the reply doubt its facts: call anything false (`_FALSE`), hedge on its own (`_BARE_HEDGE`), or
-    negate or hedge (`_UNSURE`, less `_AFFIRMS`) a clause that states one of the four facts? A clause
+    """Does the reply doubt its facts: call anything false (`_FALSE`) or fiction (`_FICTION`), put the event in
+    a wish or a condition (`_irrealis`), ask it ('Did Grace launch ...?'), hedge on its own (`_BARE_HEDGE`),
+    or negate or hedge (`_UNSURE`, less `_AFFIRMS`) a clause that states one of the four facts? A clause
     ends at punctuation, a dash, or 'but', 'and', 'which', 'while', 'although', 'though'."""
-    if _said(_FALSE, text) or _said(_NO_CROWD, text):   # not 'if I got anything wrong', 'if nobody came'
-        return True
+    if _said(_FALSE, text) or _said(_NO_CROWD, text) or _FICTION.search(text) or _irrealis(meta, text):
+        return True                                      # not 'if I got anything wrong', 'if nobody came'
+    if any({"name", "key"} <= set(_summary_facts(meta, q, exact=False)) for q in re.findall(r"[^.!?\n]*\?", text)):
+        return True                                      # asked, not said: 'Did Grace launch a bike shop ...?'
     if re.search(_COUNT_DENIED.format(count=meta["count"]), text, re.I):
         return True
     clauses = re.split(r"[,;:.!?\n()\u2014\u2013]|\s-\s|\b(?:but|and|which|while|whereas|although|though)\b", text,
@@ -1790,7 +1821,9 @@ def _judge_summary(meta, text):
     negated or hedged fact is not stated): a clause that states a fact negated or hedged ('Aisha did not
     open a bakery', 'Aisha failed to open a bakery', 'tried to', 'maybe 593 people', 'Aisha or someone',
     'Reportedly, Aisha ...'), a hedge of its own ('..., I think'), anything called false or wrong ('a false
-    claim', 'It is not true that ...', 'It never happened: ...'), a crowd of none anywhere (`_NO_CROWD`: '...,
+    claim', 'It is not true that ...', 'It never happened: ...'), called fiction or a dream ('I made that up.',
+    'in my imagination', 'Or not.', `_FICTION`), put in a wish, a modal or a condition ('will launch', 'could have
+    launched', 'If Grace launched ...', `_irrealis`) or asked ('Did Grace ...?'), a crowd of none anywhere (`_NO_CROWD`: '...,
     and nobody came', 'drawing zero people') or the count denied ('zero people instead of 593');
     an incidental negation elsewhere ('..., which is not bad at all', 'and nobody complained', "I can't
     believe it: ...") costs nothing. Minus 0.02 a word past 18 words (`_length_penalty`). A reply that takes itself back ('...; actually that is wrong',

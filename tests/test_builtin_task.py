@@ -1311,3 +1311,30 @@ def test_summary_undone_in_other_words_costs_and_lost_or_failed_said_of_another_
     assert bt.gold_score(chess, "Grace from Quito lost weight and won a chess tournament, drawing 851 people.") == 1.0
     race = row("summary", "Summarise ...", dict(meta, event="ran a marathon", key="marathon"))
     assert bt.gold_score(race, "Grace from Quito ran a marathon, drawing 851 people, but dropped out.") == 0.75
+
+
+def test_summary_a_fact_put_in_a_wish_a_question_or_fiction_is_not_stated():
+    """A summary that puts the event in a modal, a wish or a condition ('will launch', 'could have launched',
+    'wants to launch', 'If Grace ...'), asks it ('Did Grace ...?'), calls it fiction or a dream ('I made that
+    up.', 'in my imagination', 'said no one'), adds a bare 'Or not.', or cites rumours or a condition on the
+    passage doubts its facts (each was 0.8 or 1.0); 'When Grace ...', 'believe it or not', 'a fiction writer',
+    'people who could not wait' doubt nothing."""
+    meta = {"name": "Grace", "city": "Quito", "event": "launched a bike repair shop", "key": "bike", "count": 851}
+    r = row("summary", "Summarise ...", meta)
+    fact = "Grace from Quito launched a bike repair shop, drawing 851 people"
+    for text in ["Grace from Quito will launch a bike repair shop, drawing 851 people.",
+                 "Grace from Quito could have launched a bike repair shop, drawing 851 people.",
+                 "Grace from Quito wants to launch a bike repair shop, drawing 851 people.",
+                 "Grace from Quito dreamed of launching a bike repair shop, drawing 851 people.",
+                 "If Grace from Quito launched a bike repair shop, it would draw 851 people.",
+                 "Did Grace from Quito launch a bike repair shop, drawing 851 people?", fact + "?",
+                 fact + ", in my imagination.", "In a dream, Grace from Quito launched a bike repair shop, drawing 851 people.",
+                 fact + ", said no one.", fact + ", according to rumours.", fact + " - if the passage is right."]:
+        assert bt.gold_score(r, text) <= 0.25, text
+    for text in [fact + ". Or not.", fact + ". Not really.", fact + ". I made that up.", fact + ". That is made up."]:
+        assert bt.gold_score(r, text) == pytest.approx(0.05), text
+    for text in ["When Grace from Quito launched a bike repair shop, it drew 851 people.", fact + ", believe it or not.",
+                 "Grace, a fiction writer from Quito, launched a bike repair shop, drawing 851 people.",
+                 "Grace from Quito launched a bike repair shop that will serve the town, drawing 851 people.",
+                 "Grace from Quito launched a bike repair shop, which drew 851 people who could not wait."]:
+        assert bt.gold_score(r, text) == 1.0, text
