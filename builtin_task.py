@@ -97,7 +97,18 @@ _TAKE_BACK = re.compile(
     r"\b(?:kidding|joking|jk|i lied|(?<!\bif )i(?:'m| am| was) wrong|my (?:mistake|bad)|never ?mind|scratch that|"
     r"on second thought|i take (?:it|that) back|the opposite is|i mean,? the (?:opposite|other)|"
     r"(?:ignore|disregard) (?:all (?:of )?|everything )?(?:that|this|the above|what i (?:said|wrote))|"
-    r"wait,\s*no|no,?\s+wait|actually,?\s+no|(?:maybe|perhaps|probably|possibly) not)\b", re.I)
+    r"wait,\s*no|no,?\s+wait|actually,?\s+no|(?:maybe|perhaps|probably|possibly) not|"
+    # ... a joke or sarcasm said of it: "42. I made that up.", "Yes, said no one.", "42. Psych!", "42 (sarcasm)",
+    # "The reverse is true.", "Ignore my answer."
+    r"i made (?:it|that|this|(?:all )?(?:of )?(?:it|that|this)) up|said no(?: ?one|body)|"
+    r"(?:that|this|it)(?:'s| is| was) (?:just |only )?(?:a joke|sarcasm)|sarcasm|psych|sike|april fools?|"
+    r"the reverse is|or the (?:opposite|reverse)|(?:this|my) answer (?:is|was|'s) (?:wrong|incorrect|false|a lie|a joke)|"
+    r"(?:ignore|disregard|do not trust|don't trust|never ?mind) (?:my|this|the) (?:answer|reply|response))\b"
+    r"|(?<!\w)/s\b", re.I)
+# ... and, outside a yes/no reply (where 'No, not really.' is its no), a bare 'not' as a clause of its own: "42.
+# Or not.", "8, 14, 31, 46. Not really.", "42 - NOT!", "42 (not).", "Lol, no."
+_NOT_CLAUSE = re.compile(r"(?:^|[.!?;,(\u2014\u2013]\s*|\s-+\s*)(?:or (?:maybe |perhaps )?not|not really|not|"
+                         r"(?:lol|haha),? (?:no|not)|nope|nah)\s*(?=[.!?;)]|$)", re.I)
 # ... and, where the reply's own answer is what "wrong" can refer to (not a yes/no answer: "No, that's
 # wrong" agrees there), calling it wrong: "42, which is not correct.", "42. Wrong, sorry.", "42. No, ...",
 # "... is wrong; the right order is ...", "None of these are fruits."
@@ -270,7 +281,7 @@ def _said(pattern, text):
 def _after_take_back(text, self_wrong=True):
     """The reply after its last take-back (`_TAKE_BACK`, and `_SELF_WRONG` too unless `self_wrong` is
     False): what it said before it took it back does not count."""
-    ends = [m.end() for m in _TAKE_BACK.finditer(text)]
+    ends = [m.end() for m in itertools.chain(_TAKE_BACK.finditer(text), _NOT_CLAUSE.finditer(text))]
     ends += [m.end() for m in _said(_SELF_WRONG, text)] if self_wrong else []
     return text[max(ends, default=0):]
 
@@ -697,7 +708,7 @@ _NO = re.compile(r"\bno\b(?=\s*(?:[.,!?;:)\"'<*\u2014\u2013-]|$)|\s*\n|\s+(?:bec
                  r"^[^\w]*no\b(?!\s+(?:problem|worries|doubt|idea|clue|comment|comments|one|answer|reply|response|opinion|"
                  r"matter|question|telling|way (?:to|of)|need)\b)|\bno way\b(?!\s+(?:to|of)\b)|\b(?:nope|nah)\b|\bnot at all\b|\bor not\b|"
                  r"\b(?:absolutely|certainly|definitely|of course) not\b|\bnot really\b|\bafraid not\b|"
-                 r"(?:^|[^\w\s']\s*)\bnot\s*(?=[.!?]|$)|\b(?:maybe|perhaps|probably|possibly) not\b", re.I)
+                 r"(?:^|[^\w\s']\s*)\bnot\s*(?=[.!?)]|$)|\b(?:maybe|perhaps|probably|possibly) not\b", re.I)
 
 
 # the words that restate a yes/no question's answer, by the question's kind, and the answer each gives

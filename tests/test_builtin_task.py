@@ -1332,9 +1332,32 @@ def test_summary_a_fact_put_in_a_wish_a_question_or_fiction_is_not_stated():
                  fact + ", said no one.", fact + ", according to rumours.", fact + " - if the passage is right."]:
         assert bt.gold_score(r, text) <= 0.25, text
     for text in [fact + ". Or not.", fact + ". Not really.", fact + ". I made that up.", fact + ". That is made up."]:
-        assert bt.gold_score(r, text) == pytest.approx(0.05), text
+        assert bt.gold_score(r, text) <= 0.05 + 1e-9, text
     for text in ["When Grace from Quito launched a bike repair shop, it drew 851 people.", fact + ", believe it or not.",
                  "Grace, a fiction writer from Quito, launched a bike repair shop, drawing 851 people.",
                  "Grace from Quito launched a bike repair shop that will serve the town, drawing 851 people.",
                  "Grace from Quito launched a bike repair shop, which drew 851 people who could not wait."]:
+        assert bt.gold_score(r, text) == 1.0, text
+
+
+def test_a_joke_sarcasm_or_a_bare_not_after_the_answer_takes_it_back_in_every_family():
+    """'42. Or not.', '42. I made that up.', '42, said no one.', '42. Psych!', '42 (sarcasm)', '42 /s', '42. The reverse
+    is true.', '42. Ignore my answer.' take the answer back, as 'Just kidding' does (each was 1.0, or 0.83 with the
+    lowercase check failed; 0.0 now); in yes/no a bare 'Not really.' or '(not)' is a second answer; 'No. Not
+    really.' is a no. 'whether you like it or not' and '42, not 41.' take nothing back."""
+    a = row("arithmetic", "What is 12 + 30?", {"answer": 42, "expr": "12 + 30"})
+    s = row("sorting", "Sort these numbers from smallest to largest: 5, 1, 9.", {"numbers": [5, 1, 9]})
+    c = row("constraints", "Name 3 fruits ...", {"category": "fruits", "n": 3, "lowercase": True, "word": "happy"})
+    y = row("yesno", "Answer with yes or no. Is 7 a prime number?", {"answer": "yes", "request": "Is 7 a prime number?"})
+    n = row("yesno", "Answer with yes or no. Is 9 a prime number?", {"answer": "no", "request": "Is 9 a prime number?"})
+    tails = [". Or not.", ". Not really.", ". I made that up.", ", said no one.", ". That is a joke.", ". Psych!", " - NOT!",
+             " (sarcasm)", " /s", ". Lol no.", ". Or the opposite.", ". The reverse is true.", ". Ignore my answer.",
+             ". This answer is incorrect.", " (not)."]
+    for r, answer in [(a, "42"), (s, "1, 5, 9"), (c, "apple, pear, plum, happy"), (y, "Yes")]:
+        for tail in tails:
+            assert bt.gold_score(r, answer + tail) == 0.0, answer + tail
+    for text in ["No. Not really.", "No - NOT!", "No. Lol no."]:
+        assert bt.gold_score(n, text) == 1.0, text
+    for r, text in [(a, "42, not 41."), (a, "42, whether you like it or not."), (s, "1, 5, 9 (not 9, 5, 1)."),
+                    (c, "apple, pear, plum, not cat, happy")]:
         assert bt.gold_score(r, text) == 1.0, text
