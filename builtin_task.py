@@ -120,6 +120,8 @@ _SELF_WRONG = re.compile(
     r"not (?:right|correct|true|it|the answer))\b"
     r"|(?:^|[.!?;]\s*)(?:wrong|incorrect|false|no)\s*[,.!]"
     r"|\bnone of (?:these|them|those|that)\b", re.I)
+# ... but 'not wrong' and 'not incorrect' affirm: "42 is not wrong" denies nothing
+_NOT_WRONG = r"(?!\s*(?:an?\s+)?(?:wrong|incorrect|false|untrue)\b)"
 # insults and dismissals; 'useless' only said of the reader ('a useless tool' is no insult)
 _RUDE = re.compile(r"\b(stupid|idiot|idiotic|dumb|dummy|moron|loser|obviously|pathetic|worthless|shut up|go to hell|"
                    r"you(?:'re| are)? (?:so |such an? )?useless|waste of (?:my )?time|figure it out yourself|"
@@ -422,7 +424,7 @@ def _judge_arithmetic(meta, text):
     # a number denied: 'not 42', 'never 42', 'does not equal 42', '\neq 42', '≠ 42', '42 isn't', '42 would
     # be wrong', '42 is a wrong answer'
     negated = (rf"(?:(?<!\bif )(?<!\bor )\bnot|\bnever|n't)\s+(?:equals?\s+(?:to\s+)?|be\s+)?(?:{num})|(?:\\neq|\u2260|!=)\s*(?:{num})|"
-               rf"(?:{num})\s+(?:is|was|would be|'s)\s*(?:not\b|n't|(?:an?\s+)?(?:wrong|incorrect|false)\b)")
+               rf"(?:{num})\s+(?:is|was|would be|'s)\s*(?:(?:not\b|n't){_NOT_WRONG}|(?:an?\s+)?(?:wrong|incorrect|false)\b)")
     denied = {x for m in re.finditer(negated, rest, re.I) for x in _numbers(m.group())}
     rest = re.sub(negated, " ", rest, flags=re.I)
     cuts = list(re.finditer(r"=|\bis\b|\bequals\b", rest, re.I))
@@ -494,8 +496,8 @@ _CHAIN = re.compile(r"[<>\u2192\u21d2\u2264]|\s[-\u2013\u2212]\s")
 # only', or a 'but' between, do not deny); '... is not right', "... isn't it", '... would be wrong' after it
 _DENIED_BEFORE = re.compile(r"(?:(?<!\bif )(?<!\bor )\bnot|\bnever|n't)\b(?!\s+(?:sure|certain|only|just)\b)"
                             r"(?:(?!\b(?:but|though|although)\b)[^.!?;:,\d])*$", re.I)
-_DENIED_AFTER = re.compile(r"\s*(?:is|was|are|were|would be|'s)\s*(?:not\b|n't|(?:an?\s+)?(?:wrong|incorrect|false)\b)",
-                           re.I)
+_DENIED_AFTER = re.compile(r"\s*(?:is|was|are|were|would be|'s)\s*(?:(?:not\b|n't)" + _NOT_WRONG +
+                           r"|(?:an?\s+)?(?:wrong|incorrect|false)\b)", re.I)
 
 
 def _run_spans(text):
