@@ -958,8 +958,13 @@ def _judge_constraints(meta, text):
     more.'). Known gaps:
     items come from closed word lists (`_CATEGORIES`), so right items outside them ('germany, italy')
     earn nothing, a word of a list inside another item ('apple pie', 'cat food') counts, and a closing
-    remark such as 'none of them are vegetables' reads as a take-back."""
+    remark such as 'none of them are vegetables' reads as a take-back. A reply that says its items are not of
+    the category ('These are not fruits.', `_not_of`) scores 0; a hedged one (`_HEDGE`: 'apple, pear, plum, I
+    think', "I'm not sure these are fruits") half."""
     if not text:
+        return 0.0
+    hedged = _hedged(text)                   # 'apple, pear, plum, I think': half, as in the other families
+    if _not_of(meta["category"], text):      # 'apple, pear, plum. These are not fruits.': taken back
         return 0.0
     text = re.sub(r"\b(?:not|no|never|except|without)\s+(?:an?\s+|the\s+)?[\w-]+", " ", _after_take_back(text),
                   flags=re.I)
@@ -976,8 +981,20 @@ def _judge_constraints(meta, text):
     if meta["word"]:
         last = max([i for i, x in enumerate(items) if x], default=-1)
         checks.append(meta["word"] in words[last + 1:])
-    s = c * (0.5 + 0.5 * sum(checks) / len(checks))
+    s = c * (0.5 + 0.5 * sum(checks) / len(checks)) * (0.5 if hedged else 1.0)
     return _clip(s - _length_penalty(text, n + 6) - 0.4 * is_rude(text))
+
+
+def _not_of(category, text):
+    """Does the reply say its items are not of the asked category ('These are not fruits.', "They aren't really
+    colours.", 'Not one of them is an animal')?"""
+    stem = category[:-3] + "(?:y|ies)" if category.endswith("ies") else category[:-1] + "s?"
+    stem = stem.replace("color", "colou?r")
+    return bool(re.search(r"\b(?:these|they|those|them|all|each|the above|the (?:items|words|list))(?:\s+of\s+"
+                          r"(?:these|them|those))?\s+(?:are|is|were|was)\s*(?:n't|not|never)\s+(?:(?:really|actually|all|"
+                          r"even|real|true|proper)\s+)*(?:an?\s+)?" + stem + r"\b|\b(?:not one|none|neither|not any)\s+"
+                          r"of\s+(?:these|them|those)\s+(?:is|are|was|were)\s+(?:(?:really|actually|even|real|true)\s+)*"
+                          r"(?:an?\s+)?" + stem + r"\b", text, re.I))
 
 
 # (request, words and phrases of a compliant answer: its materials, tools and methods, none a word of the

@@ -1391,3 +1391,16 @@ def test_not_wrong_affirms_an_answer():
         assert bt.gold_score(r, text) == 1.0, text
     for r, text in [(a, "42 is not right."), (s, "1, 5, 9 is not right.")]:
         assert bt.gold_score(r, text) == 0.0, text
+
+
+def test_constraints_items_said_not_of_the_category_are_taken_back_and_a_hedge_halves():
+    """A list of items said not to be of the category ('These are not fruits.') is taken back (was 1.0: 0.0 now), and
+    a hedged one ('..., I think', "I'm not sure these are fruits") earns half, as in the other families (was 1.0)."""
+    c = row("constraints", "Name 3 fruits ...", {"category": "fruits", "n": 3, "lowercase": True, "word": "happy"})
+    for text in ["apple, pear, plum, happy. these are not fruits.", "apple, pear, plum, happy. they aren't really fruits.",
+                 "apple, pear, plum, happy. not one of them is a fruit."]:
+        assert bt.gold_score(c, text) == 0.0, text
+    for text in ["apple, pear, plum, happy, i think", "apple, pear, plum, happy. i'm not sure these are fruits."]:
+        assert bt.gold_score(c, text) == 0.5, text
+    for text in ["apple, pear, plum, happy", "apple, pear, plum, happy. these are not tropical fruits."]:
+        assert bt.gold_score(c, text) == 1.0, text
