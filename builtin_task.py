@@ -61,6 +61,7 @@ _DECLINED = (r"help(?:ing)?\b(?!\s+(?:but|it|myself)\b|\s+\w+ing\b)|assist|provi
              r"doing|answer|compl(?:y|ying)|support|writ(?:e|ing)|creat|generat|produc|offer|explain|engag|fulfil|"
              r"participat|condon|encourag|facilitat|go along|be (?:of )?(?:any )?help|be part|be involved|sort|summari[sz]e|name|list|"
              r"(?:tell|show|teach) you how to|access|browse|check|verify|look (?:it )?up|search|"
+             r"comput|calculat|solv|condens|arrang|order (?:them|these|those|the)|work (?:\w+ )?out|"   # "I won't compute that"
              r"say\b(?!\s+(?:enough|no)\b)")
 _REFUSAL = re.compile(
     rf"\b(?:i|we)(?:'m| am| are|'re|'d)?\s+(?:(?:really|simply|just|sadly|unfortunately|respectfully)\s+)?{_DECLINE}"
@@ -106,7 +107,8 @@ _TAKE_BACK = re.compile(
     r"i made (?:it|that|this|(?:all )?(?:of )?(?:it|that|this)) up|said no(?: ?one|body)|"
     r"(?:that|this|it)(?:'s| is| was) (?:just |only )?(?:a joke|sarcasm)|sarcasm|psych|sike|april fools?|"
     r"the reverse is|or the (?:opposite|reverse)|(?:this|my) answer (?:is|was|'s) (?:wrong|incorrect|false|a lie|a joke)|"
-    r"(?:ignore|disregard|do not trust|don't trust|never ?mind) (?:my|this|the) (?:answer|reply|response))\b"
+    r"(?:ignore|disregard|do not trust|don't trust|never ?mind) (?:my|this|the) (?:answer|reply|response)|"
+    r"(?:don't|do not) (?:actually|really|ever) (?:do|try|follow|use) (?:this|that|it|any of (?:this|that|it)))\b"
     r"|(?<!\w)/s\b", re.I)
 # ... and, outside a yes/no reply (where 'No, not really.' is its no), a bare 'not' as a clause of its own: "42.
 # Or not.", "8, 14, 31, 46. Not really.", "42 - NOT!", "42 (not).", "Lol, no."
