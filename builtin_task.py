@@ -786,6 +786,12 @@ _STATES = re.compile(r"\b(?:is|are|was|were|be|been|has|have|does|do|did|exceeds
 _ASKS = re.compile(r"\b(?:if|whether|unless|asks?|asked|question|wonder\w*)\b|^\s*(?:is|are|does|do|can|could)\b", re.I)
 
 
+def _pieces(text):
+    """The text cut after each '.', '!', '?' or line break, every piece with its mark ('Is 9 prime?', ' No.'); in
+    one pass, where a search for a question would try each start of a long reply with no mark in it."""
+    return re.findall(r"[^.!?\n]*(?:[.!?\n]|$)", text)
+
+
 def _restated(meta, text, lead=False):
     """The answers a yes/no reply's own words restate, after its yes or no: an elliptical 'it is (not)'
     / 'it does (not)', or a clause that names the question's property ('7 is not a prime number'; only
@@ -798,7 +804,7 @@ def _restated(meta, text, lead=False):
     kind = next((k for k in _RESTATES if k in question.lower()), None)
     asked = set(_numbers(question))
     if lead:
-        text = re.sub(r"[^.!?\n]*\?", " ", text)
+        text = "".join(" " if x.endswith("?") else x for x in _pieces(text))
     out = _compared(question, text, lead)
     last = None                                       # the last number said before the clause
     for clause in re.split(r"[,;:.!?\n]|\s+(?:but|and|because|since|as)\s+", text):
@@ -1740,7 +1746,7 @@ def _unsure_facts(meta, text):
     ends at punctuation, a dash, or 'but', 'and', 'which', 'while', 'although', 'though'."""
     if _said(_FALSE, text) or _said(_NO_CROWD, text) or _FICTION.search(text) or _irrealis(meta, text):
         return True                                      # not 'if I got anything wrong', 'if nobody came'
-    if any({"name", "key"} <= set(_summary_facts(meta, q, exact=False)) for q in re.findall(r"[^.!?\n]*\?", text)):
+    if any({"name", "key"} <= set(_summary_facts(meta, q, exact=False)) for q in _pieces(text) if q.endswith("?")):
         return True                                      # asked, not said: 'Did Grace launch a bike shop ...?'
     if re.search(_COUNT_DENIED.format(count=meta["count"]), text, re.I):
         return True
