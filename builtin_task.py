@@ -715,7 +715,7 @@ def _expected(text, answers):
                or set(_numbers(m.group("said"))) & answers for m in _said(_EXPECT, text))
 _HEDGED_NOT = re.compile(r"(?:maybe|perhaps|probably|possibly) not", re.I)
 # ('No idea.', 'No comment.', 'No one knows.': a 'no' that opens a noun phrase answers nothing; "I'm afraid not." is a no)
-_NO = re.compile(r"\bno\b(?=\s*(?:[.,!?;:)\"'<*\u2014\u2013-]|$)|\s*\n|\s+(?:because|since|as)\b)|"
+_NO = re.compile(r"\bno\b(?=\s*(?:[.,!?;:)\"'<*\u2014\u2013`\]}|~>-]|$)|\s*\n|\s+(?:because|since|as)\b)|"
                  r"^[^\w]*no\b(?!\s+(?:problem|worries|doubt|idea|clue|comment|comments|one|answer|reply|response|opinion|"
                  r"matter|question|telling|way (?:to|of)|need)\b)|\bno way\b(?!\s+(?:to|of)\b)|\b(?:nope|nah)\b|\bnot at all\b|\bor not\b|"
                  r"\b(?:absolutely|certainly|definitely|of course) not\b|\bnot really\b|\bafraid not\b|"
@@ -860,6 +860,7 @@ def _judge_yesno(meta, text):
     agrees."""
     if not text:
         return 0.0
+    text = text.replace("_", " ")           # markdown '_no_' is a no: '_' would join it to the marks as a word
     said = sorted([(m.start(), "yes") for m in _YES.finditer(text)] + [(m.start(), "no") for m in _NO.finditer(text)])
     both = re.search(r"\b(?:yes|no)\s*(?:/|\bor\b|\band\b|\bnor\b)\s*(?:yes|no)\b", text, re.I)
     negated = re.search(r"\bnot\s+(?:a\s+)?(?:yes|yeah|yep|yup|no)\b", text, re.I)

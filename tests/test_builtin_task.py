@@ -1433,3 +1433,15 @@ def test_a_long_reply_with_no_sentence_mark_is_scored_quickly():
         start = time.perf_counter()
         bt.gold_score(r, text)
         assert time.perf_counter() - start < 0.4, text[:20]
+
+
+def test_yesno_a_no_in_markdown_is_an_answer_and_a_struck_answer_is_still_shown():
+    """'The answer is `no`.', '_no_', '[no]', '| Answer | No |' answer no (each was 0.1, no answer); a struck-out
+    answer beside the other ('~~no~~ yes') shows both, in either order (was 1.0 one way round, 0.0 the other)."""
+    n = row("yesno", "Answer with yes or no. Is 9 a prime number?", {"answer": "no", "request": "Is 9 a prime number?"})
+    y = row("yesno", "Answer with yes or no. Is 7 a prime number?", {"answer": "yes", "request": "Is 7 a prime number?"})
+    for text in ["The answer is `no`.", "The answer is _no_.", "The answer is __No__.", "The answer is [no].",
+                 "| Answer | No |", "Answer: {no}"]:
+        assert bt.gold_score(n, text) == 1.0, text
+    assert bt.gold_score(y, "The answer is _yes_.") == 1.0
+    assert bt.gold_score(n, "The answer is ~~yes~~ no.") == bt.gold_score(y, "The answer is ~~no~~ yes.") == 0.0
