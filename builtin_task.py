@@ -759,8 +759,8 @@ def _compared(question, text, lead=False):
         if re.search(r"\b(?:if|whether)\s+$", text[max(0, c.start() - 10):c.start()], re.I) or \
                 re.match(r"\s*\?", text[c.end():c.end() + 20]):
             continue                        # asked, not stated: 'Is 70 greater than 92?', 'if 70 is greater ...'
-        if not c.group("sign") and (re.search(r"\b(?:is|are|was)\s+$", text[max(0, c.start() - 6):c.start()], re.I)
-                                    or lead and not _STATES.search(c.group())):
+        if not c.group("sign") and not _STATES.search(c.group()) and (
+                lead or re.search(r"\b(?:is|are|was)\s+$", text[max(0, c.start() - 6):c.start()], re.I)):
             continue                        # the question quoted: 'Question: is 70 greater than 92. Answer: no.'
         if c.group("sign"):
             left, right, neg = float(c.group("sl")), float(c.group("sr")), False

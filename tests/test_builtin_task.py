@@ -1280,6 +1280,7 @@ def test_yesno_a_contradiction_before_the_answer_scores_zero_and_a_clause_of_ano
         assert bt.gold_score(r, text) == 1.0, text
     assert bt.gold_score(g, "Question: is 17 greater than 20. Answer: no.") > 0.9
     assert bt.gold_score(n, "You asked whether 9 is prime. No.") > 0.9
+    assert bt.gold_score(g, "No, the truth is 17 is greater than 20.") == 0.0     # a statement after 'is' still counts
 
 
 def test_summary_undone_in_other_words_costs_and_lost_or_failed_said_of_another_thing_does_not():
