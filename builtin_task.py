@@ -1767,7 +1767,8 @@ _UNDONE = re.compile(r"\b(?:closed|shut|shuttered|burn(?:ed|t) down|demolished|s
 # ... said of the event, the words between it and the event's key word being the event's own ('closed a bakery',
 # 'closed down her small library'); not of another thing ('sold his old bike and launched a bike repair shop',
 # 'sold bread at the bakery', 'lost weight and ran a marathon')
-_UNDONE_GAP = r"(?:(?:a|an|the|her|his|their|its|this|that|down|up|on|out|off|of|plans? (?:for|to \w+)|{words})\s+){{0,4}}?"
+_UNDONE_GAP = (r"(?:(?:a|an|the|her|his|their|its|this|that|down|up|on|out|off|of|in|at|from|plans? (?:for|to \w+)|"
+               r"{words})\s+){{0,4}}?")   # 'lost in the chess tournament', 'pulled out of the marathon'
 # ... and said after the event's key word, of it ('opened a bakery, which later closed', '... that went bankrupt',
 # '..., but it shut down a month later', '... bakery closed soon after', '..., which never opened'): a verb that
 # ends it, after 'which', 'that', 'it', 'and', 'but', a comma, or the key word's noun, and the adverbs, helpers and

@@ -1310,6 +1310,7 @@ def test_summary_undone_in_other_words_costs_and_lost_or_failed_said_of_another_
                  "Grace from Quito won a chess tournament, drawing 851 people, but was stripped of the title."]:
         assert bt.gold_score(chess, text) == 0.75, text
     assert bt.gold_score(chess, "Grace from Quito lost weight and won a chess tournament, drawing 851 people.") == 1.0
+    assert bt.gold_score(chess, "Grace from Quito lost in the chess tournament, drawing 851 people.") == 0.75
     race = row("summary", "Summarise ...", dict(meta, event="ran a marathon", key="marathon"))
     assert bt.gold_score(race, "Grace from Quito ran a marathon, drawing 851 people, but dropped out.") == 0.75
 
