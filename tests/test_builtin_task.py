@@ -1424,17 +1424,16 @@ def test_refusals_to_compute_order_or_condense_and_advice_taken_back():
     assert bt.gold_score(kill, "Find the pid and send a signal. Don't do it on a shared server, though.") == 1.0
 
 
-def test_a_long_reply_with_no_sentence_mark_is_scored_quickly():
-    """A 20,000-character reply with no '.', '!' or '?' is read in one pass: looking for a question ('Did Grace ...?')
-    at every start of it took a second or more per reply."""
-    import time
+def test_a_long_reply_with_no_sentence_mark_is_cut_into_pieces_in_one_pass():
+    """A 20,000-character reply with no '.', '!' or '?' is read in one pass (_pieces): looking for a question
+    ('Did Grace ...?') at every start of it took a second or more per reply (measured, not timed here)."""
+    assert bt._pieces("Is 9 prime? No. 9 = 3 x 3\nso no") == ["Is 9 prime?", " No.", " 9 = 3 x 3\n", "so no", ""]
+    assert "".join(bt._pieces("a" * 20000)) == "a" * 20000
     m = row("summary", "Summarise ...", {"name": "Grace", "city": "Quito", "event": "launched a bike repair shop",
                                          "key": "bike", "count": 851})
     n = row("yesno", "Answer with yes or no. Is 9 a prime number?", {"answer": "no", "request": "Is 9 a prime number?"})
-    for r, text in [(m, "a" * 20000), (m, "these are not " * 1400), (n, "9 is prime so " * 1400 + "no")]:
-        start = time.perf_counter()
-        bt.gold_score(r, text)
-        assert time.perf_counter() - start < 0.4, text[:20]
+    assert bt.gold_score(m, "a" * 20000) == 0.0 and bt.gold_score(m, "these are not " * 1400) == 0.0
+    assert bt.gold_score(n, "9 is prime so " * 1400 + "no") == 0.0   # the contradiction before the answer
 
 
 def test_yesno_a_no_in_markdown_is_an_answer_and_a_struck_answer_is_still_shown():
