@@ -422,7 +422,8 @@ def check_ranges(args, rules, given):
     if getattr(args, "max_steps", -1) > 0:   # lr_at: step 0 is at lr / warm; the decay's first step at the peak
         warm = max(1, int(args.max_steps * args.warmup_ratio))
         if "warmup_ratio" in given and args.warmup_ratio > 0 and warm < 2:
-            least = f"pass {2 / args.max_steps:.3g} or more" if args.max_steps > 1 else "a warm-up needs 2 steps"
+            least = f"pass {math.ceil(2000 / args.max_steps) / 1000:g} or more" if args.max_steps > 1 else \
+                "a warm-up needs 2 steps"   # (rounded up: int(15 * 0.133) is 1)
             raise UserError(f"--warmup-ratio {args.warmup_ratio} of --max-steps {args.max_steps} is under 2 steps: "
                             f"the first step would be at the peak lr, no warm-up; {least}, or leave it out")
         if "min_lr_ratio" in given and args.max_steps - warm < 2:
@@ -556,7 +557,8 @@ def read_jsonl(path):
             if data is not None and isinstance(json.loads(data.decode("utf-8-sig")), dict):
                 raise UserError(f"{path}: one JSON object; expected rows: one JSON object a line, or an array "
                                 f"of them") from None
-        ends = " (its lines end in a carriage return alone; expected \\n or \\r\\n)" if "\r" in line.rstrip("\r\n") else ""
+        ends = " (its lines end in a carriage return alone; expected \\n or \\r\\n)" \
+            if e.msg == "Extra data" and line[e.pos - 1:e.pos] == "\r" else ""   # not a CR inside a string
         raise UserError(f"{path}:{i}: not valid JSON ({e.msg}){ends}") from None
     except UnicodeDecodeError as e:
         raise UserError(f"{path}:{i}: not UTF-8 (byte {e.object[e.start]:#04x} at column {e.start + 1})") from None
@@ -1427,9 +1429,10 @@ def check_configs(folder, flag):
     for name in ("config.json", "generation_config.json"):
         if isinstance(marks, dict) and isinstance(marks.get(name), int) and not (
                 (folder / name).is_file() and zlib.crc32((folder / name).read_bytes()) == marks[name]):
-            stage, how = output_of(folder, "its stage"), "edited" if (folder / name).exists() else "deleted"
-            raise UserError(f"{flag} {folder}: its {name} is not the one {stage} saved ({how} since: {record.name} "
-                            f"records another crc32); put it back, or rerun {stage}")
+            stage = output_of(folder, "its stage")
+            how = f"edited since: {record.name} records another crc32" if (folder / name).exists() else "deleted since"
+            raise UserError(f"{flag} {folder}: its {name} is not the one {stage} saved ({how}); put it back, or "
+                            f"rerun {stage}")
 
 
 def load_model(name, kind, flag, device):

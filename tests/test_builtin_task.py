@@ -1425,8 +1425,9 @@ def test_refusals_to_compute_order_or_condense_and_advice_taken_back():
 
 
 def test_a_long_reply_with_no_sentence_mark_is_cut_into_pieces_in_one_pass():
-    """A 20,000-character reply with no '.', '!' or '?' is read in one pass (_pieces): looking for a question
-    ('Did Grace ...?') at every start of it took a second or more per reply (measured, not timed here)."""
+    """A 20,000-character reply with no '.', '!' or '?': looking for a question ('Did Grace ...?') at every start
+    of it took a second or more per reply, so the judges cut replies with _pieces. Checked here: the pieces, and
+    the scores of such replies; their time is measured by hand, never in a test."""
     assert bt._pieces("Is 9 prime? No. 9 = 3 x 3\nso no") == ["Is 9 prime?", " No.", " 9 = 3 x 3\n", "so no", ""]
     assert "".join(bt._pieces("a" * 20000)) == "a" * 20000
     m = row("summary", "Summarise ...", {"name": "Grace", "city": "Quito", "event": "launched a bike repair shop",

@@ -118,7 +118,7 @@ def test_a_bf16_checkpoint_with_dropout_trains_in_fp32_without_dropout_and_lengt
     ("06_eval", ["--bootstrap", "1"], "--bootstrap 1: expected an integer >= 100"),
     # a schedule too short for the ratio written: the first step at the peak lr, or no step of decay (lr_at)
     ("04_dpo", ["--max-steps", "15", "--warmup-ratio", "0.1"], "--warmup-ratio 0.1 of --max-steps 15 is under 2 "
-                                                               "steps: .* pass 0.133 or more"),
+                                                               "steps: .* pass 0.134 or more"),   # (0.133: 1 step)
     ("01_sft", ["--max-steps", "1", "--warmup-ratio", "1"], "a warm-up needs 2 steps"),
     ("02_reward", ["--max-steps", "2", "--min-lr-ratio", "0.5"], "--min-lr-ratio with --max-steps 2: no step is "
                                                                  "left for the cosine decay after 1 warm-up step "),
@@ -135,6 +135,7 @@ def test_a_schedule_long_enough_for_its_ratios_is_taken():
         args = STAGES[stage].parse_args(["--max-steps", "4", "--warmup-ratio", "0.5", "--min-lr-ratio", "0.5"])
         lrs = [STAGES[stage].lr_at(s, 4, args.warmup_ratio, args.min_lr_ratio) for s in range(4)]
         assert lrs == [0.5, 1.0, 1.0, 0.75]
+    STAGES["04_dpo"].parse_args(["--max-steps", "15", "--warmup-ratio", "0.134"])   # the ratio its refusal names
 
 
 @pytest.mark.parametrize("argv,needle", [
@@ -736,7 +737,8 @@ def test_a_stage_model_whose_config_was_edited_since_it_was_saved_is_refused(tmp
         dpo.check_model(str(folder), "policy", "--model")
     shutil.copy(tiny_model_dir / "config.json", folder / "config.json")
     (folder / "generation_config.json").unlink()
-    with pytest.raises(dpo.UserError, match=r"its generation_config.json is not the one 04_dpo saved \(deleted since"):
+    with pytest.raises(dpo.UserError, match=r"its generation_config.json is not the one 04_dpo saved \(deleted since\); "
+                                            r"put it back, or rerun 04_dpo$"):
         dpo.check_model(str(folder), "policy", "--model")
     record = json.load(open(folder / "stage.json"))
     del record["files"]                                              # an older record: not checked

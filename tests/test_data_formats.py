@@ -306,6 +306,9 @@ def test_conversational_pairs_json_arrays_and_typed_summarize_from_feedback_rows
     with pytest.raises(sft.UserError, match=r"mac.jsonl:1: not valid JSON \(Extra data\) \(its lines end in a "
                                             r"carriage return alone; expected \\n or \\r\\n\)$"):
         sft.load_rows(str(tmp_path / "mac.jsonl"), "--data")
+    (tmp_path / "mac.jsonl").write_bytes(b'{"prompt": "a\rb"}\n')   # a raw CR inside a string: no word on line ends
+    with pytest.raises(sft.UserError, match=r"mac.jsonl:1: not valid JSON \(Invalid control character at\)$"):
+        sft.load_rows(str(tmp_path / "mac.jsonl"), "--data")
     (tmp_path / "obj.json").write_text(json.dumps({"prompt": "a", "chosen": "b", "rejected": "c"}, indent=2))
     with pytest.raises(sft.UserError, match=r"obj.json: one JSON object; expected rows"):
         sft.load_rows(str(tmp_path / "obj.json"), "--data")
