@@ -1312,11 +1312,12 @@ def response_ids(tokenizer, response):
     return tokenizer(response if tokenizer.chat_template else " " + response, add_special_tokens=False)["input_ids"]
 
 
-def encode_rows(tok, rows, max_prompt_len, max_response_len, source, responses=("chosen", "rejected")):
+def encode_rows(tok, rows, max_prompt_len, max_response_len, source, responses=("chosen", "rejected"), notes=None):
     """[(prompt_ids, *response_ids)] of rows, a response for each column named in `responses` (none: the
     prompts alone, and max_response_len None), all after the one prompt. A response ends with EOS, the
     token that closes an assistant turn in chat templates; the prompt is cut from the left so that the
-    response always survives, and the prompts cut are counted and reported."""
+    response always survives, and the prompts cut are counted and reported (printed, and added to `notes`,
+    06's for its report, where given)."""
     out, cut, specials = [], 0, special_tokens(tok)
     for r in rows:
         if found := special_text(specials, r, responses):   # stages' own files are free of them; a file by hand
@@ -1335,8 +1336,11 @@ def encode_rows(tok, rows, max_prompt_len, max_response_len, source, responses=(
         out.append((prompt_ids[-max_prompt_len:], *(response_ids(tok, r[k])[: max_response_len - 1]
                                                     + [tok.eos_token_id] for k in responses)))
     if cut:
-        print(f"{source}: {cut} of {len(rows)} prompts longer than {max_prompt_len} tokens, cut from the left "
-              f"(--max-prompt-len)")
+        said = f"{source}: {cut} of {len(rows)} prompts longer than {max_prompt_len} tokens, cut from the left " \
+               f"(--max-prompt-len)"
+        print(said)
+        if notes is not None:
+            notes.append(said)
     return out
 
 

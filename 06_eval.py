@@ -448,18 +448,6 @@ def note_lineage(policies, base_dir):
     return notes
 
 
-def encode_prompts(tok, rows, max_prompt_len, source, notes):
-    """The test prompts' ids, cut from the left to max_prompt_len; where any was cut, a note (printed, and
-    added to `notes` for report.md): the policies were shown the end of those prompts only."""
-    full = [p for p, in encode_rows(tok, rows, 10**9, None, source, responses=())]
-    cut = sum(len(p) > max_prompt_len for p in full)
-    if cut:
-        notes.append(f"{cut} of {len(rows)} test prompts are longer than {max_prompt_len} tokens and were cut from "
-                     f"the left (--max-prompt-len): the policies answered the end of them")
-        print(f"06_eval: note: {notes[-1]}")
-    return [p[-max_prompt_len:] for p in full]
-
-
 def trained_on(test_rows, sft_dir, source):
     """A note where test prompts (of a --data file) are training prompts of the SFT model: scores there would
     say what it was shown, not what it learnt."""
@@ -796,7 +784,7 @@ def main(args):
         check_same_tokenizer(tok, rm_tok, "--reward", rm_dir)
     for flag, m in (("--reward", rm), ("--baseline", base)):
         check_context(m, args.max_prompt_len + args.max_new_tokens, flag, "--max-prompt-len plus --max-new-tokens")
-    prompt_ids = encode_prompts(tok, test_rows, args.max_prompt_len, source, notes)
+    prompt_ids = [p for p, in encode_rows(tok, test_rows, args.max_prompt_len, None, source, (), notes)]
     k, rows = args.samples_per_prompt, [r for r in test_rows for _ in range(args.samples_per_prompt)]
     print(f"evaluating {counted(len(policies), 'policies')} on {len(test_rows)} test prompts ({len(set(requests))} requests) "
           f"x {counted(k, 'samples')} (dataset {dataset['name']!r}, prompts {source}, RM {rm_dir}, baseline {base_dir})")
@@ -2045,11 +2033,12 @@ def response_ids(tokenizer, response):
     return tokenizer(response if tokenizer.chat_template else " " + response, add_special_tokens=False)["input_ids"]
 
 
-def encode_rows(tok, rows, max_prompt_len, max_response_len, source, responses=("chosen", "rejected")):
+def encode_rows(tok, rows, max_prompt_len, max_response_len, source, responses=("chosen", "rejected"), notes=None):
     """[(prompt_ids, *response_ids)] of rows, a response for each column named in `responses` (none: the
     prompts alone, and max_response_len None), all after the one prompt. A response ends with EOS, the
     token that closes an assistant turn in chat templates; the prompt is cut from the left so that the
-    response always survives, and the prompts cut are counted and reported."""
+    response always survives, and the prompts cut are counted and reported (printed, and added to `notes`,
+    06's for its report, where given)."""
     out, cut, specials = [], 0, special_tokens(tok)
     for r in rows:
         if found := special_text(specials, r, responses):   # stages' own files are free of them; a file by hand
@@ -2068,8 +2057,11 @@ def encode_rows(tok, rows, max_prompt_len, max_response_len, source, responses=(
         out.append((prompt_ids[-max_prompt_len:], *(response_ids(tok, r[k])[: max_response_len - 1]
                                                     + [tok.eos_token_id] for k in responses)))
     if cut:
-        print(f"{source}: {cut} of {len(rows)} prompts longer than {max_prompt_len} tokens, cut from the left "
-              f"(--max-prompt-len)")
+        said = f"{source}: {cut} of {len(rows)} prompts longer than {max_prompt_len} tokens, cut from the left " \
+               f"(--max-prompt-len)"
+        print(said)
+        if notes is not None:
+            notes.append(said)
     return out
 
 
