@@ -300,7 +300,10 @@ def load_pairs(args, sft_dir, split_dir):
     if not rows:
         raise UserError(f"{split_dir / (args.split + '.jsonl')} is empty")
     labels = "rm"
-    if args.split == "hard" and args.hard_labels != "rm":
+    if args.split == "hard" and args.hard_labels and stats.get("wrong_way", "relabel") != "relabel":
+        raise UserError(f"--hard-labels with {split_dir}, split with --wrong-way {stats['wrong_way']}: 03 relabelled "
+                        f"no pair, so its hard set holds the dataset's labels alone; leave it out")
+    if args.split == "hard" and (args.hard_labels != "rm" or stats.get("wrong_way", "relabel") != "relabel"):
         rows, labels = [original(r) for r in rows], "dataset"
     file = str((split_dir / f"{args.split}.jsonl").resolve())
     return rows, {"split": args.split, "from": str(split_dir.resolve()), "file": file, "rule": stats.get("rule"),
@@ -369,6 +372,9 @@ def finish(args, out, policy, tok, model, sft_stage, rows, source, marks, metric
 
 # --- arguments -----------------------------------------------------------------------------------
 
+ONLINE_STEPS = 50   # online 04's steps where --max-steps is not given (no epochs: each step samples anew)
+
+
 def parse_args(argv=None):
     p = ArgParser(description=__doc__.split("\n")[0], formatter_class=HelpWithDefaults)
     g = p.add_argument_group("inputs and outputs")
@@ -399,7 +405,7 @@ def parse_args(argv=None):
     g.add_argument("--ipo-aggregate", default="mean", choices=["mean", "sum"],
                    help="IPO: h from per-token mean log-probs (the IPO practice) or sums (the papers' Eq.)")
     g = p.add_argument_group("online IPO / IPO-MD (Calandriello et al., 2024), Nash-MD-PG (Munos et al., 2023)")
-    g.add_argument("--online", action="store_true", help="sample pairs from the policy, label them with the RM (--max-steps -1: 50 steps)")
+    g.add_argument("--online", action="store_true", help=f"sample pairs from the policy, label them with the RM (--max-steps -1: {ONLINE_STEPS} steps)")
     g.add_argument("--mixture-beta", type=float, default=0.0,
                    help="IPO-MD: sample from pi^(1-B) ref^B (normalised per token); 0 is online IPO; "
                         "Nash-MD-PG: the opponent y' comes from it (0: self-play)")
@@ -455,6 +461,12 @@ def parse_args(argv=None):
         if name in p.given:
             raise UserError(f"--{name.replace('_', '-')} does nothing with --loss {args.loss}"
                             f"{' --online' if args.online else ' offline'}; leave it out")
+    steps = args.max_steps if args.max_steps > 0 else ONLINE_STEPS
+    if args.online and args.max_steps <= 0:   # (--max-steps is checked by check_ranges)
+        check_schedule(steps, args, p.given, f"the {steps} steps online runs without --max-steps")
+    if args.online and "eval_every" in p.given and args.eval_every >= steps:
+        raise UserError(f"--eval-every {args.eval_every} with {counted(steps, 'steps')}: only the last step is "
+                        f"evaluated, as it is anyway; pass fewer, or leave it out")
     if args.tau is None:  # the two losses weigh tau against quantities of different scales
         args.tau = 0.008 if args.loss == "nash-md-pg" else 1.0
     return args
@@ -480,6 +492,7 @@ def main(args):
         "stage 03's (descending |d|)" if source["split"] in ("easy", "hard") else "as read"
     batches = epoch_batches(len(train_ex), args.batch_size, random.Random(args.seed), shuffle=not args.curriculum,
                             grad_accum=args.grad_accum)
+    total_steps = optimiser_steps(args, len(train_ex))   # (its schedule checked before the reference pass)
 
     # 1. reference log-probs, once, by the SFT weights the policy starts from; then no second model
     since = time.time()
@@ -489,8 +502,6 @@ def main(args):
                                      average, "04 reference (test)")
     reference_s = time.time() - since
     opt, scaler = trainable(policy, args, device, dtype)
-    per_step = args.batch_size * args.grad_accum
-    total_steps = args.max_steps if args.max_steps > 0 else max(1, math.ceil(len(train_ex) * args.epochs / per_step))
     before = implicit_reward_accuracy(policy, test_ex, test_rows, test_reference, args.eval_batch_size,
                                       tok.pad_token_id, device, dtype, average)
     metrics = [{"step": 0, **before, "perf/reference_s": reference_s}]
@@ -683,18 +694,21 @@ def online_main(args):
     rm_pad = rm_tok.pad_token_id  # any id: the attention masks hide padding
     prompts = [p for p, in encode_rows(tok, rows, args.max_prompt_len, None, source["file"], responses=())]
     test_ex = encode_rows(tok, test_rows, args.max_prompt_len, args.max_response_len, "held-out pairs")
-    batches = epoch_batches(len(prompts), args.batch_size, random.Random(args.seed), grad_accum=args.grad_accum)
+    batches = epoch_batches(len(prompts), args.batch_size, random.Random(args.seed), grad_accum=args.grad_accum,
+                            what="distinct prompts")
     since = time.time()
     test_reference = reference_logps(policy, test_ex, tok.pad_token_id, args.eval_batch_size, device, dtype,
                                      average, "04 reference (test)")
     reference_s = time.time() - since
     opt, scaler = trainable(policy, args, device, dtype)
     per_step = args.batch_size * args.grad_accum
-    total_steps = args.max_steps if args.max_steps > 0 else 50
+    total_steps = args.max_steps if args.max_steps > 0 else ONLINE_STEPS
     before = implicit_reward_accuracy(policy, test_ex, test_rows, test_reference, args.eval_batch_size,
                                       tok.pad_token_id, device, dtype, average)
     metrics = [{"step": 0, **before, "perf/reference_s": reference_s}]
     generator = torch.Generator(device=device).manual_seed(args.seed)
+    # the evaluations draw from a stream of their own: sharing the training's, --eval-every changed its samples
+    eval_generator = torch.Generator(device=device).manual_seed(args.seed + 1)
     source["order"] = "shuffled each epoch"
 
     # 1. the loop: fresh samples labelled by the RM, the reference's and the policy's log-probs, the loss
@@ -726,7 +740,7 @@ def online_main(args):
         if (step + 1) % args.eval_every == 0 or step + 1 == total_steps:  # on the last micro-batch's prompts
             since = time.time()
             metrics[-1].update(online_eval(policy, reference, rm, rm_pad, tok, [prompts[j] for j in idx],
-                                           args.max_new_tokens, device, dtype, generator))
+                                           args.max_new_tokens, device, dtype, eval_generator))
             eval_s += time.time() - since
         bar.set_postfix(loss=f"{metrics[-1]['loss/train']:.3f}", tok_s=f"{metrics[-1]['perf/tokens_per_s']:.0f}")
 
@@ -838,8 +852,8 @@ def add_optimiser_args(p, lr, batch_help, eval_help="sequences or pairs per held
     g.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimiser step")
     g.add_argument("--lr", type=float, default=lr, help="peak learning rate of AdamW")
     g.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay")
-    g.add_argument("--warmup-ratio", type=float, default=0.1, help="share of steps of linear warm-up")
-    g.add_argument("--min-lr-ratio", type=float, default=0.1, help="cosine decay ends at lr * this")
+    g.add_argument("--warmup-ratio", type=float, default=SCHEDULE["warmup_ratio"], help="share of steps of linear warm-up")
+    g.add_argument("--min-lr-ratio", type=float, default=SCHEDULE["min_lr_ratio"], help="cosine decay ends at lr * this")
     g.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping (global L2 norm)")
     g.add_argument("--eval-batch-size", type=int, default=16, help=eval_help)
     return g
@@ -886,18 +900,39 @@ def check_ranges(args, rules, given):
     if getattr(args, "max_steps", -1) > 0 and "epochs" in given:  # 01, 02, 04
         raise UserError(f"--epochs {args.epochs} does nothing with --max-steps {args.max_steps}, which sets the "
                         f"length of training; pass one")
-    if getattr(args, "max_steps", -1) > 0:   # lr_at: step 0 is at lr / warm; the decay's first step at the peak
-        warm = max(1, int(args.max_steps * args.warmup_ratio))
-        if "warmup_ratio" in given and args.warmup_ratio > 0 and warm < 2:
-            least = f"pass {math.ceil(2000 / args.max_steps) / 1000:g} or more" if args.max_steps > 1 else \
-                "a warm-up needs 2 steps"   # (rounded up: int(15 * 0.133) is 1)
-            raise UserError(f"--warmup-ratio {args.warmup_ratio} of --max-steps {args.max_steps} is under 2 steps: "
-                            f"the first step would be at the peak lr, no warm-up; {least}, or leave it out")
-        if "min_lr_ratio" in given and args.max_steps - warm < 2:
-            raise UserError(f"--min-lr-ratio with --max-steps {args.max_steps}: no step is left for the cosine "
-                            f"decay after {counted(warm, 'warm-up steps')} (the decay's first step is at the peak "
-                            f"lr); pass more steps, or leave it out")
+    if getattr(args, "max_steps", -1) > 0:
+        check_schedule(args.max_steps, args, given, f"--max-steps {args.max_steps}")
     return args
+
+
+def optimiser_steps(args, n_items):
+    """The optimiser steps of a run of 01, 02 or offline 04: --max-steps, else --epochs over n_items pairs or
+    sequences (its schedule then checked here: check_ranges checks --max-steps')."""
+    if args.max_steps > 0:
+        return args.max_steps
+    total = max(1, math.ceil(n_items * args.epochs / (args.batch_size * args.grad_accum)))
+    check_schedule(total, args, None, f"the {counted(total, 'steps')} of --epochs {args.epochs:g} over {n_items} train examples")
+    return total
+
+
+SCHEDULE = {"warmup_ratio": 0.1, "min_lr_ratio": 0.1}   # add_optimiser_args' defaults
+
+
+def check_schedule(total, args, given, steps):
+    """--warmup-ratio and --min-lr-ratio refused where written (in `given`; where that is not known, None: where
+    not at their defaults) for a run of `total` optimiser steps (named by `steps`) too short to use them. lr_at:
+    a warm-up under 2 steps starts at the peak lr, and the decay's first step is at the peak."""
+    written = lambda k: k in given if given is not None else getattr(args, k) != SCHEDULE[k]
+    warm = max(1, int(total * args.warmup_ratio))
+    if written("warmup_ratio") and args.warmup_ratio > 0 and warm < 2:
+        least = f"pass {math.ceil(2000 / total) / 1000:g} or more" if total > 1 else \
+            "a warm-up needs 2 steps"   # (rounded up: int(15 * 0.133) is 1)
+        raise UserError(f"--warmup-ratio {args.warmup_ratio} of {steps} is under 2 steps: the first step would be "
+                        f"at the peak lr, no warm-up; {least}, or leave it out")
+    if written("min_lr_ratio") and total - warm < 2:
+        raise UserError(f"--min-lr-ratio with {steps}: no step is left for the cosine decay after "
+                        f"{counted(warm, 'warm-up steps')} (the decay's first step is at the peak lr); pass more "
+                        f"steps, or leave it out")
 
 
 def keep_freed_memory(device):
@@ -2105,14 +2140,14 @@ def inherit_lengths(args, sft_stage):
                   f"--{name.replace('_', '-')} {getattr(args, name)} (the default: no 01_sft stage to inherit from)")
 
 
-def epoch_batches(n, batch_size, rng, shuffle=True, flag="--batch-size", grad_accum=1):
+def epoch_batches(n, batch_size, rng, shuffle=True, flag="--batch-size", grad_accum=1, what="items"):
     """Index batches forever: epoch after epoch of the n items (shuffled each epoch, or in order), each
     item once per epoch. An optimiser step (grad_accum batches) may span two epochs, nothing dropped, and
-    holds no item twice; one larger than the n items would: refused when this is called."""
+    holds no item twice; one larger than the n items (`what` they are, for the error) would: refused here."""
     if batch_size * grad_accum > n:
         accum = f" x --grad-accum {grad_accum}" if grad_accum > 1 else ""
-        raise UserError(f"{flag} {batch_size}{accum} is more than the {n} items there are to draw from (an "
-                        f"optimiser step would hold some twice); lower it")
+        raise UserError(f"{flag} {batch_size}{accum} is more than the {counted(n, what)} to draw from "
+                        f"(an optimiser step would hold some twice); lower it")
 
     def batches():
         stream, per_step = [], batch_size * grad_accum

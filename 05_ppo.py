@@ -480,7 +480,8 @@ def main(args):
     opt_v = make_optimizer(value.parameters(), args.value_lr, 0.0, device)
     scaler = torch.amp.GradScaler(enabled=dtype == torch.float16)
     gen = torch.Generator(device=device).manual_seed(args.seed)
-    batches = epoch_batches(len(prompts), args.rollout_batch, random.Random(args.seed), flag="--rollout-batch")
+    batches = epoch_batches(len(prompts), args.rollout_batch, random.Random(args.seed), flag="--rollout-batch",
+                            what="distinct prompts")
     kl_coef, tokens, metrics, loop_started = args.kl_coef, 0, [], time.time()
 
     bar = tqdm(range(args.steps), desc="05_ppo", dynamic_ncols=True)
@@ -678,8 +679,8 @@ def add_optimiser_args(p, lr, batch_help, eval_help="sequences or pairs per held
     g.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimiser step")
     g.add_argument("--lr", type=float, default=lr, help="peak learning rate of AdamW")
     g.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay")
-    g.add_argument("--warmup-ratio", type=float, default=0.1, help="share of steps of linear warm-up")
-    g.add_argument("--min-lr-ratio", type=float, default=0.1, help="cosine decay ends at lr * this")
+    g.add_argument("--warmup-ratio", type=float, default=SCHEDULE["warmup_ratio"], help="share of steps of linear warm-up")
+    g.add_argument("--min-lr-ratio", type=float, default=SCHEDULE["min_lr_ratio"], help="cosine decay ends at lr * this")
     g.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping (global L2 norm)")
     g.add_argument("--eval-batch-size", type=int, default=16, help=eval_help)
     return g
@@ -726,18 +727,39 @@ def check_ranges(args, rules, given):
     if getattr(args, "max_steps", -1) > 0 and "epochs" in given:  # 01, 02, 04
         raise UserError(f"--epochs {args.epochs} does nothing with --max-steps {args.max_steps}, which sets the "
                         f"length of training; pass one")
-    if getattr(args, "max_steps", -1) > 0:   # lr_at: step 0 is at lr / warm; the decay's first step at the peak
-        warm = max(1, int(args.max_steps * args.warmup_ratio))
-        if "warmup_ratio" in given and args.warmup_ratio > 0 and warm < 2:
-            least = f"pass {math.ceil(2000 / args.max_steps) / 1000:g} or more" if args.max_steps > 1 else \
-                "a warm-up needs 2 steps"   # (rounded up: int(15 * 0.133) is 1)
-            raise UserError(f"--warmup-ratio {args.warmup_ratio} of --max-steps {args.max_steps} is under 2 steps: "
-                            f"the first step would be at the peak lr, no warm-up; {least}, or leave it out")
-        if "min_lr_ratio" in given and args.max_steps - warm < 2:
-            raise UserError(f"--min-lr-ratio with --max-steps {args.max_steps}: no step is left for the cosine "
-                            f"decay after {counted(warm, 'warm-up steps')} (the decay's first step is at the peak "
-                            f"lr); pass more steps, or leave it out")
+    if getattr(args, "max_steps", -1) > 0:
+        check_schedule(args.max_steps, args, given, f"--max-steps {args.max_steps}")
     return args
+
+
+def optimiser_steps(args, n_items):
+    """The optimiser steps of a run of 01, 02 or offline 04: --max-steps, else --epochs over n_items pairs or
+    sequences (its schedule then checked here: check_ranges checks --max-steps')."""
+    if args.max_steps > 0:
+        return args.max_steps
+    total = max(1, math.ceil(n_items * args.epochs / (args.batch_size * args.grad_accum)))
+    check_schedule(total, args, None, f"the {counted(total, 'steps')} of --epochs {args.epochs:g} over {n_items} train examples")
+    return total
+
+
+SCHEDULE = {"warmup_ratio": 0.1, "min_lr_ratio": 0.1}   # add_optimiser_args' defaults
+
+
+def check_schedule(total, args, given, steps):
+    """--warmup-ratio and --min-lr-ratio refused where written (in `given`; where that is not known, None: where
+    not at their defaults) for a run of `total` optimiser steps (named by `steps`) too short to use them. lr_at:
+    a warm-up under 2 steps starts at the peak lr, and the decay's first step is at the peak."""
+    written = lambda k: k in given if given is not None else getattr(args, k) != SCHEDULE[k]
+    warm = max(1, int(total * args.warmup_ratio))
+    if written("warmup_ratio") and args.warmup_ratio > 0 and warm < 2:
+        least = f"pass {math.ceil(2000 / total) / 1000:g} or more" if total > 1 else \
+            "a warm-up needs 2 steps"   # (rounded up: int(15 * 0.133) is 1)
+        raise UserError(f"--warmup-ratio {args.warmup_ratio} of {steps} is under 2 steps: the first step would be "
+                        f"at the peak lr, no warm-up; {least}, or leave it out")
+    if written("min_lr_ratio") and total - warm < 2:
+        raise UserError(f"--min-lr-ratio with {steps}: no step is left for the cosine decay after "
+                        f"{counted(warm, 'warm-up steps')} (the decay's first step is at the peak lr); pass more "
+                        f"steps, or leave it out")
 
 
 def keep_freed_memory(device):
@@ -1945,14 +1967,14 @@ def inherit_lengths(args, sft_stage):
                   f"--{name.replace('_', '-')} {getattr(args, name)} (the default: no 01_sft stage to inherit from)")
 
 
-def epoch_batches(n, batch_size, rng, shuffle=True, flag="--batch-size", grad_accum=1):
+def epoch_batches(n, batch_size, rng, shuffle=True, flag="--batch-size", grad_accum=1, what="items"):
     """Index batches forever: epoch after epoch of the n items (shuffled each epoch, or in order), each
     item once per epoch. An optimiser step (grad_accum batches) may span two epochs, nothing dropped, and
-    holds no item twice; one larger than the n items would: refused when this is called."""
+    holds no item twice; one larger than the n items (`what` they are, for the error) would: refused here."""
     if batch_size * grad_accum > n:
         accum = f" x --grad-accum {grad_accum}" if grad_accum > 1 else ""
-        raise UserError(f"{flag} {batch_size}{accum} is more than the {n} items there are to draw from (an "
-                        f"optimiser step would hold some twice); lower it")
+        raise UserError(f"{flag} {batch_size}{accum} is more than the {counted(n, what)} to draw from "
+                        f"(an optimiser step would hold some twice); lower it")
 
     def batches():
         stream, per_step = [], batch_size * grad_accum

@@ -136,6 +136,16 @@ def test_a_schedule_long_enough_for_its_ratios_is_taken():
         lrs = [STAGES[stage].lr_at(s, 4, args.warmup_ratio, args.min_lr_ratio) for s in range(4)]
         assert lrs == [0.5, 1.0, 1.0, 0.75]
     STAGES["04_dpo"].parse_args(["--max-steps", "15", "--warmup-ratio", "0.134"])   # the ratio its refusal names
+    # steps from --epochs: known once the data are read (optimiser_steps); written is taken as not the default there
+    args = argparse.Namespace(max_steps=-1, epochs=1.0, batch_size=8, grad_accum=1, warmup_ratio=0.01, min_lr_ratio=0.1)
+    with pytest.raises(dpo.UserError, match=r"--warmup-ratio 0.01 of the 8 steps of --epochs 1 over 64 train examples "
+                                            r"is under 2 steps"):
+        dpo.optimiser_steps(args, 64)
+    args.warmup_ratio = 0.1   # its default: 8 steps start at the peak, as any run of under 20 steps does
+    assert dpo.optimiser_steps(args, 64) == 8 and dpo.optimiser_steps(args, 1) == 1
+    args.min_lr_ratio = 0.5
+    with pytest.raises(dpo.UserError, match=r"--min-lr-ratio with the 2 steps of --epochs 1 over 16 train examples"):
+        dpo.optimiser_steps(args, 16)
 
 
 @pytest.mark.parametrize("argv,needle", [
@@ -194,6 +204,11 @@ def test_flags_a_setting_leaves_unread_are_refused_when_written(tmp_path):
             (ppo, ["--ppo-epochs", "1", "--cliprange-value", "5"], "--cliprange-value with --ppo-epochs 1 and one"),
             (ppo, ["--rollout-batch", "1", "--max-new-tokens", "1"], "one advantage a rollout, which whitening makes 0"),
             (ppo, ["--steps", "2", "--sample-every", "3"], "--sample-every with --steps 2: the first and last steps"),
+            # online 04: an evaluation every N >= the steps is the last step's, made anyway; its 50 default steps
+            (dpo, ["--online", "--eval-every", "50"], "--eval-every 50 with 50 steps: only the last step is evaluated"),
+            (dpo, ["--online", "--max-steps", "3", "--eval-every", "3"], "--eval-every 3 with 3 steps"),
+            (dpo, ["--online", "--warmup-ratio", "0.01"], "--warmup-ratio 0.01 of the 50 steps online runs without "
+                                                          "--max-steps is under 2 steps"),
             (rm, ["--data", "p.jsonl", "--eval-batch-size", "16"], "--eval-batch-size with --data and no --test-data"),
             (dpo, ["--online", "--data", "p.jsonl", "--eval-batch-size", "8"], "--eval-batch-size --online"),
             (dpo, ["--online", "--model", "no_01_dir", "--eval-batch-size", "8"], "--eval-batch-size --online"),
@@ -554,6 +569,8 @@ def test_model_paths_records_and_batches_are_one_line_errors(tmp_path, monkeypat
         dpo.need_stage(tmp_path / "runs/s1/04_dpo", "02_reward", "--reward")      # the flag is what is wrong
     with pytest.raises(dpo.UserError, match="--rollout-batch 32 is more than the 9 items"):
         dpo.epoch_batches(9, 32, random.Random(0), flag="--rollout-batch")
+    with pytest.raises(dpo.UserError, match="--batch-size 2 is more than the 1 distinct prompt to draw from"):
+        dpo.epoch_batches(1, 2, random.Random(0), what="distinct prompts")   # (online: '1 items' of 3 rows)
     with pytest.raises(dpo.UserError, match="--batch-size 4 x --grad-accum 3 is more than the 9 items"):
         dpo.epoch_batches(9, 4, random.Random(0), grad_accum=3)
     for batch_size, grad_accum in ((4, 2), (3, 3), (7, 1)):      # steps that span two epochs hold no item twice

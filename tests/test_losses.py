@@ -378,6 +378,30 @@ def test_easy_fraction_holds_whatever_happens_to_pairs_the_rm_ranks_the_other_wa
     assert split.threshold_for_fraction([-1.0, -2.0], 0.5, "drop") == 0.0
 
 
+def test_a_split_with_an_empty_set_says_why_and_a_tie_at_the_quantile_is_noted(capsys):
+    """Every pair with d < 0 under --wrong-way hard or drop: no threshold can make an easy set, and the errors had
+    named |d|'s quantiles and suggested one of them (or called the gaps tied). And 60 copies of one pair made
+    68% of the pairs easy for --easy-fraction 0.4, said only in the rule's text."""
+    import argparse
+    rows = [{"chosen": "a", "rejected": "b"}] * 4
+    args = lambda wrong_way, fraction=None: argparse.Namespace(wrong_way=wrong_way, easy_fraction=fraction)
+    for wrong_way, does in (("hard", "keeps them hard"), ("drop", "drops them")):
+        easy, hard = split.split_pairs(rows, [-1.0, -2.0, -0.5, -3.0], 0.045, wrong_way)
+        with pytest.raises(split.UserError, match=rf"every pair has d < 0 .*--wrong-way {wrong_way} {does}: no pair "
+                                                  rf"can be easy; check the reward model, or pass --wrong-way relabel"):
+            split.check_split(easy, hard, [-1.0, -2.0, -0.5, -3.0], 0.045, args(wrong_way))
+    gaps = [-1.0, 0.2, 0.4, 0.6]   # the threshold is compared with d here: its quantiles are d's, not |d|'s
+    easy, hard = split.split_pairs(rows, gaps, 5.0, "hard")
+    with pytest.raises(split.UserError, match=r"threshold 5 leaves the easy set empty; d quantiles: q10=-0.640, "):
+        split.check_split(easy, hard, gaps, 5.0, args("hard"))
+    gaps = [3.0] + [0.5] * 6 + [0.1] * 3   # a tie at the quantile goes easy as a whole: 70%, not 40%
+    t = split.threshold_for_fraction(gaps, 0.4)
+    easy, hard = split.split_pairs([rows[0]] * 10, gaps, t)
+    split.check_split(easy, hard, gaps, t, args("relabel", 0.4))
+    assert "--easy-fraction 0.4 made 70% of the pairs kept easy: 6 pairs share the gap at its quantile (0.500)" \
+        in capsys.readouterr().out
+
+
 def test_win_rate_ties_count_half():
     assert ev.win_rate([1, 2, 3, 0.5], [1, 1, 4, 0.5]) == [0.5, 1.0, 0.0, 0.5]
 

@@ -76,7 +76,7 @@ def test_run_sh_runs_every_stage_and_reports(pipeline):
     assert len(samples) == 11 * n_prompts and {"prompt", "response", "rm", "gold", "kl"} <= samples[0].keys()
 
 
-def test_dpo_shuffles_and_the_hard_ablation_keeps_the_dataset_labels(pipeline):
+def test_dpo_shuffles_and_the_hard_ablation_keeps_the_dataset_labels(pipeline, tmp_path):
     _, run, _ = pipeline
     dpo = load_script("04_dpo")
     assert json.load(open(run / "04_dpo/stage.json"))["data"]["order"] == "shuffled each epoch"
@@ -93,6 +93,14 @@ def test_dpo_shuffles_and_the_hard_ablation_keeps_the_dataset_labels(pipeline):
             assert (got["chosen"], got["rejected"]) == ((r["rejected"], r["chosen"]) if flip else (r["chosen"], r["rejected"]))
             assert got["gold_chosen"] == (r["gold_rejected"] if flip else r["gold_chosen"])
     assert dpo.parse_args([]).curriculum is False
+    # a split made with --wrong-way hard relabels no pair: --hard-labels rm did nothing, and was recorded as 'rm'
+    shutil.copytree(run / "03_split", tmp_path / "s")
+    stats = json.load(open(tmp_path / "s/stats.json"))
+    (tmp_path / "s/stats.json").write_text(json.dumps({**stats, "wrong_way": "hard"}))
+    with pytest.raises(dpo.UserError, match=r"--hard-labels with .*s, split with --wrong-way hard: 03 relabelled no "
+                                            r"pair, so its hard set holds the dataset's labels alone; leave it out"):
+        dpo.load_pairs(dpo.parse_args(["--split", "hard", "--hard-labels", "rm"]), run / "01_sft", tmp_path / "s")
+    assert dpo.load_pairs(dpo.parse_args(["--split", "hard"]), run / "01_sft", tmp_path / "s")[1]["labels"] == "dataset"
 
 
 def test_dpo_reads_shuffled_batches_unless_curriculum(pipeline, tmp_path, monkeypatch):
@@ -330,6 +338,21 @@ def test_online_04_samples_each_distinct_prompt_once_an_epoch(pipeline, tmp_path
     st = json.load(open(tmp_path / "o/stage.json"))
     assert st["final"]["n_pairs"] == 3 and st["final"]["epochs_seen"] == pytest.approx(2 / 3)
     assert st["data"]["labels"] is None
+
+
+def test_online_04_evaluations_do_not_change_what_it_trains(pipeline, tmp_path):
+    """The online evaluations drew from the training's random stream, so --eval-every changed the samples of
+    the steps after it, and the weights."""
+    _, run, _ = pipeline
+    dpo = load_script("04_dpo")
+    for every in (1, 2):
+        dpo.run_main(dpo.main, [str(a) for a in ["--model", run / "01_sft", "--reward", run / "02_reward", "--online",
+                                                 "--loss", "ipo", "--split-dir", run / "03_split", "--max-steps", 3,
+                                                 "--batch-size", 2, "--max-new-tokens", 4, "--eval-every", every,
+                                                 "--out", tmp_path / f"e{every}"]])
+    assert (tmp_path / "e1/model.safetensors").read_bytes() == (tmp_path / "e2/model.safetensors").read_bytes()
+    evaluated = lambda d: [l["step"] for l in map(json.loads, open(d / "metrics.jsonl")) if "online/win_rate_vs_ref" in l]
+    assert evaluated(tmp_path / "e1") == [1, 2, 3] and evaluated(tmp_path / "e2") == [2, 3]
 
 
 def test_ipo_with_summed_log_probs_as_in_the_papers(tmp_path, pipeline):
