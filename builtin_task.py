@@ -807,7 +807,7 @@ def _restated(meta, text, lead=False):
         text = "".join(" " if x.endswith("?") else x for x in _pieces(text))
     out = _compared(question, text, lead)
     last = None                                       # the last number said before the clause
-    for clause in re.split(r"[,;:.!?\n]|\s+(?:but|and|because|since|as)\s+", text):
+    for clause in re.split(r"[,;:.!?\n]|(?<!\s)\s+(?:but|and|because|since|as)\s+", text):   # (one try per run of spaces)
         nums = _numbers(clause)
         of_other = not nums and last is not None and last not in asked and re.match(r"\s*(?:which|who)\b", clause, re.I)
         last = nums[-1] if nums else last
