@@ -792,6 +792,48 @@ def _pieces(text):
     return re.findall(r"[^.!?\n]*(?:[.!?\n]|$)", text)
 
 
+# a claim the reply calls false states the opposite ('70 > 92 is false, so no', 'It is false that 29 is composite',
+# '70 > 92: false.'); a claim only named or labelled states nothing ('Claim: 70 > 92. Verdict: no.', 'the idea
+# that 70 > 92') unless called true. Read clause by clause (`_CLAIM_CUT`), in one pass
+_UNTRUE = r"(?:false|wrong|untrue|incorrect|mistaken|a (?:lie|myth|falsehood)|not (?:true|correct|right|the case))"
+_CLAIM_CUT = re.compile(r"[.!?;:\n=\u2014\u2013]|,(?!\d)|\s-+\s|\s(?:and|but|so|because|since|though|although|whereas|"
+                        r"yet|hence|thus|therefore)\b", re.I)
+_FALSE_AFTER = re.compile(r"(?:(?:\b(?:is|was|are|were|would be)|'s)\s+(?:(?:simply|clearly|obviously|plainly|just|"
+                          r"definitely|certainly|completely|totally|actually)\s+)?" + _UNTRUE + r"|\b(?:isn't|wasn't|aren't)\s+"
+                          r"(?:true|correct|right|the case)|\b(?:doesn't|does not) hold)\s*$", re.I)   # (starts at a verb: no run of spaces tried)
+_FALSE_ALONE = re.compile(r"\s*(?:(?:that's|that is|this is|which is|it's|it is)\s+)?" + _UNTRUE + r"\s*$", re.I)
+_FALSE_BEFORE = re.compile(r"^\s*(?:(?:it|that|this)(?:'s|\s+is|\s+was)\s+)?(?:" + _UNTRUE +
+                           r"|(?:isn't|is not|it's not|it isn't) (?:true|correct|the case))\s+(?:that|to (?:say|claim|think))\b", re.I)
+_NAMED_CLAIM = re.compile(r"\bthe (?:claim|statement|idea|notion|assertion|premise|proposition|hypothesis)(?:\s+that)?\b", re.I)
+_CLAIM_LABEL = re.compile(r"\s*(?:claim|statement|hypothesis|proposition|premise|question)\s*$", re.I)
+_CALLED_TRUE = re.compile(r"\b(?:is|was|'s)\s+(?:(?:indeed|actually|really)\s+)?(?:true|correct|right)\b|\bholds\b", re.I)
+
+
+def _disowned(meta, text, lead):
+    """The text with the claims it calls false, names or labels blanked, and the answers those called false give
+    (their own answers flipped)."""
+    cuts = list(_CLAIM_CUT.finditer(text))
+    bodies = [(m0.end() if m0 else 0, m1.start() if m1 else len(text), m1.group() if m1 else "")
+              for m0, m1 in zip([None] + cuts, cuts + [None])]
+    out, flips, label = list(text), set(), False
+    for i, (a, b, mark) in enumerate(bodies):
+        body, claim = text[a:b], None
+        if (m := _FALSE_AFTER.search(body)) and _words(body[:m.start()]):
+            claim = body[:m.start()]                                       # '70 > 92 is false'
+        elif m := _FALSE_BEFORE.match(body):
+            claim = body[m.end():]                                         # 'It is false that 70 > 92'
+        elif i and _FALSE_ALONE.fullmatch(body) and _words(text[bodies[i - 1][0]:bodies[i - 1][1]]):
+            a, claim = bodies[i - 1][0], text[bodies[i - 1][0]:bodies[i - 1][1]]     # '70 > 92: false.'
+        elif (label or _NAMED_CLAIM.search(body)) and not _CALLED_TRUE.search(body):
+            out[a:b] = " " * (b - a)                                       # named, not stated: 'Claim: 70 > 92.'
+        label = mark == ":" and bool(_CLAIM_LABEL.fullmatch(body))
+        if claim is not None:
+            claim = _NAMED_CLAIM.sub(" ", claim)                             # named here to be called false
+            flips |= {{"yes": "no", "no": "yes"}[x] for x in _restated(meta, claim, lead)}
+            out[a:b] = " " * (b - a)
+    return "".join(out), flips
+
+
 def _restated(meta, text, lead=False):
     """The answers a yes/no reply's own words restate, after its yes or no: an elliptical 'it is (not)'
     / 'it does (not)', or a clause that names the question's property ('7 is not a prime number'; only
@@ -805,7 +847,8 @@ def _restated(meta, text, lead=False):
     asked = set(_numbers(question))
     if lead:
         text = "".join(" " if x.endswith("?") else x for x in _pieces(text))
-    out = _compared(question, text, lead)
+    text, out = _disowned(meta, text, lead)
+    out |= _compared(question, text, lead)
     last = None                                       # the last number said before the clause
     for clause in re.split(r"[,;:.!?\n]|(?<!\s)\s+(?:but|and|because|since|as)\s+", text):   # (one try per run of spaces)
         nums = _numbers(clause)

@@ -1447,3 +1447,24 @@ def test_yesno_a_no_in_markdown_is_an_answer_and_a_struck_answer_is_still_shown(
         assert bt.gold_score(n, text) == 1.0, text
     assert bt.gold_score(y, "The answer is _yes_.") == 1.0
     assert bt.gold_score(n, "The answer is ~~yes~~ no.") == bt.gold_score(y, "The answer is ~~no~~ yes.") == 0.0
+
+
+def test_yesno_a_claim_called_false_states_its_opposite_before_or_after_the_answer():
+    """A clause that calls itself false ('70 > 92 is false, so no.', 'It is false that 70 is greater than 92, so no.',
+    '70 > 92: false. No.', 'No: 70 > 92 is false.') or is only named or labelled ('Claim: 70 > 92. Verdict: no.')
+    does not state its claim (each scored 0.0, as a contradiction); one that calls a true claim false ('70 < 92 is
+    false, so no.') or a false one true ('Claim: 70 > 92 is true. No.') still contradicts the answer."""
+    g = row("yesno", "Answer with yes or no. Is 70 greater than 92?", {"answer": "no", "request": "Is 70 greater than 92?"})
+    p = row("yesno", "Answer with yes or no. Is 29 a prime number?", {"answer": "yes", "request": "Is 29 a prime number?"})
+    for r, text in [(g, "70 > 92 is false, so no."), (g, "70 > 92 is not true, so no."),
+                    (g, "It is false that 70 is greater than 92, so no."), (g, "'70 is greater than 92' is wrong, so no."),
+                    (g, "The statement '70 > 92' is false, so: no."), (g, "70 > 92: false. No."),
+                    (g, "Claim: 70 > 92. Verdict: no."), (g, "No: 70 > 92 is false."), (g, "No, 70 > 92 is incorrect."),
+                    (p, "The claim that 29 is composite is false, so yes."), (p, "It's false that 29 is composite. Yes.")]:
+        assert bt.gold_score(r, text) > 0.8, text
+    s = row("yesno", "Answer with yes or no. Is 17 greater than 20?", {"answer": "no", "request": "Is 17 greater than 20?"})
+    for r, text in [(s, "17 is greater than 20, so no."), (g, "70 > 92 is true, so no."), (g, "70 < 92 is false, so no."),
+                    (g, "It is false that 70 is less than 92, so no."), (g, "No: 70 < 92: false."),
+                    (g, "Claim: 70 > 92 is true. No."), (g, "The claim that 70 > 92 is true, so no."),
+                    (g, "No, 70 > 92 is not false."), (p, "The claim that 29 is prime is false, so yes.")]:
+        assert bt.gold_score(r, text) == 0.0, text
