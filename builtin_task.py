@@ -1774,13 +1774,22 @@ _FICTION = re.compile(r"\b(?:this|that|it|all|the (?:story|passage|summary|above
 
 def _irrealis(meta, text):
     """Does the reply put the event in a wish, a condition or a modal ('Grace will launch ...', 'could have
-    launched', 'wants to launch', 'dreamed of launching', 'If Grace launched ...')? Then it did not happen."""
+    launched', 'wants to launch', 'dreamed of launching', 'If Grace launched ...') and nowhere state it? Then it
+    did not happen. The modal must govern the event itself: its verb a few words after it, in its clause, and the
+    event's key word a few words after the verb ('and hopes to win again', 'rehearsals will start next week',
+    'shops that would normally be closed stayed open' are about something else)."""
     verb = meta["event"].split()[0]
     base = {"won": "win", "ran": "run", "built": "build"}.get(verb, re.sub(r"e?d$", "", verb)).replace("is", "i[sz]")
-    return bool(re.search(r"\b(?:will|would|could|should|must|might|(?<!\bin )(?<!\bof )may|going to|"
-                          r"wants? to|wanting to|hopes? to|dream(?:s|ed|t)? (?:of|about)|imagin(?:es?|ed|ing)|"
-                          r"pretend(?:s|ed|ing)?|if|whether|unless)\b(?:\s+[\w'-]+){0,4}?\s+"
-                          rf"(?:(?:have|has|had|be|been)\s+)?(?:{base}|{verb})\w*", text, re.I))
+    said = re.finditer(r"(?P<modal>\b(?:will|would|could|should|must|might|(?<!\bin )(?<!\bof )may|going to|"
+                       r"wants? to|wanting to|hopes? to|dream(?:s|ed|t)? (?:of|about)|imagin(?:es?|ed|ing)|"
+                       r"pretend(?:s|ed|ing)?|if|whether|unless)\b(?:\s+[\w'-]+){0,4}?\s+"
+                       rf"(?:(?:have|has|had|be|been)\s+)?)?\b(?P<verb>(?:{base}|{verb})\w*)(?:\s+[\w'-]+){{0,4}}?\s+{meta['key']}",
+                       text, re.I)
+    doubted = stated = False
+    for m in said:
+        doubted |= bool(m.group("modal"))
+        stated |= not m.group("modal") and bool(re.fullmatch(rf"(?:{base})e?d|{verb}", m.group("verb"), re.I))
+    return doubted and not stated   # 'started a choir ... and hopes to start another choir': it happened
 
 
 def _unsure_facts(meta, text):

@@ -1468,3 +1468,28 @@ def test_yesno_a_claim_called_false_states_its_opposite_before_or_after_the_answ
                     (g, "Claim: 70 > 92 is true. No."), (g, "The claim that 70 > 92 is true, so no."),
                     (g, "No, 70 > 92 is not false."), (p, "The claim that 29 is prime is false, so yes.")]:
         assert bt.gold_score(r, text) == 0.0, text
+
+
+def test_summary_a_modal_about_something_else_or_beside_the_event_stated_doubts_nothing():
+    """A modal doubts the event only where it governs it, the event's key word a few words after its verb in the
+    same clause, and only where the event is not also stated: '..., and it will be open daily', 'shops that would
+    normally be closed', 'and hopes to win again next year', 'and she hopes to start a second one' (each was 0.25:
+    1.0 now); 'Grace will launch a bike repair shop ...' and 'If Grace launched ...' are still doubted."""
+    def summary(name, city, event, key, count):
+        return row("summary", "Summarise ...", {"name": name, "city": city, "event": event, "key": key, "count": count})
+    grace = summary("Grace", "Quito", "opened a bakery", "bakery", 525)
+    sofia = summary("Sofia", "Osaka", "started a choir", "choir", 199)
+    lena = summary("Lena", "Lisbon", "won a chess tournament", "chess", 869)
+    bike = summary("Grace", "Quito", "launched a bike repair shop", "bike", 851)
+    for r, text in [(grace, "Grace opened a bakery in Quito; 525 people came, and it will be open daily."),
+                    (grace, "Grace opened a bakery in Quito, drawing 525 people; shops that would normally be closed stayed open."),
+                    (sofia, "Sofia started a choir in Osaka that drew 199 people, and she hopes to start a second one."),
+                    (sofia, "Sofia started a choir in Osaka; 199 people came, and rehearsals will start next week."),
+                    (sofia, "Sofia started a choir in Osaka, drawing 199 people who might start singing too."),
+                    (lena, "Lena won a chess tournament in Lisbon, drawing 869 people, and hopes to win again next year."),
+                    (sofia, "Sofia started a choir in Osaka, drawing 199 people, and hopes to start another choir.")]:
+        assert bt.gold_score(r, text) >= 0.95, text
+    for text in ["Grace will launch a bike repair shop in Quito, drawing 851 people.",
+                 "If Grace launched a bike repair shop in Quito, 851 people came.",
+                 "Grace from Quito might launch a new bike shop, drawing 851 people."]:
+        assert bt.gold_score(bike, text) <= 0.25, text
