@@ -875,13 +875,34 @@ _BEYOND_ANSWER = re.compile(r"\b(?:explain\w*|elaborat\w*|go into|justify|detail
                             r"for (?:sure|certain)|with (?:certainty|confidence))\b", re.I)
 
 
+# ... and what it must decline to decline the answer: the question itself, or nothing named ('I can't answer that.',
+# "I can't help with that.", "I won't tell you.", "I can't say whether it is.", 'I refuse.'); a caveat that names
+# something else ("I can't check with a calculator", "I won't write an essay on it") leaves the answer standing
+_THE_QUESTION = {"that", "this", "it", "these", "those", "the", "question", "questions", "your", "you", "with", "to", "on",
+                 "about", "for", "me", "an", "a", "any", "answer", "answers", "answering", "reply", "response", "here",
+                 "now", "right", "sorry", "though", "one", "request", "yes", "no", "or", "either", "way", "respond",
+                 "responding", "say", "tell", "help", "comment", "weigh", "in", "give", "provide", "honestly", "really"}
+
+
 def _declines_answer(text):
     """Does a reply to a yes/no question decline to answer it: a first-person refusal (`_REFUSAL`; a bare
-    'No.' is an answer there) whose clause declines more than saying why or more (`_BEYOND_ANSWER`)?
-    'No, I won't answer that.', "Yes. I can't help with that.", "I'm sorry, but I can't answer that."."""
+    'No.' is an answer there) whose clause declines more than saying why or more (`_BEYOND_ANSWER`) and whose
+    object is the question or nothing (`_THE_QUESTION`; all after 'whether' or 'if' is the question), or that comes
+    before a yes or no with nothing after it?
+    'No, I won't answer that.', "Yes. I can't help with that.", "I'm sorry, but I can't answer that."; not "No -
+    I can't check with a calculator, but 79 is odd." nor 'No, and I won't say it twice.'."""
     text = text.translate(_QUOTES)
-    return any(not _BEYOND_ANSWER.search(re.match(r"[^.!?;\n]*", text[m.start():]).group())
-               for m in _REFUSAL.finditer(text))
+    said = sorted(m.span() for m in itertools.chain(_YES.finditer(text), _NO.finditer(text)))
+    bare = bool(said) and not _words(text[said[-1][1]:])          # nothing after the yes or no
+    for m in _REFUSAL.finditer(text):
+        if _BEYOND_ANSWER.search(re.match(r"[^.!?;\n]*", text[m.start():]).group()):
+            continue
+        if bare and m.start() < said[0][0]:
+            return True                      # "I can't give a definite answer. No.": the 'no' declines with it
+        rest = re.match(r"\w*([^.!?;:,()\n\u2014\u2013]*)", text[m.end():]).group(1)
+        if set(_words(re.split(r"\b(?:whether|if)\b", rest, maxsplit=1, flags=re.I)[0])) <= _THE_QUESTION:
+            return True
+    return False
 
 
 def _judge_yesno(meta, text):

@@ -1493,3 +1493,18 @@ def test_summary_a_modal_about_something_else_or_beside_the_event_stated_doubts_
                  "If Grace launched a bike repair shop in Quito, 851 people came.",
                  "Grace from Quito might launch a new bike shop, drawing 851 people."]:
         assert bt.gold_score(bike, text) <= 0.25, text
+
+
+def test_yesno_a_first_person_caveat_beside_the_answer_is_no_refusal():
+    """A refusal beside a yes or no declines the answer only where it declines the question itself ('answer that',
+    'help with that', 'tell you', 'say whether ...') or nothing named, or comes before a bare yes or no: a caveat
+    about something else ("No - I can't check with a calculator, but 79 is odd.", 'No, and I won't say it twice.')
+    leaves the answer standing (each was 0.1 and a refusal)."""
+    r = row("yesno", "Answer with yes or no. Is 79 an even number?", {"answer": "no", "request": "Is 79 an even number?"})
+    for text in ["No \u2014 I can't check with a calculator, but 79 is odd.", "No, I won't give a longer answer: 79 is odd.",
+                 "No. I cannot answer otherwise: 79 is odd.", "No. I'm not able to say it any plainer.",
+                 "No (I won't write an essay on it).", "No, and I won't say it twice."]:
+        assert bt.gold_score(r, text) > 0.8 and not bt.refuses(r, text), text
+    for text in ["No, I won't answer that.", "No. I can't help with that.", "I can't say whether 79 is even.",
+                 "No. I won't answer that one, sorry.", "I can't give a definite answer. No."]:
+        assert bt.gold_score(r, text) == 0.1 and bt.refuses(r, text), text
