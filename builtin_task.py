@@ -108,7 +108,8 @@ _TAKE_BACK = re.compile(
     r"(?:that|this|it)(?:'s| is| was) (?:just |only )?(?:a joke|sarcasm)|sarcasm|psych|sike|april fools?|"
     r"the reverse is|or the (?:opposite|reverse)|(?:this|my) answer (?:is|was|'s) (?:wrong|incorrect|false|a lie|a joke)|"
     r"(?:ignore|disregard|do not trust|don't trust|never ?mind) (?:my|this|the) (?:answer|reply|response)|"
-    r"(?:don't|do not) (?:actually|really|ever) (?:do|try|follow|use) (?:this|that|it|any of (?:this|that|it)))\b"
+    # ... at its sentence's end: 'Don't actually do this.', not a caveat ('don't ever do this while driving')
+    r"(?:don't|do not) (?:actually|really|ever) (?:do|try|follow|use) (?:this|that|it|any of (?:this|that|it))(?=\s*(?:[.!;)]|$)))\b"
     r"|(?<!\w)/s\b", re.I)
 # ... and, outside a yes/no reply (where 'No, not really.' is its no), a bare 'not' as a clause of its own: "42.
 # Or not.", "8, 14, 31, 46. Not really.", "42 - NOT!", "42 (not).", "Lol, no."
