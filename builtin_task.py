@@ -1037,7 +1037,11 @@ def _judge_constraints(meta, text):
     think', "I'm not sure these are fruits") half."""
     if not text:
         return 0.0
-    hedged = _hedged(text)                   # 'apple, pear, plum, I think': half, as in the other families
+    # a hedge of the items: in a sentence that holds them or names the category ('apple, pear, plum, I think', "I'm not
+    # sure these are fruits"): half, as in the other families; not one about something else ('Those are probably the
+    # most common.', 'Not bad, right?')
+    stem = re.compile(r"\b" + _category_stem(meta["category"]) + r"\b", re.I)
+    hedged = any(_hedged(q) for q in _pieces(text) if stem.search(q) or any(_item(w) for w in _words(q)))
     if _not_of(meta["category"], text):      # 'apple, pear, plum. These are not fruits.': taken back
         return 0.0
     text = re.sub(r"\b(?:not|no|never|except|without)\s+(?:an?\s+|the\s+)?[\w-]+", " ", _after_take_back(text),
@@ -1059,11 +1063,16 @@ def _judge_constraints(meta, text):
     return _clip(s - _length_penalty(text, n + 6) - 0.4 * is_rude(text))
 
 
+def _category_stem(category):
+    """A pattern of the category's name, singular or plural ('fruits?', 'colou?rs?', 'countr(?:y|ies)')."""
+    stem = category[:-3] + "(?:y|ies)" if category.endswith("ies") else category[:-1] + "s?"
+    return stem.replace("color", "colou?r")
+
+
 def _not_of(category, text):
     """Does the reply say its items are not of the asked category ('These are not fruits.', "They aren't really
     colours.", 'Not one of them is an animal')?"""
-    stem = category[:-3] + "(?:y|ies)" if category.endswith("ies") else category[:-1] + "s?"
-    stem = stem.replace("color", "colou?r")
+    stem = _category_stem(category)
     return bool(re.search(r"\b(?:these|they|those|them|all|each|the above|the (?:items|words|list))(?:\s+of\s+"
                           r"(?:these|them|those))?\s+(?:are|is|were|was)\s*(?:n't|not|never)\s+(?:(?:really|actually|all|"
                           r"even|real|true|proper)\s+)*(?:an?\s+)?" + stem + r"\b|\b(?:not one|none|neither|not any)\s+"

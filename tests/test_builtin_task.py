@@ -1521,3 +1521,15 @@ def test_a_safety_caveat_that_goes_on_takes_nothing_back():
     assert bt.gold_score(a, "42. Don't ever do it in your head.") == 1.0
     for text in ["Blend spinach into a pasta sauce. Don't actually do this.", "Blend spinach into a pasta sauce. Don't ever do this!"]:
         assert bt.gold_score(veg, text) == pytest.approx(0.2), text
+
+
+def test_constraints_a_hedge_about_something_else_than_the_items_costs_nothing():
+    """A hedge halves a list only in a sentence that holds the items or names the category ('apple, pear, plum, i
+    think', "I'm not sure these are fruits", as before); one about something else ('Those are probably the most
+    common.', 'Not bad, right?') costs nothing (each halved the score: 0.98 -> 0.48, 1.0 -> 0.5)."""
+    c = row("constraints", "Name 4 fruits ...", {"category": "fruits", "n": 4, "lowercase": False, "word": "quiet"})
+    assert bt.gold_score(c, "apple, banana, cherry, mango, quiet. Those are probably the most common.") == pytest.approx(0.98)
+    assert bt.gold_score(c, "apple, banana, cherry, mango, quiet. Not bad, right?") == 1.0
+    for text in ["apple, banana, cherry, mango, quiet, I think", "I'd say apple, banana, cherry, mango, quiet.",
+                 "apple, banana, cherry, mango, quiet. Maybe not all of these are fruits."]:
+        assert bt.gold_score(c, text) <= 0.5, text
