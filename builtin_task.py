@@ -105,7 +105,9 @@ _TAKE_BACK = re.compile(
     # ... a joke or sarcasm said of it: "42. I made that up.", "Yes, said no one.", "42. Psych!", "42 (sarcasm)",
     # "The reverse is true.", "Ignore my answer."
     r"i made (?:it|that|this|(?:all )?(?:of )?(?:it|that|this)) up|said no(?: ?one|body)|"
-    r"(?:that|this|it)(?:'s| is| was) (?:just |only )?(?:a joke|sarcasm)|sarcasm|psych|sike|april fools?|"
+    # ('sarcasm' as a label: '(sarcasm)', '#sarcasm' at the end; not 'Sarcasm aside, that's right.')
+    r"(?:that|this|it)(?:'s| is| was) (?:just |only )?(?:a joke|sarcasm|sarcastic)|i(?:'m| am| was) (?:just |only )?(?:being )?sarcastic|"
+    r"sarcasm(?=\s*(?:[)\]]|[.!]?\s*$))|psych|sike|april fools?|"
     r"the reverse is|or the (?:opposite|reverse)|(?:this|my) answer (?:is|was|'s) (?:wrong|incorrect|false|a lie|a joke)|"
     r"(?:ignore|disregard|do not trust|don't trust|never ?mind) (?:my|this|the) (?:answer|reply|response)|"
     # ... at its sentence's end: 'Don't actually do this.', not a caveat ('don't ever do this while driving')

@@ -1533,3 +1533,12 @@ def test_constraints_a_hedge_about_something_else_than_the_items_costs_nothing()
     for text in ["apple, banana, cherry, mango, quiet, I think", "I'd say apple, banana, cherry, mango, quiet.",
                  "apple, banana, cherry, mango, quiet. Maybe not all of these are fruits."]:
         assert bt.gold_score(c, text) <= 0.5, text
+
+
+def test_sarcasm_takes_the_answer_back_only_as_a_label():
+    """'/s', '(sarcasm)', 'That was sarcasm.', 'I was being sarcastic.' take the answer back (0.0, as before); the bare
+    word does not: '-48. Sarcasm aside, that's right.' (was 0.0: 1.0 now)."""
+    a = row("arithmetic", "What is 12 - 60?", {"answer": -48, "expr": "12 - 60"})
+    assert bt.gold_score(a, "-48. Sarcasm aside, that's right.") == 1.0
+    for text in ["-48 /s", "-48 (sarcasm)", "-48. That was sarcasm.", "-48. I was being sarcastic.", "-48 #sarcasm"]:
+        assert bt.gold_score(a, text) == 0.0, text
