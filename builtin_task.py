@@ -1796,10 +1796,14 @@ _COUNT_DENIED = r"\b(?:instead of|rather than|in place of|as opposed to|other th
 
 # ... as does calling it fiction or a dream, or a bare 'Or not.' or 'Not really.' after it ('..., drawing 851 people. I
 # made that up.', 'In my imagination, ...', '..., said no one'); not 'a fiction writer', 'believe it or not'
+# (the word ends its clause, and 'in my head' stands at one's start or end: not 'it was a dream come true', 'the idea
+# in her head for years')
 _FICTION = re.compile(r"\b(?:this|that|it|all|the (?:story|passage|summary|above))(?: is|'s| was)? (?:(?!not\b|never\b)\w+ )?(?:fiction|"
-                      r"fictional|made[- ]up|imaginary|invented|fabricated|a fabrication|a fantasy|a dream|a joke)\b|"
+                      r"fictional|made[- ]up|imaginary|invented|fabricated|a fabrication|a fantasy|a dream|a joke)"
+                      r"(?: (?:story|tale|account|summary|one))?(?=\s*(?:[.!?;:,)\n]|$))|"
                       r"\bmade (?:it|that|this|(?:all )?(?:of )?(?:it|that|this|them)) up\b|"
-                      r"\bin (?:my|a|her|his|their) (?:imagination|dreams?|fantasy|fantasies|head)\b|"
+                      r"(?:(?:^|[.!?;:,(]\s*)\bin (?:my|a|her|his|their) (?:imagination|dreams?|fantasy|fantasies|head)\b|"
+                      r"\bin (?:my|a|her|his|their) (?:imagination|dreams?|fantasy|fantasies|head)(?=\s*(?:[.!?;:,)\n]|$)))|"
                       r"\bin an? (?:fictional|made[- ]up|imaginary|hypothetical|alternate|parallel) \w+|\bhypothetically\b|"
                       r"\bsaid no(?: one|body)\b|(?:^|[.!?;,]\s*)(?:or (?:maybe |perhaps )?not|not really|not)\s*(?=[.!?;]|$)",
                       re.I)

@@ -1542,3 +1542,17 @@ def test_sarcasm_takes_the_answer_back_only_as_a_label():
     assert bt.gold_score(a, "-48. Sarcasm aside, that's right.") == 1.0
     for text in ["-48 /s", "-48 (sarcasm)", "-48. That was sarcasm.", "-48. I was being sarcastic.", "-48 #sarcasm"]:
         assert bt.gold_score(a, text) == 0.0, text
+
+
+def test_summary_a_dream_come_true_or_an_idea_in_her_head_is_no_fiction():
+    """'it was a dream come true' and 'the idea in her head for years' call nothing fiction (each was 1.0 or 0.96 before
+    the fiction rule, then 0.25); 'It was all a dream.', 'in my head', 'in her dreams' at a clause's end still doubt."""
+    m = row("summary", "Summarise ...", {"name": "Grace", "city": "Quito", "event": "launched a bike repair shop",
+                                         "key": "bike", "count": 851})
+    fact = "Grace from Quito launched a bike repair shop, drawing 851 people"
+    assert bt.gold_score(m, fact + "; it was a dream come true.") == 1.0
+    assert bt.gold_score(m, "Grace, who had the idea in her head for years, launched a bike repair shop in Quito, "
+                            "drawing 851 people.") > 0.9
+    for text in [fact + ". It was all a dream.", fact + ", in my head.", "In my head, " + fact + ".",
+                 "Grace from Quito launched a bike repair shop in her dreams, drawing 851 people."]:
+        assert bt.gold_score(m, text) <= 0.25, text
