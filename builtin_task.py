@@ -96,10 +96,11 @@ _BARE_NO = re.compile(rf"\s*(?P<before>(?:{_POLITE})(?:\s*[,.!:;\u2014\u2013-]+\
                       rf"\s*(?:,?\s*(?P<after>(?:{_POLITE})\b)|[.!;]|$|,\s*(?:that|this|it)(?:'s| is| would be)\b)", re.I)
 # taking an answer back: what comes before it no longer counts ("42. Just kidding, ...", "Yes. Actually, the
 # opposite is true.", "<an answer> Actually, ignore all of that", "Maybe 42, maybe not.")
+# ('The reverse is not true.' insists on the answer: no take-back)
 _TAKE_BACK = re.compile(
     r"(?<!\bnot )(?<!n't )(?<!\bno )"        # "I'm not kidding", "no joking" insist: not a take-back
     r"\b(?:kidding|joking|jk|i lied|(?<!\bif )i(?:'m| am| was) wrong|my (?:mistake|bad)|never ?mind|scratch that|"
-    r"on second thought|i take (?:it|that) back|the opposite is|i mean,? the (?:opposite|other)|"
+    r"on second thought|i take (?:it|that) back|the (?:opposite|reverse) is(?!\s+not\b|n't\b)|i mean,? the (?:opposite|other)|"
     r"(?:ignore|disregard) (?:all (?:of )?|everything )?(?:that|this|the above|what i (?:said|wrote))|"
     r"wait,\s*no|no,?\s+wait|actually,?\s+no|(?:maybe|perhaps|probably|possibly) not|"
     # ... a joke or sarcasm said of it: "42. I made that up.", "Yes, said no one.", "42. Psych!", "42 (sarcasm)",
@@ -108,7 +109,7 @@ _TAKE_BACK = re.compile(
     # ('sarcasm' as a label: '(sarcasm)', '#sarcasm' at the end; not 'Sarcasm aside, that's right.')
     r"(?:that|this|it)(?:'s| is| was) (?:just |only )?(?:a joke|sarcasm|sarcastic)|i(?:'m| am| was) (?:just |only )?(?:being )?sarcastic|"
     r"sarcasm(?=\s*(?:[)\]]|[.!]?\s*$))|psych|sike|april fools?|"
-    r"the reverse is|or the (?:opposite|reverse)|(?:this|my) answer (?:is|was|'s) (?:wrong|incorrect|false|a lie|a joke)|"
+    r"or the (?:opposite|reverse)|(?:this|my) answer (?:is|was|'s) (?:wrong|incorrect|false|a lie|a joke)|"
     r"(?:ignore|disregard|do not trust|don't trust|never ?mind) (?:my|this|the) (?:answer|reply|response)|"
     # ... at its sentence's end: 'Don't actually do this.', not a caveat ('don't ever do this while driving')
     r"(?:don't|do not) (?:actually|really|ever) (?:do|try|follow|use) (?:this|that|it|any of (?:this|that|it))(?=\s*(?:[.!;)]|$)))\b"

@@ -1556,3 +1556,14 @@ def test_summary_a_dream_come_true_or_an_idea_in_her_head_is_no_fiction():
     for text in [fact + ". It was all a dream.", fact + ", in my head.", "In my head, " + fact + ".",
                  "Grace from Quito launched a bike repair shop in her dreams, drawing 851 people."]:
         assert bt.gold_score(m, text) <= 0.25, text
+
+
+def test_the_reverse_said_not_to_hold_takes_nothing_back():
+    """'The reverse is true.' takes the answer back (0.0, as before); 'The reverse is not true for 9.' and 'The opposite
+    isn't true.' insist on it (were 0.0)."""
+    y = row("yesno", "Answer with yes or no. Is 7 a prime number?", {"answer": "yes", "request": "Is 7 a prime number?"})
+    a = row("arithmetic", "What is 12 + 30?", {"answer": 42, "expr": "12 + 30"})
+    assert bt.gold_score(y, "Yes. The reverse is not true for 9.") > 0.9
+    assert bt.gold_score(a, "42. The opposite isn't true.") == 1.0
+    for r, text in [(y, "Yes. The reverse is true."), (a, "42. The opposite is true."), (a, "42. Or the reverse.")]:
+        assert bt.gold_score(r, text) == 0.0, text
