@@ -923,7 +923,8 @@ def _judge_yesno(meta, text):
     'Yes, 7 is not a prime number.', 'Yes, it is not.', 'No, 9 is not composite.', and for 'Is 70 greater
     than 92?' a comparison, `_compared`: 'No, 70 is greater than 92.', 'No. 70 > 92.', 'No, of course it is
     greater.', 'Yes, 70 is smaller.'), before the answer as after it ('70 is greater than 92, so no.'; a question
-    quoted there states nothing: 'Is 70 greater than 92? No.') scores 0.0. Minus 0.03 a word past 6 words (`_length_penalty`), minus
+    quoted there states nothing: 'Is 70 greater than 92? No.'; a claim called false states its opposite, `_disowned`:
+    '70 > 92 is false, so no.' agrees) scores 0.0. Minus 0.03 a word past 6 words (`_length_penalty`), minus
     0.4 if rude. Not caught: calling the answer wrong ('Yes, that is wrong.'), as 'No, that is wrong.'
     agrees."""
     if not text:
@@ -1036,8 +1037,8 @@ def _judge_constraints(meta, text):
     items come from closed word lists (`_CATEGORIES`), so right items outside them ('germany, italy')
     earn nothing, a word of a list inside another item ('apple pie', 'cat food') counts, and a closing
     remark such as 'none of them are vegetables' reads as a take-back. A reply that says its items are not of
-    the category ('These are not fruits.', `_not_of`) scores 0; a hedged one (`_HEDGE`: 'apple, pear, plum, I
-    think', "I'm not sure these are fruits") half."""
+    the category ('These are not fruits.', `_not_of`) scores 0; a hedged one (`_HEDGE`, in a sentence that holds the
+    items or names the category: 'apple, pear, plum, I think', "I'm not sure these are fruits") half."""
     if not text:
         return 0.0
     # a hedge of the items: in a sentence that holds them or names the category ('apple, pear, plum, I think', "I'm not
