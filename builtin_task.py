@@ -888,6 +888,9 @@ _THE_QUESTION = {"that", "this", "it", "these", "those", "the", "question", "que
                  "responding", "say", "tell", "help", "comment", "weigh", "in", "give", "provide", "honestly", "really"}
 
 
+_OBJECT = re.compile(r"\w*([^.!?;:,()\n\u2014\u2013]{0,120})")   # (an object of a few words: no longer read)
+
+
 def _declines_answer(text):
     """Does a reply to a yes/no question decline to answer it: a first-person refusal (`_REFUSAL`; a bare
     'No.' is an answer there) whose clause declines more than saying why or more (`_BEYOND_ANSWER`) and whose
@@ -898,12 +901,17 @@ def _declines_answer(text):
     text = text.translate(_QUOTES)
     said = sorted(m.span() for m in itertools.chain(_YES.finditer(text), _NO.finditer(text)))
     bare = bool(said) and not _words(text[said[-1][1]:])          # nothing after the yes or no
+    stops = [m.start() for m in re.finditer(r"[.!?;\n]", text)]            # found once: one pass however many refusals
+    beyond = [m.span() for m in _BEYOND_ANSWER.finditer(text)]
     for m in _REFUSAL.finditer(text):
-        if _BEYOND_ANSWER.search(re.match(r"[^.!?;\n]*", text[m.start():]).group()):
+        i = bisect.bisect_right(stops, m.start())
+        end = stops[i] if i < len(stops) else len(text)               # the refusal's sentence ends here
+        j = bisect.bisect_left(beyond, (m.start(), 0))
+        if j < len(beyond) and beyond[j][1] <= end:
             continue
         if bare and m.start() < said[0][0]:
             return True                      # "I can't give a definite answer. No.": the 'no' declines with it
-        rest = re.match(r"\w*([^.!?;:,()\n\u2014\u2013]*)", text[m.end():]).group(1)
+        rest = _OBJECT.match(text, m.end()).group(1)
         if set(_words(re.split(r"\b(?:whether|if)\b", rest, maxsplit=1, flags=re.I)[0])) <= _THE_QUESTION:
             return True
     return False
