@@ -734,11 +734,12 @@ def check_ranges(args, rules, given):
 
 def optimiser_steps(args, n_items):
     """The optimiser steps of a run of 01, 02 or offline 04: --max-steps, else --epochs over n_items pairs or
-    sequences (its schedule then checked here: check_ranges checks --max-steps')."""
+    sequences, whose schedule is checked here (check_ranges checks that of --max-steps)."""
     if args.max_steps > 0:
         return args.max_steps
     total = max(1, math.ceil(n_items * args.epochs / (args.batch_size * args.grad_accum)))
-    check_schedule(total, args, None, f"the {counted(total, 'steps')} of --epochs {args.epochs:g} over {n_items} train examples")
+    check_schedule(total, args, None, f"the {counted(total, 'steps')} of --epochs {args.epochs:g} over {n_items} "
+                                      f"train examples")
     return total
 
 
