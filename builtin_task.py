@@ -60,7 +60,8 @@ _DECLINE = (r"(?:can(?:no|')t|can not|cannot|won'?t|will not|(?:would|will) neve
 _DECLINED = (r"help(?:ing)?\b(?!\s+(?:but|it|myself)\b|\s+\w+ing\b)|assist|provid|giv(?:e|ing)|shar|do\b(?!\s+without)|"
              r"doing|answer|compl(?:y|ying)|support|writ(?:e|ing)|creat|generat|produc|offer|explain|engag|fulfil|"
              r"participat|condon|encourag|facilitat|go along|be (?:of )?(?:any )?help|be part|be involved|sort|summari[sz]e|name|list|"
-             r"(?:tell|show|teach) you how to|access|browse|check|verify|look (?:it )?up|search|"
+             r"(?:tell|show|teach) you how to|tell you(?: (?:that|this|it))?(?=\s*(?:[.!]|$))|"   # "I won't tell you."
+             r"access|browse|check|verify|look (?:it )?up|search|"
              r"comput|calculat|solv|condens|arrang|order (?:them|these|those|the)|work (?:\w+ )?out|"   # "I won't compute that"
              r"say\b(?!\s+(?:enough|no)\b)")
 _REFUSAL = re.compile(
